@@ -1,0 +1,581 @@
+//! 2-D convolution over NHWC activations with OIHW weights (PyTorch's weight layout), with
+//! stride, zero padding and groups. Groups = N runs the N experts' convolutions as one op.
+//!
+//! CPU: images are processed in chunks in parallel; a chunk is unfolded (im2col) into rows of
+//! `K*K*C_in` values ordered (group, kh, kw, channel) so that every group's columns are
+//! contiguous, and each group is one GEMM against its weights transposed to OHWI. Backward
+//! data is the transposed GEMM followed by col2im; backward weight accumulates per-part GEMMs
+//! that are summed in a fixed order (deterministic). A 1x1 stride-1 convolution needs no
+//! unfolding: the NHWC input already is the GEMM operand.
+
+use std::cell::RefCell;
+
+use anyhow::{ensure, Result};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::autograd::{Tape, Var};
+use crate::device::Device;
+use crate::parallel;
+use crate::tensor::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+}
+
+/// Every size of one convolution, derived from the input and weight shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+    pub out_height: usize,
+    pub out_width: usize,
+}
+
+impl ConvGeometry {
+    /// `x`: [B, H, W, C_in]; `w`: [C_out, C_in / groups, K, K].
+    pub fn new(x: &[usize], w: &[usize], p: Conv2dParams) -> Result<ConvGeometry> {
+        ensure!(x.len() == 4, "conv2d input must be [B, H, W, C], got {x:?}");
+        ensure!(w.len() == 4, "conv2d weight must be [O, I/g, K, K], got {w:?}");
+        ensure!(w[2] == w[3], "conv2d kernel must be square, got {w:?}");
+        ensure!(p.stride >= 1 && p.groups >= 1, "conv2d stride and groups must be >= 1");
+        let (batch, height, width, in_channels) = (x[0], x[1], x[2], x[3]);
+        let (out_channels, kernel) = (w[0], w[2]);
+        ensure!(
+            in_channels % p.groups == 0 && out_channels % p.groups == 0,
+            "conv2d: channels {in_channels} -> {out_channels} not divisible by groups {}",
+            p.groups
+        );
+        ensure!(
+            w[1] * p.groups == in_channels,
+            "conv2d: weight {w:?} with groups {} does not fit {in_channels} input channels",
+            p.groups
+        );
+        ensure!(
+            height + 2 * p.padding >= kernel && width + 2 * p.padding >= kernel,
+            "conv2d: kernel {kernel} larger than padded input {height}x{width}"
+        );
+        Ok(ConvGeometry {
+            batch,
+            height,
+            width,
+            in_channels,
+            out_channels,
+            kernel,
+            stride: p.stride,
+            padding: p.padding,
+            groups: p.groups,
+            out_height: (height + 2 * p.padding - kernel) / p.stride + 1,
+            out_width: (width + 2 * p.padding - kernel) / p.stride + 1,
+        })
+    }
+
+    pub fn in_per_group(&self) -> usize {
+        self.in_channels / self.groups
+    }
+
+    pub fn out_per_group(&self) -> usize {
+        self.out_channels / self.groups
+    }
+
+    /// Length of one group's unfolded row: the reduction size of its GEMM.
+    pub fn group_depth(&self) -> usize {
+        self.kernel * self.kernel * self.in_per_group()
+    }
+
+    /// Length of a whole unfolded row (all groups).
+    fn row_len(&self) -> usize {
+        self.kernel * self.kernel * self.in_channels
+    }
+
+    fn pixels_out(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    fn pixels_in(&self) -> usize {
+        self.height * self.width
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.batch * self.pixels_in() * self.in_channels
+    }
+
+    pub fn output_shape(&self) -> [usize; 4] {
+        [self.batch, self.out_height, self.out_width, self.out_channels]
+    }
+
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.out_channels,
+            self.in_per_group(),
+            self.kernel,
+            self.kernel,
+        ]
+    }
+
+    /// Multiply-adds times two of the forward pass.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.pixels_out() * self.out_channels * self.group_depth()) as f64
+    }
+
+    fn is_pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Images per parallel chunk: enough GEMM rows to be efficient, enough chunks to share.
+    fn images_per_chunk(&self) -> usize {
+        let for_rows = 256usize.div_ceil(self.pixels_out());
+        for_rows.min((self.batch / 4).max(1))
+    }
+
+    fn chunks(&self) -> usize {
+        self.batch.div_ceil(self.images_per_chunk())
+    }
+}
+
+thread_local! {
+    // Unfolded rows are reused between chunks and calls: fresh pages for every chunk would
+    // cost more than the copy itself.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
+/// Single-threaded strided GEMM: dst(m x n) = (accumulate ? dst : 0) + lhs(m x k) * rhs(k x n).
+/// Strides are (row, column) in elements.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_strides: (usize, usize),
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_strides: (usize, usize),
+    rhs: *const f32,
+    rhs_strides: (usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dst_strides.1 as isize,
+        dst_strides.0 as isize,
+        accumulate,
+        lhs,
+        lhs_strides.1 as isize,
+        lhs_strides.0 as isize,
+        rhs,
+        rhs_strides.1 as isize,
+        rhs_strides.0 as isize,
+        if accumulate { 1.0 } else { 0.0 },
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// Unfolds images [first, first + count) into `col`, one row per output pixel.
+fn im2col(x: &[f32], g: &ConvGeometry, first: usize, count: usize, col: &mut [f32]) {
+    let (k, cin, cpg, depth) = (g.kernel, g.in_channels, g.in_per_group(), g.group_depth());
+    let row_len = g.row_len();
+    for i in 0..count {
+        let image = &x[(first + i) * g.pixels_in() * cin..][..g.pixels_in() * cin];
+        for oh in 0..g.out_height {
+            for ow in 0..g.out_width {
+                let row = (i * g.out_height + oh) * g.out_width + ow;
+                let dst = &mut col[row * row_len..(row + 1) * row_len];
+                for kh in 0..k {
+                    let ih = (oh * g.stride + kh) as isize - g.padding as isize;
+                    for kw in 0..k {
+                        let iw = (ow * g.stride + kw) as isize - g.padding as isize;
+                        let tap = (kh * k + kw) * cpg;
+                        let inside = ih >= 0
+                            && iw >= 0
+                            && (ih as usize) < g.height
+                            && (iw as usize) < g.width;
+                        for grp in 0..g.groups {
+                            let d = &mut dst[grp * depth + tap..][..cpg];
+                            if inside {
+                                let pixel = (ih as usize * g.width + iw as usize) * cin;
+                                d.copy_from_slice(&image[pixel + grp * cpg..][..cpg]);
+                            } else {
+                                d.fill(0.0);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds unfolded rows back onto the images they came from (the adjoint of `im2col`).
+fn col2im(col: &[f32], g: &ConvGeometry, count: usize, dx: &mut [f32]) {
+    let (k, cin, cpg, depth) = (g.kernel, g.in_channels, g.in_per_group(), g.group_depth());
+    let row_len = g.row_len();
+    for i in 0..count {
+        let image = &mut dx[i * g.pixels_in() * cin..][..g.pixels_in() * cin];
+        for oh in 0..g.out_height {
+            for ow in 0..g.out_width {
+                let row = (i * g.out_height + oh) * g.out_width + ow;
+                let src = &col[row * row_len..(row + 1) * row_len];
+                for kh in 0..k {
+                    let ih = (oh * g.stride + kh) as isize - g.padding as isize;
+                    if ih < 0 || ih as usize >= g.height {
+                        continue;
+                    }
+                    for kw in 0..k {
+                        let iw = (ow * g.stride + kw) as isize - g.padding as isize;
+                        if iw < 0 || iw as usize >= g.width {
+                            continue;
+                        }
+                        let tap = (kh * k + kw) * cpg;
+                        let pixel = (ih as usize * g.width + iw as usize) * cin;
+                        for grp in 0..g.groups {
+                            let s = &src[grp * depth + tap..][..cpg];
+                            let d = &mut image[pixel + grp * cpg..][..cpg];
+                            for (a, b) in d.iter_mut().zip(s) {
+                                *a += b;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [O, I, K, K] -> [O, K, K, I]: each output channel's taps in unfolded-row order.
+fn oihw_to_ohwi(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let (i_n, kk) = (g.in_per_group(), g.kernel * g.kernel);
+    let mut out = vec![0.0; w.len()];
+    for o in 0..g.out_channels {
+        for i in 0..i_n {
+            for t in 0..kk {
+                out[(o * kk + t) * i_n + i] = w[(o * i_n + i) * kk + t];
+            }
+        }
+    }
+    out
+}
+
+fn ohwi_to_oihw(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let (i_n, kk) = (g.in_per_group(), g.kernel * g.kernel);
+    let mut out = vec![0.0; w.len()];
+    for o in 0..g.out_channels {
+        for i in 0..i_n {
+            for t in 0..kk {
+                out[(o * i_n + i) * kk + t] = w[(o * kk + t) * i_n + i];
+            }
+        }
+    }
+    out
+}
+
+/// The GEMM operand for images [first, first + count): the input itself for a pointwise conv,
+/// else the unfolded rows in `col`. Returns (pointer, row stride).
+fn operand(x: &[f32], g: &ConvGeometry, first: usize, count: usize, col: &mut [f32]) -> (*const f32, usize) {
+    if g.is_pointwise() {
+        (x[first * g.pixels_in() * g.in_channels..].as_ptr(), g.in_channels)
+    } else {
+        im2col(x, g, first, count, col);
+        (col.as_ptr(), g.row_len())
+    }
+}
+
+fn scratch_len(g: &ConvGeometry) -> usize {
+    if g.is_pointwise() {
+        0
+    } else {
+        g.images_per_chunk() * g.pixels_out() * g.row_len()
+    }
+}
+
+fn forward_cpu(x: &[f32], w_ohwi: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let (cout, opg, depth) = (g.out_channels, g.out_per_group(), g.group_depth());
+    let per_chunk = g.images_per_chunk();
+    let mut out = vec![0.0; g.batch * g.pixels_out() * cout];
+    out.par_chunks_mut(per_chunk * g.pixels_out() * cout)
+        .enumerate()
+        .for_each(|(c, out_chunk)| {
+            let count = out_chunk.len() / (g.pixels_out() * cout);
+            let rows = count * g.pixels_out();
+            with_scratch(scratch_len(g), |col| {
+                let (lhs, lhs_row) = operand(x, g, c * per_chunk, count, col);
+                for grp in 0..g.groups {
+                    // SAFETY: every pointer addresses a live slice; the extents follow from
+                    // the geometry that sized those slices.
+                    unsafe {
+                        gemm_f32(
+                            rows,
+                            opg,
+                            depth,
+                            out_chunk.as_mut_ptr().add(grp * opg),
+                            (cout, 1),
+                            false,
+                            lhs.add(grp * depth),
+                            (lhs_row, 1),
+                            w_ohwi.as_ptr().add(grp * opg * depth),
+                            (1, depth),
+                        )
+                    }
+                }
+            })
+        });
+    out
+}
+
+fn backward_data_cpu(dy: &[f32], w_ohwi: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let (opg, depth) = (g.out_per_group(), g.group_depth());
+    let per_chunk = g.images_per_chunk();
+    let mut dx = vec![0.0; g.input_len()];
+    dx.par_chunks_mut(per_chunk * g.pixels_in() * cin)
+        .enumerate()
+        .for_each(|(c, dx_chunk)| {
+            let count = dx_chunk.len() / (g.pixels_in() * cin);
+            let rows = count * g.pixels_out();
+            let dy_chunk = &dy[c * per_chunk * g.pixels_out() * cout..];
+            let direct = g.is_pointwise();
+            with_scratch(scratch_len(g), |dcol| {
+                let (dst, dst_row) = if direct {
+                    (dx_chunk.as_mut_ptr(), cin)
+                } else {
+                    (dcol.as_mut_ptr(), g.row_len())
+                };
+                for grp in 0..g.groups {
+                    // SAFETY: as in `forward_cpu`.
+                    unsafe {
+                        gemm_f32(
+                            rows,
+                            depth,
+                            opg,
+                            dst.add(grp * depth),
+                            (dst_row, 1),
+                            false,
+                            dy_chunk.as_ptr().add(grp * opg),
+                            (cout, 1),
+                            w_ohwi.as_ptr().add(grp * opg * depth),
+                            (depth, 1),
+                        )
+                    }
+                }
+                if !direct {
+                    col2im(dcol, g, count, dx_chunk);
+                }
+            })
+        });
+    dx
+}
+
+fn backward_weight_cpu(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let cout = g.out_channels;
+    let (opg, depth) = (g.out_per_group(), g.group_depth());
+    let per_chunk = g.images_per_chunk();
+    let parts = parallel::map_parts(g.chunks(), |chunks| {
+        let mut acc = vec![0.0; cout * depth];
+        for c in chunks {
+            let first = c * per_chunk;
+            let count = per_chunk.min(g.batch - first);
+            let rows = count * g.pixels_out();
+            let dy_chunk = &dy[first * g.pixels_out() * cout..];
+            with_scratch(scratch_len(g), |col| {
+                let (rhs, rhs_row) = operand(x, g, first, count, col);
+                for grp in 0..g.groups {
+                    // SAFETY: as in `forward_cpu`.
+                    unsafe {
+                        gemm_f32(
+                            opg,
+                            depth,
+                            rows,
+                            acc.as_mut_ptr().add(grp * opg * depth),
+                            (depth, 1),
+                            true,
+                            dy_chunk.as_ptr().add(grp * opg),
+                            (1, cout),
+                            rhs.add(grp * depth),
+                            (rhs_row, 1),
+                        )
+                    }
+                }
+            });
+        }
+        acc
+    });
+    ohwi_to_oihw(&parallel::sum_in_order(parts), g)
+}
+
+/// y = conv(x, w).
+pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+    let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
+    match x.device() {
+        Device::Cpu => {
+            let w_ohwi = oihw_to_ohwi(w.as_slice(), &g);
+            Ok(Tensor::from_vec(&g.output_shape(), forward_cpu(x.as_slice(), &w_ohwi, &g)))
+        }
+    }
+}
+
+/// dL/dx from dL/dy.
+pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
+    ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
+    match dy.device() {
+        Device::Cpu => {
+            let w_ohwi = oihw_to_ohwi(w.as_slice(), g);
+            Ok(Tensor::from_vec(
+                &[g.batch, g.height, g.width, g.in_channels],
+                backward_data_cpu(dy.as_slice(), &w_ohwi, g),
+            ))
+        }
+    }
+}
+
+/// dL/dw from the input and dL/dy.
+pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
+    ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
+    match x.device() {
+        Device::Cpu => Ok(Tensor::from_vec(
+            &g.weight_shape(),
+            backward_weight_cpu(x.as_slice(), dy.as_slice(), g),
+        )),
+    }
+}
+
+impl Tape {
+    pub fn conv2d(&self, x: &Var, w: &Var, p: Conv2dParams) -> Result<Var> {
+        let y = conv2d_forward(x.value(), w.value(), p)?;
+        if !self.needs_grad(&[x, w]) {
+            return Ok(Var::constant(y));
+        }
+        let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
+        // Keep only what each gradient needs: the weight for dx, the input for dw.
+        let w_saved = x.requires_grad().then(|| w.value().clone());
+        let x_saved = w.requires_grad().then(|| x.value().clone());
+        Ok(self.record(
+            y,
+            &[x, w],
+            Box::new(move |dy, needs| {
+                let dx = match (&w_saved, needs[0]) {
+                    (Some(w), true) => Some(conv2d_backward_data(dy, w, &g)?),
+                    _ => None,
+                };
+                let dw = match (&x_saved, needs[1]) {
+                    (Some(x), true) => Some(conv2d_backward_weight(x, dy, &g)?),
+                    _ => None,
+                };
+                Ok(vec![dx, dw])
+            }),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::{check_gradients, random_tensor};
+
+    /// Direct six-loop convolution in f64: the independent reference.
+    fn naive_conv(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Vec<f64> {
+        let g = ConvGeometry::new(x.shape(), w.shape(), p).unwrap();
+        let (x, w) = (x.as_slice(), w.as_slice());
+        let (ipg, opg, k) = (g.in_per_group(), g.out_per_group(), g.kernel);
+        let mut out = vec![0.0; g.batch * g.out_height * g.out_width * g.out_channels];
+        for b in 0..g.batch {
+            for oh in 0..g.out_height {
+                for ow in 0..g.out_width {
+                    for o in 0..g.out_channels {
+                        let grp = o / opg;
+                        let mut acc = 0.0f64;
+                        for i in 0..ipg {
+                            for kh in 0..k {
+                                for kw in 0..k {
+                                    let ih = (oh * g.stride + kh) as isize - g.padding as isize;
+                                    let iw = (ow * g.stride + kw) as isize - g.padding as isize;
+                                    if ih < 0 || iw < 0 || ih >= g.height as isize || iw >= g.width as isize {
+                                        continue;
+                                    }
+                                    let xi = ((b * g.height + ih as usize) * g.width + iw as usize)
+                                        * g.in_channels
+                                        + grp * ipg
+                                        + i;
+                                    let wi = ((o * ipg + i) * k + kh) * k + kw;
+                                    acc += x[xi] as f64 * w[wi] as f64;
+                                }
+                            }
+                        }
+                        out[((b * g.out_height + oh) * g.out_width + ow) * g.out_channels + o] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn cases() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
+        let p = |stride, padding, groups| Conv2dParams { stride, padding, groups };
+        vec![
+            ([2, 5, 7, 3], [4, 3, 3, 3], p(1, 1, 1)),
+            ([3, 9, 9, 6], [8, 3, 3, 3], p(2, 1, 2)),
+            ([2, 8, 8, 10], [10, 1, 3, 3], p(1, 1, 10)),
+            ([5, 7, 7, 20], [30, 2, 3, 3], p(2, 1, 10)),
+            ([2, 6, 6, 12], [12, 4, 1, 1], p(1, 0, 3)),
+            ([3, 7, 5, 12], [24, 4, 1, 1], p(2, 0, 3)),
+            ([1, 4, 4, 4], [2, 4, 4, 4], p(1, 0, 1)),
+            ([9, 4, 4, 8], [8, 8, 3, 3], p(1, 1, 1)),
+        ]
+    }
+
+    #[test]
+    fn forward_matches_naive_loops() {
+        for (n, (xs, ws, p)) in cases().into_iter().enumerate() {
+            let x = random_tensor(&xs, n as u64);
+            let w = random_tensor(&ws, 100 + n as u64);
+            let y = conv2d_forward(&x, &w, p).unwrap();
+            let reference = naive_conv(&x, &w, p);
+            assert_eq!(y.len(), reference.len());
+            for (a, b) in y.as_slice().iter().zip(&reference) {
+                assert!((*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()), "case {n}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        for (n, (xs, ws, p)) in cases().into_iter().enumerate() {
+            let x = random_tensor(&xs, 10 + n as u64);
+            let w = random_tensor(&ws, 200 + n as u64);
+            check_gradients(&[x, w], |t, v| t.conv2d(&v[0], &v[1], p));
+        }
+    }
+
+    #[test]
+    fn rejects_mismatched_shapes() {
+        let x = Tensor::zeros(&[1, 4, 4, 6]);
+        let w = Tensor::zeros(&[4, 4, 3, 3]);
+        let p = Conv2dParams { stride: 1, padding: 1, groups: 2 };
+        assert!(conv2d_forward(&x, &w, p).is_err());
+    }
+}
