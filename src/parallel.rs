@@ -20,7 +20,10 @@ pub fn split(n: usize, parts: usize) -> Vec<Range<usize>> {
 
 /// Runs `work` on each part of `0..n` in parallel and returns the partial results in order.
 pub fn map_parts<T: Send>(n: usize, work: impl Fn(Range<usize>) -> T + Sync + Send) -> Vec<T> {
-    split(n, REDUCTION_PARTS).into_par_iter().map(work).collect()
+    split(n, REDUCTION_PARTS)
+        .into_par_iter()
+        .map(work)
+        .collect()
 }
 
 /// Sums equally long partial vectors in a fixed order.

@@ -74,7 +74,12 @@ impl Tensor {
 
     /// The single value of a one-element tensor (a loss).
     pub fn item(&self) -> f32 {
-        assert_eq!(self.len(), 1, "item() on a tensor of shape {:?}", self.shape);
+        assert_eq!(
+            self.len(),
+            1,
+            "item() on a tensor of shape {:?}",
+            self.shape
+        );
         self.as_slice()[0]
     }
 

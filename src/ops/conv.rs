@@ -46,9 +46,15 @@ impl ConvGeometry {
     /// `x`: [B, H, W, C_in]; `w`: [C_out, C_in / groups, K, K].
     pub fn new(x: &[usize], w: &[usize], p: Conv2dParams) -> Result<ConvGeometry> {
         ensure!(x.len() == 4, "conv2d input must be [B, H, W, C], got {x:?}");
-        ensure!(w.len() == 4, "conv2d weight must be [O, I/g, K, K], got {w:?}");
+        ensure!(
+            w.len() == 4,
+            "conv2d weight must be [O, I/g, K, K], got {w:?}"
+        );
         ensure!(w[2] == w[3], "conv2d kernel must be square, got {w:?}");
-        ensure!(p.stride >= 1 && p.groups >= 1, "conv2d stride and groups must be >= 1");
+        ensure!(
+            p.stride >= 1 && p.groups >= 1,
+            "conv2d stride and groups must be >= 1"
+        );
         let (batch, height, width, in_channels) = (x[0], x[1], x[2], x[3]);
         let (out_channels, kernel) = (w[0], w[2]);
         ensure!(
@@ -111,7 +117,12 @@ impl ConvGeometry {
     }
 
     pub fn output_shape(&self) -> [usize; 4] {
-        [self.batch, self.out_height, self.out_width, self.out_channels]
+        [
+            self.batch,
+            self.out_height,
+            self.out_width,
+            self.out_channels,
+        ]
     }
 
     pub fn weight_shape(&self) -> [usize; 4] {
@@ -297,9 +308,18 @@ fn ohwi_to_oihw(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
 
 /// The GEMM operand for images [first, first + count): the input itself for a pointwise conv,
 /// else the unfolded rows in `col`. Returns (pointer, row stride).
-fn operand(x: &[f32], g: &ConvGeometry, first: usize, count: usize, col: &mut [f32]) -> (*const f32, usize) {
+fn operand(
+    x: &[f32],
+    g: &ConvGeometry,
+    first: usize,
+    count: usize,
+    col: &mut [f32],
+) -> (*const f32, usize) {
     if g.is_pointwise() {
-        (x[first * g.pixels_in() * g.in_channels..].as_ptr(), g.in_channels)
+        (
+            x[first * g.pixels_in() * g.in_channels..].as_ptr(),
+            g.in_channels,
+        )
     } else {
         im2col(x, g, first, count, col);
         (col.as_ptr(), g.row_len())
@@ -434,14 +454,21 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor>
     match x.device() {
         Device::Cpu => {
             let w_ohwi = oihw_to_ohwi(w.as_slice(), &g);
-            Ok(Tensor::from_vec(&g.output_shape(), forward_cpu(x.as_slice(), &w_ohwi, &g)))
+            Ok(Tensor::from_vec(
+                &g.output_shape(),
+                forward_cpu(x.as_slice(), &w_ohwi, &g),
+            ))
         }
     }
 }
 
 /// dL/dx from dL/dy.
 pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
+    ensure!(
+        dy.shape() == g.output_shape(),
+        "conv2d backward: gradient shape {:?}",
+        dy.shape()
+    );
     match dy.device() {
         Device::Cpu => {
             let w_ohwi = oihw_to_ohwi(w.as_slice(), g);
@@ -455,7 +482,11 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result
 
 /// dL/dw from the input and dL/dy.
 pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
+    ensure!(
+        dy.shape() == g.output_shape(),
+        "conv2d backward: gradient shape {:?}",
+        dy.shape()
+    );
     match x.device() {
         Device::Cpu => Ok(Tensor::from_vec(
             &g.weight_shape(),
@@ -514,7 +545,11 @@ mod tests {
                                 for kw in 0..k {
                                     let ih = (oh * g.stride + kh) as isize - g.padding as isize;
                                     let iw = (ow * g.stride + kw) as isize - g.padding as isize;
-                                    if ih < 0 || iw < 0 || ih >= g.height as isize || iw >= g.width as isize {
+                                    if ih < 0
+                                        || iw < 0
+                                        || ih >= g.height as isize
+                                        || iw >= g.width as isize
+                                    {
                                         continue;
                                     }
                                     let xi = ((b * g.height + ih as usize) * g.width + iw as usize)
@@ -526,7 +561,8 @@ mod tests {
                                 }
                             }
                         }
-                        out[((b * g.out_height + oh) * g.out_width + ow) * g.out_channels + o] = acc;
+                        out[((b * g.out_height + oh) * g.out_width + ow) * g.out_channels + o] =
+                            acc;
                     }
                 }
             }
@@ -535,7 +571,11 @@ mod tests {
     }
 
     fn cases() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
-        let p = |stride, padding, groups| Conv2dParams { stride, padding, groups };
+        let p = |stride, padding, groups| Conv2dParams {
+            stride,
+            padding,
+            groups,
+        };
         vec![
             ([2, 5, 7, 3], [4, 3, 3, 3], p(1, 1, 1)),
             ([3, 9, 9, 6], [8, 3, 3, 3], p(2, 1, 2)),
@@ -557,7 +597,10 @@ mod tests {
             let reference = naive_conv(&x, &w, p);
             assert_eq!(y.len(), reference.len());
             for (a, b) in y.as_slice().iter().zip(&reference) {
-                assert!((*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()), "case {n}: {a} vs {b}");
+                assert!(
+                    (*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()),
+                    "case {n}: {a} vs {b}"
+                );
             }
         }
     }
@@ -575,7 +618,11 @@ mod tests {
     fn rejects_mismatched_shapes() {
         let x = Tensor::zeros(&[1, 4, 4, 6]);
         let w = Tensor::zeros(&[4, 4, 3, 3]);
-        let p = Conv2dParams { stride: 1, padding: 1, groups: 2 };
+        let p = Conv2dParams {
+            stride: 1,
+            padding: 1,
+            groups: 2,
+        };
         assert!(conv2d_forward(&x, &w, p).is_err());
     }
 }

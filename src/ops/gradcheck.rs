@@ -84,7 +84,11 @@ pub fn check_gradients_with(
             .get(&vars[i])
             .unwrap_or_else(|| panic!("input {i} got no gradient"))
             .clone();
-        assert_eq!(analytic.shape(), input.shape(), "gradient shape of input {i}");
+        assert_eq!(
+            analytic.shape(),
+            input.shape(),
+            "gradient shape of input {i}"
+        );
         for direction in 0..3u64 {
             let v = random_values(input.len(), 1000 + 17 * i as u64 + direction);
             let shifted = |sign: f64| {
