@@ -2,7 +2,10 @@
 //! evaluated for robustness research.
 
 pub mod autograd;
+pub mod data;
 pub mod device;
+pub mod nn;
 pub mod ops;
 pub mod parallel;
+pub mod rng;
 pub mod tensor;

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{ensure, Result};
+use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::autograd::{Tape, Var};

@@ -2,7 +2,7 @@
 //! MoCSE network the channels of all experts sit side by side, so per-channel statistics are
 //! automatically per expert.
 
-use anyhow::{ensure, Result};
+use anyhow::{Result, ensure};
 use rayon::prelude::*;
 
 use crate::autograd::{Tape, Var};

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use anyhow::{ensure, Result};
+use anyhow::{Result, ensure};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -185,27 +185,30 @@ unsafe fn gemm_f32(
     rhs: *const f32,
     rhs_strides: (usize, usize),
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        dst_strides.1 as isize,
-        dst_strides.0 as isize,
-        accumulate,
-        lhs,
-        lhs_strides.1 as isize,
-        lhs_strides.0 as isize,
-        rhs,
-        rhs_strides.1 as isize,
-        rhs_strides.0 as isize,
-        if accumulate { 1.0 } else { 0.0 },
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
+    // SAFETY: the caller guarantees that the strided extents stay inside live slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_strides.1 as isize,
+            dst_strides.0 as isize,
+            accumulate,
+            lhs,
+            lhs_strides.1 as isize,
+            lhs_strides.0 as isize,
+            rhs,
+            rhs_strides.1 as isize,
+            rhs_strides.0 as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
 }
 
 /// Unfolds images [first, first + count) into `col`, one row per output pixel.

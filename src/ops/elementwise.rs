@@ -1,6 +1,6 @@
-//! Element-wise ops: relu, add, scale, and concatenation along the last axis.
+//! Element-wise and shape ops: relu, add, scale, reshape, concatenation along the last axis.
 
-use anyhow::{ensure, Result};
+use anyhow::{Result, ensure};
 use rayon::prelude::*;
 
 use crate::autograd::{Tape, Var};
@@ -52,11 +52,7 @@ impl Tape {
             &[x],
             Box::new(move |g, _| {
                 let dx = zip_map(g.as_slice(), saved.as_slice(), |g, y| {
-                    if y > 0.0 {
-                        g
-                    } else {
-                        0.0
-                    }
+                    if y > 0.0 { g } else { 0.0 }
                 });
                 Ok(vec![Some(Tensor::from_vec(saved.shape(), dx))])
             }),
@@ -84,6 +80,21 @@ impl Tape {
                     map(g.as_slice(), |v| v * s),
                 ))])
             }),
+        ))
+    }
+
+    /// The same values viewed with another shape (no copy).
+    pub fn reshape(&self, x: &Var, shape: &[usize]) -> Result<Var> {
+        ensure!(
+            shape.iter().product::<usize>() == x.value().len(),
+            "cannot reshape {:?} to {shape:?}",
+            x.shape()
+        );
+        let original = x.shape().to_vec();
+        Ok(self.record(
+            x.value().reshape(shape),
+            &[x],
+            Box::new(move |g, _| Ok(vec![Some(g.reshape(&original))])),
         ))
     }
 

@@ -2,7 +2,7 @@
 //! Groups = 1 is the standard network's classifier; groups = N gives every expert its own
 //! 2-way head over its own features (PyTorch: a 1x1 Conv2d with groups = N, weight [N*O, I]).
 
-use anyhow::{ensure, Result};
+use anyhow::{Result, ensure};
 
 use crate::autograd::{Tape, Var};
 use crate::tensor::Tensor;

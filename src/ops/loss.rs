@@ -1,7 +1,7 @@
 //! Losses, each the mean over its terms: softmax cross-entropy over class scores, and binary
 //! cross-entropy with logits for every class expert's (False, True) pair.
 
-use anyhow::{ensure, Result};
+use anyhow::{Result, ensure};
 
 use crate::autograd::{Tape, Var};
 use crate::tensor::Tensor;
@@ -119,7 +119,7 @@ pub fn count_correct(scores: &Tensor, labels: &[u32]) -> usize {
         .as_slice()
         .chunks_exact(k)
         .zip(labels)
-        .filter(|(row, &y)| argmax(row) == y as usize)
+        .filter(|(row, y)| argmax(row) == **y as usize)
         .count()
 }
 

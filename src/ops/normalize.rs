@@ -1,7 +1,7 @@
 //! Input normalisation per channel, (x - mean) / std, as the model's first op. Keeping it in the
 //! model means attacks and corruptions work on pixel values in [0, 1].
 
-use anyhow::{ensure, Result};
+use anyhow::{Result, ensure};
 
 use crate::autograd::{Tape, Var};
 use crate::tensor::Tensor;

@@ -1,6 +1,6 @@
 //! Global average pooling: [B, H, W, C] -> [B, C].
 
-use anyhow::{ensure, Result};
+use anyhow::{Result, ensure};
 
 use crate::autograd::{Tape, Var};
 use crate::tensor::Tensor;

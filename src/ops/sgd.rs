@@ -2,7 +2,7 @@
 //! g' = g + wd * w;  v = momentum * v + g';  step = nesterov ? g' + momentum * v : v;
 //! w = w - lr * step. The velocity starts at zero, which makes the first step v = g'.
 
-use anyhow::{ensure, Result};
+use anyhow::{Result, ensure};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 

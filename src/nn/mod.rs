@@ -1,0 +1,4 @@
+//! Layers and models: the PreAct ResNet-18 (standard or grouped) and the MoCSE model built on it.
+
+pub mod model;
+pub mod preact_resnet;

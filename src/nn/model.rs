@@ -1,0 +1,260 @@
+//! The two models a user trains: the standard PreAct ResNet-18, and MoCSE, N class experts run
+//! as one fused grouped network (or, as the benchmark baseline and the correctness anchor, as
+//! N separate networks run one after another from the same weights).
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Result, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::autograd::{Tape, Var};
+use crate::nn::preact_resnet::{NetShape, PreActResNet, Weights};
+use crate::ops::aggregate::Aggregate;
+use crate::tensor::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Preact18,
+    Mocse,
+}
+
+impl FromStr for ModelKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "preact18" => Ok(ModelKind::Preact18),
+            "mocse" => Ok(ModelKind::Mocse),
+            _ => Err(format!("unknown model '{s}'; expected preact18 or mocse")),
+        }
+    }
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModelKind::Preact18 => "preact18",
+            ModelKind::Mocse => "mocse",
+        })
+    }
+}
+
+/// Everything that defines a model's architecture and loss; stored in a run's config.json.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub kind: ModelKind,
+    pub num_classes: usize,
+    /// Base width of the standard network, or of each expert.
+    pub width: usize,
+    /// MoCSE only.
+    pub aggregate: Aggregate,
+    /// MoCSE only: lambda in CE(aggregate) + lambda * mean BCE(expert).
+    pub bce_weight: f32,
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.num_classes >= 2,
+            "a classifier needs at least 2 classes"
+        );
+        ensure!(self.width >= 1, "width must be at least 1");
+        ensure!(
+            self.bce_weight.is_finite() && self.bce_weight >= 0.0,
+            "--bce-weight must be a finite number >= 0, got {}",
+            self.bce_weight
+        );
+        Ok(())
+    }
+
+    /// The fused network: groups = number of experts for MoCSE.
+    pub fn net_shape(&self) -> NetShape {
+        match self.kind {
+            ModelKind::Preact18 => NetShape {
+                groups: 1,
+                width: self.width,
+                outputs: self.num_classes,
+            },
+            ModelKind::Mocse => NetShape {
+                groups: self.num_classes,
+                width: self.width,
+                outputs: 2,
+            },
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self.kind {
+            ModelKind::Preact18 => format!("PreAct ResNet-18, width {}", self.width),
+            ModelKind::Mocse => format!(
+                "MoCSE, {} experts of width {} fused (aggregate {}, BCE weight {})",
+                self.num_classes, self.width, self.aggregate, self.bce_weight
+            ),
+        }
+    }
+}
+
+/// How the N experts are executed.
+pub enum Network {
+    /// One network; grouped when it is MoCSE.
+    Fused(PreActResNet),
+    /// N separate single-expert networks, run one after another.
+    Unfused(Vec<PreActResNet>),
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub network: Network,
+}
+
+impl Model {
+    pub fn new(config: ModelConfig) -> Model {
+        Model {
+            config,
+            network: Network::Fused(PreActResNet::new(config.net_shape())),
+        }
+    }
+
+    /// MoCSE as N separate expert networks; takes weights from `split_experts`.
+    pub fn new_unfused(config: ModelConfig) -> Result<Model> {
+        ensure!(
+            config.kind == ModelKind::Mocse,
+            "only MoCSE has an unfused form"
+        );
+        let expert = NetShape {
+            groups: 1,
+            width: config.width,
+            outputs: 2,
+        };
+        Ok(Model {
+            config,
+            network: Network::Unfused(
+                (0..config.num_classes)
+                    .map(|_| PreActResNet::new(expert))
+                    .collect(),
+            ),
+        })
+    }
+
+    /// The fused network (its names and shapes are those of the checkpoints).
+    pub fn fused(&self) -> &PreActResNet {
+        match &self.network {
+            Network::Fused(net) => net,
+            Network::Unfused(_) => panic!("the unfused form has no single network"),
+        }
+    }
+
+    /// Images [B, 32, 32, 3] in [0, 1] to the model's raw output: class logits [B, K] for the
+    /// standard network, expert logits [B, N, 2] for MoCSE. `params`/`buffers` are one set for
+    /// the fused form and the experts' sets one after another for the unfused form.
+    pub fn forward(
+        &self,
+        tape: &Tape,
+        params: &[Var],
+        buffers: &mut [Tensor],
+        images: &Var,
+        train: bool,
+    ) -> Result<Var> {
+        let b = images.shape()[0];
+        match &self.network {
+            Network::Fused(net) => {
+                let out = net.forward(tape, params, buffers, images, train)?;
+                match self.config.kind {
+                    ModelKind::Preact18 => Ok(out),
+                    ModelKind::Mocse => tape.reshape(&out, &[b, self.config.num_classes, 2]),
+                }
+            }
+            Network::Unfused(experts) => {
+                let (np, nb) = (
+                    experts[0].param_specs().len(),
+                    experts[0].buffer_specs().len(),
+                );
+                let mut outs = Vec::with_capacity(experts.len());
+                for (n, net) in experts.iter().enumerate() {
+                    outs.push(net.forward(
+                        tape,
+                        &params[n * np..(n + 1) * np],
+                        &mut buffers[n * nb..(n + 1) * nb],
+                        images,
+                        train,
+                    )?);
+                }
+                let out = tape.concat_last(&outs)?;
+                tape.reshape(&out, &[b, experts.len(), 2])
+            }
+        }
+    }
+
+    /// Class scores [B, K] from the raw output: what argmax predicts with.
+    pub fn scores(&self, tape: &Tape, output: &Var) -> Result<Var> {
+        match self.config.kind {
+            ModelKind::Preact18 => Ok(output.clone()),
+            ModelKind::Mocse => tape.aggregate(output, self.config.aggregate),
+        }
+    }
+
+    /// The training loss: CE for the standard network; CE on the aggregated scores plus
+    /// lambda times the experts' mean BCE for MoCSE.
+    pub fn loss(&self, tape: &Tape, output: &Var, labels: &[u32]) -> Result<Var> {
+        let scores = self.scores(tape, output)?;
+        let ce = tape.softmax_cross_entropy(&scores, labels)?;
+        match self.config.kind {
+            ModelKind::Preact18 => Ok(ce),
+            ModelKind::Mocse => {
+                let bce = tape.expert_bce_with_logits(output, labels)?;
+                let weighted = tape.scale(&bce, self.config.bce_weight)?;
+                tape.add(&ce, &weighted)
+            }
+        }
+    }
+}
+
+/// Splits fused MoCSE tensors into the N experts' tensors: every fused parameter and buffer
+/// holds the experts' slices one after another along its first axis, except the input
+/// normalisation, which every expert shares.
+pub fn split_experts(net: &PreActResNet, fused: &Weights) -> Vec<Weights> {
+    let n = net.shape.groups;
+    let split =
+        |specs: &[crate::nn::preact_resnet::TensorSpec], tensors: &[Tensor]| -> Vec<Vec<Tensor>> {
+            let mut per_expert = vec![Vec::with_capacity(tensors.len()); n];
+            for (spec, t) in specs.iter().zip(tensors) {
+                let shared = spec.name.starts_with("normalize.");
+                let chunk = if shared { t.len() } else { t.len() / n };
+                let mut shape = t.shape().to_vec();
+                if !shared {
+                    shape[0] /= n;
+                }
+                for (e, out) in per_expert.iter_mut().enumerate() {
+                    let start = if shared { 0 } else { e * chunk };
+                    out.push(Tensor::from_vec(
+                        &shape,
+                        t.as_slice()[start..start + chunk].to_vec(),
+                    ));
+                }
+            }
+            per_expert
+        };
+    let params = split(net.param_specs(), &fused.params);
+    let buffers = split(net.buffer_specs(), &fused.buffers);
+    params
+        .into_iter()
+        .zip(buffers)
+        .map(|(params, buffers)| Weights { params, buffers })
+        .collect()
+}
+
+/// The inverse of `split_experts` for parameters (or their gradients).
+pub fn join_experts(net: &PreActResNet, experts: &[Vec<Tensor>]) -> Vec<Tensor> {
+    net.param_specs()
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let mut data = Vec::with_capacity(spec.shape.iter().product());
+            for e in experts {
+                data.extend_from_slice(e[i].as_slice());
+            }
+            Tensor::from_vec(&spec.shape, data)
+        })
+        .collect()
+}
