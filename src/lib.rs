@@ -1,7 +1,9 @@
 //! mocse: Pre-activation ResNet-18 and its Mixture of Class-Specific Experts, trained and
 //! evaluated for robustness research.
 
+pub mod atomic_file;
 pub mod autograd;
+pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod nn;
