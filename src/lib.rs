@@ -3,11 +3,14 @@
 
 pub mod atomic_file;
 pub mod autograd;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod nn;
 pub mod ops;
 pub mod parallel;
 pub mod rng;
 pub mod tensor;
+pub mod train;

@@ -1,1 +1,423 @@
-fn main() {}
+//! The `mocse` command line: train, evaluate and benchmark.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use mocse::atomic_file::write_atomic;
+use mocse::bench::bench_train_step;
+use mocse::checkpoint::{self, MODEL_FILE};
+use mocse::data::{DataSpec, Dataset, Split};
+use mocse::device::DeviceChoice;
+use mocse::eval::{EvalReport, count_correct_on};
+use mocse::nn::model::{Model, ModelConfig, ModelKind};
+use mocse::ops::aggregate::Aggregate;
+use mocse::ops::sgd::SgdConfig;
+use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, read_config};
+
+#[derive(Parser)]
+#[command(
+    name = "mocse",
+    version,
+    about = "Train and evaluate PreAct ResNet-18 and its Mixture of Class-Specific Experts (MoCSE)",
+    long_about = "Train and evaluate PreAct ResNet-18 and its Mixture of Class-Specific Experts \
+                  (MoCSE): N binary class experts run as one fused grouped network, their \"True\" \
+                  probabilities aggregated into class scores."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model; writes config.json, log.jsonl and checkpoints into the run directory.
+    Train(TrainArgs),
+    /// Evaluate a trained run's last checkpoint on a test set.
+    Eval(EvalArgs),
+    /// Measure training and inference speed (images per second).
+    Bench(BenchArgs),
+}
+
+/// Settings of a new run. They are options so that `--resume`, which takes every setting from
+/// the run's config.json, can refuse any that are given; the defaults are in the help texts.
+#[derive(Args)]
+struct TrainArgs {
+    /// Model: preact18 (the standard network) or mocse (N class experts, fused). Required for a new run.
+    #[arg(long)]
+    model: Option<ModelKind>,
+    /// Training data: `synthetic` (built in, 50,000 train / 10,000 test images) or
+    /// `cifar10:DIR` (the CIFAR-10 binary version: DIR holds data_batch_1.bin .. test_batch.bin)
+    /// [default: synthetic]
+    #[arg(long)]
+    data: Option<DataSpec>,
+    /// Number of epochs [default: 30]
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per SGD step [default: 128]
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate [default: 0.1]
+    #[arg(long)]
+    lr: Option<f32>,
+    /// SGD momentum [default: 0.9]
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// L2 weight decay, applied to every parameter [default: 0.0005]
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Use Nesterov momentum
+    #[arg(long)]
+    nesterov: bool,
+    /// Learning-rate schedule: cosine (per step, to zero) or multistep (/10 at 50% and 75% of the epochs) [default: cosine]
+    #[arg(long)]
+    schedule: Option<Schedule>,
+    /// Seed of the weight initialisation, the shuffling and the augmentation [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Training augmentation: standard (4-pixel zero pad, random 32x32 crop, horizontal flip) or none [default: standard]
+    #[arg(long)]
+    augment: Option<mocse::data::Augment>,
+    /// Train on the first N training images only [default: all]
+    #[arg(long)]
+    train_subset: Option<usize>,
+    /// Evaluate after each epoch on the first N test images only [default: all]
+    #[arg(long)]
+    test_subset: Option<usize>,
+    /// preact18: base width of the network (channels 1x, 2x, 4x, 8x of it) [default: 64]
+    #[arg(long)]
+    width: Option<usize>,
+    /// mocse: base width of every expert [default: 16]
+    #[arg(long)]
+    expert_width: Option<usize>,
+    /// mocse: class scores from the experts: prob (p_n = softmax(expert n)[True], the paper's
+    /// wording) or logodds (l_True - l_False) [default: prob]
+    #[arg(long)]
+    aggregate: Option<Aggregate>,
+    /// mocse: weight lambda of the experts' mean binary cross-entropy in CE + lambda * BCE [default: 1.0]
+    #[arg(long)]
+    bce_weight: Option<f32>,
+    /// Device: auto (the GPU when one is usable, else cpu) or cpu
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Run directory for config.json, log.jsonl and the checkpoints
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint, with the settings in its config.json
+    #[arg(long)]
+    resume: bool,
+    /// Stop after N more epochs; the run can then be continued with --resume
+    #[arg(long, value_name = "N")]
+    stop_after: Option<usize>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Run directory written by `mocse train`
+    #[arg(long)]
+    run: PathBuf,
+    /// Test data: `synthetic` or `cifar10:DIR` [default: the data the run was trained on]
+    #[arg(long)]
+    data: Option<DataSpec>,
+    /// Evaluate the first N test images only [default: all]
+    #[arg(long)]
+    test_subset: Option<usize>,
+    /// Images per forward pass
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Device: auto or cpu
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Also write the report as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// What to measure: train-step (a whole training step and an inference pass)
+    #[arg(long, default_value = "train-step")]
+    what: String,
+    /// Model: preact18 or mocse
+    #[arg(long)]
+    model: ModelKind,
+    /// preact18: base width
+    #[arg(long, default_value_t = 64)]
+    width: usize,
+    /// mocse: base width of every expert
+    #[arg(long, default_value_t = 16)]
+    expert_width: usize,
+    /// mocse: run the experts as N separate networks one after another instead of fused
+    #[arg(long)]
+    unfused: bool,
+    /// Images per step
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Untimed steps before measuring
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed steps; the median is reported
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Device: auto or cpu
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Also write the result as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => train(args),
+        Command::Eval(args) => eval(args),
+        Command::Bench(args) => bench(args),
+    }
+}
+
+fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let Some(kind) = a.model else {
+        bail!("--model is required for a new run (preact18 or mocse)");
+    };
+    match kind {
+        ModelKind::Preact18
+            if a.expert_width.is_some() || a.aggregate.is_some() || a.bce_weight.is_some() =>
+        {
+            bail!("--expert-width, --aggregate and --bce-weight apply to --model mocse only")
+        }
+        ModelKind::Mocse if a.width.is_some() => {
+            bail!("--width applies to --model preact18; use --expert-width for mocse")
+        }
+        _ => {}
+    }
+    let width = match kind {
+        ModelKind::Preact18 => a.width.unwrap_or(64),
+        ModelKind::Mocse => a.expert_width.unwrap_or(16),
+    };
+    let config = TrainConfig {
+        model: ModelConfig {
+            kind,
+            num_classes: 10,
+            width,
+            aggregate: a.aggregate.unwrap_or(Aggregate::Prob),
+            bce_weight: a.bce_weight.unwrap_or(1.0),
+        },
+        data: a.data.clone().unwrap_or(DataSpec::Synthetic).to_string(),
+        train_subset: a.train_subset,
+        test_subset: a.test_subset,
+        augment: a
+            .augment
+            .unwrap_or(mocse::data::Augment::Standard)
+            .to_string(),
+        epochs: a.epochs.unwrap_or(30),
+        batch_size: a.batch_size.unwrap_or(128),
+        lr: a.lr.unwrap_or(0.1),
+        sgd: SgdConfig {
+            momentum: a.momentum.unwrap_or(0.9),
+            weight_decay: a.weight_decay.unwrap_or(5e-4),
+            nesterov: a.nesterov,
+        },
+        schedule: a.schedule.unwrap_or(Schedule::Cosine),
+        seed: a.seed.unwrap_or(0),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let (device, why) = a.device.resolve()?;
+    let mut trainer = if a.resume {
+        let given = [
+            ("--model", a.model.is_some()),
+            ("--data", a.data.is_some()),
+            ("--epochs", a.epochs.is_some()),
+            ("--batch-size", a.batch_size.is_some()),
+            ("--lr", a.lr.is_some()),
+            ("--momentum", a.momentum.is_some()),
+            ("--weight-decay", a.weight_decay.is_some()),
+            ("--nesterov", a.nesterov),
+            ("--schedule", a.schedule.is_some()),
+            ("--seed", a.seed.is_some()),
+            ("--augment", a.augment.is_some()),
+            ("--train-subset", a.train_subset.is_some()),
+            ("--test-subset", a.test_subset.is_some()),
+            ("--width", a.width.is_some()),
+            ("--expert-width", a.expert_width.is_some()),
+            ("--aggregate", a.aggregate.is_some()),
+            ("--bce-weight", a.bce_weight.is_some()),
+        ];
+        let clashes: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect();
+        if !clashes.is_empty() {
+            bail!(
+                "--resume continues with the settings in {}/config.json; do not also give {}",
+                a.out.display(),
+                clashes.join(", ")
+            );
+        }
+        Trainer::resume(&a.out, device)?
+    } else {
+        Trainer::create(new_run_config(&a)?, &a.out, device)?
+    };
+    if trainer.is_finished() {
+        eprintln!(
+            "{} already finished all {} epochs; nothing to do",
+            a.out.display(),
+            trainer.config.epochs
+        );
+        return Ok(());
+    }
+    eprintln!(
+        "{}; {} on {} ({} parameters), epochs {}..{} of {}, {} steps per epoch",
+        why,
+        trainer.config.model.describe(),
+        trainer.config.data,
+        trainer.model.fused().num_parameters(),
+        trainer.progress.epoch + 1,
+        trainer.config.epochs,
+        trainer.config.epochs,
+        trainer.steps_per_epoch()
+    );
+    eprintln!("writing to {}", a.out.display());
+    let logs = trainer.run(a.stop_after, std::io::stderr().is_terminal())?;
+    if let Some(last) = logs.last() {
+        println!(
+            "epoch {}/{}: test accuracy {:.2}%  (checkpoint {})",
+            last.epoch,
+            trainer.config.epochs,
+            100.0 * last.test_accuracy,
+            a.out.join(MODEL_FILE).display()
+        );
+    }
+    if !trainer.is_finished() {
+        eprintln!(
+            "stopped after epoch {}; continue with: mocse train --resume --out {}",
+            trainer.progress.epoch,
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    write_atomic(path, text.as_bytes())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let (device, why) = a.device.resolve()?;
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let config = read_config(&a.run)?;
+    let model = Model::new(config.model);
+    let (weights, progress) = checkpoint::load_model(&a.run.join(MODEL_FILE), model.fused())
+        .with_context(|| format!("{} has no usable checkpoint", a.run.display()))?;
+    let spec = match &a.data {
+        Some(d) => d.clone(),
+        None => config.data_spec()?,
+    };
+    let test = Dataset::load(&spec, Split::Test, a.test_subset, SYNTHETIC_SET_SEED)?;
+    eprintln!(
+        "{why}; evaluating {} (epoch {}) on {} test images of {spec}",
+        config.model.describe(),
+        progress.epoch,
+        test.len()
+    );
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(test.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:30}] {pos}/{len} images ({per_sec}, {eta} left)")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let correct = count_correct_on(&model, &weights, &test, a.batch_size, Some(&bar))?;
+    bar.finish_and_clear();
+    let report = EvalReport {
+        model: config.model.kind.to_string(),
+        model_description: config.model.describe(),
+        run: a.run.display().to_string(),
+        checkpoint_epoch: progress.epoch,
+        data: spec.to_string(),
+        device: device.to_string(),
+        clean_accuracy: correct as f64 / test.len() as f64,
+        num_images: test.len(),
+    };
+    println!(
+        "clean accuracy: {:.2}% ({correct}/{} images)",
+        100.0 * report.clean_accuracy,
+        report.num_images
+    );
+    if let Some(path) = &a.json {
+        write_json(path, &report)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    if a.what != "train-step" {
+        bail!(
+            "unknown --what '{}'; this build measures train-step",
+            a.what
+        );
+    }
+    if a.batch_size < 2 || a.steps == 0 {
+        bail!("--batch-size must be at least 2 and --steps at least 1");
+    }
+    if a.unfused && a.model != ModelKind::Mocse {
+        bail!("--unfused applies to --model mocse only");
+    }
+    let (device, why) = a.device.resolve()?;
+    let config = ModelConfig {
+        kind: a.model,
+        num_classes: 10,
+        width: if a.model == ModelKind::Mocse {
+            a.expert_width
+        } else {
+            a.width
+        },
+        aggregate: Aggregate::Prob,
+        bce_weight: 1.0,
+    };
+    config.validate()?;
+    eprintln!(
+        "{why}; measuring {} at batch {} ({} warm-up + {} timed steps)",
+        config.describe(),
+        a.batch_size,
+        a.warmup,
+        a.steps
+    );
+    let r = bench_train_step(config, !a.unfused, a.batch_size, device, a.warmup, a.steps)?;
+    println!(
+        "{}{}: train {:.1} images/s ({:.1} GFLOP/s), inference {:.1} images/s ({:.1} GFLOP/s), {} threads",
+        r.model_description,
+        if a.unfused { " (unfused)" } else { "" },
+        r.train_images_per_s,
+        r.train_gflop_per_s,
+        r.infer_images_per_s,
+        r.infer_gflop_per_s,
+        r.threads
+    );
+    if let Some(path) = &a.json {
+        write_json(path, &r)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

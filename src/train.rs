@@ -1,0 +1,475 @@
+//! The training job: epochs of SGD over a data set, an evaluation on the test split after
+//! each epoch, a log line and a checkpoint per epoch, and exact resumption.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::atomic_file::write_atomic;
+use crate::autograd::{Tape, Var};
+use crate::checkpoint::{self, MODEL_FILE, Progress, TRAINING_STATE_FILE};
+use crate::data::{Augment, DataSpec, Dataset, Split, batches, epoch_order, make_batch};
+use crate::device::Device;
+use crate::eval::count_correct_on;
+use crate::nn::model::{Model, ModelConfig};
+use crate::nn::preact_resnet::Weights;
+use crate::ops::loss::count_correct;
+use crate::ops::sgd::{SgdConfig, sgd_step};
+use crate::tensor::Tensor;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const LOG_FILE: &str = "log.jsonl";
+
+/// Which synthetic set every run uses, so that runs with different seeds see the same data.
+pub const SYNTHETIC_SET_SEED: u64 = 0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// lr * (1 + cos(pi * step / total_steps)) / 2, per step.
+    Cosine,
+    /// lr, then lr / 10 from 50% of the epochs and lr / 100 from 75%.
+    Multistep,
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cosine" => Ok(Schedule::Cosine),
+            "multistep" => Ok(Schedule::Multistep),
+            _ => Err(format!(
+                "unknown schedule '{s}'; expected cosine or multistep"
+            )),
+        }
+    }
+}
+
+impl Schedule {
+    pub fn lr(
+        self,
+        base: f32,
+        epoch: usize,
+        step: u64,
+        epochs: usize,
+        steps_per_epoch: usize,
+    ) -> f32 {
+        match self {
+            Schedule::Cosine => {
+                let total = (epochs * steps_per_epoch) as f64;
+                (base as f64 * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total).cos()))
+                    as f32
+            }
+            Schedule::Multistep => {
+                let passed = [0.5, 0.75]
+                    .iter()
+                    .filter(|m| epoch as f64 >= **m * epochs as f64)
+                    .count();
+                base * 0.1f32.powi(passed as i32)
+            }
+        }
+    }
+}
+
+/// Everything a run is defined by; written to RUN_DIR/config.json.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    /// `synthetic` or `cifar10:DIR`.
+    pub data: String,
+    pub train_subset: Option<usize>,
+    pub test_subset: Option<usize>,
+    /// `standard` or `none`.
+    pub augment: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub sgd: SgdConfig,
+    pub schedule: Schedule,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        ensure!(self.epochs >= 1, "--epochs must be at least 1");
+        ensure!(
+            self.batch_size >= 2,
+            "--batch-size must be at least 2 (batch norm needs a batch)"
+        );
+        ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "--lr must be a positive number, got {}",
+            self.lr
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.sgd.momentum),
+            "--momentum must be in [0, 1), got {}",
+            self.sgd.momentum
+        );
+        ensure!(
+            self.sgd.weight_decay.is_finite() && self.sgd.weight_decay >= 0.0,
+            "--weight-decay must be >= 0, got {}",
+            self.sgd.weight_decay
+        );
+        ensure!(
+            !self.sgd.nesterov || self.sgd.momentum > 0.0,
+            "--nesterov needs a momentum above 0"
+        );
+        self.data_spec()?;
+        self.augment()?;
+        Ok(())
+    }
+
+    pub fn data_spec(&self) -> Result<DataSpec> {
+        Ok(self.data.parse()?)
+    }
+
+    pub fn augment(&self) -> Result<Augment> {
+        Ok(self.augment.parse()?)
+    }
+}
+
+/// One line of RUN_DIR/log.jsonl.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_accuracy: f64,
+    pub lr: f32,
+    pub seconds: f64,
+    pub images_per_s: f64,
+}
+
+/// Loads the split a config names, with the config's subset.
+pub fn load_split(config: &TrainConfig, split: Split, subset: Option<usize>) -> Result<Dataset> {
+    let spec = config.data_spec()?;
+    Dataset::load(&spec, split, subset, SYNTHETIC_SET_SEED)
+        .with_context(|| format!("loading the {split} split of {spec}"))
+}
+
+pub fn read_config(run_dir: &Path) -> Result<TrainConfig> {
+    let path = run_dir.join(CONFIG_FILE);
+    let text = fs::read_to_string(&path).with_context(|| {
+        format!(
+            "could not read {} (is {} a mocse run directory?)",
+            path.display(),
+            run_dir.display()
+        )
+    })?;
+    let config: TrainConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid mocse run configuration", path.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("{} holds invalid settings", path.display()))?;
+    Ok(config)
+}
+
+/// A run in progress: model, weights, optimizer state and data.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub run_dir: PathBuf,
+    pub device: Device,
+    pub model: Model,
+    pub weights: Weights,
+    velocity: Vec<Tensor>,
+    pub progress: Progress,
+    train: Dataset,
+    test: Dataset,
+}
+
+impl Trainer {
+    /// Starts a new run in `run_dir`, which must not hold one already.
+    pub fn create(config: TrainConfig, run_dir: &Path, device: Device) -> Result<Trainer> {
+        config.validate()?;
+        if run_dir.join(CONFIG_FILE).exists() || run_dir.join(MODEL_FILE).exists() {
+            bail!(
+                "{} already holds a run; continue it with --resume, or choose another --out",
+                run_dir.display()
+            );
+        }
+        fs::create_dir_all(run_dir)
+            .with_context(|| format!("could not create run directory {}", run_dir.display()))?;
+        let train = load_split(&config, Split::Train, config.train_subset)?;
+        let test = load_split(&config, Split::Test, config.test_subset)?;
+        ensure!(
+            train.num_classes() == config.model.num_classes,
+            "the data has {} classes",
+            train.num_classes()
+        );
+        let model = Model::new(config.model);
+        let (mean, std) = train.channel_stats();
+        let std = std.map(|s| if s > 1e-6 { s } else { 1.0 });
+        let weights = model.fused().init_weights(config.seed, mean, std);
+        let velocity = weights
+            .params
+            .iter()
+            .map(|p| Tensor::zeros(p.shape()))
+            .collect();
+        write_atomic(
+            &run_dir.join(CONFIG_FILE),
+            serde_json::to_string_pretty(&config)?.as_bytes(),
+        )?;
+        write_atomic(&run_dir.join(LOG_FILE), b"")?;
+        Ok(Trainer {
+            config,
+            run_dir: run_dir.to_path_buf(),
+            device,
+            model,
+            weights,
+            velocity,
+            progress: Progress { epoch: 0, step: 0 },
+            train,
+            test,
+        })
+    }
+
+    /// Continues the run in `run_dir` from its last checkpoint.
+    pub fn resume(run_dir: &Path, device: Device) -> Result<Trainer> {
+        let config = read_config(run_dir)?;
+        let model = Model::new(config.model);
+        let model_path = run_dir.join(MODEL_FILE);
+        if !model_path.exists() {
+            bail!(
+                "{} has no checkpoint yet (no epoch finished); start it again without --resume after removing the directory",
+                run_dir.display()
+            );
+        }
+        let (weights, progress) = checkpoint::load_model(&model_path, model.fused())?;
+        let (velocity, state_progress) =
+            checkpoint::load_training_state(&run_dir.join(TRAINING_STATE_FILE), model.fused())?;
+        ensure!(
+            progress == state_progress,
+            "{} and {} are from different epochs ({} and {}): the run was interrupted while saving; remove both to restart",
+            MODEL_FILE,
+            TRAINING_STATE_FILE,
+            progress.epoch,
+            state_progress.epoch
+        );
+        for w in weights
+            .params
+            .iter()
+            .chain(&weights.buffers)
+            .chain(&velocity)
+        {
+            ensure!(
+                w.all_finite(),
+                "the checkpoint in {} holds non-finite numbers",
+                run_dir.display()
+            );
+        }
+        // Epochs after the checkpoint never happened as far as the resumed run is concerned.
+        let log = read_log(run_dir)?;
+        let kept: String = log
+            .iter()
+            .filter(|e| e.epoch <= progress.epoch)
+            .map(|e| serde_json::to_string(e).map(|s| s + "\n"))
+            .collect::<Result<_, _>>()?;
+        write_atomic(&run_dir.join(LOG_FILE), kept.as_bytes())?;
+        let train = load_split(&config, Split::Train, config.train_subset)?;
+        let test = load_split(&config, Split::Test, config.test_subset)?;
+        Ok(Trainer {
+            config,
+            run_dir: run_dir.to_path_buf(),
+            device,
+            model,
+            weights,
+            velocity,
+            progress,
+            train,
+            test,
+        })
+    }
+
+    pub fn steps_per_epoch(&self) -> usize {
+        self.train.len().div_ceil(self.config.batch_size)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.progress.epoch >= self.config.epochs
+    }
+
+    /// One SGD step on a batch; returns (loss, correctly classified).
+    pub fn step(&mut self, images: Vec<f32>, labels: &[u32], lr: f32) -> Result<(f32, usize)> {
+        let tape = Tape::new();
+        let params: Vec<Var> = self
+            .weights
+            .params
+            .iter()
+            .map(|p| tape.leaf(p.clone(), true))
+            .collect();
+        let x = tape.leaf(Tensor::from_vec(&[labels.len(), 32, 32, 3], images), false);
+        let out = self
+            .model
+            .forward(&tape, &params, &mut self.weights.buffers, &x, true)?;
+        let correct = count_correct(self.model.scores(&tape, &out)?.value(), labels);
+        let loss = self.model.loss(&tape, &out, labels)?;
+        let loss_value = loss.value().item();
+        if !loss_value.is_finite() {
+            bail!(
+                "the loss became {loss_value} at epoch {} step {} (lr {lr}); training stopped. The last good checkpoint (epoch {}) in {} is kept; try a lower --lr",
+                self.progress.epoch + 1,
+                self.progress.step + 1,
+                self.progress.epoch,
+                self.run_dir.display()
+            );
+        }
+        let mut grads = tape.backward(&loss)?;
+        let grads: Vec<Tensor> = params
+            .iter()
+            .map(|p| grads.take(p).context("a parameter got no gradient"))
+            .collect::<Result<_>>()?;
+        // Dropping the tape's references lets the update run in place.
+        drop((params, out, loss, x, tape));
+        for ((p, v), g) in self
+            .weights
+            .params
+            .iter_mut()
+            .zip(&mut self.velocity)
+            .zip(&grads)
+        {
+            sgd_step(p, v, g, lr, &self.config.sgd)?;
+        }
+        self.progress.step += 1;
+        Ok((loss_value, correct))
+    }
+
+    /// Trains one epoch, evaluates, logs and checkpoints.
+    pub fn run_epoch(&mut self, bar: &ProgressBar) -> Result<EpochLog> {
+        let epoch = self.progress.epoch;
+        let (epochs, spe) = (self.config.epochs, self.steps_per_epoch());
+        let augment = self.config.augment()?;
+        let order = epoch_order(self.train.len(), true, self.config.seed, epoch as u64);
+        bar.reset();
+        bar.set_length(self.train.len() as u64);
+        bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut lr = self.config.lr;
+        for idx in batches(&order, self.config.batch_size) {
+            lr = self
+                .config
+                .schedule
+                .lr(self.config.lr, epoch, self.progress.step, epochs, spe);
+            let batch = make_batch(&self.train, idx, augment, self.config.seed, epoch as u64);
+            let (loss, c) = self.step(batch.images, &batch.labels, lr)?;
+            loss_sum += loss as f64 * idx.len() as f64;
+            correct += c;
+            seen += idx.len();
+            bar.set_position(seen as u64);
+            bar.set_message(format!(
+                "loss {:.4}  acc {:.2}%  {:.1} img/s",
+                loss_sum / seen as f64,
+                100.0 * correct as f64 / seen as f64,
+                seen as f64 / start.elapsed().as_secs_f64()
+            ));
+        }
+        let train_seconds = start.elapsed().as_secs_f64();
+        bar.set_message("evaluating on the test split");
+        let test_correct = count_correct_on(
+            &self.model,
+            &self.weights,
+            &self.test,
+            self.config.batch_size.max(128),
+            None,
+        )?;
+        self.progress.epoch += 1;
+        let entry = EpochLog {
+            epoch: self.progress.epoch,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            test_accuracy: test_correct as f64 / self.test.len() as f64,
+            lr,
+            seconds: start.elapsed().as_secs_f64(),
+            images_per_s: seen as f64 / train_seconds,
+        };
+        self.save_checkpoint()?;
+        let mut log = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.run_dir.join(LOG_FILE))?;
+        writeln!(log, "{}", serde_json::to_string(&entry)?)?;
+        Ok(entry)
+    }
+
+    fn save_checkpoint(&self) -> Result<()> {
+        let net = self.model.fused();
+        checkpoint::save_training_state(
+            &self.run_dir.join(TRAINING_STATE_FILE),
+            net,
+            &self.velocity,
+            self.progress,
+        )?;
+        checkpoint::save_model(
+            &self.run_dir.join(MODEL_FILE),
+            net,
+            &self.weights,
+            self.progress,
+        )
+    }
+
+    /// Trains until the configured number of epochs, or `max_epochs` more of them.
+    pub fn run(&mut self, max_epochs: Option<usize>, show_progress: bool) -> Result<Vec<EpochLog>> {
+        let bar = if show_progress {
+            ProgressBar::new(0)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        let mut logs = Vec::new();
+        let stop_at = max_epochs.map_or(self.config.epochs, |m| {
+            (self.progress.epoch + m).min(self.config.epochs)
+        });
+        while self.progress.epoch < stop_at {
+            let e = self.run_epoch(&bar)?;
+            bar.println(format!(
+                "epoch {:>3}/{}  train loss {:.4}  train acc {:6.2}%  test acc {:6.2}%  lr {:.5}  {:.1}s  {:.1} img/s",
+                e.epoch,
+                self.config.epochs,
+                e.train_loss,
+                100.0 * e.train_accuracy,
+                100.0 * e.test_accuracy,
+                e.lr,
+                e.seconds,
+                e.images_per_s
+            ));
+            if !show_progress {
+                eprintln!(
+                    "epoch {}/{}: train loss {:.4}, train acc {:.2}%, test acc {:.2}%",
+                    e.epoch,
+                    self.config.epochs,
+                    e.train_loss,
+                    100.0 * e.train_accuracy,
+                    100.0 * e.test_accuracy
+                );
+            }
+            logs.push(e);
+        }
+        bar.finish_and_clear();
+        Ok(logs)
+    }
+}
+
+pub fn read_log(run_dir: &Path) -> Result<Vec<EpochLog>> {
+    let path = run_dir.join(LOG_FILE);
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{} line {} is not a log entry", path.display(), i + 1))
+        })
+        .collect()
+}
