@@ -8,9 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
     let result = (|| -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;

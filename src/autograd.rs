@@ -66,18 +66,12 @@ impl Default for Tape {
 impl Tape {
     /// A tape that records ops for a backward pass.
     pub fn new() -> Tape {
-        Tape {
-            grad_enabled: true,
-            nodes: RefCell::new(Vec::new()),
-        }
+        Tape { grad_enabled: true, nodes: RefCell::new(Vec::new()) }
     }
 
     /// A tape that records nothing: evaluation without gradients.
     pub fn no_grad() -> Tape {
-        Tape {
-            grad_enabled: false,
-            nodes: RefCell::new(Vec::new()),
-        }
+        Tape { grad_enabled: false, nodes: RefCell::new(Vec::new()) }
     }
 
     pub fn grad_enabled(&self) -> bool {
@@ -91,10 +85,7 @@ impl Tape {
         }
         let mut nodes = self.nodes.borrow_mut();
         nodes.push(Node::Leaf);
-        Var {
-            value,
-            id: Some(nodes.len() - 1),
-        }
+        Var { value, id: Some(nodes.len() - 1) }
     }
 
     /// Whether an op over these inputs must record a backward closure.
@@ -109,14 +100,8 @@ impl Tape {
             return Var::constant(value);
         }
         let mut nodes = self.nodes.borrow_mut();
-        nodes.push(Node::Op {
-            inputs: inputs.iter().map(|v| v.id).collect(),
-            backward,
-        });
-        Var {
-            value,
-            id: Some(nodes.len() - 1),
-        }
+        nodes.push(Node::Op { inputs: inputs.iter().map(|v| v.id).collect(), backward });
+        Var { value, id: Some(nodes.len() - 1) }
     }
 
     /// Runs backward from a scalar and returns the gradients of the leaves that required one.

@@ -65,36 +65,17 @@ pub fn bench_train_step(
         Network::Unfused(nets) => nets.iter().map(|n| n.flops_per_image()).sum(),
     };
     let mut rng = Philox::new(1, Purpose::Init, u64::MAX);
-    let images: Vec<f32> = (0..batch_size * 32 * 32 * 3)
-        .map(|_| rng.uniform())
-        .collect();
-    let labels: Vec<u32> = (0..batch_size)
-        .map(|_| rng.below(config.num_classes as u32))
-        .collect();
-    let mut velocity: Vec<Tensor> = weights
-        .params
-        .iter()
-        .map(|p| Tensor::zeros(p.shape()))
-        .collect();
-    let sgd = SgdConfig {
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        nesterov: false,
-    };
+    let images: Vec<f32> = (0..batch_size * 32 * 32 * 3).map(|_| rng.uniform()).collect();
+    let labels: Vec<u32> = (0..batch_size).map(|_| rng.below(config.num_classes as u32)).collect();
+    let mut velocity: Vec<Tensor> = weights.params.iter().map(|p| Tensor::zeros(p.shape())).collect();
+    let sgd = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
 
     let mut train_times = Vec::new();
     for i in 0..warmup + steps {
         let start = Instant::now();
         let tape = Tape::new();
-        let params: Vec<Var> = weights
-            .params
-            .iter()
-            .map(|p| tape.leaf(p.clone(), true))
-            .collect();
-        let x = tape.leaf(
-            Tensor::from_vec(&[batch_size, 32, 32, 3], images.clone()),
-            false,
-        );
+        let params: Vec<Var> = weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
+        let x = tape.leaf(Tensor::from_vec(&[batch_size, 32, 32, 3], images.clone()), false);
         let out = model.forward(&tape, &params, &mut weights.buffers, &x, true)?;
         let loss = model.loss(&tape, &out, &labels)?;
         let mut grads = tape.backward(&loss)?;
@@ -113,15 +94,8 @@ pub fn bench_train_step(
     for i in 0..warmup + steps {
         let start = Instant::now();
         let tape = Tape::no_grad();
-        let params: Vec<Var> = weights
-            .params
-            .iter()
-            .map(|p| tape.leaf(p.clone(), false))
-            .collect();
-        let x = tape.leaf(
-            Tensor::from_vec(&[batch_size, 32, 32, 3], images.clone()),
-            false,
-        );
+        let params: Vec<Var> = weights.params.iter().map(|p| tape.leaf(p.clone(), false)).collect();
+        let x = tape.leaf(Tensor::from_vec(&[batch_size, 32, 32, 3], images.clone()), false);
         let out = model.forward(&tape, &params, &mut weights.buffers.clone(), &x, false)?;
         model.scores(&tape, &out)?;
         if i >= warmup {

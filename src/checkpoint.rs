@@ -35,9 +35,7 @@ fn serialize(
 ) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            Ok((name.clone(), TensorView::new(*dtype, shape.clone(), bytes)?))
-        })
+        .map(|(name, dtype, shape, bytes)| Ok((name.clone(), TensorView::new(*dtype, shape.clone(), bytes)?)))
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     let meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
@@ -49,20 +47,10 @@ fn serialize(
 }
 
 fn f32_entry(name: &str, t: &Tensor) -> (String, Dtype, Vec<usize>, Vec<u8>) {
-    (
-        name.to_string(),
-        Dtype::F32,
-        t.shape().to_vec(),
-        bytemuck::cast_slice(t.as_slice()).to_vec(),
-    )
+    (name.to_string(), Dtype::F32, t.shape().to_vec(), bytemuck::cast_slice(t.as_slice()).to_vec())
 }
 
-pub fn save_model(
-    path: &Path,
-    net: &PreActResNet,
-    weights: &Weights,
-    progress: Progress,
-) -> Result<()> {
+pub fn save_model(path: &Path, net: &PreActResNet, weights: &Weights, progress: Progress) -> Result<()> {
     let mut entries = Vec::new();
     for (spec, t) in net.param_specs().iter().zip(&weights.params) {
         entries.push(f32_entry(&spec.name, t));
@@ -71,12 +59,7 @@ pub fn save_model(
         entries.push(f32_entry(&spec.name, t));
         if let Some(layer) = spec.name.strip_suffix(".running_var") {
             let count = (progress.step as i64).to_le_bytes().to_vec();
-            entries.push((
-                format!("{layer}.num_batches_tracked"),
-                Dtype::I64,
-                vec![],
-                count,
-            ));
+            entries.push((format!("{layer}.num_batches_tracked"), Dtype::I64, vec![], count));
         }
     }
     write_atomic(path, &serialize(entries, progress, "model")?)
@@ -112,26 +95,14 @@ fn parse<'a>(path: &Path, bytes: &'a [u8], kind: &str) -> Result<(SafeTensors<'a
     let (_, meta) = SafeTensors::read_metadata(bytes).with_context(corrupt)?;
     let meta = meta.metadata().clone().unwrap_or_default();
     if meta.get("mocse_file").map(String::as_str) != Some(kind) {
-        bail!(
-            "{} is not a mocse {kind} checkpoint (its metadata does not say so)",
-            path.display()
-        );
+        bail!("{} is not a mocse {kind} checkpoint (its metadata does not say so)", path.display());
     }
     let field = |k: &str| -> Result<u64> {
-        meta.get(k).and_then(|v| v.parse().ok()).with_context(|| {
-            format!(
-                "{}: metadata field '{k}' missing or not a number",
-                path.display()
-            )
-        })
+        meta.get(k)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{}: metadata field '{k}' missing or not a number", path.display()))
     };
-    Ok((
-        st,
-        Progress {
-            epoch: field("epoch")? as usize,
-            step: field("step")?,
-        },
-    ))
+    Ok((st, Progress { epoch: field("epoch")? as usize, step: field("step")? }))
 }
 
 fn read_f32(path: &Path, st: &SafeTensors<'_>, name: &str, spec: &TensorSpec) -> Result<Tensor> {
@@ -154,11 +125,8 @@ fn read_f32(path: &Path, st: &SafeTensors<'_>, name: &str, spec: &TensorSpec) ->
         view.shape(),
         spec.shape
     );
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let values: Vec<f32> =
+        view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     Ok(Tensor::from_vec(&spec.shape, values))
 }
 
@@ -166,15 +134,9 @@ pub fn load_model(path: &Path, net: &PreActResNet) -> Result<(Weights, Progress)
     let bytes = read(path)?;
     let (st, progress) = parse(path, &bytes, "model")?;
     let load = |specs: &[TensorSpec]| -> Result<Vec<Tensor>> {
-        specs
-            .iter()
-            .map(|s| read_f32(path, &st, &s.name, s))
-            .collect()
+        specs.iter().map(|s| read_f32(path, &st, &s.name, s)).collect()
     };
-    let weights = Weights {
-        params: load(net.param_specs())?,
-        buffers: load(net.buffer_specs())?,
-    };
+    let weights = Weights { params: load(net.param_specs())?, buffers: load(net.buffer_specs())? };
     Ok((weights, progress))
 }
 
@@ -197,40 +159,19 @@ mod tests {
     #[test]
     fn round_trip_is_bit_identical_and_corruption_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let net = PreActResNet::new(NetShape {
-            groups: 2,
-            width: 4,
-            outputs: 2,
-        });
+        let net = PreActResNet::new(NetShape { groups: 2, width: 4, outputs: 2 });
         let w = net.init_weights(7, [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]);
-        let progress = Progress {
-            epoch: 3,
-            step: 120,
-        };
+        let progress = Progress { epoch: 3, step: 120 };
         let path = dir.path().join(MODEL_FILE);
         save_model(&path, &net, &w, progress).unwrap();
         let (back, p) = load_model(&path, &net).unwrap();
         assert_eq!(p, progress);
-        for (a, b) in w
-            .params
-            .iter()
-            .chain(&w.buffers)
-            .zip(back.params.iter().chain(&back.buffers))
-        {
+        for (a, b) in w.params.iter().chain(&w.buffers).zip(back.params.iter().chain(&back.buffers)) {
             assert_eq!(a.shape(), b.shape());
-            assert!(
-                a.as_slice()
-                    .iter()
-                    .zip(b.as_slice())
-                    .all(|(x, y)| x.to_bits() == y.to_bits())
-            );
+            assert!(a.as_slice().iter().zip(b.as_slice()).all(|(x, y)| x.to_bits() == y.to_bits()));
         }
 
-        let other = PreActResNet::new(NetShape {
-            groups: 1,
-            width: 4,
-            outputs: 10,
-        });
+        let other = PreActResNet::new(NetShape { groups: 1, width: 4, outputs: 10 });
         let err = load_model(&path, &other).unwrap_err().to_string();
         assert!(err.contains("shape"), "{err}");
 
@@ -238,10 +179,7 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         let err = format!("{:#}", load_model(&path, &net).unwrap_err());
         assert!(err.contains("corrupt or truncated"), "{err}");
-        let err = format!(
-            "{:#}",
-            load_model(&dir.path().join("none"), &net).unwrap_err()
-        );
+        let err = format!("{:#}", load_model(&dir.path().join("none"), &net).unwrap_err());
         assert!(err.contains("could not read checkpoint"), "{err}");
     }
 }

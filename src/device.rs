@@ -21,10 +21,9 @@ impl DeviceChoice {
     pub fn resolve(self) -> anyhow::Result<(Device, String)> {
         match self {
             DeviceChoice::Exact(d) => Ok((d, format!("device {d} (requested)"))),
-            DeviceChoice::Auto => Ok((
-                Device::Cpu,
-                "device cpu (auto: this build has no GPU back end yet)".to_string(),
-            )),
+            DeviceChoice::Auto => {
+                Ok((Device::Cpu, "device cpu (auto: this build has no GPU back end yet)".to_string()))
+            }
         }
     }
 }
@@ -43,9 +42,9 @@ impl FromStr for DeviceChoice {
         match s {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Exact(Device::Cpu)),
-            "cuda" | "emu" => Err(format!(
-                "device '{s}' is not available in this build yet; use 'cpu' or 'auto'"
-            )),
+            "cuda" | "emu" => {
+                Err(format!("device '{s}' is not available in this build yet; use 'cpu' or 'auto'"))
+            }
             _ => Err(format!("unknown device '{s}'; expected auto or cpu")),
         }
     }

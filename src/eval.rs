@@ -24,15 +24,8 @@ pub fn count_correct_on(
     for idx in batches(&order, batch_size) {
         let batch = make_batch(data, idx, Augment::None, 0, 0);
         let tape = Tape::no_grad();
-        let params: Vec<_> = weights
-            .params
-            .iter()
-            .map(|p| tape.leaf(p.clone(), false))
-            .collect();
-        let x = tape.leaf(
-            Tensor::from_vec(&[batch.size, 32, 32, 3], batch.images),
-            false,
-        );
+        let params: Vec<_> = weights.params.iter().map(|p| tape.leaf(p.clone(), false)).collect();
+        let x = tape.leaf(Tensor::from_vec(&[batch.size, 32, 32, 3], batch.images), false);
         let mut buffers = weights.buffers.clone();
         let out = model.forward(&tape, &params, &mut buffers, &x, false)?;
         let scores = model.scores(&tape, &out)?;

@@ -219,10 +219,7 @@ fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
         data: a.data.clone().unwrap_or(DataSpec::Synthetic).to_string(),
         train_subset: a.train_subset,
         test_subset: a.test_subset,
-        augment: a
-            .augment
-            .unwrap_or(mocse::data::Augment::Standard)
-            .to_string(),
+        augment: a.augment.unwrap_or(mocse::data::Augment::Standard).to_string(),
         epochs: a.epochs.unwrap_or(30),
         batch_size: a.batch_size.unwrap_or(128),
         lr: a.lr.unwrap_or(0.1),
@@ -273,11 +270,7 @@ fn train(a: TrainArgs) -> Result<()> {
         Trainer::create(new_run_config(&a)?, &a.out, device)?
     };
     if trainer.is_finished() {
-        eprintln!(
-            "{} already finished all {} epochs; nothing to do",
-            a.out.display(),
-            trainer.config.epochs
-        );
+        eprintln!("{} already finished all {} epochs; nothing to do", a.out.display(), trainer.config.epochs);
         return Ok(());
     }
     eprintln!(
@@ -373,10 +366,7 @@ fn eval(a: EvalArgs) -> Result<()> {
 
 fn bench(a: BenchArgs) -> Result<()> {
     if a.what != "train-step" {
-        bail!(
-            "unknown --what '{}'; this build measures train-step",
-            a.what
-        );
+        bail!("unknown --what '{}'; this build measures train-step", a.what);
     }
     if a.batch_size < 2 || a.steps == 0 {
         bail!("--batch-size must be at least 2 and --steps at least 1");
@@ -388,11 +378,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let config = ModelConfig {
         kind: a.model,
         num_classes: 10,
-        width: if a.model == ModelKind::Mocse {
-            a.expert_width
-        } else {
-            a.width
-        },
+        width: if a.model == ModelKind::Mocse { a.expert_width } else { a.width },
         aggregate: Aggregate::Prob,
         bce_weight: 1.0,
     };

@@ -12,18 +12,12 @@ pub const REDUCTION_PARTS: usize = 8;
 /// Splits `0..n` into at most `parts` contiguous, non-empty ranges of nearly equal size.
 pub fn split(n: usize, parts: usize) -> Vec<Range<usize>> {
     let parts = parts.clamp(1, n.max(1));
-    (0..parts)
-        .map(|p| (p * n / parts)..((p + 1) * n / parts))
-        .filter(|r| !r.is_empty())
-        .collect()
+    (0..parts).map(|p| (p * n / parts)..((p + 1) * n / parts)).filter(|r| !r.is_empty()).collect()
 }
 
 /// Runs `work` on each part of `0..n` in parallel and returns the partial results in order.
 pub fn map_parts<T: Send>(n: usize, work: impl Fn(Range<usize>) -> T + Sync + Send) -> Vec<T> {
-    split(n, REDUCTION_PARTS)
-        .into_par_iter()
-        .map(work)
-        .collect()
+    split(n, REDUCTION_PARTS).into_par_iter().map(work).collect()
 }
 
 /// Sums equally long partial vectors in a fixed order.

@@ -33,10 +33,7 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     let mut key = key;
     for round in 0..10 {
         if round > 0 {
-            key = [
-                key[0].wrapping_add(PHILOX_W0),
-                key[1].wrapping_add(PHILOX_W1),
-            ];
+            key = [key[0].wrapping_add(PHILOX_W0), key[1].wrapping_add(PHILOX_W1)];
         }
         ctr = philox_round(ctr, key);
     }
@@ -178,10 +175,7 @@ impl Philox {
     ///
     /// Panics if `xs` has more than `u32::MAX` elements.
     pub fn shuffle<T>(&mut self, xs: &mut [T]) {
-        assert!(
-            xs.len() <= u32::MAX as usize,
-            "Philox::shuffle: slice too long"
-        );
+        assert!(xs.len() <= u32::MAX as usize, "Philox::shuffle: slice too long");
         for i in (1..xs.len()).rev() {
             let j = self.below(i as u32 + 1) as usize;
             xs.swap(i, j);
@@ -195,19 +189,13 @@ mod tests {
 
     #[test]
     fn known_answer_vectors() {
-        assert_eq!(
-            philox4x32_10([0; 4], [0; 2]),
-            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
-        );
+        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]);
         assert_eq!(
             philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
             [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
         );
         assert_eq!(
-            philox4x32_10(
-                [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
-                [0xa409_3822, 0x299f_31d0]
-            ),
+            philox4x32_10([0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344], [0xa409_3822, 0x299f_31d0]),
             [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
         );
     }

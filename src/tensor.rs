@@ -20,15 +20,8 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "tensor data does not match shape {shape:?}"
-        );
-        Tensor {
-            shape: shape.to_vec(),
-            storage: Arc::new(Storage::Cpu(data)),
-        }
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor data does not match shape {shape:?}");
+        Tensor { shape: shape.to_vec(), storage: Arc::new(Storage::Cpu(data)) }
     }
 
     pub fn zeros(shape: &[usize]) -> Tensor {
@@ -74,12 +67,7 @@ impl Tensor {
 
     /// The single value of a one-element tensor (a loss).
     pub fn item(&self) -> f32 {
-        assert_eq!(
-            self.len(),
-            1,
-            "item() on a tensor of shape {:?}",
-            self.shape
-        );
+        assert_eq!(self.len(), 1, "item() on a tensor of shape {:?}", self.shape);
         self.as_slice()[0]
     }
 
@@ -91,10 +79,7 @@ impl Tensor {
             "cannot reshape {:?} to {shape:?}",
             self.shape
         );
-        Tensor {
-            shape: shape.to_vec(),
-            storage: self.storage.clone(),
-        }
+        Tensor { shape: shape.to_vec(), storage: self.storage.clone() }
     }
 
     /// Takes the data out without copying when this is the only reference.

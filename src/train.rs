@@ -43,33 +43,20 @@ impl std::str::FromStr for Schedule {
         match s {
             "cosine" => Ok(Schedule::Cosine),
             "multistep" => Ok(Schedule::Multistep),
-            _ => Err(format!(
-                "unknown schedule '{s}'; expected cosine or multistep"
-            )),
+            _ => Err(format!("unknown schedule '{s}'; expected cosine or multistep")),
         }
     }
 }
 
 impl Schedule {
-    pub fn lr(
-        self,
-        base: f32,
-        epoch: usize,
-        step: u64,
-        epochs: usize,
-        steps_per_epoch: usize,
-    ) -> f32 {
+    pub fn lr(self, base: f32, epoch: usize, step: u64, epochs: usize, steps_per_epoch: usize) -> f32 {
         match self {
             Schedule::Cosine => {
                 let total = (epochs * steps_per_epoch) as f64;
-                (base as f64 * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total).cos()))
-                    as f32
+                (base as f64 * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total).cos())) as f32
             }
             Schedule::Multistep => {
-                let passed = [0.5, 0.75]
-                    .iter()
-                    .filter(|m| epoch as f64 >= **m * epochs as f64)
-                    .count();
+                let passed = [0.5, 0.75].iter().filter(|m| epoch as f64 >= **m * epochs as f64).count();
                 base * 0.1f32.powi(passed as i32)
             }
         }
@@ -98,15 +85,8 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         ensure!(self.epochs >= 1, "--epochs must be at least 1");
-        ensure!(
-            self.batch_size >= 2,
-            "--batch-size must be at least 2 (batch norm needs a batch)"
-        );
-        ensure!(
-            self.lr.is_finite() && self.lr > 0.0,
-            "--lr must be a positive number, got {}",
-            self.lr
-        );
+        ensure!(self.batch_size >= 2, "--batch-size must be at least 2 (batch norm needs a batch)");
+        ensure!(self.lr.is_finite() && self.lr > 0.0, "--lr must be a positive number, got {}", self.lr);
         ensure!(
             (0.0..1.0).contains(&self.sgd.momentum),
             "--momentum must be in [0, 1), got {}",
@@ -117,10 +97,7 @@ impl TrainConfig {
             "--weight-decay must be >= 0, got {}",
             self.sgd.weight_decay
         );
-        ensure!(
-            !self.sgd.nesterov || self.sgd.momentum > 0.0,
-            "--nesterov needs a momentum above 0"
-        );
+        ensure!(!self.sgd.nesterov || self.sgd.momentum > 0.0, "--nesterov needs a momentum above 0");
         self.data_spec()?;
         self.augment()?;
         Ok(())
@@ -157,17 +134,11 @@ pub fn load_split(config: &TrainConfig, split: Split, subset: Option<usize>) -> 
 pub fn read_config(run_dir: &Path) -> Result<TrainConfig> {
     let path = run_dir.join(CONFIG_FILE);
     let text = fs::read_to_string(&path).with_context(|| {
-        format!(
-            "could not read {} (is {} a mocse run directory?)",
-            path.display(),
-            run_dir.display()
-        )
+        format!("could not read {} (is {} a mocse run directory?)", path.display(), run_dir.display())
     })?;
     let config: TrainConfig = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a valid mocse run configuration", path.display()))?;
-    config
-        .validate()
-        .with_context(|| format!("{} holds invalid settings", path.display()))?;
+    config.validate().with_context(|| format!("{} holds invalid settings", path.display()))?;
     Ok(config)
 }
 
@@ -207,15 +178,8 @@ impl Trainer {
         let (mean, std) = train.channel_stats();
         let std = std.map(|s| if s > 1e-6 { s } else { 1.0 });
         let weights = model.fused().init_weights(config.seed, mean, std);
-        let velocity = weights
-            .params
-            .iter()
-            .map(|p| Tensor::zeros(p.shape()))
-            .collect();
-        write_atomic(
-            &run_dir.join(CONFIG_FILE),
-            serde_json::to_string_pretty(&config)?.as_bytes(),
-        )?;
+        let velocity = weights.params.iter().map(|p| Tensor::zeros(p.shape())).collect();
+        write_atomic(&run_dir.join(CONFIG_FILE), serde_json::to_string_pretty(&config)?.as_bytes())?;
         write_atomic(&run_dir.join(LOG_FILE), b"")?;
         Ok(Trainer {
             config,
@@ -252,17 +216,8 @@ impl Trainer {
             progress.epoch,
             state_progress.epoch
         );
-        for w in weights
-            .params
-            .iter()
-            .chain(&weights.buffers)
-            .chain(&velocity)
-        {
-            ensure!(
-                w.all_finite(),
-                "the checkpoint in {} holds non-finite numbers",
-                run_dir.display()
-            );
+        for w in weights.params.iter().chain(&weights.buffers).chain(&velocity) {
+            ensure!(w.all_finite(), "the checkpoint in {} holds non-finite numbers", run_dir.display());
         }
         // Epochs after the checkpoint never happened as far as the resumed run is concerned.
         let log = read_log(run_dir)?;
@@ -298,16 +253,9 @@ impl Trainer {
     /// One SGD step on a batch; returns (loss, correctly classified).
     pub fn step(&mut self, images: Vec<f32>, labels: &[u32], lr: f32) -> Result<(f32, usize)> {
         let tape = Tape::new();
-        let params: Vec<Var> = self
-            .weights
-            .params
-            .iter()
-            .map(|p| tape.leaf(p.clone(), true))
-            .collect();
+        let params: Vec<Var> = self.weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
         let x = tape.leaf(Tensor::from_vec(&[labels.len(), 32, 32, 3], images), false);
-        let out = self
-            .model
-            .forward(&tape, &params, &mut self.weights.buffers, &x, true)?;
+        let out = self.model.forward(&tape, &params, &mut self.weights.buffers, &x, true)?;
         let correct = count_correct(self.model.scores(&tape, &out)?.value(), labels);
         let loss = self.model.loss(&tape, &out, labels)?;
         let loss_value = loss.value().item();
@@ -327,13 +275,7 @@ impl Trainer {
             .collect::<Result<_>>()?;
         // Dropping the tape's references lets the update run in place.
         drop((params, out, loss, x, tape));
-        for ((p, v), g) in self
-            .weights
-            .params
-            .iter_mut()
-            .zip(&mut self.velocity)
-            .zip(&grads)
-        {
+        for ((p, v), g) in self.weights.params.iter_mut().zip(&mut self.velocity).zip(&grads) {
             sgd_step(p, v, g, lr, &self.config.sgd)?;
         }
         self.progress.step += 1;
@@ -353,10 +295,7 @@ impl Trainer {
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut lr = self.config.lr;
         for idx in batches(&order, self.config.batch_size) {
-            lr = self
-                .config
-                .schedule
-                .lr(self.config.lr, epoch, self.progress.step, epochs, spe);
+            lr = self.config.schedule.lr(self.config.lr, epoch, self.progress.step, epochs, spe);
             let batch = make_batch(&self.train, idx, augment, self.config.seed, epoch as u64);
             let (loss, c) = self.step(batch.images, &batch.labels, lr)?;
             loss_sum += loss as f64 * idx.len() as f64;
@@ -372,13 +311,8 @@ impl Trainer {
         }
         let train_seconds = start.elapsed().as_secs_f64();
         bar.set_message("evaluating on the test split");
-        let test_correct = count_correct_on(
-            &self.model,
-            &self.weights,
-            &self.test,
-            self.config.batch_size.max(128),
-            None,
-        )?;
+        let test_correct =
+            count_correct_on(&self.model, &self.weights, &self.test, self.config.batch_size.max(128), None)?;
         self.progress.epoch += 1;
         let entry = EpochLog {
             epoch: self.progress.epoch,
@@ -390,10 +324,7 @@ impl Trainer {
             images_per_s: seen as f64 / train_seconds,
         };
         self.save_checkpoint()?;
-        let mut log = fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(self.run_dir.join(LOG_FILE))?;
+        let mut log = fs::OpenOptions::new().append(true).create(true).open(self.run_dir.join(LOG_FILE))?;
         writeln!(log, "{}", serde_json::to_string(&entry)?)?;
         Ok(entry)
     }
@@ -406,30 +337,20 @@ impl Trainer {
             &self.velocity,
             self.progress,
         )?;
-        checkpoint::save_model(
-            &self.run_dir.join(MODEL_FILE),
-            net,
-            &self.weights,
-            self.progress,
-        )
+        checkpoint::save_model(&self.run_dir.join(MODEL_FILE), net, &self.weights, self.progress)
     }
 
     /// Trains until the configured number of epochs, or `max_epochs` more of them.
     pub fn run(&mut self, max_epochs: Option<usize>, show_progress: bool) -> Result<Vec<EpochLog>> {
-        let bar = if show_progress {
-            ProgressBar::new(0)
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = if show_progress { ProgressBar::new(0) } else { ProgressBar::hidden() };
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
                 .expect("static template")
                 .progress_chars("=> "),
         );
         let mut logs = Vec::new();
-        let stop_at = max_epochs.map_or(self.config.epochs, |m| {
-            (self.progress.epoch + m).min(self.config.epochs)
-        });
+        let stop_at =
+            max_epochs.map_or(self.config.epochs, |m| (self.progress.epoch + m).min(self.config.epochs));
         while self.progress.epoch < stop_at {
             let e = self.run_epoch(&bar)?;
             bar.println(format!(
@@ -462,8 +383,7 @@ impl Trainer {
 
 pub fn read_log(run_dir: &Path) -> Result<Vec<EpochLog>> {
     let path = run_dir.join(LOG_FILE);
-    let text =
-        fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?;
+    let text = fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()

@@ -11,50 +11,26 @@ use mocse::tensor::Tensor;
 
 fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape());
-    let diff = a
-        .as_slice()
-        .iter()
-        .zip(b.as_slice())
-        .map(|(x, y)| (x - y).abs() as f64)
-        .fold(0.0, f64::max);
-    let scale = b
-        .as_slice()
-        .iter()
-        .map(|y| y.abs() as f64)
-        .fold(0.0, f64::max);
+    let diff = a.as_slice().iter().zip(b.as_slice()).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    let scale = b.as_slice().iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
     diff / scale.max(1e-12)
 }
 
 fn random(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
     let mut rng = Philox::new(seed, Purpose::Init, 0);
-    Tensor::from_vec(
-        shape,
-        (0..shape.iter().product())
-            .map(|_| rng.range(lo, hi))
-            .collect(),
-    )
+    Tensor::from_vec(shape, (0..shape.iter().product()).map(|_| rng.range(lo, hi)).collect())
 }
 
 /// Fresh weights with non-trivial batch-norm affine parameters and running statistics.
 fn weights(model: &Model) -> Weights {
     let net = model.fused();
     let mut w = net.init_weights(3, [0.5, 0.45, 0.4], [0.25, 0.24, 0.26]);
-    for (i, (spec, t)) in net
-        .param_specs()
-        .iter()
-        .zip(w.params.iter_mut())
-        .enumerate()
-    {
+    for (i, (spec, t)) in net.param_specs().iter().zip(w.params.iter_mut()).enumerate() {
         if spec.name.contains("bn") {
             *t = random(t.shape(), 100 + i as u64, 0.5, 1.5);
         }
     }
-    for (i, (spec, t)) in net
-        .buffer_specs()
-        .iter()
-        .zip(w.buffers.iter_mut())
-        .enumerate()
-    {
+    for (i, (spec, t)) in net.buffer_specs().iter().zip(w.buffers.iter_mut()).enumerate() {
         if spec.name.ends_with("running_mean") {
             *t = random(t.shape(), 500 + i as u64, -0.2, 0.2);
         } else if spec.name.ends_with("running_var") {
@@ -83,35 +59,20 @@ fn run(
     let vars: Vec<Var> = params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
     let x = tape.leaf(images.clone(), false);
     let mut buffers = buffers.to_vec();
-    let out = model
-        .forward(&tape, &vars, &mut buffers, &x, train)
-        .unwrap();
+    let out = model.forward(&tape, &vars, &mut buffers, &x, train).unwrap();
     let loss = model.loss(&tape, &out, labels).unwrap();
     let grads = tape.backward(&loss).unwrap();
     Run {
         output: out.value().clone(),
         loss: loss.value().item(),
-        grads: vars
-            .iter()
-            .map(|v| {
-                grads
-                    .get(v)
-                    .expect("every parameter gets a gradient")
-                    .clone()
-            })
-            .collect(),
+        grads: vars.iter().map(|v| grads.get(v).expect("every parameter gets a gradient").clone()).collect(),
         buffers,
     }
 }
 
 fn check(aggregate: Aggregate, train: bool) {
-    let config = ModelConfig {
-        kind: ModelKind::Mocse,
-        num_classes: 10,
-        width: 4,
-        aggregate,
-        bce_weight: 0.7,
-    };
+    let config =
+        ModelConfig { kind: ModelKind::Mocse, num_classes: 10, width: 4, aggregate, bce_weight: 0.7 };
     let fused = Model::new(config);
     let unfused = Model::new_unfused(config).unwrap();
     let w = weights(&fused);
@@ -122,58 +83,27 @@ fn check(aggregate: Aggregate, train: bool) {
     let images = random(&[6, 32, 32, 3], 9, 0.0, 1.0);
     let labels = [0, 3, 9, 3, 7, 1];
     let a = run(&fused, &w.params, &w.buffers, &images, &labels, train);
-    let b = run(
-        &unfused,
-        &expert_params,
-        &expert_buffers,
-        &images,
-        &labels,
-        train,
-    );
+    let b = run(&unfused, &expert_params, &expert_buffers, &images, &labels, train);
 
     assert_eq!(a.output.shape(), &[6, 10, 2]);
-    assert!(
-        relative_error(&a.output, &b.output) < 1e-4,
-        "outputs differ"
-    );
-    assert!(
-        ((a.loss - b.loss) / b.loss).abs() < 1e-4,
-        "loss {} vs {}",
-        a.loss,
-        b.loss
-    );
+    assert!(relative_error(&a.output, &b.output) < 1e-4, "outputs differ");
+    assert!(((a.loss - b.loss) / b.loss).abs() < 1e-4, "loss {} vs {}", a.loss, b.loss);
 
     let per_expert = fused.fused().param_specs().len();
     let expert_grads: Vec<Vec<Tensor>> = b.grads.chunks(per_expert).map(|c| c.to_vec()).collect();
     let joined = join_experts(fused.fused(), &expert_grads);
-    for ((spec, ga), gb) in fused
-        .fused()
-        .param_specs()
-        .iter()
-        .zip(&a.grads)
-        .zip(&joined)
-    {
+    for ((spec, ga), gb) in fused.fused().param_specs().iter().zip(&a.grads).zip(&joined) {
         let e = relative_error(ga, gb);
-        assert!(
-            e < 1e-4,
-            "gradient of {} differs: relative error {e}",
-            spec.name
-        );
+        assert!(e < 1e-4, "gradient of {} differs: relative error {e}", spec.name);
     }
 
     // Running statistics: after a training step they moved, identically in both forms.
-    let fused_after = Weights {
-        params: w.params.clone(),
-        buffers: a.buffers,
-    };
+    let fused_after = Weights { params: w.params.clone(), buffers: a.buffers };
     let split_after = split_experts(fused.fused(), &fused_after);
     let per_buffers = split_after[0].buffers.len();
     for (n, expert) in split_after.iter().enumerate() {
         for (i, t) in expert.buffers.iter().enumerate() {
-            assert!(
-                relative_error(t, &b.buffers[n * per_buffers + i]) < 1e-4,
-                "buffer {i} of expert {n}"
-            );
+            assert!(relative_error(t, &b.buffers[n * per_buffers + i]) < 1e-4, "buffer {i} of expert {n}");
         }
     }
 }
@@ -203,10 +133,7 @@ fn split_and_join_are_inverse() {
     let w = weights(&model);
     let experts = split_experts(model.fused(), &w);
     assert_eq!(experts.len(), 10);
-    let joined = join_experts(
-        model.fused(),
-        &experts.iter().map(|e| e.params.clone()).collect::<Vec<_>>(),
-    );
+    let joined = join_experts(model.fused(), &experts.iter().map(|e| e.params.clone()).collect::<Vec<_>>());
     for (a, b) in joined.iter().zip(&w.params) {
         assert_eq!(a.as_slice(), b.as_slice());
     }

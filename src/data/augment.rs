@@ -71,56 +71,39 @@ pub fn batches(order: &[usize], batch_size: usize) -> impl Iterator<Item = &[usi
 /// image, not its batch slot, so results do not depend on batch composition
 /// or thread scheduling.
 fn augment_rng(seed: u64, epoch: u64, index: usize) -> Philox {
-    Philox::new(
-        seed,
-        Purpose::Augment,
-        (epoch << 32) | (index as u64 & 0xffff_ffff),
-    )
+    Philox::new(seed, Purpose::Augment, (epoch << 32) | (index as u64 & 0xffff_ffff))
 }
 
 /// Loads and augments the images at `indices` of `ds`, in parallel.
 ///
 /// Panics if an index is out of range.
-pub fn make_batch(
-    ds: &Dataset,
-    indices: &[usize],
-    augment: Augment,
-    seed: u64,
-    epoch: u64,
-) -> Batch {
+pub fn make_batch(ds: &Dataset, indices: &[usize], augment: Augment, seed: u64, epoch: u64) -> Batch {
     let size = indices.len();
     let mut images = vec![0f32; size * IMAGE_LEN];
-    images
-        .par_chunks_mut(IMAGE_LEN)
-        .zip(indices.par_iter())
-        .for_each_init(
-            || vec![0u8; IMAGE_LEN],
-            |src, (out, &index)| {
-                ds.image_u8(index, src);
-                match augment {
-                    Augment::None => {
-                        for (o, &v) in out.iter_mut().zip(src.iter()) {
-                            *o = to_unit(v);
-                        }
-                    }
-                    Augment::Standard => {
-                        let mut rng = augment_rng(seed, epoch, index);
-                        // Draw order (x offset, y offset, flip) is part of the
-                        // reproducibility contract.
-                        let ox = rng.below(2 * PAD as u32 + 1) as usize;
-                        let oy = rng.below(2 * PAD as u32 + 1) as usize;
-                        let flip = rng.below(2) == 1;
-                        crop_flip(src, out, ox, oy, flip);
+    images.par_chunks_mut(IMAGE_LEN).zip(indices.par_iter()).for_each_init(
+        || vec![0u8; IMAGE_LEN],
+        |src, (out, &index)| {
+            ds.image_u8(index, src);
+            match augment {
+                Augment::None => {
+                    for (o, &v) in out.iter_mut().zip(src.iter()) {
+                        *o = to_unit(v);
                     }
                 }
-            },
-        );
+                Augment::Standard => {
+                    let mut rng = augment_rng(seed, epoch, index);
+                    // Draw order (x offset, y offset, flip) is part of the
+                    // reproducibility contract.
+                    let ox = rng.below(2 * PAD as u32 + 1) as usize;
+                    let oy = rng.below(2 * PAD as u32 + 1) as usize;
+                    let flip = rng.below(2) == 1;
+                    crop_flip(src, out, ox, oy, flip);
+                }
+            }
+        },
+    );
     let labels = indices.iter().map(|&i| u32::from(ds.label(i))).collect();
-    Batch {
-        images,
-        labels,
-        size,
-    }
+    Batch { images, labels, size }
 }
 
 fn to_unit(v: u8) -> f32 {
@@ -145,10 +128,7 @@ fn crop_flip(src: &[u8], out: &mut [f32], ox: usize, oy: usize, flip: bool) {
             if sx >= IMAGE_SIZE {
                 out_px.fill(0.0);
             } else {
-                for (o, &v) in out_px
-                    .iter_mut()
-                    .zip(&src_row[sx * CHANNELS..(sx + 1) * CHANNELS])
-                {
+                for (o, &v) in out_px.iter_mut().zip(&src_row[sx * CHANNELS..(sx + 1) * CHANNELS]) {
                     *o = to_unit(v);
                 }
             }
@@ -193,8 +173,7 @@ mod tests {
                 let cx = if flip { IMAGE_SIZE - 1 - x } else { x };
                 for c in 0..CHANNELS {
                     out[(y * IMAGE_SIZE + x) * CHANNELS + c] =
-                        f32::from(padded[((y + oy) * padded_size + cx + ox) * CHANNELS + c])
-                            / 255.0;
+                        f32::from(padded[((y + oy) * padded_size + cx + ox) * CHANNELS + c]) / 255.0;
                 }
             }
         }
@@ -220,10 +199,7 @@ mod tests {
         for (slot, &i) in [2usize, 0].iter().enumerate() {
             ds.image_u8(i, &mut src);
             let expected: Vec<f32> = src.iter().map(|&v| f32::from(v) / 255.0).collect();
-            assert_eq!(
-                &batch.images[slot * IMAGE_LEN..(slot + 1) * IMAGE_LEN],
-                &expected[..]
-            );
+            assert_eq!(&batch.images[slot * IMAGE_LEN..(slot + 1) * IMAGE_LEN], &expected[..]);
         }
     }
 
@@ -242,15 +218,11 @@ mod tests {
             let params = (0..=2 * PAD)
                 .flat_map(|ox| (0..=2 * PAD).flat_map(move |oy| [(ox, oy, false), (ox, oy, true)]))
                 .find(|&(ox, oy, flip)| reference(&src, ox, oy, flip) == got);
-            let params =
-                params.unwrap_or_else(|| panic!("image {i}: not a pad-crop-flip of its source"));
+            let params = params.unwrap_or_else(|| panic!("image {i}: not a pad-crop-flip of its source"));
             seen.insert(params);
         }
         let flips = seen.iter().filter(|p| p.2).count();
-        assert!(
-            flips > 0 && flips < seen.len(),
-            "flips never or always happen"
-        );
+        assert!(flips > 0 && flips < seen.len(), "flips never or always happen");
         let offsets: HashSet<_> = seen.iter().map(|p| (p.0, p.1)).collect();
         assert!(offsets.len() > 40, "only {} distinct crops", offsets.len());
     }

@@ -13,28 +13,13 @@ use memmap2::Mmap;
 
 use super::{CHANNELS, IMAGE_LEN, IMAGE_SIZE, NUM_CLASSES, Split};
 
-pub const CIFAR10_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+pub const CIFAR10_CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 const RECORD_LEN: usize = 1 + IMAGE_LEN;
 const RECORDS_PER_FILE: usize = 10_000;
-const TRAIN_FILES: [&str; 5] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-];
+const TRAIN_FILES: [&str; 5] =
+    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 const TEST_FILES: [&str; 1] = ["test_batch.bin"];
 /// The folder name inside the official tarball.
 const TARBALL_DIR: &str = "cifar-10-batches-bin";
@@ -72,10 +57,7 @@ impl Cifar10Files {
                 Ok((path, map))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Cifar10Files {
-            files,
-            records_per_file,
-        })
+        Ok(Cifar10Files { files, records_per_file })
     }
 
     fn record(&self, i: usize) -> &[u8] {
@@ -131,10 +113,7 @@ fn resolve_dir(dir: &Path) -> Result<PathBuf> {
         bail!("CIFAR-10 path {} is not a directory", dir.display());
     }
     let nested = dir.join(TARBALL_DIR);
-    let has_files = TRAIN_FILES
-        .iter()
-        .chain(&TEST_FILES)
-        .any(|name| dir.join(name).exists());
+    let has_files = TRAIN_FILES.iter().chain(&TEST_FILES).any(|name| dir.join(name).exists());
     if !has_files && nested.is_dir() {
         return Ok(nested);
     }
@@ -152,10 +131,7 @@ fn map_file(path: &Path, records: usize) -> Result<Mmap> {
         );
     }
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let len = file
-        .metadata()
-        .with_context(|| format!("cannot read metadata of {}", path.display()))?
-        .len();
+    let len = file.metadata().with_context(|| format!("cannot read metadata of {}", path.display()))?.len();
     let expected = (records * RECORD_LEN) as u64;
     if len != expected {
         bail!(
@@ -243,10 +219,7 @@ mod tests {
         planar_to_nhwc(&planar, &mut out);
         assert_eq!(&out[p * 3..p * 3 + 3], &[10, 20, 30]);
         assert_eq!(&out[IMAGE_LEN - 3..], &[7, 8, 9]);
-        assert_eq!(
-            out.iter().map(|&v| usize::from(v)).sum::<usize>(),
-            10 + 20 + 30 + 7 + 8 + 9
-        );
+        assert_eq!(out.iter().map(|&v| usize::from(v)).sum::<usize>(), 10 + 20 + 30 + 7 + 8 + 9);
     }
 
     #[test]
@@ -278,16 +251,10 @@ mod tests {
     fn public_loader_rejects_truncated_file() {
         let tmp = tempfile::tempdir().unwrap();
         write_fake_dir(tmp.path(), 3);
-        let msg = Cifar10Files::open(tmp.path(), Split::Test)
-            .err()
-            .unwrap()
-            .to_string();
+        let msg = Cifar10Files::open(tmp.path(), Split::Test).err().unwrap().to_string();
         assert!(msg.contains("test_batch.bin"), "{msg}");
         assert!(msg.contains("expected 30730000 bytes, got 9219"), "{msg}");
-        assert!(
-            msg.contains("truncated or not the CIFAR-10 binary version"),
-            "{msg}"
-        );
+        assert!(msg.contains("truncated or not the CIFAR-10 binary version"), "{msg}");
     }
 
     #[test]
@@ -295,10 +262,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         write_fake_dir(tmp.path(), 3);
         fs::remove_file(tmp.path().join("data_batch_4.bin")).unwrap();
-        let msg = Cifar10Files::open_with(tmp.path(), Split::Train, 3)
-            .err()
-            .unwrap()
-            .to_string();
+        let msg = Cifar10Files::open_with(tmp.path(), Split::Train, 3).err().unwrap().to_string();
         assert!(msg.contains("data_batch_4.bin is missing"), "{msg}");
         assert!(msg.contains("test_batch.bin"), "{msg}");
         assert!(msg.contains("cifar-10-binary.tar.gz"), "{msg}");
@@ -309,29 +273,17 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let missing = tmp.path().join("nope");
         let spec = DataSpec::Cifar10(missing.clone());
-        let msg = Dataset::load(&spec, Split::Train, None, 0)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            msg.contains("does not exist") && msg.contains("nope"),
-            "{msg}"
-        );
+        let msg = Dataset::load(&spec, Split::Train, None, 0).err().unwrap().to_string();
+        assert!(msg.contains("does not exist") && msg.contains("nope"), "{msg}");
 
         let file = tmp.path().join("plain.txt");
         fs::write(&file, b"x").unwrap();
         let spec = DataSpec::Cifar10(file);
-        let msg = Dataset::load(&spec, Split::Test, None, 0)
-            .err()
-            .unwrap()
-            .to_string();
+        let msg = Dataset::load(&spec, Split::Test, None, 0).err().unwrap().to_string();
         assert!(msg.contains("is not a directory"), "{msg}");
 
         let spec = DataSpec::Cifar10(tmp.path().to_path_buf());
-        let msg = Dataset::load(&spec, Split::Test, None, 0)
-            .err()
-            .unwrap()
-            .to_string();
+        let msg = Dataset::load(&spec, Split::Test, None, 0).err().unwrap().to_string();
         assert!(msg.contains("test_batch.bin is missing"), "{msg}");
     }
 }

@@ -118,12 +118,7 @@ pub struct Dataset {
 impl Dataset {
     /// Loads `split` of `spec`. `subset` keeps only the first N images; `seed`
     /// selects which synthetic set is generated and is ignored for CIFAR-10.
-    pub fn load(
-        spec: &DataSpec,
-        split: Split,
-        subset: Option<usize>,
-        seed: u64,
-    ) -> Result<Dataset> {
+    pub fn load(spec: &DataSpec, split: Split, subset: Option<usize>, seed: u64) -> Result<Dataset> {
         let available = match spec {
             DataSpec::Synthetic => synthetic::split_len(split),
             DataSpec::Cifar10(_) => cifar10::split_len(split),
@@ -147,11 +142,7 @@ impl Dataset {
                 (Source::Cifar10(files), labels)
             }
         };
-        Ok(Dataset {
-            source,
-            split,
-            labels,
-        })
+        Ok(Dataset { source, split, labels })
     }
 
     /// An in-memory data set of NHWC images, for tests of code that takes a
@@ -159,11 +150,7 @@ impl Dataset {
     #[cfg(test)]
     pub(crate) fn from_images(images: Vec<u8>, labels: Vec<u8>) -> Dataset {
         assert_eq!(images.len(), labels.len() * IMAGE_LEN);
-        Dataset {
-            source: Source::Synthetic { images },
-            split: Split::Train,
-            labels,
-        }
+        Dataset { source: Source::Synthetic { images }, split: Split::Train, labels }
     }
 
     pub fn len(&self) -> usize {
@@ -195,16 +182,8 @@ impl Dataset {
     ///
     /// Panics if `i >= len()` or `out.len() != IMAGE_LEN`.
     pub fn image_u8(&self, i: usize, out: &mut [u8]) {
-        assert!(
-            i < self.len(),
-            "image index {i} out of range (len {})",
-            self.len()
-        );
-        assert_eq!(
-            out.len(),
-            IMAGE_LEN,
-            "image buffer must hold IMAGE_LEN bytes"
-        );
+        assert!(i < self.len(), "image index {i} out of range (len {})", self.len());
+        assert_eq!(out.len(), IMAGE_LEN, "image buffer must hold IMAGE_LEN bytes");
         match &self.source {
             Source::Synthetic { images } => {
                 out.copy_from_slice(&images[i * IMAGE_LEN..(i + 1) * IMAGE_LEN]);
@@ -254,10 +233,7 @@ impl Dataset {
             .reduce(
                 || ([0u64; 3], [0u64; 3]),
                 |(a, a2), (b, b2)| {
-                    (
-                        std::array::from_fn(|c| a[c] + b[c]),
-                        std::array::from_fn(|c| a2[c] + b2[c]),
-                    )
+                    (std::array::from_fn(|c| a[c] + b[c]), std::array::from_fn(|c| a2[c] + b2[c]))
                 },
             );
         let count = (self.len() * IMAGE_SIZE * IMAGE_SIZE) as u128;
@@ -284,37 +260,20 @@ mod tests {
 
     #[test]
     fn data_spec_round_trips() {
-        for s in [
-            "synthetic",
-            "cifar10:/data/cifar-10-batches-bin",
-            "cifar10:rel/dir",
-        ] {
+        for s in ["synthetic", "cifar10:/data/cifar-10-batches-bin", "cifar10:rel/dir"] {
             let spec: DataSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
             assert_eq!(spec.to_string().parse::<DataSpec>().unwrap(), spec);
         }
-        assert_eq!(
-            "cifar10:x".parse::<DataSpec>().unwrap(),
-            DataSpec::Cifar10(PathBuf::from("x"))
-        );
+        assert_eq!("cifar10:x".parse::<DataSpec>().unwrap(), DataSpec::Cifar10(PathBuf::from("x")));
     }
 
     #[test]
     fn data_spec_rejects_bad_strings() {
-        for s in [
-            "",
-            "cifar10",
-            "cifar100:/x",
-            "Synthetic",
-            "synthetic:x",
-            "mnist",
-        ] {
+        for s in ["", "cifar10", "cifar100:/x", "Synthetic", "synthetic:x", "mnist"] {
             let err = s.parse::<DataSpec>().unwrap_err();
             let msg = err.to_string();
-            assert!(
-                msg.contains("synthetic") && msg.contains("cifar10:DIR"),
-                "{msg}"
-            );
+            assert!(msg.contains("synthetic") && msg.contains("cifar10:DIR"), "{msg}");
         }
         let err = "cifar10:".parse::<DataSpec>().unwrap_err();
         assert_eq!(err, ParseError::EmptyCifarDir);
@@ -324,22 +283,15 @@ mod tests {
     #[test]
     fn split_parses() {
         assert_eq!("train".parse::<Split>().unwrap(), Split::Train);
-        assert_eq!(
-            Split::Test.to_string().parse::<Split>().unwrap(),
-            Split::Test
-        );
+        assert_eq!(Split::Test.to_string().parse::<Split>().unwrap(), Split::Test);
         assert!("val".parse::<Split>().is_err());
     }
 
     #[test]
     fn subset_errors() {
-        let err = Dataset::load(&DataSpec::Synthetic, Split::Train, Some(0), 1)
-            .err()
-            .unwrap();
+        let err = Dataset::load(&DataSpec::Synthetic, Split::Train, Some(0), 1).err().unwrap();
         assert!(err.to_string().contains("at least 1"), "{err}");
-        let err = Dataset::load(&DataSpec::Synthetic, Split::Test, Some(10_001), 1)
-            .err()
-            .unwrap();
+        let err = Dataset::load(&DataSpec::Synthetic, Split::Test, Some(10_001), 1).err().unwrap();
         assert!(err.to_string().contains("only 10000"), "{err}");
     }
 
@@ -357,10 +309,7 @@ mod tests {
 
     #[test]
     fn channel_stats_of_constant_images() {
-        let images = vec![0u8; 4 * IMAGE_LEN]
-            .chunks_exact(CHANNELS)
-            .flat_map(|_| [51u8, 102, 255])
-            .collect();
+        let images = vec![0u8; 4 * IMAGE_LEN].chunks_exact(CHANNELS).flat_map(|_| [51u8, 102, 255]).collect();
         let ds = Dataset::from_images(images, vec![0; 4]);
         let (mean, std) = ds.channel_stats();
         assert_eq!(mean, [0.2, 0.4, 1.0]);

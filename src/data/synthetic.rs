@@ -58,11 +58,7 @@ type Rgb = [f32; 3];
 /// Renders image `index` of `split` into `out` (NHWC, `IMAGE_LEN` bytes) and
 /// returns its label.
 pub(crate) fn render(seed: u64, split: Split, index: u64, out: &mut [u8]) -> u8 {
-    assert_eq!(
-        out.len(),
-        IMAGE_LEN,
-        "image buffer must hold IMAGE_LEN bytes"
-    );
+    assert_eq!(out.len(), IMAGE_LEN, "image buffer must hold IMAGE_LEN bytes");
     let stream = match split {
         Split::Train => index,
         Split::Test => index | TEST_INDEX_BIT,
@@ -79,11 +75,7 @@ pub(crate) fn render(seed: u64, split: Split, index: u64, out: &mut [u8]) -> u8 
     // Textures sometimes fill only a disc, so "striped blob" and "disc" share
     // an outline and the texture itself must be recognised.
     let window = (pattern.is_texture() && rng.bernoulli(0.25)).then(|| Pattern::Disc {
-        frame: Frame::new(
-            SIZE / 2.0 + rng.range(-5.0, 5.0),
-            SIZE / 2.0 + rng.range(-5.0, 5.0),
-            0.0,
-        ),
+        frame: Frame::new(SIZE / 2.0 + rng.range(-5.0, 5.0), SIZE / 2.0 + rng.range(-5.0, 5.0), 0.0),
         r: rng.range(9.0, 15.0),
     });
     paint(&mut pixels, &pattern, window.as_ref(), fg);
@@ -189,10 +181,7 @@ impl Frame {
 
     fn local(&self, x: f32, y: f32) -> (f32, f32) {
         let (dx, dy) = (x - self.cx, y - self.cy);
-        (
-            dx * self.cos + dy * self.sin,
-            -dx * self.sin + dy * self.cos,
-        )
+        (dx * self.cos + dy * self.sin, -dx * self.sin + dy * self.cos)
     }
 }
 
@@ -249,24 +238,14 @@ impl Pattern {
     fn random(rng: &mut Philox, label: u8) -> Pattern {
         // Shapes are placed up to 7 px off-centre, so large ones are clipped.
         let shape_frame = |rng: &mut Philox, angle: f32| {
-            Frame::new(
-                SIZE / 2.0 + rng.range(-7.0, 7.0),
-                SIZE / 2.0 + rng.range(-7.0, 7.0),
-                angle,
-            )
+            Frame::new(SIZE / 2.0 + rng.range(-7.0, 7.0), SIZE / 2.0 + rng.range(-7.0, 7.0), angle)
         };
         let jitter = |rng: &mut Philox, max_deg: f32| rng.range(-max_deg, max_deg).to_radians();
         match label {
-            0 => Pattern::Disc {
-                frame: shape_frame(rng, 0.0),
-                r: rng.range(3.5, 12.0),
-            },
+            0 => Pattern::Disc { frame: shape_frame(rng, 0.0), r: rng.range(3.5, 12.0) },
             1 => {
                 let angle = jitter(rng, 20.0);
-                Pattern::Square {
-                    frame: shape_frame(rng, angle),
-                    half: rng.range(3.0, 10.5),
-                }
+                Pattern::Square { frame: shape_frame(rng, angle), half: rng.range(3.0, 10.5) }
             }
             2 => {
                 let angle = rng.range(0.0, TAU);
@@ -274,11 +253,7 @@ impl Pattern {
                     let (s, c) = (angle + i as f32 * TAU / 3.0).sin_cos();
                     (c, s)
                 });
-                Pattern::Triangle {
-                    frame: shape_frame(rng, 0.0),
-                    normals,
-                    inradius: rng.range(2.5, 7.0),
-                }
+                Pattern::Triangle { frame: shape_frame(rng, 0.0), normals, inradius: rng.range(2.5, 7.0) }
             }
             3 => {
                 // A "+" or an "x".
@@ -306,11 +281,7 @@ impl Pattern {
                     6 => jitter(rng, 18.0),
                     7 => jitter(rng, 12.0),
                     _ => {
-                        let base = if rng.bernoulli(0.5) {
-                            FRAC_PI_4
-                        } else {
-                            3.0 * FRAC_PI_4
-                        };
+                        let base = if rng.bernoulli(0.5) { FRAC_PI_4 } else { 3.0 * FRAC_PI_4 };
                         base + jitter(rng, 15.0)
                     }
                 };
@@ -323,22 +294,14 @@ impl Pattern {
                         phase: (rng.uniform(), rng.uniform()),
                     }
                 } else {
-                    Pattern::Stripes {
-                        frame,
-                        period: rng.range(3.5, 8.0),
-                        phase: rng.uniform(),
-                    }
+                    Pattern::Stripes { frame, period: rng.range(3.5, 8.0), phase: rng.uniform() }
                 }
             }
             _ => {
                 let count = 5 + rng.below((MAX_DOTS - 4) as u32) as usize;
                 let mut dots = [(0.0, 0.0, 0.0); MAX_DOTS];
                 for dot in &mut dots[..count] {
-                    *dot = (
-                        rng.range(2.0, SIZE - 2.0),
-                        rng.range(2.0, SIZE - 2.0),
-                        rng.range(1.2, 2.6),
-                    );
+                    *dot = (rng.range(2.0, SIZE - 2.0), rng.range(2.0, SIZE - 2.0), rng.range(1.2, 2.6));
                 }
                 Pattern::Dots { dots, count }
             }
@@ -347,11 +310,7 @@ impl Pattern {
 
     /// A small disc or square anywhere in the image.
     fn distractor(rng: &mut Philox) -> Pattern {
-        let frame = Frame::new(
-            rng.range(2.0, SIZE - 2.0),
-            rng.range(2.0, SIZE - 2.0),
-            rng.range(0.0, PI),
-        );
+        let frame = Frame::new(rng.range(2.0, SIZE - 2.0), rng.range(2.0, SIZE - 2.0), rng.range(0.0, PI));
         let size = rng.range(1.5, 4.5);
         if rng.bernoulli(0.5) {
             Pattern::Disc { frame, r: size }
@@ -374,50 +333,27 @@ impl Pattern {
                 let (u, v) = frame.local(x, y);
                 coverage_from_distance(u.abs().max(v.abs()) - half)
             }
-            Pattern::Triangle {
-                frame,
-                normals,
-                inradius,
-            } => {
+            Pattern::Triangle { frame, normals, inradius } => {
                 let (u, v) = frame.local(x, y);
-                let d = normals
-                    .iter()
-                    .map(|(nx, ny)| nx * u + ny * v)
-                    .fold(f32::NEG_INFINITY, f32::max);
+                let d = normals.iter().map(|(nx, ny)| nx * u + ny * v).fold(f32::NEG_INFINITY, f32::max);
                 coverage_from_distance(d - inradius)
             }
-            Pattern::Cross {
-                frame,
-                half_len,
-                half_width,
-            } => {
+            Pattern::Cross { frame, half_len, half_width } => {
                 let (u, v) = frame.local(x, y);
                 let (u, v) = (u.abs(), v.abs());
                 let bar_a = (u - half_len).max(v - half_width);
                 let bar_b = (u - half_width).max(v - half_len);
                 coverage_from_distance(bar_a.min(bar_b))
             }
-            Pattern::Ring {
-                frame,
-                r,
-                half_width,
-            } => {
+            Pattern::Ring { frame, r, half_width } => {
                 let (u, v) = frame.local(x, y);
                 coverage_from_distance((u.hypot(v) - r).abs() - half_width)
             }
-            Pattern::Stripes {
-                frame,
-                period,
-                phase,
-            } => {
+            Pattern::Stripes { frame, period, phase } => {
                 let (u, _) = frame.local(x, y);
                 stripe_coverage(u, *period, *phase)
             }
-            Pattern::Checker {
-                frame,
-                period,
-                phase,
-            } => {
+            Pattern::Checker { frame, period, phase } => {
                 let (u, v) = frame.local(x, y);
                 let a = stripe_coverage(u, *period, phase.0);
                 let b = stripe_coverage(v, *period, phase.1);
@@ -486,9 +422,7 @@ mod tests {
     fn images_are_not_flat() {
         let (images, _) = generate(5, Split::Train, 200);
         for (i, img) in images.chunks_exact(IMAGE_LEN).enumerate() {
-            let (lo, hi) = img
-                .iter()
-                .fold((255u8, 0u8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let (lo, hi) = img.iter().fold((255u8, 0u8), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             assert!(hi - lo > 20, "image {i} is nearly flat: {lo}..{hi}");
         }
     }
@@ -505,10 +439,7 @@ mod tests {
                 total += pixel_centres().map(|(x, y)| p.coverage(x, y)).sum::<f32>();
             }
             let mean = total / (20.0 * (IMAGE_SIZE * IMAGE_SIZE) as f32);
-            assert!(
-                (0.02..0.98).contains(&mean),
-                "class {label}: mean coverage {mean}"
-            );
+            assert!((0.02..0.98).contains(&mean), "class {label}: mean coverage {mean}");
         }
     }
 }

@@ -55,10 +55,7 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
-        ensure!(
-            self.num_classes >= 2,
-            "a classifier needs at least 2 classes"
-        );
+        ensure!(self.num_classes >= 2, "a classifier needs at least 2 classes");
         ensure!(self.width >= 1, "width must be at least 1");
         ensure!(
             self.bce_weight.is_finite() && self.bce_weight >= 0.0,
@@ -71,16 +68,8 @@ impl ModelConfig {
     /// The fused network: groups = number of experts for MoCSE.
     pub fn net_shape(&self) -> NetShape {
         match self.kind {
-            ModelKind::Preact18 => NetShape {
-                groups: 1,
-                width: self.width,
-                outputs: self.num_classes,
-            },
-            ModelKind::Mocse => NetShape {
-                groups: self.num_classes,
-                width: self.width,
-                outputs: 2,
-            },
+            ModelKind::Preact18 => NetShape { groups: 1, width: self.width, outputs: self.num_classes },
+            ModelKind::Mocse => NetShape { groups: self.num_classes, width: self.width, outputs: 2 },
         }
     }
 
@@ -110,30 +99,16 @@ pub struct Model {
 
 impl Model {
     pub fn new(config: ModelConfig) -> Model {
-        Model {
-            config,
-            network: Network::Fused(PreActResNet::new(config.net_shape())),
-        }
+        Model { config, network: Network::Fused(PreActResNet::new(config.net_shape())) }
     }
 
     /// MoCSE as N separate expert networks; takes weights from `split_experts`.
     pub fn new_unfused(config: ModelConfig) -> Result<Model> {
-        ensure!(
-            config.kind == ModelKind::Mocse,
-            "only MoCSE has an unfused form"
-        );
-        let expert = NetShape {
-            groups: 1,
-            width: config.width,
-            outputs: 2,
-        };
+        ensure!(config.kind == ModelKind::Mocse, "only MoCSE has an unfused form");
+        let expert = NetShape { groups: 1, width: config.width, outputs: 2 };
         Ok(Model {
             config,
-            network: Network::Unfused(
-                (0..config.num_classes)
-                    .map(|_| PreActResNet::new(expert))
-                    .collect(),
-            ),
+            network: Network::Unfused((0..config.num_classes).map(|_| PreActResNet::new(expert)).collect()),
         })
     }
 
@@ -166,10 +141,7 @@ impl Model {
                 }
             }
             Network::Unfused(experts) => {
-                let (np, nb) = (
-                    experts[0].param_specs().len(),
-                    experts[0].buffer_specs().len(),
-                );
+                let (np, nb) = (experts[0].param_specs().len(), experts[0].buffer_specs().len());
                 let mut outs = Vec::with_capacity(experts.len());
                 for (n, net) in experts.iter().enumerate() {
                     outs.push(net.forward(
@@ -215,33 +187,25 @@ impl Model {
 /// normalisation, which every expert shares.
 pub fn split_experts(net: &PreActResNet, fused: &Weights) -> Vec<Weights> {
     let n = net.shape.groups;
-    let split =
-        |specs: &[crate::nn::preact_resnet::TensorSpec], tensors: &[Tensor]| -> Vec<Vec<Tensor>> {
-            let mut per_expert = vec![Vec::with_capacity(tensors.len()); n];
-            for (spec, t) in specs.iter().zip(tensors) {
-                let shared = spec.name.starts_with("normalize.");
-                let chunk = if shared { t.len() } else { t.len() / n };
-                let mut shape = t.shape().to_vec();
-                if !shared {
-                    shape[0] /= n;
-                }
-                for (e, out) in per_expert.iter_mut().enumerate() {
-                    let start = if shared { 0 } else { e * chunk };
-                    out.push(Tensor::from_vec(
-                        &shape,
-                        t.as_slice()[start..start + chunk].to_vec(),
-                    ));
-                }
+    let split = |specs: &[crate::nn::preact_resnet::TensorSpec], tensors: &[Tensor]| -> Vec<Vec<Tensor>> {
+        let mut per_expert = vec![Vec::with_capacity(tensors.len()); n];
+        for (spec, t) in specs.iter().zip(tensors) {
+            let shared = spec.name.starts_with("normalize.");
+            let chunk = if shared { t.len() } else { t.len() / n };
+            let mut shape = t.shape().to_vec();
+            if !shared {
+                shape[0] /= n;
             }
-            per_expert
-        };
+            for (e, out) in per_expert.iter_mut().enumerate() {
+                let start = if shared { 0 } else { e * chunk };
+                out.push(Tensor::from_vec(&shape, t.as_slice()[start..start + chunk].to_vec()));
+            }
+        }
+        per_expert
+    };
     let params = split(net.param_specs(), &fused.params);
     let buffers = split(net.buffer_specs(), &fused.buffers);
-    params
-        .into_iter()
-        .zip(buffers)
-        .map(|(params, buffers)| Weights { params, buffers })
-        .collect()
+    params.into_iter().zip(buffers).map(|(params, buffers)| Weights { params, buffers }).collect()
 }
 
 /// The inverse of `split_experts` for parameters (or their gradients).

@@ -118,11 +118,7 @@ impl Builder {
                 vec![cout, cin / groups, k, k],
                 Init::Uniform { fan_in },
             ),
-            p: Conv2dParams {
-                stride,
-                padding: k / 2,
-                groups,
-            },
+            p: Conv2dParams { stride, padding: k / 2, groups },
         }
     }
 
@@ -138,11 +134,7 @@ impl Builder {
 
 impl PreActResNet {
     pub fn new(shape: NetShape) -> PreActResNet {
-        let NetShape {
-            groups,
-            width,
-            outputs,
-        } = shape;
+        let NetShape { groups, width, outputs } = shape;
         let mut b = Builder::default();
         let norm_mean = b.buffer("normalize.mean".into(), vec![3], Init::Zeros);
         let norm_std = b.buffer("normalize.std".into(), vec![3], Init::Ones);
@@ -159,25 +151,17 @@ impl PreActResNet {
                     conv1: b.conv(&format!("{name}.conv1"), cin, cout, 3, stride, groups),
                     bn2: b.bn(&format!("{name}.bn2"), cout),
                     conv2: b.conv(&format!("{name}.conv2"), cout, cout, 3, 1, groups),
-                    shortcut: (stride != 1 || cin != cout).then(|| {
-                        b.conv(&format!("{name}.shortcut.0"), cin, cout, 1, stride, groups)
-                    }),
+                    shortcut: (stride != 1 || cin != cout)
+                        .then(|| b.conv(&format!("{name}.shortcut.0"), cin, cout, 1, stride, groups)),
                 });
                 cin = cout;
             }
         }
         let bn = b.bn("bn", cin);
         let fan_in = cin / groups;
-        let linear_weight = b.param(
-            "linear.weight".into(),
-            vec![groups * outputs, fan_in],
-            Init::Uniform { fan_in },
-        );
-        let linear_bias = b.param(
-            "linear.bias".into(),
-            vec![groups * outputs],
-            Init::Uniform { fan_in },
-        );
+        let linear_weight =
+            b.param("linear.weight".into(), vec![groups * outputs, fan_in], Init::Uniform { fan_in });
+        let linear_bias = b.param("linear.bias".into(), vec![groups * outputs], Init::Uniform { fan_in });
         PreActResNet {
             shape,
             params: b.params,
@@ -201,20 +185,12 @@ impl PreActResNet {
     }
 
     pub fn num_parameters(&self) -> usize {
-        self.params
-            .iter()
-            .map(|p| p.shape.iter().product::<usize>())
-            .sum()
+        self.params.iter().map(|p| p.shape.iter().product::<usize>()).sum()
     }
 
     /// Fresh weights: parameter i is drawn from its own stream (seed, Init, i), so it does not
     /// depend on the other layers. `channel_mean`/`channel_std` set the input normalisation.
-    pub fn init_weights(
-        &self,
-        seed: u64,
-        channel_mean: [f32; 3],
-        channel_std: [f32; 3],
-    ) -> Weights {
+    pub fn init_weights(&self, seed: u64, channel_mean: [f32; 3], channel_std: [f32; 3]) -> Weights {
         let make = |i: usize, spec: &TensorSpec| {
             let n: usize = spec.shape.iter().product();
             let data = match spec.init {
@@ -228,18 +204,8 @@ impl PreActResNet {
             };
             Tensor::from_vec(&spec.shape, data)
         };
-        let params = self
-            .params
-            .iter()
-            .enumerate()
-            .map(|(i, s)| make(i, s))
-            .collect();
-        let mut buffers: Vec<Tensor> = self
-            .buffers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| make(i, s))
-            .collect();
+        let params = self.params.iter().enumerate().map(|(i, s)| make(i, s)).collect();
+        let mut buffers: Vec<Tensor> = self.buffers.iter().enumerate().map(|(i, s)| make(i, s)).collect();
         buffers[self.norm_mean] = Tensor::from_vec(&[3], channel_mean.to_vec());
         buffers[self.norm_std] = Tensor::from_vec(&[3], channel_std.to_vec());
         Weights { params, buffers }
@@ -305,11 +271,8 @@ impl PreActResNet {
         train: bool,
     ) -> Result<Var> {
         let p = params;
-        let x = tape.normalize(
-            images,
-            buffers[self.norm_mean].as_slice(),
-            buffers[self.norm_std].as_slice(),
-        )?;
+        let x =
+            tape.normalize(images, buffers[self.norm_mean].as_slice(), buffers[self.norm_std].as_slice())?;
         let mut out = tape.conv2d(&x, &p[self.stem.weight], self.stem.p)?;
         for block in &self.blocks {
             let pre = self.bn_relu(tape, p, buffers, &block.bn1, &out, train)?;
@@ -324,12 +287,7 @@ impl PreActResNet {
         }
         let out = self.bn_relu(tape, p, buffers, &self.bn, &out, train)?;
         let pooled = tape.global_avg_pool(&out)?;
-        tape.grouped_linear(
-            &pooled,
-            &p[self.linear_weight],
-            &p[self.linear_bias],
-            self.shape.groups,
-        )
+        tape.grouped_linear(&pooled, &p[self.linear_weight], &p[self.linear_bias], self.shape.groups)
     }
 
     /// Forward FLOPs per image of the convolutions and the head.
@@ -361,11 +319,7 @@ mod tests {
 
     #[test]
     fn standard_network_has_preact18_size() {
-        let net = PreActResNet::new(NetShape {
-            groups: 1,
-            width: 64,
-            outputs: 10,
-        });
+        let net = PreActResNet::new(NetShape { groups: 1, width: 64, outputs: 10 });
         // 11,171,146 of the common CIFAR PreAct-18 plus 1,024 of the final batch norm.
         assert_eq!(net.num_parameters(), 11_172_170);
         let gflop = net.flops_per_image() / 1e9;
@@ -374,16 +328,8 @@ mod tests {
 
     #[test]
     fn fused_experts_cost_n_times_w_squared() {
-        let fused = PreActResNet::new(NetShape {
-            groups: 10,
-            width: 16,
-            outputs: 2,
-        });
-        let single = PreActResNet::new(NetShape {
-            groups: 1,
-            width: 16,
-            outputs: 2,
-        });
+        let fused = PreActResNet::new(NetShape { groups: 10, width: 16, outputs: 2 });
+        let single = PreActResNet::new(NetShape { groups: 1, width: 16, outputs: 2 });
         assert_eq!(fused.num_parameters(), 10 * single.num_parameters());
         assert_eq!(fused.param_specs().len(), single.param_specs().len());
     }

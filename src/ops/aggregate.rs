@@ -41,10 +41,7 @@ impl fmt::Display for Aggregate {
 impl Tape {
     pub fn aggregate(&self, logits: &Var, mode: Aggregate) -> Result<Var> {
         let s = logits.shape().to_vec();
-        ensure!(
-            s.len() == 3 && s[2] == 2,
-            "aggregate needs [B, N, 2] logits, got {s:?}"
-        );
+        ensure!(s.len() == 3 && s[2] == 2, "aggregate needs [B, N, 2] logits, got {s:?}");
         let scores: Vec<f32> = logits
             .value()
             .as_slice()
@@ -86,10 +83,7 @@ mod tests {
     #[test]
     fn values_and_gradients() {
         let t = Tape::no_grad();
-        let l = t.leaf(
-            Tensor::from_vec(&[1, 2, 2], vec![0.0, 0.0, 1.0, 3.0]),
-            false,
-        );
+        let l = t.leaf(Tensor::from_vec(&[1, 2, 2], vec![0.0, 0.0, 1.0, 3.0]), false);
         let p = t.aggregate(&l, Aggregate::Prob).unwrap();
         assert!((p.value().as_slice()[0] - 0.5).abs() < 1e-7);
         assert!((p.value().as_slice()[1] - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-7);

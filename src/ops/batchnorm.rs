@@ -47,15 +47,13 @@ fn channel_sums(
 fn scale_shift(x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
     let c = scale.len();
     let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(c * 64)
-        .zip(x.par_chunks(c * 64))
-        .for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                for i in 0..c {
-                    yr[i] = xr[i] * scale[i] + shift[i];
-                }
+    y.par_chunks_mut(c * 64).zip(x.par_chunks(c * 64)).for_each(|(yc, xc)| {
+        for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
+            for i in 0..c {
+                yr[i] = xr[i] * scale[i] + shift[i];
             }
-        });
+        }
+    });
     y
 }
 
@@ -81,22 +79,13 @@ fn batch_stats_cpu(x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
     });
     let n = rows as f64;
     let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-    let var = sum_sq
-        .iter()
-        .zip(&mean)
-        .map(|(s2, m)| (s2 / n - m * m).max(0.0) as f32);
+    let var = sum_sq.iter().zip(&mean).map(|(s2, m)| (s2 / n - m * m).max(0.0) as f32);
     (mean.iter().map(|m| *m as f32).collect(), var.collect())
 }
 
 impl Tape {
     /// Training mode: normalises with the batch's own statistics and returns them.
-    pub fn batch_norm_train(
-        &self,
-        x: &Var,
-        gamma: &Var,
-        beta: &Var,
-        eps: f32,
-    ) -> Result<(Var, BatchStats)> {
+    pub fn batch_norm_train(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<(Var, BatchStats)> {
         let c = channels_of(x.value());
         ensure!(
             gamma.value().len() == c && beta.value().len() == c,
@@ -104,23 +93,16 @@ impl Tape {
             gamma.shape()
         );
         let rows = x.value().len() / c;
-        ensure!(
-            rows > 1,
-            "batch norm in training mode needs more than one value per channel"
-        );
+        ensure!(rows > 1, "batch norm in training mode needs more than one value per channel");
         let (mean, var) = batch_stats_cpu(x.value().as_slice(), c);
         let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
         let g = gamma.value().as_slice();
         let scale: Vec<f32> = (0..c).map(|i| g[i] * inv_std[i]).collect();
-        let shift: Vec<f32> = (0..c)
-            .map(|i| beta.value().as_slice()[i] - mean[i] * scale[i])
-            .collect();
+        let shift: Vec<f32> = (0..c).map(|i| beta.value().as_slice()[i] - mean[i] * scale[i]).collect();
         let y = Tensor::from_vec(x.shape(), scale_shift(x.value().as_slice(), &scale, &shift));
         let unbiased = rows as f32 / (rows - 1) as f32;
-        let stats = BatchStats {
-            mean: mean.clone(),
-            var_unbiased: var.iter().map(|v| v * unbiased).collect(),
-        };
+        let stats =
+            BatchStats { mean: mean.clone(), var_unbiased: var.iter().map(|v| v * unbiased).collect() };
         if !self.needs_grad(&[x, gamma, beta]) {
             return Ok((Var::constant(y), stats));
         }
@@ -151,11 +133,10 @@ impl Tape {
                     });
                     Tensor::from_vec(x_saved.shape(), dx)
                 });
-                let dgamma = needs[1].then(|| {
-                    Tensor::from_vec(&[c], sum_dy_xhat.iter().map(|v| *v as f32).collect())
-                });
-                let dbeta = needs[2]
-                    .then(|| Tensor::from_vec(&[c], sum_dy.iter().map(|v| *v as f32).collect()));
+                let dgamma =
+                    needs[1].then(|| Tensor::from_vec(&[c], sum_dy_xhat.iter().map(|v| *v as f32).collect()));
+                let dbeta =
+                    needs[2].then(|| Tensor::from_vec(&[c], sum_dy.iter().map(|v| *v as f32).collect()));
                 Ok(vec![dx, dgamma, dbeta])
             }),
         );
@@ -181,16 +162,10 @@ impl Tape {
             "batch norm: parameters do not match {c} channels"
         );
         let mean = running_mean.to_vec();
-        let inv_std: Vec<f32> = running_var
-            .as_slice()
-            .iter()
-            .map(|v| 1.0 / (v + eps).sqrt())
-            .collect();
+        let inv_std: Vec<f32> = running_var.as_slice().iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
         let g = gamma.value().as_slice();
         let scale: Vec<f32> = (0..c).map(|i| g[i] * inv_std[i]).collect();
-        let shift: Vec<f32> = (0..c)
-            .map(|i| beta.value().as_slice()[i] - mean[i] * scale[i])
-            .collect();
+        let shift: Vec<f32> = (0..c).map(|i| beta.value().as_slice()[i] - mean[i] * scale[i]).collect();
         let y = Tensor::from_vec(x.shape(), scale_shift(x.value().as_slice(), &scale, &shift));
         if !self.needs_grad(&[x, gamma, beta]) {
             return Ok(Var::constant(y));
@@ -200,27 +175,19 @@ impl Tape {
             y,
             &[x, gamma, beta],
             Box::new(move |dy, needs| {
-                let dx = needs[0].then(|| {
-                    Tensor::from_vec(
-                        dy.shape(),
-                        scale_shift(dy.as_slice(), &scale, &vec![0.0; c]),
-                    )
-                });
+                let dx = needs[0]
+                    .then(|| Tensor::from_vec(dy.shape(), scale_shift(dy.as_slice(), &scale, &vec![0.0; c])));
                 let mut dgamma = None;
                 let mut dbeta = None;
                 if needs[1] || needs[2] {
                     let (sum_dy, sum_dy_xhat) = match &x_saved {
                         Some(x) => grad_sums(x.as_slice(), dy.as_slice(), &mean, &inv_std),
-                        None => {
-                            grad_sums(dy.as_slice(), dy.as_slice(), &vec![0.0; c], &vec![0.0; c])
-                        }
+                        None => grad_sums(dy.as_slice(), dy.as_slice(), &vec![0.0; c], &vec![0.0; c]),
                     };
-                    dgamma = needs[1].then(|| {
-                        Tensor::from_vec(&[c], sum_dy_xhat.iter().map(|v| *v as f32).collect())
-                    });
-                    dbeta = needs[2].then(|| {
-                        Tensor::from_vec(&[c], sum_dy.iter().map(|v| *v as f32).collect())
-                    });
+                    dgamma = needs[1]
+                        .then(|| Tensor::from_vec(&[c], sum_dy_xhat.iter().map(|v| *v as f32).collect()));
+                    dbeta =
+                        needs[2].then(|| Tensor::from_vec(&[c], sum_dy.iter().map(|v| *v as f32).collect()));
                 }
                 Ok(vec![dx, dgamma, dbeta])
             }),
@@ -238,13 +205,8 @@ mod tests {
     fn train_mode_normalises_and_reports_statistics() {
         let x = random_tensor(&[4, 3, 5, 6], 1);
         let t = Tape::no_grad();
-        let (g, b) = (
-            t.leaf(Tensor::full(&[6], 2.0), false),
-            t.leaf(Tensor::full(&[6], 0.5), false),
-        );
-        let (y, stats) = t
-            .batch_norm_train(&t.leaf(x.clone(), false), &g, &b, 1e-5)
-            .unwrap();
+        let (g, b) = (t.leaf(Tensor::full(&[6], 2.0), false), t.leaf(Tensor::full(&[6], 0.5), false));
+        let (y, stats) = t.batch_norm_train(&t.leaf(x.clone(), false), &g, &b, 1e-5).unwrap();
         let (xs, ys) = (x.as_slice(), y.value().as_slice());
         let n = (xs.len() / 6) as f64;
         for c in 0..6 {
@@ -265,9 +227,7 @@ mod tests {
         let x = random_tensor(&[3, 5, 3, 4], 2);
         let g = random_tensor(&[4], 3);
         let b = random_tensor(&[4], 4);
-        check_gradients(&[x, g, b], |t, v| {
-            Ok(t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5)?.0)
-        });
+        check_gradients(&[x, g, b], |t, v| Ok(t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5)?.0));
     }
 
     #[test]
@@ -277,8 +237,6 @@ mod tests {
         let b = random_tensor(&[5], 7);
         let rm = random_tensor(&[5], 8);
         let rv = Tensor::from_vec(&[5], vec![0.5, 1.0, 2.0, 0.1, 3.0]);
-        check_gradients(&[x, g, b], |t, v| {
-            t.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5)
-        });
+        check_gradients(&[x, g, b], |t, v| t.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5));
     }
 }

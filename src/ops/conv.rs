@@ -46,15 +46,9 @@ impl ConvGeometry {
     /// `x`: [B, H, W, C_in]; `w`: [C_out, C_in / groups, K, K].
     pub fn new(x: &[usize], w: &[usize], p: Conv2dParams) -> Result<ConvGeometry> {
         ensure!(x.len() == 4, "conv2d input must be [B, H, W, C], got {x:?}");
-        ensure!(
-            w.len() == 4,
-            "conv2d weight must be [O, I/g, K, K], got {w:?}"
-        );
+        ensure!(w.len() == 4, "conv2d weight must be [O, I/g, K, K], got {w:?}");
         ensure!(w[2] == w[3], "conv2d kernel must be square, got {w:?}");
-        ensure!(
-            p.stride >= 1 && p.groups >= 1,
-            "conv2d stride and groups must be >= 1"
-        );
+        ensure!(p.stride >= 1 && p.groups >= 1, "conv2d stride and groups must be >= 1");
         let (batch, height, width, in_channels) = (x[0], x[1], x[2], x[3]);
         let (out_channels, kernel) = (w[0], w[2]);
         ensure!(
@@ -117,21 +111,11 @@ impl ConvGeometry {
     }
 
     pub fn output_shape(&self) -> [usize; 4] {
-        [
-            self.batch,
-            self.out_height,
-            self.out_width,
-            self.out_channels,
-        ]
+        [self.batch, self.out_height, self.out_width, self.out_channels]
     }
 
     pub fn weight_shape(&self) -> [usize; 4] {
-        [
-            self.out_channels,
-            self.in_per_group(),
-            self.kernel,
-            self.kernel,
-        ]
+        [self.out_channels, self.in_per_group(), self.kernel, self.kernel]
     }
 
     /// Multiply-adds times two of the forward pass.
@@ -226,10 +210,8 @@ fn im2col(x: &[f32], g: &ConvGeometry, first: usize, count: usize, col: &mut [f3
                     for kw in 0..k {
                         let iw = (ow * g.stride + kw) as isize - g.padding as isize;
                         let tap = (kh * k + kw) * cpg;
-                        let inside = ih >= 0
-                            && iw >= 0
-                            && (ih as usize) < g.height
-                            && (iw as usize) < g.width;
+                        let inside =
+                            ih >= 0 && iw >= 0 && (ih as usize) < g.height && (iw as usize) < g.width;
                         for grp in 0..g.groups {
                             let d = &mut dst[grp * depth + tap..][..cpg];
                             if inside {
@@ -311,18 +293,9 @@ fn ohwi_to_oihw(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
 
 /// The GEMM operand for images [first, first + count): the input itself for a pointwise conv,
 /// else the unfolded rows in `col`. Returns (pointer, row stride).
-fn operand(
-    x: &[f32],
-    g: &ConvGeometry,
-    first: usize,
-    count: usize,
-    col: &mut [f32],
-) -> (*const f32, usize) {
+fn operand(x: &[f32], g: &ConvGeometry, first: usize, count: usize, col: &mut [f32]) -> (*const f32, usize) {
     if g.is_pointwise() {
-        (
-            x[first * g.pixels_in() * g.in_channels..].as_ptr(),
-            g.in_channels,
-        )
+        (x[first * g.pixels_in() * g.in_channels..].as_ptr(), g.in_channels)
     } else {
         im2col(x, g, first, count, col);
         (col.as_ptr(), g.row_len())
@@ -330,44 +303,38 @@ fn operand(
 }
 
 fn scratch_len(g: &ConvGeometry) -> usize {
-    if g.is_pointwise() {
-        0
-    } else {
-        g.images_per_chunk() * g.pixels_out() * g.row_len()
-    }
+    if g.is_pointwise() { 0 } else { g.images_per_chunk() * g.pixels_out() * g.row_len() }
 }
 
 fn forward_cpu(x: &[f32], w_ohwi: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let (cout, opg, depth) = (g.out_channels, g.out_per_group(), g.group_depth());
     let per_chunk = g.images_per_chunk();
     let mut out = vec![0.0; g.batch * g.pixels_out() * cout];
-    out.par_chunks_mut(per_chunk * g.pixels_out() * cout)
-        .enumerate()
-        .for_each(|(c, out_chunk)| {
-            let count = out_chunk.len() / (g.pixels_out() * cout);
-            let rows = count * g.pixels_out();
-            with_scratch(scratch_len(g), |col| {
-                let (lhs, lhs_row) = operand(x, g, c * per_chunk, count, col);
-                for grp in 0..g.groups {
-                    // SAFETY: every pointer addresses a live slice; the extents follow from
-                    // the geometry that sized those slices.
-                    unsafe {
-                        gemm_f32(
-                            rows,
-                            opg,
-                            depth,
-                            out_chunk.as_mut_ptr().add(grp * opg),
-                            (cout, 1),
-                            false,
-                            lhs.add(grp * depth),
-                            (lhs_row, 1),
-                            w_ohwi.as_ptr().add(grp * opg * depth),
-                            (1, depth),
-                        )
-                    }
+    out.par_chunks_mut(per_chunk * g.pixels_out() * cout).enumerate().for_each(|(c, out_chunk)| {
+        let count = out_chunk.len() / (g.pixels_out() * cout);
+        let rows = count * g.pixels_out();
+        with_scratch(scratch_len(g), |col| {
+            let (lhs, lhs_row) = operand(x, g, c * per_chunk, count, col);
+            for grp in 0..g.groups {
+                // SAFETY: every pointer addresses a live slice; the extents follow from
+                // the geometry that sized those slices.
+                unsafe {
+                    gemm_f32(
+                        rows,
+                        opg,
+                        depth,
+                        out_chunk.as_mut_ptr().add(grp * opg),
+                        (cout, 1),
+                        false,
+                        lhs.add(grp * depth),
+                        (lhs_row, 1),
+                        w_ohwi.as_ptr().add(grp * opg * depth),
+                        (1, depth),
+                    )
                 }
-            })
-        });
+            }
+        })
+    });
     out
 }
 
@@ -376,41 +343,36 @@ fn backward_data_cpu(dy: &[f32], w_ohwi: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let (opg, depth) = (g.out_per_group(), g.group_depth());
     let per_chunk = g.images_per_chunk();
     let mut dx = vec![0.0; g.input_len()];
-    dx.par_chunks_mut(per_chunk * g.pixels_in() * cin)
-        .enumerate()
-        .for_each(|(c, dx_chunk)| {
-            let count = dx_chunk.len() / (g.pixels_in() * cin);
-            let rows = count * g.pixels_out();
-            let dy_chunk = &dy[c * per_chunk * g.pixels_out() * cout..];
-            let direct = g.is_pointwise();
-            with_scratch(scratch_len(g), |dcol| {
-                let (dst, dst_row) = if direct {
-                    (dx_chunk.as_mut_ptr(), cin)
-                } else {
-                    (dcol.as_mut_ptr(), g.row_len())
-                };
-                for grp in 0..g.groups {
-                    // SAFETY: as in `forward_cpu`.
-                    unsafe {
-                        gemm_f32(
-                            rows,
-                            depth,
-                            opg,
-                            dst.add(grp * depth),
-                            (dst_row, 1),
-                            false,
-                            dy_chunk.as_ptr().add(grp * opg),
-                            (cout, 1),
-                            w_ohwi.as_ptr().add(grp * opg * depth),
-                            (depth, 1),
-                        )
-                    }
+    dx.par_chunks_mut(per_chunk * g.pixels_in() * cin).enumerate().for_each(|(c, dx_chunk)| {
+        let count = dx_chunk.len() / (g.pixels_in() * cin);
+        let rows = count * g.pixels_out();
+        let dy_chunk = &dy[c * per_chunk * g.pixels_out() * cout..];
+        let direct = g.is_pointwise();
+        with_scratch(scratch_len(g), |dcol| {
+            let (dst, dst_row) =
+                if direct { (dx_chunk.as_mut_ptr(), cin) } else { (dcol.as_mut_ptr(), g.row_len()) };
+            for grp in 0..g.groups {
+                // SAFETY: as in `forward_cpu`.
+                unsafe {
+                    gemm_f32(
+                        rows,
+                        depth,
+                        opg,
+                        dst.add(grp * depth),
+                        (dst_row, 1),
+                        false,
+                        dy_chunk.as_ptr().add(grp * opg),
+                        (cout, 1),
+                        w_ohwi.as_ptr().add(grp * opg * depth),
+                        (depth, 1),
+                    )
                 }
-                if !direct {
-                    col2im(dcol, g, count, dx_chunk);
-                }
-            })
-        });
+            }
+            if !direct {
+                col2im(dcol, g, count, dx_chunk);
+            }
+        })
+    });
     dx
 }
 
@@ -457,21 +419,14 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor>
     match x.device() {
         Device::Cpu => {
             let w_ohwi = oihw_to_ohwi(w.as_slice(), &g);
-            Ok(Tensor::from_vec(
-                &g.output_shape(),
-                forward_cpu(x.as_slice(), &w_ohwi, &g),
-            ))
+            Ok(Tensor::from_vec(&g.output_shape(), forward_cpu(x.as_slice(), &w_ohwi, &g)))
         }
     }
 }
 
 /// dL/dx from dL/dy.
 pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    ensure!(
-        dy.shape() == g.output_shape(),
-        "conv2d backward: gradient shape {:?}",
-        dy.shape()
-    );
+    ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
     match dy.device() {
         Device::Cpu => {
             let w_ohwi = oihw_to_ohwi(w.as_slice(), g);
@@ -485,16 +440,11 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result
 
 /// dL/dw from the input and dL/dy.
 pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    ensure!(
-        dy.shape() == g.output_shape(),
-        "conv2d backward: gradient shape {:?}",
-        dy.shape()
-    );
+    ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
     match x.device() {
-        Device::Cpu => Ok(Tensor::from_vec(
-            &g.weight_shape(),
-            backward_weight_cpu(x.as_slice(), dy.as_slice(), g),
-        )),
+        Device::Cpu => {
+            Ok(Tensor::from_vec(&g.weight_shape(), backward_weight_cpu(x.as_slice(), dy.as_slice(), g)))
+        }
     }
 }
 
@@ -548,11 +498,7 @@ mod tests {
                                 for kw in 0..k {
                                     let ih = (oh * g.stride + kh) as isize - g.padding as isize;
                                     let iw = (ow * g.stride + kw) as isize - g.padding as isize;
-                                    if ih < 0
-                                        || iw < 0
-                                        || ih >= g.height as isize
-                                        || iw >= g.width as isize
-                                    {
+                                    if ih < 0 || iw < 0 || ih >= g.height as isize || iw >= g.width as isize {
                                         continue;
                                     }
                                     let xi = ((b * g.height + ih as usize) * g.width + iw as usize)
@@ -564,8 +510,7 @@ mod tests {
                                 }
                             }
                         }
-                        out[((b * g.out_height + oh) * g.out_width + ow) * g.out_channels + o] =
-                            acc;
+                        out[((b * g.out_height + oh) * g.out_width + ow) * g.out_channels + o] = acc;
                     }
                 }
             }
@@ -574,11 +519,7 @@ mod tests {
     }
 
     fn cases() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
-        let p = |stride, padding, groups| Conv2dParams {
-            stride,
-            padding,
-            groups,
-        };
+        let p = |stride, padding, groups| Conv2dParams { stride, padding, groups };
         vec![
             ([2, 5, 7, 3], [4, 3, 3, 3], p(1, 1, 1)),
             ([3, 9, 9, 6], [8, 3, 3, 3], p(2, 1, 2)),
@@ -600,10 +541,7 @@ mod tests {
             let reference = naive_conv(&x, &w, p);
             assert_eq!(y.len(), reference.len());
             for (a, b) in y.as_slice().iter().zip(&reference) {
-                assert!(
-                    (*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()),
-                    "case {n}: {a} vs {b}"
-                );
+                assert!((*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()), "case {n}: {a} vs {b}");
             }
         }
     }
@@ -621,11 +559,7 @@ mod tests {
     fn rejects_mismatched_shapes() {
         let x = Tensor::zeros(&[1, 4, 4, 6]);
         let w = Tensor::zeros(&[4, 4, 3, 3]);
-        let p = Conv2dParams {
-            stride: 1,
-            padding: 1,
-            groups: 2,
-        };
+        let p = Conv2dParams { stride: 1, padding: 1, groups: 2 };
         assert!(conv2d_forward(&x, &w, p).is_err());
     }
 }

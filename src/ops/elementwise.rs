@@ -18,25 +18,13 @@ fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32>
 }
 
 fn map(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    if a.len() < PAR_MIN {
-        a.iter().map(|x| f(*x)).collect()
-    } else {
-        a.par_iter().map(|x| f(*x)).collect()
-    }
+    if a.len() < PAR_MIN { a.iter().map(|x| f(*x)).collect() } else { a.par_iter().map(|x| f(*x)).collect() }
 }
 
 /// a + b without recording anything (also used to accumulate gradients).
 pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    ensure!(
-        a.shape() == b.shape(),
-        "add: shapes differ: {:?} vs {:?}",
-        a.shape(),
-        b.shape()
-    );
-    Ok(Tensor::from_vec(
-        a.shape(),
-        zip_map(a.as_slice(), b.as_slice(), |x, y| x + y),
-    ))
+    ensure!(a.shape() == b.shape(), "add: shapes differ: {:?} vs {:?}", a.shape(), b.shape());
+    Ok(Tensor::from_vec(a.shape(), zip_map(a.as_slice(), b.as_slice(), |x, y| x + y)))
 }
 
 impl Tape {
@@ -51,9 +39,7 @@ impl Tape {
             y,
             &[x],
             Box::new(move |g, _| {
-                let dx = zip_map(g.as_slice(), saved.as_slice(), |g, y| {
-                    if y > 0.0 { g } else { 0.0 }
-                });
+                let dx = zip_map(g.as_slice(), saved.as_slice(), |g, y| if y > 0.0 { g } else { 0.0 });
                 Ok(vec![Some(Tensor::from_vec(saved.shape(), dx))])
             }),
         ))
@@ -61,11 +47,7 @@ impl Tape {
 
     pub fn add(&self, a: &Var, b: &Var) -> Result<Var> {
         let y = add_tensors(a.value(), b.value())?;
-        Ok(self.record(
-            y,
-            &[a, b],
-            Box::new(|g, needs| Ok(needs.iter().map(|_| Some(g.clone())).collect())),
-        ))
+        Ok(self.record(y, &[a, b], Box::new(|g, needs| Ok(needs.iter().map(|_| Some(g.clone())).collect()))))
     }
 
     /// s * x for a constant s.
@@ -74,12 +56,7 @@ impl Tape {
         Ok(self.record(
             y,
             &[x],
-            Box::new(move |g, _| {
-                Ok(vec![Some(Tensor::from_vec(
-                    g.shape(),
-                    map(g.as_slice(), |v| v * s),
-                ))])
-            }),
+            Box::new(move |g, _| Ok(vec![Some(Tensor::from_vec(g.shape(), map(g.as_slice(), |v| v * s)))])),
         ))
     }
 

@@ -38,11 +38,7 @@ pub fn random_tensor_away_from_zero(shape: &[usize], seed: u64) -> Tensor {
 }
 
 fn weighted_sum(y: &Tensor, r: &[f32]) -> f64 {
-    y.as_slice()
-        .iter()
-        .zip(r)
-        .map(|(a, b)| *a as f64 * *b as f64)
-        .sum()
+    y.as_slice().iter().zip(r).map(|(a, b)| *a as f64 * *b as f64).sum()
 }
 
 /// Checks d/dx_i sum(f(x) * R) for every input i along three random directions.
@@ -80,15 +76,8 @@ pub fn check_gradients_with(
         weighted_sum(f(&t, &vs).expect("forward").value(), &r)
     };
     for (i, input) in inputs.iter().enumerate() {
-        let analytic = grads
-            .get(&vars[i])
-            .unwrap_or_else(|| panic!("input {i} got no gradient"))
-            .clone();
-        assert_eq!(
-            analytic.shape(),
-            input.shape(),
-            "gradient shape of input {i}"
-        );
+        let analytic = grads.get(&vars[i]).unwrap_or_else(|| panic!("input {i} got no gradient")).clone();
+        assert_eq!(analytic.shape(), input.shape(), "gradient shape of input {i}");
         for direction in 0..3u64 {
             let v = random_values(input.len(), 1000 + 17 * i as u64 + direction);
             let shifted = |sign: f64| {
@@ -103,12 +92,7 @@ pub fn check_gradients_with(
                 xs
             };
             let numeric = (eval(&shifted(1.0)) - eval(&shifted(-1.0))) / (2.0 * h);
-            let exact: f64 = analytic
-                .as_slice()
-                .iter()
-                .zip(&v)
-                .map(|(g, d)| *g as f64 * *d as f64)
-                .sum();
+            let exact: f64 = analytic.as_slice().iter().zip(&v).map(|(g, d)| *g as f64 * *d as f64).sum();
             let scale = numeric.abs().max(exact.abs()).max(1e-2);
             assert!(
                 (numeric - exact).abs() / scale < tolerance,

@@ -11,10 +11,7 @@ impl Tape {
     /// `x`: [B, G*I]; `w`: [G*O, I]; `bias`: [G*O].
     pub fn grouped_linear(&self, x: &Var, w: &Var, bias: &Var, groups: usize) -> Result<Var> {
         let (xs, ws) = (x.shape(), w.shape());
-        ensure!(
-            xs.len() == 2 && ws.len() == 2,
-            "grouped linear needs [B, F] input and [O, I] weight"
-        );
+        ensure!(xs.len() == 2 && ws.len() == 2, "grouped linear needs [B, F] input and [O, I] weight");
         let (b, i_n) = (xs[0], ws[1]);
         let o_n = ws[0] / groups;
         ensure!(
@@ -22,11 +19,7 @@ impl Tape {
             "grouped linear: input {xs:?}, weight {ws:?}, bias {:?}, groups {groups} do not fit",
             bias.shape()
         );
-        let (xv, wv, bv) = (
-            x.value().as_slice(),
-            w.value().as_slice(),
-            bias.value().as_slice(),
-        );
+        let (xv, wv, bv) = (x.value().as_slice(), w.value().as_slice(), bias.value().as_slice());
         let out_n = groups * o_n;
         let mut y = vec![0.0f32; b * out_n];
         for n in 0..b {
@@ -35,8 +28,7 @@ impl Tape {
                 for o in 0..o_n {
                     let row = g * o_n + o;
                     let wr = &wv[row * i_n..(row + 1) * i_n];
-                    y[n * out_n + row] =
-                        bv[row] + xr.iter().zip(wr).map(|(a, c)| a * c).sum::<f32>();
+                    y[n * out_n + row] = bv[row] + xr.iter().zip(wr).map(|(a, c)| a * c).sum::<f32>();
                 }
             }
         }
@@ -89,9 +81,7 @@ mod tests {
             let x = random_tensor(&[5, groups * i_n], 1);
             let w = random_tensor(&[groups * o_n, i_n], 2);
             let b = random_tensor(&[groups * o_n], 3);
-            check_gradients(&[x, w, b], |t, v| {
-                t.grouped_linear(&v[0], &v[1], &v[2], groups)
-            });
+            check_gradients(&[x, w, b], |t, v| t.grouped_linear(&v[0], &v[1], &v[2], groups));
         }
     }
 }

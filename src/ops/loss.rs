@@ -16,15 +16,8 @@ fn sigmoid(z: f64) -> f64 {
 }
 
 fn check_labels(labels: &[u32], rows: usize, classes: usize) -> Result<()> {
-    ensure!(
-        labels.len() == rows,
-        "{} labels for {rows} rows",
-        labels.len()
-    );
-    ensure!(
-        labels.iter().all(|&y| (y as usize) < classes),
-        "a label is not below {classes}"
-    );
+    ensure!(labels.len() == rows, "{} labels for {rows} rows", labels.len());
+    ensure!(labels.iter().all(|&y| (y as usize) < classes), "a label is not below {classes}");
     Ok(())
 }
 
@@ -72,10 +65,7 @@ impl Tape {
     /// Equal to a 2-way softmax cross-entropy per expert.
     pub fn expert_bce_with_logits(&self, logits: &Var, labels: &[u32]) -> Result<Var> {
         let s = logits.shape();
-        ensure!(
-            s.len() == 3 && s[2] == 2,
-            "expert BCE needs [B, N, 2] logits, got {s:?}"
-        );
+        ensure!(s.len() == 3 && s[2] == 2, "expert BCE needs [B, N, 2] logits, got {s:?}");
         let (b, n_exp) = (s[0], s[1]);
         check_labels(labels, b, n_exp)?;
         let l = logits.value().as_slice();
@@ -115,12 +105,7 @@ impl Tape {
 /// Number of rows whose largest score is at the label (ties go to the lowest index).
 pub fn count_correct(scores: &Tensor, labels: &[u32]) -> usize {
     let k = scores.shape()[scores.shape().len() - 1];
-    scores
-        .as_slice()
-        .chunks_exact(k)
-        .zip(labels)
-        .filter(|(row, y)| argmax(row) == **y as usize)
-        .count()
+    scores.as_slice().chunks_exact(k).zip(labels).filter(|(row, y)| argmax(row) == **y as usize).count()
 }
 
 pub fn argmax(row: &[f32]) -> usize {
@@ -142,17 +127,11 @@ mod tests {
     fn cross_entropy_value_and_gradient() {
         let t = Tape::no_grad();
         let logits = t.leaf(Tensor::from_vec(&[1, 3], vec![1.0, 2.0, 3.0]), false);
-        let loss = t
-            .softmax_cross_entropy(&logits, &[0])
-            .unwrap()
-            .value()
-            .item();
+        let loss = t.softmax_cross_entropy(&logits, &[0]).unwrap().value().item();
         let expected = -(1.0f64 - (1f64.exp() + 2f64.exp() + 3f64.exp()).ln());
         assert!((loss as f64 - expected).abs() < 1e-6);
         let x = random_tensor(&[6, 5], 1);
-        check_gradients(&[x], |t, v| {
-            t.softmax_cross_entropy(&v[0], &[0, 4, 2, 2, 1, 3])
-        });
+        check_gradients(&[x], |t, v| t.softmax_cross_entropy(&v[0], &[0, 4, 2, 2, 1, 3]));
     }
 
     #[test]
@@ -160,20 +139,10 @@ mod tests {
         let x = random_tensor(&[3, 4, 2], 2);
         let labels = [1, 3, 0];
         let t = Tape::no_grad();
-        let bce = t
-            .expert_bce_with_logits(&t.leaf(x.clone(), false), &labels)
-            .unwrap()
-            .value()
-            .item();
+        let bce = t.expert_bce_with_logits(&t.leaf(x.clone(), false), &labels).unwrap().value().item();
         let flat = t.leaf(x.reshape(&[12, 2]), false);
-        let per_expert: Vec<u32> = (0..12)
-            .map(|i| (labels[i / 4] == (i % 4) as u32) as u32)
-            .collect();
-        let ce = t
-            .softmax_cross_entropy(&flat, &per_expert)
-            .unwrap()
-            .value()
-            .item();
+        let per_expert: Vec<u32> = (0..12).map(|i| (labels[i / 4] == (i % 4) as u32) as u32).collect();
+        let ce = t.softmax_cross_entropy(&flat, &per_expert).unwrap().value().item();
         assert!((bce - ce).abs() < 1e-6, "{bce} vs {ce}");
         check_gradients(&[x], |t, v| t.expert_bce_with_logits(&v[0], &labels));
     }

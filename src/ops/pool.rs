@@ -8,10 +8,7 @@ use crate::tensor::Tensor;
 impl Tape {
     pub fn global_avg_pool(&self, x: &Var) -> Result<Var> {
         let s = x.shape().to_vec();
-        ensure!(
-            s.len() == 4,
-            "global average pool needs [B, H, W, C], got {s:?}"
-        );
+        ensure!(s.len() == 4, "global average pool needs [B, H, W, C], got {s:?}");
         let (b, hw, c) = (s[0], s[1] * s[2], s[3]);
         let xs = x.value().as_slice();
         let mut y = vec![0.0f32; b * c];

@@ -33,21 +33,15 @@ pub fn sgd_step(
     let shape = param.shape().to_vec();
     let mut w = std::mem::replace(param, Tensor::scalar(0.0)).into_vec();
     let mut v = std::mem::replace(velocity, Tensor::scalar(0.0)).into_vec();
-    let SgdConfig {
-        momentum,
-        weight_decay,
-        nesterov,
-    } = *cfg;
-    w.par_iter_mut()
-        .zip(v.par_iter_mut())
-        .zip(grad.as_slice().par_iter())
-        .with_min_len(4096)
-        .for_each(|((w, v), g)| {
+    let SgdConfig { momentum, weight_decay, nesterov } = *cfg;
+    w.par_iter_mut().zip(v.par_iter_mut()).zip(grad.as_slice().par_iter()).with_min_len(4096).for_each(
+        |((w, v), g)| {
             let g = g + weight_decay * *w;
             *v = momentum * *v + g;
             let step = if nesterov { g + momentum * *v } else { *v };
             *w -= lr * step;
-        });
+        },
+    );
     *param = Tensor::from_vec(&shape, w);
     *velocity = Tensor::from_vec(&shape, v);
     Ok(())
@@ -61,11 +55,7 @@ mod tests {
     #[test]
     fn matches_hand_computed_steps() {
         for nesterov in [false, true] {
-            let cfg = SgdConfig {
-                momentum: 0.9,
-                weight_decay: 0.01,
-                nesterov,
-            };
+            let cfg = SgdConfig { momentum: 0.9, weight_decay: 0.01, nesterov };
             let mut w = Tensor::from_vec(&[2], vec![1.0, -2.0]);
             let mut v = Tensor::zeros(&[2]);
             let grads = [[0.5f64, 0.25], [-1.0, 2.0]];

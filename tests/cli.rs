@@ -1,0 +1,213 @@
+//! The command line as a user meets it: training and evaluating both models end to end, exact
+//! resumption, checkpoints, and clear errors (never a panic) on bad input.
+
+mod common;
+
+use std::fs;
+
+use common::{assert_clean_failure, mocse, write_fake_cifar};
+use mocse::checkpoint::{MODEL_FILE, load_model};
+use mocse::nn::model::Model;
+use mocse::train::{read_config, read_log};
+
+fn tiny_run(out: &str, epochs: &str, extra: &[&str]) -> common::Run {
+    #[rustfmt::skip]
+    let mut args = vec![
+        "train", "--model", "mocse", "--expert-width", "2", "--data", "synthetic",
+        "--train-subset", "96", "--test-subset", "40", "--batch-size", "32",
+        "--epochs", epochs, "--device", "cpu", "--out", out,
+    ];
+    args.extend_from_slice(extra);
+    mocse(&args)
+}
+
+#[test]
+fn resumed_run_matches_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, split) = (dir.path().join("full"), dir.path().join("split"));
+    let (full_s, split_s) = (full.to_str().unwrap(), split.to_str().unwrap());
+
+    let r = tiny_run(full_s, "2", &[]);
+    assert!(r.ok, "{}", r.stderr);
+    let r = tiny_run(split_s, "2", &["--stop-after", "1"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stderr.contains("continue with: mocse train --resume"), "{}", r.stderr);
+    assert_eq!(read_log(&split).unwrap().len(), 1);
+    let r = mocse(&["train", "--resume", "--out", split_s, "--device", "cpu"]);
+    assert!(r.ok, "{}", r.stderr);
+
+    let config = read_config(&full).unwrap();
+    let model = Model::new(config.model);
+    let (a, pa) = load_model(&full.join(MODEL_FILE), model.fused()).unwrap();
+    let (b, pb) = load_model(&split.join(MODEL_FILE), model.fused()).unwrap();
+    assert_eq!(pa, pb);
+    for (x, y) in a.params.iter().chain(&a.buffers).zip(b.params.iter().chain(&b.buffers)) {
+        assert!(
+            x.as_slice().iter().zip(y.as_slice()).all(|(u, v)| u.to_bits() == v.to_bits()),
+            "weights differ after resuming"
+        );
+    }
+    let (la, lb) = (read_log(&full).unwrap(), read_log(&split).unwrap());
+    assert_eq!(la.len(), 2);
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(
+            (x.epoch, x.train_loss, x.train_accuracy, x.test_accuracy, x.lr),
+            (y.epoch, y.train_loss, y.train_accuracy, y.test_accuracy, y.lr)
+        );
+    }
+
+    // A finished run has nothing left to do; a new run may not overwrite it.
+    let r = mocse(&["train", "--resume", "--out", full_s]);
+    assert!(r.ok && r.stderr.contains("nothing to do"), "{}", r.stderr);
+    let r = tiny_run(full_s, "2", &[]);
+    assert_clean_failure(&r, "already holds a run");
+    // --resume takes its settings from config.json only.
+    let r = mocse(&["train", "--resume", "--out", split_s, "--lr", "0.5"]);
+    assert_clean_failure(&r, "do not also give --lr");
+}
+
+#[test]
+fn evaluation_of_a_saved_checkpoint_is_reproducible_and_reported_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let r = tiny_run(run.to_str().unwrap(), "1", &[]);
+    assert!(r.ok, "{}", r.stderr);
+    let json = dir.path().join("eval.json");
+    let args =
+        ["eval", "--run", run.to_str().unwrap(), "--test-subset", "50", "--json", json.to_str().unwrap()];
+    let first = mocse(&args);
+    assert!(first.ok, "{}", first.stderr);
+    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["model"], "mocse");
+    assert_eq!(report["device"], "cpu");
+    assert_eq!(report["num_images"], 50);
+    let acc = report["clean_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    let second = mocse(&args);
+    assert_eq!(first.stdout, second.stdout, "evaluating the same checkpoint twice must agree exactly");
+}
+
+#[test]
+fn cifar10_binary_directory_trains_and_bad_directories_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cifar = dir.path().join("cifar-10-batches-bin");
+    write_fake_cifar(&cifar);
+    let run = dir.path().join("run");
+    let data = format!("cifar10:{}", cifar.display());
+    let r = mocse(&[
+        "train",
+        "--model",
+        "preact18",
+        "--width",
+        "4",
+        "--data",
+        &data,
+        "--train-subset",
+        "64",
+        "--test-subset",
+        "32",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(read_log(&run).unwrap().len(), 1);
+    // The parent directory of cifar-10-batches-bin works too.
+    let parent = format!("cifar10:{}", dir.path().display());
+    let r = mocse(&["eval", "--run", run.to_str().unwrap(), "--data", &parent, "--test-subset", "16"]);
+    assert!(r.ok, "{}", r.stderr);
+
+    // Truncated file.
+    let path = cifar.join("test_batch.bin");
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    let r = mocse(&["eval", "--run", run.to_str().unwrap(), "--data", &data]);
+    assert_clean_failure(&r, "test_batch.bin");
+    assert!(r.stderr.contains("30730000") || r.stderr.contains("30,730,000"), "{}", r.stderr);
+    // A label out of range.
+    let mut bad = bytes.clone();
+    bad[3073 * 5] = 12;
+    fs::write(&path, &bad).unwrap();
+    let r = mocse(&["eval", "--run", run.to_str().unwrap(), "--data", &data, "--test-subset", "10"]);
+    assert_clean_failure(&r, "label");
+    // Missing file, wrong directory.
+    fs::remove_file(&path).unwrap();
+    let r = mocse(&["eval", "--run", run.to_str().unwrap(), "--data", &data]);
+    assert_clean_failure(&r, "test_batch.bin");
+    let r = mocse(&["eval", "--run", run.to_str().unwrap(), "--data", "cifar10:/nonexistent/cifar"]);
+    assert_clean_failure(&r, "/nonexistent/cifar");
+}
+
+#[test]
+fn bad_flags_and_bad_files_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let out_s = out.to_str().unwrap();
+    assert_clean_failure(&mocse(&["train", "--model", "resnet", "--out", out_s]), "unknown model 'resnet'");
+    assert_clean_failure(&mocse(&["train", "--out", out_s]), "--model is required");
+    assert_clean_failure(
+        &mocse(&["train", "--model", "mocse", "--epochs", "0", "--out", out_s]),
+        "--epochs must be at least 1",
+    );
+    assert_clean_failure(
+        &mocse(&["train", "--model", "mocse", "--lr=-1", "--out", out_s]),
+        "--lr must be a positive number",
+    );
+    assert_clean_failure(
+        &mocse(&["train", "--model", "mocse", "--lr", "abc", "--out", out_s]),
+        "invalid value 'abc'",
+    );
+    assert_clean_failure(
+        &mocse(&["train", "--model", "mocse", "--data", "imagenet", "--out", out_s]),
+        "synthetic",
+    );
+    assert_clean_failure(
+        &mocse(&["train", "--model", "mocse", "--train-subset", "0", "--out", out_s]),
+        "subset",
+    );
+    assert_clean_failure(
+        &mocse(&["train", "--model", "mocse", "--train-subset", "60000", "--out", out_s]),
+        "only 50000",
+    );
+    assert_clean_failure(
+        &mocse(&["train", "--model", "mocse", "--width", "8", "--out", out_s]),
+        "--expert-width",
+    );
+    assert_clean_failure(
+        &mocse(&["train", "--model", "mocse", "--device", "tpu", "--out", out_s]),
+        "unknown device",
+    );
+    assert_clean_failure(&mocse(&["train", "--resume", "--out", out_s]), "config.json");
+    assert_clean_failure(&mocse(&["eval", "--run", out_s]), "config.json");
+
+    // A corrupt checkpoint.
+    let r = tiny_run(out_s, "1", &[]);
+    assert!(r.ok, "{}", r.stderr);
+    let model = out.join(MODEL_FILE);
+    let bytes = fs::read(&model).unwrap();
+    fs::write(&model, &bytes[..bytes.len() / 3]).unwrap();
+    assert_clean_failure(&mocse(&["eval", "--run", out_s]), "corrupt or truncated");
+    fs::write(&model, b"not a checkpoint").unwrap();
+    assert_clean_failure(&mocse(&["eval", "--run", out_s]), "corrupt or truncated");
+    // A corrupt config.
+    fs::write(out.join("config.json"), b"{\"model\": 3}").unwrap();
+    assert_clean_failure(&mocse(&["eval", "--run", out_s]), "not a valid mocse run configuration");
+}
+
+#[test]
+fn help_explains_every_flag() {
+    for cmd in ["train", "eval", "bench"] {
+        let r = mocse(&[cmd, "--help"]);
+        assert!(r.ok);
+        for line in r.stdout.lines().filter(|l| l.trim_start().starts_with("--")) {
+            let has_text = line.split("  ").filter(|s| !s.trim().is_empty()).count() >= 2;
+            assert!(
+                has_text || line.contains("--help") || line.contains("--version"),
+                "{cmd}: flag without explanation: {line}"
+            );
+        }
+    }
+}
