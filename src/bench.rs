@@ -31,6 +31,7 @@ pub struct TrainStepBench {
     pub train_gflop_per_s: f64,
     pub infer_gflop_per_s: f64,
     pub forward_gflop_per_image: f64,
+    pub mocse: &'static str,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -119,5 +120,6 @@ pub fn bench_train_step(
         train_gflop_per_s: 3.0 * flops * b / train / 1e9,
         infer_gflop_per_s: flops * b / infer / 1e9,
         forward_gflop_per_image: flops / 1e9,
+        mocse: crate::BUILD,
     })
 }

@@ -48,4 +48,5 @@ pub struct EvalReport {
     pub device: String,
     pub clean_accuracy: f64,
     pub num_images: usize,
+    pub mocse: String,
 }

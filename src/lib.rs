@@ -14,3 +14,6 @@ pub mod parallel;
 pub mod rng;
 pub mod tensor;
 pub mod train;
+
+/// The version and source commit of this build, recorded in every run and report.
+pub const BUILD: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("MOCSE_COMMIT"), ")");

@@ -22,7 +22,7 @@ use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, read_conf
 #[derive(Parser)]
 #[command(
     name = "mocse",
-    version,
+    version = mocse::BUILD,
     about = "Train and evaluate PreAct ResNet-18 and its Mixture of Class-Specific Experts (MoCSE)",
     long_about = "Train and evaluate PreAct ResNet-18 and its Mixture of Class-Specific Experts \
                   (MoCSE): N binary class experts run as one fused grouped network, their \"True\" \
@@ -230,6 +230,7 @@ fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
         },
         schedule: a.schedule.unwrap_or(Schedule::Cosine),
         seed: a.seed.unwrap_or(0),
+        created_by: format!("mocse {}", mocse::BUILD),
     };
     config.validate()?;
     Ok(config)
@@ -350,6 +351,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         data: spec.to_string(),
         device: device.to_string(),
         clean_accuracy: correct as f64 / test.len() as f64,
+        mocse: mocse::BUILD.to_string(),
         num_images: test.len(),
     };
     println!(

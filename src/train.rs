@@ -79,6 +79,9 @@ pub struct TrainConfig {
     pub sgd: SgdConfig,
     pub schedule: Schedule,
     pub seed: u64,
+    /// The mocse build that started the run.
+    #[serde(default)]
+    pub created_by: String,
 }
 
 impl TrainConfig {

@@ -15,6 +15,11 @@ fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
+/// Expert i % N's target for row i / N: 1 when the row's label is that expert's class.
+fn expert_target(labels: &[u32], experts: usize, i: usize) -> f64 {
+    if labels[i / experts] as usize == i % experts { 1.0 } else { 0.0 }
+}
+
 fn check_labels(labels: &[u32], rows: usize, classes: usize) -> Result<()> {
     ensure!(labels.len() == rows, "{} labels for {rows} rows", labels.len());
     ensure!(labels.iter().all(|&y| (y as usize) < classes), "a label is not below {classes}");
@@ -69,13 +74,10 @@ impl Tape {
         let (b, n_exp) = (s[0], s[1]);
         check_labels(labels, b, n_exp)?;
         let l = logits.value().as_slice();
-        let target = |r: usize, e: usize| if labels[r] as usize == e { 1.0 } else { 0.0 };
         let mut total = 0.0f64;
-        for r in 0..b {
-            for e in 0..n_exp {
-                let z = l[(r * n_exp + e) * 2 + 1] as f64 - l[(r * n_exp + e) * 2] as f64;
-                total += softplus(z) - target(r, e) * z;
-            }
+        for (pair, i) in l.chunks_exact(2).zip(0..) {
+            let z = pair[1] as f64 - pair[0] as f64;
+            total += softplus(z) - expert_target(labels, n_exp, i) * z;
         }
         let count = (b * n_exp) as f64;
         let loss = Tensor::scalar((total / count) as f32);
@@ -87,14 +89,11 @@ impl Tape {
                 let l = saved.as_slice();
                 let scale = g.item() as f64 / count;
                 let mut d = vec![0.0f32; l.len()];
-                for r in 0..b {
-                    for e in 0..n_exp {
-                        let i = (r * n_exp + e) * 2;
-                        let t = if labels[r] as usize == e { 1.0 } else { 0.0 };
-                        let dz = (sigmoid(l[i + 1] as f64 - l[i] as f64) - t) * scale;
-                        d[i + 1] = dz as f32;
-                        d[i] = -dz as f32;
-                    }
+                for ((dp, lp), i) in d.chunks_exact_mut(2).zip(l.chunks_exact(2)).zip(0..) {
+                    let t = expert_target(&labels, n_exp, i);
+                    let dz = (sigmoid(lp[1] as f64 - lp[0] as f64) - t) * scale;
+                    dp[1] = dz as f32;
+                    dp[0] = -dz as f32;
                 }
                 Ok(vec![Some(Tensor::from_vec(saved.shape(), d))])
             }),
