@@ -6,6 +6,10 @@ use mocse::device::Device;
 use mocse::nn::model::{ModelConfig, ModelKind};
 use mocse::ops::aggregate::Aggregate;
 
+// As in the mocse binary: keep freed tensor pages mapped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let configs = [
         ("preact18 --width 16", ModelKind::Preact18, 16, true, 128),

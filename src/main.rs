@@ -9,6 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use mocse::atomic_file::write_atomic;
+
+// Large tensors are allocated and freed every step; mimalloc keeps those pages mapped instead
+// of returning them to the system and faulting them in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use mocse::bench::bench_train_step;
 use mocse::checkpoint::{self, MODEL_FILE};
 use mocse::data::{DataSpec, Dataset, Split};
