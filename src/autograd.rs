@@ -74,6 +74,11 @@ impl Tape {
         Tape { grad_enabled: false, nodes: RefCell::new(Vec::new()) }
     }
 
+    /// Nodes currently held: what a backward pass would still have to run.
+    pub fn recorded(&self) -> usize {
+        self.nodes.borrow().len()
+    }
+
     pub fn grad_enabled(&self) -> bool {
         self.grad_enabled
     }

@@ -154,7 +154,28 @@ pub fn load_training_state(path: &Path, net: &PreActResNet) -> Result<(Vec<Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::autograd::Tape;
     use crate::nn::preact_resnet::NetShape;
+
+    fn outputs(net: &PreActResNet, w: &Weights, images: &Tensor) -> Vec<u32> {
+        let tape = Tape::no_grad();
+        let params: Vec<_> = w.params.iter().map(|p| tape.leaf(p.clone(), false)).collect();
+        let x = tape.leaf(images.clone(), false);
+        let out = net.forward(&tape, &params, &mut w.buffers.clone(), &x, false).unwrap();
+        out.value().as_slice().iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn saved_and_loaded_model_evaluates_bit_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = PreActResNet::new(NetShape { groups: 3, width: 2, outputs: 2 });
+        let w = net.init_weights(11, [0.4, 0.5, 0.6], [0.2, 0.3, 0.25]);
+        let path = dir.path().join(MODEL_FILE);
+        save_model(&path, &net, &w, Progress { epoch: 1, step: 1 }).unwrap();
+        let (back, _) = load_model(&path, &net).unwrap();
+        let images = crate::ops::gradcheck::random_tensor(&[3, 32, 32, 3], 2);
+        assert_eq!(outputs(&net, &w, &images), outputs(&net, &back, &images));
+    }
 
     #[test]
     fn round_trip_is_bit_identical_and_corruption_is_reported() {

@@ -1,6 +1,6 @@
 //! The correctness anchor of expert fusion: the fused grouped MoCSE network and N separately
 //! built expert networks holding the same weights give the same outputs, loss, gradients for
-//! every parameter and running statistics, in training and in evaluation mode.
+//! every parameter and the input image, and running statistics, in training and in evaluation mode.
 
 use mocse::autograd::{Tape, Var};
 use mocse::nn::model::{Model, ModelConfig, ModelKind, join_experts, split_experts};
@@ -42,6 +42,7 @@ fn weights(model: &Model) -> Weights {
 
 struct Run {
     output: Tensor,
+    input_grad: Tensor,
     loss: f32,
     grads: Vec<Tensor>,
     buffers: Vec<Tensor>,
@@ -57,13 +58,14 @@ fn run(
 ) -> Run {
     let tape = Tape::new();
     let vars: Vec<Var> = params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
-    let x = tape.leaf(images.clone(), false);
+    let x = tape.leaf(images.clone(), true);
     let mut buffers = buffers.to_vec();
     let out = model.forward(&tape, &vars, &mut buffers, &x, train).unwrap();
     let loss = model.loss(&tape, &out, labels).unwrap();
     let grads = tape.backward(&loss).unwrap();
     Run {
         output: out.value().clone(),
+        input_grad: grads.get(&x).expect("the image gets a gradient").clone(),
         loss: loss.value().item(),
         grads: vars.iter().map(|v| grads.get(v).expect("every parameter gets a gradient").clone()).collect(),
         buffers,
@@ -88,6 +90,8 @@ fn check(aggregate: Aggregate, train: bool) {
     assert_eq!(a.output.shape(), &[6, 10, 2]);
     assert!(relative_error(&a.output, &b.output) < 1e-4, "outputs differ");
     assert!(((a.loss - b.loss) / b.loss).abs() < 1e-4, "loss {} vs {}", a.loss, b.loss);
+    // The gradient with respect to the image (what attacks use) too.
+    assert!(relative_error(&a.input_grad, &b.input_grad) < 1e-4, "input gradients differ");
 
     let per_expert = fused.fused().param_specs().len();
     let expert_grads: Vec<Vec<Tensor>> = b.grads.chunks(per_expert).map(|c| c.to_vec()).collect();

@@ -222,3 +222,62 @@ pub fn join_experts(net: &PreActResNet, experts: &[Vec<Tensor>]) -> Vec<Tensor> 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::random_tensor;
+
+    fn small_mocse() -> (Model, Weights) {
+        let config = ModelConfig {
+            kind: ModelKind::Mocse,
+            num_classes: 3,
+            width: 2,
+            aggregate: Aggregate::LogOdds,
+            bce_weight: 0.5,
+        };
+        let model = Model::new(config);
+        let mut w = model.fused().init_weights(5, [0.5; 3], [0.25; 3]);
+        for (spec, t) in model.fused().buffer_specs().iter().zip(w.buffers.iter_mut()) {
+            if spec.name.ends_with("running_var") {
+                *t = Tensor::full(t.shape(), 0.7);
+            }
+        }
+        (model, w)
+    }
+
+    #[test]
+    fn weight_gradients_can_be_switched_off() {
+        let (model, w) = small_mocse();
+        let images = random_tensor(&[2, 32, 32, 3], 4);
+        let input_grad = |weights_need_grad: bool| {
+            let tape = Tape::new();
+            let params: Vec<Var> = w.params.iter().map(|p| tape.leaf(p.clone(), weights_need_grad)).collect();
+            let x = tape.leaf(images.clone(), true);
+            let out = model.forward(&tape, &params, &mut w.buffers.clone(), &x, false).unwrap();
+            let loss = model.loss(&tape, &out, &[0, 2]).unwrap();
+            let recorded = tape.recorded();
+            let grads = tape.backward(&loss).unwrap();
+            assert_eq!(tape.recorded(), 0, "backward must free every node");
+            let param_grads = params.iter().filter(|p| grads.get(p).is_some()).count();
+            (grads.get(&x).unwrap().clone(), param_grads, recorded)
+        };
+        let (with, n_with, rec_with) = input_grad(true);
+        let (without, n_without, rec_without) = input_grad(false);
+        assert_eq!(n_with, w.params.len());
+        assert_eq!(n_without, 0);
+        assert!(rec_without < rec_with, "weights that need no gradient are not recorded");
+        assert_eq!(with.as_slice(), without.as_slice());
+    }
+
+    #[test]
+    fn no_grad_records_nothing() {
+        let (model, w) = small_mocse();
+        let tape = Tape::no_grad();
+        let params: Vec<Var> = w.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
+        let x = tape.leaf(random_tensor(&[2, 32, 32, 3], 1), true);
+        let out = model.forward(&tape, &params, &mut w.buffers.clone(), &x, false).unwrap();
+        assert!(!out.requires_grad());
+        assert_eq!(tape.recorded(), 0);
+    }
+}
