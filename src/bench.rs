@@ -6,13 +6,14 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::autograd::{Tape, Var};
 use crate::device::Device;
+use crate::eval::class_scores;
 use crate::nn::model::{Model, ModelConfig, ModelKind, Network, split_experts};
 use crate::nn::preact_resnet::Weights;
-use crate::ops::sgd::{SgdConfig, sgd_step};
+use crate::ops::sgd::SgdConfig;
 use crate::rng::{Philox, Purpose};
 use crate::tensor::Tensor;
+use crate::train::sgd_train_step;
 
 #[derive(Debug, Serialize)]
 pub struct TrainStepBench {
@@ -74,19 +75,7 @@ pub fn bench_train_step(
     let mut train_times = Vec::new();
     for i in 0..warmup + steps {
         let start = Instant::now();
-        let tape = Tape::new();
-        let params: Vec<Var> = weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
-        let x = tape.leaf(Tensor::from_vec(&[batch_size, 32, 32, 3], images.clone()), false);
-        let out = model.forward(&tape, &params, &mut weights.buffers, &x, true)?;
-        let loss = model.loss(&tape, &out, &labels)?;
-        let mut grads = tape.backward(&loss)?;
-        let grads: Vec<Option<Tensor>> = params.iter().map(|p| grads.take(p)).collect();
-        drop((params, out, loss, x, tape));
-        for ((p, v), g) in weights.params.iter_mut().zip(&mut velocity).zip(grads) {
-            if let Some(g) = g {
-                sgd_step(p, v, &g, 1e-3, &sgd)?;
-            }
-        }
+        sgd_train_step(&model, &mut weights, &mut velocity, images.clone(), &labels, 1e-3, &sgd)?;
         if i >= warmup {
             train_times.push(start.elapsed().as_secs_f64());
         }
@@ -94,11 +83,7 @@ pub fn bench_train_step(
     let mut infer_times = Vec::new();
     for i in 0..warmup + steps {
         let start = Instant::now();
-        let tape = Tape::no_grad();
-        let params: Vec<Var> = weights.params.iter().map(|p| tape.leaf(p.clone(), false)).collect();
-        let x = tape.leaf(Tensor::from_vec(&[batch_size, 32, 32, 3], images.clone()), false);
-        let out = model.forward(&tape, &params, &mut weights.buffers.clone(), &x, false)?;
-        model.scores(&tape, &out)?;
+        class_scores(&model, &weights, Tensor::from_vec(&[batch_size, 32, 32, 3], images.clone()))?;
         if i >= warmup {
             infer_times.push(start.elapsed().as_secs_f64());
         }

@@ -11,6 +11,15 @@ use crate::nn::preact_resnet::Weights;
 use crate::ops::loss::count_correct;
 use crate::tensor::Tensor;
 
+/// Class scores [B, K] of images [B, 32, 32, 3] in [0, 1]: evaluation mode, no gradients.
+pub fn class_scores(model: &Model, weights: &Weights, images: Tensor) -> Result<Tensor> {
+    let tape = Tape::no_grad();
+    let params: Vec<_> = weights.params.iter().map(|p| tape.leaf(p.clone(), false)).collect();
+    let x = tape.leaf(images, false);
+    let out = model.forward(&tape, &params, &mut weights.buffers.clone(), &x, false)?;
+    Ok(model.scores(&tape, &out)?.value().clone())
+}
+
 /// Correctly classified images of `data`, evaluated in batches without gradients.
 pub fn count_correct_on(
     model: &Model,
@@ -23,13 +32,8 @@ pub fn count_correct_on(
     let mut correct = 0;
     for idx in batches(&order, batch_size) {
         let batch = make_batch(data, idx, Augment::None, 0, 0);
-        let tape = Tape::no_grad();
-        let params: Vec<_> = weights.params.iter().map(|p| tape.leaf(p.clone(), false)).collect();
-        let x = tape.leaf(Tensor::from_vec(&[batch.size, 32, 32, 3], batch.images), false);
-        let mut buffers = weights.buffers.clone();
-        let out = model.forward(&tape, &params, &mut buffers, &x, false)?;
-        let scores = model.scores(&tape, &out)?;
-        correct += count_correct(scores.value(), &batch.labels);
+        let images = Tensor::from_vec(&[batch.size, 32, 32, 3], batch.images);
+        correct += count_correct(&class_scores(model, weights, images)?, &batch.labels);
         if let Some(pb) = progress {
             pb.inc(batch.size as u64);
         }

@@ -255,34 +255,19 @@ impl Trainer {
 
     /// One SGD step on a batch; returns (loss, correctly classified).
     pub fn step(&mut self, images: Vec<f32>, labels: &[u32], lr: f32) -> Result<(f32, usize)> {
-        let tape = Tape::new();
-        let params: Vec<Var> = self.weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
-        let x = tape.leaf(Tensor::from_vec(&[labels.len(), 32, 32, 3], images), false);
-        let out = self.model.forward(&tape, &params, &mut self.weights.buffers, &x, true)?;
-        let correct = count_correct(self.model.scores(&tape, &out)?.value(), labels);
-        let loss = self.model.loss(&tape, &out, labels)?;
-        let loss_value = loss.value().item();
-        if !loss_value.is_finite() {
-            bail!(
-                "the loss became {loss_value} at epoch {} step {} (lr {lr}); training stopped. The last good checkpoint (epoch {}) in {} is kept; try a lower --lr",
-                self.progress.epoch + 1,
-                self.progress.step + 1,
-                self.progress.epoch,
-                self.run_dir.display()
-            );
-        }
-        let mut grads = tape.backward(&loss)?;
-        let grads: Vec<Tensor> = params
-            .iter()
-            .map(|p| grads.take(p).context("a parameter got no gradient"))
-            .collect::<Result<_>>()?;
-        // Dropping the tape's references lets the update run in place.
-        drop((params, out, loss, x, tape));
-        for ((p, v), g) in self.weights.params.iter_mut().zip(&mut self.velocity).zip(&grads) {
-            sgd_step(p, v, g, lr, &self.config.sgd)?;
-        }
+        let result =
+            sgd_train_step(&self.model, &mut self.weights, &mut self.velocity, images, labels, lr, &self.config.sgd)
+                .with_context(|| {
+                    format!(
+                        "training stopped at epoch {} step {} (lr {lr}); the last good checkpoint (epoch {}) in {} is kept; try a lower --lr",
+                        self.progress.epoch + 1,
+                        self.progress.step + 1,
+                        self.progress.epoch,
+                        self.run_dir.display()
+                    )
+                })?;
         self.progress.step += 1;
-        Ok((loss_value, correct))
+        Ok(result)
     }
 
     /// Trains one epoch, evaluates, logs and checkpoints.
@@ -382,6 +367,43 @@ impl Trainer {
         bar.finish_and_clear();
         Ok(logs)
     }
+}
+
+/// One SGD step: forward in training mode (updating the batch-norm running statistics), loss,
+/// backward, update. Returns (loss, correctly classified). A non-finite loss is an error, and
+/// then nothing has been updated; so is a non-finite parameter after the update.
+pub fn sgd_train_step(
+    model: &Model,
+    weights: &mut Weights,
+    velocity: &mut [Tensor],
+    images: Vec<f32>,
+    labels: &[u32],
+    lr: f32,
+    sgd: &SgdConfig,
+) -> Result<(f32, usize)> {
+    let tape = Tape::new();
+    let params: Vec<Var> = weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
+    let x = tape.leaf(Tensor::from_vec(&[labels.len(), 32, 32, 3], images), false);
+    let mut buffers = weights.buffers.clone();
+    let out = model.forward(&tape, &params, &mut buffers, &x, true)?;
+    let correct = count_correct(model.scores(&tape, &out)?.value(), labels);
+    let loss = model.loss(&tape, &out, labels)?;
+    let loss_value = loss.value().item();
+    if !loss_value.is_finite() {
+        bail!("the loss became {loss_value}");
+    }
+    let mut grads = tape.backward(&loss)?;
+    let grads: Vec<Tensor> =
+        params.iter().map(|p| grads.take(p).context("a parameter got no gradient")).collect::<Result<_>>()?;
+    ensure!(grads.iter().all(Tensor::all_finite), "a gradient became infinite or NaN");
+    // Dropping the tape's references lets the update run in place.
+    drop((params, out, loss, x, tape));
+    for ((p, v), g) in weights.params.iter_mut().zip(velocity.iter_mut()).zip(&grads) {
+        sgd_step(p, v, g, lr, sgd)?;
+        ensure!(p.all_finite(), "the update made a parameter infinite or NaN");
+    }
+    weights.buffers = buffers;
+    Ok((loss_value, correct))
 }
 
 pub fn read_log(run_dir: &Path) -> Result<Vec<EpochLog>> {

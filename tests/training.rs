@@ -55,3 +55,65 @@ fn mocse_with_log_odds_learns_the_synthetic_set() {
     let acc = train(ModelKind::Mocse, 4, Aggregate::LogOdds);
     assert!(acc > 0.35, "test accuracy {acc}");
 }
+
+/// A loss that becomes NaN or infinite stops training with a clear error; the checkpoint of the
+/// last good epoch stays as it was.
+#[test]
+fn diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let config = TrainConfig {
+        model: ModelConfig {
+            kind: ModelKind::Mocse,
+            num_classes: 10,
+            width: 2,
+            aggregate: Aggregate::LogOdds,
+            bce_weight: 1.0,
+        },
+        data: "synthetic".into(),
+        train_subset: Some(64),
+        test_subset: Some(32),
+        augment: "none".into(),
+        epochs: 3,
+        batch_size: 32,
+        lr: 0.01,
+        sgd: SgdConfig { momentum: 0.9, weight_decay: 0.0, nesterov: false },
+        schedule: Schedule::Cosine,
+        seed: 3,
+        created_by: String::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut trainer = Trainer::create(config, &run, Device::Cpu).unwrap();
+    trainer.run(Some(1), false).unwrap();
+    let saved = std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap();
+    trainer.config.lr = f32::INFINITY;
+    let err = format!("{:#}", trainer.run(None, false).unwrap_err());
+    assert!(err.contains("infinite or NaN") || err.contains("the loss became"), "{err}");
+    assert!(err.contains("last good checkpoint (epoch 1)"), "{err}");
+    assert_eq!(std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap(), saved);
+    assert_eq!(mocse::train::read_log(&run).unwrap().len(), 1);
+}
+
+#[test]
+fn nan_loss_is_an_error_and_changes_nothing() {
+    let config = ModelConfig {
+        kind: ModelKind::Preact18,
+        num_classes: 10,
+        width: 2,
+        aggregate: Aggregate::Prob,
+        bce_weight: 1.0,
+    };
+    let model = mocse::nn::model::Model::new(config);
+    let mut weights = model.fused().init_weights(0, [0.5; 3], [0.25; 3]);
+    let before: Vec<Vec<f32>> = weights.params.iter().chain(&weights.buffers).map(|t| t.to_vec()).collect();
+    let mut velocity: Vec<_> =
+        weights.params.iter().map(|p| mocse::tensor::Tensor::zeros(p.shape())).collect();
+    let mut images = vec![0.5f32; 2 * 32 * 32 * 3];
+    images[7] = f32::NAN;
+    let sgd = SgdConfig { momentum: 0.9, weight_decay: 0.0, nesterov: false };
+    let err = mocse::train::sgd_train_step(&model, &mut weights, &mut velocity, images, &[1, 2], 0.1, &sgd)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the loss became NaN"), "{err}");
+    let after: Vec<Vec<f32>> = weights.params.iter().chain(&weights.buffers).map(|t| t.to_vec()).collect();
+    assert_eq!(before, after);
+}

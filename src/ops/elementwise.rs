@@ -29,7 +29,8 @@ pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 impl Tape {
     pub fn relu(&self, x: &Var) -> Result<Var> {
-        let y = Tensor::from_vec(x.shape(), map(x.value().as_slice(), |v| v.max(0.0)));
+        // `v < 0` rather than `v.max(0)`: a NaN must propagate (as in PyTorch), not become 0.
+        let y = Tensor::from_vec(x.shape(), map(x.value().as_slice(), |v| if v < 0.0 { 0.0 } else { v }));
         if !self.needs_grad(&[x]) {
             return Ok(Var::constant(y));
         }
