@@ -112,17 +112,29 @@ impl Tape {
     /// Runs backward from a scalar and returns the gradients of the leaves that required one.
     /// The tape is consumed: its nodes are freed one by one as the pass goes.
     pub fn backward(&self, loss: &Var) -> Result<Gradients> {
-        let Some(loss_id) = loss.id else {
-            bail!("backward from a value that does not depend on anything requiring a gradient");
-        };
         if loss.value.len() != 1 {
             bail!("backward needs a scalar loss, got shape {:?}", loss.shape());
+        }
+        self.backward_from(loss, Tensor::full(loss.shape(), 1.0).to_device(loss.value.device())?)
+    }
+
+    /// Runs backward from any value, given the gradient of some scalar with respect to it.
+    pub fn backward_from(&self, output: &Var, output_grad: Tensor) -> Result<Gradients> {
+        let Some(loss_id) = output.id else {
+            bail!("backward from a value that does not depend on anything requiring a gradient");
+        };
+        if output_grad.shape() != output.shape() {
+            bail!(
+                "backward: gradient of shape {:?} for a value of shape {:?}",
+                output_grad.shape(),
+                output.shape()
+            );
         }
         let mut nodes = std::mem::take(&mut *self.nodes.borrow_mut());
         // Nodes recorded after the loss cannot contribute to it.
         nodes.truncate(loss_id + 1);
         let mut grads: Vec<Option<Tensor>> = vec![None; nodes.len()];
-        grads[loss_id] = Some(Tensor::full(loss.shape(), 1.0));
+        grads[loss_id] = Some(output_grad);
         let mut leaves = HashMap::new();
         while let Some(node) = nodes.pop() {
             let id = nodes.len();

@@ -69,7 +69,9 @@ pub fn bench_train_step(
     let mut rng = Philox::new(1, Purpose::Init, u64::MAX);
     let images: Vec<f32> = (0..batch_size * 32 * 32 * 3).map(|_| rng.uniform()).collect();
     let labels: Vec<u32> = (0..batch_size).map(|_| rng.below(config.num_classes as u32)).collect();
-    let mut velocity: Vec<Tensor> = weights.params.iter().map(|p| Tensor::zeros(p.shape())).collect();
+    let mut weights = weights.to_device(device)?;
+    let mut velocity: Vec<Tensor> =
+        weights.params.iter().map(|p| Tensor::zeros_on(device, p.shape())).collect::<Result<_>>()?;
     let sgd = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
 
     let mut train_times = Vec::new();

@@ -46,17 +46,20 @@ fn serialize(
     Ok(safetensors::serialize(views, Some(meta))?)
 }
 
-fn f32_entry(name: &str, t: &Tensor) -> (String, Dtype, Vec<usize>, Vec<u8>) {
-    (name.to_string(), Dtype::F32, t.shape().to_vec(), bytemuck::cast_slice(t.as_slice()).to_vec())
+type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// A tensor's bytes (copied back from its device) under `name`.
+fn f32_entry(name: &str, t: &Tensor) -> Result<Entry> {
+    Ok((name.to_string(), Dtype::F32, t.shape().to_vec(), bytemuck::cast_slice(&t.to_host()?).to_vec()))
 }
 
 pub fn save_model(path: &Path, net: &PreActResNet, weights: &Weights, progress: Progress) -> Result<()> {
     let mut entries = Vec::new();
     for (spec, t) in net.param_specs().iter().zip(&weights.params) {
-        entries.push(f32_entry(&spec.name, t));
+        entries.push(f32_entry(&spec.name, t)?);
     }
     for (spec, t) in net.buffer_specs().iter().zip(&weights.buffers) {
-        entries.push(f32_entry(&spec.name, t));
+        entries.push(f32_entry(&spec.name, t)?);
         if let Some(layer) = spec.name.strip_suffix(".running_var") {
             let count = (progress.step as i64).to_le_bytes().to_vec();
             entries.push((format!("{layer}.num_batches_tracked"), Dtype::I64, vec![], count));
@@ -76,7 +79,7 @@ pub fn save_training_state(
         .iter()
         .zip(velocity)
         .map(|(spec, t)| f32_entry(&format!("{}.momentum_buffer", spec.name), t))
-        .collect();
+        .collect::<Result<_>>()?;
     write_atomic(path, &serialize(entries, progress, "training_state")?)
 }
 

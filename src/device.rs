@@ -1,5 +1,6 @@
-//! Devices that run the ops. `cpu` is native Rust; later back ends (the CUDA kernels on a GPU,
-//! and the same kernels through the CPU emulator) plug in here and in `tensor::Storage`.
+//! Devices that run the ops: `cpu` is native Rust (the reference); `cuda` runs the kernels of
+//! `kernels/` on a GPU; `emu` runs the same kernels, through the same launch code, on the CPU
+//! under the kernel emulator (slow; for tests and debugging).
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,6 +8,8 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Cpu,
+    Cuda,
+    Emu,
 }
 
 /// What the user asked for on the command line.
@@ -20,10 +23,18 @@ impl DeviceChoice {
     /// Resolves `auto` to the best device present and says why, so a user knows what ran.
     pub fn resolve(self) -> anyhow::Result<(Device, String)> {
         match self {
-            DeviceChoice::Exact(d) => Ok((d, format!("device {d} (requested)"))),
-            DeviceChoice::Auto => {
-                Ok((Device::Cpu, "device cpu (auto: this build has no GPU back end yet)".to_string()))
+            DeviceChoice::Exact(Device::Cuda) => {
+                let b = crate::gpu::cuda::backend()?;
+                Ok((Device::Cuda, format!("device cuda: {} ({}) (requested)", b.name, b.arch)))
             }
+            DeviceChoice::Exact(d) => Ok((d, format!("device {d} (requested)"))),
+            DeviceChoice::Auto => match crate::gpu::cuda::probe() {
+                Ok(_) => {
+                    let b = crate::gpu::cuda::backend()?;
+                    Ok((Device::Cuda, format!("device cuda: {} ({}) (auto)", b.name, b.arch)))
+                }
+                Err(why) => Ok((Device::Cpu, format!("device cpu (auto: {why:#})"))),
+            },
         }
     }
 }
@@ -32,6 +43,8 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
+            Device::Cuda => write!(f, "cuda"),
+            Device::Emu => write!(f, "emu"),
         }
     }
 }
@@ -42,10 +55,9 @@ impl FromStr for DeviceChoice {
         match s {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Exact(Device::Cpu)),
-            "cuda" | "emu" => {
-                Err(format!("device '{s}' is not available in this build yet; use 'cpu' or 'auto'"))
-            }
-            _ => Err(format!("unknown device '{s}'; expected auto or cpu")),
+            "cuda" => Ok(DeviceChoice::Exact(Device::Cuda)),
+            "emu" => Ok(DeviceChoice::Exact(Device::Emu)),
+            _ => Err(format!("unknown device '{s}'; expected auto, cpu, cuda or emu")),
         }
     }
 }

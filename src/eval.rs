@@ -15,7 +15,7 @@ use crate::tensor::Tensor;
 pub fn class_scores(model: &Model, weights: &Weights, images: Tensor) -> Result<Tensor> {
     let tape = Tape::no_grad();
     let params: Vec<_> = weights.params.iter().map(|p| tape.leaf(p.clone(), false)).collect();
-    let x = tape.leaf(images, false);
+    let x = tape.leaf(images.to_device(weights.device())?, false);
     let out = model.forward(&tape, &params, &mut weights.buffers.clone(), &x, false)?;
     Ok(model.scores(&tape, &out)?.value().clone())
 }
@@ -33,7 +33,7 @@ pub fn count_correct_on(
     for idx in batches(&order, batch_size) {
         let batch = make_batch(data, idx, Augment::None, 0, 0);
         let images = Tensor::from_vec(&[batch.size, 32, 32, 3], batch.images);
-        correct += count_correct(&class_scores(model, weights, images)?, &batch.labels);
+        correct += count_correct(&class_scores(model, weights, images)?, &batch.labels)?;
         if let Some(pb) = progress {
             pb.inc(batch.size as u64);
         }

@@ -8,10 +8,12 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod gpu;
 pub mod nn;
 pub mod ops;
 pub mod parallel;
 pub mod rng;
+pub mod selftest;
 pub mod tensor;
 pub mod train;
 

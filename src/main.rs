@@ -12,7 +12,7 @@ use mocse::atomic_file::write_atomic;
 use mocse::bench::bench_train_step;
 use mocse::checkpoint::{self, MODEL_FILE};
 use mocse::data::{DataSpec, Dataset, Split};
-use mocse::device::DeviceChoice;
+use mocse::device::{Device, DeviceChoice};
 use mocse::eval::{EvalReport, count_correct_on};
 use mocse::nn::model::{Model, ModelConfig, ModelKind};
 use mocse::ops::aggregate::Aggregate;
@@ -46,6 +46,8 @@ enum Command {
     Eval(EvalArgs),
     /// Measure training and inference speed (images per second).
     Bench(BenchArgs),
+    /// Check every kernel against the cpu device, or (--compile-only) compile every kernel with NVRTC.
+    Selftest(SelftestArgs),
 }
 
 /// Settings of a new run. They are options so that `--resume`, which takes every setting from
@@ -179,6 +181,21 @@ struct BenchArgs {
 /// `mi_option_purge_delay` in mimalloc.h (v2): how long freed memory stays committed.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+#[derive(Args)]
+struct SelftestArgs {
+    /// Device whose kernels are checked against the cpu device: cuda or emu (the kernels on
+    /// the CPU through the emulator) [default: cuda when a GPU is usable, else emu]
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    /// Only compile every kernel with NVRTC (no GPU needed) and print each kernel's registers,
+    /// shared memory and spills
+    #[arg(long)]
+    compile_only: bool,
+    /// With --compile-only: target architectures, comma-separated
+    #[arg(long, default_value = "sm_90,sm_80", value_delimiter = ',')]
+    arch: Vec<String>,
+}
+
 fn main() -> ExitCode {
     // Never hand freed pages back: the next step allocates tensors of the same sizes, and
     // faulting fresh zeroed pages in cost a quarter of a training step.
@@ -198,6 +215,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
+        Command::Selftest(args) => selftest(args),
     }
 }
 
@@ -332,6 +350,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let model = Model::new(config.model);
     let (weights, progress) = checkpoint::load_model(&a.run.join(MODEL_FILE), model.fused())
         .with_context(|| format!("{} has no usable checkpoint", a.run.display()))?;
+    let weights = weights.to_device(device)?;
     let spec = match &a.data {
         Some(d) => d.clone(),
         None => config.data_spec()?,
@@ -419,5 +438,76 @@ fn bench(a: BenchArgs) -> Result<()> {
         write_json(path, &r)?;
         eprintln!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+fn selftest(a: SelftestArgs) -> Result<()> {
+    if a.compile_only {
+        return compile_kernels(&a.arch);
+    }
+    let device = match a.device {
+        Some(DeviceChoice::Exact(Device::Cpu)) => {
+            bail!("selftest compares a kernel device with the cpu device; use --device cuda or emu")
+        }
+        Some(choice) => choice.resolve()?.0,
+        None => match DeviceChoice::Auto.resolve()?.0 {
+            Device::Cpu => Device::Emu,
+            d => d,
+        },
+    };
+    println!("selftest: kernels on {device} against the cpu device");
+    println!("{:<52} {:>14} {:>10}  result", "case", "max rel error", "tolerance");
+    let results = mocse::selftest::run(device, |r| {
+        let verdict = if r.passed() { "pass" } else { "FAIL" };
+        println!("{:<52} {:>14.3e} {:>10.0e}  {verdict}", r.name, r.max_relative_error, r.tolerance);
+        if let Some(e) = &r.error {
+            println!("    {e}");
+        }
+    });
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    println!("{} passed, {} failed", results.len() - failed, failed);
+    if failed > 0 {
+        bail!("{failed} kernel check(s) failed on {device}");
+    }
+    Ok(())
+}
+
+fn compile_kernels(archs: &[String]) -> Result<()> {
+    use mocse::gpu::{nvrtc, sources::KERNEL_SOURCES};
+    if !nvrtc::available() {
+        bail!("{}", nvrtc::missing_message());
+    }
+    let mut failures = Vec::new();
+    for arch in archs {
+        println!("NVRTC, {arch}:");
+        println!("  {:<34} {:>5} {:>9} {:>7} {:>13}", "kernel", "regs", "smem B", "stack B", "spill st/ld B");
+        for (file, source, _) in KERNEL_SOURCES {
+            match nvrtc::compile(file, source, arch) {
+                Ok(compiled) => {
+                    for k in nvrtc::parse_resources(&compiled.log) {
+                        println!(
+                            "  {:<34} {:>5} {:>9} {:>7} {:>6}/{:<6}",
+                            k.name,
+                            k.registers,
+                            k.shared_bytes,
+                            k.stack_bytes,
+                            k.spill_store_bytes,
+                            k.spill_load_bytes
+                        );
+                        // The convolutions are the hot kernels: a spill there is a bug.
+                        if k.name.starts_with("conv2d") && (k.spill_store_bytes > 0 || k.spill_load_bytes > 0)
+                        {
+                            failures.push(format!("{} spills on {arch}", k.name));
+                        }
+                    }
+                }
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+    }
+    if !failures.is_empty() {
+        bail!("kernel compilation failed:\n{}", failures.join("\n"));
+    }
+    println!("every kernel compiled for {}", archs.join(", "));
     Ok(())
 }

@@ -4,12 +4,16 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::device::Device;
+use anyhow::Result;
 
-/// Where a tensor's numbers live. The GPU and emulator back ends add their variants here.
-#[derive(Debug)]
+use crate::device::Device;
+use crate::gpu::{Arg, GpuBuffer};
+
+/// Where a tensor's numbers live: host memory for the cpu device, device memory (real, or the
+/// emulator's) for the kernel devices.
 pub enum Storage {
     Cpu(Vec<f32>),
+    Gpu(GpuBuffer),
 }
 
 #[derive(Clone)]
@@ -48,16 +52,62 @@ impl Tensor {
         self.len() == 0
     }
 
+    /// An uninitialised-to-zero tensor on `device`.
+    pub fn zeros_on(device: Device, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(vec![0.0; n]),
+            d => Storage::Gpu(GpuBuffer::zeros(d, n * 4)?),
+        };
+        Ok(Tensor { shape: shape.to_vec(), storage: Arc::new(storage) })
+    }
+
+    /// Host numbers placed on `device`.
+    pub fn from_vec_on(device: Device, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
+        Tensor::from_vec(shape, data).to_device(device)
+    }
+
     pub fn device(&self) -> Device {
-        match *self.storage {
+        match &*self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Gpu(b) => b.device(),
         }
     }
 
-    /// The host-side numbers. Every device can provide them (the GPU by copying back).
+    /// This tensor on `device` (shared, not copied, when it is already there).
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if self.device() == device {
+            return Ok(self.clone());
+        }
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(self.to_host()?),
+            d => Storage::Gpu(GpuBuffer::upload(d, &self.to_host()?)?),
+        };
+        Ok(Tensor { shape: self.shape.clone(), storage: Arc::new(storage) })
+    }
+
+    /// The numbers, copied back from the device where necessary.
+    pub fn to_host(&self) -> Result<Vec<f32>> {
+        match &*self.storage {
+            Storage::Cpu(v) => Ok(v.clone()),
+            Storage::Gpu(b) => b.download(),
+        }
+    }
+
+    /// The numbers of a cpu tensor. Kernel devices' tensors are reached through `to_host`; an
+    /// op's cpu branch is the only caller on a hot path.
     pub fn as_slice(&self) -> &[f32] {
         match &*self.storage {
             Storage::Cpu(v) => v,
+            Storage::Gpu(b) => panic!("as_slice on a {} tensor (use to_host)", b.device()),
+        }
+    }
+
+    /// The device address of a kernel device's tensor, as a kernel argument.
+    pub fn arg(&self) -> Arg {
+        match &*self.storage {
+            Storage::Gpu(b) => b.arg(),
+            Storage::Cpu(_) => panic!("a cpu tensor passed to a kernel"),
         }
     }
 
@@ -65,10 +115,16 @@ impl Tensor {
         self.as_slice().to_vec()
     }
 
-    /// The single value of a one-element tensor (a loss).
+    /// The single value of a one-element cpu tensor.
     pub fn item(&self) -> f32 {
         assert_eq!(self.len(), 1, "item() on a tensor of shape {:?}", self.shape);
         self.as_slice()[0]
+    }
+
+    /// The single value of a one-element tensor on any device (a loss).
+    pub fn scalar_value(&self) -> Result<f32> {
+        anyhow::ensure!(self.len() == 1, "a scalar was expected, got shape {:?}", self.shape);
+        Ok(self.to_host()?[0])
     }
 
     /// Same storage, new shape with the same number of elements.
@@ -82,18 +138,21 @@ impl Tensor {
         Tensor { shape: shape.to_vec(), storage: self.storage.clone() }
     }
 
-    /// Takes the data out without copying when this is the only reference.
+    /// Takes a cpu tensor's data out without copying when this is the only reference.
     pub fn into_vec(self) -> Vec<f32> {
         match Arc::try_unwrap(self.storage) {
             Ok(Storage::Cpu(v)) => v,
+            Ok(Storage::Gpu(b)) => panic!("into_vec on a {} tensor", b.device()),
             Err(shared) => match &*shared {
                 Storage::Cpu(v) => v.clone(),
+                Storage::Gpu(b) => panic!("into_vec on a {} tensor", b.device()),
             },
         }
     }
 
-    pub fn all_finite(&self) -> bool {
-        self.as_slice().iter().all(|v| v.is_finite())
+    /// Whether every value is finite.
+    pub fn all_finite(&self) -> Result<bool> {
+        crate::ops::elementwise::all_finite(std::slice::from_ref(self))
     }
 }
 

@@ -18,6 +18,7 @@ use crate::device::Device;
 use crate::eval::count_correct_on;
 use crate::nn::model::{Model, ModelConfig};
 use crate::nn::preact_resnet::Weights;
+use crate::ops::elementwise::all_finite;
 use crate::ops::loss::count_correct;
 use crate::ops::sgd::{SgdConfig, sgd_step};
 use crate::tensor::Tensor;
@@ -180,8 +181,9 @@ impl Trainer {
         let model = Model::new(config.model);
         let (mean, std) = train.channel_stats();
         let std = std.map(|s| if s > 1e-6 { s } else { 1.0 });
-        let weights = model.fused().init_weights(config.seed, mean, std);
-        let velocity = weights.params.iter().map(|p| Tensor::zeros(p.shape())).collect();
+        let weights = model.fused().init_weights(config.seed, mean, std).to_device(device)?;
+        let velocity =
+            weights.params.iter().map(|p| Tensor::zeros_on(device, p.shape())).collect::<Result<_>>()?;
         write_atomic(&run_dir.join(CONFIG_FILE), serde_json::to_string_pretty(&config)?.as_bytes())?;
         write_atomic(&run_dir.join(LOG_FILE), b"")?;
         Ok(Trainer {
@@ -211,6 +213,8 @@ impl Trainer {
         let (weights, progress) = checkpoint::load_model(&model_path, model.fused())?;
         let (velocity, state_progress) =
             checkpoint::load_training_state(&run_dir.join(TRAINING_STATE_FILE), model.fused())?;
+        let weights = weights.to_device(device)?;
+        let velocity = velocity.iter().map(|v| v.to_device(device)).collect::<Result<Vec<_>>>()?;
         ensure!(
             progress == state_progress,
             "{} and {} are from different epochs ({} and {}): the run was interrupted while saving; remove both to restart",
@@ -219,9 +223,9 @@ impl Trainer {
             progress.epoch,
             state_progress.epoch
         );
-        for w in weights.params.iter().chain(&weights.buffers).chain(&velocity) {
-            ensure!(w.all_finite(), "the checkpoint in {} holds non-finite numbers", run_dir.display());
-        }
+        let everything: Vec<Tensor> =
+            weights.params.iter().chain(&weights.buffers).chain(&velocity).cloned().collect();
+        ensure!(all_finite(&everything)?, "the checkpoint in {} holds non-finite numbers", run_dir.display());
         // Epochs after the checkpoint never happened as far as the resumed run is concerned.
         let log = read_log(run_dir)?;
         let kept: String = log
@@ -383,25 +387,25 @@ pub fn sgd_train_step(
 ) -> Result<(f32, usize)> {
     let tape = Tape::new();
     let params: Vec<Var> = weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
-    let x = tape.leaf(Tensor::from_vec(&[labels.len(), 32, 32, 3], images), false);
+    let x = tape.leaf(Tensor::from_vec_on(weights.device(), &[labels.len(), 32, 32, 3], images)?, false);
     let mut buffers = weights.buffers.clone();
     let out = model.forward(&tape, &params, &mut buffers, &x, true)?;
-    let correct = count_correct(model.scores(&tape, &out)?.value(), labels);
+    let correct = count_correct(model.scores(&tape, &out)?.value(), labels)?;
     let loss = model.loss(&tape, &out, labels)?;
-    let loss_value = loss.value().item();
+    let loss_value = loss.value().scalar_value()?;
     if !loss_value.is_finite() {
         bail!("the loss became {loss_value}");
     }
     let mut grads = tape.backward(&loss)?;
     let grads: Vec<Tensor> =
         params.iter().map(|p| grads.take(p).context("a parameter got no gradient")).collect::<Result<_>>()?;
-    ensure!(grads.iter().all(Tensor::all_finite), "a gradient became infinite or NaN");
+    ensure!(all_finite(&grads)?, "a gradient became infinite or NaN");
     // Dropping the tape's references lets the update run in place.
     drop((params, out, loss, x, tape));
     for ((p, v), g) in weights.params.iter_mut().zip(velocity.iter_mut()).zip(&grads) {
         sgd_step(p, v, g, lr, sgd)?;
-        ensure!(p.all_finite(), "the update made a parameter infinite or NaN");
     }
+    ensure!(all_finite(&weights.params)?, "the update made a parameter infinite or NaN");
     weights.buffers = buffers;
     Ok((loss_value, correct))
 }

@@ -3,6 +3,7 @@
 //! every parameter and the input image, and running statistics, in training and in evaluation mode.
 
 use mocse::autograd::{Tape, Var};
+use mocse::device::Device;
 use mocse::nn::model::{Model, ModelConfig, ModelKind, join_experts, split_experts};
 use mocse::nn::preact_resnet::Weights;
 use mocse::ops::aggregate::Aggregate;
@@ -48,7 +49,9 @@ struct Run {
     buffers: Vec<Tensor>,
 }
 
+/// Runs on `device` and brings everything back to the cpu for comparison.
 fn run(
+    device: Device,
     model: &Model,
     params: &[Tensor],
     buffers: &[Tensor],
@@ -56,23 +59,25 @@ fn run(
     labels: &[u32],
     train: bool,
 ) -> Run {
+    let on = |t: &Tensor| t.to_device(device).unwrap();
+    let back = |t: &Tensor| t.to_device(Device::Cpu).unwrap();
     let tape = Tape::new();
-    let vars: Vec<Var> = params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
-    let x = tape.leaf(images.clone(), true);
-    let mut buffers = buffers.to_vec();
+    let vars: Vec<Var> = params.iter().map(|p| tape.leaf(on(p), true)).collect();
+    let x = tape.leaf(on(images), true);
+    let mut buffers: Vec<Tensor> = buffers.iter().map(on).collect();
     let out = model.forward(&tape, &vars, &mut buffers, &x, train).unwrap();
     let loss = model.loss(&tape, &out, labels).unwrap();
     let grads = tape.backward(&loss).unwrap();
     Run {
-        output: out.value().clone(),
-        input_grad: grads.get(&x).expect("the image gets a gradient").clone(),
-        loss: loss.value().item(),
-        grads: vars.iter().map(|v| grads.get(v).expect("every parameter gets a gradient").clone()).collect(),
-        buffers,
+        output: back(out.value()),
+        input_grad: back(grads.get(&x).expect("the image gets a gradient")),
+        loss: loss.value().scalar_value().unwrap(),
+        grads: vars.iter().map(|v| back(grads.get(v).expect("every parameter gets a gradient"))).collect(),
+        buffers: buffers.iter().map(back).collect(),
     }
 }
 
-fn check(aggregate: Aggregate, train: bool) {
+fn check(device: Device, aggregate: Aggregate, train: bool) {
     let config =
         ModelConfig { kind: ModelKind::Mocse, num_classes: 10, width: 4, aggregate, bce_weight: 0.7 };
     let fused = Model::new(config);
@@ -84,8 +89,8 @@ fn check(aggregate: Aggregate, train: bool) {
 
     let images = random(&[6, 32, 32, 3], 9, 0.0, 1.0);
     let labels = [0, 3, 9, 3, 7, 1];
-    let a = run(&fused, &w.params, &w.buffers, &images, &labels, train);
-    let b = run(&unfused, &expert_params, &expert_buffers, &images, &labels, train);
+    let a = run(device, &fused, &w.params, &w.buffers, &images, &labels, train);
+    let b = run(device, &unfused, &expert_params, &expert_buffers, &images, &labels, train);
 
     assert_eq!(a.output.shape(), &[6, 10, 2]);
     assert!(relative_error(&a.output, &b.output) < 1e-4, "outputs differ");
@@ -114,14 +119,21 @@ fn check(aggregate: Aggregate, train: bool) {
 
 #[test]
 fn fused_equals_unfused_in_training_mode() {
-    check(Aggregate::Prob, true);
-    check(Aggregate::LogOdds, true);
+    check(Device::Cpu, Aggregate::Prob, true);
+    check(Device::Cpu, Aggregate::LogOdds, true);
 }
 
 #[test]
 fn fused_equals_unfused_in_evaluation_mode() {
-    check(Aggregate::Prob, false);
-    check(Aggregate::LogOdds, false);
+    check(Device::Cpu, Aggregate::Prob, false);
+    check(Device::Cpu, Aggregate::LogOdds, false);
+}
+
+/// The same identity through the CUDA kernels, run by the emulator.
+#[test]
+fn fused_equals_unfused_on_emu() {
+    check(Device::Emu, Aggregate::Prob, true);
+    check(Device::Emu, Aggregate::LogOdds, false);
 }
 
 #[test]

@@ -10,7 +10,9 @@
 use anyhow::Result;
 
 use crate::autograd::{Tape, Var};
+use crate::device::Device;
 use crate::ops::conv::Conv2dParams;
+use crate::ops::elementwise::lerp;
 use crate::rng::{Philox, Purpose};
 use crate::tensor::Tensor;
 
@@ -49,6 +51,18 @@ pub struct TensorSpec {
 pub struct Weights {
     pub params: Vec<Tensor>,
     pub buffers: Vec<Tensor>,
+}
+
+impl Weights {
+    /// The same weights on `device`.
+    pub fn to_device(&self, device: Device) -> Result<Weights> {
+        let move_all = |ts: &[Tensor]| ts.iter().map(|t| t.to_device(device)).collect::<Result<Vec<_>>>();
+        Ok(Weights { params: move_all(&self.params)?, buffers: move_all(&self.buffers)? })
+    }
+
+    pub fn device(&self) -> Device {
+        self.params.first().map_or(Device::Cpu, Tensor::device)
+    }
 }
 
 struct ConvLayer {
@@ -232,17 +246,8 @@ impl PreActResNet {
             );
         }
         let (y, stats) = tape.batch_norm_train(x, w, b, BN_EPS)?;
-        let blend = |old: &Tensor, new: &[f32]| {
-            let v = old
-                .as_slice()
-                .iter()
-                .zip(new)
-                .map(|(o, n)| (1.0 - BN_MOMENTUM) * o + BN_MOMENTUM * n)
-                .collect();
-            Tensor::from_vec(old.shape(), v)
-        };
-        buffers[bn.running_mean] = blend(&buffers[bn.running_mean], &stats.mean);
-        buffers[bn.running_var] = blend(&buffers[bn.running_var], &stats.var_unbiased);
+        buffers[bn.running_mean] = lerp(&buffers[bn.running_mean], &stats.mean, BN_MOMENTUM)?;
+        buffers[bn.running_var] = lerp(&buffers[bn.running_var], &stats.var_unbiased, BN_MOMENTUM)?;
         Ok(y)
     }
 
@@ -271,8 +276,7 @@ impl PreActResNet {
         train: bool,
     ) -> Result<Var> {
         let p = params;
-        let x =
-            tape.normalize(images, buffers[self.norm_mean].as_slice(), buffers[self.norm_std].as_slice())?;
+        let x = tape.normalize(images, &buffers[self.norm_mean], &buffers[self.norm_std])?;
         let mut out = tape.conv2d(&x, &p[self.stem.weight], self.stem.p)?;
         for block in &self.blocks {
             let pre = self.bn_relu(tape, p, buffers, &block.bn1, &out, train)?;

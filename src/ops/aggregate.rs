@@ -9,6 +9,8 @@ use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::autograd::{Tape, Var};
+use crate::device::Device;
+use crate::gpu::{self, LaunchConfig, int};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,39 +40,75 @@ impl fmt::Display for Aggregate {
     }
 }
 
+impl Aggregate {
+    fn kernel_mode(self) -> i32 {
+        match self {
+            Aggregate::Prob => 0,
+            Aggregate::LogOdds => 1,
+        }
+    }
+}
+
+pub fn aggregate_forward(logits: &Tensor, mode: Aggregate) -> Result<Tensor> {
+    let s = logits.shape();
+    match logits.device() {
+        Device::Cpu => {
+            let scores = logits
+                .as_slice()
+                .chunks_exact(2)
+                .map(|p| {
+                    let z = p[1] - p[0];
+                    match mode {
+                        Aggregate::Prob => 1.0 / (1.0 + (-z).exp()),
+                        Aggregate::LogOdds => z,
+                    }
+                })
+                .collect();
+            Ok(Tensor::from_vec(&s[..2], scores))
+        }
+        d => {
+            let y = Tensor::zeros_on(d, &s[..2])?;
+            let args = [y.arg(), logits.arg(), int(y.len()), mode.kernel_mode().into()];
+            gpu::launch(d, "aggregate_fwd_f32", LaunchConfig::for_elements(y.len()), &args)?;
+            Ok(y)
+        }
+    }
+}
+
+pub fn aggregate_backward(dscores: &Tensor, scores: &Tensor, mode: Aggregate) -> Result<Tensor> {
+    let shape = [scores.shape()[0], scores.shape()[1], 2];
+    match scores.device() {
+        Device::Cpu => {
+            let mut d = vec![0.0f32; scores.len() * 2];
+            for (i, (gv, sv)) in dscores.as_slice().iter().zip(scores.as_slice()).enumerate() {
+                let dz = match mode {
+                    Aggregate::Prob => gv * sv * (1.0 - sv),
+                    Aggregate::LogOdds => *gv,
+                };
+                d[2 * i + 1] = dz;
+                d[2 * i] = -dz;
+            }
+            Ok(Tensor::from_vec(&shape, d))
+        }
+        d => {
+            let dl = Tensor::zeros_on(d, &shape)?;
+            let args = [dl.arg(), dscores.arg(), scores.arg(), int(scores.len()), mode.kernel_mode().into()];
+            gpu::launch(d, "aggregate_bwd_f32", LaunchConfig::for_elements(scores.len()), &args)?;
+            Ok(dl)
+        }
+    }
+}
+
 impl Tape {
     pub fn aggregate(&self, logits: &Var, mode: Aggregate) -> Result<Var> {
-        let s = logits.shape().to_vec();
+        let s = logits.shape();
         ensure!(s.len() == 3 && s[2] == 2, "aggregate needs [B, N, 2] logits, got {s:?}");
-        let scores: Vec<f32> = logits
-            .value()
-            .as_slice()
-            .chunks_exact(2)
-            .map(|p| {
-                let z = p[1] - p[0];
-                match mode {
-                    Aggregate::Prob => 1.0 / (1.0 + (-z).exp()),
-                    Aggregate::LogOdds => z,
-                }
-            })
-            .collect();
-        let y = Tensor::from_vec(&s[..2], scores);
+        let y = aggregate_forward(logits.value(), mode)?;
         let saved = y.clone();
         Ok(self.record(
             y,
             &[logits],
-            Box::new(move |g, _| {
-                let mut d = vec![0.0f32; s.iter().product()];
-                for (i, (gv, sv)) in g.as_slice().iter().zip(saved.as_slice()).enumerate() {
-                    let dz = match mode {
-                        Aggregate::Prob => gv * sv * (1.0 - sv),
-                        Aggregate::LogOdds => *gv,
-                    };
-                    d[2 * i + 1] = dz;
-                    d[2 * i] = -dz;
-                }
-                Ok(vec![Some(Tensor::from_vec(&s, d))])
-            }),
+            Box::new(move |g, _| Ok(vec![Some(aggregate_backward(g, &saved, mode)?)])),
         ))
     }
 }

@@ -1,19 +1,25 @@
 //! Batch normalisation over the channel axis of NHWC activations (the last axis). In a fused
 //! MoCSE network the channels of all experts sit side by side, so per-channel statistics are
 //! automatically per expert.
+//!
+//! Sums over the batch run in f64 over a fixed split of the rows, added in order, on every
+//! device, so results are deterministic.
 
 use anyhow::{Result, ensure};
 use rayon::prelude::*;
 
 use crate::autograd::{Tape, Var};
+use crate::device::Device;
+use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
+use crate::ops::elementwise::elementwise_kernel;
 use crate::parallel;
 use crate::tensor::Tensor;
 
 /// The statistics of one training batch, for the running averages.
 pub struct BatchStats {
-    pub mean: Vec<f32>,
+    pub mean: Tensor,
     /// Unbiased (divided by n - 1), as PyTorch keeps in `running_var`.
-    pub var_unbiased: Vec<f32>,
+    pub var_unbiased: Tensor,
 }
 
 fn channels_of(x: &Tensor) -> usize {
@@ -43,44 +49,199 @@ fn channel_sums(
     (a, b)
 }
 
-/// y = x * scale[c] + shift[c].
-fn scale_shift(x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
-    let c = scale.len();
-    let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(c * 64).zip(x.par_chunks(c * 64)).for_each(|(yc, xc)| {
-        for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-            for i in 0..c {
-                yr[i] = xr[i] * scale[i] + shift[i];
-            }
-        }
-    });
-    y
-}
-
-/// Sums of dy and dy * xhat per channel, where xhat = (x - mean) * inv_std.
-fn grad_sums(x: &[f32], dy: &[f32], mean: &[f32], inv_std: &[f32]) -> (Vec<f64>, Vec<f64>) {
-    let c = mean.len();
-    channel_sums(x.len() / c, c, |r, sum_dy, sum_dy_xhat| {
-        let (xr, dr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-        for i in 0..c {
-            sum_dy[i] += dr[i] as f64;
-            sum_dy_xhat[i] += (dr[i] * (xr[i] - mean[i]) * inv_std[i]) as f64;
-        }
-    })
-}
-
-fn batch_stats_cpu(x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
+/// Kernel devices: the two per-channel sums (statistics when `dy` is None, gradient sums
+/// otherwise) as partial sums per part of the rows, in f64.
+fn partial_sums_gpu(
+    x: &Tensor,
+    dy: Option<&Tensor>,
+    mean: Option<&Tensor>,
+    inv_std: Option<&Tensor>,
+) -> Result<(GpuBuffer, usize)> {
+    let c = channels_of(x);
     let rows = x.len() / c;
-    let (sum, sum_sq) = channel_sums(rows, c, |r, s, s2| {
-        for (i, v) in x[r * c..(r + 1) * c].iter().enumerate() {
-            s[i] += *v as f64;
-            s2[i] += (*v as f64) * (*v as f64);
+    let parts = (rows / 512).clamp(1, 128);
+    let rows_per_part = rows.div_ceil(parts);
+    let partial = GpuBuffer::zeros(x.device(), parts * 2 * c * 8)?;
+    let null = Arg::Ptr(0);
+    let args = [
+        partial.arg(),
+        x.arg(),
+        dy.map_or(null, Tensor::arg),
+        mean.map_or(null, Tensor::arg),
+        inv_std.map_or(null, Tensor::arg),
+        int(rows),
+        int(c),
+        int(rows_per_part),
+    ];
+    let cfg = LaunchConfig::new([c.div_ceil(32) as u32, parts as u32, 1], [32, 8, 1]);
+    gpu::launch(x.device(), "bn_partial_sums_f64", cfg, &args)?;
+    Ok((partial, parts))
+}
+
+/// Per-channel batch statistics of x [.., C]: (mean, 1 / sqrt(biased var + eps), unbiased var).
+pub fn batch_statistics(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = channels_of(x);
+    let rows = x.len() / c;
+    match x.device() {
+        Device::Cpu => {
+            let xs = x.as_slice();
+            let (sum, sum_sq) = channel_sums(rows, c, |r, s, s2| {
+                for (i, v) in xs[r * c..(r + 1) * c].iter().enumerate() {
+                    s[i] += *v as f64;
+                    s2[i] += (*v as f64) * (*v as f64);
+                }
+            });
+            let n = rows as f64;
+            let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+            let var: Vec<f32> =
+                sum_sq.iter().zip(&sum).map(|(s2, s)| (s2 / n - (s / n) * (s / n)).max(0.0) as f32).collect();
+            let inv_std = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+            let unbiased = var.iter().map(|v| v * (rows as f32 / (rows - 1) as f32)).collect();
+            Ok((
+                Tensor::from_vec(&[c], mean),
+                Tensor::from_vec(&[c], inv_std),
+                Tensor::from_vec(&[c], unbiased),
+            ))
         }
-    });
-    let n = rows as f64;
-    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-    let var = sum_sq.iter().zip(&mean).map(|(s2, m)| (s2 / n - m * m).max(0.0) as f32);
-    (mean.iter().map(|m| *m as f32).collect(), var.collect())
+        d => {
+            let (partial, parts) = partial_sums_gpu(x, None, None, None)?;
+            let outs = [Tensor::zeros_on(d, &[c])?, Tensor::zeros_on(d, &[c])?, Tensor::zeros_on(d, &[c])?];
+            let args = [
+                outs[0].arg(),
+                outs[1].arg(),
+                outs[2].arg(),
+                partial.arg(),
+                int(parts),
+                int(rows),
+                int(c),
+                Arg::F32(eps),
+            ];
+            gpu::launch(d, "bn_stats_finalize_f32", LaunchConfig::for_elements(c), &args)?;
+            let [mean, inv_std, unbiased] = outs;
+            Ok((mean, inv_std, unbiased))
+        }
+    }
+}
+
+/// 1 / sqrt(var + eps) per channel.
+pub fn inv_std_of(var: &Tensor, eps: f32) -> Result<Tensor> {
+    match var.device() {
+        Device::Cpu => {
+            Ok(Tensor::from_vec(var.shape(), var.as_slice().iter().map(|v| 1.0 / (v + eps).sqrt()).collect()))
+        }
+        _ => elementwise_kernel("bn_inv_std_f32", var, &[var.arg(), Arg::F32(eps)], &[]),
+    }
+}
+
+/// y = (x - mean) * inv_std * gamma + beta.
+pub fn bn_apply(
+    x: &Tensor,
+    mean: &Tensor,
+    inv_std: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+) -> Result<Tensor> {
+    let c = channels_of(x);
+    match x.device() {
+        Device::Cpu => {
+            let (m, is, g, b) = (mean.as_slice(), inv_std.as_slice(), gamma.as_slice(), beta.as_slice());
+            let scale: Vec<f32> = (0..c).map(|i| g[i] * is[i]).collect();
+            let shift: Vec<f32> = (0..c).map(|i| b[i] - m[i] * scale[i]).collect();
+            let mut y = vec![0.0; x.len()];
+            y.par_chunks_mut(c * 64).zip(x.as_slice().par_chunks(c * 64)).for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
+                    for i in 0..c {
+                        yr[i] = xr[i] * scale[i] + shift[i];
+                    }
+                }
+            });
+            Ok(Tensor::from_vec(x.shape(), y))
+        }
+        _ => elementwise_kernel(
+            "bn_apply_f32",
+            x,
+            &[x.arg(), mean.arg(), inv_std.arg(), gamma.arg(), beta.arg()],
+            &[int(c)],
+        ),
+    }
+}
+
+/// (sum dy, sum dy * xhat) per channel, xhat = (x - mean) * inv_std: dbeta and dgamma.
+pub fn bn_grad_sums(x: &Tensor, dy: &Tensor, mean: &Tensor, inv_std: &Tensor) -> Result<(Tensor, Tensor)> {
+    let c = channels_of(x);
+    match x.device() {
+        Device::Cpu => {
+            let (xs, ds, m, is) = (x.as_slice(), dy.as_slice(), mean.as_slice(), inv_std.as_slice());
+            let (a, b) = channel_sums(xs.len() / c, c, |r, sum_dy, sum_dy_xhat| {
+                let (xr, dr) = (&xs[r * c..(r + 1) * c], &ds[r * c..(r + 1) * c]);
+                for i in 0..c {
+                    sum_dy[i] += dr[i] as f64;
+                    sum_dy_xhat[i] += (dr[i] * ((xr[i] - m[i]) * is[i])) as f64;
+                }
+            });
+            let to = |v: Vec<f64>| Tensor::from_vec(&[c], v.iter().map(|x| *x as f32).collect());
+            Ok((to(a), to(b)))
+        }
+        d => {
+            let (partial, parts) = partial_sums_gpu(x, Some(dy), Some(mean), Some(inv_std))?;
+            let (sum_dy, sum_dy_xhat) = (Tensor::zeros_on(d, &[c])?, Tensor::zeros_on(d, &[c])?);
+            let args = [sum_dy.arg(), sum_dy_xhat.arg(), partial.arg(), int(parts), int(c)];
+            gpu::launch(d, "bn_grad_finalize_f32", LaunchConfig::for_elements(c), &args)?;
+            Ok((sum_dy, sum_dy_xhat))
+        }
+    }
+}
+
+/// Training mode: dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
+pub fn bn_train_backward_data(
+    dy: &Tensor,
+    x: &Tensor,
+    mean: &Tensor,
+    inv_std: &Tensor,
+    gamma: &Tensor,
+    sums: &(Tensor, Tensor),
+) -> Result<Tensor> {
+    let c = channels_of(x);
+    let rows = x.len() / c;
+    match x.device() {
+        Device::Cpu => {
+            let (xs, dys) = (x.as_slice(), dy.as_slice());
+            let (m, is, g) = (mean.as_slice(), inv_std.as_slice(), gamma.as_slice());
+            let a: Vec<f32> = (0..c).map(|i| g[i] * is[i]).collect();
+            let mdy: Vec<f32> = sums.0.as_slice().iter().map(|s| s / rows as f32).collect();
+            let mdx: Vec<f32> = sums.1.as_slice().iter().map(|s| s / rows as f32).collect();
+            let mut dx = vec![0.0; xs.len()];
+            dx.par_chunks_mut(c * 64).enumerate().for_each(|(k, out)| {
+                let base = k * c * 64;
+                for (r, o) in out.chunks_exact_mut(c).enumerate() {
+                    let off = base + r * c;
+                    for i in 0..c {
+                        let xhat = (xs[off + i] - m[i]) * is[i];
+                        o[i] = a[i] * (dys[off + i] - mdy[i] - xhat * mdx[i]);
+                    }
+                }
+            });
+            Ok(Tensor::from_vec(x.shape(), dx))
+        }
+        _ => elementwise_kernel(
+            "bn_train_bwd_dx_f32",
+            x,
+            &[dy.arg(), x.arg(), mean.arg(), inv_std.arg(), gamma.arg(), sums.0.arg(), sums.1.arg()],
+            &[int(c), int(rows)],
+        ),
+    }
+}
+
+/// Evaluation mode: dx = dy * gamma * inv_std.
+pub fn bn_eval_backward_data(dy: &Tensor, inv_std: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+    let c = channels_of(dy);
+    match dy.device() {
+        Device::Cpu => {
+            let zero = Tensor::zeros(&[c]);
+            bn_apply(dy, &zero, inv_std, gamma, &zero)
+        }
+        _ => elementwise_kernel("bn_eval_bwd_dx_f32", dy, &[dy.arg(), inv_std.arg(), gamma.arg()], &[int(c)]),
+    }
 }
 
 impl Tape {
@@ -92,17 +253,10 @@ impl Tape {
             "batch norm: {c} channels but affine parameters of {:?}",
             gamma.shape()
         );
-        let rows = x.value().len() / c;
-        ensure!(rows > 1, "batch norm in training mode needs more than one value per channel");
-        let (mean, var) = batch_stats_cpu(x.value().as_slice(), c);
-        let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-        let g = gamma.value().as_slice();
-        let scale: Vec<f32> = (0..c).map(|i| g[i] * inv_std[i]).collect();
-        let shift: Vec<f32> = (0..c).map(|i| beta.value().as_slice()[i] - mean[i] * scale[i]).collect();
-        let y = Tensor::from_vec(x.shape(), scale_shift(x.value().as_slice(), &scale, &shift));
-        let unbiased = rows as f32 / (rows - 1) as f32;
-        let stats =
-            BatchStats { mean: mean.clone(), var_unbiased: var.iter().map(|v| v * unbiased).collect() };
+        ensure!(x.value().len() / c > 1, "batch norm in training mode needs more than one value per channel");
+        let (mean, inv_std, var_unbiased) = batch_statistics(x.value(), eps)?;
+        let y = bn_apply(x.value(), &mean, &inv_std, gamma.value(), beta.value())?;
+        let stats = BatchStats { mean: mean.clone(), var_unbiased };
         if !self.needs_grad(&[x, gamma, beta]) {
             return Ok((Var::constant(y), stats));
         }
@@ -111,33 +265,13 @@ impl Tape {
             y,
             &[x, gamma, beta],
             Box::new(move |dy, needs| {
-                let (xs, dys) = (x_saved.as_slice(), dy.as_slice());
-                let (sum_dy, sum_dy_xhat) = grad_sums(xs, dys, &mean, &inv_std);
-                let n = rows as f64;
-                let dx = needs[0].then(|| {
-                    let g = gamma_saved.as_slice();
-                    // dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
-                    let a: Vec<f32> = (0..c).map(|i| g[i] * inv_std[i]).collect();
-                    let mdy: Vec<f32> = sum_dy.iter().map(|s| (s / n) as f32).collect();
-                    let mdx: Vec<f32> = sum_dy_xhat.iter().map(|s| (s / n) as f32).collect();
-                    let mut dx = vec![0.0; xs.len()];
-                    dx.par_chunks_mut(c * 64).enumerate().for_each(|(k, out)| {
-                        let base = k * c * 64;
-                        for (r, o) in out.chunks_exact_mut(c).enumerate() {
-                            let off = base + r * c;
-                            for i in 0..c {
-                                let xhat = (xs[off + i] - mean[i]) * inv_std[i];
-                                o[i] = a[i] * (dys[off + i] - mdy[i] - xhat * mdx[i]);
-                            }
-                        }
-                    });
-                    Tensor::from_vec(x_saved.shape(), dx)
-                });
-                let dgamma =
-                    needs[1].then(|| Tensor::from_vec(&[c], sum_dy_xhat.iter().map(|v| *v as f32).collect()));
-                let dbeta =
-                    needs[2].then(|| Tensor::from_vec(&[c], sum_dy.iter().map(|v| *v as f32).collect()));
-                Ok(vec![dx, dgamma, dbeta])
+                let sums = bn_grad_sums(&x_saved, dy, &mean, &inv_std)?;
+                let dx = match needs[0] {
+                    true => Some(bn_train_backward_data(dy, &x_saved, &mean, &inv_std, &gamma_saved, &sums)?),
+                    false => None,
+                };
+                let (dbeta, dgamma) = sums;
+                Ok(vec![dx, needs[1].then_some(dgamma), needs[2].then_some(dbeta)])
             }),
         );
         Ok((var, stats))
@@ -161,35 +295,28 @@ impl Tape {
                 && running_var.len() == c,
             "batch norm: parameters do not match {c} channels"
         );
-        let mean = running_mean.to_vec();
-        let inv_std: Vec<f32> = running_var.as_slice().iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-        let g = gamma.value().as_slice();
-        let scale: Vec<f32> = (0..c).map(|i| g[i] * inv_std[i]).collect();
-        let shift: Vec<f32> = (0..c).map(|i| beta.value().as_slice()[i] - mean[i] * scale[i]).collect();
-        let y = Tensor::from_vec(x.shape(), scale_shift(x.value().as_slice(), &scale, &shift));
+        let inv_std = inv_std_of(running_var, eps)?;
+        let y = bn_apply(x.value(), running_mean, &inv_std, gamma.value(), beta.value())?;
         if !self.needs_grad(&[x, gamma, beta]) {
             return Ok(Var::constant(y));
         }
-        let x_saved = gamma.requires_grad().then(|| x.value().clone());
+        let (x_saved, gamma_saved, mean) = (x.value().clone(), gamma.value().clone(), running_mean.clone());
         Ok(self.record(
             y,
             &[x, gamma, beta],
             Box::new(move |dy, needs| {
-                let dx = needs[0]
-                    .then(|| Tensor::from_vec(dy.shape(), scale_shift(dy.as_slice(), &scale, &vec![0.0; c])));
-                let mut dgamma = None;
-                let mut dbeta = None;
-                if needs[1] || needs[2] {
-                    let (sum_dy, sum_dy_xhat) = match &x_saved {
-                        Some(x) => grad_sums(x.as_slice(), dy.as_slice(), &mean, &inv_std),
-                        None => grad_sums(dy.as_slice(), dy.as_slice(), &vec![0.0; c], &vec![0.0; c]),
-                    };
-                    dgamma = needs[1]
-                        .then(|| Tensor::from_vec(&[c], sum_dy_xhat.iter().map(|v| *v as f32).collect()));
-                    dbeta =
-                        needs[2].then(|| Tensor::from_vec(&[c], sum_dy.iter().map(|v| *v as f32).collect()));
-                }
-                Ok(vec![dx, dgamma, dbeta])
+                let dx = match needs[0] {
+                    true => Some(bn_eval_backward_data(dy, &inv_std, &gamma_saved)?),
+                    false => None,
+                };
+                let (dbeta, dgamma) = match needs[1] || needs[2] {
+                    true => {
+                        let (a, b) = bn_grad_sums(&x_saved, dy, &mean, &inv_std)?;
+                        (Some(a), Some(b))
+                    }
+                    false => (None, None),
+                };
+                Ok(vec![dx, dgamma.filter(|_| needs[1]), dbeta.filter(|_| needs[2])])
             }),
         ))
     }
@@ -213,8 +340,8 @@ mod tests {
             let vals: Vec<f64> = xs.iter().skip(c).step_by(6).map(|v| *v as f64).collect();
             let mean = vals.iter().sum::<f64>() / n;
             let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-            assert!((stats.mean[c] as f64 - mean).abs() < 1e-6);
-            assert!((stats.var_unbiased[c] as f64 - var * n / (n - 1.0)).abs() < 1e-5);
+            assert!((stats.mean.as_slice()[c] as f64 - mean).abs() < 1e-6);
+            assert!((stats.var_unbiased.as_slice()[c] as f64 - var * n / (n - 1.0)).abs() < 1e-5);
             let out: Vec<f64> = ys.iter().skip(c).step_by(6).map(|v| *v as f64).collect();
             let out_mean = out.iter().sum::<f64>() / n;
             let out_var = out.iter().map(|v| (v - out_mean).powi(2)).sum::<f64>() / n;

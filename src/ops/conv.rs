@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
+use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
 use crate::parallel;
 use crate::tensor::Tensor;
 
@@ -413,6 +414,32 @@ fn backward_weight_cpu(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     ohwi_to_oihw(&parallel::sum_in_order(parts), g)
 }
 
+/// The shape arguments every conv kernel takes, in `ConvShape`'s order.
+fn shape_args(g: &ConvGeometry) -> [Arg; 11] {
+    [
+        int(g.batch),
+        int(g.height),
+        int(g.width),
+        int(g.in_channels),
+        int(g.out_channels),
+        int(g.kernel),
+        int(g.stride),
+        int(g.padding),
+        int(g.groups),
+        int(g.out_height),
+        int(g.out_width),
+    ]
+}
+
+/// The kernel variant and grid of a tiled GEMM of `rows` x `cols` per group: the narrow tile
+/// (256 x 16) when the groups have 16 columns or fewer, else 64 x 64.
+fn tiled(name: &str, rows: usize, cols: usize, z: usize) -> (String, LaunchConfig) {
+    let (bm, bn, kernel) =
+        if cols <= 16 { (256, 16, format!("{name}_narrow_f32")) } else { (64, 64, format!("{name}_f32")) };
+    let grid = [rows.div_ceil(bm) as u32, cols.div_ceil(bn) as u32, z as u32];
+    (kernel, LaunchConfig::new(grid, [256, 1, 1]))
+}
+
 /// y = conv(x, w).
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
@@ -421,19 +448,35 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor>
             let w_ohwi = oihw_to_ohwi(w.as_slice(), &g);
             Ok(Tensor::from_vec(&g.output_shape(), forward_cpu(x.as_slice(), &w_ohwi, &g)))
         }
+        d => {
+            let y = Tensor::zeros_on(d, &g.output_shape())?;
+            let rows = g.batch * g.pixels_out();
+            let (kernel, cfg) = tiled("conv2d_fwd", rows, g.out_per_group(), g.groups);
+            let mut args = vec![y.arg(), x.arg(), w.arg()];
+            args.extend(shape_args(&g));
+            gpu::launch(d, &kernel, cfg, &args)?;
+            Ok(y)
+        }
     }
 }
 
 /// dL/dx from dL/dy.
 pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
     ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
+    let x_shape = [g.batch, g.height, g.width, g.in_channels];
     match dy.device() {
         Device::Cpu => {
             let w_ohwi = oihw_to_ohwi(w.as_slice(), g);
-            Ok(Tensor::from_vec(
-                &[g.batch, g.height, g.width, g.in_channels],
-                backward_data_cpu(dy.as_slice(), &w_ohwi, g),
-            ))
+            Ok(Tensor::from_vec(&x_shape, backward_data_cpu(dy.as_slice(), &w_ohwi, g)))
+        }
+        d => {
+            let dx = Tensor::zeros_on(d, &x_shape)?;
+            let rows = g.batch * g.pixels_in();
+            let (kernel, cfg) = tiled("conv2d_bwd_data", rows, g.in_per_group(), g.groups);
+            let mut args = vec![dx.arg(), dy.arg(), w.arg()];
+            args.extend(shape_args(g));
+            gpu::launch(d, &kernel, cfg, &args)?;
+            Ok(dx)
         }
     }
 }
@@ -444,6 +487,40 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
     match x.device() {
         Device::Cpu => {
             Ok(Tensor::from_vec(&g.weight_shape(), backward_weight_cpu(x.as_slice(), dy.as_slice(), g)))
+        }
+        d => {
+            // Split the reduction over output pixels so that small weight tensors still fill the
+            // GPU; the splits' partial sums are added in order by a second kernel.
+            let pixels = g.batch * g.pixels_out();
+            let splits = (pixels / 2048).clamp(1, 32);
+            let chunk = pixels.div_ceil(splits);
+            let depth = g.group_depth();
+            let partial = GpuBuffer::zeros(d, splits * g.out_channels * depth * 4)?;
+            let (bm, bn, kernel) = if g.out_per_group() <= 16 {
+                (16, 256, "conv2d_bwd_weight_narrow_f32")
+            } else {
+                (64, 64, "conv2d_bwd_weight_f32")
+            };
+            let grid = [
+                g.out_per_group().div_ceil(bm) as u32,
+                depth.div_ceil(bn) as u32,
+                (g.groups * splits) as u32,
+            ];
+            let mut args = vec![partial.arg(), x.arg(), dy.arg()];
+            args.extend(shape_args(g));
+            args.push(int(chunk));
+            gpu::launch(d, kernel, LaunchConfig::new(grid, [256, 1, 1]), &args)?;
+            let dw = Tensor::zeros_on(d, &g.weight_shape())?;
+            let args = [
+                dw.arg(),
+                partial.arg(),
+                int(splits),
+                int(g.out_channels),
+                int(g.in_per_group()),
+                int(g.kernel * g.kernel),
+            ];
+            gpu::launch(d, "conv2d_bwd_weight_reduce_f32", LaunchConfig::for_elements(dw.len()), &args)?;
+            Ok(dw)
         }
     }
 }

@@ -4,6 +4,8 @@ use anyhow::{Result, ensure};
 use rayon::prelude::*;
 
 use crate::autograd::{Tape, Var};
+use crate::device::Device;
+use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
 use crate::tensor::Tensor;
 
 /// Below this many elements a parallel loop costs more than it saves.
@@ -21,29 +23,129 @@ fn map(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     if a.len() < PAR_MIN { a.iter().map(|x| f(*x)).collect() } else { a.par_iter().map(|x| f(*x)).collect() }
 }
 
+/// Runs an element-wise kernel `name(out, args.., n, tail..)` over a new tensor shaped like `like`.
+pub(crate) fn elementwise_kernel(name: &str, like: &Tensor, args: &[Arg], tail: &[Arg]) -> Result<Tensor> {
+    let out = Tensor::zeros_on(like.device(), like.shape())?;
+    let mut all = vec![out.arg()];
+    all.extend_from_slice(args);
+    all.push(int(like.len()));
+    all.extend_from_slice(tail);
+    gpu::launch(like.device(), name, LaunchConfig::for_elements(like.len()), &all)?;
+    Ok(out)
+}
+
 /// a + b without recording anything (also used to accumulate gradients).
 pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     ensure!(a.shape() == b.shape(), "add: shapes differ: {:?} vs {:?}", a.shape(), b.shape());
-    Ok(Tensor::from_vec(a.shape(), zip_map(a.as_slice(), b.as_slice(), |x, y| x + y)))
+    match a.device() {
+        Device::Cpu => Ok(Tensor::from_vec(a.shape(), zip_map(a.as_slice(), b.as_slice(), |x, y| x + y))),
+        _ => elementwise_kernel("add_f32", a, &[a.arg(), b.arg()], &[]),
+    }
+}
+
+pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
+    match x.device() {
+        // `v < 0` rather than `v.max(0)`: a NaN must propagate (as in PyTorch), not become 0.
+        Device::Cpu => Ok(Tensor::from_vec(x.shape(), map(x.as_slice(), |v| if v < 0.0 { 0.0 } else { v }))),
+        _ => elementwise_kernel("relu_fwd_f32", x, &[x.arg()], &[]),
+    }
+}
+
+/// The output's sign pattern is all the backward needs.
+pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    match dy.device() {
+        Device::Cpu => Ok(Tensor::from_vec(
+            y.shape(),
+            zip_map(dy.as_slice(), y.as_slice(), |g, y| if y > 0.0 { g } else { 0.0 }),
+        )),
+        _ => elementwise_kernel("relu_bwd_f32", y, &[dy.arg(), y.arg()], &[]),
+    }
+}
+
+pub fn scale_tensor(x: &Tensor, s: f32) -> Result<Tensor> {
+    match x.device() {
+        Device::Cpu => Ok(Tensor::from_vec(x.shape(), map(x.as_slice(), |v| v * s))),
+        _ => elementwise_kernel("scale_f32", x, &[x.arg(), Arg::F32(s)], &[]),
+    }
+}
+
+/// (1 - t) * a + t * b: the running averages of batch norm.
+pub fn lerp(a: &Tensor, b: &Tensor, t: f32) -> Result<Tensor> {
+    ensure!(a.shape() == b.shape(), "lerp: shapes differ: {:?} vs {:?}", a.shape(), b.shape());
+    match a.device() {
+        Device::Cpu => {
+            Ok(Tensor::from_vec(a.shape(), zip_map(a.as_slice(), b.as_slice(), |x, y| (1.0 - t) * x + t * y)))
+        }
+        _ => elementwise_kernel("lerp_f32", a, &[a.arg(), b.arg(), Arg::F32(t)], &[]),
+    }
+}
+
+/// Whether every value of every tensor is finite. On a kernel device one flag is set on the
+/// device and read back once, instead of copying the tensors back.
+pub fn all_finite(tensors: &[Tensor]) -> Result<bool> {
+    let Some(first) = tensors.first() else { return Ok(true) };
+    match first.device() {
+        Device::Cpu => Ok(tensors.iter().all(|t| t.as_slice().iter().all(|v| v.is_finite()))),
+        d => {
+            let flag = GpuBuffer::zeros(d, 4)?;
+            for t in tensors {
+                let args = [flag.arg(), t.arg(), int(t.len())];
+                gpu::launch(d, "flag_nonfinite_f32", LaunchConfig::for_elements(t.len()), &args)?;
+            }
+            Ok(flag.download::<u32>()?[0] == 0)
+        }
+    }
+}
+
+/// dst[r, dst_offset..dst_offset + width] = src[r, src_offset..src_offset + width] for every row,
+/// into a new [rows, dst_width] tensor assembled from several sources.
+fn copy_columns(
+    device: Device,
+    rows: usize,
+    dst_width: usize,
+    parts: &[(&Tensor, usize, usize, usize)],
+) -> Result<Tensor> {
+    let out = Tensor::zeros_on(device, &[rows, dst_width])?;
+    match device {
+        Device::Cpu => {
+            let mut data = out.into_vec();
+            for &(src, src_offset, dst_offset, width) in parts {
+                let src_width = src.len() / rows.max(1);
+                for (r, row) in data.chunks_exact_mut(dst_width).enumerate() {
+                    row[dst_offset..dst_offset + width]
+                        .copy_from_slice(&src.as_slice()[r * src_width + src_offset..][..width]);
+                }
+            }
+            Ok(Tensor::from_vec(&[rows, dst_width], data))
+        }
+        _ => {
+            for &(src, src_offset, dst_offset, width) in parts {
+                let src_width = src.len() / rows.max(1);
+                let args = [
+                    out.arg(),
+                    int(dst_width),
+                    int(dst_offset),
+                    src.arg(),
+                    int(src_width),
+                    int(src_offset),
+                    int(rows),
+                    int(width),
+                ];
+                gpu::launch(device, "copy_columns_f32", LaunchConfig::for_elements(rows * width), &args)?;
+            }
+            Ok(out)
+        }
+    }
 }
 
 impl Tape {
     pub fn relu(&self, x: &Var) -> Result<Var> {
-        // `v < 0` rather than `v.max(0)`: a NaN must propagate (as in PyTorch), not become 0.
-        let y = Tensor::from_vec(x.shape(), map(x.value().as_slice(), |v| if v < 0.0 { 0.0 } else { v }));
+        let y = relu_forward(x.value())?;
         if !self.needs_grad(&[x]) {
             return Ok(Var::constant(y));
         }
-        // The output's sign pattern is all the backward needs.
         let saved = y.clone();
-        Ok(self.record(
-            y,
-            &[x],
-            Box::new(move |g, _| {
-                let dx = zip_map(g.as_slice(), saved.as_slice(), |g, y| if y > 0.0 { g } else { 0.0 });
-                Ok(vec![Some(Tensor::from_vec(saved.shape(), dx))])
-            }),
-        ))
+        Ok(self.record(y, &[x], Box::new(move |g, _| Ok(vec![Some(relu_backward(g, &saved)?)]))))
     }
 
     pub fn add(&self, a: &Var, b: &Var) -> Result<Var> {
@@ -53,12 +155,8 @@ impl Tape {
 
     /// s * x for a constant s.
     pub fn scale(&self, x: &Var, s: f32) -> Result<Var> {
-        let y = Tensor::from_vec(x.shape(), map(x.value().as_slice(), |v| v * s));
-        Ok(self.record(
-            y,
-            &[x],
-            Box::new(move |g, _| Ok(vec![Some(Tensor::from_vec(g.shape(), map(g.as_slice(), |v| v * s)))])),
-        ))
+        let y = scale_tensor(x.value(), s)?;
+        Ok(self.record(y, &[x], Box::new(move |g, _| Ok(vec![Some(scale_tensor(g, s)?)]))))
     }
 
     /// The same values viewed with another shape (no copy).
@@ -80,38 +178,29 @@ impl Tape {
     pub fn concat_last(&self, xs: &[Var]) -> Result<Var> {
         ensure!(!xs.is_empty(), "concat of nothing");
         let rows = xs[0].shape()[0];
+        let device = xs[0].value().device();
         let widths: Vec<usize> = xs.iter().map(|x| x.value().len() / rows.max(1)).collect();
         for x in xs {
             ensure!(x.shape()[0] == rows, "concat: batch sizes differ");
         }
         let total: usize = widths.iter().sum();
-        let mut out = vec![0.0; rows * total];
-        let mut offset = 0;
-        for (x, &w) in xs.iter().zip(&widths) {
-            for (r, src) in x.value().as_slice().chunks_exact(w).enumerate() {
-                out[r * total + offset..r * total + offset + w].copy_from_slice(src);
-            }
-            offset += w;
-        }
-        let y = Tensor::from_vec(&[rows, total], out);
+        let offsets: Vec<usize> =
+            widths.iter().scan(0, |acc, w| Some(std::mem::replace(acc, *acc + w))).collect();
+        let parts: Vec<_> =
+            xs.iter().zip(&widths).zip(&offsets).map(|((x, &w), &o)| (x.value(), 0, o, w)).collect();
+        let y = copy_columns(device, rows, total, &parts)?;
         let refs: Vec<&Var> = xs.iter().collect();
-        let shapes: Vec<Vec<usize>> = xs.iter().map(|x| x.shape().to_vec()).collect();
         Ok(self.record(
             y,
             &refs,
             Box::new(move |g, needs| {
-                let g = g.as_slice();
-                let mut offset = 0;
                 let mut grads = Vec::new();
-                for ((&w, shape), need) in widths.iter().zip(&shapes).zip(needs) {
-                    grads.push(need.then(|| {
-                        let mut d = Vec::with_capacity(rows * w);
-                        for r in 0..rows {
-                            d.extend_from_slice(&g[r * total + offset..r * total + offset + w]);
-                        }
-                        Tensor::from_vec(shape, d)
-                    }));
-                    offset += w;
+                for ((&w, &o), need) in widths.iter().zip(&offsets).zip(needs) {
+                    grads.push(if *need {
+                        Some(copy_columns(device, rows, w, &[(g, o, 0, w)])?)
+                    } else {
+                        None
+                    });
                 }
                 Ok(grads)
             }),

@@ -4,6 +4,8 @@
 use anyhow::{Result, ensure};
 
 use crate::autograd::{Tape, Var};
+use crate::device::Device;
+use crate::gpu::{self, GpuBuffer, LaunchConfig, int};
 use crate::tensor::Tensor;
 
 /// log(1 + e^z) without overflow.
@@ -33,6 +35,23 @@ impl Tape {
         ensure!(s.len() == 2, "cross-entropy needs [B, K] scores, got {s:?}");
         let (b, k) = (s[0], s[1]);
         check_labels(labels, b, k)?;
+        let device = logits.value().device();
+        if device != Device::Cpu {
+            let labels = GpuBuffer::upload(device, labels)?;
+            let (loss, probs) = (Tensor::zeros_on(device, &[])?, Tensor::zeros_on(device, &[b, k])?);
+            let args = [loss.arg(), probs.arg(), logits.value().arg(), labels.arg(), int(b), int(k)];
+            gpu::launch(device, "softmax_ce_fwd_f32", LaunchConfig::new([1, 1, 1], [256, 1, 1]), &args)?;
+            return Ok(self.record(
+                loss,
+                &[logits],
+                Box::new(move |g, _| {
+                    let d = Tensor::zeros_on(device, &[b, k])?;
+                    let args = [d.arg(), probs.arg(), labels.arg(), g.arg(), int(b), int(k)];
+                    gpu::launch(device, "softmax_ce_bwd_f32", LaunchConfig::for_elements(b * k), &args)?;
+                    Ok(vec![Some(d)])
+                }),
+            ));
+        }
         // Softmax in f64 so that large scores are exact enough for the gradient check too.
         let mut probs = vec![0.0f64; b * k];
         let mut total = 0.0f64;
@@ -73,6 +92,24 @@ impl Tape {
         ensure!(s.len() == 3 && s[2] == 2, "expert BCE needs [B, N, 2] logits, got {s:?}");
         let (b, n_exp) = (s[0], s[1]);
         check_labels(labels, b, n_exp)?;
+        let device = logits.value().device();
+        if device != Device::Cpu {
+            let labels = GpuBuffer::upload(device, labels)?;
+            let loss = Tensor::zeros_on(device, &[])?;
+            let saved = logits.value().clone();
+            let args = [loss.arg(), saved.arg(), labels.arg(), int(b), int(n_exp)];
+            gpu::launch(device, "expert_bce_fwd_f32", LaunchConfig::new([1, 1, 1], [256, 1, 1]), &args)?;
+            return Ok(self.record(
+                loss,
+                &[logits],
+                Box::new(move |g, _| {
+                    let d = Tensor::zeros_on(device, saved.shape())?;
+                    let args = [d.arg(), saved.arg(), labels.arg(), g.arg(), int(b), int(n_exp)];
+                    gpu::launch(device, "expert_bce_bwd_f32", LaunchConfig::for_elements(b * n_exp), &args)?;
+                    Ok(vec![Some(d)])
+                }),
+            ));
+        }
         let l = logits.value().as_slice();
         let mut total = 0.0f64;
         for (pair, i) in l.chunks_exact(2).zip(0..) {
@@ -102,9 +139,10 @@ impl Tape {
 }
 
 /// Number of rows whose largest score is at the label (ties go to the lowest index).
-pub fn count_correct(scores: &Tensor, labels: &[u32]) -> usize {
+pub fn count_correct(scores: &Tensor, labels: &[u32]) -> Result<usize> {
     let k = scores.shape()[scores.shape().len() - 1];
-    scores.as_slice().chunks_exact(k).zip(labels).filter(|(row, y)| argmax(row) == **y as usize).count()
+    let host = scores.to_host()?;
+    Ok(host.chunks_exact(k).zip(labels).filter(|(row, y)| argmax(row) == **y as usize).count())
 }
 
 pub fn argmax(row: &[f32]) -> usize {

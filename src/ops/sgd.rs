@@ -6,6 +6,8 @@ use anyhow::{Result, ensure};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::device::Device;
+use crate::gpu::{self, Arg, LaunchConfig, int};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,9 +33,29 @@ pub fn sgd_step(
         velocity.shape()
     );
     let shape = param.shape().to_vec();
+    let SgdConfig { momentum, weight_decay, nesterov } = *cfg;
+    if param.device() != Device::Cpu {
+        let d = param.device();
+        let (w_out, v_out) = (Tensor::zeros_on(d, &shape)?, Tensor::zeros_on(d, &shape)?);
+        let args = [
+            w_out.arg(),
+            v_out.arg(),
+            param.arg(),
+            velocity.arg(),
+            grad.arg(),
+            int(param.len()),
+            Arg::F32(lr),
+            Arg::F32(momentum),
+            Arg::F32(weight_decay),
+            Arg::I32(nesterov as i32),
+        ];
+        gpu::launch(d, "sgd_update_f32", LaunchConfig::for_elements(param.len()), &args)?;
+        *param = w_out;
+        *velocity = v_out;
+        return Ok(());
+    }
     let mut w = std::mem::replace(param, Tensor::scalar(0.0)).into_vec();
     let mut v = std::mem::replace(velocity, Tensor::scalar(0.0)).into_vec();
-    let SgdConfig { momentum, weight_decay, nesterov } = *cfg;
     w.par_iter_mut().zip(v.par_iter_mut()).zip(grad.as_slice().par_iter()).with_min_len(4096).for_each(
         |((w, v), g)| {
             let g = g + weight_decay * *w;

@@ -1,0 +1,25 @@
+// Shared by the kernel files: block-wide reductions. Every kernel in this project follows the
+// rules of KERNEL-EMULATION.md section 2, so it runs on a GPU and under the emulator alike.
+#pragma once
+
+// Sum over the 32 lanes of a warp; all 32 lanes must call it.
+__device__ __forceinline__ double warp_sum(double v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024, 1-D). Every thread must call it;
+// thread 0 gets the total. The order of additions is fixed, so the result is deterministic.
+// `scratch` is 32 doubles of shared memory, free again when this returns.
+__device__ double block_sum(double v, double* scratch) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    const int warps = blockDim.x >> 5;
+    v = (int)threadIdx.x < warps ? scratch[threadIdx.x] : 0.0;
+    if (warp == 0) v = warp_sum(v);
+    __syncthreads();
+    return v;
+}

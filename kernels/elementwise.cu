@@ -1,0 +1,54 @@
+// Element-wise ops: relu, add, scale, linear interpolation, and column copies (concatenation
+// along the last axis and its inverse). One thread per element, grid-stride loops.
+#include "common.cuh"
+
+extern "C" __global__ void relu_fwd_f32(float* __restrict__ y, const float* __restrict__ x, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        const float v = x[i];
+        y[i] = v < 0.0f ? 0.0f : v;  // a NaN propagates, as on the CPU device
+    }
+}
+
+// The output's sign pattern is the derivative.
+extern "C" __global__ void relu_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy,
+                                        const float* __restrict__ y, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+extern "C" __global__ void add_f32(float* __restrict__ y, const float* __restrict__ a,
+                                   const float* __restrict__ b, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        y[i] = a[i] + b[i];
+}
+
+extern "C" __global__ void scale_f32(float* __restrict__ y, const float* __restrict__ x, float s, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        y[i] = x[i] * s;
+}
+
+// y = (1 - t) * a + t * b (running statistics).
+extern "C" __global__ void lerp_f32(float* __restrict__ y, const float* __restrict__ a,
+                                    const float* __restrict__ b, float t, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        y[i] = (1.0f - t) * a[i] + t * b[i];
+}
+
+// dst[r, dst_offset + j] = src[r, src_offset + j] for r < rows, j < width (row strides given).
+extern "C" __global__ void copy_columns_f32(float* __restrict__ dst, int dst_stride, int dst_offset,
+                                            const float* __restrict__ src, int src_stride,
+                                            int src_offset, int rows, int width) {
+    const int n = rows * width;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        const int r = i / width, j = i % width;
+        dst[r * dst_stride + dst_offset + j] = src[r * src_stride + src_offset + j];
+    }
+}
+
+// flag[0] becomes nonzero when any of x[0, n) is infinite or NaN (exponent bits all ones).
+extern "C" __global__ void flag_nonfinite_f32(unsigned* __restrict__ flag, const float* __restrict__ x, int n) {
+    bool bad = false;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        bad |= (__float_as_uint(x[i]) & 0x7f800000u) == 0x7f800000u;
+    if (bad) atomicOr(flag, 1u);
+}

@@ -1,0 +1,107 @@
+//! The `cuda` device: cudarc over the CUDA driver, kernels compiled once per process with
+//! NVRTC for the card's architecture (a cubin, so the driver never has to JIT newer PTX than it
+//! knows), one stream, plain device allocations.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, Result, anyhow, bail};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+
+use super::LaunchConfig;
+use super::nvrtc;
+use super::sources::KERNEL_SOURCES;
+
+pub struct CudaBackend {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub name: String,
+    pub arch: String,
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+static BACKEND: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+
+/// The driver and a device, if both are present: the check `--device auto` makes.
+pub fn probe() -> Result<(Arc<CudaContext>, String)> {
+    // SAFETY: only tries to load the library; cudarc panics on first use without it.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        bail!("no CUDA driver (libcuda.so) was found");
+    }
+    let ctx = CudaContext::new(0).map_err(|e| anyhow!("no usable CUDA device: {e}"))?;
+    let name = ctx.name().unwrap_or_else(|_| "unknown GPU".to_string());
+    Ok((ctx, name))
+}
+
+fn init() -> Result<CudaBackend> {
+    let (ctx, name) = probe()?;
+    // One stream, so the ordering of launches is the ordering of work.
+    // SAFETY: called before any allocation of this context.
+    unsafe { ctx.disable_event_tracking() };
+    let (major, minor) = ctx.compute_capability()?;
+    let arch = format!("sm_{major}{minor}");
+    let stream = ctx.default_stream();
+    let mut functions = HashMap::new();
+    for (file, source, kernels) in KERNEL_SOURCES {
+        let compiled = nvrtc::compile(file, source, &arch)?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
+            .with_context(|| format!("loading {file} for {arch}"))?;
+        for k in *kernels {
+            functions.insert(*k, module.load_function(k).with_context(|| format!("kernel {k} in {file}"))?);
+        }
+    }
+    Ok(CudaBackend { ctx, stream, name, arch, functions })
+}
+
+pub fn backend() -> Result<&'static CudaBackend> {
+    BACKEND
+        .get_or_init(|| init().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow!("cuda device: {e}"))
+}
+
+pub struct DeviceAllocation(CudaSlice<u8>);
+
+impl DeviceAllocation {
+    pub fn zeros(bytes: usize) -> Result<DeviceAllocation> {
+        Ok(DeviceAllocation(backend()?.stream.alloc_zeros::<u8>(bytes.max(1))?))
+    }
+
+    pub fn from_bytes(data: &[u8]) -> Result<DeviceAllocation> {
+        Ok(DeviceAllocation(backend()?.stream.clone_htod(data)?))
+    }
+
+    pub fn copy_to(&self, dst: &mut [u8]) -> Result<()> {
+        let stream = &backend()?.stream;
+        let view = self.0.slice(0..dst.len());
+        stream.memcpy_dtoh(&view, dst)?;
+        stream.synchronize()?;
+        Ok(())
+    }
+
+    pub fn address(&self) -> u64 {
+        let stream = &backend().expect("an allocation implies a backend").stream;
+        self.0.device_ptr(stream).0
+    }
+}
+
+pub fn launch(name: &str, cfg: LaunchConfig, params: &mut [*mut c_void]) -> Result<()> {
+    let b = backend()?;
+    let f = b.functions.get(name).ok_or_else(|| anyhow!("cuda: no kernel named {name}"))?;
+    // SAFETY: `params` matches the kernel's parameter list (built by the op that owns the
+    // kernel), and every pointer in it addresses a live allocation of this context.
+    unsafe {
+        cudarc::driver::result::launch_kernel(
+            f.cu_function(),
+            (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
+            (cfg.block[0], cfg.block[1], cfg.block[2]),
+            cfg.shared_bytes,
+            b.stream.cu_stream(),
+            params,
+        )
+    }
+    .with_context(|| format!("launching {name}"))?;
+    Ok(())
+}

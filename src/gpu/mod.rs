@@ -1,0 +1,158 @@
+//! The kernel path shared by the `cuda` and `emu` devices: device memory, and launching a
+//! kernel of `kernels/` by name with a grid, a block and a `void**` argument array. The code
+//! that chooses kernels, grids and arguments (in `src/ops/`) is the same for both devices;
+//! only the memory and launch primitives below differ, so the emulator tests the launch code
+//! as well as the kernel bodies.
+
+pub mod cuda;
+pub mod emu;
+pub mod nvrtc;
+
+use std::ffi::c_void;
+
+use anyhow::{Result, bail};
+
+use crate::device::Device;
+
+/// Sources of `kernels/`, embedded at build time.
+pub mod sources {
+    include!(concat!(env!("OUT_DIR"), "/kernel_index.rs"));
+}
+
+/// One kernel argument, as `cuLaunchKernel` receives it.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// A device address (a `T*` parameter).
+    Ptr(u64),
+    I32(i32),
+    U32(u32),
+    F32(f32),
+}
+
+impl From<i32> for Arg {
+    fn from(v: i32) -> Arg {
+        Arg::I32(v)
+    }
+}
+
+impl From<f32> for Arg {
+    fn from(v: f32) -> Arg {
+        Arg::F32(v)
+    }
+}
+
+/// `usize` sizes are passed as `int`: every tensor of this project has fewer than 2^31 elements.
+pub fn int(v: usize) -> Arg {
+    assert!(v <= i32::MAX as usize, "size {v} does not fit a kernel's int parameter");
+    Arg::I32(v as i32)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+impl LaunchConfig {
+    /// One thread per element in blocks of 256, at most 4096 blocks (kernels loop over the rest).
+    pub fn for_elements(n: usize) -> LaunchConfig {
+        let blocks = n.div_ceil(256).clamp(1, 4096) as u32;
+        LaunchConfig { grid: [blocks, 1, 1], block: [256, 1, 1], shared_bytes: 0 }
+    }
+
+    pub fn new(grid: [u32; 3], block: [u32; 3]) -> LaunchConfig {
+        LaunchConfig { grid, block, shared_bytes: 0 }
+    }
+}
+
+/// Device memory of the `cuda` or `emu` device. Untyped; kernels see typed pointers.
+pub struct GpuBuffer {
+    bytes: usize,
+    mem: Mem,
+}
+
+enum Mem {
+    Emu(emu::HostAllocation),
+    Cuda(cuda::DeviceAllocation),
+}
+
+impl GpuBuffer {
+    pub fn zeros(device: Device, bytes: usize) -> Result<GpuBuffer> {
+        let mem = match device {
+            Device::Emu => Mem::Emu(emu::HostAllocation::zeros(bytes)),
+            Device::Cuda => Mem::Cuda(cuda::DeviceAllocation::zeros(bytes)?),
+            Device::Cpu => bail!("GPU memory requested on the cpu device"),
+        };
+        Ok(GpuBuffer { bytes, mem })
+    }
+
+    pub fn upload<T: bytemuck::Pod>(device: Device, data: &[T]) -> Result<GpuBuffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let mem = match device {
+            Device::Emu => Mem::Emu(emu::HostAllocation::from_bytes(bytes)),
+            Device::Cuda => Mem::Cuda(cuda::DeviceAllocation::from_bytes(bytes)?),
+            Device::Cpu => bail!("GPU memory requested on the cpu device"),
+        };
+        Ok(GpuBuffer { bytes: bytes.len(), mem })
+    }
+
+    pub fn download<T: bytemuck::Pod>(&self) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); self.bytes / std::mem::size_of::<T>()];
+        let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+        match &self.mem {
+            Mem::Emu(m) => dst.copy_from_slice(m.bytes()),
+            Mem::Cuda(m) => m.copy_to(dst)?,
+        }
+        Ok(out)
+    }
+
+    pub fn device(&self) -> Device {
+        match self.mem {
+            Mem::Emu(_) => Device::Emu,
+            Mem::Cuda(_) => Device::Cuda,
+        }
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The address kernels see.
+    pub fn address(&self) -> u64 {
+        match &self.mem {
+            Mem::Emu(m) => m.address(),
+            Mem::Cuda(m) => m.address(),
+        }
+    }
+
+    pub fn arg(&self) -> Arg {
+        Arg::Ptr(self.address())
+    }
+}
+
+/// Launches kernel `name` on `device`. The argument array is built once here, exactly as
+/// `cuLaunchKernel` takes it, and handed to the device's launch primitive.
+pub fn launch(device: Device, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    // Every argument lives in an 8-byte slot; `params[i]` points at slot i. Little-endian:
+    // a 4-byte parameter reads the first four bytes of its slot.
+    let mut slots: Vec<[u8; 8]> = args
+        .iter()
+        .map(|a| {
+            let mut s = [0u8; 8];
+            match *a {
+                Arg::Ptr(p) => s.copy_from_slice(&p.to_le_bytes()),
+                Arg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+                Arg::U32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+                Arg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+            }
+            s
+        })
+        .collect();
+    let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s.as_mut_ptr() as *mut c_void).collect();
+    match device {
+        Device::Emu => emu::launch(name, cfg, &mut params),
+        Device::Cuda => cuda::launch(name, cfg, &mut params),
+        Device::Cpu => bail!("kernel {name} launched on the cpu device"),
+    }
+}

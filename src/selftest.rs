@@ -1,0 +1,282 @@
+//! `mocse selftest`: every kernel against the cpu device on random inputs of several shapes.
+//!
+//! A case runs one op (forward, and backward from a random output gradient) on the cpu device
+//! and on the device under test, with the same inputs, and reports the largest relative error
+//! over the output and every input gradient. The same cases are the emulator tests of the test
+//! suite, so every device runs the same test body.
+
+use anyhow::Result;
+
+use crate::autograd::{Tape, Var};
+use crate::device::Device;
+use crate::nn::model::{Model, ModelConfig, ModelKind};
+use crate::ops::aggregate::Aggregate;
+use crate::ops::conv::Conv2dParams;
+use crate::ops::sgd::{SgdConfig, sgd_step};
+use crate::rng::{Philox, Purpose};
+use crate::tensor::Tensor;
+use crate::train::sgd_train_step;
+
+type OpFn = Box<dyn Fn(&Tape, &[Var]) -> Result<Var>>;
+
+/// One op on fixed inputs.
+pub struct Case {
+    pub name: String,
+    inputs: Vec<Tensor>,
+    op: OpFn,
+    pub tolerance: f64,
+}
+
+#[derive(Debug)]
+pub struct CaseResult {
+    pub name: String,
+    pub max_relative_error: f64,
+    pub tolerance: f64,
+    /// Set when the case could not run at all.
+    pub error: Option<String>,
+}
+
+impl CaseResult {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.max_relative_error <= self.tolerance
+    }
+}
+
+fn random(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
+    let mut rng = Philox::new(seed, Purpose::Init, u64::MAX - 1);
+    Tensor::from_vec(shape, (0..shape.iter().product()).map(|_| rng.range(lo, hi)).collect())
+}
+
+/// Values of magnitude at least 0.2 (no relu kink within rounding).
+fn away_from_zero(shape: &[usize], seed: u64) -> Tensor {
+    let t = random(shape, seed, -1.0, 1.0);
+    Tensor::from_vec(shape, t.as_slice().iter().map(|v| v.signum() * (0.2 + 0.8 * v.abs())).collect())
+}
+
+/// max |a - b| / max |b|.
+pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    let diff = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max);
+    let scale = b.iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
+    if a.len() != b.len() { f64::INFINITY } else { diff / scale.max(1e-12) }
+}
+
+fn case(
+    name: impl Into<String>,
+    inputs: Vec<Tensor>,
+    op: impl Fn(&Tape, &[Var]) -> Result<Var> + 'static,
+) -> Case {
+    Case { name: name.into(), inputs, op: Box::new(op), tolerance: 1e-4 }
+}
+
+/// Every op family with the shapes that matter: odd sizes, groups 1 and N, stride 1 and 2, and
+/// both tile shapes of the convolution kernels.
+pub fn cases() -> Vec<Case> {
+    let mut out = vec![
+        case("relu", vec![away_from_zero(&[3, 5, 7, 4], 1)], |t, v| t.relu(&v[0])),
+        case("add", vec![random(&[4, 9], 2, -1.0, 1.0), random(&[4, 9], 3, -1.0, 1.0)], |t, v| {
+            t.add(&v[0], &v[1])
+        }),
+        case("scale", vec![random(&[2, 3, 4], 4, -1.0, 1.0)], |t, v| t.scale(&v[0], -1.5)),
+        case("concat", vec![random(&[4, 2], 5, -1.0, 1.0), random(&[4, 3], 6, -1.0, 1.0)], |t, v| {
+            t.concat_last(v)
+        }),
+        case("normalize", vec![random(&[2, 5, 5, 3], 7, 0.0, 1.0)], |t, v| {
+            let mean = Tensor::from_vec(&[3], vec![0.5, 0.4, 0.3]).to_device(v[0].value().device())?;
+            let std = Tensor::from_vec(&[3], vec![0.25, 0.2, 0.3]).to_device(v[0].value().device())?;
+            t.normalize(&v[0], &mean, &std)
+        }),
+        case(
+            "batch_norm_train",
+            vec![random(&[3, 5, 3, 4], 8, -1.0, 1.0), random(&[4], 9, 0.5, 1.5), random(&[4], 10, -0.5, 0.5)],
+            |t, v| Ok(t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5)?.0),
+        ),
+        case(
+            "batch_norm_train_many_rows",
+            vec![
+                random(&[8, 16, 16, 6], 11, -2.0, 3.0),
+                random(&[6], 12, 0.5, 1.5),
+                random(&[6], 13, -0.5, 0.5),
+            ],
+            |t, v| Ok(t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5)?.0),
+        ),
+        case(
+            "batch_norm_eval",
+            vec![
+                random(&[2, 3, 3, 5], 14, -1.0, 1.0),
+                random(&[5], 15, 0.5, 1.5),
+                random(&[5], 16, -0.5, 0.5),
+            ],
+            |t, v| {
+                let d = v[0].value().device();
+                let rm = random(&[5], 17, -0.2, 0.2).to_device(d)?;
+                let rv = random(&[5], 18, 0.5, 2.0).to_device(d)?;
+                t.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5)
+            },
+        ),
+        case("global_avg_pool", vec![random(&[3, 4, 5, 6], 19, -1.0, 1.0)], |t, v| t.global_avg_pool(&v[0])),
+        case(
+            "grouped_linear_dense",
+            vec![random(&[5, 7], 20, -1.0, 1.0), random(&[5, 7], 21, -1.0, 1.0), random(&[5], 22, -1.0, 1.0)],
+            |t, v| t.grouped_linear(&v[0], &v[1], &v[2], 1),
+        ),
+        case(
+            "grouped_linear_groups4",
+            vec![
+                random(&[5, 12], 23, -1.0, 1.0),
+                random(&[8, 3], 24, -1.0, 1.0),
+                random(&[8], 25, -1.0, 1.0),
+            ],
+            |t, v| t.grouped_linear(&v[0], &v[1], &v[2], 4),
+        ),
+        case("softmax_cross_entropy", vec![random(&[6, 5], 26, -3.0, 3.0)], |t, v| {
+            t.softmax_cross_entropy(&v[0], &[0, 4, 2, 2, 1, 3])
+        }),
+        case("expert_bce_with_logits", vec![random(&[3, 4, 2], 27, -3.0, 3.0)], |t, v| {
+            t.expert_bce_with_logits(&v[0], &[1, 3, 0])
+        }),
+        case("aggregate_prob", vec![random(&[3, 5, 2], 28, -3.0, 3.0)], |t, v| {
+            t.aggregate(&v[0], Aggregate::Prob)
+        }),
+        case("aggregate_logodds", vec![random(&[3, 5, 2], 29, -3.0, 3.0)], |t, v| {
+            t.aggregate(&v[0], Aggregate::LogOdds)
+        }),
+    ];
+    // Whole networks, output and image gradient. Width 8 in training mode: at width 2 some
+    // channels are nearly constant, and batch norm's 1/std amplifies the last-bit differences
+    // of summation order to percent level; evaluation mode has no such amplification.
+    for (train, width) in [(false, 2), (true, 8)] {
+        let config = ModelConfig {
+            kind: ModelKind::Mocse,
+            num_classes: 10,
+            width,
+            aggregate: Aggregate::Prob,
+            bce_weight: 1.0,
+        };
+        let model = Model::new(config);
+        let w = model.fused().init_weights(4, [0.5; 3], [0.25; 3]);
+        let mode = if train { "training" } else { "evaluation" };
+        let name = format!("mocse network, width {width}, {mode} mode");
+        out.push(case(name, vec![random(&[4, 32, 32, 3], 40, 0.0, 1.0)], move |t, v| {
+            let d = v[0].value().device();
+            let w = w.to_device(d)?;
+            let params: Vec<Var> = w.params.iter().map(|p| t.leaf(p.clone(), false)).collect();
+            model.forward(t, &params, &mut w.buffers.clone(), &v[0], train)
+        }));
+    }
+    let p = |stride, padding, groups| Conv2dParams { stride, padding, groups };
+    let convs: [([usize; 4], [usize; 4], Conv2dParams); 11] = [
+        ([2, 5, 7, 3], [4, 3, 3, 3], p(1, 1, 1)),
+        ([3, 9, 9, 6], [8, 3, 3, 3], p(2, 1, 2)),
+        ([2, 8, 8, 10], [10, 1, 3, 3], p(1, 1, 10)),
+        ([5, 7, 7, 20], [30, 2, 3, 3], p(2, 1, 10)),
+        ([2, 6, 6, 12], [12, 4, 1, 1], p(1, 0, 3)),
+        ([3, 7, 5, 12], [24, 4, 1, 1], p(2, 0, 3)),
+        ([1, 4, 4, 4], [2, 4, 4, 4], p(1, 0, 1)),
+        ([2, 8, 8, 64], [96, 64, 3, 3], p(1, 1, 1)),
+        ([2, 6, 6, 160], [320, 16, 3, 3], p(2, 1, 10)),
+        ([3, 32, 32, 3], [160, 3, 3, 3], p(1, 1, 1)),
+        // Enough output pixels that backward weight splits its reduction.
+        ([5, 32, 32, 20], [20, 2, 3, 3], p(1, 1, 10)),
+    ];
+    for (i, (xs, ws, cp)) in convs.into_iter().enumerate() {
+        let name = format!(
+            "conv2d x{}x{}x{}x{} w{}x{}x{}x{} s{} p{} g{}",
+            xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2], ws[3], cp.stride, cp.padding, cp.groups
+        );
+        let inputs = vec![random(&xs, 100 + i as u64, -1.0, 1.0), random(&ws, 200 + i as u64, -0.5, 0.5)];
+        out.push(case(name, inputs, move |t, v| t.conv2d(&v[0], &v[1], cp)));
+    }
+    out
+}
+
+/// Output and input gradients of a case on `device`, copied back to the host.
+fn evaluate(case: &Case, device: Device) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    let tape = Tape::new();
+    let vars: Vec<Var> =
+        case.inputs.iter().map(|t| Ok(tape.leaf(t.to_device(device)?, true))).collect::<Result<_>>()?;
+    let y = (case.op)(&tape, &vars)?;
+    let output = y.value().to_host()?;
+    let seed = random(y.shape(), 999, -1.0, 1.0).to_device(device)?;
+    let grads = tape.backward_from(&y, seed)?;
+    let input_grads =
+        vars.iter().map(|v| grads.get(v).map_or(Ok(Vec::new()), Tensor::to_host)).collect::<Result<_>>()?;
+    Ok((output, input_grads))
+}
+
+fn compare(case: &Case, device: Device) -> Result<f64> {
+    let (out_cpu, grads_cpu) = evaluate(case, Device::Cpu)?;
+    let (out_dev, grads_dev) = evaluate(case, device)?;
+    let mut worst = relative_error(&out_dev, &out_cpu);
+    for (a, b) in grads_dev.iter().zip(&grads_cpu) {
+        worst = worst.max(relative_error(a, b));
+    }
+    Ok(worst)
+}
+
+/// One SGD update on the device against the cpu device.
+fn sgd_case(device: Device) -> Result<f64> {
+    let cfg = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+    let run = |d: Device| -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut w = random(&[1000], 30, -1.0, 1.0).to_device(d)?;
+        let mut v = random(&[1000], 31, -0.1, 0.1).to_device(d)?;
+        let g = random(&[1000], 32, -1.0, 1.0).to_device(d)?;
+        sgd_step(&mut w, &mut v, &g, 0.05, &cfg)?;
+        Ok((w.to_host()?, v.to_host()?))
+    };
+    let (a, b) = (run(device)?, run(Device::Cpu)?);
+    Ok(relative_error(&a.0, &b.0).max(relative_error(&a.1, &b.1)))
+}
+
+/// A whole training step of a small MoCSE model: the change of every parameter.
+fn train_step_case(device: Device) -> Result<f64> {
+    let config = ModelConfig {
+        kind: ModelKind::Mocse,
+        num_classes: 10,
+        width: 8,
+        aggregate: Aggregate::Prob,
+        bce_weight: 1.0,
+    };
+    let model = Model::new(config);
+    let start = model.fused().init_weights(4, [0.5; 3], [0.25; 3]);
+    let images = random(&[4, 32, 32, 3], 40, 0.0, 1.0).to_vec();
+    let labels = [3, 0, 9, 3];
+    let cfg = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
+    let run = |d: Device| -> Result<Vec<Vec<f32>>> {
+        let mut w = start.to_device(d)?;
+        let mut v: Vec<Tensor> =
+            w.params.iter().map(|p| Tensor::zeros_on(d, p.shape())).collect::<Result<_>>()?;
+        sgd_train_step(&model, &mut w, &mut v, images.clone(), &labels, 0.1, &cfg)?;
+        w.params.iter().map(Tensor::to_host).collect()
+    };
+    let (a, b) = (run(device)?, run(Device::Cpu)?);
+    let mut worst = 0.0f64;
+    for ((after_dev, after_cpu), before) in a.iter().zip(&b).zip(&start.params) {
+        let delta =
+            |after: &[f32]| -> Vec<f32> { after.iter().zip(before.as_slice()).map(|(x, y)| x - y).collect() };
+        worst = worst.max(relative_error(&delta(after_dev), &delta(after_cpu)));
+    }
+    Ok(worst)
+}
+
+/// Runs every case on `device` (anything but cpu).
+pub fn run(device: Device, mut progress: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
+    let mut results = Vec::new();
+    let mut record = |name: String, tolerance: f64, outcome: Result<f64>| {
+        let r = match outcome {
+            Ok(e) => CaseResult { name, max_relative_error: e, tolerance, error: None },
+            Err(e) => {
+                CaseResult { name, max_relative_error: f64::NAN, tolerance, error: Some(format!("{e:#}")) }
+            }
+        };
+        progress(&r);
+        results.push(r);
+    };
+    for c in cases() {
+        let outcome = compare(&c, device);
+        record(c.name.clone(), c.tolerance, outcome);
+    }
+    record("sgd_update".into(), 1e-5, sgd_case(device));
+    // A whole step chains ~60 ops through batch norm; 1e-3 leaves room for summation order.
+    record("training step, mocse width 8".into(), 1e-3, train_step_case(device));
+    results
+}
