@@ -96,6 +96,12 @@ fn main() {
     let prelude = root.join("cuemu/nvrtc_prelude.cuh");
     writeln!(index, "];\npub const NVRTC_PRELUDE: &str = include_str!({:?});", prelude.display().to_string())
         .unwrap();
+    // The emulator's own test kernels (deadlocks and races on purpose) are registered for the
+    // emu device only, so the Rust tests can show how the emulator reports them.
+    let shim_tests = root.join("cuemu/tests/shim_test_kernels.cu");
+    let shim_text = fs::read_to_string(&shim_tests).expect("cuemu test kernels are readable");
+    writeln!(inc, "#include {:?}", shim_tests.display().to_string()).unwrap();
+    all_kernels.extend(kernel_names(&shim_text));
     for k in &all_kernels {
         writeln!(inc, "CUEMU_KERNEL({k})").unwrap();
     }

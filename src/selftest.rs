@@ -9,6 +9,7 @@ use anyhow::Result;
 
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
+use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
 use crate::nn::model::{Model, ModelConfig, ModelKind};
 use crate::ops::aggregate::Aggregate;
 use crate::ops::conv::Conv2dParams;
@@ -258,6 +259,18 @@ fn train_step_case(device: Device) -> Result<f64> {
     Ok(worst)
 }
 
+/// The device's Philox streams against src/rng.rs: the number of differing words.
+fn philox_case(device: Device) -> Result<f64> {
+    let (seed, index, blocks) = (0x0123_4567_89ab_cdef_u64, 0x1_0000_0007_u64, 1000usize);
+    let out = GpuBuffer::zeros(device, blocks * 16)?;
+    let args = [out.arg(), Arg::U64(seed), Arg::U32(Purpose::Corruption.id()), Arg::U64(index), int(blocks)];
+    gpu::launch(device, "philox_blocks_u32", LaunchConfig::for_elements(blocks), &args)?;
+    let got = out.download::<u32>()?;
+    let mut rng = Philox::new(seed, Purpose::Corruption, index);
+    let differing = got.iter().filter(|&&word| word != rng.next_u32()).count();
+    Ok(differing as f64)
+}
+
 /// Runs every case on `device` (anything but cpu).
 pub fn run(device: Device, mut progress: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
     let mut results = Vec::new();
@@ -276,6 +289,7 @@ pub fn run(device: Device, mut progress: impl FnMut(&CaseResult)) -> Vec<CaseRes
         record(c.name.clone(), c.tolerance, outcome);
     }
     record("sgd_update".into(), 1e-5, sgd_case(device));
+    record("philox streams (differing words)".into(), 0.0, philox_case(device));
     // A whole step chains ~60 ops through batch norm; 1e-3 leaves room for summation order.
     record("training step, mocse width 8".into(), 1e-3, train_step_case(device));
     results

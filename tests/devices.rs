@@ -31,3 +31,16 @@ fn every_kernel_matches_the_cpu_device_on_cuda() {
     }
     check_device(Device::Cuda);
 }
+
+/// A barrier that only half of a block reaches is reported as an error that names the kernel,
+/// never a hang, and the emulator keeps working afterwards.
+#[test]
+fn emu_reports_a_deadlock_by_kernel_name_and_recovers() {
+    use mocse::gpu::{self, GpuBuffer, LaunchConfig};
+    let out = GpuBuffer::zeros(Device::Emu, 32 * 4).unwrap();
+    let cfg = LaunchConfig::new([1, 1, 1], [32, 1, 1]);
+    let err = gpu::launch(Device::Emu, "cuemu_test_deadlock", cfg, &[out.arg()]).unwrap_err().to_string();
+    assert!(err.contains("deadlock") && err.contains("cuemu_test_deadlock"), "{err}");
+    assert!(err.contains("16 threads at __syncthreads"), "{err}");
+    check_device(Device::Emu);
+}

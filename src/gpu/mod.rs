@@ -26,6 +26,7 @@ pub enum Arg {
     Ptr(u64),
     I32(i32),
     U32(u32),
+    U64(u64),
     F32(f32),
 }
 
@@ -141,7 +142,7 @@ pub fn launch(device: Device, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Re
         .map(|a| {
             let mut s = [0u8; 8];
             match *a {
-                Arg::Ptr(p) => s.copy_from_slice(&p.to_le_bytes()),
+                Arg::Ptr(p) | Arg::U64(p) => s.copy_from_slice(&p.to_le_bytes()),
                 Arg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
                 Arg::U32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
                 Arg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
