@@ -10,6 +10,9 @@ use crate::device::Device;
 use crate::eval::class_scores;
 use crate::nn::model::{Model, ModelConfig, ModelKind, Network, split_experts};
 use crate::nn::preact_resnet::Weights;
+use crate::ops::conv::{
+    Conv2dParams, ConvGeometry, conv2d_backward_data, conv2d_backward_weight, conv2d_forward,
+};
 use crate::ops::sgd::SgdConfig;
 use crate::rng::{Philox, Purpose};
 use crate::tensor::Tensor;
@@ -109,4 +112,170 @@ pub fn bench_train_step(
         forward_gflop_per_image: flops / 1e9,
         mocse: crate::BUILD,
     })
+}
+
+/// One measurement of `mocse bench --what conv-layers`.
+#[derive(Debug, Serialize)]
+pub struct ConvBenchRow {
+    pub layer: String,
+    /// How many convolutions of the network have this shape.
+    pub count: usize,
+    pub direction: &'static str,
+    pub implementation: &'static str,
+    pub input: [usize; 4],
+    pub weight: [usize; 4],
+    pub stride: usize,
+    pub groups: usize,
+    /// Launches per measurement (N for the experts one by one).
+    pub launches: usize,
+    pub seconds: f64,
+    pub gflop_per_s: f64,
+}
+
+/// The seconds one call of `work` takes on `device`: CUDA events on a GPU, the wall clock
+/// elsewhere; the median of `steps` calls after `warmup` untimed ones.
+fn time_median(
+    device: Device,
+    warmup: usize,
+    steps: usize,
+    mut work: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        let seconds = if device == Device::Cuda {
+            crate::gpu::cuda::timed(&mut work)?.1
+        } else {
+            let start = Instant::now();
+            work()?;
+            start.elapsed().as_secs_f64()
+        };
+        if i >= warmup {
+            times.push(seconds);
+        }
+    }
+    Ok(median(times))
+}
+
+fn random_on(device: Device, shape: &[usize], seed: u64) -> Result<Tensor> {
+    let mut rng = Philox::new(seed, Purpose::Init, u64::MAX - 2);
+    Tensor::from_vec_on(device, shape, (0..shape.iter().product()).map(|_| rng.range(-1.0, 1.0)).collect())
+}
+
+/// A set of convolutions run together: one fused grouped conv, or N separate ones.
+struct ConvJob {
+    xs: Vec<Tensor>,
+    ws: Vec<Tensor>,
+    dys: Vec<Tensor>,
+    params: Conv2dParams,
+}
+
+impl ConvJob {
+    fn new(
+        device: Device,
+        batch: usize,
+        size: usize,
+        weight: [usize; 4],
+        params: Conv2dParams,
+        copies: usize,
+    ) -> Result<ConvJob> {
+        let cin = weight[1] * params.groups;
+        let out = (size + 2 * params.padding - weight[2]) / params.stride + 1;
+        let mut job = ConvJob { xs: vec![], ws: vec![], dys: vec![], params };
+        for c in 0..copies as u64 {
+            job.xs.push(random_on(device, &[batch, size, size, cin], 10 + c)?);
+            job.ws.push(random_on(device, &weight, 100 + c)?);
+            job.dys.push(random_on(device, &[batch, out, out, weight[0]], 1000 + c)?);
+        }
+        Ok(job)
+    }
+
+    fn run(&self, direction: &str) -> Result<()> {
+        for ((x, w), dy) in self.xs.iter().zip(&self.ws).zip(&self.dys) {
+            let g = ConvGeometry::new(x.shape(), w.shape(), self.params)?;
+            match direction {
+                "forward" => drop(conv2d_forward(x, w, self.params)?),
+                "backward-data" => drop(conv2d_backward_data(dy, w, &g)?),
+                _ => drop(conv2d_backward_weight(x, dy, &g)?),
+            }
+        }
+        Ok(())
+    }
+
+    /// FLOPs of one run (the same in every direction).
+    fn flops(&self) -> Result<f64> {
+        let mut total = 0.0;
+        for (x, w) in self.xs.iter().zip(&self.ws) {
+            total += ConvGeometry::new(x.shape(), w.shape(), self.params)?.flops();
+        }
+        Ok(total)
+    }
+}
+
+/// Per-layer convolution timings of a model's distinct layer shapes. For MoCSE: the fused
+/// grouped conv (all experts, one launch), the N experts' convs one by one, and a dense conv
+/// of equal FLOPs; for the standard network, its dense convs.
+pub fn bench_conv_layers(
+    config: ModelConfig,
+    batch: usize,
+    device: Device,
+    warmup: usize,
+    steps: usize,
+) -> Result<Vec<ConvBenchRow>> {
+    let net = Model::new(config);
+    let layers = net.fused().conv_layers();
+    let experts = if config.kind == ModelKind::Mocse { config.num_classes } else { 1 };
+    let mut rows = Vec::new();
+    let mut seen: Vec<(Vec<usize>, Conv2dParams, usize)> = Vec::new();
+    for layer in &layers {
+        let key = (layer.weight_shape.clone(), layer.params, layer.input_size);
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key.clone());
+        let count = layers.iter().filter(|l| (l.weight_shape.clone(), l.params, l.input_size) == key).count();
+        let w: [usize; 4] = layer.weight_shape.clone().try_into().expect("conv weights are 4-D");
+        let p = layer.params;
+        let mut jobs: Vec<(&'static str, ConvJob)> = vec![(
+            if experts > 1 { "fused grouped" } else { "dense" },
+            ConvJob::new(device, batch, layer.input_size, w, p, 1)?,
+        )];
+        if experts > 1 {
+            // Each expert's own conv: its slice of the output channels, dense over its inputs.
+            let per_expert = [w[0] / experts, w[1], w[2], w[3]];
+            let one = Conv2dParams { groups: 1, ..p };
+            jobs.push((
+                "experts one by one",
+                ConvJob::new(device, batch, layer.input_size, per_expert, one, experts)?,
+            ));
+            // A dense conv of the same FLOPs: channels scaled by 1/sqrt(N) on both sides.
+            let scale =
+                |c: usize| ((c as f64 * p.groups as f64 / (experts as f64).sqrt()).round() as usize).max(1);
+            let cin = if p.groups > 1 { scale(w[1]) } else { w[1] };
+            let cout = if p.groups > 1 { scale(w[0] / p.groups) } else { w[0] };
+            jobs.push((
+                "dense equal FLOPs",
+                ConvJob::new(device, batch, layer.input_size, [cout, cin, w[2], w[3]], one, 1)?,
+            ));
+        }
+        for (implementation, job) in &jobs {
+            let flops = job.flops()?;
+            for direction in ["forward", "backward-data", "backward-weight"] {
+                let seconds = time_median(device, warmup, steps, || job.run(direction))?;
+                rows.push(ConvBenchRow {
+                    layer: layer.name.clone(),
+                    count,
+                    direction,
+                    implementation,
+                    input: [batch, layer.input_size, layer.input_size, job.xs[0].shape()[3]],
+                    weight: job.ws[0].shape().try_into().expect("4-D"),
+                    stride: p.stride,
+                    groups: job.params.groups,
+                    launches: job.xs.len(),
+                    seconds,
+                    gflop_per_s: flops / seconds / 1e9,
+                });
+            }
+        }
+    }
+    Ok(rows)
 }

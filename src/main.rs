@@ -146,7 +146,9 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// What to measure: train-step (a whole training step and an inference pass)
+    /// What to measure: train-step (a whole training step and an inference pass) or
+    /// conv-layers (every distinct convolution of the model, forward, backward data and backward
+    /// weight; for mocse fused vs the experts one by one vs a dense conv of equal FLOPs)
     #[arg(long, default_value = "train-step")]
     what: String,
     /// Model: preact18 or mocse
@@ -398,14 +400,14 @@ fn eval(a: EvalArgs) -> Result<()> {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    if a.what != "train-step" {
-        bail!("unknown --what '{}'; this build measures train-step", a.what);
+    if a.what != "train-step" && a.what != "conv-layers" {
+        bail!("unknown --what '{}'; expected train-step or conv-layers", a.what);
     }
     if a.batch_size < 2 || a.steps == 0 {
         bail!("--batch-size must be at least 2 and --steps at least 1");
     }
-    if a.unfused && a.model != ModelKind::Mocse {
-        bail!("--unfused applies to --model mocse only");
+    if a.unfused && (a.model != ModelKind::Mocse || a.what != "train-step") {
+        bail!("--unfused applies to --model mocse --what train-step only");
     }
     let (device, why) = a.device.resolve()?;
     let config = ModelConfig {
@@ -417,12 +419,45 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     config.validate()?;
     eprintln!(
-        "{why}; measuring {} at batch {} ({} warm-up + {} timed steps)",
+        "{why}; measuring {} of {} at batch {} ({} warm-up + {} timed runs, median)",
+        a.what,
         config.describe(),
         a.batch_size,
         a.warmup,
         a.steps
     );
+    if a.what == "conv-layers" {
+        let rows = mocse::bench::bench_conv_layers(config, a.batch_size, device, a.warmup, a.steps)?;
+        println!(
+            "{:<20} {:>3} {:<16} {:<20} {:>7} {:>9} {:>10}",
+            "layer", "n", "direction", "implementation", "launch", "ms", "GFLOP/s"
+        );
+        for r in &rows {
+            println!(
+                "{:<20} {:>3} {:<16} {:<20} {:>7} {:>9.3} {:>10.1}",
+                r.layer,
+                r.count,
+                r.direction,
+                r.implementation,
+                r.launches,
+                r.seconds * 1e3,
+                r.gflop_per_s
+            );
+        }
+        if let Some(path) = &a.json {
+            let report = serde_json::json!({
+                "what": "conv-layers",
+                "model": config.describe(),
+                "device": device.to_string(),
+                "batch_size": a.batch_size,
+                "mocse": mocse::BUILD,
+                "rows": rows,
+            });
+            write_json(path, &report)?;
+            eprintln!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
     let r = bench_train_step(config, !a.unfused, a.batch_size, device, a.warmup, a.steps)?;
     println!(
         "{}{}: train {:.1} images/s ({:.1} GFLOP/s), inference {:.1} images/s ({:.1} GFLOP/s), {} threads",

@@ -105,3 +105,14 @@ pub fn launch(name: &str, cfg: LaunchConfig, params: &mut [*mut c_void]) -> Resu
     .with_context(|| format!("launching {name}"))?;
     Ok(())
 }
+
+/// Runs `work` and returns its result with the GPU time between two CUDA events around it.
+pub fn timed<R>(work: impl FnOnce() -> Result<R>) -> Result<(R, f64)> {
+    let b = backend()?;
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let start = b.stream.record_event(flags)?;
+    let out = work()?;
+    let end = b.stream.record_event(flags)?;
+    let ms = start.elapsed_ms(&end)? as f64;
+    Ok((out, ms / 1e3))
+}

@@ -294,27 +294,51 @@ impl PreActResNet {
         tape.grouped_linear(&pooled, &p[self.linear_weight], &p[self.linear_bias], self.shape.groups)
     }
 
+    /// Every convolution in execution order, with the spatial size of its input.
+    pub fn conv_layers(&self) -> Vec<ConvSpec> {
+        let spec = |layer: &ConvLayer, input_size: usize| ConvSpec {
+            name: self.params[layer.weight].name.trim_end_matches(".weight").to_string(),
+            weight_shape: self.params[layer.weight].shape.clone(),
+            params: layer.p,
+            input_size,
+        };
+        let mut out = vec![spec(&self.stem, 32)];
+        let mut size = 32;
+        for block in &self.blocks {
+            let after = size / block.conv1.p.stride;
+            out.push(spec(&block.conv1, size));
+            out.push(spec(&block.conv2, after));
+            if let Some(sc) = &block.shortcut {
+                out.push(spec(sc, size));
+            }
+            size = after;
+        }
+        out
+    }
+
     /// Forward FLOPs per image of the convolutions and the head.
     pub fn flops_per_image(&self) -> f64 {
-        let mut total = 0.0;
-        let mut hw = 32 * 32;
-        let NetShape { groups, width, .. } = self.shape;
-        total += 2.0 * (hw * 27 * groups * width) as f64;
-        let mut cin = groups * width;
-        for block in &self.blocks {
-            let cout = self.params[block.conv1.weight].shape[0];
-            let s = block.conv1.p.stride;
-            let hw_out = hw / (s * s);
-            total += 2.0 * (hw_out * cout * 9 * cin / groups) as f64;
-            total += 2.0 * (hw_out * cout * 9 * cout / groups) as f64;
-            if block.shortcut.is_some() {
-                total += 2.0 * (hw_out * cout * cin / groups) as f64;
-            }
-            hw = hw_out;
-            cin = cout;
-        }
-        total + 2.0 * (cin * self.shape.outputs) as f64
+        let convs: f64 = self
+            .conv_layers()
+            .iter()
+            .map(|c| {
+                let out_size = c.input_size / c.params.stride;
+                let w = &c.weight_shape;
+                2.0 * (out_size * out_size * w.iter().product::<usize>()) as f64
+            })
+            .sum();
+        let head = &self.params[self.linear_weight].shape;
+        convs + 2.0 * (head[0] * head[1]) as f64
     }
+}
+
+/// One convolution of a network, for benchmarks: weight [O, I/g, K, K] on a square input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvSpec {
+    pub name: String,
+    pub weight_shape: Vec<usize>,
+    pub params: Conv2dParams,
+    pub input_size: usize,
 }
 
 #[cfg(test)]
