@@ -11,7 +11,8 @@ use crate::eval::class_scores;
 use crate::nn::model::{Model, ModelConfig, ModelKind, Network, split_experts};
 use crate::nn::preact_resnet::Weights;
 use crate::ops::conv::{
-    Conv2dParams, ConvGeometry, conv2d_backward_data, conv2d_backward_weight, conv2d_forward,
+    Conv2dParams, ConvGeometry, ConvImpl, conv2d_backward_data, conv2d_backward_weight, conv2d_forward,
+    set_conv_impl,
 };
 use crate::ops::sgd::SgdConfig;
 use crate::rng::{Philox, Purpose};
@@ -257,10 +258,23 @@ pub fn bench_conv_layers(
                 ConvJob::new(device, batch, layer.input_size, [cout, cin, w[2], w[3]], one, 1)?,
             ));
         }
-        for (implementation, job) in &jobs {
+        // cuDNN runs the same fused (grouped) convolution, when it can.
+        let with_cudnn = device == Device::Cuda && crate::gpu::cudnn::available();
+        let mut variants: Vec<(&'static str, &ConvJob, ConvImpl)> =
+            jobs.iter().map(|(name, job)| (*name, job, ConvImpl::Kernels)).collect();
+        if with_cudnn {
+            variants.insert(
+                1,
+                (if experts > 1 { "cudnn grouped" } else { "cudnn" }, &jobs[0].1, ConvImpl::Cudnn),
+            );
+        }
+        for (implementation, job, conv_impl) in variants {
             let flops = job.flops()?;
             for direction in ["forward", "backward-data", "backward-weight"] {
-                let seconds = time_median(device, warmup, steps, || job.run(direction))?;
+                set_conv_impl(conv_impl);
+                let timed = time_median(device, warmup, steps, || job.run(direction));
+                set_conv_impl(ConvImpl::Kernels);
+                let seconds = timed?;
                 rows.push(ConvBenchRow {
                     layer: layer.name.clone(),
                     count,

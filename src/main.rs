@@ -16,6 +16,7 @@ use mocse::device::{Device, DeviceChoice};
 use mocse::eval::{EvalReport, count_correct_on};
 use mocse::nn::model::{Model, ModelConfig, ModelKind};
 use mocse::ops::aggregate::Aggregate;
+use mocse::ops::conv::{ConvImpl, set_conv_impl};
 use mocse::ops::sgd::SgdConfig;
 use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, read_config};
 
@@ -111,6 +112,9 @@ struct TrainArgs {
     /// Device: auto (the GPU when one is usable, else cpu) or cpu
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Convolutions on the cuda device: kernels (the project's) or cudnn (the baseline)
+    #[arg(long, default_value = "kernels")]
+    conv_impl: ConvImpl,
     /// Run directory for config.json, log.jsonl and the checkpoints
     #[arg(long)]
     out: PathBuf,
@@ -139,6 +143,9 @@ struct EvalArgs {
     /// Device: auto or cpu
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Convolutions on the cuda device: kernels (the project's) or cudnn (the baseline)
+    #[arg(long, default_value = "kernels")]
+    conv_impl: ConvImpl,
     /// Also write the report as JSON to FILE
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -175,6 +182,9 @@ struct BenchArgs {
     /// Device: auto or cpu
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Convolutions on the cuda device: kernels (the project's) or cudnn (the baseline)
+    #[arg(long, default_value = "kernels")]
+    conv_impl: ConvImpl,
     /// Also write the result as JSON to FILE
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -270,6 +280,7 @@ fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
 
 fn train(a: TrainArgs) -> Result<()> {
     let (device, why) = a.device.resolve()?;
+    use_conv_impl(a.conv_impl, device)?;
     let mut trainer = if a.resume {
         let given = [
             ("--model", a.model.is_some()),
@@ -338,6 +349,15 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Applies `--conv-impl`: cuDNN exists on the cuda device only.
+fn use_conv_impl(choice: ConvImpl, device: Device) -> Result<()> {
+    if choice == ConvImpl::Cudnn && device != Device::Cuda {
+        bail!("--conv-impl cudnn runs on the cuda device only (this run uses {device})");
+    }
+    set_conv_impl(choice);
+    Ok(())
+}
+
 fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)? + "\n";
     write_atomic(path, text.as_bytes())
@@ -345,6 +365,7 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let (device, why) = a.device.resolve()?;
+    use_conv_impl(a.conv_impl, device)?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -410,6 +431,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         bail!("--unfused applies to --model mocse --what train-step only");
     }
     let (device, why) = a.device.resolve()?;
+    if a.what == "train-step" {
+        use_conv_impl(a.conv_impl, device)?;
+    } else if a.conv_impl == ConvImpl::Cudnn {
+        bail!("--what conv-layers measures cuDNN beside the kernels by itself; leave out --conv-impl");
+    }
     let config = ModelConfig {
         kind: a.model,
         num_classes: 10,

@@ -62,6 +62,24 @@ impl Tensor {
         Ok(Tensor { shape: shape.to_vec(), storage: Arc::new(storage) })
     }
 
+    /// A tensor over existing device memory.
+    pub fn from_gpu(shape: &[usize], buffer: GpuBuffer) -> Tensor {
+        assert_eq!(
+            buffer.len_bytes(),
+            shape.iter().product::<usize>() * 4,
+            "buffer does not match shape {shape:?}"
+        );
+        Tensor { shape: shape.to_vec(), storage: Arc::new(Storage::Gpu(buffer)) }
+    }
+
+    /// The device memory of a kernel device's tensor.
+    pub fn gpu_buffer(&self) -> Option<&GpuBuffer> {
+        match &*self.storage {
+            Storage::Gpu(b) => Some(b),
+            Storage::Cpu(_) => None,
+        }
+    }
+
     /// Host numbers placed on `device`.
     pub fn from_vec_on(device: Device, shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
         Tensor::from_vec(shape, data).to_device(device)

@@ -73,6 +73,14 @@ impl DeviceAllocation {
         Ok(DeviceAllocation(backend()?.stream.clone_htod(data)?))
     }
 
+    pub fn from_slice(slice: CudaSlice<u8>) -> DeviceAllocation {
+        DeviceAllocation(slice)
+    }
+
+    pub fn slice(&self) -> &CudaSlice<u8> {
+        &self.0
+    }
+
     pub fn copy_to(&self, dst: &mut [u8]) -> Result<()> {
         let stream = &backend()?.stream;
         let view = self.0.slice(0..dst.len());

@@ -5,6 +5,7 @@
 //! as well as the kernel bodies.
 
 pub mod cuda;
+pub mod cudnn;
 pub mod emu;
 pub mod nvrtc;
 
@@ -129,6 +130,18 @@ impl GpuBuffer {
 
     pub fn arg(&self) -> Arg {
         Arg::Ptr(self.address())
+    }
+
+    /// The cudarc allocation of a `cuda` buffer (for cuDNN).
+    pub fn cuda_slice(&self) -> Option<&cudarc::driver::CudaSlice<u8>> {
+        match &self.mem {
+            Mem::Cuda(m) => Some(m.slice()),
+            Mem::Emu(_) => None,
+        }
+    }
+
+    pub fn from_cuda_slice(slice: cudarc::driver::CudaSlice<u8>) -> GpuBuffer {
+        GpuBuffer { bytes: slice.len(), mem: Mem::Cuda(cuda::DeviceAllocation::from_slice(slice)) }
     }
 }
 

@@ -9,6 +9,7 @@
 //! unfolding: the NHWC input already is the GEMM operand.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, ensure};
 use gemm::Parallelism;
@@ -19,6 +20,35 @@ use crate::device::Device;
 use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
 use crate::parallel;
 use crate::tensor::Tensor;
+
+/// Which implementation runs convolutions on the `cuda` device: the project's kernels, or cuDNN
+/// as the baseline they are measured against (`--conv-impl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvImpl {
+    Kernels,
+    Cudnn,
+}
+
+static USE_CUDNN: AtomicBool = AtomicBool::new(false);
+
+pub fn set_conv_impl(choice: ConvImpl) {
+    USE_CUDNN.store(choice == ConvImpl::Cudnn, Ordering::Relaxed);
+}
+
+pub fn conv_impl() -> ConvImpl {
+    if USE_CUDNN.load(Ordering::Relaxed) { ConvImpl::Cudnn } else { ConvImpl::Kernels }
+}
+
+impl std::str::FromStr for ConvImpl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kernels" => Ok(ConvImpl::Kernels),
+            "cudnn" => Ok(ConvImpl::Cudnn),
+            _ => Err(format!("unknown conv implementation '{s}'; expected kernels or cudnn")),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dParams {
@@ -448,6 +478,7 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor>
             let w_ohwi = oihw_to_ohwi(w.as_slice(), &g);
             Ok(Tensor::from_vec(&g.output_shape(), forward_cpu(x.as_slice(), &w_ohwi, &g)))
         }
+        Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::forward(x, w, &g),
         d => {
             let y = Tensor::zeros_on(d, &g.output_shape())?;
             let rows = g.batch * g.pixels_out();
@@ -469,6 +500,7 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result
             let w_ohwi = oihw_to_ohwi(w.as_slice(), g);
             Ok(Tensor::from_vec(&x_shape, backward_data_cpu(dy.as_slice(), &w_ohwi, g)))
         }
+        Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::backward_data(dy, w, g),
         d => {
             let dx = Tensor::zeros_on(d, &x_shape)?;
             let rows = g.batch * g.pixels_in();
