@@ -154,3 +154,13 @@ fn split_and_join_are_inverse() {
         assert_eq!(a.as_slice(), b.as_slice());
     }
 }
+
+#[test]
+fn fused_equals_unfused_on_cuda() {
+    if let Err(why) = mocse::gpu::cuda::probe() {
+        println!("SKIPPED: no GPU here ({why:#})");
+        return;
+    }
+    check(Device::Cuda, Aggregate::Prob, true);
+    check(Device::Cuda, Aggregate::LogOdds, false);
+}
