@@ -26,17 +26,29 @@ fn channels_of(x: &Tensor) -> usize {
     *x.shape().last().unwrap_or(&1)
 }
 
-/// Per-channel sums over all rows of a [rows, C] matrix, two f64 accumulators per channel.
+/// Rows summed in f32 (vectorised) before they are added into the f64 totals.
+const F32_ROWS: usize = 16;
+
+/// Per-channel sums over all rows of a [rows, C] matrix, two accumulators per channel: `row`
+/// adds row r into f32 sums, which are flushed into f64 totals every `F32_ROWS` rows.
 fn channel_sums(
     rows: usize,
     c: usize,
-    row: impl Fn(usize, &mut [f64], &mut [f64]) + Sync + Send,
+    row: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
 ) -> (Vec<f64>, Vec<f64>) {
     let parts = parallel::map_parts(rows, |range| {
         let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
+        let (mut fa, mut fb) = (vec![0.0f32; c], vec![0.0f32; c]);
+        let mut pending = 0;
         for r in range {
-            row(r, &mut a, &mut b);
+            row(r, &mut fa, &mut fb);
+            pending += 1;
+            if pending == F32_ROWS {
+                flush(&mut a, &mut b, &mut fa, &mut fb);
+                pending = 0;
+            }
         }
+        flush(&mut a, &mut b, &mut fa, &mut fb);
         (a, b)
     });
     let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
@@ -47,6 +59,15 @@ fn channel_sums(
         }
     }
     (a, b)
+}
+
+fn flush(a: &mut [f64], b: &mut [f64], fa: &mut [f32], fb: &mut [f32]) {
+    for i in 0..a.len() {
+        a[i] += fa[i] as f64;
+        b[i] += fb[i] as f64;
+        fa[i] = 0.0;
+        fb[i] = 0.0;
+    }
 }
 
 /// Kernel devices: the two per-channel sums (statistics when `dy` is None, gradient sums
@@ -86,9 +107,9 @@ pub fn batch_statistics(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)
         Device::Cpu => {
             let xs = x.as_slice();
             let (sum, sum_sq) = channel_sums(rows, c, |r, s, s2| {
-                for (i, v) in xs[r * c..(r + 1) * c].iter().enumerate() {
-                    s[i] += *v as f64;
-                    s2[i] += (*v as f64) * (*v as f64);
+                for ((a, b), v) in s.iter_mut().zip(s2.iter_mut()).zip(&xs[r * c..(r + 1) * c]) {
+                    *a += v;
+                    *b += v * v;
                 }
             });
             let n = rows as f64;
@@ -175,8 +196,8 @@ pub fn bn_grad_sums(x: &Tensor, dy: &Tensor, mean: &Tensor, inv_std: &Tensor) ->
             let (a, b) = channel_sums(xs.len() / c, c, |r, sum_dy, sum_dy_xhat| {
                 let (xr, dr) = (&xs[r * c..(r + 1) * c], &ds[r * c..(r + 1) * c]);
                 for i in 0..c {
-                    sum_dy[i] += dr[i] as f64;
-                    sum_dy_xhat[i] += (dr[i] * ((xr[i] - m[i]) * is[i])) as f64;
+                    sum_dy[i] += dr[i];
+                    sum_dy_xhat[i] += dr[i] * ((xr[i] - m[i]) * is[i]);
                 }
             });
             let to = |v: Vec<f64>| Tensor::from_vec(&[c], v.iter().map(|x| *x as f32).collect());
