@@ -488,7 +488,11 @@ fn bench(a: BenchArgs) -> Result<()> {
     println!(
         "{}{}: train {:.1} images/s ({:.1} GFLOP/s), inference {:.1} images/s ({:.1} GFLOP/s), {} threads",
         r.model_description,
-        if a.unfused { " (unfused)" } else { "" },
+        match (a.model, a.unfused) {
+            (ModelKind::Mocse, true) => ", unfused",
+            (ModelKind::Mocse, false) => ", fused",
+            _ => "",
+        },
         r.train_images_per_s,
         r.train_gflop_per_s,
         r.infer_images_per_s,

@@ -77,7 +77,7 @@ impl ModelConfig {
         match self.kind {
             ModelKind::Preact18 => format!("PreAct ResNet-18, width {}", self.width),
             ModelKind::Mocse => format!(
-                "MoCSE, {} experts of width {} fused (aggregate {}, BCE weight {})",
+                "MoCSE, {} experts of width {} (aggregate {}, BCE weight {})",
                 self.num_classes, self.width, self.aggregate, self.bce_weight
             ),
         }
