@@ -360,7 +360,9 @@ fn use_conv_impl(choice: ConvImpl, device: Device) -> Result<()> {
 
 fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)? + "\n";
-    write_atomic(path, text.as_bytes())
+    write_atomic(path, text.as_bytes())?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
@@ -415,7 +417,6 @@ fn eval(a: EvalArgs) -> Result<()> {
     );
     if let Some(path) = &a.json {
         write_json(path, &report)?;
-        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -480,7 +481,6 @@ fn bench(a: BenchArgs) -> Result<()> {
                 "rows": rows,
             });
             write_json(path, &report)?;
-            eprintln!("wrote {}", path.display());
         }
         return Ok(());
     }
@@ -501,7 +501,6 @@ fn bench(a: BenchArgs) -> Result<()> {
     );
     if let Some(path) = &a.json {
         write_json(path, &r)?;
-        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use crate::device::Device;
 use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
 use crate::nn::model::{Model, ModelConfig, ModelKind};
 use crate::ops::aggregate::Aggregate;
-use crate::ops::conv::Conv2dParams;
+use crate::ops::conv::check_shapes;
 use crate::ops::sgd::{SgdConfig, sgd_step};
 use crate::rng::{Philox, Purpose};
 use crate::tensor::Tensor;
@@ -164,22 +164,7 @@ pub fn cases() -> Vec<Case> {
             model.forward(t, &params, &mut w.buffers.clone(), &v[0], train)
         }));
     }
-    let p = |stride, padding, groups| Conv2dParams { stride, padding, groups };
-    let convs: [([usize; 4], [usize; 4], Conv2dParams); 11] = [
-        ([2, 5, 7, 3], [4, 3, 3, 3], p(1, 1, 1)),
-        ([3, 9, 9, 6], [8, 3, 3, 3], p(2, 1, 2)),
-        ([2, 8, 8, 10], [10, 1, 3, 3], p(1, 1, 10)),
-        ([5, 7, 7, 20], [30, 2, 3, 3], p(2, 1, 10)),
-        ([2, 6, 6, 12], [12, 4, 1, 1], p(1, 0, 3)),
-        ([3, 7, 5, 12], [24, 4, 1, 1], p(2, 0, 3)),
-        ([1, 4, 4, 4], [2, 4, 4, 4], p(1, 0, 1)),
-        ([2, 8, 8, 64], [96, 64, 3, 3], p(1, 1, 1)),
-        ([2, 6, 6, 160], [320, 16, 3, 3], p(2, 1, 10)),
-        ([3, 32, 32, 3], [160, 3, 3, 3], p(1, 1, 1)),
-        // Enough output pixels that backward weight splits its reduction.
-        ([5, 32, 32, 20], [20, 2, 3, 3], p(1, 1, 10)),
-    ];
-    for (i, (xs, ws, cp)) in convs.into_iter().enumerate() {
+    for (i, (xs, ws, cp)) in check_shapes().into_iter().enumerate() {
         let name = format!(
             "conv2d x{}x{}x{}x{} w{}x{}x{}x{} s{} p{} g{}",
             xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2], ws[3], cp.stride, cp.padding, cp.groups

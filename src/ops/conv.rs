@@ -444,6 +444,28 @@ fn backward_weight_cpu(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     ohwi_to_oihw(&parallel::sum_in_order(parts), g)
 }
 
+/// The convolutions every check of this op runs (the cpu tests and `mocse selftest`): input
+/// [B, H, W, C], weight [O, I/g, K, K] and parameters. Odd sizes, groups 1 and N, stride 1 and
+/// 2, 1x1 and 4x4 kernels, both tile shapes of the kernels, and a reduction long enough to be
+/// split in backward weight.
+pub fn check_shapes() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
+    let p = |stride, padding, groups| Conv2dParams { stride, padding, groups };
+    vec![
+        ([2, 5, 7, 3], [4, 3, 3, 3], p(1, 1, 1)),
+        ([3, 9, 9, 6], [8, 3, 3, 3], p(2, 1, 2)),
+        ([2, 8, 8, 10], [10, 1, 3, 3], p(1, 1, 10)),
+        ([5, 7, 7, 20], [30, 2, 3, 3], p(2, 1, 10)),
+        ([2, 6, 6, 12], [12, 4, 1, 1], p(1, 0, 3)),
+        ([3, 7, 5, 12], [24, 4, 1, 1], p(2, 0, 3)),
+        ([1, 4, 4, 4], [2, 4, 4, 4], p(1, 0, 1)),
+        ([9, 4, 4, 8], [8, 8, 3, 3], p(1, 1, 1)),
+        ([2, 8, 8, 64], [96, 64, 3, 3], p(1, 1, 1)),
+        ([2, 6, 6, 160], [320, 16, 3, 3], p(2, 1, 10)),
+        ([3, 32, 32, 3], [160, 3, 3, 3], p(1, 1, 1)),
+        ([5, 32, 32, 20], [20, 2, 3, 3], p(1, 1, 10)),
+    ]
+}
+
 /// The shape arguments every conv kernel takes, in `ConvShape`'s order.
 fn shape_args(g: &ConvGeometry) -> [Arg; 11] {
     [
@@ -627,23 +649,9 @@ mod tests {
         out
     }
 
-    fn cases() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
-        let p = |stride, padding, groups| Conv2dParams { stride, padding, groups };
-        vec![
-            ([2, 5, 7, 3], [4, 3, 3, 3], p(1, 1, 1)),
-            ([3, 9, 9, 6], [8, 3, 3, 3], p(2, 1, 2)),
-            ([2, 8, 8, 10], [10, 1, 3, 3], p(1, 1, 10)),
-            ([5, 7, 7, 20], [30, 2, 3, 3], p(2, 1, 10)),
-            ([2, 6, 6, 12], [12, 4, 1, 1], p(1, 0, 3)),
-            ([3, 7, 5, 12], [24, 4, 1, 1], p(2, 0, 3)),
-            ([1, 4, 4, 4], [2, 4, 4, 4], p(1, 0, 1)),
-            ([9, 4, 4, 8], [8, 8, 3, 3], p(1, 1, 1)),
-        ]
-    }
-
     #[test]
     fn forward_matches_naive_loops() {
-        for (n, (xs, ws, p)) in cases().into_iter().enumerate() {
+        for (n, (xs, ws, p)) in check_shapes().into_iter().enumerate() {
             let x = random_tensor(&xs, n as u64);
             let w = random_tensor(&ws, 100 + n as u64);
             let y = conv2d_forward(&x, &w, p).unwrap();
@@ -657,7 +665,7 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        for (n, (xs, ws, p)) in cases().into_iter().enumerate() {
+        for (n, (xs, ws, p)) in check_shapes().into_iter().enumerate() {
             let x = random_tensor(&xs, 10 + n as u64);
             let w = random_tensor(&ws, 200 + n as u64);
             check_gradients(&[x, w], |t, v| t.conv2d(&v[0], &v[1], p));
