@@ -211,3 +211,25 @@ fn help_explains_every_flag() {
         }
     }
 }
+
+/// The emulated kernel device trains and evaluates end to end, and a checkpoint written on one
+/// device evaluates on another.
+#[test]
+fn emu_device_trains_and_evaluates_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    #[rustfmt::skip]
+    let r = mocse(&[
+        "train", "--model", "mocse", "--expert-width", "2", "--train-subset", "64", "--test-subset", "32",
+        "--batch-size", "32", "--epochs", "1", "--device", "emu", "--out", run_s,
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stderr.contains("device emu"), "{}", r.stderr);
+    let on = |device: &str| {
+        let r = mocse(&["eval", "--run", run_s, "--test-subset", "32", "--device", device]);
+        assert!(r.ok, "{}", r.stderr);
+        r.stdout
+    };
+    assert_eq!(on("emu"), on("cpu"), "the same checkpoint classifies the same on both devices");
+}
