@@ -126,6 +126,17 @@ fn main() {
         .include(&out)
         .warnings(true)
         .extra_warnings(true);
+    // MOCSE_EMU_SANITIZE=1: kernels and emulator under AddressSanitizer and UBSan (run the
+    // tests with the ASan runtime preloaded; see .ci/run).
+    println!("cargo:rerun-if-env-changed=MOCSE_EMU_SANITIZE");
+    if env::var("MOCSE_EMU_SANITIZE").is_ok_and(|v| !v.is_empty() && v != "0") {
+        build
+            .flag("-fsanitize=address,undefined")
+            .flag("-fno-sanitize-recover=undefined")
+            .flag("-fno-omit-frame-pointer");
+        println!("cargo:rustc-link-lib=dylib=asan");
+        println!("cargo:rustc-link-lib=dylib=ubsan");
+    }
     for entry in fs::read_dir(&cuemu).expect("cuemu/ exists") {
         let path = entry.expect("cuemu/ is readable").path();
         if path.extension().is_some_and(|e| e == "cpp") {
