@@ -54,11 +54,23 @@ fn away_from_zero(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(shape, t.as_slice().iter().map(|v| v.signum() * (0.2 + 0.8 * v.abs())).collect())
 }
 
-/// max |a - b| / max |b|.
+/// max |a - b| / max |b|; infinite when the lengths differ or a value is NaN on one side only
+/// (`f64::max` would silently skip a NaN).
 pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
-    let diff = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max);
-    let scale = b.iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
-    if a.len() != b.len() { f64::INFINITY } else { diff / scale.max(1e-12) }
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    let (mut diff, mut scale) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        if x.is_nan() != y.is_nan() {
+            return f64::INFINITY;
+        }
+        if !x.is_nan() {
+            diff = diff.max((*x as f64 - *y as f64).abs());
+            scale = scale.max(y.abs() as f64);
+        }
+    }
+    diff / scale.max(1e-12)
 }
 
 fn case(
@@ -278,4 +290,18 @@ pub fn run(device: Device, mut progress: impl FnMut(&CaseResult)) -> Vec<CaseRes
     // A whole step chains ~60 ops through batch norm; 1e-3 leaves room for summation order.
     record("training step, mocse width 8".into(), 1e-3, train_step_case(device));
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_error;
+
+    #[test]
+    fn relative_error_sees_nan_and_length() {
+        assert_eq!(relative_error(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        assert!((relative_error(&[1.0, 2.2], &[1.0, 2.0]) - 0.1).abs() < 1e-6);
+        assert_eq!(relative_error(&[f32::NAN, 2.0], &[1.0, 2.0]), f64::INFINITY);
+        assert_eq!(relative_error(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+        assert_eq!(relative_error(&[f32::NAN], &[f32::NAN]), 0.0);
+    }
 }

@@ -52,7 +52,7 @@ impl Tensor {
         self.len() == 0
     }
 
-    /// An uninitialised-to-zero tensor on `device`.
+    /// A zero tensor on `device`.
     pub fn zeros_on(device: Device, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let storage = match device {
@@ -77,6 +77,15 @@ impl Tensor {
         match &*self.storage {
             Storage::Gpu(b) => Some(b),
             Storage::Cpu(_) => None,
+        }
+    }
+
+    /// An op's output, about to be written completely (zeros on the cpu device, NaN on emu so
+    /// that a missed element is caught, undefined contents on cuda where a memset would cost).
+    pub fn output_on(device: Device, shape: &[usize]) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Tensor::zeros_on(device, shape),
+            d => Ok(Tensor::from_gpu(shape, GpuBuffer::for_output(d, shape.iter().product::<usize>() * 4)?)),
         }
     }
 

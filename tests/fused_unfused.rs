@@ -12,9 +12,7 @@ use mocse::tensor::Tensor;
 
 fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape());
-    let diff = a.as_slice().iter().zip(b.as_slice()).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
-    let scale = b.as_slice().iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
-    diff / scale.max(1e-12)
+    mocse::selftest::relative_error(a.as_slice(), b.as_slice())
 }
 
 fn random(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {

@@ -69,6 +69,13 @@ impl DeviceAllocation {
         Ok(DeviceAllocation(backend()?.stream.alloc_zeros::<u8>(bytes.max(1))?))
     }
 
+    /// Memory whose contents are undefined: for kernel outputs that write every element
+    /// (saves a memset per op).
+    pub fn uninit(bytes: usize) -> Result<DeviceAllocation> {
+        // SAFETY: the caller's kernel writes the whole buffer before anything reads it.
+        Ok(DeviceAllocation(unsafe { backend()?.stream.alloc::<u8>(bytes.max(1))? }))
+    }
+
     pub fn from_bytes(data: &[u8]) -> Result<DeviceAllocation> {
         Ok(DeviceAllocation(backend()?.stream.clone_htod(data)?))
     }
@@ -98,6 +105,8 @@ impl DeviceAllocation {
 pub fn launch(name: &str, cfg: LaunchConfig, params: &mut [*mut c_void]) -> Result<()> {
     let b = backend()?;
     let f = b.functions.get(name).ok_or_else(|| anyhow!("cuda: no kernel named {name}"))?;
+    // The raw launch does not make the context current; tests and workers call from any thread.
+    b.ctx.bind_to_thread()?;
     // SAFETY: `params` matches the kernel's parameter list (built by the op that owns the
     // kernel), and every pointer in it addresses a live allocation of this context.
     unsafe {

@@ -89,6 +89,18 @@ impl GpuBuffer {
         Ok(GpuBuffer { bytes, mem })
     }
 
+    /// An output buffer that the kernel writing it fills completely. Undefined contents on
+    /// `cuda`; all bits set on `emu` (NaN as f32 and f64), so that an element a kernel misses
+    /// shows up in every comparison with the cpu device instead of passing as a zero.
+    pub fn for_output(device: Device, bytes: usize) -> Result<GpuBuffer> {
+        let mem = match device {
+            Device::Emu => Mem::Emu(emu::HostAllocation::from_bytes(&vec![0xFF; bytes])),
+            Device::Cuda => Mem::Cuda(cuda::DeviceAllocation::uninit(bytes)?),
+            Device::Cpu => bail!("GPU memory requested on the cpu device"),
+        };
+        Ok(GpuBuffer { bytes, mem })
+    }
+
     pub fn upload<T: bytemuck::Pod>(device: Device, data: &[T]) -> Result<GpuBuffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let mem = match device {

@@ -67,7 +67,7 @@ pub fn aggregate_forward(logits: &Tensor, mode: Aggregate) -> Result<Tensor> {
             Ok(Tensor::from_vec(&s[..2], scores))
         }
         d => {
-            let y = Tensor::zeros_on(d, &s[..2])?;
+            let y = Tensor::output_on(d, &s[..2])?;
             let args = [y.arg(), logits.arg(), int(y.len()), mode.kernel_mode().into()];
             gpu::launch(d, "aggregate_fwd_f32", LaunchConfig::for_elements(y.len()), &args)?;
             Ok(y)
@@ -91,7 +91,7 @@ pub fn aggregate_backward(dscores: &Tensor, scores: &Tensor, mode: Aggregate) ->
             Ok(Tensor::from_vec(&shape, d))
         }
         d => {
-            let dl = Tensor::zeros_on(d, &shape)?;
+            let dl = Tensor::output_on(d, &shape)?;
             let args = [dl.arg(), dscores.arg(), scores.arg(), int(scores.len()), mode.kernel_mode().into()];
             gpu::launch(d, "aggregate_bwd_f32", LaunchConfig::for_elements(scores.len()), &args)?;
             Ok(dl)

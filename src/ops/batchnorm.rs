@@ -82,7 +82,7 @@ fn partial_sums_gpu(
     let rows = x.len() / c;
     let parts = (rows / 512).clamp(1, 128);
     let rows_per_part = rows.div_ceil(parts);
-    let partial = GpuBuffer::zeros(x.device(), parts * 2 * c * 8)?;
+    let partial = GpuBuffer::for_output(x.device(), parts * 2 * c * 8)?;
     let null = Arg::Ptr(0);
     let args = [
         partial.arg(),
@@ -126,7 +126,8 @@ pub fn batch_statistics(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)
         }
         d => {
             let (partial, parts) = partial_sums_gpu(x, None, None, None)?;
-            let outs = [Tensor::zeros_on(d, &[c])?, Tensor::zeros_on(d, &[c])?, Tensor::zeros_on(d, &[c])?];
+            let outs =
+                [Tensor::output_on(d, &[c])?, Tensor::output_on(d, &[c])?, Tensor::output_on(d, &[c])?];
             let args = [
                 outs[0].arg(),
                 outs[1].arg(),
@@ -207,7 +208,7 @@ pub fn bn_grad_sums(x: &Tensor, dy: &Tensor, mean: &Tensor, inv_std: &Tensor) ->
         }
         d => {
             let (partial, parts) = partial_sums_gpu(x, Some(dy), Some(mean), Some(inv_std))?;
-            let (sum_dy, sum_dy_xhat) = (Tensor::zeros_on(d, &[c])?, Tensor::zeros_on(d, &[c])?);
+            let (sum_dy, sum_dy_xhat) = (Tensor::output_on(d, &[c])?, Tensor::output_on(d, &[c])?);
             let args = [sum_dy.arg(), sum_dy_xhat.arg(), partial.arg(), int(parts), int(c)];
             gpu::launch(d, "bn_grad_finalize_f32", LaunchConfig::for_elements(c), &args)?;
             Ok((sum_dy, sum_dy_xhat))

@@ -502,7 +502,7 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor>
         }
         Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::forward(x, w, &g),
         d => {
-            let y = Tensor::zeros_on(d, &g.output_shape())?;
+            let y = Tensor::output_on(d, &g.output_shape())?;
             let rows = g.batch * g.pixels_out();
             let (kernel, cfg) = tiled("conv2d_fwd", rows, g.out_per_group(), g.groups);
             let mut args = vec![y.arg(), x.arg(), w.arg()];
@@ -524,7 +524,7 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result
         }
         Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::backward_data(dy, w, g),
         d => {
-            let dx = Tensor::zeros_on(d, &x_shape)?;
+            let dx = Tensor::output_on(d, &x_shape)?;
             let rows = g.batch * g.pixels_in();
             let (kernel, cfg) = tiled("conv2d_bwd_data", rows, g.in_per_group(), g.groups);
             let mut args = vec![dx.arg(), dy.arg(), w.arg()];
@@ -549,7 +549,7 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
             let splits = (pixels / 2048).clamp(1, 32);
             let chunk = pixels.div_ceil(splits);
             let depth = g.group_depth();
-            let partial = GpuBuffer::zeros(d, splits * g.out_channels * depth * 4)?;
+            let partial = GpuBuffer::for_output(d, splits * g.out_channels * depth * 4)?;
             let (bm, bn, kernel) = if g.out_per_group() <= 16 {
                 (16, 256, "conv2d_bwd_weight_narrow_f32")
             } else {
@@ -564,7 +564,7 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
             args.extend(shape_args(g));
             args.push(int(chunk));
             gpu::launch(d, kernel, LaunchConfig::new(grid, [256, 1, 1]), &args)?;
-            let dw = Tensor::zeros_on(d, &g.weight_shape())?;
+            let dw = Tensor::output_on(d, &g.weight_shape())?;
             let args = [
                 dw.arg(),
                 partial.arg(),

@@ -25,7 +25,7 @@ fn map(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
 
 /// Runs an element-wise kernel `name(out, args.., n, tail..)` over a new tensor shaped like `like`.
 pub(crate) fn elementwise_kernel(name: &str, like: &Tensor, args: &[Arg], tail: &[Arg]) -> Result<Tensor> {
-    let out = Tensor::zeros_on(like.device(), like.shape())?;
+    let out = Tensor::output_on(like.device(), like.shape())?;
     let mut all = vec![out.arg()];
     all.extend_from_slice(args);
     all.push(int(like.len()));
@@ -105,7 +105,7 @@ fn copy_columns(
     dst_width: usize,
     parts: &[(&Tensor, usize, usize, usize)],
 ) -> Result<Tensor> {
-    let out = Tensor::zeros_on(device, &[rows, dst_width])?;
+    let out = Tensor::output_on(device, &[rows, dst_width])?;
     match device {
         Device::Cpu => {
             let mut data = out.into_vec();

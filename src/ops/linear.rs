@@ -49,7 +49,7 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, bias: &Tensor, s: LinearShape) -> 
             Ok(Tensor::from_vec(&[s.batch, outs], y))
         }
         d => {
-            let y = Tensor::zeros_on(d, &[s.batch, outs])?;
+            let y = Tensor::output_on(d, &[s.batch, outs])?;
             let mut args = vec![y.arg(), x.arg(), w.arg(), bias.arg()];
             args.extend(s.args());
             gpu::launch(d, "grouped_linear_fwd_f32", LaunchConfig::for_elements(y.len()), &args)?;
@@ -78,7 +78,7 @@ pub fn linear_backward_data(dy: &Tensor, w: &Tensor, s: LinearShape) -> Result<T
             Ok(Tensor::from_vec(&[s.batch, ins], dx))
         }
         d => {
-            let dx = Tensor::zeros_on(d, &[s.batch, ins])?;
+            let dx = Tensor::output_on(d, &[s.batch, ins])?;
             let mut args = vec![dx.arg(), dy.arg(), w.arg()];
             args.extend(s.args());
             gpu::launch(d, "grouped_linear_bwd_data_f32", LaunchConfig::for_elements(dx.len()), &args)?;
@@ -110,7 +110,7 @@ pub fn linear_backward_weight(dy: &Tensor, x: &Tensor, s: LinearShape) -> Result
             Ok((Tensor::from_vec(&[outs, i_n], dw), Tensor::from_vec(&[outs], db)))
         }
         d => {
-            let (dw, db) = (Tensor::zeros_on(d, &[outs, i_n])?, Tensor::zeros_on(d, &[outs])?);
+            let (dw, db) = (Tensor::output_on(d, &[outs, i_n])?, Tensor::output_on(d, &[outs])?);
             let mut args = vec![dw.arg(), db.arg(), dy.arg(), x.arg()];
             args.extend(s.args());
             gpu::launch(d, "grouped_linear_bwd_weight_f32", LaunchConfig::for_elements(dw.len()), &args)?;

@@ -38,14 +38,14 @@ impl Tape {
         let device = logits.value().device();
         if device != Device::Cpu {
             let labels = GpuBuffer::upload(device, labels)?;
-            let (loss, probs) = (Tensor::zeros_on(device, &[])?, Tensor::zeros_on(device, &[b, k])?);
+            let (loss, probs) = (Tensor::output_on(device, &[])?, Tensor::output_on(device, &[b, k])?);
             let args = [loss.arg(), probs.arg(), logits.value().arg(), labels.arg(), int(b), int(k)];
             gpu::launch(device, "softmax_ce_fwd_f32", LaunchConfig::new([1, 1, 1], [256, 1, 1]), &args)?;
             return Ok(self.record(
                 loss,
                 &[logits],
                 Box::new(move |g, _| {
-                    let d = Tensor::zeros_on(device, &[b, k])?;
+                    let d = Tensor::output_on(device, &[b, k])?;
                     let args = [d.arg(), probs.arg(), labels.arg(), g.arg(), int(b), int(k)];
                     gpu::launch(device, "softmax_ce_bwd_f32", LaunchConfig::for_elements(b * k), &args)?;
                     Ok(vec![Some(d)])
@@ -95,7 +95,7 @@ impl Tape {
         let device = logits.value().device();
         if device != Device::Cpu {
             let labels = GpuBuffer::upload(device, labels)?;
-            let loss = Tensor::zeros_on(device, &[])?;
+            let loss = Tensor::output_on(device, &[])?;
             let saved = logits.value().clone();
             let args = [loss.arg(), saved.arg(), labels.arg(), int(b), int(n_exp)];
             gpu::launch(device, "expert_bce_fwd_f32", LaunchConfig::new([1, 1, 1], [256, 1, 1]), &args)?;
@@ -103,7 +103,7 @@ impl Tape {
                 loss,
                 &[logits],
                 Box::new(move |g, _| {
-                    let d = Tensor::zeros_on(device, saved.shape())?;
+                    let d = Tensor::output_on(device, saved.shape())?;
                     let args = [d.arg(), saved.arg(), labels.arg(), g.arg(), int(b), int(n_exp)];
                     gpu::launch(device, "expert_bce_bwd_f32", LaunchConfig::for_elements(b * n_exp), &args)?;
                     Ok(vec![Some(d)])

@@ -25,7 +25,7 @@ pub fn global_avg_pool_forward(x: &Tensor) -> Result<Tensor> {
             Ok(Tensor::from_vec(&[b, c], y))
         }
         d => {
-            let y = Tensor::zeros_on(d, &[b, c])?;
+            let y = Tensor::output_on(d, &[b, c])?;
             let args = [y.arg(), x.arg(), int(b), int(hw), int(c)];
             gpu::launch(d, "gap_fwd_f32", LaunchConfig::for_elements(b * c), &args)?;
             Ok(y)
@@ -49,7 +49,7 @@ pub fn global_avg_pool_backward(dy: &Tensor, shape: &[usize]) -> Result<Tensor> 
             Ok(Tensor::from_vec(shape, dx))
         }
         d => {
-            let dx = Tensor::zeros_on(d, shape)?;
+            let dx = Tensor::output_on(d, shape)?;
             let args = [dx.arg(), dy.arg(), int(b), int(hw), int(c)];
             gpu::launch(d, "gap_bwd_f32", LaunchConfig::for_elements(dx.len()), &args)?;
             Ok(dx)

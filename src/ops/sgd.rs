@@ -36,7 +36,7 @@ pub fn sgd_step(
     let SgdConfig { momentum, weight_decay, nesterov } = *cfg;
     if param.device() != Device::Cpu {
         let d = param.device();
-        let (w_out, v_out) = (Tensor::zeros_on(d, &shape)?, Tensor::zeros_on(d, &shape)?);
+        let (w_out, v_out) = (Tensor::output_on(d, &shape)?, Tensor::output_on(d, &shape)?);
         let args = [
             w_out.arg(),
             v_out.arg(),
