@@ -23,3 +23,11 @@ __device__ double block_sum(double v, double* scratch) {
     __syncthreads();
     return v;
 }
+
+// Before a loop that the GPU compiler must not unroll (register pressure); the host compiler of
+// the emulator has no such pragma.
+#ifdef CUEMU
+#define MOCSE_NO_UNROLL
+#else
+#define MOCSE_NO_UNROLL _Pragma("unroll 1")
+#endif

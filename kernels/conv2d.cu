@@ -27,31 +27,47 @@ struct ConvShape {
 
 static constexpr int BK = 16;
 
-// C[m0.., n0..] = sum over k in [k_begin, k_end) of a(m, k) * b(k, n), stored with store(m, n, v).
-// Loaders return 0 outside the matrix; store is called only inside M x N.
-template <int BM, int BN, class LoadA, class LoadB, class Store>
-__device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, LoadA a, LoadB b, Store store) {
+// C[m0.., n0..] = sum over k in [k_begin, k_end) of A(m, k) * B(k, n), stored with store(m, n, v).
+//
+// The operands are gathered through small objects so that index arithmetic is not redone for
+// every staged element: with 256 threads, a thread stages the same BM-tile rows of A and the
+// same k column of the A slice at every step, and the same n column of B. So
+//   a.row(m)     decomposes row m once per block (kept in shared memory),
+//   a.col(k)     decomposes the reduction index once per step per thread,
+//   a.at(r, c)   is then a few adds and one load;
+//   b.col(n)     decomposes column n once per thread, b.at(k, c) loads element (k, n).
+// Loads outside the matrix are never made: out-of-range rows, columns and k read as 0.
+template <int BM, int BN, class A, class B, class Store>
+__device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, const A& a, const B& b,
+                          Store store) {
     static_assert((BM / 4) * (BN / 4) == 256, "a tile is 256 threads of 4x4 results");
+    static_assert(256 % BK == 0 && 256 % BN == 0, "each thread stages fixed columns");
+    using RowInfo = decltype(a.row(0));
     constexpr int TX = BN / 4;  // threads along n
     __shared__ float As[BK][BM + 4];
     __shared__ float Bs[BK][BN + 4];
+    __shared__ RowInfo rows[BM];
     const int tid = threadIdx.x;
     const int tx = tid % TX, ty = tid / TX;
+    for (int i = tid; i < BM; i += 256) rows[i] = a.row(m0 + i);
+    const int a_k = tid % BK;   // this thread's column of every A slice
+    const int b_n = tid % BN;   // and of every B slice
+    const auto b_col = b.col(n0 + b_n);
     float acc[4][4];
     for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    __syncthreads();
 
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-        // Stage the BK-deep slices; consecutive threads take consecutive k (for A) or n (for B).
-        for (int e = tid; e < BM * BK; e += 256) {
-            const int mm = e / BK, kk = e % BK;
-            const int m = m0 + mm, k = k0 + kk;
-            As[kk][mm] = (m < M && k < k_end) ? a(m, k) : 0.0f;
-        }
-        for (int e = tid; e < BK * BN; e += 256) {
-            const int kk = e / BN, nn = e % BN;
-            const int n = n0 + nn, k = k0 + kk;
-            Bs[kk][nn] = (n < N && k < k_end) ? b(k, n) : 0.0f;
+        const int ka = k0 + a_k;
+        const auto a_col = a.col(ka < k_end ? ka : k_begin);
+        for (int mm = tid / BK; mm < BM; mm += 256 / BK)
+            As[a_k][mm] = (m0 + mm < M && ka < k_end) ? a.at(rows[mm], a_col) : 0.0f;
+        // Not unrolled: with BN = 256 this loop is 16 gathers, unrolled it spills on sm_90.
+        MOCSE_NO_UNROLL
+        for (int kk = tid / BN; kk < BK; kk += 256 / BN) {
+            const int k = k0 + kk;
+            Bs[kk][b_n] = (n0 + b_n < N && k < k_end) ? b.at(k, b_col) : 0.0f;
         }
         __syncthreads();
         for (int kk = 0; kk < BK; ++kk) {
@@ -72,49 +88,136 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
     }
 }
 
-// The input value that output pixel m sees at reduction index k = (kh, kw, ci) of group g.
-__device__ __forceinline__ float gather_input(const float* __restrict__ x, const ConvShape& s, int g, int m, int k) {
-    const int ipg = s.in_per_group();
+// An output pixel: where its receptive field starts in the input.
+struct PixelRow {
+    long long image;  // offset of the image in the input
+    int ih0, iw0;     // top-left input position of the window (may be negative: padding)
+};
+
+// A reduction index k = (kh, kw, ci) of the forward pass.
+struct TapColumn {
+    int kh, kw, channel;  // channel includes the group offset
+};
+
+__device__ __forceinline__ PixelRow pixel_row(const ConvShape& s, int m) {
     const int ow = m % s.out_width, oh = (m / s.out_width) % s.out_height, b = m / (s.out_width * s.out_height);
-    const int tap = k / ipg, ci = k % ipg;
-    const int ih = oh * s.stride - s.padding + tap / s.kernel;
-    const int iw = ow * s.stride - s.padding + tap % s.kernel;
-    if (ih < 0 || iw < 0 || ih >= s.height || iw >= s.width) return 0.0f;
-    return x[(((long long)b * s.height + ih) * s.width + iw) * s.in_channels + g * ipg + ci];
+    return PixelRow{(long long)b * s.height * s.width * s.in_channels, oh * s.stride - s.padding,
+                    ow * s.stride - s.padding};
 }
+
+__device__ __forceinline__ TapColumn tap_column(const ConvShape& s, int g, int k) {
+    const int ipg = s.in_per_group(), tap = k / ipg;
+    return TapColumn{tap / s.kernel, tap % s.kernel, g * ipg + k % ipg};
+}
+
+__device__ __forceinline__ float input_at(const float* __restrict__ x, const ConvShape& s, const PixelRow& r,
+                                          const TapColumn& c) {
+    const int ih = r.ih0 + c.kh, iw = r.iw0 + c.kw;
+    if (ih < 0 || iw < 0 || ih >= s.height || iw >= s.width) return 0.0f;
+    return x[r.image + ((long long)ih * s.width + iw) * s.in_channels + c.channel];
+}
+
+// Forward A: the input gathered under each output pixel's window.
+struct ForwardInput {
+    const float* x;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ PixelRow row(int m) const { return pixel_row(s, m); }
+    __device__ __forceinline__ TapColumn col(int k) const { return tap_column(s, g, k); }
+    __device__ __forceinline__ float at(const PixelRow& r, const TapColumn& c) const { return input_at(x, s, r, c); }
+};
+
+// Forward B: W[k = (kh, kw, ci), n = o] of group g (OIHW storage).
+struct ForwardWeight {
+    const float* w;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ long long col(int n) const { return (long long)(g * s.out_per_group() + n) * s.in_per_group() * s.taps(); }
+    __device__ __forceinline__ float at(int k, long long col) const {
+        const int ipg = s.in_per_group();
+        return w[col + (long long)(k % ipg) * s.taps() + k / ipg];
+    }
+};
+
+// Backward data A: dY gathered for input pixel m through tap (kh, kw) from output channel o:
+// input (ih, iw) receives from output (oh, ow) when oh * stride - padding + kh == ih.
+struct InputPixel {
+    int b, ih, iw;
+};
+
+struct TapOutput {
+    int kh, kw, o;
+};
+
+struct BackwardGradOut {
+    const float* dy;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ InputPixel row(int m) const {
+        return InputPixel{m / (s.width * s.height), (m / s.width) % s.height, m % s.width};
+    }
+    __device__ __forceinline__ TapOutput col(int k) const {
+        const int opg = s.out_per_group(), tap = k / opg;
+        return TapOutput{tap / s.kernel, tap % s.kernel, k % opg};
+    }
+    __device__ __forceinline__ float at(const InputPixel& r, const TapOutput& c) const {
+        const int th = r.ih + s.padding - c.kh, tw = r.iw + s.padding - c.kw;
+        if (th < 0 || tw < 0 || th % s.stride != 0 || tw % s.stride != 0) return 0.0f;
+        const int oh = th / s.stride, ow = tw / s.stride;
+        if (oh >= s.out_height || ow >= s.out_width) return 0.0f;
+        return dy[(((long long)r.b * s.out_height + oh) * s.out_width + ow) * s.out_channels +
+                  g * s.out_per_group() + c.o];
+    }
+};
+
+// Backward data B: W'[k = (kh, kw, o), n = ci] of group g.
+struct BackwardWeight {
+    const float* w;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ int col(int n) const { return n; }
+    __device__ __forceinline__ float at(int k, int ci) const {
+        const int opg = s.out_per_group();
+        return w[((long long)(g * opg + k % opg) * s.in_per_group() + ci) * s.taps() + k / opg];
+    }
+};
+
+// Backward weight A: dY transposed, rows = output channels of group g, reduction = pixels.
+struct GradOutChannel {
+    const float* dy;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ int row(int o) const { return g * s.out_per_group() + o; }
+    __device__ __forceinline__ long long col(int p) const { return (long long)p * s.out_channels; }
+    __device__ __forceinline__ float at(int channel, long long pixel) const { return dy[pixel + channel]; }
+};
+
+// Backward weight B: the forward input gathered at pixel p (the reduction) for column (kh, kw, ci).
+struct InputByPixel {
+    const float* x;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ TapColumn col(int k) const { return tap_column(s, g, k); }
+    __device__ __forceinline__ float at(int p, const TapColumn& c) const { return input_at(x, s, pixel_row(s, p), c); }
+};
 
 template <int BM, int BN>
 __device__ void conv_forward(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
                              const ConvShape& s) {
-    const int g = blockIdx.z, ipg = s.in_per_group(), opg = s.out_per_group();
-    const int M = s.batch * s.out_height * s.out_width, K = s.taps() * ipg;
-    tile_gemm<BM, BN>(
-        M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN,
-        [&](int m, int k) { return gather_input(x, s, g, m, k); },
-        [&](int k, int n) { return w[((g * opg + n) * ipg + k % ipg) * s.taps() + k / ipg]; },
-        [&](int m, int n, float v) { y[(long long)m * s.out_channels + g * opg + n] = v; });
+    const int g = blockIdx.z, opg = s.out_per_group();
+    const int M = s.batch * s.out_height * s.out_width, K = s.taps() * s.in_per_group();
+    tile_gemm<BM, BN>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, s, g}, ForwardWeight{w, s, g},
+                      [&](int m, int n, float v) { y[(long long)m * s.out_channels + g * opg + n] = v; });
 }
 
 template <int BM, int BN>
 __device__ void conv_backward_data(float* __restrict__ dx, const float* __restrict__ dy,
                                    const float* __restrict__ w, const ConvShape& s) {
-    const int g = blockIdx.z, ipg = s.in_per_group(), opg = s.out_per_group();
-    const int M = s.batch * s.height * s.width, K = s.taps() * opg;
-    tile_gemm<BM, BN>(
-        M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN,
-        [&](int m, int k) {
-            // Input pixel m receives from output pixel (oh, ow) through tap (kh, kw) when
-            // oh * stride - padding + kh == ih.
-            const int iw = m % s.width, ih = (m / s.width) % s.height, b = m / (s.width * s.height);
-            const int tap = k / opg, o = k % opg;
-            const int th = ih + s.padding - tap / s.kernel, tw = iw + s.padding - tap % s.kernel;
-            if (th < 0 || tw < 0 || th % s.stride != 0 || tw % s.stride != 0) return 0.0f;
-            const int oh = th / s.stride, ow = tw / s.stride;
-            if (oh >= s.out_height || ow >= s.out_width) return 0.0f;
-            return dy[(((long long)b * s.out_height + oh) * s.out_width + ow) * s.out_channels + g * opg + o];
-        },
-        [&](int k, int n) { return w[((g * opg + k % opg) * ipg + n) * s.taps() + k / opg]; },
-        [&](int m, int n, float v) { dx[(long long)m * s.in_channels + g * ipg + n] = v; });
+    const int g = blockIdx.z, ipg = s.in_per_group();
+    const int M = s.batch * s.height * s.width, K = s.taps() * s.out_per_group();
+    tile_gemm<BM, BN>(M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, BackwardGradOut{dy, s, g},
+                      BackwardWeight{w, s, g},
+                      [&](int m, int n, float v) { dx[(long long)m * s.in_channels + g * ipg + n] = v; });
 }
 
 // blockIdx.z = split * groups + g; split covers output pixels [split * chunk, (split + 1) * chunk).
@@ -123,15 +226,13 @@ template <int BM, int BN>
 __device__ void conv_backward_weight(float* __restrict__ partial, const float* __restrict__ x,
                                      const float* __restrict__ dy, const ConvShape& s, int chunk) {
     const int g = blockIdx.z % s.groups, split = blockIdx.z / s.groups;
-    const int ipg = s.in_per_group(), opg = s.out_per_group(), K = s.taps() * ipg;
+    const int opg = s.out_per_group(), K = s.taps() * s.in_per_group();
     const int pixels = s.batch * s.out_height * s.out_width;
     const int begin = split * chunk, end = min(pixels, begin + chunk);
     float* out = partial + (long long)split * s.out_channels * K;
-    tile_gemm<BM, BN>(
-        opg, K, begin, end, blockIdx.x * BM, blockIdx.y * BN,
-        [&](int o, int p) { return dy[(long long)p * s.out_channels + g * opg + o]; },
-        [&](int p, int k) { return gather_input(x, s, g, p, k); },
-        [&](int o, int k, float v) { out[(long long)(g * opg + o) * K + k] = v; });
+    tile_gemm<BM, BN>(opg, K, begin, end, blockIdx.x * BM, blockIdx.y * BN, GradOutChannel{dy, s, g},
+                      InputByPixel{x, s, g},
+                      [&](int o, int k, float v) { out[(long long)(g * opg + o) * K + k] = v; });
 }
 
 #define CONV_SHAPE_PARAMS                                                                                 \
