@@ -21,6 +21,7 @@ unsafe extern "C" {
         err_len: usize,
     ) -> c_int;
     fn cuemu_set_order(order: c_int, seed: c_ulonglong);
+    fn cuemu_set_workers(n: c_int);
     fn cuemu_kernel_count() -> c_int;
     fn cuemu_kernel_name(i: c_int) -> *const c_char;
 }
@@ -76,6 +77,9 @@ impl Drop for HostAllocation {
 
 /// The thread order of every block: `MOCSE_EMU_ORDER` = `ascending` (default), `descending`
 /// or `shuffled[:SEED]`. Running the tests in two orders finds races that one order hides.
+/// `MOCSE_EMU_WORKERS` = N runs blocks on N OS threads; the default is one: a multi-worker run
+/// hung once under heavy machine load (not yet explained), and one worker still runs every
+/// block, only one after another.
 fn configure_once() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -88,8 +92,12 @@ fn configure_once() {
                 _ => (0, 0),
             },
         };
-        // SAFETY: plain setter of the emulator's global configuration.
-        unsafe { cuemu_set_order(order, seed) };
+        let workers = std::env::var("MOCSE_EMU_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+        // SAFETY: plain setters of the emulator's global configuration.
+        unsafe {
+            cuemu_set_order(order, seed);
+            cuemu_set_workers(workers);
+        }
     });
 }
 
