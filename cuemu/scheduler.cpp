@@ -746,9 +746,14 @@ static void worker_main(Worker* w) {
       if (P.stop) return;
       seen = P.generation;
       L = P.current;
+      // Decide under the lock: the Launch lives on the launching thread's stack, and once this
+      // launch is over (it may not wait for a non-participant) the next launch reuses that
+      // memory. Reading `participants` after unlocking let a late worker join the next launch
+      // under the old generation, decrement its counter twice, and hang or corrupt it.
+      if (L && w->index >= L->participants) L = nullptr;
     }
-    // L is null when this worker slept through a whole launch it took no part in.
-    if (!L || w->index >= L->participants) continue;
+    // L is null when this worker takes no part in the launch, or slept through all of it.
+    if (!L) continue;
     run_launch(w, L);
     std::lock_guard<std::mutex> g(P.mu);
     if (--P.remaining == 0) P.cv_done.notify_one();

@@ -77,9 +77,8 @@ impl Drop for HostAllocation {
 
 /// The thread order of every block: `MOCSE_EMU_ORDER` = `ascending` (default), `descending`
 /// or `shuffled[:SEED]`. Running the tests in two orders finds races that one order hides.
-/// `MOCSE_EMU_WORKERS` = N runs blocks on N OS threads; the default is one: a multi-worker run
-/// hung once under heavy machine load (not yet explained), and one worker still runs every
-/// block, only one after another.
+/// `MOCSE_EMU_WORKERS` = N runs blocks on N OS threads; the default is one (every block still
+/// runs, one after another) until the fix of the pool's late-worker race has seen more runs.
 fn configure_once() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
