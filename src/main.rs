@@ -109,12 +109,8 @@ struct TrainArgs {
     /// mocse: weight lambda of the experts' mean binary cross-entropy in CE + lambda * BCE [default: 1.0]
     #[arg(long)]
     bce_weight: Option<f32>,
-    /// Device: auto (the GPU when one is usable, else cpu) or cpu
-    #[arg(long, default_value = "auto")]
-    device: DeviceChoice,
-    /// Convolutions on the cuda device: kernels (the project's) or cudnn (the baseline)
-    #[arg(long, default_value = "kernels")]
-    conv_impl: ConvImpl,
+    #[command(flatten)]
+    run_on: DeviceArgs,
     /// Run directory for config.json, log.jsonl and the checkpoints
     #[arg(long)]
     out: PathBuf,
@@ -124,6 +120,18 @@ struct TrainArgs {
     /// Stop after N more epochs; the run can then be continued with --resume
     #[arg(long, value_name = "N")]
     stop_after: Option<usize>,
+}
+
+/// Where a job runs; shared by train, eval and bench.
+#[derive(Args)]
+struct DeviceArgs {
+    /// Device: auto (the GPU when one is usable, else cpu), cpu, cuda, or emu (the CUDA kernels
+    /// on the CPU through the emulator; slow)
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Convolutions on the cuda device: kernels (the project's) or cudnn (the baseline)
+    #[arg(long, default_value = "kernels")]
+    conv_impl: ConvImpl,
 }
 
 #[derive(Args)]
@@ -140,12 +148,8 @@ struct EvalArgs {
     /// Images per forward pass
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
-    /// Device: auto or cpu
-    #[arg(long, default_value = "auto")]
-    device: DeviceChoice,
-    /// Convolutions on the cuda device: kernels (the project's) or cudnn (the baseline)
-    #[arg(long, default_value = "kernels")]
-    conv_impl: ConvImpl,
+    #[command(flatten)]
+    run_on: DeviceArgs,
     /// Also write the report as JSON to FILE
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -179,12 +183,8 @@ struct BenchArgs {
     /// Timed steps; the median is reported
     #[arg(long, default_value_t = 3)]
     steps: usize,
-    /// Device: auto or cpu
-    #[arg(long, default_value = "auto")]
-    device: DeviceChoice,
-    /// Convolutions on the cuda device: kernels (the project's) or cudnn (the baseline)
-    #[arg(long, default_value = "kernels")]
-    conv_impl: ConvImpl,
+    #[command(flatten)]
+    run_on: DeviceArgs,
     /// Also write the result as JSON to FILE
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -279,8 +279,8 @@ fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    let (device, why) = a.device.resolve()?;
-    use_conv_impl(a.conv_impl, device)?;
+    let (device, why) = a.run_on.device.resolve()?;
+    use_conv_impl(a.run_on.conv_impl, device)?;
     let mut trainer = if a.resume {
         let given = [
             ("--model", a.model.is_some()),
@@ -366,8 +366,8 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let (device, why) = a.device.resolve()?;
-    use_conv_impl(a.conv_impl, device)?;
+    let (device, why) = a.run_on.device.resolve()?;
+    use_conv_impl(a.run_on.conv_impl, device)?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -431,10 +431,10 @@ fn bench(a: BenchArgs) -> Result<()> {
     if a.unfused && (a.model != ModelKind::Mocse || a.what != "train-step") {
         bail!("--unfused applies to --model mocse --what train-step only");
     }
-    let (device, why) = a.device.resolve()?;
+    let (device, why) = a.run_on.device.resolve()?;
     if a.what == "train-step" {
-        use_conv_impl(a.conv_impl, device)?;
-    } else if a.conv_impl == ConvImpl::Cudnn {
+        use_conv_impl(a.run_on.conv_impl, device)?;
+    } else if a.run_on.conv_impl == ConvImpl::Cudnn {
         bail!("--what conv-layers measures cuDNN beside the kernels by itself; leave out --conv-impl");
     }
     let config = ModelConfig {
