@@ -1,0 +1,179 @@
+//! The 19 corruptions against the reference generator's outputs on 48 real photographs
+//! (../shared/testdata/cifar10c_reference.npz, made by make_cifar_c.py): the deterministic ones
+//! value for value, the random ones by their statistics. Every device present runs the same
+//! checks (emu always, cuda when there is a GPU). Each test prints its agreement table; run with
+//! `--nocapture` to see it.
+
+use std::path::PathBuf;
+
+use mocse::corrupt::{Corruption, SEVERITIES, StreamKey, corrupt};
+use mocse::device::Device;
+use mocse::npy::Npz;
+use mocse::tensor::Tensor;
+
+fn testdata() -> PathBuf {
+    let dir = std::env::var_os("MOCSE_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
+    let path = dir.join("cifar10c_reference.npz");
+    assert!(
+        path.exists(),
+        "{} not found (set MOCSE_TESTDATA to the directory that holds it)",
+        path.display()
+    );
+    path
+}
+
+struct Reference {
+    npz: Npz,
+    inputs: Vec<u8>,
+    n: usize,
+}
+
+fn reference() -> Reference {
+    let mut npz = Npz::open(&testdata()).unwrap();
+    let (shape, inputs) = npz.u8_array("inputs").unwrap();
+    assert_eq!(&shape[1..], &[32, 32, 3]);
+    Reference { npz, inputs, n: shape[0] }
+}
+
+fn devices() -> Vec<Device> {
+    let mut out = vec![Device::Emu];
+    match mocse::gpu::cuda::probe() {
+        Ok(_) => out.push(Device::Cuda),
+        Err(why) => eprintln!("SKIPPED on cuda: {why:#}"),
+    }
+    out
+}
+
+/// Our output as uint8 (checked to be whole numbers in 0..255).
+fn run(device: Device, c: Corruption, severity: u8, inputs: &[u8], n: usize, seed: u64) -> Vec<u8> {
+    let x = Tensor::from_vec(&[n, 32, 32, 3], inputs.iter().map(|&v| f32::from(v)).collect());
+    let y = corrupt(&x.to_device(device).unwrap(), c, severity, StreamKey { seed, first_image: 0 })
+        .unwrap_or_else(|e| panic!("{c} severity {severity} on {device}: {e:#}"));
+    assert_eq!(y.shape(), x.shape());
+    y.to_host()
+        .unwrap()
+        .into_iter()
+        .map(|v| {
+            assert!(v.fract() == 0.0 && (0.0..=255.0).contains(&v), "{c} s{severity} on {device}: value {v}");
+            v as u8
+        })
+        .collect()
+}
+
+/// mean |out - in|, mean (out - in), std (out - in), fraction of values changed (0..255 scale),
+/// the statistics of the reference file.
+fn stats(pairs: impl Iterator<Item = (u8, u8)>) -> [f64; 4] {
+    let (mut n, mut abs, mut sum, mut sq, mut changed) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    for (out, inp) in pairs {
+        let d = f64::from(out) - f64::from(inp);
+        n += 1.0;
+        abs += d.abs();
+        sum += d;
+        sq += d * d;
+        changed += f64::from(u8::from(d != 0.0));
+    }
+    let mean = sum / n;
+    [abs / n, mean, (sq / n - mean * mean).max(0.0).sqrt(), changed / n]
+}
+
+/// For a deterministic corruption: (fraction of values equal, max |difference|) per severity.
+fn check_deterministic(c: Corruption, max_diff_allowed: u8, min_equal: f64) {
+    let mut r = reference();
+    for device in devices() {
+        println!("{c} on {device}: severity | values equal | max |diff| | mean |diff|");
+        for s in SEVERITIES {
+            let (_, expected) = r.npz.u8_array(&format!("{}_s{s}", c.name())).unwrap();
+            let ours = run(device, c, s, &r.inputs, r.n, 0);
+            let equal = ours.iter().zip(&expected).filter(|(a, b)| a == b).count() as f64 / ours.len() as f64;
+            let max = ours.iter().zip(&expected).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+            let mean = ours.iter().zip(&expected).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>()
+                / ours.len() as f64;
+            println!("  {s} | {:.4}% | {max} | {mean:.4}", equal * 100.0);
+            assert!(
+                equal >= min_equal && max <= max_diff_allowed,
+                "{c} severity {s} on {device}: {:.3}% equal (need {:.1}%), max difference {max} (allowed {max_diff_allowed})",
+                equal * 100.0,
+                min_equal * 100.0
+            );
+        }
+    }
+}
+
+/// For a random corruption: the four statistics over 8 seeds within 10% of the reference's
+/// (over 8 draws). The signed mean is held to 10% of the mean absolute change: it is a small
+/// difference of large terms, whose sampling noise over 48 images exceeds 10% of itself.
+fn check_random(c: Corruption) {
+    let mut r = reference();
+    for device in devices() {
+        println!(
+            "{c} on {device}: severity | mean|d| ours/ref | mean d ours/ref | std d ours/ref | changed ours/ref"
+        );
+        for s in SEVERITIES {
+            let expected: [f64; 4] =
+                r.npz.f64_array(&format!("stats_{}_s{s}", c.name())).unwrap().try_into().unwrap();
+            let mut outs = Vec::new();
+            for seed in 0..8 {
+                outs.extend(run(device, c, s, &r.inputs, r.n, seed));
+            }
+            let ours = stats(outs.iter().copied().zip(r.inputs.iter().copied().cycle()));
+            println!(
+                "  {s} | {:.3}/{:.3} | {:.3}/{:.3} | {:.3}/{:.3} | {:.4}/{:.4}",
+                ours[0], expected[0], ours[1], expected[1], ours[2], expected[2], ours[3], expected[3]
+            );
+            for (i, name) in ["mean |d|", "mean d", "std d", "fraction changed"].iter().enumerate() {
+                let scale = if i == 1 { expected[0] } else { expected[i].abs() };
+                assert!(
+                    (ours[i] - expected[i]).abs() <= 0.10 * scale,
+                    "{c} severity {s} on {device}: {name} {:.4} vs reference {:.4} (more than 10% off)",
+                    ours[i],
+                    expected[i]
+                );
+            }
+        }
+    }
+}
+
+macro_rules! deterministic {
+    ($($name:ident: $c:expr, $max:expr, $equal:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            check_deterministic($c, $max, $equal);
+        }
+    )*};
+}
+
+macro_rules! random {
+    ($($name:ident: $c:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            check_random($c);
+        }
+    )*};
+}
+
+deterministic! {
+    gaussian_blur: Corruption::GaussianBlur, 1, 0.99;
+    defocus_blur: Corruption::DefocusBlur, 1, 0.99;
+    zoom_blur: Corruption::ZoomBlur, 1, 0.99;
+    brightness: Corruption::Brightness, 1, 0.99;
+    contrast: Corruption::Contrast, 1, 0.99;
+    saturate: Corruption::Saturate, 1, 0.99;
+    pixelate: Corruption::Pixelate, 1, 0.99;
+    jpeg_compression: Corruption::JpegCompression, 1, 0.99;
+}
+
+random! {
+    gaussian_noise: Corruption::GaussianNoise;
+    shot_noise: Corruption::ShotNoise;
+    impulse_noise: Corruption::ImpulseNoise;
+    speckle_noise: Corruption::SpeckleNoise;
+    glass_blur: Corruption::GlassBlur;
+    motion_blur: Corruption::MotionBlur;
+    snow: Corruption::Snow;
+    frost: Corruption::Frost;
+    fog: Corruption::Fog;
+    spatter: Corruption::Spatter;
+    elastic_transform: Corruption::ElasticTransform;
+}
