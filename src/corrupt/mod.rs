@@ -10,6 +10,7 @@
 
 mod blur;
 mod digital;
+pub mod export;
 mod fog;
 pub mod frost;
 mod jpeg;

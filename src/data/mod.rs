@@ -7,6 +7,7 @@
 
 mod augment;
 mod cifar10;
+pub mod cifar10c;
 mod synthetic;
 
 use std::fmt;

@@ -1,0 +1,156 @@
+//! Writing corrupted sets to disk in the CIFAR-10-C layout (what `mocse corrupt` does): one
+//! `<corruption>.npy` per corruption, rows grouped by severity in ascending order, each block
+//! all input images in input order; `labels.npy` (the labels repeated per severity) when the
+//! labels are known; and `corrupt.json` recording how the set was made.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
+use indicatif::ProgressBar;
+
+use super::{Corruption, StreamKey, corrupt};
+use crate::atomic_file::write_atomic;
+use crate::data::cifar10c::{CorruptManifest, MANIFEST_FILE};
+use crate::data::{DataSpec, Dataset, IMAGE_LEN, Split};
+use crate::device::Device;
+use crate::npy::{NpyU8, write_u8};
+use crate::robustness::upload_u8;
+
+/// `--input`: a `.npy` file of uint8 (N, 32, 32, 3) RGB images, or the test split of a data set.
+#[derive(Clone, Debug)]
+pub enum ImageInput {
+    Npy(PathBuf),
+    Data(DataSpec),
+}
+
+impl FromStr for ImageInput {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "synthetic" || s.starts_with("cifar10:") {
+            return s.parse::<DataSpec>().map(ImageInput::Data).map_err(|e| e.to_string());
+        }
+        if s.ends_with(".npy") {
+            return Ok(ImageInput::Npy(PathBuf::from(s)));
+        }
+        Err(format!("invalid input '{s}': expected FILE.npy, cifar10:DIR or synthetic"))
+    }
+}
+
+impl fmt::Display for ImageInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageInput::Npy(p) => write!(f, "{}", p.display()),
+            ImageInput::Data(d) => write!(f, "{d} (test split)"),
+        }
+    }
+}
+
+/// Clean images in memory, NHWC uint8, with their labels when known.
+pub struct CleanImages {
+    pub pixels: Vec<u8>,
+    pub labels: Option<Vec<u8>>,
+    pub len: usize,
+}
+
+impl CleanImages {
+    /// Loads `input`; `limit` keeps the first N images. `synthetic_seed` selects the synthetic set.
+    pub fn load(input: &ImageInput, limit: Option<usize>, synthetic_seed: u64) -> Result<CleanImages> {
+        match input {
+            ImageInput::Npy(path) => {
+                let file = NpyU8::open(path)?;
+                let shape = file.shape();
+                if shape.len() != 4 || shape[1..] != [32, 32, 3] {
+                    bail!(
+                        "{} holds shape {shape:?}; expected uint8 images of shape (N, 32, 32, 3), RGB",
+                        path.display()
+                    );
+                }
+                let len = limit.map_or(shape[0], |l| l.min(shape[0]));
+                if len == 0 {
+                    bail!("{} holds no images", path.display());
+                }
+                Ok(CleanImages { pixels: file.data()[..len * IMAGE_LEN].to_vec(), labels: None, len })
+            }
+            ImageInput::Data(spec) => {
+                let data = Dataset::load(spec, Split::Test, limit, synthetic_seed)?;
+                let mut pixels = vec![0u8; data.len() * IMAGE_LEN];
+                for (i, chunk) in pixels.chunks_exact_mut(IMAGE_LEN).enumerate() {
+                    data.image_u8(i, chunk);
+                }
+                Ok(CleanImages { pixels, labels: Some(data.labels()), len: data.len() })
+            }
+        }
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.pixels[i * IMAGE_LEN..(i + 1) * IMAGE_LEN]
+    }
+}
+
+/// How to corrupt and where to write.
+pub struct ExportSettings<'a> {
+    pub corruptions: &'a [Corruption],
+    pub severities: &'a [u8],
+    pub seed: u64,
+    pub out_dir: &'a Path,
+    pub batch_size: usize,
+    pub device: Device,
+    pub input_name: String,
+}
+
+/// Corrupts `images` and writes the set. Returns, per corruption, the corrupted versions of
+/// image `keep` at each severity (for a gallery).
+pub fn export(
+    images: &CleanImages,
+    settings: &ExportSettings,
+    keep: usize,
+    progress: &ProgressBar,
+) -> Result<Vec<(Corruption, Vec<Vec<u8>>)>> {
+    let ExportSettings { corruptions, severities, seed, out_dir, batch_size, device, .. } = *settings;
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let n = images.len;
+    let mut kept = Vec::new();
+    for &c in corruptions {
+        progress.set_message(c.name());
+        let mut out = vec![0u8; severities.len() * n * IMAGE_LEN];
+        for first in (0..n).step_by(batch_size) {
+            let count = batch_size.min(n - first);
+            let clean =
+                upload_u8(&images.pixels[first * IMAGE_LEN..(first + count) * IMAGE_LEN], count, device)?;
+            for (k, &s) in severities.iter().enumerate() {
+                let y = corrupt(&clean, c, s, StreamKey { seed, first_image: first as u64 })?.to_host()?;
+                let rows = &mut out[(k * n + first) * IMAGE_LEN..(k * n + first + count) * IMAGE_LEN];
+                for (dst, v) in rows.iter_mut().zip(y) {
+                    *dst = v as u8; // whole numbers in 0..255 by construction
+                }
+                progress.inc(count as u64);
+            }
+        }
+        let path = out_dir.join(format!("{}.npy", c.name()));
+        write_u8(&path, &[severities.len() * n, 32, 32, 3], &out)?;
+        kept.push((
+            c,
+            (0..severities.len())
+                .map(|k| out[(k * n + keep) * IMAGE_LEN..(k * n + keep + 1) * IMAGE_LEN].to_vec())
+                .collect(),
+        ));
+    }
+    if let Some(labels) = &images.labels {
+        write_u8(&out_dir.join("labels.npy"), &[severities.len() * n], &labels.repeat(severities.len()))?;
+    }
+    let manifest = CorruptManifest {
+        input: settings.input_name.clone(),
+        num_images: n,
+        severities: severities.to_vec(),
+        seed,
+        corruptions: corruptions.iter().map(|c| c.name().to_string()).collect(),
+        mocse: crate::BUILD.to_string(),
+    };
+    write_atomic(&out_dir.join(MANIFEST_FILE), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    Ok(kept)
+}

@@ -1,0 +1,305 @@
+//! Corruption robustness evaluation: accuracy on the clean test set and on every (corruption,
+//! severity) pair, with the corrupted images generated on the device batch by batch or read from
+//! CIFAR-10-C files, and the report in JSON, Markdown and CSV.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::{Result, bail};
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+
+use crate::corrupt::{Corruption, Group, StreamKey, corrupt};
+use crate::data::cifar10c::Cifar10C;
+use crate::data::{CHANNELS, Dataset, IMAGE_LEN, IMAGE_SIZE};
+use crate::device::Device;
+use crate::eval::class_scores;
+use crate::nn::model::Model;
+use crate::nn::preact_resnet::Weights;
+use crate::ops::elementwise::scale_tensor;
+use crate::ops::loss::count_correct;
+use crate::tensor::Tensor;
+
+/// Where the corrupted images come from.
+pub enum CorruptedSource<'a> {
+    /// Generated on the device from the clean test images with this seed.
+    Generate { seed: u64 },
+    /// Read from CIFAR-10-C files (labels checked against the test set's).
+    Files(&'a Cifar10C),
+}
+
+/// Correct predictions: clean and per (corruption, severity), over `num_images` each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorruptionCounts {
+    pub num_images: usize,
+    pub clean: usize,
+    pub corrupted: BTreeMap<(Corruption, u8), usize>,
+}
+
+/// Evaluates `model` on `test` and on its corrupted versions.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_corruptions(
+    model: &Model,
+    weights: &Weights,
+    test: &Dataset,
+    corruptions: &[Corruption],
+    severities: &[u8],
+    source: &CorruptedSource,
+    batch_size: usize,
+    progress: Option<&ProgressBar>,
+) -> Result<CorruptionCounts> {
+    let device = weights.device();
+    let n = test.len();
+    let mut counts = CorruptionCounts { num_images: n, clean: 0, corrupted: BTreeMap::new() };
+    let labels = test.labels();
+    let files = match source {
+        CorruptedSource::Files(dir) => {
+            if dir.images_per_severity() < n {
+                bail!(
+                    "{} holds {} images per severity; the test set has {n}",
+                    dir.dir().display(),
+                    dir.images_per_severity()
+                );
+            }
+            if dir.labels()[..n] != labels[..] {
+                bail!(
+                    "the labels of {} do not match the test set's: not the same images",
+                    dir.dir().display()
+                );
+            }
+            if let Some(s) = severities.iter().find(|s| !dir.severities().contains(s)) {
+                bail!("{} holds severities {:?}, not {s}", dir.dir().display(), dir.severities());
+            }
+            corruptions.iter().map(|&c| dir.open_corruption(c)).collect::<Result<Vec<_>>>()?
+        }
+        CorruptedSource::Generate { .. } => Vec::new(),
+    };
+    let mut pixels = vec![0u8; batch_size.min(n) * IMAGE_LEN];
+    for first in (0..n).step_by(batch_size) {
+        let count = batch_size.min(n - first);
+        let batch_labels = &labels[first..first + count];
+        for (i, chunk) in pixels[..count * IMAGE_LEN].chunks_exact_mut(IMAGE_LEN).enumerate() {
+            test.image_u8(first + i, chunk);
+        }
+        let clean = upload_u8(&pixels[..count * IMAGE_LEN], count, device)?;
+        counts.clean += correct_on(model, weights, &clean, batch_labels)?;
+        tick(progress, count);
+        for (k, &c) in corruptions.iter().enumerate() {
+            for &s in severities {
+                let corrupted = match source {
+                    CorruptedSource::Generate { seed } => {
+                        corrupt(&clean, c, s, StreamKey { seed: *seed, first_image: first as u64 })?
+                    }
+                    CorruptedSource::Files(_) => upload_u8(files[k].images(s, first, count)?, count, device)?,
+                };
+                *counts.corrupted.entry((c, s)).or_default() +=
+                    correct_on(model, weights, &corrupted, batch_labels)?;
+                tick(progress, count);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+fn tick(progress: Option<&ProgressBar>, count: usize) {
+    if let Some(pb) = progress {
+        pb.inc(count as u64);
+    }
+}
+
+/// uint8 NHWC images as a (count, 32, 32, 3) tensor of 0..255 values on `device`.
+pub fn upload_u8(pixels: &[u8], count: usize, device: Device) -> Result<Tensor> {
+    let values = pixels.iter().map(|&v| f32::from(v)).collect();
+    Tensor::from_vec(&[count, IMAGE_SIZE, IMAGE_SIZE, CHANNELS], values).to_device(device)
+}
+
+/// Correct predictions on images of 0..255 values.
+fn correct_on(model: &Model, weights: &Weights, images: &Tensor, labels: &[u8]) -> Result<usize> {
+    let unit = scale_tensor(images, 1.0 / 255.0)?;
+    let labels: Vec<u32> = labels.iter().map(|&l| u32::from(l)).collect();
+    count_correct(&class_scores(model, weights, unit)?, &labels)
+}
+
+/// What `mocse eval --corruptions` reports. Accuracies are fractions in [0, 1].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CorruptionReport {
+    pub model: String,
+    pub model_description: String,
+    pub run: String,
+    pub checkpoint_epoch: usize,
+    pub data: String,
+    /// "generated (seed S)" or "cifar10c:DIR".
+    pub corrupted_images: String,
+    pub device: String,
+    pub num_images: usize,
+    pub severities: Vec<u8>,
+    pub clean_accuracy: f64,
+    /// corruption name -> severity ("1".."5") or "mean" -> accuracy.
+    pub corruptions: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Severity -> mean accuracy over the evaluated corruptions.
+    pub per_severity: BTreeMap<String, f64>,
+    /// Group (Noise, Blur, Weather, Digital) -> mean over its evaluated corruptions.
+    pub per_group: BTreeMap<String, f64>,
+    /// Mean over all 19 corruptions; null unless all 19 were evaluated.
+    pub mean_19: Option<f64>,
+    /// Mean over the 15 benchmark corruptions (RobustBench); null unless all 15 were evaluated.
+    pub mean_15: Option<f64>,
+    pub mocse: String,
+}
+
+/// The parts of a report that describe the run rather than the numbers.
+pub struct ReportContext {
+    pub model: String,
+    pub model_description: String,
+    pub run: String,
+    pub checkpoint_epoch: usize,
+    pub data: String,
+    pub corrupted_images: String,
+    pub device: String,
+}
+
+fn mean(xs: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = xs.into_iter().fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+impl CorruptionReport {
+    pub fn new(ctx: ReportContext, counts: &CorruptionCounts, severities: &[u8]) -> CorruptionReport {
+        let n = counts.num_images as f64;
+        let evaluated: Vec<Corruption> =
+            Corruption::ALL.into_iter().filter(|&c| counts.corrupted.keys().any(|&(k, _)| k == c)).collect();
+        let accuracy = |c: Corruption, s: u8| counts.corrupted[&(c, s)] as f64 / n;
+        let corruption_mean = |c: Corruption| mean(severities.iter().map(|&s| accuracy(c, s))).unwrap_or(0.0);
+        let corruptions = evaluated
+            .iter()
+            .map(|&c| {
+                let mut row: BTreeMap<String, f64> =
+                    severities.iter().map(|&s| (s.to_string(), accuracy(c, s))).collect();
+                row.insert("mean".into(), corruption_mean(c));
+                (c.name().to_string(), row)
+            })
+            .collect();
+        let per_severity = severities
+            .iter()
+            .filter_map(|&s| Some((s.to_string(), mean(evaluated.iter().map(|&c| accuracy(c, s)))?)))
+            .collect();
+        let per_group = Group::ALL
+            .iter()
+            .filter_map(|&g| {
+                Some((
+                    g.name().to_string(),
+                    mean(evaluated.iter().filter(|c| c.group() == g).map(|&c| corruption_mean(c)))?,
+                ))
+            })
+            .collect();
+        let all_of = |set: &mut dyn Iterator<Item = Corruption>| -> Option<f64> {
+            let set: Vec<Corruption> = set.collect();
+            set.iter()
+                .all(|c| evaluated.contains(c))
+                .then(|| mean(set.iter().map(|&c| corruption_mean(c))))?
+        };
+        CorruptionReport {
+            model: ctx.model,
+            model_description: ctx.model_description,
+            run: ctx.run,
+            checkpoint_epoch: ctx.checkpoint_epoch,
+            data: ctx.data,
+            corrupted_images: ctx.corrupted_images,
+            device: ctx.device,
+            num_images: counts.num_images,
+            severities: severities.to_vec(),
+            clean_accuracy: counts.clean as f64 / n,
+            corruptions,
+            per_severity,
+            per_group,
+            mean_19: all_of(&mut Corruption::ALL.into_iter()),
+            mean_15: all_of(&mut Corruption::ALL.into_iter().filter(|c| c.is_benchmark())),
+            mocse: crate::BUILD.to_string(),
+        }
+    }
+
+    /// The evaluated corruptions in table order.
+    pub fn evaluated(&self) -> Vec<Corruption> {
+        Corruption::ALL.into_iter().filter(|c| self.corruptions.contains_key(c.name())).collect()
+    }
+
+    /// Accuracy of `c` at severity `s` (or "mean").
+    pub fn accuracy(&self, c: Corruption, key: &str) -> Option<f64> {
+        self.corruptions.get(c.name())?.get(key).copied()
+    }
+
+    /// A Markdown table: a row per corruption (grouped), columns severities and mean; then the
+    /// per-severity means and the overall means. Percentages with two decimals.
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# Corruption robustness: {}\n", self.model_description);
+        let _ = writeln!(
+            out,
+            "Run `{}` (epoch {}), {} test images of {}, corrupted images {}, device {}.\n",
+            self.run, self.checkpoint_epoch, self.num_images, self.data, self.corrupted_images, self.device
+        );
+        let _ = writeln!(out, "Clean accuracy: **{}**\n", pct(Some(self.clean_accuracy)));
+        let sev: Vec<String> = self.severities.iter().map(|s| s.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "| group | corruption | {} | mean |",
+            sev.iter().map(|s| format!("s{s}")).collect::<Vec<_>>().join(" | ")
+        );
+        let _ = writeln!(out, "|---|---|{}---:|", "---:|".repeat(sev.len()));
+        for c in self.evaluated() {
+            let cells: Vec<String> = sev.iter().map(|s| pct(self.accuracy(c, s))).collect();
+            let name = if c.is_benchmark() { c.name().to_string() } else { format!("{} (extra)", c.name()) };
+            let _ = writeln!(
+                out,
+                "| {} | {name} | {} | {} |",
+                c.group().name(),
+                cells.join(" | "),
+                pct(self.accuracy(c, "mean"))
+            );
+        }
+        let cells: Vec<String> = sev.iter().map(|s| pct(self.per_severity.get(s).copied())).collect();
+        let _ = writeln!(out, "| | **mean per severity** | {} | |", cells.join(" | "));
+        let _ = writeln!(out);
+        for g in Group::ALL {
+            if let Some(v) = self.per_group.get(g.name()) {
+                let _ = writeln!(out, "- {} mean: {}", g.name(), pct(Some(*v)));
+            }
+        }
+        let _ = writeln!(out, "- mean over the 15 benchmark corruptions: {}", pct(self.mean_15));
+        let _ = writeln!(out, "- mean over all 19 corruptions: {}", pct(self.mean_19));
+        out
+    }
+
+    /// Long-format CSV: `corruption,group,benchmark,severity,accuracy`, with `clean` and the
+    /// means as rows of their own (severity `mean` or `all`).
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("corruption,group,benchmark,severity,accuracy\n");
+        let _ = writeln!(out, "clean,,,,{:.6}", self.clean_accuracy);
+        for c in self.evaluated() {
+            for key in self.severities.iter().map(|s| s.to_string()).chain(["mean".to_string()]) {
+                if let Some(v) = self.accuracy(c, &key) {
+                    let _ =
+                        writeln!(out, "{},{},{},{key},{v:.6}", c.name(), c.group().name(), c.is_benchmark());
+                }
+            }
+        }
+        for (s, v) in &self.per_severity {
+            let _ = writeln!(out, "mean_per_severity,,,{s},{v:.6}");
+        }
+        for (g, v) in &self.per_group {
+            let _ = writeln!(out, "mean_group,{g},,all,{v:.6}");
+        }
+        if let Some(v) = self.mean_15 {
+            let _ = writeln!(out, "mean_15,,true,all,{v:.6}");
+        }
+        if let Some(v) = self.mean_19 {
+            let _ = writeln!(out, "mean_19,,,all,{v:.6}");
+        }
+        out
+    }
+}
+
+/// `12.34%`, or `n/a`.
+pub fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("{:.2}%", 100.0 * v))
+}
