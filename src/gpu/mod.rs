@@ -29,6 +29,7 @@ pub enum Arg {
     U32(u32),
     U64(u64),
     F32(f32),
+    F64(f64),
 }
 
 impl From<i32> for Arg {
@@ -171,6 +172,7 @@ pub fn launch(device: Device, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Re
                 Arg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
                 Arg::U32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
                 Arg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+                Arg::F64(v) => s.copy_from_slice(&v.to_le_bytes()),
             }
             s
         })
