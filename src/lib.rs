@@ -15,6 +15,7 @@ pub mod nn;
 pub mod npy;
 pub mod ops;
 pub mod parallel;
+pub mod raster;
 pub mod rng;
 pub mod robustness;
 pub mod selftest;
