@@ -1,10 +1,65 @@
-//! (being written)
+//! snow (CORRUPTIONS.md §3.10), one kernel in `kernels/corrupt_snow.cu` built from the blur
+//! family's helpers (clipped_zoom and the ImageMagick motion blur of `kernels/corrupt_blur.cuh`).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-use super::StreamKey;
+use super::{Corruption, StreamKey, per_image};
+use crate::gpu::{self, Arg};
 use crate::tensor::Tensor;
 
-pub(super) fn apply(_input: &Tensor, _severity: u8, _key: StreamKey) -> Result<Tensor> {
-    bail!("snow is not implemented yet")
+/// The CIFAR tuple of the reference generator per severity.
+struct Snow {
+    mean: f64,
+    std: f64,
+    zoom: f64,
+    threshold: f64,
+    blur_radius: f64,
+    blur_sigma: f64,
+    blend: f64,
+}
+
+const fn snow(
+    mean: f64,
+    std: f64,
+    zoom: f64,
+    threshold: f64,
+    blur_radius: f64,
+    blur_sigma: f64,
+    blend: f64,
+) -> Snow {
+    Snow { mean, std, zoom, threshold, blur_radius, blur_sigma, blend }
+}
+
+const SNOW: [Snow; 5] = [
+    snow(0.1, 0.2, 1.0, 0.6, 8.0, 3.0, 0.95),
+    snow(0.1, 0.2, 1.0, 0.5, 10.0, 4.0, 0.9),
+    snow(0.15, 0.3, 1.75, 0.55, 10.0, 4.0, 0.9),
+    snow(0.25, 0.3, 2.25, 0.6, 12.0, 6.0, 0.85),
+    snow(0.3, 0.3, 1.25, 0.65, 14.0, 12.0, 0.8),
+];
+
+pub(super) fn apply(input: &Tensor, severity: u8, key: StreamKey) -> Result<Tensor> {
+    let device = input.device();
+    let p = &SNOW[usize::from(severity - 1)];
+    let out = Tensor::output_on(device, input.shape())?;
+    let bits = |v: f64| Arg::U64(v.to_bits());
+    let [seed, first] = key.args();
+    let args = [
+        out.arg(),
+        input.arg(),
+        bits(p.mean),
+        bits(p.std),
+        bits(p.zoom),
+        bits(p.threshold),
+        bits(p.blur_radius),
+        bits(p.blur_sigma),
+        bits(p.blend),
+        bits(1.0 - p.blend),
+        seed,
+        first,
+        Arg::I32(Corruption::Snow.id()),
+        Arg::I32(i32::from(severity)),
+    ];
+    gpu::launch(device, "corrupt_snow", per_image(device, input.shape()[0]), &args)?;
+    Ok(out)
 }
