@@ -293,3 +293,55 @@ pub fn bench_conv_layers(
     }
     Ok(rows)
 }
+
+/// Speed of one corruption over severities 1-5.
+#[derive(Debug, Serialize)]
+pub struct CorruptionBenchRow {
+    pub corruption: &'static str,
+    /// Images per second at severity 1..5.
+    pub images_per_s: Vec<f64>,
+    /// All five severities together: 5 * batch / total time (the reference's convention:
+    /// CORRUPTIONS.md section 8 averages its rates over the 5 severities).
+    pub mean_images_per_s: f64,
+    /// Seconds for all five severities of this batch.
+    pub seconds: f64,
+}
+
+/// Times every corruption at every severity on `batch_size` synthetic test images already on
+/// `device` (median of `steps` after `warmup`).
+pub fn bench_corruptions(
+    corruptions: &[crate::corrupt::Corruption],
+    batch_size: usize,
+    device: Device,
+    warmup: usize,
+    steps: usize,
+    mut progress: impl FnMut(&CorruptionBenchRow),
+) -> Result<Vec<CorruptionBenchRow>> {
+    use crate::corrupt::{SEVERITIES, StreamKey, corrupt};
+    use crate::data::{DataSpec, Dataset, IMAGE_LEN, Split};
+    let data =
+        Dataset::load(&DataSpec::Synthetic, Split::Test, Some(batch_size), crate::train::SYNTHETIC_SET_SEED)?;
+    let mut pixels = vec![0u8; batch_size * IMAGE_LEN];
+    for (i, chunk) in pixels.chunks_exact_mut(IMAGE_LEN).enumerate() {
+        data.image_u8(i, chunk);
+    }
+    let images = crate::robustness::upload_u8(&pixels, batch_size, device)?;
+    let mut rows = Vec::new();
+    for &c in corruptions {
+        let mut times = Vec::new();
+        for s in SEVERITIES {
+            let key = StreamKey { seed: 0, first_image: 0 };
+            times.push(time_median(device, warmup, steps, || corrupt(&images, c, s, key).map(drop))?);
+        }
+        let seconds: f64 = times.iter().sum();
+        let row = CorruptionBenchRow {
+            corruption: c.name(),
+            images_per_s: times.iter().map(|t| batch_size as f64 / t).collect(),
+            mean_images_per_s: (times.len() * batch_size) as f64 / seconds,
+            seconds,
+        };
+        progress(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}

@@ -11,6 +11,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mocse::atomic_file::write_atomic;
 use mocse::bench::bench_train_step;
 use mocse::checkpoint::{self, MODEL_FILE};
+use mocse::compare::{Column, chart_data, default_labels, read_report, table1_markdown};
+use mocse::corrupt::export::{CleanImages, ExportSettings, ImageInput, export};
+use mocse::corrupt::{Corruption, CorruptionList, SeverityList};
+use mocse::data::cifar10c::Cifar10C;
 use mocse::data::{DataSpec, Dataset, Split};
 use mocse::device::{Device, DeviceChoice};
 use mocse::eval::{EvalReport, count_correct_on};
@@ -18,6 +22,8 @@ use mocse::nn::model::{Model, ModelConfig, ModelKind};
 use mocse::ops::aggregate::Aggregate;
 use mocse::ops::conv::{ConvImpl, set_conv_impl};
 use mocse::ops::sgd::SgdConfig;
+use mocse::raster::{bar_chart_png, gallery_png};
+use mocse::robustness::{CorruptedSource, CorruptionReport, ReportContext, evaluate_corruptions};
 use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, read_config};
 
 // Large tensors are allocated and freed every step; mimalloc keeps those pages mapped instead
@@ -49,6 +55,10 @@ enum Command {
     Bench(BenchArgs),
     /// Check every kernel against the cpu device, or (--compile-only) compile every kernel with NVRTC.
     Selftest(SelftestArgs),
+    /// Write corrupted copies of a set of images (the 19 CIFAR-10-C corruptions) in the CIFAR-10-C layout.
+    Corrupt(CorruptArgs),
+    /// Render corruption reports of several runs side by side as the paper's Table 1, and a bar chart.
+    Compare(CompareArgs),
 }
 
 /// Settings of a new run. They are options so that `--resume`, which takes every setting from
@@ -150,21 +160,102 @@ struct EvalArgs {
     batch_size: usize,
     #[command(flatten)]
     run_on: DeviceArgs,
+    /// Also evaluate on corrupted test images: `all` or a comma-separated list of names
+    /// (gaussian_noise, shot_noise, impulse_noise, speckle_noise, defocus_blur, glass_blur,
+    /// motion_blur, zoom_blur, gaussian_blur, snow, frost, fog, spatter, brightness, contrast,
+    /// elastic_transform, pixelate, jpeg_compression, saturate). Generated on the device batch by
+    /// batch unless --cifar10c is given [default with --cifar10c: all]
+    #[arg(long, value_name = "NAMES")]
+    corruptions: Option<CorruptionList>,
+    /// Severities to evaluate: K, A-B or K,L,.. within 1-5
+    #[arg(long, default_value = "1-5")]
+    severities: SeverityList,
+    /// Seed of the generated corruptions (the same seed gives the same corrupted images)
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Read the corrupted images from a CIFAR-10-C directory (<corruption>.npy and labels.npy,
+    /// as published or as written by `mocse corrupt`) instead of generating them
+    #[arg(long, value_name = "DIR")]
+    cifar10c: Option<PathBuf>,
     /// Also write the report as JSON to FILE
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// With corruptions: also write the report as a Markdown table to FILE
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+    /// With corruptions: also write the report as CSV (one accuracy per line) to FILE
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CorruptArgs {
+    /// Images to corrupt: FILE.npy (uint8, shape (N, 32, 32, 3), RGB), cifar10:DIR (the test
+    /// split of the CIFAR-10 binary version) or synthetic (the built-in test set)
+    #[arg(long)]
+    input: ImageInput,
+    /// Corruptions: `all` or a comma-separated list of names (see `mocse eval --help`)
+    #[arg(long, default_value = "all")]
+    corruption: CorruptionList,
+    /// Severities: K, A-B or K,L,.. within 1-5; rows are written in ascending order
+    #[arg(long, default_value = "1-5")]
+    severity: SeverityList,
+    /// Seed of the random corruptions (the same seed gives the same output on every device)
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory: <corruption>.npy per corruption, labels.npy when the labels are
+    /// known, and corrupt.json (how the set was made)
+    #[arg(long)]
+    out: PathBuf,
+    /// Corrupt only the first N images
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Also draw a labelled picture grid to FILE.png: a row per corruption, columns clean and
+    /// each severity
+    #[arg(long, value_name = "FILE.png")]
+    gallery: Option<PathBuf>,
+    /// Which input image the gallery shows (0-based)
+    #[arg(long, default_value_t = 0)]
+    gallery_image: usize,
+    /// Images per device batch
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Device: auto (the GPU when one is usable, else cpu), cpu, cuda, or emu (the cpu device
+    /// also runs the corruption kernels through the emulator)
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// Reports written by `mocse eval --corruptions ... --json FILE`, one column each
+    #[arg(required = true, value_name = "REPORT.json")]
+    reports: Vec<PathBuf>,
+    /// Column names, comma-separated, one per report [default: each run directory's name]
+    #[arg(long, value_delimiter = ',')]
+    labels: Option<Vec<String>>,
+    /// Write the Markdown table to FILE instead of standard output
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Also draw a bar chart of the per-corruption accuracy of every run to FILE.png
+    #[arg(long, value_name = "FILE.png")]
+    chart: Option<PathBuf>,
 }
 
 #[derive(Args)]
 struct BenchArgs {
-    /// What to measure: train-step (a whole training step and an inference pass) or
+    /// What to measure: train-step (a whole training step and an inference pass),
     /// conv-layers (every distinct convolution of the model, forward, backward data and backward
-    /// weight; for mocse fused vs the experts one by one vs a dense conv of equal FLOPs)
+    /// weight; for mocse fused vs the experts one by one vs a dense conv of equal FLOPs) or
+    /// corrupt (images/s of every corruption at every severity)
     #[arg(long, default_value = "train-step")]
     what: String,
-    /// Model: preact18 or mocse
+    /// Model: preact18 or mocse (train-step and conv-layers)
     #[arg(long)]
-    model: ModelKind,
+    model: Option<ModelKind>,
+    /// corrupt: which corruptions, `all` or a comma-separated list
+    #[arg(long, default_value = "all")]
+    corruptions: CorruptionList,
     /// preact18: base width
     #[arg(long, default_value_t = 64)]
     width: usize,
@@ -174,9 +265,9 @@ struct BenchArgs {
     /// mocse: run the experts as N separate networks one after another instead of fused
     #[arg(long)]
     unfused: bool,
-    /// Images per step
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    /// Images per step [default: 64; corrupt: 1000]
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Untimed steps before measuring
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -228,6 +319,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
         Command::Selftest(args) => selftest(args),
+        Command::Corrupt(args) => corrupt_images(args),
+        Command::Compare(args) => compare(args),
     }
 }
 
@@ -371,6 +464,14 @@ fn eval(a: EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let corruptions = match (&a.corruptions, &a.cifar10c) {
+        (Some(c), _) => Some(c.0.clone()),
+        (None, Some(_)) => Some(Corruption::ALL.to_vec()),
+        (None, None) => None,
+    };
+    if corruptions.is_none() && (a.markdown.is_some() || a.csv.is_some()) {
+        bail!("--markdown and --csv write corruption reports; give --corruptions (or --cifar10c) too");
+    }
     let config = read_config(&a.run)?;
     let model = Model::new(config.model);
     let (weights, progress) = checkpoint::load_model(&a.run.join(MODEL_FILE), model.fused())
@@ -381,54 +482,203 @@ fn eval(a: EvalArgs) -> Result<()> {
         None => config.data_spec()?,
     };
     let test = Dataset::load(&spec, Split::Test, a.test_subset, SYNTHETIC_SET_SEED)?;
+    let Some(corruptions) = corruptions else {
+        eprintln!(
+            "{why}; evaluating {} (epoch {}) on {} test images of {spec}",
+            config.model.describe(),
+            progress.epoch,
+            test.len()
+        );
+        let bar = progress_bar(test.len() as u64, "[{bar:30}] {pos}/{len} images ({per_sec}, {eta} left)");
+        let correct = count_correct_on(&model, &weights, &test, a.batch_size, Some(&bar))?;
+        bar.finish_and_clear();
+        let report = EvalReport {
+            model: config.model.kind.to_string(),
+            model_description: config.model.describe(),
+            run: a.run.display().to_string(),
+            checkpoint_epoch: progress.epoch,
+            data: spec.to_string(),
+            device: device.to_string(),
+            clean_accuracy: correct as f64 / test.len() as f64,
+            mocse: mocse::BUILD.to_string(),
+            num_images: test.len(),
+        };
+        println!(
+            "clean accuracy: {:.2}% ({correct}/{} images)",
+            100.0 * report.clean_accuracy,
+            report.num_images
+        );
+        if let Some(path) = &a.json {
+            write_json(path, &report)?;
+        }
+        return Ok(());
+    };
+    let files = a.cifar10c.as_deref().map(Cifar10C::open).transpose()?;
+    let (source, described) = match &files {
+        Some(f) => (CorruptedSource::Files(f), format!("cifar10c:{}", f.dir().display())),
+        None => {
+            (CorruptedSource::Generate { seed: a.seed }, format!("generated on {device} (seed {})", a.seed))
+        }
+    };
+    let passes = 1 + corruptions.len() * a.severities.0.len();
     eprintln!(
-        "{why}; evaluating {} (epoch {}) on {} test images of {spec}",
+        "{why}; evaluating {} (epoch {}) on {} test images of {spec}, clean and {} corruptions x severities {:?} \
+         ({described})",
         config.model.describe(),
         progress.epoch,
-        test.len()
+        test.len(),
+        corruptions.len(),
+        a.severities.0
     );
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::new(test.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("[{bar:30}] {pos}/{len} images ({per_sec}, {eta} left)")
-            .expect("static template")
-            .progress_chars("=> "),
+    let bar = progress_bar(
+        (test.len() * passes) as u64,
+        "[{bar:30}] {pos}/{len} image evaluations ({per_sec}, {eta} left)",
     );
-    let correct = count_correct_on(&model, &weights, &test, a.batch_size, Some(&bar))?;
+    let counts = evaluate_corruptions(
+        &model,
+        &weights,
+        &test,
+        &corruptions,
+        &a.severities.0,
+        &source,
+        a.batch_size,
+        Some(&bar),
+    )?;
     bar.finish_and_clear();
-    let report = EvalReport {
-        model: config.model.kind.to_string(),
-        model_description: config.model.describe(),
-        run: a.run.display().to_string(),
-        checkpoint_epoch: progress.epoch,
-        data: spec.to_string(),
-        device: device.to_string(),
-        clean_accuracy: correct as f64 / test.len() as f64,
-        mocse: mocse::BUILD.to_string(),
-        num_images: test.len(),
-    };
-    println!(
-        "clean accuracy: {:.2}% ({correct}/{} images)",
-        100.0 * report.clean_accuracy,
-        report.num_images
+    let report = CorruptionReport::new(
+        ReportContext {
+            model: config.model.kind.to_string(),
+            model_description: config.model.describe(),
+            run: a.run.display().to_string(),
+            checkpoint_epoch: progress.epoch,
+            data: spec.to_string(),
+            corrupted_images: described,
+            device: device.to_string(),
+        },
+        &counts,
+        &a.severities.0,
     );
+    print!("{}", report.to_markdown());
     if let Some(path) = &a.json {
         write_json(path, &report)?;
+    }
+    if let Some(path) = &a.markdown {
+        write_atomic(path, report.to_markdown().as_bytes())?;
+    }
+    if let Some(path) = &a.csv {
+        write_atomic(path, report.to_csv().as_bytes())?;
+    }
+    for path in [&a.json, &a.markdown, &a.csv].into_iter().flatten() {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal, hidden otherwise (logs stay clean).
+fn progress_bar(len: u64, template: &str) -> ProgressBar {
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(len) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template(template).expect("static template").progress_chars("=> "));
+    bar
+}
+
+fn corrupt_images(a: CorruptArgs) -> Result<()> {
+    let (device, why) = a.device.resolve()?;
+    let images = CleanImages::load(&a.input, a.limit, SYNTHETIC_SET_SEED)?;
+    if a.gallery.is_some() && a.gallery_image >= images.len {
+        bail!("--gallery-image {} is out of range: the input has {} images", a.gallery_image, images.len);
+    }
+    let settings = ExportSettings {
+        corruptions: &a.corruption.0,
+        severities: &a.severity.0,
+        seed: a.seed,
+        out_dir: &a.out,
+        batch_size: a.batch_size,
+        device,
+        input_name: a.input.to_string(),
+    };
+    eprintln!(
+        "{why}; corrupting {} images of {} with {} corruptions at severities {:?} (seed {})",
+        images.len,
+        a.input,
+        a.corruption.0.len(),
+        a.severity.0,
+        a.seed
+    );
+    eprintln!("writing to {}", a.out.display());
+    let total = (images.len * a.corruption.0.len() * a.severity.0.len()) as u64;
+    let bar = progress_bar(total, "{msg:>18} [{bar:30}] {pos}/{len} images ({per_sec}, {eta} left)");
+    let start = std::time::Instant::now();
+    let kept = export(&images, &settings, a.gallery_image, &bar)?;
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "wrote {} corruptions x {} severities x {} images to {} in {seconds:.1} s ({:.0} images/s)",
+        a.corruption.0.len(),
+        a.severity.0.len(),
+        images.len,
+        a.out.display(),
+        total as f64 / seconds
+    );
+    if let Some(path) = &a.gallery {
+        let mut columns = vec!["clean".to_string()];
+        columns.extend(a.severity.0.iter().map(|s| format!("severity {s}")));
+        let clean = images.image(a.gallery_image);
+        let rows: Vec<String> = kept.iter().map(|(c, _)| c.name().to_string()).collect();
+        let cells: Vec<Vec<&[u8]>> = kept
+            .iter()
+            .map(|(_, versions)| std::iter::once(clean).chain(versions.iter().map(Vec::as_slice)).collect())
+            .collect();
+        write_atomic(path, &gallery_png(&rows, &columns, &cells, 3)?)?;
+        println!("wrote the gallery to {}", path.display());
+    }
+    Ok(())
+}
+
+fn compare(a: CompareArgs) -> Result<()> {
+    let reports = a.reports.iter().map(|p| read_report(p)).collect::<Result<Vec<_>>>()?;
+    let labels = match a.labels {
+        Some(l) if l.len() != reports.len() => {
+            bail!("--labels names {} columns but {} reports are given", l.len(), reports.len())
+        }
+        Some(l) => l,
+        None => default_labels(&reports),
+    };
+    let columns: Vec<Column> =
+        labels.into_iter().zip(reports).map(|(label, report)| Column { label, report }).collect();
+    let table = table1_markdown(&columns)?;
+    match &a.out {
+        Some(path) => {
+            write_atomic(path, table.as_bytes())?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{table}"),
+    }
+    if let Some(path) = &a.chart {
+        let (categories, series) = chart_data(&columns);
+        write_atomic(
+            path,
+            &bar_chart_png("Accuracy per corruption (mean over severities, %)", &categories, &series)?,
+        )?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    if a.what != "train-step" && a.what != "conv-layers" {
-        bail!("unknown --what '{}'; expected train-step or conv-layers", a.what);
+    if !["train-step", "conv-layers", "corrupt"].contains(&a.what.as_str()) {
+        bail!("unknown --what '{}'; expected train-step, conv-layers or corrupt", a.what);
     }
-    if a.batch_size < 2 || a.steps == 0 {
+    if a.what == "corrupt" {
+        return bench_corrupt(a);
+    }
+    let Some(model) = a.model else {
+        bail!("--what {} needs --model preact18 or --model mocse", a.what);
+    };
+    let batch_size = a.batch_size.unwrap_or(64);
+    if batch_size < 2 || a.steps == 0 {
         bail!("--batch-size must be at least 2 and --steps at least 1");
     }
-    if a.unfused && (a.model != ModelKind::Mocse || a.what != "train-step") {
+    if a.unfused && (model != ModelKind::Mocse || a.what != "train-step") {
         bail!("--unfused applies to --model mocse --what train-step only");
     }
     let (device, why) = a.run_on.device.resolve()?;
@@ -438,9 +688,9 @@ fn bench(a: BenchArgs) -> Result<()> {
         bail!("--what conv-layers measures cuDNN beside the kernels by itself; leave out --conv-impl");
     }
     let config = ModelConfig {
-        kind: a.model,
+        kind: model,
         num_classes: 10,
-        width: if a.model == ModelKind::Mocse { a.expert_width } else { a.width },
+        width: if model == ModelKind::Mocse { a.expert_width } else { a.width },
         aggregate: Aggregate::Prob,
         bce_weight: 1.0,
     };
@@ -449,12 +699,12 @@ fn bench(a: BenchArgs) -> Result<()> {
         "{why}; measuring {} of {} at batch {} ({} warm-up + {} timed runs, median)",
         a.what,
         config.describe(),
-        a.batch_size,
+        batch_size,
         a.warmup,
         a.steps
     );
     if a.what == "conv-layers" {
-        let rows = mocse::bench::bench_conv_layers(config, a.batch_size, device, a.warmup, a.steps)?;
+        let rows = mocse::bench::bench_conv_layers(config, batch_size, device, a.warmup, a.steps)?;
         println!(
             "{:<20} {:>3} {:<16} {:<20} {:>7} {:>9} {:>10}",
             "layer", "n", "direction", "implementation", "launch", "ms", "GFLOP/s"
@@ -476,7 +726,7 @@ fn bench(a: BenchArgs) -> Result<()> {
                 "what": "conv-layers",
                 "model": config.describe(),
                 "device": device.to_string(),
-                "batch_size": a.batch_size,
+                "batch_size": batch_size,
                 "mocse": mocse::BUILD,
                 "rows": rows,
             });
@@ -484,11 +734,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let r = bench_train_step(config, !a.unfused, a.batch_size, device, a.warmup, a.steps)?;
+    let r = bench_train_step(config, !a.unfused, batch_size, device, a.warmup, a.steps)?;
     println!(
         "{}{}: train {:.1} images/s ({:.1} GFLOP/s), inference {:.1} images/s ({:.1} GFLOP/s), {} threads",
         r.model_description,
-        match (a.model, a.unfused) {
+        match (model, a.unfused) {
             (ModelKind::Mocse, true) => ", unfused",
             (ModelKind::Mocse, false) => ", fused",
             _ => "",
@@ -501,6 +751,57 @@ fn bench(a: BenchArgs) -> Result<()> {
     );
     if let Some(path) = &a.json {
         write_json(path, &r)?;
+    }
+    Ok(())
+}
+
+fn bench_corrupt(a: BenchArgs) -> Result<()> {
+    if a.model.is_some() || a.unfused {
+        bail!("--what corrupt measures the corruptions alone; leave out --model and --unfused");
+    }
+    let batch_size = a.batch_size.unwrap_or(1000);
+    if batch_size == 0 || a.steps == 0 {
+        bail!("--batch-size and --steps must be at least 1");
+    }
+    let (device, why) = a.run_on.device.resolve()?;
+    eprintln!(
+        "{why}; measuring {} corruptions x 5 severities on {batch_size} images ({} warm-up + {} timed runs, median)",
+        a.corruptions.0.len(),
+        a.warmup,
+        a.steps
+    );
+    println!(
+        "{:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9}",
+        "corruption", "s1", "s2", "s3", "s4", "s5", "img/s", "seconds"
+    );
+    let rows =
+        mocse::bench::bench_corruptions(&a.corruptions.0, batch_size, device, a.warmup, a.steps, |r| {
+            let per: Vec<String> = r.images_per_s.iter().map(|v| format!("{v:>9.0}")).collect();
+            println!(
+                "{:<18} {} {:>10.0} {:>9.3}",
+                r.corruption,
+                per.join(" "),
+                r.mean_images_per_s,
+                r.seconds
+            );
+        })?;
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    println!(
+        "all {} x 5 on {batch_size} images: {total:.3} s ({:.3} s per 10,000 images)",
+        rows.len(),
+        total * 10_000.0 / batch_size as f64
+    );
+    if let Some(path) = &a.json {
+        let report = serde_json::json!({
+            "what": "corrupt",
+            "device": device.to_string(),
+            "batch_size": batch_size,
+            "emulator_workers": std::env::var("MOCSE_EMU_WORKERS").unwrap_or_else(|_| "1".into()),
+            "total_seconds": total,
+            "mocse": mocse::BUILD,
+            "rows": rows,
+        });
+        write_json(path, &report)?;
     }
     Ok(())
 }

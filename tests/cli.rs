@@ -199,7 +199,7 @@ fn bad_flags_and_bad_files_give_clear_errors() {
 
 #[test]
 fn help_explains_every_flag() {
-    for cmd in ["train", "eval", "bench"] {
+    for cmd in ["train", "eval", "bench", "corrupt", "compare", "selftest"] {
         let r = mocse(&[cmd, "--help"]);
         assert!(r.ok);
         for line in r.stdout.lines().filter(|l| l.trim_start().starts_with("--")) {

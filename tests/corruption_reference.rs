@@ -78,14 +78,39 @@ fn stats(pairs: impl Iterator<Item = (u8, u8)>) -> [f64; 4] {
     [abs / n, mean, (sq / n - mean * mean).max(0.0).sqrt(), changed / n]
 }
 
+/// Severity must change the damage (mean |out - in|) the way it does in the reference: where
+/// the reference's damage grows (or shrinks) by more than 5% from one severity to the next,
+/// ours must grow (or shrink) too. Most corruptions grow; saturate, elastic and frost do not
+/// throughout (CORRUPTIONS.md), and this follows the reference rather than a list.
+fn check_severity_order(c: Corruption, device: Device, ours: &[f64], reference: &[f64]) {
+    for s in 1..ours.len() {
+        let (r0, r1, o0, o1) = (reference[s - 1], reference[s], ours[s - 1], ours[s]);
+        let (from, to) = (s, s + 1);
+        if r1 > 1.05 * r0 {
+            assert!(
+                o1 > o0,
+                "{c} on {device}: damage should grow from severity {from} to {to} ({r0:.3} -> {r1:.3} in the reference), ours {o0:.3} -> {o1:.3}"
+            );
+        } else if r1 < r0 / 1.05 {
+            assert!(
+                o1 < o0,
+                "{c} on {device}: damage should shrink from severity {from} to {to} ({r0:.3} -> {r1:.3} in the reference), ours {o0:.3} -> {o1:.3}"
+            );
+        }
+    }
+}
+
 /// For a deterministic corruption: (fraction of values equal, max |difference|) per severity.
 fn check_deterministic(c: Corruption, max_diff_allowed: u8, min_equal: f64) {
     let mut r = reference();
     for device in devices() {
         println!("{c} on {device}: severity | values equal | max |diff| | mean |diff|");
+        let (mut damage, mut reference_damage) = (Vec::new(), Vec::new());
         for s in SEVERITIES {
             let (_, expected) = r.npz.u8_array(&format!("{}_s{s}", c.name())).unwrap();
             let ours = run(device, c, s, &r.inputs, r.n, 0);
+            damage.push(stats(ours.iter().copied().zip(r.inputs.iter().copied()))[0]);
+            reference_damage.push(stats(expected.iter().copied().zip(r.inputs.iter().copied()))[0]);
             let equal = ours.iter().zip(&expected).filter(|(a, b)| a == b).count() as f64 / ours.len() as f64;
             let max = ours.iter().zip(&expected).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
             let mean = ours.iter().zip(&expected).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>()
@@ -98,6 +123,7 @@ fn check_deterministic(c: Corruption, max_diff_allowed: u8, min_equal: f64) {
                 min_equal * 100.0
             );
         }
+        check_severity_order(c, device, &damage, &reference_damage);
     }
 }
 
@@ -110,6 +136,7 @@ fn check_random(c: Corruption) {
         println!(
             "{c} on {device}: severity | mean|d| ours/ref | mean d ours/ref | std d ours/ref | changed ours/ref"
         );
+        let (mut damage, mut reference_damage) = (Vec::new(), Vec::new());
         for s in SEVERITIES {
             let expected: [f64; 4] =
                 r.npz.f64_array(&format!("stats_{}_s{s}", c.name())).unwrap().try_into().unwrap();
@@ -118,6 +145,8 @@ fn check_random(c: Corruption) {
                 outs.extend(run(device, c, s, &r.inputs, r.n, seed));
             }
             let ours = stats(outs.iter().copied().zip(r.inputs.iter().copied().cycle()));
+            damage.push(ours[0]);
+            reference_damage.push(expected[0]);
             println!(
                 "  {s} | {:.3}/{:.3} | {:.3}/{:.3} | {:.3}/{:.3} | {:.4}/{:.4}",
                 ours[0], expected[0], ours[1], expected[1], ours[2], expected[2], ours[3], expected[3]
@@ -132,6 +161,7 @@ fn check_random(c: Corruption) {
                 );
             }
         }
+        check_severity_order(c, device, &damage, &reference_damage);
     }
 }
 

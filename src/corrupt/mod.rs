@@ -223,6 +223,28 @@ pub fn parse_severities(s: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// A parsed `--corruptions` value (see [`parse_corruption_list`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptionList(pub Vec<Corruption>);
+
+impl FromStr for CorruptionList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_corruption_list(s).map(CorruptionList)
+    }
+}
+
+/// A parsed `--severities` value (see [`parse_severities`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeverityList(pub Vec<u8>);
+
+impl FromStr for SeverityList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_severities(s).map(SeverityList)
+    }
+}
+
 /// The random-stream key of a batch: the seed and the global index of its first image.
 #[derive(Clone, Copy, Debug)]
 pub struct StreamKey {
