@@ -348,12 +348,15 @@ inline constexpr double __longlong_as_double(long long x) { return std::bit_cast
 
 namespace cuemu {
 namespace detail {
-// Keeps g++ from contracting the result of an explicitly rounded op into an FMA.
-inline float opaque(float x) {
+// Keeps g++ from contracting an explicitly rounded op with its neighbours into an FMA (as
+// NVRTC's __fmul_rn / __fadd_rn never are): applied to a product's result, and to a sum's
+// operands, which may themselves be plain products.
+template <typename T>
+inline T opaque(T x) {
 #if defined(__x86_64__)
   asm("" : "+x"(x));
 #else
-  volatile float v = x;
+  volatile T v = x;
   x = v;
 #endif
   return x;
@@ -381,9 +384,20 @@ inline float __frsqrt_rn(float x) { return 1.0f / sqrtf(x); }
 inline float __saturatef(float x) { return x > 0.0f ? (x < 1.0f ? x : 1.0f) : 0.0f; }  // NaN -> 0
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
-inline float __fadd_rn(float a, float b) { return cuemu::detail::opaque(a + b); }
-inline float __fsub_rn(float a, float b) { return cuemu::detail::opaque(a - b); }
+inline float __fadd_rn(float a, float b) {
+  return cuemu::detail::opaque(cuemu::detail::opaque(a) + cuemu::detail::opaque(b));
+}
+inline float __fsub_rn(float a, float b) {
+  return cuemu::detail::opaque(cuemu::detail::opaque(a) - cuemu::detail::opaque(b));
+}
 inline float __fmul_rn(float a, float b) { return cuemu::detail::opaque(a * b); }
+inline double __dadd_rn(double a, double b) {
+  return cuemu::detail::opaque(cuemu::detail::opaque(a) + cuemu::detail::opaque(b));
+}
+inline double __dsub_rn(double a, double b) {
+  return cuemu::detail::opaque(cuemu::detail::opaque(a) - cuemu::detail::opaque(b));
+}
+inline double __dmul_rn(double a, double b) { return cuemu::detail::opaque(a * b); }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline int __float2int_rn(float x) { return static_cast<int>(nearbyintf(x)); }
 inline int __float2int_rz(float x) { return static_cast<int>(truncf(x)); }

@@ -18,10 +18,9 @@ constexpr int kDefocusSide = 2 * kDefocusHalf + 1;
 }  // namespace corrupt_blur_kernels
 
 // gaussian_blur (§3.5): clip(skimage gaussian(x / 255., sigma, mode 'nearest'), 0, 1) * 255, uint8.
-extern "C" __global__ void corrupt_gaussian_blur(float* out, const float* in, unsigned long long sigma_bits) {
+extern "C" __global__ void corrupt_gaussian_blur(float* out, const float* in, double sigma) {
   using namespace corrupt_blur_kernels;
   __shared__ double row_pass[CORRUPT_LEN];
-  const double sigma = __longlong_as_double((long long)sigma_bits);
   double w[corrupt_blur::kMaxGaussRadius + 1];
   const int radius = corrupt_blur::gaussian_weights(sigma, w);
   const float* src = in + (size_t)blockIdx.x * CORRUPT_LEN;
@@ -38,13 +37,12 @@ extern "C" __global__ void corrupt_gaussian_blur(float* out, const float* in, un
 // before they are read, so each iteration is a parallel gather from the previous state.
 // Random draws: block (iteration << 10 | h * 32 + w) of the image's stream, word 0 for dx, word 1
 // for dy.
-extern "C" __global__ void corrupt_glass_blur(float* out, const float* in, unsigned long long sigma_bits,
+extern "C" __global__ void corrupt_glass_blur(float* out, const float* in, double sigma,
                                               int iterations, unsigned long long seed,
                                               unsigned long long first_image, int corruption, int severity) {
   using namespace corrupt_blur_kernels;
   __shared__ double row_pass[CORRUPT_LEN];
   __shared__ unsigned char state[2][CORRUPT_LEN];
-  const double sigma = __longlong_as_double((long long)sigma_bits);
   double w[corrupt_blur::kMaxGaussRadius + 1];
   const int radius = corrupt_blur::gaussian_weights(sigma, w);
   const CorruptionKey key = corruption_key(seed, first_image + blockIdx.x, corruption, severity);
@@ -102,7 +100,7 @@ extern "C" __global__ void corrupt_defocus_blur(float* out, const float* in, con
         if (t == 0.0) continue;  // adds +0 in the reference: no change
         const int sx = reflect101_index(x + j - kDefocusHalf, CORRUPT_SIZE);
         for (int c = 0; c < 3; ++c)
-          acc[c] = corrupt_blur::dadd(acc[c], corrupt_blur::dmul(unit(src[rgb_index(sy, sx, c)]), t));
+          acc[c] = __dadd_rn(acc[c], __dmul_rn(unit(src[rgb_index(sy, sx, c)]), t));
       }
     }
     for (int c = 0; c < 3; ++c) dst[p * 3 + c] = trunc_unit_to_u8(acc[c]);
@@ -111,8 +109,8 @@ extern "C" __global__ void corrupt_defocus_blur(float* out, const float* in, con
 
 // motion_blur (§3.8): ImageMagick's motion blur of the 8-bit image with (radius, sigma) and an
 // angle uniform in [-45, 45) degrees (block 0 of the image's stream), 8-bit output.
-extern "C" __global__ void corrupt_motion_blur(float* out, const float* in, unsigned long long radius_bits,
-                                               unsigned long long sigma_bits, unsigned long long seed,
+extern "C" __global__ void corrupt_motion_blur(float* out, const float* in, double radius,
+                                               double sigma, unsigned long long seed,
                                                unsigned long long first_image, int corruption, int severity) {
   using namespace corrupt_blur_kernels;
   __shared__ corrupt_blur::MotionTaps taps;
@@ -123,8 +121,8 @@ extern "C" __global__ void corrupt_motion_blur(float* out, const float* in, unsi
     const CorruptionKey key = corruption_key(seed, first_image + blockIdx.x, corruption, severity);
     const Philox4 r = corruption_block(key, 0);
     const double angle = -45.0 + 90.0 * uniform_f64(r.v[0], r.v[1]);
-    corrupt_blur::motion_taps(__longlong_as_double((long long)radius_bits),
-                              __longlong_as_double((long long)sigma_bits), angle, &taps);
+    corrupt_blur::motion_taps(radius,
+                              sigma, angle, &taps);
   }
   for (int i = threadIdx.x; i < CORRUPT_LEN; i += blockDim.x) image[i] = (unsigned char)src[i];
   __syncthreads();
@@ -147,10 +145,10 @@ extern "C" __global__ void corrupt_zoom_blur(float* out, const float* in, int co
   const float* src = in + (size_t)blockIdx.x * CORRUPT_LEN;
   float* dst = out + (size_t)blockIdx.x * CORRUPT_LEN;
   for (int i = threadIdx.x; i < CORRUPT_LEN; i += blockDim.x) x32[i] = (float)unit(src[i]);
-  const double delta = corrupt_blur::dadd(1.0, 0.01) - 1.0;
+  const double delta = __dadd_rn(1.0, 0.01) - 1.0;
   for (int i = threadIdx.x; i < count * CORRUPT_SIZE; i += blockDim.x) {
     const int f = i / CORRUPT_SIZE;
-    const corrupt_blur::ZoomAxis axis = corrupt_blur::zoom_axis(corrupt_blur::dadd(1.0, corrupt_blur::dmul((double)f, delta)));
+    const corrupt_blur::ZoomAxis axis = corrupt_blur::zoom_axis(__dadd_rn(1.0, __dmul_rn((double)f, delta)));
     table[f][i % CORRUPT_SIZE] = corrupt_blur::zoom_tap(axis, i % CORRUPT_SIZE);
   }
   __syncthreads();
@@ -162,13 +160,13 @@ extern "C" __global__ void corrupt_zoom_blur(float* out, const float* in, int co
       const corrupt_blur::ZoomTap ty = table[f][y], tx = table[f][x];
       for (int c = 0; c < 3; ++c) {
         const double v = corrupt_blur::clipped_zoom_at(ty, tx, c, [&](int sy, int sx, int sc) { return x32[rgb_index(sy, sx, sc)]; });
-        sum[c] = corrupt_blur::fadd(sum[c], (float)v);
+        sum[c] = __fadd_rn(sum[c], (float)v);
       }
     }
     for (int c = 0; c < 3; ++c) {
-      float v = corrupt_blur::fadd(x32[p * 3 + c], sum[c]) / divisor;
+      float v = __fadd_rn(x32[p * 3 + c], sum[c]) / divisor;
       v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
-      dst[p * 3 + c] = (float)(int)corrupt_blur::fmul(v, 255.0f);
+      dst[p * 3 + c] = (float)(int)__fmul_rn(v, 255.0f);
     }
   }
 }

@@ -5,30 +5,13 @@
 //
 // Exactness: the reference truncates to uint8, so a flat region whose weights sum to 1 - 1ulp
 // drops a whole level. The helpers therefore repeat the reference's float operations in its
-// order, and use the non-contracting products and sums below so that the GPU build does not
-// fuse them into FMAs (NVRTC fuses by default; the reference's x86-64 builds do not).
+// order, and use the explicitly rounded __dmul_rn / __dadd_rn (never fused into FMAs; NVRTC fuses
+// plain a * b + c by default, the reference's x86-64 builds do not).
 #pragma once
 #include "corrupt_common.cuh"
 
 namespace corrupt_blur {
 
-// a * b and a + b rounded once each (never fused into an FMA).
-__device__ __forceinline__ double dmul(double a, double b) {
-#ifdef CUEMU
-  return a * b;
-#else
-  return __dmul_rn(a, b);
-#endif
-}
-__device__ __forceinline__ double dadd(double a, double b) {
-#ifdef CUEMU
-  return a + b;
-#else
-  return __dadd_rn(a, b);
-#endif
-}
-__device__ __forceinline__ float fmul(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ float fadd(float a, float b) { return __fadd_rn(a, b); }
 
 // ---------------------------------------------------------------------------------------------
 // Gaussian filter: skimage.filters.gaussian(mode='nearest', truncate=4) = scipy gaussian_filter
@@ -48,17 +31,17 @@ __device__ __forceinline__ double numpy_sum_small(const double* v, int n) {
   double s;
   if (m < 8) {
     s = 0.0;
-    for (int i = 0; i < m; ++i) s = dadd(s, rest[i]);
+    for (int i = 0; i < m; ++i) s = __dadd_rn(s, rest[i]);
   } else {
     double r[8];
     for (int j = 0; j < 8; ++j) r[j] = rest[j];
     int i = 8;
     for (; i + 8 <= m; i += 8)
-      for (int j = 0; j < 8; ++j) r[j] = dadd(r[j], rest[i + j]);
-    s = dadd(dadd(dadd(r[0], r[1]), dadd(r[2], r[3])), dadd(dadd(r[4], r[5]), dadd(r[6], r[7])));
-    for (; i < m; ++i) s = dadd(s, rest[i]);
+      for (int j = 0; j < 8; ++j) r[j] = __dadd_rn(r[j], rest[i + j]);
+    s = __dadd_rn(__dadd_rn(__dadd_rn(r[0], r[1]), __dadd_rn(r[2], r[3])), __dadd_rn(__dadd_rn(r[4], r[5]), __dadd_rn(r[6], r[7])));
+    for (; i < m; ++i) s = __dadd_rn(s, rest[i]);
   }
-  return dadd(v[0], s);
+  return __dadd_rn(v[0], s);
 }
 
 // scipy's kernel radius for truncate 4.
@@ -70,9 +53,9 @@ __device__ __forceinline__ int gaussian_radius(double sigma) { return (int)(4.0 
 __device__ __forceinline__ int gaussian_weights(double sigma, double* w) {
   int radius = gaussian_radius(sigma);
   if (radius > kMaxGaussRadius) radius = kMaxGaussRadius;  // outside the supported range
-  const double scale = -0.5 / dmul(sigma, sigma);
+  const double scale = -0.5 / __dmul_rn(sigma, sigma);
   double full[2 * kMaxGaussRadius + 1];
-  for (int x = -radius; x <= radius; ++x) full[x + radius] = exp(dmul(scale, (double)(x * x)));
+  for (int x = -radius; x <= radius; ++x) full[x + radius] = exp(__dmul_rn(scale, (double)(x * x)));
   const double total = numpy_sum_small(full, 2 * radius + 1);
   for (int k = 0; k <= radius; ++k) w[k] = full[radius + k] / total;
   return radius;
@@ -82,8 +65,8 @@ __device__ __forceinline__ int gaussian_weights(double sigma, double* w) {
 // from the outermost inward, (v[-k] + v[+k]) * w[k] (NI_Correlate1D's symmetric branch).
 template <class Sample>
 __device__ __forceinline__ double correlate_symmetric(const double* w, int radius, Sample sample) {
-  double acc = dmul(sample(0), w[0]);
-  for (int k = radius; k >= 1; --k) acc = dadd(acc, dmul(dadd(sample(-k), sample(k)), w[k]));
+  double acc = __dmul_rn(sample(0), w[0]);
+  for (int k = radius; k >= 1; --k) acc = __dadd_rn(acc, __dmul_rn(__dadd_rn(sample(-k), sample(k)), w[k]));
   return acc;
 }
 
@@ -157,7 +140,7 @@ __device__ __forceinline__ int motion_blur_u8(const MotionTaps& t, int y, int x,
   double acc = 0.0;
   for (int i = 0; i < t.width; ++i) {
     const double q16 = 257.0 * (double)load(clamp_index(y + t.dy[i], N), clamp_index(x + t.dx[i], N), c);
-    acc = dadd(acc, dmul(t.weight[i], q16));
+    acc = __dadd_rn(acc, __dmul_rn(t.weight[i], q16));
   }
   double q = floor(acc + 0.5);
   q = q < 0.0 ? 0.0 : (q > 65535.0 ? 65535.0 : q);
@@ -219,10 +202,10 @@ __device__ __forceinline__ ZoomTap zoom_tap(const ZoomAxis& a, int i) {
 // ((v00 * wy0 * wx0 + v01 * wy0 * wx1) + v10 * wy1 * wx0) + v11 * wy1 * wx1.
 template <class Load>
 __device__ __forceinline__ double clipped_zoom_at(const ZoomTap& ty, const ZoomTap& tx, int c, Load load) {
-  double acc = dmul(dmul((double)load(ty.lo, tx.lo, c), ty.w0), tx.w0);
-  acc = dadd(acc, dmul(dmul((double)load(ty.lo, tx.hi, c), ty.w0), tx.w1));
-  acc = dadd(acc, dmul(dmul((double)load(ty.hi, tx.lo, c), ty.w1), tx.w0));
-  acc = dadd(acc, dmul(dmul((double)load(ty.hi, tx.hi, c), ty.w1), tx.w1));
+  double acc = __dmul_rn(__dmul_rn((double)load(ty.lo, tx.lo, c), ty.w0), tx.w0);
+  acc = __dadd_rn(acc, __dmul_rn(__dmul_rn((double)load(ty.lo, tx.hi, c), ty.w0), tx.w1));
+  acc = __dadd_rn(acc, __dmul_rn(__dmul_rn((double)load(ty.hi, tx.lo, c), ty.w1), tx.w0));
+  acc = __dadd_rn(acc, __dmul_rn(__dmul_rn((double)load(ty.hi, tx.hi, c), ty.w1), tx.w1));
   return acc;
 }
 

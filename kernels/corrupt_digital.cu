@@ -4,27 +4,10 @@
 //
 // Brightness, saturate, contrast and pixelate are deterministic and must match the reference
 // value for value after np.uint8's truncation (§1), so they repeat the reference's float64
-// operations in its order, each product rounded on its own (see product_rn).
+// operations in its order, each product rounded on its own (__dmul_rn: never fused into an FMA).
 #include "corrupt_common.cuh"
 
 namespace corrupt_digital_detail {
-
-// numpy rounds every product before the next addition; a fused multiply-add (NVRTC's and
-// g++ -mfma's default contraction of a*b + c) rounds once and flips truncations.
-__device__ __forceinline__ double product_rn(double a, double b) {
-#ifdef CUEMU
-    double p = a * b;
-#if defined(__x86_64__)
-    asm("" : "+x"(p));  // opaque to the optimiser: the product stays a separate operation
-#else
-    volatile double v = p;
-    p = v;
-#endif
-    return p;
-#else
-    return __dmul_rn(a, b);
-#endif
-}
 
 __device__ __forceinline__ double clip_unit(double v) { return v < 0.0 ? 0.0 : (v > 1.0 ? 1.0 : v); }
 
@@ -60,12 +43,12 @@ __device__ __forceinline__ Hsv rgb_to_hsv(double r, double g, double b) {
 
 // hsv2rgb: sector hi = floor(6h) mod 6, fraction f = 6h - floor(6h).
 __device__ __forceinline__ void hsv_to_rgb(Hsv c, double rgb[3]) {
-    const double h6 = product_rn(c.h, 6.0);
+    const double h6 = __dmul_rn(c.h, 6.0);
     const double hi = floor(h6);
     const double f = h6 - hi;
-    const double p = product_rn(c.v, 1.0 - c.s);
-    const double q = product_rn(c.v, 1.0 - product_rn(f, c.s));
-    const double t = product_rn(c.v, 1.0 - product_rn(1.0 - f, c.s));
+    const double p = __dmul_rn(c.v, 1.0 - c.s);
+    const double q = __dmul_rn(c.v, 1.0 - __dmul_rn(f, c.s));
+    const double t = __dmul_rn(c.v, 1.0 - __dmul_rn(1.0 - f, c.s));
     const double v = c.v;
     switch ((int)hi % 6) {
         case 0: rgb[0] = v, rgb[1] = t, rgb[2] = p; break;
@@ -85,7 +68,7 @@ __device__ __forceinline__ void hsv_adjust(float* __restrict__ out, const float*
     for (int p = threadIdx.x; p < CORRUPT_PIXELS; p += blockDim.x) {
         Hsv c = rgb_to_hsv((double)x[3 * p] / 255.0, (double)x[3 * p + 1] / 255.0, (double)x[3 * p + 2] / 255.0);
         if (saturation) {
-            c.s = clip_unit(product_rn(c.s, scale) + add_value);
+            c.s = clip_unit(__dmul_rn(c.s, scale) + add_value);
         } else {
             c.v = clip_unit(c.v + add_value);
         }
@@ -109,7 +92,7 @@ __device__ __forceinline__ int box_taps(int in_size, int out_size, int index, in
     const double scale = (double)in_size / out_size;
     const double filter_scale = scale < 1.0 ? 1.0 : scale;
     const double support = 0.5 * filter_scale;
-    const double center = product_rn(index + 0.5, scale);
+    const double center = __dmul_rn(index + 0.5, scale);
     const double inv_filter_scale = 1.0 / filter_scale;
     int first = (int)(center - support + 0.5);
     if (first < 0) first = 0;
@@ -125,7 +108,7 @@ __device__ __forceinline__ int box_taps(int in_size, int out_size, int index, in
     }
     for (int j = 0; j < box_max_taps; ++j) {
         const double k = sum != 0.0 ? w[j] / sum : w[j];
-        weights[j] = (int)(0.5 + product_rn(k, (double)(1 << resample_precision_bits)));
+        weights[j] = (int)(0.5 + __dmul_rn(k, (double)(1 << resample_precision_bits)));
     }
     return first;
 }
@@ -153,28 +136,27 @@ __device__ __forceinline__ int reflect101_any(int i, int n) {
 
 }  // namespace corrupt_digital_detail
 
-// skimage rgb2hsv, V = clip(V + delta, 0, 1), hsv2rgb (§3.13). delta: float64 bits.
+// skimage rgb2hsv, V = clip(V + delta, 0, 1), hsv2rgb (§3.13).
 extern "C" __global__ void corrupt_brightness(float* __restrict__ out, const float* __restrict__ in,
-                                              unsigned long long delta_bits) {
-    corrupt_digital_detail::hsv_adjust(out, in, false, 1.0, __longlong_as_double((long long)delta_bits));
+                                              double delta) {
+    corrupt_digital_detail::hsv_adjust(out, in, false, 1.0, delta);
 }
 
 // skimage rgb2hsv, S = clip(S * scale + offset, 0, 1), hsv2rgb (§3.15). Greys have H = 0, so a
 // positive offset tints them red (the reference's quirk, kept).
 extern "C" __global__ void corrupt_saturate(float* __restrict__ out, const float* __restrict__ in,
-                                            unsigned long long scale_bits, unsigned long long offset_bits) {
-    corrupt_digital_detail::hsv_adjust(out, in, true, __longlong_as_double((long long)scale_bits),
-                                       __longlong_as_double((long long)offset_bits));
+                                            double scale, double offset) {
+    corrupt_digital_detail::hsv_adjust(out, in, true, scale,
+                                       offset);
 }
 
 // out = clip((x - mean) * c + mean) with the per-channel mean over the image (§3.14). numpy's
 // mean over axes (0, 1) adds the 1024 pixels one after another (the kept channel axis is the
 // inner loop, so no pairwise summation), then divides: one thread per channel does the same.
 extern "C" __global__ void corrupt_contrast(float* __restrict__ out, const float* __restrict__ in,
-                                            unsigned long long factor_bits) {
+                                            double factor) {
     using namespace corrupt_digital_detail;
     __shared__ double channel_mean[3];
-    const double factor = __longlong_as_double((long long)factor_bits);
     const float* x = in + (size_t)blockIdx.x * CORRUPT_LEN;
     float* y = out + (size_t)blockIdx.x * CORRUPT_LEN;
     if (threadIdx.x < 3) {
@@ -185,7 +167,7 @@ extern "C" __global__ void corrupt_contrast(float* __restrict__ out, const float
     __syncthreads();
     for (int i = threadIdx.x; i < CORRUPT_LEN; i += blockDim.x) {
         const double mean = channel_mean[i % 3];
-        y[i] = trunc_unit_to_u8(product_rn((double)x[i] / 255.0 - mean, factor) + mean);
+        y[i] = trunc_unit_to_u8(__dmul_rn((double)x[i] / 255.0 - mean, factor) + mean);
     }
 }
 
@@ -242,11 +224,11 @@ extern "C" __global__ void corrupt_pixelate(float* __restrict__ out, const float
 // 3. map_coordinates(order=1, mode='reflect') of the warped image at (row + dy, col + dx);
 //    clip, x255 in float32, truncate.
 // Draws: blocks 0-2 the six jitters (two per block), block 3 + pixel the pixel's dx and dy
-// uniforms. Parameters come as float64 bits; sigma 0 leaves the displacement at zero.
+// uniforms. Parameters are float64; sigma 0 leaves the displacement at zero.
 extern "C" __global__ void corrupt_elastic_transform(float* __restrict__ out, const float* __restrict__ in,
-                                                     unsigned long long alpha_bits,
-                                                     unsigned long long sigma_bits,
-                                                     unsigned long long jitter_bits, int corruption,
+                                                     double alpha,
+                                                     double sigma,
+                                                     double jitter, int corruption,
                                                      int severity, unsigned long long seed,
                                                      unsigned long long first_image) {
     using namespace corrupt_digital_detail;
@@ -255,9 +237,6 @@ extern "C" __global__ void corrupt_elastic_transform(float* __restrict__ out, co
     __shared__ double row_pass[2][CORRUPT_PIXELS];  // smoothed along rows only
     __shared__ double kernel[2 * elastic_max_radius + 1];
     __shared__ double inverse_affine[6];            // source (x, y) of destination (x, y)
-    const double alpha = __longlong_as_double((long long)alpha_bits);
-    const double sigma = __longlong_as_double((long long)sigma_bits);
-    const double jitter = __longlong_as_double((long long)jitter_bits);
     const CorruptionKey key = corruption_key(seed, first_image + blockIdx.x, corruption, severity);
     const float* x = in + (size_t)blockIdx.x * CORRUPT_LEN;
     float* y = out + (size_t)blockIdx.x * CORRUPT_LEN;

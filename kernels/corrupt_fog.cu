@@ -27,14 +27,12 @@ __device__ __forceinline__ double wibbled_mean(double sum, double wibble, double
 }  // namespace corrupt_fog_detail
 
 // out, in: (n, 32, 32, 3). strength: the fractal's weight; wibble_decay: the noise amplitude's
-// divisor per level (the severity's pair, both as the bits of a double).
+// divisor per level (the severity's pair).
 extern "C" __global__ void corrupt_fog(float* __restrict__ out, const float* __restrict__ in,
-                                      unsigned long long strength_bits, unsigned long long wibble_decay_bits,
+                                      double strength, double wibble_decay,
                                       unsigned long long seed, unsigned long long first_image, int corruption,
                                       int severity) {
     using namespace corrupt_fog_detail;
-    const double strength = __longlong_as_double((long long)strength_bits);
-    const double wibble_decay = __longlong_as_double((long long)wibble_decay_bits);
     __shared__ double map[kMapSize * kMapSize];
     __shared__ double partial_min[32], partial_max[32], partial_image_max[32];
     const CorruptionKey key = corruption_key(seed, first_image + blockIdx.x, corruption, severity);

@@ -5,18 +5,6 @@
 
 namespace corrupt_frost_detail {
 
-// numpy rounds each product to float64 before the sum. A fused multiply-add (nvcc's and
-// g++ -mfma's default contraction of a*b + c) rounds once and flips truncations, so each
-// product is rounded on its own.
-__device__ __forceinline__ double product_rn(double a, double b) {
-#ifdef CUEMU
-    volatile double p = a * b;
-    return p;
-#else
-    return __dmul_rn(a, b);
-#endif
-}
-
 // randint(0, n) of the reference: uniform on 0..n-1, from the 53-bit uniform of two words
 // (the clamp only guards against a product that rounds up to n).
 __device__ __forceinline__ int uniform_below(unsigned lo, unsigned hi, int n) {
@@ -27,15 +15,15 @@ __device__ __forceinline__ int uniform_below(unsigned lo, unsigned hi, int n) {
 }  // namespace corrupt_frost_detail
 
 // textures: the subsampled textures, HWC RGB bytes, one after another. layout[3 t + 0, 1, 2]:
-// byte offset, width and height of texture t. The coefficients come as float64 bit patterns.
+// byte offset, width and height of texture t.
 // Draws (each thread makes them all, from the same two Philox blocks, so no thread has to
 // share them): block 0 words 0-1 the texture, words 2-3 the first row, block 1 words 0-1 the
 // first column.
 extern "C" __global__ void corrupt_frost(float* __restrict__ out, const float* __restrict__ in,
                                          const unsigned char* __restrict__ textures,
                                          const int* __restrict__ layout, int num_textures,
-                                         unsigned long long img_coef_bits,
-                                         unsigned long long frost_coef_bits, int corruption, int severity,
+                                         double img_coef,
+                                         double frost_coef, int corruption, int severity,
                                          unsigned long long seed, unsigned long long first_image) {
     using namespace corrupt_frost_detail;
     const CorruptionKey key = corruption_key(seed, first_image + blockIdx.x, corruption, severity);
@@ -47,8 +35,6 @@ extern "C" __global__ void corrupt_frost(float* __restrict__ out, const float* _
     const int row0 = uniform_below(r0.v[2], r0.v[3], height - CORRUPT_SIZE);
     const int col0 = uniform_below(r1.v[0], r1.v[1], width - CORRUPT_SIZE);
     const unsigned char* crop = textures + offset + 3 * (row0 * width + col0);
-    const double img_coef = __longlong_as_double((long long)img_coef_bits);
-    const double frost_coef = __longlong_as_double((long long)frost_coef_bits);
 
     const float* x = in + (size_t)blockIdx.x * CORRUPT_LEN;
     float* y = out + (size_t)blockIdx.x * CORRUPT_LEN;
@@ -56,6 +42,6 @@ extern "C" __global__ void corrupt_frost(float* __restrict__ out, const float* _
         const int pixel = i / 3, channel = i - 3 * pixel;
         const int row = pixel / CORRUPT_SIZE, col = pixel % CORRUPT_SIZE;
         const double f = (double)crop[3 * (row * width + col) + channel];
-        y[i] = trunc_u8(product_rn(img_coef, (double)x[i]) + product_rn(frost_coef, f));
+        y[i] = trunc_u8(__dmul_rn(img_coef, (double)x[i]) + __dmul_rn(frost_coef, f));
     }
 }

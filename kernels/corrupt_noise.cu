@@ -87,31 +87,30 @@ __device__ __forceinline__ void normal_noise(float* __restrict__ out, const floa
 
 }  // namespace corrupt_noise_detail
 
-// out = clip(x + N(0, sigma^2)) (§3.1). sigma comes as a float64 bit pattern.
+// out = clip(x + N(0, sigma^2)) (§3.1).
 extern "C" __global__ void corrupt_gaussian_noise(float* __restrict__ out, const float* __restrict__ in,
-                                                  unsigned long long sigma_bits, int corruption,
+                                                  double sigma, int corruption,
                                                   int severity, unsigned long long seed,
                                                   unsigned long long first_image) {
     const CorruptionKey key = corruption_key(seed, first_image + blockIdx.x, corruption, severity);
-    corrupt_noise_detail::normal_noise(out, in, __longlong_as_double((long long)sigma_bits), false, key);
+    corrupt_noise_detail::normal_noise(out, in, sigma, false, key);
 }
 
 // out = clip(x + x * N(0, sigma^2)) (§3.4): multiplicative.
 extern "C" __global__ void corrupt_speckle_noise(float* __restrict__ out, const float* __restrict__ in,
-                                                 unsigned long long sigma_bits, int corruption,
+                                                 double sigma, int corruption,
                                                  int severity, unsigned long long seed,
                                                  unsigned long long first_image) {
     const CorruptionKey key = corruption_key(seed, first_image + blockIdx.x, corruption, severity);
-    corrupt_noise_detail::normal_noise(out, in, __longlong_as_double((long long)sigma_bits), true, key);
+    corrupt_noise_detail::normal_noise(out, in, sigma, true, key);
 }
 
 // out = clip(Poisson(x * photons) / photons) (§3.2), photons = c of the severity table.
 extern "C" __global__ void corrupt_shot_noise(float* __restrict__ out, const float* __restrict__ in,
-                                              unsigned long long photons_bits, int corruption, int severity,
+                                              double photons, int corruption, int severity,
                                               unsigned long long seed, unsigned long long first_image) {
     using namespace corrupt_noise_detail;
     const CorruptionKey key = corruption_key(seed, first_image + blockIdx.x, corruption, severity);
-    const double photons = __longlong_as_double((long long)photons_bits);
     const float* x = in + (size_t)blockIdx.x * CORRUPT_LEN;
     float* y = out + (size_t)blockIdx.x * CORRUPT_LEN;
     for (int e = threadIdx.x; e < CORRUPT_LEN; e += blockDim.x) {
@@ -131,11 +130,10 @@ extern "C" __global__ void corrupt_shot_noise(float* __restrict__ out, const flo
 // (uniform <= amount, as skimage compares), then becomes 1 or 0 with equal odds; two
 // independent uniforms per element, so the impulses are coloured, not grey.
 extern "C" __global__ void corrupt_impulse_noise(float* __restrict__ out, const float* __restrict__ in,
-                                                 unsigned long long amount_bits, int corruption,
+                                                 double amount, int corruption,
                                                  int severity, unsigned long long seed,
                                                  unsigned long long first_image) {
     const CorruptionKey key = corruption_key(seed, first_image + blockIdx.x, corruption, severity);
-    const double amount = __longlong_as_double((long long)amount_bits);
     const float* x = in + (size_t)blockIdx.x * CORRUPT_LEN;
     float* y = out + (size_t)blockIdx.x * CORRUPT_LEN;
     for (int e = threadIdx.x; e < CORRUPT_LEN; e += blockDim.x) {

@@ -10,43 +10,38 @@ constexpr unsigned kAngleBlock = CORRUPT_PIXELS / 2;
 
 }  // namespace corrupt_snow_detail
 
-// Parameters (float64 bit patterns): the field's mean and std, the zoom factor, the threshold,
+// Parameters (float64): the field's mean and std, the zoom factor, the threshold,
 // ImageMagick's blur radius and sigma, and blend and 1 - blend (computed in float64 as Python
 // does; the kernel rounds them to float32 like numpy's scalar-times-float32-array).
-extern "C" __global__ void corrupt_snow(float* out, const float* in, unsigned long long mean_bits,
-                                        unsigned long long std_bits, unsigned long long zoom_bits,
-                                        unsigned long long threshold_bits, unsigned long long blur_radius_bits,
-                                        unsigned long long blur_sigma_bits, unsigned long long blend_bits,
-                                        unsigned long long one_minus_blend_bits, unsigned long long seed,
+extern "C" __global__ void corrupt_snow(float* out, const float* in, double mean,
+                                        double stddev, double zoom,
+                                        double threshold, double blur_radius,
+                                        double blur_sigma, double blend_f64,
+                                        double one_minus_blend_f64, unsigned long long seed,
                                         unsigned long long first_image, int corruption, int severity) {
-  using corrupt_blur::dadd;
-  using corrupt_blur::dmul;
   __shared__ double field[CORRUPT_PIXELS];
   __shared__ unsigned char layer[CORRUPT_PIXELS];
   __shared__ unsigned char blurred[CORRUPT_PIXELS];
   __shared__ corrupt_blur::MotionTaps taps;
   const CorruptionKey key = corruption_key(seed, first_image + blockIdx.x, corruption, severity);
-  const double mean = __longlong_as_double((long long)mean_bits);
-  const double stddev = __longlong_as_double((long long)std_bits);
 
   // 1. The field S ~ N(mean, std^2), 32x32 float64; 4. the angle U(-135, -45) of its blur.
   for (int b = threadIdx.x; b < CORRUPT_PIXELS / 2; b += blockDim.x) {
     double z0, z1;
     normal_pair_f64(corruption_block(key, (unsigned)b), &z0, &z1);
-    field[2 * b] = dadd(mean, dmul(stddev, z0));
-    field[2 * b + 1] = dadd(mean, dmul(stddev, z1));
+    field[2 * b] = __dadd_rn(mean, __dmul_rn(stddev, z0));
+    field[2 * b + 1] = __dadd_rn(mean, __dmul_rn(stddev, z1));
   }
   if (threadIdx.x == 0) {
     const Philox4 r = corruption_block(key, corrupt_snow_detail::kAngleBlock);
     const double angle = -135.0 + 90.0 * uniform_f64(r.v[0], r.v[1]);
-    corrupt_blur::motion_taps(__longlong_as_double((long long)blur_radius_bits),
-                              __longlong_as_double((long long)blur_sigma_bits), angle, &taps);
+    corrupt_blur::motion_taps(blur_radius,
+                              blur_sigma, angle, &taps);
   }
   __syncthreads();
 
   // 2-3. clipped_zoom (float64), S < threshold -> 0, uint8(clip(S, 0, 1) * 255).
-  const corrupt_blur::ZoomAxis axis = corrupt_blur::zoom_axis(__longlong_as_double((long long)zoom_bits));
-  const double threshold = __longlong_as_double((long long)threshold_bits);
+  const corrupt_blur::ZoomAxis axis = corrupt_blur::zoom_axis(zoom);
   for (int p = threadIdx.x; p < CORRUPT_PIXELS; p += blockDim.x) {
     const corrupt_blur::ZoomTap ty = corrupt_blur::zoom_tap(axis, p / CORRUPT_SIZE);
     const corrupt_blur::ZoomTap tx = corrupt_blur::zoom_tap(axis, p % CORRUPT_SIZE);
@@ -66,21 +61,21 @@ extern "C" __global__ void corrupt_snow(float* out, const float* in, unsigned lo
   // 5. x' = blend * x + (1 - blend) * max(x, 1.5 * gray + 0.5) in float32 (gray as cv2 RGB2GRAY
   //    computes it: fma(B, .114, fma(R, .299, G * .587)), which matches OpenCV bit for bit);
   // 6. clip(x' + S + rot180(S), 0, 1) * 255 in float64, S = layer / 255.
-  const float blend = (float)__longlong_as_double((long long)blend_bits);
-  const float keep = (float)__longlong_as_double((long long)one_minus_blend_bits);
+  const float blend = (float)blend_f64;
+  const float keep = (float)one_minus_blend_f64;
   const float* src = in + (size_t)blockIdx.x * CORRUPT_LEN;
   float* dst = out + (size_t)blockIdx.x * CORRUPT_LEN;
   for (int p = threadIdx.x; p < CORRUPT_PIXELS; p += blockDim.x) {
     float x[3];
     for (int c = 0; c < 3; ++c) x[c] = src[p * 3 + c] / 255.0f;
-    const float gray = __fmaf_rn(x[2], 0.114f, __fmaf_rn(x[0], 0.299f, corrupt_blur::fmul(x[1], 0.587f)));
-    const float bright = corrupt_blur::fadd(corrupt_blur::fmul(gray, 1.5f), 0.5f);
+    const float gray = __fmaf_rn(x[2], 0.114f, __fmaf_rn(x[0], 0.299f, __fmul_rn(x[1], 0.587f)));
+    const float bright = __fadd_rn(__fmul_rn(gray, 1.5f), 0.5f);
     const double snow = (double)blurred[p] / 255.0;
     const double snow_rotated = (double)blurred[CORRUPT_PIXELS - 1 - p] / 255.0;
     for (int c = 0; c < 3; ++c) {
       const float lifted = x[c] > bright ? x[c] : bright;
-      const float base = corrupt_blur::fadd(corrupt_blur::fmul(blend, x[c]), corrupt_blur::fmul(keep, lifted));
-      dst[p * 3 + c] = trunc_unit_to_u8(dadd(dadd((double)base, snow), snow_rotated));
+      const float base = __fadd_rn(__fmul_rn(blend, x[c]), __fmul_rn(keep, lifted));
+      dst[p * 3 + c] = trunc_unit_to_u8(__dadd_rn(__dadd_rn((double)base, snow), snow_rotated));
     }
   }
 }

@@ -156,21 +156,16 @@ __constant__ int kEmboss[9] = {-2, -1, 0, -1, 1, 1, 0, 1, 2};
 }  // namespace corrupt_spatter_detail
 
 // out, in: (n, 32, 32, 3). The severity's tuple (mean, std, sigma, threshold,
-// intensity_or_mud_sigma) arrives as double bits; mode 0 = water, 1 = mud.
+// intensity_or_mud_sigma) is a double; mode 0 = water, 1 = mud.
 extern "C" __global__ void corrupt_spatter(float* __restrict__ out, const float* __restrict__ in,
-                                          unsigned long long mean_bits, unsigned long long std_bits,
-                                          unsigned long long sigma_bits, unsigned long long threshold_bits,
-                                          unsigned long long intensity_bits, int mode, unsigned long long seed,
+                                          double mean, double stddev,
+                                          double sigma, double threshold,
+                                          double intensity_or_mud_sigma, int mode, unsigned long long seed,
                                           unsigned long long first_image, int corruption, int severity) {
     using namespace corrupt_spatter_detail;
     using corrupt_blur::gaussian_filter_32;
     using corrupt_blur::gaussian_weights;
     using corrupt_blur::kMaxGaussRadius;
-    const double mean = __longlong_as_double((long long)mean_bits);
-    const double stddev = __longlong_as_double((long long)std_bits);
-    const double sigma = __longlong_as_double((long long)sigma_bits);
-    const double threshold = __longlong_as_double((long long)threshold_bits);
-    const double intensity_or_mud_sigma = __longlong_as_double((long long)intensity_bits);
 
     __shared__ double layer[kPixels];    // the normal field, then (mud) the mask above threshold
     __shared__ double gauss_tmp[kPixels];

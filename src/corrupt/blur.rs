@@ -1,7 +1,7 @@
 //! The blur family (CORRUPTIONS.md §3.5-3.9): gaussian, defocus, glass, motion and zoom blur,
 //! one kernel each in `kernels/corrupt_blur.cu` (shared helpers in `kernels/corrupt_blur.cuh`).
 //! Severity parameters are the CIFAR tables of the reference generator; float64 parameters travel
-//! to the kernels as their bit patterns.
+//! to the kernels as doubles.
 
 use anyhow::{Result, ensure};
 
@@ -21,10 +21,6 @@ const MOTION: [(f64, f64); 5] = [(6.0, 1.0), (6.0, 1.5), (6.0, 2.0), (8.0, 2.0),
 /// zoom_blur: the stop of np.arange(1, stop, 0.01) (§3.9).
 const ZOOM_STOP: [f64; 5] = [1.06, 1.11, 1.16, 1.21, 1.26];
 
-fn f64_arg(v: f64) -> Arg {
-    Arg::U64(v.to_bits())
-}
-
 pub(super) fn apply(corruption: Corruption, input: &Tensor, severity: u8, key: StreamKey) -> Result<Tensor> {
     let device = input.device();
     let s = usize::from(severity - 1);
@@ -35,11 +31,11 @@ pub(super) fn apply(corruption: Corruption, input: &Tensor, severity: u8, key: S
     let stream = |c: Corruption| [seed, first, Arg::I32(c.id()), Arg::I32(i32::from(severity))];
     match corruption {
         Corruption::GaussianBlur => {
-            gpu::launch(device, "corrupt_gaussian_blur", cfg, &[o, i, f64_arg(GAUSSIAN_SIGMA[s])])?
+            gpu::launch(device, "corrupt_gaussian_blur", cfg, &[o, i, Arg::F64(GAUSSIAN_SIGMA[s])])?
         }
         Corruption::GlassBlur => {
             let (sigma, iterations) = GLASS[s];
-            let mut args = vec![o, i, f64_arg(sigma), Arg::I32(iterations)];
+            let mut args = vec![o, i, Arg::F64(sigma), Arg::I32(iterations)];
             args.extend(stream(corruption));
             gpu::launch(device, "corrupt_glass_blur", cfg, &args)?
         }
@@ -51,7 +47,7 @@ pub(super) fn apply(corruption: Corruption, input: &Tensor, severity: u8, key: S
         }
         Corruption::MotionBlur => {
             let (radius, sigma) = MOTION[s];
-            let mut args = vec![o, i, f64_arg(radius), f64_arg(sigma)];
+            let mut args = vec![o, i, Arg::F64(radius), Arg::F64(sigma)];
             args.extend(stream(corruption));
             gpu::launch(device, "corrupt_motion_blur", cfg, &args)?
         }

@@ -23,11 +23,6 @@ const ELASTIC_IMSIZE: f64 = 32.0;
 const ELASTIC_FRACTIONS: [(f64, f64, f64); 5] =
     [(0.0, 0.0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)];
 
-/// A float64 kernel parameter, passed as its bit pattern (kernel arguments have no f64).
-fn f64_arg(v: f64) -> Arg {
-    Arg::U64(v.to_bits())
-}
-
 /// int(32 * factor): truncation, so 28.8 gives 28 (§3.17).
 fn pixelate_size(severity: u8) -> i32 {
     (32.0 * PIXELATE_FACTOR[usize::from(severity - 1)]) as i32
@@ -51,14 +46,14 @@ fn launch(
     let [seed, first_image] = key.args();
     let (kernel, args) = match corruption {
         Corruption::Brightness => {
-            ("corrupt_brightness", vec![out.arg(), input.arg(), f64_arg(BRIGHTNESS_DELTA[level])])
+            ("corrupt_brightness", vec![out.arg(), input.arg(), Arg::F64(BRIGHTNESS_DELTA[level])])
         }
         Corruption::Contrast => {
-            ("corrupt_contrast", vec![out.arg(), input.arg(), f64_arg(CONTRAST_FACTOR[level])])
+            ("corrupt_contrast", vec![out.arg(), input.arg(), Arg::F64(CONTRAST_FACTOR[level])])
         }
         Corruption::Saturate => {
             let (scale, offset) = SATURATE_SCALE_OFFSET[level];
-            ("corrupt_saturate", vec![out.arg(), input.arg(), f64_arg(scale), f64_arg(offset)])
+            ("corrupt_saturate", vec![out.arg(), input.arg(), Arg::F64(scale), Arg::F64(offset)])
         }
         Corruption::Pixelate => {
             ("corrupt_pixelate", vec![out.arg(), input.arg(), Arg::I32(pixelate_size(severity))])
@@ -68,9 +63,9 @@ fn launch(
             let args = vec![
                 out.arg(),
                 input.arg(),
-                f64_arg(ELASTIC_IMSIZE * alpha),
-                f64_arg(ELASTIC_IMSIZE * sigma),
-                f64_arg(ELASTIC_IMSIZE * jitter),
+                Arg::F64(ELASTIC_IMSIZE * alpha),
+                Arg::F64(ELASTIC_IMSIZE * sigma),
+                Arg::F64(ELASTIC_IMSIZE * jitter),
                 Arg::I32(corruption.id()),
                 Arg::I32(i32::from(severity)),
                 seed,

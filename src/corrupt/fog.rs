@@ -17,7 +17,6 @@ pub(super) fn apply(input: &Tensor, severity: u8, key: StreamKey) -> Result<Tens
     let out = Tensor::output_on(device, input.shape())?;
     let (strength, decay) = PARAMS[usize::from(severity - 1)];
     let [seed, first_image] = key.args();
-    // f64 parameters travel as their bits (the kernels take `unsigned long long`).
     gpu::launch(
         device,
         "corrupt_fog",
@@ -25,8 +24,8 @@ pub(super) fn apply(input: &Tensor, severity: u8, key: StreamKey) -> Result<Tens
         &[
             out.arg(),
             input.arg(),
-            Arg::U64(strength.to_bits()),
-            Arg::U64(decay.to_bits()),
+            Arg::F64(strength),
+            Arg::F64(decay),
             seed,
             first_image,
             Arg::I32(Corruption::Fog.id()),

@@ -42,8 +42,7 @@ fn launch(
     let args = [
         out.arg(),
         input.arg(),
-        // float64 parameters travel as their bit patterns (kernel arguments have no f64).
-        Arg::U64(parameter.to_bits()),
+        Arg::F64(parameter),
         Arg::I32(corruption.id()),
         Arg::I32(i32::from(severity)),
         seed,

@@ -42,19 +42,18 @@ pub(super) fn apply(input: &Tensor, severity: u8, key: StreamKey) -> Result<Tens
     let device = input.device();
     let p = &SNOW[usize::from(severity - 1)];
     let out = Tensor::output_on(device, input.shape())?;
-    let bits = |v: f64| Arg::U64(v.to_bits());
     let [seed, first] = key.args();
     let args = [
         out.arg(),
         input.arg(),
-        bits(p.mean),
-        bits(p.std),
-        bits(p.zoom),
-        bits(p.threshold),
-        bits(p.blur_radius),
-        bits(p.blur_sigma),
-        bits(p.blend),
-        bits(1.0 - p.blend),
+        Arg::F64(p.mean),
+        Arg::F64(p.std),
+        Arg::F64(p.zoom),
+        Arg::F64(p.threshold),
+        Arg::F64(p.blur_radius),
+        Arg::F64(p.blur_sigma),
+        Arg::F64(p.blend),
+        Arg::F64(1.0 - p.blend),
         seed,
         first,
         Arg::I32(Corruption::Snow.id()),

@@ -18,11 +18,6 @@ const PARAMS: [(f64, f64, f64, f64, f64, i32); 5] = [
     (0.65, 0.1, 0.5, 0.68, 0.6, 1),
 ];
 
-/// f64 parameters travel as their bits (the kernel takes `unsigned long long`).
-fn f64_arg(v: f64) -> Arg {
-    Arg::U64(v.to_bits())
-}
-
 pub(super) fn apply(input: &Tensor, severity: u8, key: StreamKey) -> Result<Tensor> {
     let device = input.device();
     let n = input.shape()[0];
@@ -36,11 +31,11 @@ pub(super) fn apply(input: &Tensor, severity: u8, key: StreamKey) -> Result<Tens
         &[
             out.arg(),
             input.arg(),
-            f64_arg(mean),
-            f64_arg(std),
-            f64_arg(sigma),
-            f64_arg(threshold),
-            f64_arg(intensity),
+            Arg::F64(mean),
+            Arg::F64(std),
+            Arg::F64(sigma),
+            Arg::F64(threshold),
+            Arg::F64(intensity),
             Arg::I32(mode),
             seed,
             first_image,
