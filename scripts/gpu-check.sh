@@ -23,11 +23,14 @@ fi
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >> "$OUT/env.txt"
 
 M=.gpu/mocse
+export MOCSE_CACHE=$PWD/.gpu/cache MOCSE_TESTDATA=$PWD/.gpu
 {
     $M selftest --device cuda
     echo "== tests"
     .gpu/devices --nocapture --test-threads 1
     .gpu/fused_unfused --nocapture --test-threads 1
+    .gpu/corruptions --test-threads 1
+    .gpu/corruption_reference --nocapture --test-threads 1
 } > "$OUT/selftest_and_tests.txt" 2>&1
 
 : > "$OUT/train_step.jsonl"
@@ -44,6 +47,9 @@ $M bench --what conv-layers --model mocse --expert-width 16 --batch-size 128 --d
     --json "$OUT/conv_layers_mocse.json" >> "$OUT/bench_log.txt" 2>&1
 $M bench --what conv-layers --model preact18 --width 64 --batch-size 128 --device cuda --warmup 3 --steps 10 \
     --json "$OUT/conv_layers_preact18.json" >> "$OUT/bench_log.txt" 2>&1
+$M bench --what corrupt --batch-size 10000 --device cuda --warmup 1 --steps 3 --json "$OUT/corrupt.json" \
+    >> "$OUT/bench_log.txt" 2>&1
 python3 benches/pytorch_reference.py --device cuda > "$OUT/pytorch.jsonl" 2>> "$OUT/bench_log.txt"
 tail -n 3 "$OUT/selftest_and_tests.txt"
 cat "$OUT/train_step.jsonl" "$OUT/pytorch.jsonl"
+grep -E "^all " "$OUT/bench_log.txt"

@@ -289,7 +289,33 @@ pub fn run(device: Device, mut progress: impl FnMut(&CaseResult)) -> Vec<CaseRes
     record("philox streams (differing words)".into(), 0.0, philox_case(device));
     // A whole step chains ~60 ops through batch norm; 1e-3 leaves room for summation order.
     record("training step, mocse width 8".into(), 1e-3, train_step_case(device));
+    for c in crate::corrupt::Corruption::ALL {
+        // A uint8 truncation may flip by one level where a transcendental function differs in
+        // its last bit between the GPU and the host; more is a bug.
+        record(format!("corruption {c}, severities 1-5"), 1.0 / 255.0, corruption_case(device, c));
+    }
     results
+}
+
+/// The largest difference, in units of the 0..255 range, between a corruption's kernels on
+/// `device` and on the cpu device (which runs them through the emulator), on 8 random images.
+fn corruption_case(device: Device, c: crate::corrupt::Corruption) -> Result<f64> {
+    use crate::corrupt::{SEVERITIES, StreamKey, corrupt};
+    let images = random(&[8, 32, 32, 3], 90 + c.id() as u64, 0.0, 256.0);
+    let images =
+        Tensor::from_vec(&[8, 32, 32, 3], images.as_slice().iter().map(|v| v.floor().min(255.0)).collect());
+    let on_device = images.to_device(device)?;
+    let mut worst = 0.0f64;
+    for s in SEVERITIES {
+        let key = StreamKey { seed: 5, first_image: 1000 };
+        let expected = corrupt(&images, c, s, key)?.into_vec();
+        let got = corrupt(&on_device, c, s, key)?.to_host()?;
+        for (a, b) in got.iter().zip(&expected) {
+            let d = if a.is_nan() || b.is_nan() { f64::INFINITY } else { f64::from((a - b).abs()) / 255.0 };
+            worst = worst.max(d);
+        }
+    }
+    Ok(worst)
 }
 
 #[cfg(test)]
