@@ -317,8 +317,9 @@ pub fn bench_corruptions(
     steps: usize,
     mut progress: impl FnMut(&CorruptionBenchRow),
 ) -> Result<Vec<CorruptionBenchRow>> {
-    use crate::corrupt::{SEVERITIES, StreamKey, corrupt};
+    use crate::corrupt::{SEVERITIES, StreamKey, corrupt, prepare};
     use crate::data::{DataSpec, Dataset, IMAGE_LEN, Split};
+    prepare(corruptions)?;
     let data =
         Dataset::load(&DataSpec::Synthetic, Split::Test, Some(batch_size), crate::train::SYNTHETIC_SET_SEED)?;
     let mut pixels = vec![0u8; batch_size * IMAGE_LEN];

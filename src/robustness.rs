@@ -72,7 +72,10 @@ pub fn evaluate_corruptions(
             }
             corruptions.iter().map(|&c| dir.open_corruption(c)).collect::<Result<Vec<_>>>()?
         }
-        CorruptedSource::Generate { .. } => Vec::new(),
+        CorruptedSource::Generate { .. } => {
+            crate::corrupt::prepare(corruptions)?;
+            Vec::new()
+        }
     };
     let mut pixels = vec![0u8; batch_size.min(n) * IMAGE_LEN];
     for first in (0..n).step_by(batch_size) {

@@ -224,6 +224,18 @@ fn corrupt_rejects_bad_input_clearly() {
         "--gallery-image 4 is out of range",
     );
 
+    // Frost's photographs missing and not fetchable: a clear error before anything is written.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mocse"))
+        .args(["corrupt", "--input", "synthetic", "--limit", "2", "--out", out_s, "--device", "cpu"])
+        .env("MOCSE_CACHE", dir.path().join("empty-cache"))
+        .env("MOCSE_PYTHON", dir.path().join("no-python"))
+        .env_remove("MOCSE_FROST_WHEEL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("pip download imagecorruptions==1.1.2"), "{stderr}");
+    assert!(!out.exists(), "nothing is written when a corruption cannot run");
+
     // A user's .npy of images: no labels are written, and one severity gives N rows.
     write_u8(&npy, &[3, 32, 32, 3], &(0..3 * 3072).map(|i| (i % 251) as u8).collect::<Vec<_>>()).unwrap();
     let r = mocse(&[

@@ -112,6 +112,7 @@ pub fn export(
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    super::prepare(corruptions)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let n = images.len;
     let mut kept = Vec::new();

@@ -266,6 +266,15 @@ pub(crate) fn per_image(device: Device, n: usize) -> LaunchConfig {
     LaunchConfig::new([n as u32, 1, 1], [threads, 1, 1])
 }
 
+/// Loads what `corruptions` need beyond their kernels (the frost photographs, fetched on first
+/// use), so that a missing piece fails before long work starts rather than in the middle of it.
+pub fn prepare(corruptions: &[Corruption]) -> Result<()> {
+    if corruptions.contains(&Corruption::Frost) {
+        frost::textures()?;
+    }
+    Ok(())
+}
+
 /// Corrupts a batch of images (shape (n, 32, 32, 3), values 0..255, on any device) with
 /// `corruption` at `severity` (1-5); returns the corrupted batch on the same device. `key`
 /// gives the seed and the global index of the batch's first image.
