@@ -562,14 +562,11 @@ fn eval(a: EvalArgs) -> Result<()> {
     if let Some(path) = &a.json {
         write_json(path, &report)?;
     }
-    if let Some(path) = &a.markdown {
-        write_atomic(path, report.to_markdown().as_bytes())?;
-    }
-    if let Some(path) = &a.csv {
-        write_atomic(path, report.to_csv().as_bytes())?;
-    }
-    for path in [&a.json, &a.markdown, &a.csv].into_iter().flatten() {
-        eprintln!("wrote {}", path.display());
+    for (path, text) in [(&a.markdown, report.to_markdown()), (&a.csv, report.to_csv())] {
+        if let Some(path) = path {
+            write_atomic(path, text.as_bytes())?;
+            eprintln!("wrote {}", path.display());
+        }
     }
     Ok(())
 }
