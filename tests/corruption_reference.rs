@@ -183,15 +183,18 @@ macro_rules! random {
     )*};
 }
 
+// The issue asks for >= 99% equal values and at most 1 level apart; all eight reach 100% on
+// emu, so the bar is 99.99% (a regression shows at once) with a rare 1-level flip allowed for
+// a GPU whose exp or log differs from the host's in the last bit.
 deterministic! {
-    gaussian_blur: Corruption::GaussianBlur, 1, 0.99;
-    defocus_blur: Corruption::DefocusBlur, 1, 0.99;
-    zoom_blur: Corruption::ZoomBlur, 1, 0.99;
-    brightness: Corruption::Brightness, 1, 0.99;
-    contrast: Corruption::Contrast, 1, 0.99;
-    saturate: Corruption::Saturate, 1, 0.99;
-    pixelate: Corruption::Pixelate, 1, 0.99;
-    jpeg_compression: Corruption::JpegCompression, 1, 0.99;
+    gaussian_blur: Corruption::GaussianBlur, 1, 0.9999;
+    defocus_blur: Corruption::DefocusBlur, 1, 0.9999;
+    zoom_blur: Corruption::ZoomBlur, 1, 0.9999;
+    brightness: Corruption::Brightness, 1, 0.9999;
+    contrast: Corruption::Contrast, 1, 0.9999;
+    saturate: Corruption::Saturate, 1, 0.9999;
+    pixelate: Corruption::Pixelate, 1, 0.9999;
+    jpeg_compression: Corruption::JpegCompression, 1, 0.9999;
 }
 
 random! {
