@@ -13,7 +13,7 @@ use mocse::bench::bench_train_step;
 use mocse::checkpoint::{self, MODEL_FILE};
 use mocse::compare::{Column, chart_data, default_labels, read_report, table1_markdown};
 use mocse::corrupt::export::{CleanImages, ExportSettings, ImageInput, export};
-use mocse::corrupt::{Corruption, CorruptionList, SeverityList};
+use mocse::corrupt::{Corruption, CorruptionList, SEVERITIES, SeverityList};
 use mocse::data::cifar10c::Cifar10C;
 use mocse::data::{DataSpec, Dataset, Split};
 use mocse::device::{Device, DeviceChoice};
@@ -167,12 +167,13 @@ struct EvalArgs {
     /// batch unless --cifar10c is given [default with --cifar10c: all]
     #[arg(long, value_name = "NAMES")]
     corruptions: Option<CorruptionList>,
-    /// Severities to evaluate: K, A-B or K,L,.. within 1-5
-    #[arg(long, default_value = "1-5")]
-    severities: SeverityList,
+    /// With corruptions: severities to evaluate, K, A-B or K,L,.. within 1-5 [default: 1-5]
+    #[arg(long)]
+    severities: Option<SeverityList>,
     /// Seed of the generated corruptions (the same seed gives the same corrupted images)
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
     /// Read the corrupted images from a CIFAR-10-C directory (<corruption>.npy and labels.npy,
     /// as published or as written by `mocse corrupt`) instead of generating them
     #[arg(long, value_name = "DIR")]
@@ -469,9 +470,18 @@ fn eval(a: EvalArgs) -> Result<()> {
         (None, Some(_)) => Some(Corruption::ALL.to_vec()),
         (None, None) => None,
     };
-    if corruptions.is_none() && (a.markdown.is_some() || a.csv.is_some()) {
-        bail!("--markdown and --csv write corruption reports; give --corruptions (or --cifar10c) too");
+    if corruptions.is_none()
+        && (a.markdown.is_some() || a.csv.is_some() || a.severities.is_some() || a.seed.is_some())
+    {
+        bail!(
+            "--markdown, --csv, --severities and --seed apply to corruption evaluation; give --corruptions (or --cifar10c) too"
+        );
     }
+    if a.cifar10c.is_some() && a.seed.is_some() {
+        bail!("--seed chooses generated corruptions; the files of --cifar10c are fixed");
+    }
+    let severities = a.severities.clone().map_or_else(|| SEVERITIES.collect(), |s| s.0);
+    let seed = a.seed.unwrap_or(0);
     let config = read_config(&a.run)?;
     let model = Model::new(config.model);
     let (weights, progress) = checkpoint::load_model(&a.run.join(MODEL_FILE), model.fused())
@@ -516,11 +526,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     let files = a.cifar10c.as_deref().map(Cifar10C::open).transpose()?;
     let (source, described) = match &files {
         Some(f) => (CorruptedSource::Files(f), format!("cifar10c:{}", f.dir().display())),
-        None => {
-            (CorruptedSource::Generate { seed: a.seed }, format!("generated on {device} (seed {})", a.seed))
-        }
+        None => (CorruptedSource::Generate { seed }, format!("generated on {device} (seed {seed})")),
     };
-    let passes = 1 + corruptions.len() * a.severities.0.len();
+    let passes = 1 + corruptions.len() * severities.len();
     eprintln!(
         "{why}; evaluating {} (epoch {}) on {} test images of {spec}, clean and {} corruptions x severities {:?} \
          ({described})",
@@ -528,7 +536,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         progress.epoch,
         test.len(),
         corruptions.len(),
-        a.severities.0
+        severities
     );
     let bar = progress_bar(
         (test.len() * passes) as u64,
@@ -539,7 +547,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         &weights,
         &test,
         &corruptions,
-        &a.severities.0,
+        &severities,
         &source,
         a.batch_size,
         Some(&bar),
@@ -556,7 +564,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             device: device.to_string(),
         },
         &counts,
-        &a.severities.0,
+        &severities,
     );
     print!("{}", report.to_markdown());
     if let Some(path) = &a.json {

@@ -144,6 +144,8 @@ fn malformed_cifar10c_directories_are_refused_clearly() {
     let set_s = set.to_str().unwrap();
     let fog = ["--cifar10c", set_s, "--corruptions", "fog"];
     assert_clean_failure(&eval(&["--cifar10c", "/nonexistent/c10c"]), "is not a directory");
+    assert_clean_failure(&eval(&["--severities", "2"]), "give --corruptions");
+    assert_clean_failure(&eval(&["--cifar10c", set_s, "--seed", "1"]), "the files of --cifar10c are fixed");
     assert_clean_failure(&eval(&fog), "labels.npy");
 
     // The labels of the synthetic test set, then variations of them.
