@@ -801,7 +801,7 @@ fn bench_corrupt(a: BenchArgs) -> Result<()> {
             "what": "corrupt",
             "device": device.to_string(),
             "batch_size": batch_size,
-            "emulator_workers": std::env::var("MOCSE_EMU_WORKERS").unwrap_or_else(|_| "1".into()),
+            "emulator_workers": (device != Device::Cuda).then(mocse::gpu::emu::workers),
             "total_seconds": total,
             "mocse": mocse::BUILD,
             "rows": rows,
