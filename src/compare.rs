@@ -32,7 +32,9 @@ pub fn default_labels(reports: &[CorruptionReport]) -> Vec<String> {
     let base: Vec<String> = reports
         .iter()
         .map(|r| {
-            Path::new(&r.run).file_name().map_or_else(|| r.run.clone(), |n| n.to_string_lossy().into_owned())
+            Path::new(&r.context.run)
+                .file_name()
+                .map_or_else(|| r.context.run.clone(), |n| n.to_string_lossy().into_owned())
         })
         .collect();
     base.iter()
@@ -95,12 +97,12 @@ pub fn table1_markdown(columns: &[Column]) -> Result<String> {
             out,
             "- {}: {} (`{}`, epoch {}), {} images of {}, corrupted images {}, severities {:?}",
             col.label,
-            r.model_description,
-            r.run,
-            r.checkpoint_epoch,
+            r.context.model_description,
+            r.context.run,
+            r.context.checkpoint_epoch,
             r.num_images,
-            r.data,
-            r.corrupted_images,
+            r.context.data,
+            r.context.corrupted_images,
             r.severities
         );
     }

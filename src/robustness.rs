@@ -126,14 +126,8 @@ fn correct_on(model: &Model, weights: &Weights, images: &Tensor, labels: &[u8]) 
 /// What `mocse eval --corruptions` reports. Accuracies are fractions in [0, 1].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CorruptionReport {
-    pub model: String,
-    pub model_description: String,
-    pub run: String,
-    pub checkpoint_epoch: usize,
-    pub data: String,
-    /// "generated (seed S)" or "cifar10c:DIR".
-    pub corrupted_images: String,
-    pub device: String,
+    #[serde(flatten)]
+    pub context: ReportContext,
     pub num_images: usize,
     pub severities: Vec<u8>,
     pub clean_accuracy: f64,
@@ -150,13 +144,15 @@ pub struct CorruptionReport {
     pub mocse: String,
 }
 
-/// The parts of a report that describe the run rather than the numbers.
+/// The parts of a report that describe the run rather than the numbers (top-level JSON keys).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReportContext {
     pub model: String,
     pub model_description: String,
     pub run: String,
     pub checkpoint_epoch: usize,
     pub data: String,
+    /// "generated on DEVICE (seed S)" or "cifar10c:DIR".
     pub corrupted_images: String,
     pub device: String,
 }
@@ -202,13 +198,7 @@ impl CorruptionReport {
                 .then(|| mean(set.iter().map(|&c| corruption_mean(c))))?
         };
         CorruptionReport {
-            model: ctx.model,
-            model_description: ctx.model_description,
-            run: ctx.run,
-            checkpoint_epoch: ctx.checkpoint_epoch,
-            data: ctx.data,
-            corrupted_images: ctx.corrupted_images,
-            device: ctx.device,
+            context: ctx,
             num_images: counts.num_images,
             severities: severities.to_vec(),
             clean_accuracy: counts.clean as f64 / n,
@@ -235,11 +225,12 @@ impl CorruptionReport {
     /// per-severity means and the overall means. Percentages with two decimals.
     pub fn to_markdown(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# Corruption robustness: {}\n", self.model_description);
+        let ctx = &self.context;
+        let _ = writeln!(out, "# Corruption robustness: {}\n", ctx.model_description);
         let _ = writeln!(
             out,
             "Run `{}` (epoch {}), {} test images of {}, corrupted images {}, device {}.\n",
-            self.run, self.checkpoint_epoch, self.num_images, self.data, self.corrupted_images, self.device
+            ctx.run, ctx.checkpoint_epoch, self.num_images, ctx.data, ctx.corrupted_images, ctx.device
         );
         let _ = writeln!(out, "Clean accuracy: **{}**\n", pct(Some(self.clean_accuracy)));
         let sev: Vec<String> = self.severities.iter().map(|s| s.to_string()).collect();

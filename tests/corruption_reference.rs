@@ -4,6 +4,8 @@
 //! checks (emu always, cuda when there is a GPU). Each test prints its agreement table; run with
 //! `--nocapture` to see it.
 
+mod common;
+
 use std::path::PathBuf;
 
 use mocse::corrupt::{Corruption, SEVERITIES, StreamKey, corrupt};
@@ -35,15 +37,6 @@ fn reference() -> Reference {
     let (shape, inputs) = npz.u8_array("inputs").unwrap();
     assert_eq!(&shape[1..], &[32, 32, 3]);
     Reference { npz, inputs, n: shape[0] }
-}
-
-fn devices() -> Vec<Device> {
-    let mut out = vec![Device::Emu];
-    match mocse::gpu::cuda::probe() {
-        Ok(_) => out.push(Device::Cuda),
-        Err(why) => eprintln!("SKIPPED on cuda: {why:#}"),
-    }
-    out
 }
 
 /// Our output as uint8 (checked to be whole numbers in 0..255).
@@ -103,7 +96,7 @@ fn check_severity_order(c: Corruption, device: Device, ours: &[f64], reference: 
 /// For a deterministic corruption: (fraction of values equal, max |difference|) per severity.
 fn check_deterministic(c: Corruption, max_diff_allowed: u8, min_equal: f64) {
     let mut r = reference();
-    for device in devices() {
+    for device in common::kernel_devices() {
         println!("{c} on {device}: severity | values equal | max |diff| | mean |diff|");
         let (mut damage, mut reference_damage) = (Vec::new(), Vec::new());
         for s in SEVERITIES {
@@ -132,7 +125,7 @@ fn check_deterministic(c: Corruption, max_diff_allowed: u8, min_equal: f64) {
 /// difference of large terms, whose sampling noise over 48 images exceeds 10% of itself.
 fn check_random(c: Corruption) {
     let mut r = reference();
-    for device in devices() {
+    for device in common::kernel_devices() {
         println!(
             "{c} on {device}: severity | mean|d| ours/ref | mean d ours/ref | std d ours/ref | changed ours/ref"
         );

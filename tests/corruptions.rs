@@ -3,6 +3,8 @@
 //! different one for another seed (random corruptions), independence of how the images are
 //! split into batches, and agreement of cuda with emu.
 
+mod common;
+
 use mocse::corrupt::{Corruption, SEVERITIES, StreamKey, corrupt};
 use mocse::device::Device;
 use mocse::rng::{Philox, Purpose};
@@ -29,15 +31,6 @@ fn images() -> Tensor {
     Tensor::from_vec(&[N, 32, 32, 3], data)
 }
 
-fn devices() -> Vec<Device> {
-    let mut out = vec![Device::Emu];
-    match mocse::gpu::cuda::probe() {
-        Ok(_) => out.push(Device::Cuda),
-        Err(why) => eprintln!("SKIPPED on cuda: {why:#}"),
-    }
-    out
-}
-
 fn run(x: &Tensor, c: Corruption, s: u8, seed: u64, first_image: u64) -> Vec<f32> {
     corrupt(x, c, s, StreamKey { seed, first_image })
         .unwrap_or_else(|e| panic!("{c} s{s} on {}: {e:#}", x.device()))
@@ -48,7 +41,7 @@ fn run(x: &Tensor, c: Corruption, s: u8, seed: u64, first_image: u64) -> Vec<f32
 fn check(c: Corruption) {
     let host = images();
     let mut outputs = Vec::new();
-    for device in devices() {
+    for device in common::kernel_devices() {
         let x = host.to_device(device).unwrap();
         for s in SEVERITIES {
             let a = run(&x, c, s, 7, 100);

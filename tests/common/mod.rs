@@ -63,3 +63,13 @@ pub fn write_fake_cifar(dir: &Path) {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 }
+
+/// The kernel devices present: emu always, cuda when a GPU is usable (else a visible SKIPPED).
+pub fn kernel_devices() -> Vec<mocse::device::Device> {
+    let mut out = vec![mocse::device::Device::Emu];
+    match mocse::gpu::cuda::probe() {
+        Ok(_) => out.push(mocse::device::Device::Cuda),
+        Err(why) => eprintln!("SKIPPED on cuda: {why:#}"),
+    }
+    out
+}
