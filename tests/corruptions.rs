@@ -1,11 +1,11 @@
 //! Properties every corruption must have, on every device present (emu always, cuda with a
 //! GPU): whole numbers in 0..255 even on extreme images, the same output for the same seed, a
 //! different one for another seed (random corruptions), independence of how the images are
-//! split into batches, and agreement of cuda with emu.
+//! split into batches and of the block size, and agreement of cuda with emu.
 
 mod common;
 
-use mocse::corrupt::{Corruption, SEVERITIES, StreamKey, corrupt};
+use mocse::corrupt::{Corruption, SEVERITIES, StreamKey, corrupt, with_emu_threads_per_image};
 use mocse::device::Device;
 use mocse::rng::{Philox, Purpose};
 use mocse::tensor::Tensor;
@@ -63,6 +63,13 @@ fn check(c: Corruption) {
                 })
                 .collect();
             assert_eq!(a, halves, "{c} s{s} on {device}: the output depends on the batch split");
+            if device == Device::Emu {
+                // The GPU's block size (256 threads per image) and an odd one give the same output.
+                for threads in [96, 256] {
+                    let b = with_emu_threads_per_image(threads, || run(&x, c, s, 7, 100));
+                    assert_eq!(a, b, "{c} s{s}: {threads} threads per image differ from 32");
+                }
+            }
             outputs.push((device, s, a));
         }
     }

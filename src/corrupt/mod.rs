@@ -259,11 +259,26 @@ impl StreamKey {
     }
 }
 
+thread_local! {
+    static EMU_THREADS_PER_IMAGE: std::cell::Cell<u32> = const { std::cell::Cell::new(32) };
+}
+
 /// One block per image; a full block on a GPU, one warp on the emulator (whose fibers cost
 /// more than a loop iteration). Kernels loop over the pixels with block-stride loops.
 pub(crate) fn per_image(device: Device, n: usize) -> LaunchConfig {
-    let threads = if device == Device::Cuda { 256 } else { 32 };
+    let threads = if device == Device::Cuda { 256 } else { EMU_THREADS_PER_IMAGE.with(|t| t.get()) };
     LaunchConfig::new([n as u32, 1, 1], [threads, 1, 1])
+}
+
+/// Runs `f` with `threads` (a multiple of 32, at most 1024) per image block on the emulator
+/// instead of one warp, on this thread: the tests check that every kernel gives the same output
+/// with the GPU's block size as with the emulator's.
+pub fn with_emu_threads_per_image<T>(threads: u32, f: impl FnOnce() -> T) -> T {
+    assert!(threads % 32 == 0 && (32..=1024).contains(&threads), "{threads} threads per block");
+    let before = EMU_THREADS_PER_IMAGE.with(|t| t.replace(threads));
+    let out = f();
+    EMU_THREADS_PER_IMAGE.with(|t| t.set(before));
+    out
 }
 
 /// Loads what `corruptions` need beyond their kernels (the frost photographs, fetched on first
