@@ -78,7 +78,7 @@ impl Drop for HostAllocation {
 /// The thread order of every block: `MOCSE_EMU_ORDER` = `ascending` (default), `descending`
 /// or `shuffled[:SEED]`. Running the tests in two orders finds races that one order hides.
 /// `MOCSE_EMU_WORKERS` = N runs blocks on N OS threads; the default is one per core. (It was
-/// one while the fix of the pool's late-worker race proved itself: 84 stress runs of the kernel
+/// one while the fix of the pool's late-worker race proved itself: 72 stress runs of the kernel
 /// test binaries with 2 and 4 workers under load have passed since.)
 /// The number of worker threads the emulator runs blocks on (see [`configure_once`]).
 pub fn workers() -> usize {
