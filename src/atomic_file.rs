@@ -4,12 +4,17 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // The temporary's name is unique to this process and call, so two writers of the same file
+    // (two processes filling a cache, say) never write into each other's temporary.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{}.{}.{call}.tmp", name.to_string_lossy(), std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
