@@ -1,4 +1,5 @@
-//! The `mocse` command line: train, evaluate and benchmark.
+//! The `mocse` command line: train, evaluate (clean and corrupted), corrupt, compare, benchmark and
+//! check the kernels.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -49,9 +50,9 @@ struct Cli {
 enum Command {
     /// Train a model; writes config.json, log.jsonl and checkpoints into the run directory.
     Train(TrainArgs),
-    /// Evaluate a trained run's last checkpoint on a test set.
+    /// Evaluate a trained run's last checkpoint on a test set, clean and (--corruptions) corrupted.
     Eval(EvalArgs),
-    /// Measure training and inference speed (images per second).
+    /// Measure speed: training and inference, each convolution layer, or the corruptions (images per second).
     Bench(BenchArgs),
     /// Check every kernel against the cpu device, or (--compile-only) compile every kernel with NVRTC.
     Selftest(SelftestArgs),
