@@ -323,9 +323,7 @@ pub fn bench_corruptions(
     let data =
         Dataset::load(&DataSpec::Synthetic, Split::Test, Some(batch_size), crate::train::SYNTHETIC_SET_SEED)?;
     let mut pixels = vec![0u8; batch_size * IMAGE_LEN];
-    for (i, chunk) in pixels.chunks_exact_mut(IMAGE_LEN).enumerate() {
-        data.image_u8(i, chunk);
-    }
+    data.images_u8(0, &mut pixels);
     let images = crate::robustness::upload_u8(&pixels, batch_size, device)?;
     let mut rows = Vec::new();
     for &c in corruptions {

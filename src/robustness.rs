@@ -81,9 +81,7 @@ pub fn evaluate_corruptions(
     for first in (0..n).step_by(batch_size) {
         let count = batch_size.min(n - first);
         let batch_labels = &labels[first..first + count];
-        for (i, chunk) in pixels[..count * IMAGE_LEN].chunks_exact_mut(IMAGE_LEN).enumerate() {
-            test.image_u8(first + i, chunk);
-        }
+        test.images_u8(first, &mut pixels[..count * IMAGE_LEN]);
         let clean = upload_u8(&pixels[..count * IMAGE_LEN], count, device)?;
         counts.clean += correct_on(model, weights, &clean, batch_labels)?;
         tick(progress, count);

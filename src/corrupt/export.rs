@@ -76,9 +76,7 @@ impl CleanImages {
             ImageInput::Data(spec) => {
                 let data = Dataset::load(spec, Split::Test, limit, synthetic_seed)?;
                 let mut pixels = vec![0u8; data.len() * IMAGE_LEN];
-                for (i, chunk) in pixels.chunks_exact_mut(IMAGE_LEN).enumerate() {
-                    data.image_u8(i, chunk);
-                }
+                data.images_u8(0, &mut pixels);
                 Ok(CleanImages { pixels, labels: Some(data.labels()), len: data.len() })
             }
         }

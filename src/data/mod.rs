@@ -193,6 +193,16 @@ impl Dataset {
         }
     }
 
+    /// Writes images `first..first + out.len() / IMAGE_LEN` as NHWC `u8` into `out`.
+    ///
+    /// Panics if the range passes `len()` or `out.len()` is not a multiple of `IMAGE_LEN`.
+    pub fn images_u8(&self, first: usize, out: &mut [u8]) {
+        assert_eq!(out.len() % IMAGE_LEN, 0, "image buffer must hold whole images");
+        for (i, chunk) in out.chunks_exact_mut(IMAGE_LEN).enumerate() {
+            self.image_u8(first + i, chunk);
+        }
+    }
+
     /// E.g. `synthetic/train` or `cifar10/test`.
     pub fn name(&self) -> String {
         let kind = match self.source {
