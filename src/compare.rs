@@ -102,7 +102,7 @@ pub fn table1_markdown(columns: &[Column]) -> Result<String> {
             r.context.checkpoint_epoch,
             r.num_images,
             r.context.data,
-            r.context.corrupted_images,
+            r.corrupted_images,
             r.severities
         );
     }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use indicatif::ProgressBar;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::autograd::Tape;
 use crate::data::{Augment, Dataset, batches, epoch_order, make_batch};
@@ -41,15 +41,22 @@ pub fn count_correct_on(
     Ok(correct)
 }
 
-/// What `mocse eval --json` writes.
-#[derive(Debug, Serialize)]
-pub struct EvalReport {
+/// Which checkpoint was evaluated on what: the fields every evaluation report starts with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunDescription {
     pub model: String,
     pub model_description: String,
     pub run: String,
     pub checkpoint_epoch: usize,
     pub data: String,
     pub device: String,
+}
+
+/// What `mocse eval --json` writes.
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    #[serde(flatten)]
+    pub run: RunDescription,
     pub clean_accuracy: f64,
     pub num_images: usize,
     pub mocse: String,

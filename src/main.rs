@@ -18,13 +18,13 @@ use mocse::corrupt::{Corruption, CorruptionList, SEVERITIES, SeverityList};
 use mocse::data::cifar10c::Cifar10C;
 use mocse::data::{DataSpec, Dataset, Split};
 use mocse::device::{Device, DeviceChoice};
-use mocse::eval::{EvalReport, count_correct_on};
+use mocse::eval::{EvalReport, RunDescription, count_correct_on};
 use mocse::nn::model::{Model, ModelConfig, ModelKind};
 use mocse::ops::aggregate::Aggregate;
 use mocse::ops::conv::{ConvImpl, set_conv_impl};
 use mocse::ops::sgd::SgdConfig;
 use mocse::raster::{bar_chart_png, gallery_png};
-use mocse::robustness::{CorruptedSource, CorruptionReport, ReportContext, evaluate_corruptions};
+use mocse::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions};
 use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, read_config};
 
 // Large tensors are allocated and freed every step; mimalloc keeps those pages mapped instead
@@ -493,6 +493,14 @@ fn eval(a: EvalArgs) -> Result<()> {
         None => config.data_spec()?,
     };
     let test = Dataset::load(&spec, Split::Test, a.test_subset, SYNTHETIC_SET_SEED)?;
+    let run = RunDescription {
+        model: config.model.kind.to_string(),
+        model_description: config.model.describe(),
+        run: a.run.display().to_string(),
+        checkpoint_epoch: progress.epoch,
+        data: spec.to_string(),
+        device: device.to_string(),
+    };
     let Some(corruptions) = corruptions else {
         eprintln!(
             "{why}; evaluating {} (epoch {}) on {} test images of {spec}",
@@ -504,12 +512,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         let correct = count_correct_on(&model, &weights, &test, a.batch_size, Some(&bar))?;
         bar.finish_and_clear();
         let report = EvalReport {
-            model: config.model.kind.to_string(),
-            model_description: config.model.describe(),
-            run: a.run.display().to_string(),
-            checkpoint_epoch: progress.epoch,
-            data: spec.to_string(),
-            device: device.to_string(),
+            run,
             clean_accuracy: correct as f64 / test.len() as f64,
             mocse: mocse::BUILD.to_string(),
             num_images: test.len(),
@@ -554,19 +557,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         Some(&bar),
     )?;
     bar.finish_and_clear();
-    let report = CorruptionReport::new(
-        ReportContext {
-            model: config.model.kind.to_string(),
-            model_description: config.model.describe(),
-            run: a.run.display().to_string(),
-            checkpoint_epoch: progress.epoch,
-            data: spec.to_string(),
-            corrupted_images: described,
-            device: device.to_string(),
-        },
-        &counts,
-        &severities,
-    );
+    let report = CorruptionReport::new(run, described, &counts, &severities);
     print!("{}", report.to_markdown());
     if let Some(path) = &a.json {
         write_json(path, &report)?;

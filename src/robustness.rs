@@ -13,7 +13,7 @@ use crate::corrupt::{Corruption, Group, StreamKey, corrupt};
 use crate::data::cifar10c::Cifar10C;
 use crate::data::{CHANNELS, Dataset, IMAGE_LEN, IMAGE_SIZE};
 use crate::device::Device;
-use crate::eval::class_scores;
+use crate::eval::{RunDescription, class_scores};
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
 use crate::ops::elementwise::scale_tensor;
@@ -125,7 +125,9 @@ fn correct_on(model: &Model, weights: &Weights, images: &Tensor, labels: &[u8]) 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CorruptionReport {
     #[serde(flatten)]
-    pub context: ReportContext,
+    pub context: RunDescription,
+    /// "generated on DEVICE (seed S)" or "cifar10c:DIR".
+    pub corrupted_images: String,
     pub num_images: usize,
     pub severities: Vec<u8>,
     pub clean_accuracy: f64,
@@ -142,26 +144,18 @@ pub struct CorruptionReport {
     pub mocse: String,
 }
 
-/// The parts of a report that describe the run rather than the numbers (top-level JSON keys).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ReportContext {
-    pub model: String,
-    pub model_description: String,
-    pub run: String,
-    pub checkpoint_epoch: usize,
-    pub data: String,
-    /// "generated on DEVICE (seed S)" or "cifar10c:DIR".
-    pub corrupted_images: String,
-    pub device: String,
-}
-
 fn mean(xs: impl IntoIterator<Item = f64>) -> Option<f64> {
     let (sum, n) = xs.into_iter().fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
     (n > 0).then(|| sum / n as f64)
 }
 
 impl CorruptionReport {
-    pub fn new(ctx: ReportContext, counts: &CorruptionCounts, severities: &[u8]) -> CorruptionReport {
+    pub fn new(
+        context: RunDescription,
+        corrupted_images: String,
+        counts: &CorruptionCounts,
+        severities: &[u8],
+    ) -> CorruptionReport {
         let n = counts.num_images as f64;
         let evaluated: Vec<Corruption> =
             Corruption::ALL.into_iter().filter(|&c| counts.corrupted.keys().any(|&(k, _)| k == c)).collect();
@@ -196,7 +190,8 @@ impl CorruptionReport {
                 .then(|| mean(set.iter().map(|&c| corruption_mean(c))))?
         };
         CorruptionReport {
-            context: ctx,
+            context,
+            corrupted_images,
             num_images: counts.num_images,
             severities: severities.to_vec(),
             clean_accuracy: counts.clean as f64 / n,
@@ -228,7 +223,7 @@ impl CorruptionReport {
         let _ = writeln!(
             out,
             "Run `{}` (epoch {}), {} test images of {}, corrupted images {}, device {}.\n",
-            ctx.run, ctx.checkpoint_epoch, self.num_images, ctx.data, ctx.corrupted_images, ctx.device
+            ctx.run, ctx.checkpoint_epoch, self.num_images, ctx.data, self.corrupted_images, ctx.device
         );
         let _ = writeln!(out, "Clean accuracy: **{}**\n", pct(Some(self.clean_accuracy)));
         let sev: Vec<String> = self.severities.iter().map(|s| s.to_string()).collect();
