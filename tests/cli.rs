@@ -5,21 +5,10 @@ mod common;
 
 use std::fs;
 
-use common::{assert_clean_failure, mocse, write_fake_cifar};
+use common::{assert_clean_failure, mocse, tiny_run, write_fake_cifar};
 use mocse::checkpoint::{MODEL_FILE, load_model};
 use mocse::nn::model::Model;
 use mocse::train::{read_config, read_log};
-
-fn tiny_run(out: &str, epochs: &str, extra: &[&str]) -> common::Run {
-    #[rustfmt::skip]
-    let mut args = vec![
-        "train", "--model", "mocse", "--expert-width", "2", "--data", "synthetic",
-        "--train-subset", "96", "--test-subset", "40", "--batch-size", "32",
-        "--epochs", epochs, "--device", "cpu", "--out", out,
-    ];
-    args.extend_from_slice(extra);
-    mocse(&args)
-}
 
 #[test]
 fn resumed_run_matches_uninterrupted_run() {

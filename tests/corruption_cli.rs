@@ -13,12 +13,7 @@ use mocse::npy::{NpyU8, write_u8};
 use mocse::robustness::CorruptionReport;
 
 fn tiny_run(out: &Path) {
-    #[rustfmt::skip]
-    let r = mocse(&[
-        "train", "--model", "mocse", "--expert-width", "2", "--data", "synthetic",
-        "--train-subset", "64", "--test-subset", "16", "--batch-size", "32",
-        "--epochs", "1", "--device", "cpu", "--out", out.to_str().unwrap(),
-    ]);
+    let r = common::tiny_run(out.to_str().unwrap(), "1", &[]);
     assert!(r.ok, "{}", r.stderr);
 }
 

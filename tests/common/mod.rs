@@ -25,6 +25,18 @@ pub fn mocse(args: &[&str]) -> Run {
     }
 }
 
+/// Trains a tiny MoCSE (expert width 2) on the synthetic set on the cpu device into `out`.
+pub fn tiny_run(out: &str, epochs: &str, extra: &[&str]) -> Run {
+    #[rustfmt::skip]
+    let mut args = vec![
+        "train", "--model", "mocse", "--expert-width", "2", "--data", "synthetic",
+        "--train-subset", "96", "--test-subset", "40", "--batch-size", "32",
+        "--epochs", epochs, "--device", "cpu", "--out", out,
+    ];
+    args.extend_from_slice(extra);
+    mocse(&args)
+}
+
 /// A failed run that said `needle` and did not panic.
 pub fn assert_clean_failure(run: &Run, needle: &str) {
     assert!(!run.ok, "expected failure, got success; stderr:\n{}", run.stderr);
