@@ -324,7 +324,7 @@ pub fn bench_corruptions(
         Dataset::load(&DataSpec::Synthetic, Split::Test, Some(batch_size), crate::train::SYNTHETIC_SET_SEED)?;
     let mut pixels = vec![0u8; batch_size * IMAGE_LEN];
     data.images_u8(0, &mut pixels);
-    let images = crate::robustness::upload_u8(&pixels, batch_size, device)?;
+    let images = crate::corrupt::upload_images(&pixels, device)?;
     let mut rows = Vec::new();
     for &c in corruptions {
         let mut times = Vec::new();

@@ -9,10 +9,9 @@ use anyhow::{Result, bail};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::corrupt::{Corruption, Group, StreamKey, corrupt};
+use crate::corrupt::{Corruption, Group, StreamKey, corrupt, upload_images};
 use crate::data::cifar10c::Cifar10C;
-use crate::data::{CHANNELS, Dataset, IMAGE_LEN, IMAGE_SIZE};
-use crate::device::Device;
+use crate::data::{Dataset, IMAGE_LEN};
 use crate::eval::{RunDescription, class_scores};
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
@@ -82,7 +81,7 @@ pub fn evaluate_corruptions(
         let count = batch_size.min(n - first);
         let batch_labels = &labels[first..first + count];
         test.images_u8(first, &mut pixels[..count * IMAGE_LEN]);
-        let clean = upload_u8(&pixels[..count * IMAGE_LEN], count, device)?;
+        let clean = upload_images(&pixels[..count * IMAGE_LEN], device)?;
         counts.clean += correct_on(model, weights, &clean, batch_labels)?;
         tick(progress, count);
         for (k, &c) in corruptions.iter().enumerate() {
@@ -91,7 +90,7 @@ pub fn evaluate_corruptions(
                     CorruptedSource::Generate { seed } => {
                         corrupt(&clean, c, s, StreamKey { seed: *seed, first_image: first as u64 })?
                     }
-                    CorruptedSource::Files(_) => upload_u8(files[k].images(s, first, count)?, count, device)?,
+                    CorruptedSource::Files(_) => upload_images(files[k].images(s, first, count)?, device)?,
                 };
                 *counts.corrupted.entry((c, s)).or_default() +=
                     correct_on(model, weights, &corrupted, batch_labels)?;
@@ -106,12 +105,6 @@ fn tick(progress: Option<&ProgressBar>, count: usize) {
     if let Some(pb) = progress {
         pb.inc(count as u64);
     }
-}
-
-/// uint8 NHWC images as a (count, 32, 32, 3) tensor of 0..255 values on `device`.
-pub fn upload_u8(pixels: &[u8], count: usize, device: Device) -> Result<Tensor> {
-    let values = pixels.iter().map(|&v| f32::from(v)).collect();
-    Tensor::from_vec(&[count, IMAGE_SIZE, IMAGE_SIZE, CHANNELS], values).to_device(device)
 }
 
 /// Correct predictions on images of 0..255 values.

@@ -8,10 +8,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use mocse::corrupt::{Corruption, SEVERITIES, StreamKey, corrupt};
+use mocse::corrupt::{Corruption, SEVERITIES, StreamKey, corrupt, upload_images};
 use mocse::device::Device;
 use mocse::npy::Npz;
-use mocse::tensor::Tensor;
 
 fn testdata() -> PathBuf {
     let dir = std::env::var_os("MOCSE_TESTDATA")
@@ -29,20 +28,19 @@ fn testdata() -> PathBuf {
 struct Reference {
     npz: Npz,
     inputs: Vec<u8>,
-    n: usize,
 }
 
 fn reference() -> Reference {
     let mut npz = Npz::open(&testdata()).unwrap();
     let (shape, inputs) = npz.u8_array("inputs").unwrap();
     assert_eq!(&shape[1..], &[32, 32, 3]);
-    Reference { npz, inputs, n: shape[0] }
+    Reference { npz, inputs }
 }
 
 /// Our output as uint8 (checked to be whole numbers in 0..255).
-fn run(device: Device, c: Corruption, severity: u8, inputs: &[u8], n: usize, seed: u64) -> Vec<u8> {
-    let x = Tensor::from_vec(&[n, 32, 32, 3], inputs.iter().map(|&v| f32::from(v)).collect());
-    let y = corrupt(&x.to_device(device).unwrap(), c, severity, StreamKey { seed, first_image: 0 })
+fn run(device: Device, c: Corruption, severity: u8, inputs: &[u8], seed: u64) -> Vec<u8> {
+    let x = upload_images(inputs, device).unwrap();
+    let y = corrupt(&x, c, severity, StreamKey { seed, first_image: 0 })
         .unwrap_or_else(|e| panic!("{c} severity {severity} on {device}: {e:#}"));
     assert_eq!(y.shape(), x.shape());
     y.to_host()
@@ -101,7 +99,7 @@ fn check_deterministic(c: Corruption, max_diff_allowed: u8, min_equal: f64) {
         let (mut damage, mut reference_damage) = (Vec::new(), Vec::new());
         for s in SEVERITIES {
             let (_, expected) = r.npz.u8_array(&format!("{}_s{s}", c.name())).unwrap();
-            let ours = run(device, c, s, &r.inputs, r.n, 0);
+            let ours = run(device, c, s, &r.inputs, 0);
             damage.push(stats(ours.iter().copied().zip(r.inputs.iter().copied()))[0]);
             reference_damage.push(stats(expected.iter().copied().zip(r.inputs.iter().copied()))[0]);
             let equal = ours.iter().zip(&expected).filter(|(a, b)| a == b).count() as f64 / ours.len() as f64;
@@ -135,7 +133,7 @@ fn check_random(c: Corruption) {
                 r.npz.f64_array(&format!("stats_{}_s{s}", c.name())).unwrap().try_into().unwrap();
             let mut outs = Vec::new();
             for seed in 0..8 {
-                outs.extend(run(device, c, s, &r.inputs, r.n, seed));
+                outs.extend(run(device, c, s, &r.inputs, seed));
             }
             let ours = stats(outs.iter().copied().zip(r.inputs.iter().copied().cycle()));
             damage.push(ours[0]);

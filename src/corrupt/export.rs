@@ -10,13 +10,12 @@ use std::str::FromStr;
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 
-use super::{Corruption, StreamKey, corrupt};
+use super::{Corruption, StreamKey, corrupt, upload_images};
 use crate::atomic_file::write_atomic;
 use crate::data::cifar10c::{CorruptManifest, MANIFEST_FILE};
 use crate::data::{DataSpec, Dataset, IMAGE_LEN, Split};
 use crate::device::Device;
 use crate::npy::{NpyU8, write_u8};
-use crate::robustness::upload_u8;
 
 /// `--input`: a `.npy` file of uint8 (N, 32, 32, 3) RGB images, or the test split of a data set.
 #[derive(Clone, Debug)]
@@ -120,7 +119,7 @@ pub fn export(
         for first in (0..n).step_by(batch_size) {
             let count = batch_size.min(n - first);
             let clean =
-                upload_u8(&images.pixels[first * IMAGE_LEN..(first + count) * IMAGE_LEN], count, device)?;
+                upload_images(&images.pixels[first * IMAGE_LEN..(first + count) * IMAGE_LEN], device)?;
             for (k, &s) in severities.iter().enumerate() {
                 let y = corrupt(&clean, c, s, StreamKey { seed, first_image: first as u64 })?.to_host()?;
                 let rows = &mut out[(k * n + first) * IMAGE_LEN..(k * n + first + count) * IMAGE_LEN];

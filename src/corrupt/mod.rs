@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 use anyhow::{Result, bail};
 
-use crate::data::{CHANNELS, IMAGE_SIZE};
+use crate::data::{CHANNELS, IMAGE_LEN, IMAGE_SIZE};
 use crate::device::Device;
 use crate::gpu::{Arg, LaunchConfig};
 use crate::tensor::Tensor;
@@ -279,6 +279,17 @@ pub fn with_emu_threads_per_image<T>(threads: u32, f: impl FnOnce() -> T) -> T {
     let out = f();
     EMU_THREADS_PER_IMAGE.with(|t| t.set(before));
     out
+}
+
+/// uint8 NHWC images (whole 32x32x3 images) as the (n, 32, 32, 3) tensor of 0..255 values that
+/// the corruptions and, scaled, the models take, on `device`.
+pub fn upload_images(pixels: &[u8], device: Device) -> Result<Tensor> {
+    let n = pixels.len() / IMAGE_LEN;
+    if n * IMAGE_LEN != pixels.len() {
+        bail!("{} bytes are not whole 32x32x3 images", pixels.len());
+    }
+    let values = pixels.iter().map(|&v| f32::from(v)).collect();
+    Tensor::from_vec(&[n, IMAGE_SIZE, IMAGE_SIZE, CHANNELS], values).to_device(device)
 }
 
 /// Loads what `corruptions` need beyond their kernels (the frost photographs, fetched on first
