@@ -79,10 +79,10 @@ pub fn evaluate_corruptions(
     let mut pixels = vec![0u8; batch_size.min(n) * IMAGE_LEN];
     for first in (0..n).step_by(batch_size) {
         let count = batch_size.min(n - first);
-        let batch_labels = &labels[first..first + count];
+        let batch_labels: Vec<u32> = labels[first..first + count].iter().map(|&l| u32::from(l)).collect();
         test.images_u8(first, &mut pixels[..count * IMAGE_LEN]);
         let clean = upload_images(&pixels[..count * IMAGE_LEN], device)?;
-        counts.clean += correct_on(model, weights, &clean, batch_labels)?;
+        counts.clean += correct_on(model, weights, &clean, &batch_labels)?;
         tick(progress, count);
         for (k, &c) in corruptions.iter().enumerate() {
             for &s in severities {
@@ -93,7 +93,7 @@ pub fn evaluate_corruptions(
                     CorruptedSource::Files(_) => upload_images(files[k].images(s, first, count)?, device)?,
                 };
                 *counts.corrupted.entry((c, s)).or_default() +=
-                    correct_on(model, weights, &corrupted, batch_labels)?;
+                    correct_on(model, weights, &corrupted, &batch_labels)?;
                 tick(progress, count);
             }
         }
@@ -108,10 +108,9 @@ fn tick(progress: Option<&ProgressBar>, count: usize) {
 }
 
 /// Correct predictions on images of 0..255 values.
-fn correct_on(model: &Model, weights: &Weights, images: &Tensor, labels: &[u8]) -> Result<usize> {
+fn correct_on(model: &Model, weights: &Weights, images: &Tensor, labels: &[u32]) -> Result<usize> {
     let unit = scale_tensor(images, 1.0 / 255.0)?;
-    let labels: Vec<u32> = labels.iter().map(|&l| u32::from(l)).collect();
-    count_correct(&class_scores(model, weights, unit)?, &labels)
+    count_correct(&class_scores(model, weights, unit)?, labels)
 }
 
 /// What `mocse eval --corruptions` reports. Accuracies are fractions in [0, 1].
