@@ -113,6 +113,8 @@ pub fn export(
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let n = images.len;
     let mut kept = Vec::new();
+    // Corruption by corruption, so only one corruption's output (S x N images) is held at a time;
+    // the clean batches are uploaded again for each, which costs far less than corrupting them.
     for &c in corruptions {
         progress.set_message(c.name());
         let mut out = vec![0u8; severities.len() * n * IMAGE_LEN];
