@@ -1,14 +1,18 @@
 //! Writes that never leave a half-written file: the bytes go to a temporary file beside the
-//! target, are flushed to disk, and replace the target in one rename.
+//! target, are flushed to disk, and replace the target in one rename; the directory is synced
+//! so the rename itself survives a power cut. A failed write (a full disk, say) removes its
+//! temporary and leaves the old file as it was.
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to a new temporary file beside `path` and syncs it; returns its path. The
+/// caller renames it into place (or removes it).
+pub fn write_synced_temporary(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     // The temporary's name is unique to this process and call, so two writers of the same file
     // (two processes filling a cache, say) never write into each other's temporary.
     static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -18,13 +22,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let result = (|| -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        f.sync_all()
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e).with_context(|| format!("could not write {}", path.display()))
+        }
     }
-    result.with_context(|| format!("could not write {}", path.display()))
+}
+
+/// Syncs a directory, so that renames and new names in it are on disk.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("could not sync directory {}", dir.display()))
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = write_synced_temporary(path, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("could not write {}", path.display()));
+    }
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Appends `line` (and a newline) to `path` and syncs it: a line survives a crash once this
+/// returns. A crash during the call may leave a torn last line, which readers tolerate.
+pub fn append_line_synced(path: &Path, line: &str) -> Result<()> {
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::OpenOptions::new().append(true).create(true).open(path)?;
+        f.write_all(format!("{line}\n").as_bytes())?;
+        f.sync_data()
+    })();
+    result.with_context(|| format!("could not append to {}", path.display()))
 }
 
 #[cfg(test)]
@@ -40,5 +74,7 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         assert!(write_atomic(&dir.path().join("missing/a.json"), b"x").is_err());
+        append_line_synced(&p, "three").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"twothree\n");
     }
 }

@@ -2,7 +2,6 @@
 //! each epoch, a log line and a checkpoint per epoch, and exact resumption.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -10,12 +9,15 @@ use anyhow::{Context, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::atomic_file::write_atomic;
+use crate::atomic_file::{append_line_synced, write_atomic};
 use crate::autograd::{Tape, Var};
-use crate::checkpoint::{self, MODEL_FILE, Progress, TRAINING_STATE_FILE};
+use crate::checkpoint::{self, MODEL_FILE, Progress, RunRecord};
 use crate::data::{Augment, DataSpec, Dataset, Split, batches, epoch_order, make_batch};
 use crate::device::Device;
+use crate::dir_lock::{DirLock, LOCK_FILE};
 use crate::eval::count_correct_on;
+use crate::fault;
+use crate::input_file::read_text;
 use crate::nn::model::{Model, ModelConfig};
 use crate::nn::preact_resnet::Weights;
 use crate::ops::elementwise::all_finite;
@@ -64,8 +66,10 @@ impl Schedule {
     }
 }
 
-/// Everything a run is defined by; written to RUN_DIR/config.json.
+/// Everything a run is defined by; written to RUN_DIR/config.json. Unknown keys are refused: a
+/// misspelt setting must not be silently ignored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub model: ModelConfig,
     /// `synthetic` or `cifar10:DIR`.
@@ -137,8 +141,8 @@ pub fn load_split(config: &TrainConfig, split: Split, subset: Option<usize>) -> 
 
 pub fn read_config(run_dir: &Path) -> Result<TrainConfig> {
     let path = run_dir.join(CONFIG_FILE);
-    let text = fs::read_to_string(&path).with_context(|| {
-        format!("could not read {} (is {} a mocse run directory?)", path.display(), run_dir.display())
+    let text = read_text(&path, "run configuration").with_context(|| {
+        format!("{} is not a mocse run directory, or its configuration is unreadable", run_dir.display())
     })?;
     let config: TrainConfig = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a valid mocse run configuration", path.display()))?;
@@ -146,7 +150,8 @@ pub fn read_config(run_dir: &Path) -> Result<TrainConfig> {
     Ok(config)
 }
 
-/// A run in progress: model, weights, optimizer state and data.
+/// A run in progress: model, weights, optimizer state and data. It holds the run directory's
+/// lock for as long as it lives, so no second process writes the same run.
 pub struct Trainer {
     pub config: TrainConfig,
     pub run_dir: PathBuf,
@@ -157,20 +162,57 @@ pub struct Trainer {
     pub progress: Progress,
     train: Dataset,
     test: Dataset,
+    _lock: DirLock,
+}
+
+/// Whether `dir` holds anything besides a lock file left by an earlier writer.
+fn holds_files(dir: &Path) -> Result<bool> {
+    let mut entries = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    Ok(entries.any(|e| e.map_or(true, |e| e.file_name() != LOCK_FILE)))
 }
 
 impl Trainer {
-    /// Starts a new run in `run_dir`, which must not hold one already.
+    /// Starts a new run in `run_dir`, which must be new or empty.
     pub fn create(config: TrainConfig, run_dir: &Path, device: Device) -> Result<Trainer> {
         config.validate()?;
-        if run_dir.join(CONFIG_FILE).exists() || run_dir.join(MODEL_FILE).exists() {
-            bail!(
+        config.model.check_fits(config.batch_size, device)?;
+        let already_a_run = || run_dir.join(CONFIG_FILE).exists() || run_dir.join(MODEL_FILE).exists();
+        let refuse_run = || {
+            anyhow::anyhow!(
                 "{} already holds a run; continue it with --resume, or choose another --out",
                 run_dir.display()
-            );
+            )
+        };
+        if run_dir.exists() {
+            if !run_dir.is_dir() {
+                bail!("--out {} exists and is not a directory", run_dir.display());
+            }
+            if already_a_run() {
+                return Err(refuse_run());
+            }
+            if holds_files(run_dir)? {
+                bail!(
+                    "--out {} already holds other files; a new run needs a new or empty directory",
+                    run_dir.display()
+                );
+            }
         }
         fs::create_dir_all(run_dir)
             .with_context(|| format!("could not create run directory {}", run_dir.display()))?;
+        let lock = DirLock::acquire(run_dir, "training")?;
+        // Another process may have started a run here between the checks above and the lock.
+        if already_a_run() {
+            return Err(refuse_run());
+        }
+        // The data and the weights first: a run directory is written only for a run that can start.
+        let trainer = Trainer::start(config, run_dir, device, lock)?;
+        write_atomic(&run_dir.join(CONFIG_FILE), serde_json::to_string_pretty(&trainer.config)?.as_bytes())?;
+        write_atomic(&run_dir.join(LOG_FILE), b"")?;
+        Ok(trainer)
+    }
+
+    /// A run at epoch 0: fresh weights from the config's seed, zero velocities.
+    fn start(config: TrainConfig, run_dir: &Path, device: Device, lock: DirLock) -> Result<Trainer> {
         let train = load_split(&config, Split::Train, config.train_subset)?;
         let test = load_split(&config, Split::Test, config.test_subset)?;
         ensure!(
@@ -184,8 +226,6 @@ impl Trainer {
         let weights = model.fused().init_weights(config.seed, mean, std).to_device(device)?;
         let velocity =
             weights.params.iter().map(|p| Tensor::zeros_on(device, p.shape())).collect::<Result<_>>()?;
-        write_atomic(&run_dir.join(CONFIG_FILE), serde_json::to_string_pretty(&config)?.as_bytes())?;
-        write_atomic(&run_dir.join(LOG_FILE), b"")?;
         Ok(Trainer {
             config,
             run_dir: run_dir.to_path_buf(),
@@ -196,44 +236,46 @@ impl Trainer {
             progress: Progress { epoch: 0, step: 0 },
             train,
             test,
+            _lock: lock,
         })
     }
 
-    /// Continues the run in `run_dir` from its last checkpoint.
+    /// Continues the run in `run_dir` from its last complete checkpoint (from the start if no
+    /// epoch finished), with the settings it was started with.
     pub fn resume(run_dir: &Path, device: Device) -> Result<Trainer> {
+        if !run_dir.is_dir() {
+            bail!("{} is not a directory; --resume continues an existing run", run_dir.display());
+        }
+        let lock = DirLock::acquire(run_dir, "training (resumed)")?;
         let config = read_config(run_dir)?;
+        config.model.check_fits(config.batch_size, device)?;
         let model = Model::new(config.model);
-        let model_path = run_dir.join(MODEL_FILE);
-        if !model_path.exists() {
-            bail!(
-                "{} has no checkpoint yet (no epoch finished); start it again without --resume after removing the directory",
-                run_dir.display()
+        let Some(saved) = checkpoint::load_checkpoint(run_dir, model.fused())? else {
+            eprintln!("{} has no finished epoch yet; starting it from the beginning", run_dir.display());
+            let log = LogFile::read(run_dir)?;
+            log.rewrite(run_dir, &[])?;
+            return Trainer::start(config, run_dir, device, lock);
+        };
+        if let Some(why) = &saved.fell_back {
+            eprintln!(
+                "warning: the last save of {} did not complete ({why}); continuing from the checkpoint before it (epoch {})",
+                run_dir.display(),
+                saved.progress.epoch
             );
         }
-        let (weights, progress) = checkpoint::load_model(&model_path, model.fused())?;
-        let (velocity, state_progress) =
-            checkpoint::load_training_state(&run_dir.join(TRAINING_STATE_FILE), model.fused())?;
-        let weights = weights.to_device(device)?;
-        let velocity = velocity.iter().map(|v| v.to_device(device)).collect::<Result<Vec<_>>>()?;
-        ensure!(
-            progress == state_progress,
-            "{} and {} are from different epochs ({} and {}): the run was interrupted while saving; remove both to restart",
-            MODEL_FILE,
-            TRAINING_STATE_FILE,
-            progress.epoch,
-            state_progress.epoch
-        );
-        let everything: Vec<Tensor> =
-            weights.params.iter().chain(&weights.buffers).chain(&velocity).cloned().collect();
-        ensure!(all_finite(&everything)?, "the checkpoint in {} holds non-finite numbers", run_dir.display());
-        // Epochs after the checkpoint never happened as far as the resumed run is concerned.
-        let log = read_log(run_dir)?;
-        let kept: String = log
-            .iter()
-            .filter(|e| e.epoch <= progress.epoch)
-            .map(|e| serde_json::to_string(e).map(|s| s + "\n"))
-            .collect::<Result<_, _>>()?;
-        write_atomic(&run_dir.join(LOG_FILE), kept.as_bytes())?;
+        if let Some(recorded) = &saved.record.config {
+            check_config_unchanged(run_dir, &config, recorded, saved.progress.epoch)?;
+        }
+        // Epochs after the checkpoint never happened as far as the resumed run is concerned; the
+        // checkpoint's own line is restored from the checkpoint if a crash lost it.
+        let log = LogFile::read(run_dir)?;
+        let mut kept: Vec<EpochLog> =
+            log.entries.into_iter().filter(|e| e.epoch <= saved.progress.epoch).collect();
+        let restored = saved.record.epoch_log.as_deref().and_then(|l| serde_json::from_str(l).ok());
+        if let Some(line) = restored.filter(|_| !kept.iter().any(|e| e.epoch == saved.progress.epoch)) {
+            kept.push(line);
+        }
+        LogFile::rewrite_entries(run_dir, &kept, &log.skipped)?;
         let train = load_split(&config, Split::Train, config.train_subset)?;
         let test = load_split(&config, Split::Test, config.test_subset)?;
         Ok(Trainer {
@@ -241,11 +283,12 @@ impl Trainer {
             run_dir: run_dir.to_path_buf(),
             device,
             model,
-            weights,
-            velocity,
-            progress,
+            weights: saved.weights.to_device(device)?,
+            velocity: saved.velocity.iter().map(|v| v.to_device(device)).collect::<Result<Vec<_>>>()?,
+            progress: saved.progress,
             train,
             test,
+            _lock: lock,
         })
     }
 
@@ -257,19 +300,38 @@ impl Trainer {
         self.progress.epoch >= self.config.epochs
     }
 
+    /// What a failure now leaves behind, for messages.
+    fn kept_checkpoint(&self) -> String {
+        if self.progress.epoch == 0 {
+            format!("no epoch of {} is complete yet", self.run_dir.display())
+        } else {
+            format!(
+                "the last good checkpoint (epoch {}) in {} is kept",
+                self.progress.epoch,
+                self.run_dir.display()
+            )
+        }
+    }
+
     /// One SGD step on a batch; returns (loss, correctly classified).
     pub fn step(&mut self, images: Vec<f32>, labels: &[u32], lr: f32) -> Result<(f32, usize)> {
-        let result =
-            sgd_train_step(&self.model, &mut self.weights, &mut self.velocity, images, labels, lr, &self.config.sgd)
-                .with_context(|| {
-                    format!(
-                        "training stopped at epoch {} step {} (lr {lr}); the last good checkpoint (epoch {}) in {} is kept; try a lower --lr",
-                        self.progress.epoch + 1,
-                        self.progress.step + 1,
-                        self.progress.epoch,
-                        self.run_dir.display()
-                    )
-                })?;
+        let result = sgd_train_step(
+            &self.model,
+            &mut self.weights,
+            &mut self.velocity,
+            images,
+            labels,
+            lr,
+            &self.config.sgd,
+        )
+        .with_context(|| {
+            format!(
+                "training stopped at epoch {} step {} (lr {lr}); {}; try a lower --lr",
+                self.progress.epoch + 1,
+                self.progress.step + 1,
+                self.kept_checkpoint()
+            )
+        })?;
         self.progress.step += 1;
         Ok(result)
     }
@@ -305,9 +367,8 @@ impl Trainer {
         bar.set_message("evaluating on the test split");
         let test_correct =
             count_correct_on(&self.model, &self.weights, &self.test, self.config.batch_size.max(128), None)?;
-        self.progress.epoch += 1;
         let entry = EpochLog {
-            epoch: self.progress.epoch,
+            epoch: epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
             train_accuracy: correct as f64 / seen.max(1) as f64,
             test_accuracy: test_correct as f64 / self.test.len() as f64,
@@ -315,21 +376,33 @@ impl Trainer {
             seconds: start.elapsed().as_secs_f64(),
             images_per_s: seen as f64 / train_seconds,
         };
-        self.save_checkpoint()?;
-        let mut log = fs::OpenOptions::new().append(true).create(true).open(self.run_dir.join(LOG_FILE))?;
-        writeln!(log, "{}", serde_json::to_string(&entry)?)?;
+        self.save_epoch(&entry).with_context(|| {
+            format!(
+                "could not save epoch {}; {}; after fixing the cause (a full disk?), continue with --resume",
+                epoch + 1,
+                self.kept_checkpoint()
+            )
+        })?;
+        self.progress.epoch += 1;
         Ok(entry)
     }
 
-    fn save_checkpoint(&self) -> Result<()> {
-        let net = self.model.fused();
-        checkpoint::save_training_state(
-            &self.run_dir.join(TRAINING_STATE_FILE),
-            net,
+    /// The log line first, then the checkpoint (which carries the line too): a crash in between
+    /// leaves a line for an epoch that --resume drops and trains again.
+    fn save_epoch(&self, entry: &EpochLog) -> Result<()> {
+        let line = serde_json::to_string(entry)?;
+        append_line_synced(&self.run_dir.join(LOG_FILE), &line)?;
+        fault::point(fault::points::EPOCH_LOGGED);
+        let record = RunRecord { config: Some(serde_json::to_string(&self.config)?), epoch_log: Some(line) };
+        let progress = Progress { epoch: entry.epoch, step: self.progress.step };
+        checkpoint::save_checkpoint(
+            &self.run_dir,
+            self.model.fused(),
+            &self.weights,
             &self.velocity,
-            self.progress,
-        )?;
-        checkpoint::save_model(&self.run_dir.join(MODEL_FILE), net, &self.weights, self.progress)
+            progress,
+            &record,
+        )
     }
 
     /// Trains until the configured number of epochs, or `max_epochs` more of them.
@@ -374,8 +447,9 @@ impl Trainer {
 }
 
 /// One SGD step: forward in training mode (updating the batch-norm running statistics), loss,
-/// backward, update. Returns (loss, correctly classified). A non-finite loss is an error, and
-/// then nothing has been updated; so is a non-finite parameter after the update.
+/// backward, update. Returns (loss, correctly classified). A non-finite loss or gradient is an
+/// error, and then nothing has been updated; so is a non-finite parameter, momentum buffer or
+/// running statistic after the update (the caller then must not save these weights).
 pub fn sgd_train_step(
     model: &Model,
     weights: &mut Weights,
@@ -405,20 +479,112 @@ pub fn sgd_train_step(
     for ((p, v), g) in weights.params.iter_mut().zip(velocity.iter_mut()).zip(&grads) {
         sgd_step(p, v, g, lr, sgd)?;
     }
+    // Everything the step produced is checked before it is accepted: parameters, momentum
+    // buffers and the batch-norm running statistics (which a huge learning rate can overflow
+    // while the loss still looks finite).
     ensure!(all_finite(&weights.params)?, "the update made a parameter infinite or NaN");
+    ensure!(all_finite(velocity)?, "the update made an SGD momentum buffer infinite or NaN");
+    ensure!(all_finite(&buffers)?, "a batch-norm running statistic became infinite or NaN");
     weights.buffers = buffers;
     Ok((loss_value, correct))
 }
 
+/// Every entry of RUN_DIR/log.jsonl, failing on a line that is not one.
 pub fn read_log(run_dir: &Path) -> Result<Vec<EpochLog>> {
-    let path = run_dir.join(LOG_FILE);
-    let text = fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{} line {} is not a log entry", path.display(), i + 1))
-        })
-        .collect()
+    let log = LogFile::read(run_dir)?;
+    if let Some((n, _)) = log.skipped.first() {
+        bail!("{} line {n} is not a log entry", run_dir.join(LOG_FILE).display());
+    }
+    Ok(log.entries)
+}
+
+/// RUN_DIR/log.jsonl as read for resuming: the entries, and the lines that are not entries
+/// (a line torn by a crash, or garbage), which must not stop a run whose checkpoint is intact.
+struct LogFile {
+    entries: Vec<EpochLog>,
+    /// (line number, text) of each line that did not parse.
+    skipped: Vec<(usize, String)>,
+}
+
+impl LogFile {
+    fn read(run_dir: &Path) -> Result<LogFile> {
+        let path = run_dir.join(LOG_FILE);
+        let text = match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            _ => {
+                let bytes = crate::input_file::read_input(
+                    &path,
+                    "training log",
+                    crate::input_file::SMALL_FILE_LIMIT,
+                )?;
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+        };
+        let mut log = LogFile { entries: Vec::new(), skipped: Vec::new() };
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            match serde_json::from_str(line) {
+                Ok(entry) => log.entries.push(entry),
+                Err(_) => log.skipped.push((i + 1, line.to_string())),
+            }
+        }
+        Ok(log)
+    }
+
+    /// Rewrites the log with `entries`, saying which unreadable lines were left out.
+    fn rewrite_entries(run_dir: &Path, entries: &[EpochLog], skipped: &[(usize, String)]) -> Result<()> {
+        let path = run_dir.join(LOG_FILE);
+        for (n, line) in skipped {
+            let shown: String = line.chars().take(80).collect();
+            eprintln!("warning: {} line {n} is not a log entry and is left out: {shown:?}", path.display());
+        }
+        let text: String =
+            entries.iter().map(|e| serde_json::to_string(e).map(|s| s + "\n")).collect::<Result<_, _>>()?;
+        write_atomic(&path, text.as_bytes())
+    }
+
+    fn rewrite(&self, run_dir: &Path, entries: &[EpochLog]) -> Result<()> {
+        LogFile::rewrite_entries(run_dir, entries, &self.skipped)
+    }
+}
+
+/// Refuses to resume when config.json differs from the settings recorded in the checkpoint:
+/// an edited learning rate or epoch count would silently change the schedule mid-run.
+fn check_config_unchanged(run_dir: &Path, current: &TrainConfig, recorded: &str, epoch: usize) -> Result<()> {
+    let path = run_dir.join(CONFIG_FILE);
+    let recorded: TrainConfig = serde_json::from_str(recorded).with_context(|| {
+        format!("the settings recorded in the checkpoint of {} are unreadable", run_dir.display())
+    })?;
+    if recorded == *current {
+        return Ok(());
+    }
+    // Through JSON text, so that f32 settings print as written (0.1, not 0.10000000149).
+    let as_value = |c: &TrainConfig| -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&serde_json::to_string(c)?)?)
+    };
+    let (recorded_value, current_value) = (as_value(&recorded)?, as_value(current)?);
+    let mut changes = Vec::new();
+    diff_values("", &recorded_value, &current_value, &mut changes);
+    bail!(
+        "{} was changed after the checkpoint of epoch {epoch} was written: {}. A run continues with the settings \
+         it was started with; put those values back to resume it, or start a new run (--out elsewhere) with the \
+         new settings",
+        path.display(),
+        changes.join(", ")
+    )
+}
+
+/// "key: recorded -> now" for every leaf where two JSON values differ.
+fn diff_values(prefix: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                diff_values(&name, a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), out);
+            }
+        }
+        _ if old != new => out.push(format!("{prefix} was {old}, is now {new}")),
+        _ => {}
+    }
 }

@@ -274,7 +274,7 @@ pub(crate) fn per_image(device: Device, n: usize) -> LaunchConfig {
 /// instead of one warp, on this thread: the tests check that every kernel gives the same output
 /// with the GPU's block size as with the emulator's.
 pub fn with_emu_threads_per_image<T>(threads: u32, f: impl FnOnce() -> T) -> T {
-    assert!(threads % 32 == 0 && (32..=1024).contains(&threads), "{threads} threads per block");
+    assert!(threads.is_multiple_of(32) && (32..=1024).contains(&threads), "{threads} threads per block");
     let before = EMU_THREADS_PER_IMAGE.with(|t| t.replace(threads));
     let out = f();
     EMU_THREADS_PER_IMAGE.with(|t| t.set(before));

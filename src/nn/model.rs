@@ -9,9 +9,22 @@ use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::autograd::{Tape, Var};
+use crate::device::Device;
 use crate::nn::preact_resnet::{NetShape, PreActResNet, Weights};
 use crate::ops::aggregate::Aggregate;
 use crate::tensor::Tensor;
+
+/// Bounds that keep every size computation far from overflow; real models are much smaller.
+pub const MAX_WIDTH: usize = 4096;
+pub const MAX_CLASSES: usize = 1000;
+
+/// Total physical memory (`MemTotal` of /proc/meminfo), when it can be read.
+fn physical_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,6 +55,7 @@ impl fmt::Display for ModelKind {
 
 /// Everything that defines a model's architecture and loss; stored in a run's config.json.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub kind: ModelKind,
     pub num_classes: usize,
@@ -55,14 +69,73 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.num_classes >= 2, "a classifier needs at least 2 classes");
-        ensure!(self.width >= 1, "width must be at least 1");
+        ensure!(
+            (2..=MAX_CLASSES).contains(&self.num_classes),
+            "a classifier needs 2 to {MAX_CLASSES} classes, got {}",
+            self.num_classes
+        );
+        ensure!(
+            (1..=MAX_WIDTH).contains(&self.width),
+            "the width must be 1 to {MAX_WIDTH}, got {} (PreAct ResNet-18 uses 64; at width {MAX_WIDTH} one \
+             standard network already has about 45 billion parameters)",
+            self.width
+        );
         ensure!(
             self.bce_weight.is_finite() && self.bce_weight >= 0.0,
             "--bce-weight must be a finite number >= 0, got {}",
             self.bce_weight
         );
         Ok(())
+    }
+
+    /// Refuses a model that cannot run at `batch_size` on `device`, before anything is
+    /// allocated: on the kernel devices every tensor must have fewer than 2^31 elements (the
+    /// kernels index with 32-bit integers), and weights, gradients, momentum and the
+    /// activations of one step must fit in this machine's memory.
+    pub fn check_fits(&self, batch_size: usize, device: Device) -> Result<()> {
+        self.validate()?;
+        let s = self.net_shape();
+        let (g, w, b) = (s.groups as u128, s.width as u128, batch_size as u128);
+        // The largest activation (the stem's output at 32x32) and weight (a last-stage conv).
+        let largest_activation = b * 32 * 32 * g * w;
+        let largest_weight = g * 8 * w * 8 * w * 9;
+        if device != Device::Cpu {
+            let limit = i32::MAX as u128;
+            ensure!(
+                largest_activation <= limit && largest_weight <= limit,
+                "{} at batch {batch_size} has a tensor of {} elements; the {device} device's kernels index \
+                 tensors with 32-bit integers (at most {limit}); use a smaller width or batch",
+                self.describe(),
+                largest_activation.max(largest_weight)
+            );
+        }
+        let needed = self.memory_estimate(batch_size);
+        if let Some(available) = physical_memory_bytes() {
+            ensure!(
+                needed <= available as u128,
+                "{} at batch {batch_size} needs at least {:.1} GiB of memory (weights, gradients, momentum \
+                 and one step's activations), more than this machine's {:.1} GiB; use a smaller width or batch",
+                self.describe(),
+                needed as f64 / (1u64 << 30) as f64,
+                available as f64 / (1u64 << 30) as f64
+            );
+        }
+        Ok(())
+    }
+
+    /// A lower bound of the bytes one training step holds: parameters three times (weights,
+    /// gradients, momentum) and about ten activations of each stage's size per image.
+    fn memory_estimate(&self, batch_size: usize) -> u128 {
+        let s = self.net_shape();
+        let (g, w, b) = (s.groups as u128, s.width as u128, batch_size as u128);
+        let stages: u128 =
+            [(32u128, 1u128), (16, 2), (8, 4), (4, 8)].iter().map(|(hw, m)| hw * hw * g * w * m).sum();
+        let conv_params: u128 = 3 * 9 * g * w
+            + [(1u128, 1u128), (2, 2), (4, 4), (8, 8)]
+                .iter()
+                .map(|(i, o)| 4 * 9 * g * w * i * w * o)
+                .sum::<u128>();
+        4 * (3 * conv_params + 10 * b * stages)
     }
 
     /// The fused network: groups = number of experts for MoCSE.

@@ -11,6 +11,7 @@ use crate::gpu::{self, Arg, LaunchConfig, int};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SgdConfig {
     pub momentum: f32,
     pub weight_decay: f32,
