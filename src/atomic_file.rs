@@ -33,6 +33,23 @@ pub fn write_synced_temporary(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     }
 }
 
+/// Removes the temporaries that writers killed mid-write left in `dir` (names as made by
+/// [`write_synced_temporary`]); returns how many. Only for a directory whose lock the caller
+/// holds, so that no live writer's temporary is taken.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            fs::remove_file(dir.join(&*name))
+                .with_context(|| format!("cannot remove {}", dir.join(&*name).display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Syncs a directory, so that renames and new names in it are on disk.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };

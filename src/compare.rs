@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use crate::corrupt::{Corruption, Group};
+use crate::input_file::read_text;
 use crate::robustness::{CorruptionReport, pct};
 
 /// A report and the name of its column.
@@ -18,13 +19,15 @@ pub struct Column {
 
 /// Reads a report written by `mocse eval --corruptions ... --json`.
 pub fn read_report(path: &Path) -> Result<CorruptionReport> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| {
+    let text = read_text(path, "report")?;
+    let report: CorruptionReport = serde_json::from_str(&text).with_context(|| {
         format!(
             "{} is not a corruption report (write one with `mocse eval --corruptions all --json FILE`)",
             path.display()
         )
-    })
+    })?;
+    report.validate().with_context(|| format!("{} holds an invalid report", path.display()))?;
+    Ok(report)
 }
 
 /// The default column label: the run directory's name, made unique with a number if needed.

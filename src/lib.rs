@@ -18,6 +18,7 @@ pub mod mapped_file;
 pub mod nn;
 pub mod npy;
 pub mod ops;
+pub mod output_paths;
 pub mod parallel;
 pub mod raster;
 pub mod rng;

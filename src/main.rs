@@ -16,13 +16,16 @@ use mocse::compare::{Column, chart_data, default_labels, read_report, table1_mar
 use mocse::corrupt::export::{CleanImages, ExportSettings, ImageInput, export};
 use mocse::corrupt::{Corruption, CorruptionList, SEVERITIES, SeverityList};
 use mocse::data::cifar10c::Cifar10C;
+use mocse::data::cifar10c::MANIFEST_FILE;
 use mocse::data::{DataSpec, Dataset, Split};
 use mocse::device::{Device, DeviceChoice};
+use mocse::dir_lock::{DirLock, LOCK_FILE};
 use mocse::eval::{EvalReport, RunDescription, count_correct_on};
 use mocse::nn::model::{Model, ModelConfig, ModelKind};
 use mocse::ops::aggregate::Aggregate;
 use mocse::ops::conv::{ConvImpl, set_conv_impl};
 use mocse::ops::sgd::SgdConfig;
+use mocse::output_paths::{check_outputs, files_in};
 use mocse::raster::{bar_chart_png, gallery_png};
 use mocse::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions};
 use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, read_config};
@@ -374,6 +377,9 @@ fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
+    if a.stop_after == Some(0) {
+        bail!("--stop-after must be at least 1 (it counts epochs to train before stopping)");
+    }
     let (device, why) = a.run_on.device.resolve()?;
     use_conv_impl(a.run_on.conv_impl, device)?;
     let mut trainer = if a.resume {
@@ -481,17 +487,48 @@ fn eval(a: EvalArgs) -> Result<()> {
     if a.cifar10c.is_some() && a.seed.is_some() {
         bail!("--seed chooses generated corruptions; the files of --cifar10c are fixed");
     }
-    let severities = a.severities.clone().map_or_else(|| SEVERITIES.collect(), |s| s.0);
     let seed = a.seed.unwrap_or(0);
     let config = read_config(&a.run)?;
-    let model = Model::new(config.model);
-    let (weights, progress) = checkpoint::load_model(&a.run.join(MODEL_FILE), model.fused())
-        .with_context(|| format!("{} has no usable checkpoint", a.run.display()))?;
-    let weights = weights.to_device(device)?;
+    // A CIFAR-10-C directory holds the severities it holds: they are the default, and others are
+    // refused before any work.
+    let files = a.cifar10c.as_deref().map(Cifar10C::open).transpose()?;
+    let severities = match (&a.severities, &files) {
+        (Some(asked), Some(f)) => {
+            if let Some(missing) = asked.0.iter().find(|s| !f.severities().contains(s)) {
+                bail!(
+                    "--severities asks for {missing}, but {} holds severities {:?}",
+                    f.dir().display(),
+                    f.severities()
+                );
+            }
+            asked.0.clone()
+        }
+        (Some(asked), None) => asked.0.clone(),
+        (None, Some(f)) => f.severities().to_vec(),
+        (None, None) => SEVERITIES.collect(),
+    };
     let spec = match &a.data {
         Some(d) => d.clone(),
         None => config.data_spec()?,
     };
+    let mut inputs = files_in(&a.run);
+    if let DataSpec::Cifar10(dir) = &spec {
+        inputs.extend(files_in(dir));
+        inputs.extend(files_in(&dir.join("cifar-10-batches-bin")));
+    }
+    if let Some(dir) = &a.cifar10c {
+        inputs.extend(files_in(dir));
+    }
+    let outputs: Vec<(&str, &Path)> = [("--json", &a.json), ("--markdown", &a.markdown), ("--csv", &a.csv)]
+        .into_iter()
+        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+        .collect();
+    check_outputs(&outputs, &inputs)?;
+    config.model.check_fits(a.batch_size, device)?;
+    let model = Model::new(config.model);
+    let (weights, progress) = checkpoint::load_model(&a.run.join(MODEL_FILE), model.fused())
+        .with_context(|| format!("{} has no usable checkpoint", a.run.display()))?;
+    let weights = weights.to_device(device)?;
     let test = Dataset::load(&spec, Split::Test, a.test_subset, SYNTHETIC_SET_SEED)?;
     let run = RunDescription {
         model: config.model.kind.to_string(),
@@ -527,7 +564,6 @@ fn eval(a: EvalArgs) -> Result<()> {
         }
         return Ok(());
     };
-    let files = a.cifar10c.as_deref().map(Cifar10C::open).transpose()?;
     let (source, described) = match &files {
         Some(f) => (CorruptedSource::Files(f), format!("cifar10c:{}", f.dir().display())),
         None => (CorruptedSource::Generate { seed }, format!("generated on {device} (seed {seed})")),
@@ -578,8 +614,58 @@ fn progress_bar(len: u64, template: &str) -> ProgressBar {
     bar
 }
 
+/// `corrupt --out` must be new, empty, or an earlier `mocse corrupt` output (which it updates);
+/// anything else (a published CIFAR-10-C folder, `/`, a home directory) is not ours to write.
+fn check_corrupt_out(out: &Path) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        bail!("--out {} exists and is not a directory", out.display());
+    }
+    let others = std::fs::read_dir(out)
+        .with_context(|| format!("cannot list {}", out.display()))?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name() != LOCK_FILE);
+    if others && !out.join(MANIFEST_FILE).exists() {
+        bail!(
+            "--out {} already holds files and is not a directory written by `mocse corrupt` (no {MANIFEST_FILE}); \
+             choose a new or empty directory",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 fn corrupt_images(a: CorruptArgs) -> Result<()> {
     let (device, why) = a.device.resolve()?;
+    check_corrupt_out(&a.out)?;
+    let mut inputs = Vec::new();
+    match &a.input {
+        ImageInput::Npy(p) => inputs.push(p.clone()),
+        ImageInput::Data(DataSpec::Cifar10(dir)) => {
+            inputs.extend(files_in(dir));
+            inputs.extend(files_in(&dir.join("cifar-10-batches-bin")));
+        }
+        ImageInput::Data(DataSpec::Synthetic) => {}
+    }
+    let mut planned: Vec<(String, PathBuf)> = a
+        .corruption
+        .0
+        .iter()
+        .map(|c| ("--out".to_string(), a.out.join(format!("{}.npy", c.name()))))
+        .collect();
+    planned.push(("--out".into(), a.out.join("labels.npy")));
+    planned.push(("--out".into(), a.out.join(MANIFEST_FILE)));
+    let mut outputs: Vec<(&str, &Path)> = if a.out.exists() {
+        planned.iter().map(|(f, p)| (f.as_str(), p.as_path())).collect()
+    } else {
+        Vec::new()
+    };
+    if let Some(g) = &a.gallery {
+        outputs.push(("--gallery", g));
+    }
+    check_outputs(&outputs, &inputs)?;
     let images = CleanImages::load(&a.input, a.limit, SYNTHETIC_SET_SEED)?;
     if a.gallery.is_some() && a.gallery_image >= images.len {
         bail!("--gallery-image {} is out of range: the input has {} images", a.gallery_image, images.len);
@@ -601,6 +687,8 @@ fn corrupt_images(a: CorruptArgs) -> Result<()> {
         a.severity.0,
         a.seed
     );
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let _one_writer = DirLock::acquire(&a.out, "corrupt")?;
     eprintln!("writing to {}", a.out.display());
     let total = (images.len * a.corruption.0.len() * a.severity.0.len()) as u64;
     let bar = progress_bar(total, "{msg:>18} [{bar:30}] {pos}/{len} images ({per_sec}, {eta} left)");
@@ -632,6 +720,11 @@ fn corrupt_images(a: CorruptArgs) -> Result<()> {
 }
 
 fn compare(a: CompareArgs) -> Result<()> {
+    let outputs: Vec<(&str, &Path)> = [("--out", &a.out), ("--chart", &a.chart)]
+        .into_iter()
+        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+        .collect();
+    check_outputs(&outputs, &a.reports)?;
     let reports = a.reports.iter().map(|p| read_report(p)).collect::<Result<Vec<_>>>()?;
     let labels = match a.labels {
         Some(l) if l.len() != reports.len() => {
@@ -665,6 +758,9 @@ fn bench(a: BenchArgs) -> Result<()> {
     if !["train-step", "conv-layers", "corrupt"].contains(&a.what.as_str()) {
         bail!("unknown --what '{}'; expected train-step, conv-layers or corrupt", a.what);
     }
+    if let Some(path) = &a.json {
+        check_outputs(&[("--json", path)], &[])?;
+    }
     if a.what == "corrupt" {
         return bench_corrupt(a);
     }
@@ -691,7 +787,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         aggregate: Aggregate::Prob,
         bce_weight: 1.0,
     };
-    config.validate()?;
+    config.check_fits(batch_size, device)?;
     eprintln!(
         "{why}; measuring {} of {} at batch {} ({} warm-up + {} timed runs, median)",
         a.what,

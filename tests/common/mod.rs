@@ -15,8 +15,16 @@ pub struct Run {
 
 /// Runs `mocse` with `args` and captures everything it printed.
 pub fn mocse(args: &[&str]) -> Run {
-    let Output { status, stdout, stderr } =
-        Command::new(env!("CARGO_BIN_EXE_mocse")).args(args).output().expect("the mocse binary runs");
+    mocse_env(args, &[])
+}
+
+/// Runs `mocse` with `args` and extra environment variables.
+pub fn mocse_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let Output { status, stdout, stderr } = Command::new(env!("CARGO_BIN_EXE_mocse"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the mocse binary runs");
     Run {
         ok: status.success(),
         code: status.code(),
@@ -84,4 +92,17 @@ pub fn kernel_devices() -> Vec<mocse::device::Device> {
         Err(why) => eprintln!("SKIPPED on cuda: {why:#}"),
     }
     out
+}
+
+/// Overwrites element `index` of f32 tensor `name` in a safetensors file in place, found through
+/// the file's own header (independently of mocse's reader and writer).
+pub fn tamper_f32(path: &Path, name: &str, index: usize, value: f32) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start =
+        header[name]["data_offsets"][0].as_u64().unwrap_or_else(|| panic!("no tensor {name}")) as usize;
+    let at = 8 + n + start + 4 * index;
+    bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
 }
