@@ -4,8 +4,8 @@
 //! weights OIHW, `num_batches_tracked` as int64), so `safetensors.torch.load_file` gives a
 //! dict that PyTorch's PreAct ResNet-18 (or its grouped form) loads. `training_state.safetensors`
 //! holds the SGD velocities (`<param>.momentum_buffer`) and, in its metadata, how far training
-//! got, the run's settings and the epoch's log line. Both carry the same checkpoint id, so a
-//! pair from different saves is recognised.
+//! got and the epoch's log line. Both carry the run's settings (config.json as it was) and the
+//! same checkpoint id, so a pair from different saves, or an edited config.json, is recognised.
 //!
 //! **The pair is one transaction.** Saving keeps the current pair as
 //! `model.prev.safetensors` / `training_state.prev.safetensors` (hard links, so no copy) when it
@@ -98,7 +98,13 @@ fn base_metadata(kind: &str, progress: Progress, id: &str) -> HashMap<String, St
     ])
 }
 
-fn model_bytes(net: &PreActResNet, weights: &Weights, progress: Progress, id: &str) -> Result<Vec<u8>> {
+fn model_bytes(
+    net: &PreActResNet,
+    weights: &Weights,
+    progress: Progress,
+    id: &str,
+    config: Option<&str>,
+) -> Result<Vec<u8>> {
     let mut entries = Vec::new();
     for (spec, t) in net.param_specs().iter().zip(&weights.params) {
         entries.push(f32_entry(&spec.name, t)?);
@@ -110,7 +116,11 @@ fn model_bytes(net: &PreActResNet, weights: &Weights, progress: Progress, id: &s
             entries.push((format!("{layer}.num_batches_tracked"), Dtype::I64, vec![], count));
         }
     }
-    serialize(entries, base_metadata("model", progress, id))
+    let mut meta = base_metadata("model", progress, id);
+    if let Some(c) = config {
+        meta.insert("config".into(), c.to_string());
+    }
+    serialize(entries, meta)
 }
 
 fn training_state_bytes(
@@ -140,7 +150,7 @@ fn training_state_bytes(
 pub fn save_model(path: &Path, net: &PreActResNet, weights: &Weights, progress: Progress) -> Result<()> {
     check_weights(net, weights)?;
     let id = checkpoint_id(progress);
-    crate::atomic_file::write_atomic(path, &model_bytes(net, weights, progress, &id)?)
+    crate::atomic_file::write_atomic(path, &model_bytes(net, weights, progress, &id, None)?)
 }
 
 /// A fresh id per save: two saves never share one, even of the same epoch.
@@ -163,7 +173,7 @@ pub fn save_checkpoint(
     check_weights(net, weights).context("refusing to save a broken checkpoint")?;
     check_velocity(net, velocity).context("refusing to save a broken checkpoint")?;
     let id = checkpoint_id(progress);
-    let model = model_bytes(net, weights, progress, &id)?;
+    let model = model_bytes(net, weights, progress, &id, record.config.as_deref())?;
     let state = training_state_bytes(net, velocity, progress, &id, record)?;
     let path = |name: &str| run_dir.join(name);
 
@@ -379,6 +389,11 @@ fn load_state_file(path: &Path, net: &PreActResNet) -> Result<(Vec<Tensor>, Head
     Ok((velocity, header))
 }
 
+/// The run settings recorded in a model file (its header only is read), if it has them.
+pub fn recorded_config(path: &Path) -> Result<Option<String>> {
+    Ok(read_header(path)?.field("config").map(str::to_string))
+}
+
 /// Loads a model file, checked (see the module documentation), for evaluation.
 pub fn load_model(path: &Path, net: &PreActResNet) -> Result<(Weights, Progress)> {
     let (weights, header) = load_model_file(path, net)?;
@@ -561,7 +576,7 @@ mod tests {
             let id = checkpoint_id(Progress { epoch: 1, step: 1 });
             crate::atomic_file::write_atomic(
                 &path,
-                &model_bytes(&net, &w, Progress { epoch: 1, step: 1 }, &id).unwrap(),
+                &model_bytes(&net, &w, Progress { epoch: 1, step: 1 }, &id, None).unwrap(),
             )
             .unwrap();
             let err = format!("{:#}", load_model(&path, &net).unwrap_err());

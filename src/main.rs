@@ -14,7 +14,7 @@ use mocse::bench::bench_train_step;
 use mocse::checkpoint::{self, MODEL_FILE};
 use mocse::compare::{Column, chart_data, default_labels, read_report, table1_markdown};
 use mocse::corrupt::export::{CleanImages, ExportSettings, ImageInput, export};
-use mocse::corrupt::{Corruption, CorruptionList, SEVERITIES, SeverityList};
+use mocse::corrupt::{CorruptionList, SEVERITIES, SeverityList};
 use mocse::data::cifar10c::Cifar10C;
 use mocse::data::cifar10c::MANIFEST_FILE;
 use mocse::data::{DataSpec, Dataset, Split};
@@ -28,7 +28,7 @@ use mocse::ops::sgd::SgdConfig;
 use mocse::output_paths::{check_outputs, files_in};
 use mocse::raster::{bar_chart_png, gallery_png};
 use mocse::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions};
-use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, read_config};
+use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, check_config_unchanged, read_config};
 
 // Large tensors are allocated and freed every step; mimalloc keeps those pages mapped instead
 // of returning them to the system and faulting them in again.
@@ -472,12 +472,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let corruptions = match (&a.corruptions, &a.cifar10c) {
-        (Some(c), _) => Some(c.0.clone()),
-        (None, Some(_)) => Some(Corruption::ALL.to_vec()),
-        (None, None) => None,
-    };
-    if corruptions.is_none()
+    if a.corruptions.is_none()
+        && a.cifar10c.is_none()
         && (a.markdown.is_some() || a.csv.is_some() || a.severities.is_some() || a.seed.is_some())
     {
         bail!(
@@ -489,9 +485,14 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     let seed = a.seed.unwrap_or(0);
     let config = read_config(&a.run)?;
-    // A CIFAR-10-C directory holds the severities it holds: they are the default, and others are
-    // refused before any work.
+    // A CIFAR-10-C directory holds the corruptions and severities it holds: they are the
+    // defaults, and severities it lacks are refused before any work.
     let files = a.cifar10c.as_deref().map(Cifar10C::open).transpose()?;
+    let corruptions = match (&a.corruptions, &files) {
+        (Some(c), _) => Some(c.0.clone()),
+        (None, Some(f)) => Some(f.corruptions().to_vec()),
+        (None, None) => None,
+    };
     let severities = match (&a.severities, &files) {
         (Some(asked), Some(f)) => {
             if let Some(missing) = asked.0.iter().find(|s| !f.severities().contains(s)) {
@@ -524,10 +525,16 @@ fn eval(a: EvalArgs) -> Result<()> {
         .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
         .collect();
     check_outputs(&outputs, &inputs)?;
-    config.model.check_fits(a.batch_size, device)?;
+    config
+        .model
+        .check_fits(a.batch_size.min(a.test_subset.unwrap_or(mocse::data::SYNTHETIC_TEST_LEN)), device)?;
     let model = Model::new(config.model);
-    let (weights, progress) = checkpoint::load_model(&a.run.join(MODEL_FILE), model.fused())
+    let model_path = a.run.join(MODEL_FILE);
+    let (weights, progress) = checkpoint::load_model(&model_path, model.fused())
         .with_context(|| format!("{} has no usable checkpoint", a.run.display()))?;
+    if let Some(recorded) = checkpoint::recorded_config(&model_path)? {
+        check_config_unchanged(&a.run, &config, &recorded, progress.epoch)?;
+    }
     let weights = weights.to_device(device)?;
     let test = Dataset::load(&spec, Split::Test, a.test_subset, SYNTHETIC_SET_SEED)?;
     let run = RunDescription {
@@ -687,6 +694,8 @@ fn corrupt_images(a: CorruptArgs) -> Result<()> {
         a.severity.0,
         a.seed
     );
+    // What the corruptions need (frost's photographs) before the directory is made.
+    mocse::corrupt::prepare(&a.corruption.0)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let _one_writer = DirLock::acquire(&a.out, "corrupt")?;
     eprintln!("writing to {}", a.out.display());

@@ -41,6 +41,46 @@ impl NpyU8 {
     }
 }
 
+/// NumPy's own limit on the header it reads from untrusted files (`max_header_size`).
+const MAX_HEADER_LEN: usize = 10_000;
+
+/// Checks the magic, version and header length, and that the header text nests brackets at
+/// most twice (the dict and the shape tuple of a plain array), before the header reaches the
+/// Python-literal parser of `npyz`: that parser takes exponential time on deeply nested
+/// brackets, and a v2 header length would otherwise size an allocation of up to 4 GiB.
+fn check_preamble(bytes: &[u8]) -> Result<()> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        bail!("not a NumPy .npy file (no \\x93NUMPY magic)");
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
+        v => bail!("not a NumPy .npy file of a known version (version {v})"),
+    };
+    if len > MAX_HEADER_LEN || start + len > bytes.len() {
+        bail!("not a NumPy .npy file: its header claims {len} bytes (NumPy reads at most {MAX_HEADER_LEN})");
+    }
+    let (mut depth, mut quote) = (0usize, None);
+    for &c in &bytes[start..start + len] {
+        match (quote, c) {
+            (Some(q), _) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'\'' | b'"') => quote = Some(c),
+            (None, b'(' | b'[' | b'{') => {
+                depth += 1;
+                if depth > 2 {
+                    bail!("not a plain NumPy array: its header nests brackets more than twice");
+                }
+            }
+            (None, b')' | b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The number of elements of `shape`, unless it overflows.
 fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
@@ -50,6 +90,7 @@ fn element_count(shape: &[usize]) -> Option<usize> {
 /// The shape comes from the file: its element count is computed without overflow before it is
 /// compared with the bytes that follow the header.
 pub fn parse_u8_header(bytes: &[u8]) -> Result<(Vec<usize>, usize)> {
+    check_preamble(bytes)?;
     let mut cursor = Cursor::new(bytes);
     let file = npyz::NpyFile::new(&mut cursor).context("not a NumPy .npy file")?;
     let dtype = file.dtype().descr();
@@ -144,6 +185,7 @@ impl Npz {
     /// Array `name` as `float64`, flattened.
     pub fn f64_array(&mut self, name: &str) -> Result<Vec<f64>> {
         let bytes = self.entry_bytes(name)?;
+        check_preamble(&bytes).with_context(|| format!("array '{name}' of {}", self.path.display()))?;
         let file = npyz::NpyFile::new(&bytes[..])?;
         file.into_vec::<f64>()
             .with_context(|| format!("array '{name}' of {} is not float64", self.path.display()))
@@ -192,5 +234,20 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = format!("{:#}", NpyU8::open(&path).err().unwrap());
         assert!(err.contains("overflows"), "{err}");
+
+        // Deeply nested brackets (which the Python-literal parser takes exponential time on) and a
+        // header length beyond the file are refused before parsing.
+        let header = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': (3,{}), }}", "[".repeat(60));
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = format!("{:#}", NpyU8::open(&path).err().unwrap());
+        assert!(err.contains("nests brackets"), "{err}");
+        bytes[6] = 2;
+        bytes.splice(8..10, [0xff, 0xff, 0xff, 0xff]);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = format!("{:#}", NpyU8::open(&path).err().unwrap());
+        assert!(err.contains("header claims 4294967295 bytes"), "{err}");
     }
 }

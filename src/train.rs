@@ -111,6 +111,11 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The most images a training step takes: the batch size, or all images when fewer.
+    pub fn largest_batch(&self) -> usize {
+        self.batch_size.min(self.train_subset.unwrap_or(crate::data::SYNTHETIC_TRAIN_LEN))
+    }
+
     pub fn data_spec(&self) -> Result<DataSpec> {
         Ok(self.data.parse()?)
     }
@@ -175,7 +180,7 @@ impl Trainer {
     /// Starts a new run in `run_dir`, which must be new or empty.
     pub fn create(config: TrainConfig, run_dir: &Path, device: Device) -> Result<Trainer> {
         config.validate()?;
-        config.model.check_fits(config.batch_size, device)?;
+        config.model.check_fits(config.largest_batch(), device)?;
         let already_a_run = || run_dir.join(CONFIG_FILE).exists() || run_dir.join(MODEL_FILE).exists();
         let refuse_run = || {
             anyhow::anyhow!(
@@ -249,7 +254,7 @@ impl Trainer {
         let lock = DirLock::acquire(run_dir, "training (resumed)")?;
         remove_stale_temporaries(run_dir)?;
         let config = read_config(run_dir)?;
-        config.model.check_fits(config.batch_size, device)?;
+        config.model.check_fits(config.largest_batch(), device)?;
         let model = Model::new(config.model);
         let Some(saved) = checkpoint::load_checkpoint(run_dir, model.fused())? else {
             eprintln!("{} has no finished epoch yet; starting it from the beginning", run_dir.display());
@@ -550,9 +555,15 @@ impl LogFile {
     }
 }
 
-/// Refuses to resume when config.json differs from the settings recorded in the checkpoint:
-/// an edited learning rate or epoch count would silently change the schedule mid-run.
-fn check_config_unchanged(run_dir: &Path, current: &TrainConfig, recorded: &str, epoch: usize) -> Result<()> {
+/// Refuses to resume (or evaluate) when config.json differs from the settings recorded in the
+/// checkpoint: an edited learning rate or epoch count would silently change the schedule
+/// mid-run, an edited aggregation would silently evaluate another model.
+pub fn check_config_unchanged(
+    run_dir: &Path,
+    current: &TrainConfig,
+    recorded: &str,
+    epoch: usize,
+) -> Result<()> {
     let path = run_dir.join(CONFIG_FILE);
     let recorded: TrainConfig = serde_json::from_str(recorded).with_context(|| {
         format!("the settings recorded in the checkpoint of {} are unreadable", run_dir.display())

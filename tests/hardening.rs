@@ -582,19 +582,16 @@ fn outputs_never_replace_inputs_and_are_checked_before_work() {
     ]);
     assert_clean_failure(&r, "input files");
     assert_eq!(fs::read(set.join("brightness.npy")).unwrap(), input);
-    // Updating an earlier corrupt output with another corruption is fine.
-    let r = mocse(&[
-        "corrupt",
-        "--input",
-        s(&set.join("brightness.npy")),
-        "--out",
-        s(&set),
-        "--corruption",
-        "contrast",
-        "--device",
-        "cpu",
-    ]);
+    // Adding a corruption to an earlier corrupt output is fine with the same settings, and
+    // refused with others (its rows would be read under the wrong labels).
+    #[rustfmt::skip]
+    let add = |seed: &str| mocse(&["corrupt", "--input", "synthetic", "--limit", "4", "--corruption", "contrast",
+        "--seed", seed, "--out", s(&set), "--device", "cpu"]);
+    assert_clean_failure(&add("1"), "seed 0 / 1");
+    let r = add("0");
     assert!(r.ok, "{}", r.stderr);
+    let manifest = fs::read_to_string(set.join("corrupt.json")).unwrap();
+    assert!(manifest.contains("\"brightness\"") && manifest.contains("\"contrast\""), "{manifest}");
     for out in ["/", s(&run)] {
         let r = mocse(&[
             "corrupt",

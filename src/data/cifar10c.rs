@@ -39,6 +39,11 @@ pub fn read_manifest(dir: &Path) -> Result<Option<CorruptManifest>> {
     let bytes = read_bounded(file, &path, "manifest", SMALL_FILE_LIMIT)?;
     let m: CorruptManifest = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a valid manifest", path.display()))?;
+    if let Some(unknown) =
+        m.corruptions.iter().find(|n| !Corruption::ALL.iter().any(|c| c.name() == n.as_str()))
+    {
+        bail!("{} lists corruption {unknown:?}, which is not one of the 19", path.display());
+    }
     if m.severities.is_empty()
         || m.severities.iter().any(|s| !SEVERITIES.contains(s))
         || m.severities.windows(2).any(|w| w[0] >= w[1])
@@ -61,6 +66,8 @@ pub struct Cifar10C {
     per_block: usize,
     /// The labels of one block.
     labels: Vec<u8>,
+    /// The corruptions `corrupt.json` lists (all 19 for the published files).
+    corruptions: Vec<Corruption>,
 }
 
 /// One corruption's images.
@@ -121,7 +128,13 @@ impl Cifar10C {
         if let Some(bad) = first.iter().find(|&&l| l >= 10) {
             bail!("{} holds label {bad}; CIFAR-10 labels are 0..9", path.display());
         }
-        Ok(Cifar10C { dir: dir.to_owned(), severities, per_block, labels: first.to_vec() })
+        let corruptions = match &manifest {
+            None => Corruption::ALL.to_vec(),
+            Some(m) => {
+                Corruption::ALL.into_iter().filter(|c| m.corruptions.iter().any(|n| n == c.name())).collect()
+            }
+        };
+        Ok(Cifar10C { dir: dir.to_owned(), severities, per_block, labels: first.to_vec(), corruptions })
     }
 
     pub fn dir(&self) -> &Path {
@@ -130,6 +143,11 @@ impl Cifar10C {
 
     pub fn severities(&self) -> &[u8] {
         &self.severities
+    }
+
+    /// The corruptions the directory holds: those its `corrupt.json` lists, else all 19.
+    pub fn corruptions(&self) -> &[Corruption] {
+        &self.corruptions
     }
 
     /// Test images per severity.
