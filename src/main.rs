@@ -168,10 +168,11 @@ struct EvalArgs {
     /// (gaussian_noise, shot_noise, impulse_noise, speckle_noise, defocus_blur, glass_blur,
     /// motion_blur, zoom_blur, gaussian_blur, snow, frost, fog, spatter, brightness, contrast,
     /// elastic_transform, pixelate, jpeg_compression, saturate). Generated on the device batch by
-    /// batch unless --cifar10c is given [default with --cifar10c: all]
+    /// batch unless --cifar10c is given [default with --cifar10c: those the directory holds]
     #[arg(long, value_name = "NAMES")]
     corruptions: Option<CorruptionList>,
-    /// With corruptions: severities to evaluate, K, A-B or K,L,.. within 1-5 [default: 1-5]
+    /// With corruptions: severities to evaluate, K, A-B or K,L,.. within 1-5 [default: 1-5; with
+    /// --cifar10c: those the directory holds]
     #[arg(long)]
     severities: Option<SeverityList>,
     /// Seed of the generated corruptions (the same seed gives the same corrupted images)

@@ -579,9 +579,9 @@ pub fn check_config_unchanged(
     let mut changes = Vec::new();
     diff_values("", &recorded_value, &current_value, &mut changes);
     bail!(
-        "{} was changed after the checkpoint of epoch {epoch} was written: {}. A run continues with the settings \
-         it was started with; put those values back to resume it, or start a new run (--out elsewhere) with the \
-         new settings",
+        "{} was changed after the checkpoint of epoch {epoch} was written: {}. A run keeps the settings it was \
+         started with (they are recorded in its checkpoint): put those values back, or train a new run (--out \
+         elsewhere) with the new settings",
         path.display(),
         changes.join(", ")
     )
