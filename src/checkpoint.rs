@@ -179,8 +179,7 @@ pub fn save_checkpoint(
 
     // Keep the current pair to fall back to, if it is one; otherwise the previous pair is the
     // matching one and must stay.
-    if let Some(current) = pair_id(&path(MODEL_FILE), &path(TRAINING_STATE_FILE)) {
-        let _ = current;
+    if pair_id(&path(MODEL_FILE), &path(TRAINING_STATE_FILE)).is_some() {
         for (from, to) in
             [(TRAINING_STATE_FILE, PREVIOUS_TRAINING_STATE_FILE), (MODEL_FILE, PREVIOUS_MODEL_FILE)]
         {

@@ -205,7 +205,10 @@ fn corrupt_rejects_bad_input_clearly() {
         &mocse(&["corrupt", "--input", npy_s, "--out", out_s]),
         "expected uint8 images of shape (N, 32, 32, 3)",
     );
-    assert_clean_failure(&mocse(&["corrupt", "--input", "/nonexistent.npy", "--out", out_s]), "does not exist");
+    assert_clean_failure(
+        &mocse(&["corrupt", "--input", "/nonexistent.npy", "--out", out_s]),
+        "does not exist",
+    );
     assert_clean_failure(&mocse(&["corrupt", "--input", "imgs.png", "--out", out_s]), "expected FILE.npy");
     assert_clean_failure(
         &mocse(&["corrupt", "--input", "synthetic", "--corruption", "rain", "--out", out_s]),
