@@ -179,7 +179,7 @@ pub fn save_checkpoint(
 
     // Keep the current pair to fall back to, if it is one; otherwise the previous pair is the
     // matching one and must stay.
-    if pair_id(&path(MODEL_FILE), &path(TRAINING_STATE_FILE)).is_some() {
+    if is_matching_pair(&path(MODEL_FILE), &path(TRAINING_STATE_FILE)) {
         for (from, to) in
             [(TRAINING_STATE_FILE, PREVIOUS_TRAINING_STATE_FILE), (MODEL_FILE, PREVIOUS_MODEL_FILE)]
         {
@@ -227,18 +227,18 @@ fn keep_as(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The checkpoint id shared by a model and a training state file, if both exist, parse and match.
-fn pair_id(model: &Path, state: &Path) -> Option<String> {
-    let m = read_header(model).ok()?;
-    let s = read_header(state).ok()?;
-    (m.id() == s.id() && m.kind() == Some("model") && s.kind() == Some("training_state")).then(|| m.id())
+/// Whether a model and a training state file both exist, parse and belong to the same save.
+fn is_matching_pair(model: &Path, state: &Path) -> bool {
+    match (read_header(model), read_header(state)) {
+        (Ok(m), Ok(s)) => m.id() == s.id() && m.kind() == Some("model") && s.kind() == Some("training_state"),
+        _ => false,
+    }
 }
 
 /// A checkpoint file's header: its tensors and metadata, read without the data.
 struct Header {
     path: PathBuf,
     meta: Metadata,
-    header_len: u64,
     file_len: u64,
 }
 
@@ -300,7 +300,7 @@ fn read_header(path: &Path) -> Result<Header> {
             ),
         ));
     }
-    Ok(Header { path: path.to_owned(), meta, header_len, file_len })
+    Ok(Header { path: path.to_owned(), meta, file_len })
 }
 
 /// The tensors `expected` (name, shape; all f32) must be in the header; nothing else but
@@ -337,11 +337,7 @@ fn check_header(header: &Header, kind: &str, expected: &[(String, &[usize])]) ->
 fn read_checked(header: &Header) -> Result<Vec<u8>> {
     let file = open_input(&header.path, "checkpoint")?;
     let bytes = read_bounded(file, &header.path, "checkpoint", header.file_len)?;
-    ensure!(
-        bytes.len() as u64 == header.file_len && header.header_len < header.file_len,
-        "{} changed while it was read",
-        header.path.display()
-    );
+    ensure!(bytes.len() as u64 == header.file_len, "{} changed while it was read", header.path.display());
     Ok(bytes)
 }
 
