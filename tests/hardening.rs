@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{assert_clean_failure, mocse, mocse_env, tamper_f32, tiny_run, write_fake_cifar};
+use common::{assert_clean_failure, mocse, mocse_env, tamper_f32, tiny_run, tiny_run_env, write_fake_cifar};
 use mocse::checkpoint::{
     MODEL_FILE, PREVIOUS_MODEL_FILE, PREVIOUS_TRAINING_STATE_FILE, TRAINING_STATE_FILE, load_model,
 };
@@ -57,6 +57,33 @@ fn temporaries(run: &Path) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".tmp"))
         .collect()
+}
+
+/// `mocse corrupt` of the first `limit` synthetic test images into `out`, plus `extra` flags.
+fn corrupt_synthetic(out: &Path, limit: &str, corruption: &str, extra: &[&str]) -> common::Run {
+    #[rustfmt::skip]
+    let mut args = vec!["corrupt", "--input", "synthetic", "--limit", limit, "--corruption", corruption,
+        "--out", s(out), "--device", "cpu"];
+    args.extend_from_slice(extra);
+    mocse(&args)
+}
+
+/// A small corruption report of `run` (fog at severity 1 on 8 images) written to `json`.
+fn fog_report(run: &Path, json: &Path) -> common::Run {
+    #[rustfmt::skip]
+    let args = ["eval", "--run", s(run), "--device", "cpu", "--test-subset", "8", "--corruptions", "fog",
+        "--severities", "1", "--json", s(json)];
+    mocse(&args)
+}
+
+/// `mocse train` of a tiny MoCSE for one epoch on CIFAR-10 files (`data` is `cifar10:DIR`).
+fn train_on_cifar(data: &str, run: &Path, train_subset: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mocse"));
+    #[rustfmt::skip]
+    command.args(["train", "--model", "mocse", "--expert-width", "2", "--data", data, "--train-subset",
+        train_subset, "--test-subset", "32", "--batch-size", "32", "--epochs", "1", "--device", "cpu",
+        "--out", s(run)]);
+    command
 }
 
 // ---- 1. a diverging run keeps a good checkpoint ----
@@ -142,30 +169,7 @@ fn stop_after_zero_is_refused_and_a_run_without_a_finished_epoch_resumes_from_th
     // over, and the result is the uninterrupted run's.
     let full = dir.path().join("full");
     assert!(tiny_run(s(&full), "1", &[]).ok);
-    let r = mocse_env(
-        &[
-            "train",
-            "--model",
-            "mocse",
-            "--expert-width",
-            "2",
-            "--data",
-            "synthetic",
-            "--train-subset",
-            "96",
-            "--test-subset",
-            "40",
-            "--batch-size",
-            "32",
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--out",
-            s(&run),
-        ],
-        &[("MOCSE_FAULT", points::EPOCH_LOGGED)],
-    );
+    let r = tiny_run_env(s(&run), "1", &[], &[("MOCSE_FAULT", points::EPOCH_LOGGED)]);
     assert!(!r.ok && r.stderr.contains("test fault point"), "{}", r.stderr);
     assert!(!run.join(MODEL_FILE).exists());
     let r = resume(&run, &[]);
@@ -423,20 +427,9 @@ fn untrusted_sizes_are_checked_before_use() {
         &mocse(&["train", "--model", "mocse", "--expert-width", "2000", "--out", s(&r), "--device", "cpu"]),
         "GiB of memory",
     );
-    assert_clean_failure(
-        &mocse(&[
-            "bench",
-            "--model",
-            "mocse",
-            "--expert-width",
-            "700",
-            "--device",
-            "emu",
-            "--batch-size",
-            "2",
-        ]),
-        "32-bit integers",
-    );
+    #[rustfmt::skip]
+    let r = mocse(&["bench", "--model", "mocse", "--expert-width", "700", "--device", "emu", "--batch-size", "2"]);
+    assert_clean_failure(&r, "32-bit integers");
     // A checkpoint that is a link to /dev/zero, or a 2 GB sparse file: refused unread.
     let run = d.join("run");
     assert!(tiny_run(s(&run), "1", &[]).ok);
@@ -487,19 +480,7 @@ fn write_zip_bomb(path: &Path, lie: bool) {
 fn a_hostile_frost_wheel_is_refused_within_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("imgs");
-    let r = mocse(&[
-        "corrupt",
-        "--input",
-        "synthetic",
-        "--limit",
-        "2",
-        "--corruption",
-        "brightness",
-        "--out",
-        s(&images),
-        "--device",
-        "cpu",
-    ]);
+    let r = corrupt_synthetic(&images, "2", "brightness", &[]);
     assert!(r.ok, "{}", r.stderr);
     for (lie, needle) in [(false, "more than any frost texture"), (true, "unpacks to more than")] {
         let wheel = dir.path().join(format!("lie-{lie}")).join("imagecorruptions-1.1.2-py3-none-any.whl");
@@ -536,76 +517,29 @@ fn outputs_never_replace_inputs_and_are_checked_before_work() {
         assert!(!r.stderr.contains("evaluating"), "the check must come before the work: {}", r.stderr);
     }
     assert_eq!(fs::read(run.join(MODEL_FILE)).unwrap(), model);
-    let r = mocse(&[
-        "eval",
-        "--run",
-        s(&run),
-        "--device",
-        "cpu",
-        "--corruptions",
-        "fog",
-        "--json",
-        s(&d.join("no/such/dir/r.json")),
-    ]);
+    let r = fog_report(&run, &d.join("no/such/dir/r.json"));
     assert_clean_failure(&r, "does not exist");
     assert!(!r.stderr.contains("evaluating"), "{}", r.stderr);
 
     // corrupt: its own input, a foreign non-empty directory, the root.
     let set = d.join("set");
-    assert!(
-        mocse(&[
-            "corrupt",
-            "--input",
-            "synthetic",
-            "--limit",
-            "4",
-            "--corruption",
-            "brightness",
-            "--out",
-            s(&set),
-            "--device",
-            "cpu"
-        ])
-        .ok
-    );
+    assert!(corrupt_synthetic(&set, "4", "brightness", &[]).ok);
     let input = fs::read(set.join("brightness.npy")).unwrap();
-    let r = mocse(&[
-        "corrupt",
-        "--input",
-        s(&set.join("brightness.npy")),
-        "--out",
-        s(&set),
-        "--corruption",
-        "brightness",
-        "--device",
-        "cpu",
-    ]);
+    #[rustfmt::skip]
+    let r = mocse(&["corrupt", "--input", s(&set.join("brightness.npy")), "--out", s(&set), "--corruption",
+        "brightness", "--device", "cpu"]);
     assert_clean_failure(&r, "input files");
     assert_eq!(fs::read(set.join("brightness.npy")).unwrap(), input);
     // Adding a corruption to an earlier corrupt output is fine with the same settings, and
     // refused with others (its rows would be read under the wrong labels).
-    #[rustfmt::skip]
-    let add = |seed: &str| mocse(&["corrupt", "--input", "synthetic", "--limit", "4", "--corruption", "contrast",
-        "--seed", seed, "--out", s(&set), "--device", "cpu"]);
+    let add = |seed: &str| corrupt_synthetic(&set, "4", "contrast", &["--seed", seed]);
     assert_clean_failure(&add("1"), "seed 0 / 1");
     let r = add("0");
     assert!(r.ok, "{}", r.stderr);
     let manifest = fs::read_to_string(set.join("corrupt.json")).unwrap();
     assert!(manifest.contains("\"brightness\"") && manifest.contains("\"contrast\""), "{manifest}");
     for out in ["/", s(&run)] {
-        let r = mocse(&[
-            "corrupt",
-            "--input",
-            "synthetic",
-            "--limit",
-            "2",
-            "--corruption",
-            "brightness",
-            "--out",
-            out,
-            "--device",
-            "cpu",
-        ]);
+        let r = corrupt_synthetic(Path::new(out), "2", "brightness", &[]);
         assert_clean_failure(&r, "not a directory written by `mocse corrupt`");
     }
     assert_clean_failure(
@@ -614,24 +548,7 @@ fn outputs_never_replace_inputs_and_are_checked_before_work() {
     );
     // compare: the table may not replace a report.
     let report = d.join("c.json");
-    assert!(
-        mocse(&[
-            "eval",
-            "--run",
-            s(&run),
-            "--device",
-            "cpu",
-            "--test-subset",
-            "8",
-            "--corruptions",
-            "fog",
-            "--severities",
-            "1",
-            "--json",
-            s(&report)
-        ])
-        .ok
-    );
+    assert!(fog_report(&run, &report).ok);
     assert_clean_failure(&mocse(&["compare", s(&report), "--out", s(&report)]), "input files");
 }
 
@@ -657,43 +574,17 @@ fn special_files_and_bad_manifests_are_named_not_hung_or_ignored() {
     // CIFAR-10-C directory: a manifest that cannot be read is not taken for an absent one, and
     // one listing severities out of order is refused instead of relabelling the columns.
     let set = d.join("c");
-    assert!(
-        mocse(&[
-            "corrupt",
-            "--input",
-            "synthetic",
-            "--limit",
-            "10",
-            "--corruption",
-            "fog",
-            "--severity",
-            "1,3",
-            "--out",
-            s(&set),
-            "--device",
-            "cpu"
-        ])
-        .ok
-    );
+    assert!(corrupt_synthetic(&set, "10", "fog", &["--severity", "1,3"]).ok);
     let manifest = fs::read_to_string(set.join("corrupt.json")).unwrap();
     let eval_c = || {
         let run2 = d.join("run2");
         if !run2.exists() {
             assert!(tiny_run(s(&run2), "1", &[]).ok);
         }
-        mocse(&[
-            "eval",
-            "--run",
-            s(&run2),
-            "--device",
-            "cpu",
-            "--test-subset",
-            "10",
-            "--cifar10c",
-            s(&set),
-            "--corruptions",
-            "fog",
-        ])
+        #[rustfmt::skip]
+        let args = ["eval", "--run", s(&run2), "--device", "cpu", "--test-subset", "10", "--cifar10c", s(&set),
+            "--corruptions", "fog"];
+        mocse(&args)
     };
     assert!(eval_c().ok);
     let swapped =
@@ -711,24 +602,7 @@ fn special_files_and_bad_manifests_are_named_not_hung_or_ignored() {
     // compare: a report with percentages instead of fractions.
     let report = d.join("r.json");
     let run2 = d.join("run2");
-    assert!(
-        mocse(&[
-            "eval",
-            "--run",
-            s(&run2),
-            "--device",
-            "cpu",
-            "--test-subset",
-            "8",
-            "--corruptions",
-            "fog",
-            "--severities",
-            "1",
-            "--json",
-            s(&report)
-        ])
-        .ok
-    );
+    assert!(fog_report(&run2, &report).ok);
     let mut value: serde_json::Value = serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
     value["clean_accuracy"] = serde_json::json!(7.5);
     fs::write(&report, value.to_string()).unwrap();
@@ -742,28 +616,8 @@ fn cifar_directories_name_what_is_wrong() {
     write_fake_cifar(&cifar);
     let run = dir.path().join("run");
     let data = format!("cifar10:{}", cifar.display());
-    let r = mocse(&[
-        "train",
-        "--model",
-        "mocse",
-        "--expert-width",
-        "2",
-        "--data",
-        &data,
-        "--train-subset",
-        "64",
-        "--test-subset",
-        "32",
-        "--batch-size",
-        "32",
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--out",
-        s(&run),
-    ]);
-    assert!(r.ok, "{}", r.stderr);
+    let r = train_on_cifar(&data, &run, "64").output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let test_batch = cifar.join("test_batch.bin");
     let bytes = fs::read(&test_batch).unwrap();
     fs::remove_file(&test_batch).unwrap();
@@ -780,31 +634,7 @@ fn cifar_directories_name_what_is_wrong() {
 
     // A data file cut short while training reads it: a message, not a bare SIGBUS.
     let run = dir.path().join("run-truncated");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mocse"))
-        .args([
-            "train",
-            "--model",
-            "mocse",
-            "--expert-width",
-            "2",
-            "--data",
-            &data,
-            "--train-subset",
-            "10000",
-            "--test-subset",
-            "32",
-            "--batch-size",
-            "32",
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--out",
-            s(&run),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = train_on_cifar(&data, &run, "10000").stderr(Stdio::piped()).spawn().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     loop {

@@ -35,6 +35,11 @@ pub fn mocse_env(args: &[&str], env: &[(&str, &str)]) -> Run {
 
 /// Trains a tiny MoCSE (expert width 2) on the synthetic set on the cpu device into `out`.
 pub fn tiny_run(out: &str, epochs: &str, extra: &[&str]) -> Run {
+    tiny_run_env(out, epochs, extra, &[])
+}
+
+/// [`tiny_run`] with extra environment variables.
+pub fn tiny_run_env(out: &str, epochs: &str, extra: &[&str], env: &[(&str, &str)]) -> Run {
     #[rustfmt::skip]
     let mut args = vec![
         "train", "--model", "mocse", "--expert-width", "2", "--data", "synthetic",
@@ -42,7 +47,7 @@ pub fn tiny_run(out: &str, epochs: &str, extra: &[&str]) -> Run {
         "--epochs", epochs, "--device", "cpu", "--out", out,
     ];
     args.extend_from_slice(extra);
-    mocse(&args)
+    mocse_env(&args, env)
 }
 
 /// A failed run that said `needle` and did not panic.
