@@ -489,10 +489,17 @@ pub fn sgd_train_step(
     }
     // Everything the step produced is checked before it is accepted: parameters, momentum
     // buffers and the batch-norm running statistics (which a huge learning rate can overflow
-    // while the loss still looks finite).
-    ensure!(all_finite(&weights.params)?, "the update made a parameter infinite or NaN");
-    ensure!(all_finite(velocity)?, "the update made an SGD momentum buffer infinite or NaN");
-    ensure!(all_finite(&buffers)?, "a batch-norm running statistic became infinite or NaN");
+    // while the loss still looks finite). One check of everything (one read-back on a GPU);
+    // which kind broke is looked up only when one did.
+    let produced: Vec<Tensor> =
+        weights.params.iter().chain(velocity.iter()).chain(&buffers).cloned().collect();
+    if !all_finite(&produced)? {
+        drop(produced);
+        ensure!(all_finite(&weights.params)?, "the update made a parameter infinite or NaN");
+        ensure!(all_finite(velocity)?, "the update made an SGD momentum buffer infinite or NaN");
+        bail!("a batch-norm running statistic became infinite or NaN");
+    }
+    drop(produced);
     weights.buffers = buffers;
     Ok((loss_value, correct))
 }
