@@ -108,6 +108,13 @@ pub fn read_text(path: &Path, what: &str) -> Result<String> {
     String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{what} {} is not UTF-8 text", path.display()))
 }
 
+/// The regular files directly in `dir` (none if it cannot be listed).
+pub fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

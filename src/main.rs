@@ -21,11 +21,12 @@ use mocse::data::{DataSpec, Dataset, Split};
 use mocse::device::{Device, DeviceChoice};
 use mocse::dir_lock::{DirLock, LOCK_FILE};
 use mocse::eval::{EvalReport, RunDescription, count_correct_on};
+use mocse::input_file::files_in;
 use mocse::nn::model::{Model, ModelConfig, ModelKind};
 use mocse::ops::aggregate::Aggregate;
 use mocse::ops::conv::{ConvImpl, set_conv_impl};
 use mocse::ops::sgd::SgdConfig;
-use mocse::output_paths::{check_outputs, files_in};
+use mocse::output_paths::check_outputs;
 use mocse::raster::{bar_chart_png, gallery_png};
 use mocse::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions};
 use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, check_config_unchanged, read_config};
@@ -514,18 +515,11 @@ fn eval(a: EvalArgs) -> Result<()> {
         None => config.data_spec()?,
     };
     let mut inputs = files_in(&a.run);
-    if let DataSpec::Cifar10(dir) = &spec {
-        inputs.extend(files_in(dir));
-        inputs.extend(files_in(&dir.join("cifar-10-batches-bin")));
-    }
+    inputs.extend(spec.files());
     if let Some(dir) = &a.cifar10c {
         inputs.extend(files_in(dir));
     }
-    let outputs: Vec<(&str, &Path)> = [("--json", &a.json), ("--markdown", &a.markdown), ("--csv", &a.csv)]
-        .into_iter()
-        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
-        .collect();
-    check_outputs(&outputs, &inputs)?;
+    check_outputs(&given([("--json", &a.json), ("--markdown", &a.markdown), ("--csv", &a.csv)]), &inputs)?;
     config
         .model
         .check_fits(a.batch_size.min(a.test_subset.unwrap_or(mocse::data::SYNTHETIC_TEST_LEN)), device)?;
@@ -622,6 +616,13 @@ fn progress_bar(len: u64, template: &str) -> ProgressBar {
     bar
 }
 
+/// The output flags that were given, as (flag, path).
+fn given<'a, const N: usize>(
+    flags: [(&'static str, &'a Option<PathBuf>); N],
+) -> Vec<(&'static str, &'a Path)> {
+    flags.into_iter().filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p))).collect()
+}
+
 /// `corrupt --out` must be new, empty, or an earlier `mocse corrupt` output (which it updates);
 /// anything else (a published CIFAR-10-C folder, `/`, a home directory) is not ours to write.
 fn check_corrupt_out(out: &Path) -> Result<()> {
@@ -648,31 +649,17 @@ fn check_corrupt_out(out: &Path) -> Result<()> {
 fn corrupt_images(a: CorruptArgs) -> Result<()> {
     let (device, why) = a.device.resolve()?;
     check_corrupt_out(&a.out)?;
-    let mut inputs = Vec::new();
-    match &a.input {
-        ImageInput::Npy(p) => inputs.push(p.clone()),
-        ImageInput::Data(DataSpec::Cifar10(dir)) => {
-            inputs.extend(files_in(dir));
-            inputs.extend(files_in(&dir.join("cifar-10-batches-bin")));
-        }
-        ImageInput::Data(DataSpec::Synthetic) => {}
-    }
-    let mut planned: Vec<(String, PathBuf)> = a
-        .corruption
-        .0
-        .iter()
-        .map(|c| ("--out".to_string(), a.out.join(format!("{}.npy", c.name()))))
-        .collect();
-    planned.push(("--out".into(), a.out.join("labels.npy")));
-    planned.push(("--out".into(), a.out.join(MANIFEST_FILE)));
-    let mut outputs: Vec<(&str, &Path)> = if a.out.exists() {
-        planned.iter().map(|(f, p)| (f.as_str(), p.as_path())).collect()
-    } else {
-        Vec::new()
+    let inputs = match &a.input {
+        ImageInput::Npy(p) => vec![p.clone()],
+        ImageInput::Data(spec) => spec.files(),
     };
-    if let Some(g) = &a.gallery {
-        outputs.push(("--gallery", g));
-    }
+    // The files --out will receive (only an existing directory can hold an input).
+    let mut planned: Vec<PathBuf> =
+        a.corruption.0.iter().map(|c| a.out.join(format!("{}.npy", c.name()))).collect();
+    planned.extend([a.out.join("labels.npy"), a.out.join(MANIFEST_FILE)]);
+    let mut outputs: Vec<(&str, &Path)> =
+        if a.out.exists() { planned.iter().map(|p| ("--out", p.as_path())).collect() } else { Vec::new() };
+    outputs.extend(given([("--gallery", &a.gallery)]));
     check_outputs(&outputs, &inputs)?;
     let images = CleanImages::load(&a.input, a.limit, SYNTHETIC_SET_SEED)?;
     if a.gallery.is_some() && a.gallery_image >= images.len {
@@ -730,11 +717,7 @@ fn corrupt_images(a: CorruptArgs) -> Result<()> {
 }
 
 fn compare(a: CompareArgs) -> Result<()> {
-    let outputs: Vec<(&str, &Path)> = [("--out", &a.out), ("--chart", &a.chart)]
-        .into_iter()
-        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
-        .collect();
-    check_outputs(&outputs, &a.reports)?;
+    check_outputs(&given([("--out", &a.out), ("--chart", &a.chart)]), &a.reports)?;
     let reports = a.reports.iter().map(|p| read_report(p)).collect::<Result<Vec<_>>>()?;
     let labels = match a.labels {
         Some(l) if l.len() != reports.len() => {
@@ -768,9 +751,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     if !["train-step", "conv-layers", "corrupt"].contains(&a.what.as_str()) {
         bail!("unknown --what '{}'; expected train-step, conv-layers or corrupt", a.what);
     }
-    if let Some(path) = &a.json {
-        check_outputs(&[("--json", path)], &[])?;
-    }
+    check_outputs(&given([("--json", &a.json)]), &[])?;
     if a.what == "corrupt" {
         return bench_corrupt(a);
     }

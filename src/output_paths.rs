@@ -50,13 +50,6 @@ pub fn check_outputs(outputs: &[(&str, &Path)], inputs: &[PathBuf]) -> Result<()
     Ok(())
 }
 
-/// The regular files directly in `dir` (the inputs a directory argument stands for).
-pub fn files_in(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,8 @@ use std::str::FromStr;
 use anyhow::{Result, bail};
 use rayon::prelude::*;
 
+use crate::input_file::files_in;
+
 pub use augment::{Augment, Batch, batches, epoch_order, make_batch};
 pub use cifar10::CIFAR10_CLASSES;
 pub use synthetic::{SYNTHETIC_CLASSES, SYNTHETIC_TEST_LEN, SYNTHETIC_TRAIN_LEN};
@@ -87,6 +89,17 @@ impl FromStr for DataSpec {
             Some("") => Err(ParseError::EmptyCifarDir),
             Some(dir) => Ok(DataSpec::Cifar10(PathBuf::from(dir))),
             None => Err(ParseError::DataSpec(s.to_string())),
+        }
+    }
+}
+
+impl DataSpec {
+    /// The files this data set is read from (none for the built-in set): the regular files of a
+    /// CIFAR-10 directory and of its `cifar-10-batches-bin/`.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            DataSpec::Synthetic => Vec::new(),
+            DataSpec::Cifar10(dir) => [files_in(dir), files_in(&dir.join("cifar-10-batches-bin"))].concat(),
         }
     }
 }
