@@ -98,13 +98,8 @@ fn base_metadata(kind: &str, progress: Progress, id: &str) -> HashMap<String, St
     ])
 }
 
-fn model_bytes(
-    net: &PreActResNet,
-    weights: &Weights,
-    progress: Progress,
-    id: &str,
-    config: Option<&str>,
-) -> Result<Vec<u8>> {
+/// The model's tensors (copied back from the device), with PyTorch's batch counters.
+fn model_entries(net: &PreActResNet, weights: &Weights, progress: Progress) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();
     for (spec, t) in net.param_specs().iter().zip(&weights.params) {
         entries.push(f32_entry(&spec.name, t)?);
@@ -116,26 +111,46 @@ fn model_bytes(
             entries.push((format!("{layer}.num_batches_tracked"), Dtype::I64, vec![], count));
         }
     }
+    Ok(entries)
+}
+
+fn state_entries(net: &PreActResNet, velocity: &[Tensor]) -> Result<Vec<Entry>> {
+    net.param_specs()
+        .iter()
+        .zip(velocity)
+        .map(|(spec, t)| f32_entry(&format!("{}.momentum_buffer", spec.name), t))
+        .collect()
+}
+
+/// The id both files of a save carry: a SHA-256 of its progress and of every tensor of both
+/// files. Files of different saves never share one (unless the saves were identical, when
+/// pairing them is harmless), and identical runs write identical ids.
+fn checkpoint_id(progress: Progress, model: &[Entry], state: &[Entry]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(format!("epoch {} step {}", progress.epoch, progress.step));
+    for (name, _, shape, bytes) in model.iter().chain(state) {
+        hash.update(name.as_bytes());
+        hash.update(format!("{shape:?}"));
+        hash.update(bytes);
+    }
+    hash.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn model_bytes(model: Vec<Entry>, progress: Progress, id: &str, config: Option<&str>) -> Result<Vec<u8>> {
     let mut meta = base_metadata("model", progress, id);
     if let Some(c) = config {
         meta.insert("config".into(), c.to_string());
     }
-    serialize(entries, meta)
+    serialize(model, meta)
 }
 
 fn training_state_bytes(
-    net: &PreActResNet,
-    velocity: &[Tensor],
+    state: Vec<Entry>,
     progress: Progress,
     id: &str,
     record: &RunRecord,
 ) -> Result<Vec<u8>> {
-    let entries = net
-        .param_specs()
-        .iter()
-        .zip(velocity)
-        .map(|(spec, t)| f32_entry(&format!("{}.momentum_buffer", spec.name), t))
-        .collect::<Result<_>>()?;
     let mut meta = base_metadata("training_state", progress, id);
     if let Some(c) = &record.config {
         meta.insert("config".into(), c.clone());
@@ -143,21 +158,15 @@ fn training_state_bytes(
     if let Some(l) = &record.epoch_log {
         meta.insert("epoch_log".into(), l.clone());
     }
-    serialize(entries, meta)
+    serialize(state, meta)
 }
 
 /// A model file on its own (no training state), written atomically: for tests and exports.
 pub fn save_model(path: &Path, net: &PreActResNet, weights: &Weights, progress: Progress) -> Result<()> {
     check_weights(net, weights)?;
-    let id = checkpoint_id(progress);
-    crate::atomic_file::write_atomic(path, &model_bytes(net, weights, progress, &id, None)?)
-}
-
-/// A fresh id per save: two saves never share one, even of the same epoch.
-fn checkpoint_id(progress: Progress) -> String {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{}-{}-{}-{nanos:x}", progress.epoch, progress.step, std::process::id())
+    let model = model_entries(net, weights, progress)?;
+    let id = checkpoint_id(progress, &model, &[]);
+    crate::atomic_file::write_atomic(path, &model_bytes(model, progress, &id, None)?)
 }
 
 /// Saves weights and velocities of `run_dir` as one transaction (see the module documentation).
@@ -172,9 +181,10 @@ pub fn save_checkpoint(
 ) -> Result<()> {
     check_weights(net, weights).context("refusing to save a broken checkpoint")?;
     check_velocity(net, velocity).context("refusing to save a broken checkpoint")?;
-    let id = checkpoint_id(progress);
-    let model = model_bytes(net, weights, progress, &id, record.config.as_deref())?;
-    let state = training_state_bytes(net, velocity, progress, &id, record)?;
+    let (model, state) = (model_entries(net, weights, progress)?, state_entries(net, velocity)?);
+    let id = checkpoint_id(progress, &model, &state);
+    let model = model_bytes(model, progress, &id, record.config.as_deref())?;
+    let state = training_state_bytes(state, progress, &id, record)?;
     let path = |name: &str| run_dir.join(name);
 
     // Keep the current pair to fall back to, if it is one; otherwise the previous pair is the
@@ -568,12 +578,11 @@ mod tests {
             let err =
                 format!("{:#}", save_model(&path, &net, &w, Progress { epoch: 1, step: 1 }).unwrap_err());
             assert!(err.contains(name) && err.contains(needle), "{err}");
-            let id = checkpoint_id(Progress { epoch: 1, step: 1 });
-            crate::atomic_file::write_atomic(
-                &path,
-                &model_bytes(&net, &w, Progress { epoch: 1, step: 1 }, &id, None).unwrap(),
-            )
-            .unwrap();
+            let progress = Progress { epoch: 1, step: 1 };
+            let entries = model_entries(&net, &w, progress).unwrap();
+            let id = checkpoint_id(progress, &entries, &[]);
+            crate::atomic_file::write_atomic(&path, &model_bytes(entries, progress, &id, None).unwrap())
+                .unwrap();
             let err = format!("{:#}", load_model(&path, &net).unwrap_err());
             assert!(err.contains(name) && err.contains(needle), "{err}");
         }
