@@ -13,10 +13,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn git(args: &[&str]) -> Option<String> {
-    let out = Command::new("git").args(args).output().ok()?;
+    // --no-optional-locks: `git status` must not refresh (rewrite) .git/index, or every build
+    // would touch the repository it describes.
+    let out = Command::new("git").arg("--no-optional-locks").args(args).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Reruns when the checked-out commit changes (HEAD, the branch refs, packed refs), not on
+/// every change of the index: a `git status` or `git add` must not cost a rebuild. The
+/// "-modified" mark is therefore as of the last rebuild.
 fn record_commit() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_string());
     let dirty = match git(&["status", "--porcelain", "--untracked-files=no"]) {
@@ -24,8 +29,17 @@ fn record_commit() {
         _ => "",
     };
     println!("cargo:rustc-env=MOCSE_COMMIT={commit}{dirty}");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/index");
+    if let Some(git_dir) = git(&["rev-parse", "--git-dir"]) {
+        let git_dir = PathBuf::from(git_dir);
+        // refs/heads as a directory: cargo scans it, so a branch ref that is created later (a
+        // first commit after a clone with packed refs) counts too. A path that does not exist
+        // would make cargo rerun this script on every build.
+        for path in [git_dir.join("HEAD"), git_dir.join("packed-refs"), git_dir.join("refs").join("heads")] {
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
+    }
 }
 
 /// Names of the `extern "C" __global__` kernels defined in a source file.
