@@ -84,7 +84,24 @@ fn serialize(tensors: Vec<Entry>, meta: HashMap<String, String>) -> Result<Vec<u
         .iter()
         .map(|(name, dtype, shape, bytes)| Ok((name.clone(), TensorView::new(*dtype, shape.clone(), bytes)?)))
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
-    Ok(safetensors::serialize(views, Some(meta))?)
+    let mut bytes = safetensors::serialize(views, Some(meta))?;
+    sort_header_keys(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Rewrites the JSON header of serialized safetensors bytes with its keys sorted. The crate
+/// writes the metadata from a HashMap, whose order changes from process to process; sorted,
+/// identical runs write identical files. Only the order changes, so the length stays.
+fn sort_header_keys(bytes: &mut [u8]) -> Result<()> {
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header = &bytes[8..8 + n];
+    let text_len = header.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+    // serde_json's maps are BTreeMaps: serializing a parsed Value sorts every object's keys.
+    let value: serde_json::Value = serde_json::from_slice(&header[..text_len])?;
+    let sorted = serde_json::to_vec(&value)?;
+    ensure!(sorted.len() == text_len, "the sorted checkpoint header changed length");
+    bytes[8..8 + text_len].copy_from_slice(&sorted);
+    Ok(())
 }
 
 fn base_metadata(kind: &str, progress: Progress, id: &str) -> HashMap<String, String> {

@@ -28,7 +28,7 @@ use mocse::ops::conv::{ConvImpl, set_conv_impl};
 use mocse::ops::sgd::SgdConfig;
 use mocse::output_paths::check_outputs;
 use mocse::raster::{bar_chart_png, gallery_png};
-use mocse::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions};
+use mocse::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions, report_value};
 use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, check_config_unchanged, read_config};
 
 // Large tensors are allocated and freed every step; mimalloc keeps those pages mapped instead
@@ -552,7 +552,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         bar.finish_and_clear();
         let report = EvalReport {
             run,
-            clean_accuracy: correct as f64 / test.len() as f64,
+            clean_accuracy: report_value(correct as f64 / test.len() as f64),
             mocse: mocse::BUILD.to_string(),
             num_images: test.len(),
         };

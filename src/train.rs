@@ -133,8 +133,11 @@ pub struct EpochLog {
     pub train_accuracy: f64,
     pub test_accuracy: f64,
     pub lr: f32,
-    pub seconds: f64,
-    pub images_per_s: f64,
+    /// Wall-clock time of the epoch, and its training throughput. `null` only in a line that a
+    /// crash lost and `--resume` restored from the checkpoint, which records the deterministic
+    /// fields alone (so identical runs write identical checkpoints).
+    pub seconds: Option<f64>,
+    pub images_per_s: Option<f64>,
 }
 
 /// Loads the split a config names, with the config's subset.
@@ -379,8 +382,8 @@ impl Trainer {
             train_accuracy: correct as f64 / seen.max(1) as f64,
             test_accuracy: test_correct as f64 / self.test.len() as f64,
             lr,
-            seconds: start.elapsed().as_secs_f64(),
-            images_per_s: seen as f64 / train_seconds,
+            seconds: Some(start.elapsed().as_secs_f64()),
+            images_per_s: Some(seen as f64 / train_seconds),
         };
         self.save_epoch(&entry).with_context(|| {
             format!(
@@ -402,7 +405,11 @@ impl Trainer {
         let log_len = fs::metadata(&log_path).map_or(0, |m| m.len());
         append_line_synced(&log_path, &line)?;
         fault::point(fault::points::EPOCH_LOGGED);
-        let record = RunRecord { config: Some(serde_json::to_string(&self.config)?), epoch_log: Some(line) };
+        let deterministic = EpochLog { seconds: None, images_per_s: None, ..entry.clone() };
+        let record = RunRecord {
+            config: Some(serde_json::to_string(&self.config)?),
+            epoch_log: Some(serde_json::to_string(&deterministic)?),
+        };
         let progress = Progress { epoch: entry.epoch, step: self.progress.step };
         let net = self.model.fused();
         let saved =
@@ -434,8 +441,8 @@ impl Trainer {
                 100.0 * e.train_accuracy,
                 100.0 * e.test_accuracy,
                 e.lr,
-                e.seconds,
-                e.images_per_s
+                e.seconds.unwrap_or(f64::NAN),
+                e.images_per_s.unwrap_or(f64::NAN)
             ));
             if !show_progress {
                 eprintln!(

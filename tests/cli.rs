@@ -55,6 +55,39 @@ fn resumed_run_matches_uninterrupted_run() {
     assert_clean_failure(&r, "do not also give --lr");
 }
 
+/// Two identical runs write identical files (checked the way a user would, byte for byte), but
+/// for the log's wall-clock timings and the lock's pid.
+#[test]
+fn identical_runs_write_identical_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for run in [&a, &b] {
+        let r = tiny_run(run.to_str().unwrap(), "2", &[]);
+        assert!(r.ok, "{}", r.stderr);
+    }
+    let mut compared = 0;
+    for entry in fs::read_dir(&a).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name == "log.jsonl" || name == ".lock" {
+            continue;
+        }
+        let (x, y) = (fs::read(a.join(&name)).unwrap(), fs::read(b.join(&name)).unwrap());
+        assert!(x == y, "{} differs between two identical runs", name.to_string_lossy());
+        compared += 1;
+    }
+    assert_eq!(compared, 5, "config.json and the two checkpoint pairs");
+    // Report numbers are rounded to 8 decimals, not printed with the summation's last-bit noise.
+    let json = dir.path().join("c.json");
+    #[rustfmt::skip]
+    let r = mocse(&["eval", "--run", a.to_str().unwrap(), "--device", "cpu", "--test-subset", "30",
+        "--corruptions", "fog,snow,contrast", "--json", json.to_str().unwrap()]);
+    assert!(r.ok, "{}", r.stderr);
+    let text = fs::read_to_string(&json).unwrap();
+    let numbers = text.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter(|t| t.contains('.'));
+    let long: Vec<&str> = numbers.filter(|t| t.split('.').nth(1).is_some_and(|d| d.len() > 8)).collect();
+    assert_eq!(long, Vec::<&str>::new(), "{text}");
+}
+
 #[test]
 fn evaluation_of_a_saved_checkpoint_is_reproducible_and_reported_as_json() {
     let dir = tempfile::tempdir().unwrap();
