@@ -15,6 +15,6 @@ for t in devices fused_unfused corruptions corruption_reference; do
 done
 strip .gpu/mocse .gpu/devices .gpu/fused_unfused .gpu/corruptions .gpu/corruption_reference
 cp "${MOCSE_TESTDATA:-../shared/testdata}/cifar10c_reference.npz" .gpu/
-MOCSE_CACHE=.gpu/cache .gpu/mocse corrupt --input synthetic --limit 1 --corruption frost --out .gpu/frost-check --device cpu
+MOCSE_CACHE=.gpu/cache .gpu/mocse corrupt --input synthetic --test-subset 1 --corruptions frost --out .gpu/frost-check --device cpu
 rm -rf .gpu/frost-check
 du -sh .gpu

@@ -202,11 +202,11 @@ struct CorruptArgs {
     #[arg(long)]
     input: ImageInput,
     /// Corruptions: `all` or a comma-separated list of names (see `mocse eval --help`)
-    #[arg(long, default_value = "all")]
-    corruption: CorruptionList,
+    #[arg(long, visible_alias = "corruption", value_name = "NAMES", default_value = "all")]
+    corruptions: CorruptionList,
     /// Severities: K, A-B or K,L,.. within 1-5; rows are written in ascending order
-    #[arg(long, default_value = "1-5")]
-    severity: SeverityList,
+    #[arg(long, visible_alias = "severity", default_value = "1-5")]
+    severities: SeverityList,
     /// Seed of the random corruptions (the same seed gives the same output on every device)
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -214,9 +214,9 @@ struct CorruptArgs {
     /// known, and corrupt.json (how the set was made)
     #[arg(long)]
     out: PathBuf,
-    /// Corrupt only the first N images
-    #[arg(long, value_name = "N")]
-    limit: Option<usize>,
+    /// Corrupt only the first N images of the input
+    #[arg(long, visible_alias = "limit", value_name = "N")]
+    test_subset: Option<usize>,
     /// Also draw a labelled picture grid to FILE.png: a row per corruption, columns clean and
     /// each severity
     #[arg(long, value_name = "FILE.png")]
@@ -655,19 +655,19 @@ fn corrupt_images(a: CorruptArgs) -> Result<()> {
     };
     // The files --out will receive (only an existing directory can hold an input).
     let mut planned: Vec<PathBuf> =
-        a.corruption.0.iter().map(|c| a.out.join(format!("{}.npy", c.name()))).collect();
+        a.corruptions.0.iter().map(|c| a.out.join(format!("{}.npy", c.name()))).collect();
     planned.extend([a.out.join("labels.npy"), a.out.join(MANIFEST_FILE)]);
     let mut outputs: Vec<(&str, &Path)> =
         if a.out.exists() { planned.iter().map(|p| ("--out", p.as_path())).collect() } else { Vec::new() };
     outputs.extend(given([("--gallery", &a.gallery)]));
     check_outputs(&outputs, &inputs)?;
-    let images = CleanImages::load(&a.input, a.limit, SYNTHETIC_SET_SEED)?;
+    let images = CleanImages::load(&a.input, a.test_subset, SYNTHETIC_SET_SEED)?;
     if a.gallery.is_some() && a.gallery_image >= images.len {
         bail!("--gallery-image {} is out of range: the input has {} images", a.gallery_image, images.len);
     }
     let settings = ExportSettings {
-        corruptions: &a.corruption.0,
-        severities: &a.severity.0,
+        corruptions: &a.corruptions.0,
+        severities: &a.severities.0,
         seed: a.seed,
         out_dir: &a.out,
         batch_size: a.batch_size,
@@ -678,16 +678,16 @@ fn corrupt_images(a: CorruptArgs) -> Result<()> {
         "{why}; corrupting {} images of {} with {} corruptions at severities {:?} (seed {})",
         images.len,
         a.input,
-        a.corruption.0.len(),
-        a.severity.0,
+        a.corruptions.0.len(),
+        a.severities.0,
         a.seed
     );
     // What the corruptions need (frost's photographs) before the directory is made.
-    mocse::corrupt::prepare(&a.corruption.0)?;
+    mocse::corrupt::prepare(&a.corruptions.0)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let _one_writer = DirLock::acquire(&a.out, "corrupt")?;
     eprintln!("writing to {}", a.out.display());
-    let total = (images.len * a.corruption.0.len() * a.severity.0.len()) as u64;
+    let total = (images.len * a.corruptions.0.len() * a.severities.0.len()) as u64;
     let bar = progress_bar(total, "{msg:>18} [{bar:30}] {pos}/{len} images ({per_sec}, {eta} left)");
     let start = std::time::Instant::now();
     let kept = export(&images, &settings, a.gallery_image, &bar)?;
@@ -695,15 +695,15 @@ fn corrupt_images(a: CorruptArgs) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     println!(
         "wrote {} corruptions x {} severities x {} images to {} in {seconds:.1} s ({:.0} images/s)",
-        a.corruption.0.len(),
-        a.severity.0.len(),
+        a.corruptions.0.len(),
+        a.severities.0.len(),
         images.len,
         a.out.display(),
         total as f64 / seconds
     );
     if let Some(path) = &a.gallery {
         let mut columns = vec!["clean".to_string()];
-        columns.extend(a.severity.0.iter().map(|s| format!("severity {s}")));
+        columns.extend(a.severities.0.iter().map(|s| format!("severity {s}")));
         let clean = images.image(a.gallery_image);
         let rows: Vec<String> = kept.iter().map(|(c, _)| c.name().to_string()).collect();
         let cells: Vec<Vec<&[u8]>> = kept
