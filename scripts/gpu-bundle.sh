@@ -2,7 +2,7 @@
 # Builds what a GPU machine needs (it has no Rust toolchain): the mocse binary and the test
 # binaries that have GPU cases, stripped, in .gpu/ (ignored by git; carry it with the call),
 # plus what the corruption tests read and the GPU machine cannot download: the reference
-# outputs of ../shared/testdata and the frost textures (fetched here into .gpu/cache).
+# outputs of tests/data and the frost textures (fetched here into .gpu/cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
@@ -14,7 +14,7 @@ for t in devices fused_unfused corruptions corruption_reference; do
     cp "$exe" ".gpu/$t"
 done
 strip .gpu/mocse .gpu/devices .gpu/fused_unfused .gpu/corruptions .gpu/corruption_reference
-cp "${MOCSE_TESTDATA:-../shared/testdata}/cifar10c_reference.npz" .gpu/
+cp "${MOCSE_TESTDATA:-tests/data}/cifar10c_reference.npz" .gpu/
 MOCSE_CACHE=.gpu/cache .gpu/mocse corrupt --input synthetic --test-subset 1 --corruptions frost --out .gpu/frost-check --device cpu
 rm -rf .gpu/frost-check
 du -sh .gpu

@@ -1,6 +1,6 @@
 //! The 19 corruptions against the reference generator's outputs on 48 real photographs
-//! (../shared/testdata/cifar10c_reference.npz, made by make_cifar_c.py): the deterministic ones
-//! value for value, the random ones by their statistics. Every device present runs the same
+//! (tests/data/cifar10c_reference.npz, made by make_cifar_c.py; see tests/data/README.md): the
+//! deterministic ones value for value, the random ones by their statistics. Every device present runs the same
 //! checks (emu always, cuda when there is a GPU). Each test prints its agreement table; run with
 //! `--nocapture` to see it.
 
@@ -15,7 +15,7 @@ use mocse::npy::Npz;
 fn testdata() -> PathBuf {
     let dir = std::env::var_os("MOCSE_TESTDATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data"));
     let path = dir.join("cifar10c_reference.npz");
     assert!(
         path.exists(),
