@@ -1,7 +1,7 @@
 // cuemu.h -- shim that lets kernels/*.cu compile as host C++ and run on the CPU.
 //
 // The build compiles the kernel sources with `-DCUEMU -include cuemu/cuemu.h`, so a kernel
-// never includes this file itself. Design and rules: shared/docs/KERNEL-EMULATION.md
+// never includes this file itself. Design and the rules for kernels: cuemu/README.md
 // (section 1 for the design, section 2 for the rules every kernel follows).
 //
 // What it emulates: one CUDA thread = one fiber; all fibers of a block run on one OS thread

@@ -1,5 +1,5 @@
 // Shared by the kernel files: block-wide reductions. Every kernel in this project follows the
-// rules of KERNEL-EMULATION.md section 2, so it runs on a GPU and under the emulator alike.
+// rules of cuemu/README.md ("Rules for kernels"), so it runs on a GPU and under the emulator alike.
 #pragma once
 
 // Sum over the 32 lanes of a warp; all 32 lanes must call it.

@@ -1,4 +1,4 @@
-// The blur corruptions of CIFAR-10-C (../shared/docs/CORRUPTIONS.md §3.5-3.9): gaussian, glass,
+// The blur corruptions of CIFAR-10-C (docs/CORRUPTIONS.md §3.5-3.9): gaussian, glass,
 // defocus, motion and zoom blur. One block per image (blockIdx.x = image within the batch), any
 // blockDim.x that is a multiple of 32. Helpers shared with snow and spatter: corrupt_blur.cuh.
 #include "corrupt_blur.cuh"

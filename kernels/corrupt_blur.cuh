@@ -1,6 +1,6 @@
 // Device helpers of the blur family (corrupt_blur.cu), reused by snow and spatter: the
 // skimage/scipy separable Gaussian filter, the ImageMagick motion-blur model and clipped_zoom
-// (../shared/docs/CORRUPTIONS.md §3.5, §3.8, §3.9). Everything works on 32x32 planes with C
+// (docs/CORRUPTIONS.md §3.5, §3.8, §3.9). Everything works on 32x32 planes with C
 // interleaved channels (element (y, x, c) at (y * 32 + x) * C + c).
 //
 // Exactness: the reference truncates to uint8, so a flat region whose weights sum to 1 - 1ulp

@@ -1,4 +1,4 @@
-// snow (../shared/docs/CORRUPTIONS.md §3.10): a normal snow field, clipped_zoom'ed, thresholded and
+// snow (docs/CORRUPTIONS.md §3.10): a normal snow field, clipped_zoom'ed, thresholded and
 // cast to an 8-bit 'L' layer, motion-blurred as ImageMagick does, added to the greyed image once
 // as is and once rotated by 180 degrees. One block per image, any blockDim.x (multiple of 32).
 #include "corrupt_blur.cuh"

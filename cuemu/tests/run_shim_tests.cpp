@@ -226,7 +226,7 @@ void test_half() {
   check(ok, "__half and __nv_bfloat16 conversions and arithmetic");
 }
 
-// The race of KERNEL-EMULATION.md 1.3: wrong in every order, and differently so.
+// A missing barrier between a write and a read of s[255 - t]: wrong in every order, and differently so.
 void test_race() {
   std::vector<float> asc(256), desc(256);
   float* pa = asc.data();

@@ -1,5 +1,5 @@
 // Test kernels of the kernel emulator. They follow the rules of
-// shared/docs/KERNEL-EMULATION.md section 2 (except the two that break them on purpose:
+// cuemu/README.md, "Rules for kernels" (except the two that break them on purpose:
 // cuemu_test_missing_sync and cuemu_test_deadlock*) and compile for NVRTC as well.
 // Names carry a cuemu_test_ prefix: all kernel sources share one translation unit.
 #include <cuda_bf16.h>
