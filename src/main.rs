@@ -1,13 +1,11 @@
 //! The `mocse` command line: train, evaluate (clean and corrupted), corrupt, compare, benchmark and
 //! check the kernels.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use mocse::atomic_file::write_atomic;
 use mocse::bench::bench_train_step;
@@ -27,6 +25,7 @@ use mocse::ops::aggregate::Aggregate;
 use mocse::ops::conv::{ConvImpl, set_conv_impl};
 use mocse::ops::sgd::SgdConfig;
 use mocse::output_paths::check_outputs;
+use mocse::progress;
 use mocse::raster::{bar_chart_png, gallery_png};
 use mocse::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions, report_value};
 use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, check_config_unchanged, read_config};
@@ -432,7 +431,7 @@ fn train(a: TrainArgs) -> Result<()> {
         trainer.steps_per_epoch()
     );
     eprintln!("writing to {}", a.out.display());
-    let logs = trainer.run(a.stop_after, std::io::stderr().is_terminal())?;
+    let logs = trainer.run(a.stop_after, true)?;
     if let Some(last) = logs.last() {
         println!(
             "epoch {}/{}: test accuracy {:.2}%  (checkpoint {})",
@@ -547,7 +546,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             progress.epoch,
             test.len()
         );
-        let bar = progress_bar(test.len() as u64, "[{bar:30}] {pos}/{len} images ({per_sec}, {eta} left)");
+        let bar = progress::bar(test.len() as u64, "images");
         let correct = count_correct_on(&model, &weights, &test, a.batch_size, Some(&bar))?;
         bar.finish_and_clear();
         let report = EvalReport {
@@ -580,10 +579,9 @@ fn eval(a: EvalArgs) -> Result<()> {
         corruptions.len(),
         severities
     );
-    let bar = progress_bar(
-        (test.len() * passes) as u64,
-        "[{bar:30}] {pos}/{len} image evaluations ({per_sec}, {eta} left)",
-    );
+    // What the corruptions need (frost's photographs) first, so the rate counts only the work.
+    mocse::corrupt::prepare(&corruptions)?;
+    let bar = progress::bar((test.len() * passes) as u64, "image evaluations");
     let counts = evaluate_corruptions(
         &model,
         &weights,
@@ -607,13 +605,6 @@ fn eval(a: EvalArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A progress bar on a terminal, hidden otherwise (logs stay clean).
-fn progress_bar(len: u64, template: &str) -> ProgressBar {
-    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(len) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template(template).expect("static template").progress_chars("=> "));
-    bar
 }
 
 /// The output flags that were given, as (flag, path).
@@ -688,7 +679,7 @@ fn corrupt_images(a: CorruptArgs) -> Result<()> {
     let _one_writer = DirLock::acquire(&a.out, "corrupt")?;
     eprintln!("writing to {}", a.out.display());
     let total = (images.len * a.corruptions.0.len() * a.severities.0.len()) as u64;
-    let bar = progress_bar(total, "{msg:>18} [{bar:30}] {pos}/{len} images ({per_sec}, {eta} left)");
+    let bar = progress::bar(total, "images");
     let start = std::time::Instant::now();
     let kept = export(&images, &settings, a.gallery_image, &bar)?;
     bar.finish_and_clear();

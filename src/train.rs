@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::{append_line_synced, remove_stale_temporaries, write_atomic};
@@ -23,6 +23,7 @@ use crate::nn::preact_resnet::Weights;
 use crate::ops::elementwise::all_finite;
 use crate::ops::loss::count_correct;
 use crate::ops::sgd::{SgdConfig, sgd_step};
+use crate::progress;
 use crate::tensor::Tensor;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -345,14 +346,18 @@ impl Trainer {
         Ok(result)
     }
 
-    /// Trains one epoch, evaluates, logs and checkpoints.
-    pub fn run_epoch(&mut self, bar: &ProgressBar) -> Result<EpochLog> {
+    /// Trains one epoch, evaluates, logs and checkpoints; with `show_progress`, a progress bar
+    /// (log lines without a terminal) while it runs.
+    pub fn run_epoch(&mut self, show_progress: bool) -> Result<EpochLog> {
         let epoch = self.progress.epoch;
         let (epochs, spe) = (self.config.epochs, self.steps_per_epoch());
         let augment = self.config.augment()?;
         let order = epoch_order(self.train.len(), true, self.config.seed, epoch as u64);
-        bar.reset();
-        bar.set_length(self.train.len() as u64);
+        let bar = if show_progress {
+            progress::bar(self.train.len() as u64, "images")
+        } else {
+            ProgressBar::hidden()
+        };
         bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
@@ -366,16 +371,16 @@ impl Trainer {
             seen += idx.len();
             bar.set_position(seen as u64);
             bar.set_message(format!(
-                "loss {:.4}  acc {:.2}%  {:.1} img/s",
+                "loss {:.4}, accuracy {:.2}%",
                 loss_sum / seen as f64,
-                100.0 * correct as f64 / seen as f64,
-                seen as f64 / start.elapsed().as_secs_f64()
+                100.0 * correct as f64 / seen as f64
             ));
         }
         let train_seconds = start.elapsed().as_secs_f64();
-        bar.set_message("evaluating on the test split");
+        bar.set_message(format!("trained; now testing on {} images", self.test.len()));
         let test_correct =
             count_correct_on(&self.model, &self.weights, &self.test, self.config.batch_size.max(128), None)?;
+        bar.finish_and_clear();
         let entry = EpochLog {
             epoch: epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -420,43 +425,29 @@ impl Trainer {
         saved
     }
 
-    /// Trains until the configured number of epochs, or `max_epochs` more of them.
+    /// Trains until the configured number of epochs, or `max_epochs` more of them. With
+    /// `show_progress`, progress while an epoch runs and a summary line after each, on stderr.
     pub fn run(&mut self, max_epochs: Option<usize>, show_progress: bool) -> Result<Vec<EpochLog>> {
-        let bar = if show_progress { ProgressBar::new(0) } else { ProgressBar::hidden() };
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
         let mut logs = Vec::new();
         let stop_at =
             max_epochs.map_or(self.config.epochs, |m| (self.progress.epoch + m).min(self.config.epochs));
         while self.progress.epoch < stop_at {
-            let e = self.run_epoch(&bar)?;
-            bar.println(format!(
-                "epoch {:>3}/{}  train loss {:.4}  train acc {:6.2}%  test acc {:6.2}%  lr {:.5}  {:.1}s  {:.1} img/s",
-                e.epoch,
-                self.config.epochs,
-                e.train_loss,
-                100.0 * e.train_accuracy,
-                100.0 * e.test_accuracy,
-                e.lr,
-                e.seconds.unwrap_or(f64::NAN),
-                e.images_per_s.unwrap_or(f64::NAN)
-            ));
-            if !show_progress {
+            let e = self.run_epoch(show_progress)?;
+            if show_progress {
                 eprintln!(
-                    "epoch {}/{}: train loss {:.4}, train acc {:.2}%, test acc {:.2}%",
+                    "epoch {}/{}: train loss {:.4}, train accuracy {:.2}%, test accuracy {:.2}%, lr {:.5}, {:.1} s, {:.0} images/s",
                     e.epoch,
                     self.config.epochs,
                     e.train_loss,
                     100.0 * e.train_accuracy,
-                    100.0 * e.test_accuracy
+                    100.0 * e.test_accuracy,
+                    e.lr,
+                    e.seconds.unwrap_or(f64::NAN),
+                    e.images_per_s.unwrap_or(f64::NAN)
                 );
             }
             logs.push(e);
         }
-        bar.finish_and_clear();
         Ok(logs)
     }
 }

@@ -255,3 +255,39 @@ fn emu_device_trains_and_evaluates_end_to_end() {
     };
     assert_eq!(on("emu"), on("cpu"), "the same checkpoint classifies the same on both devices");
 }
+
+/// Without a terminal (stderr is a pipe here), long work prints a progress line at the stated
+/// interval, and each epoch ends with the same summary line as on a terminal.
+#[test]
+fn progress_is_logged_without_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    #[rustfmt::skip]
+    let args = ["train", "--model", "mocse", "--expert-width", "2", "--train-subset", "640", "--test-subset",
+        "200", "--batch-size", "32", "--epochs", "1", "--device", "cpu", "--out", run.to_str().unwrap()];
+    let r = common::mocse_env(&args, &[("MOCSE_PROGRESS_SECONDS", "1")]);
+    assert!(r.ok, "{}", r.stderr);
+    let lines: Vec<&str> =
+        r.stderr.lines().filter(|l| l.starts_with("epoch 1/1 ") && l.contains("/640 images")).collect();
+    assert!(lines.len() >= 2, "expected progress lines about every second:\n{}", r.stderr);
+    assert!(lines[0].contains(" 0/640 images"), "the first line comes at the start:\n{}", r.stderr);
+    // "Ns elapsed" of consecutive lines: never more than the interval apart (plus a second of
+    // rounding and slack).
+    let elapsed: Vec<u64> = lines
+        .iter()
+        .map(|l| {
+            l.split(" elapsed")
+                .next()
+                .unwrap()
+                .rsplit(", ")
+                .next()
+                .unwrap()
+                .trim_end_matches('s')
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(elapsed.windows(2).all(|w| w[1] <= w[0] + 2), "{elapsed:?}\n{}", r.stderr);
+    assert!(r.stderr.contains("epoch 1/1: train loss"), "{}", r.stderr);
+    assert!(!r.stderr.contains(".0000/s") && !r.stderr.contains(" 0/0 "), "{}", r.stderr);
+}

@@ -160,7 +160,7 @@ pub fn export(
     // Corruption by corruption, so only one corruption's output (S x N images) is held at a time;
     // the clean batches are uploaded again for each, which costs far less than corrupting them.
     for &c in corruptions {
-        progress.set_message(c.name());
+        progress.set_prefix(c.name());
         let mut out = vec![0u8; severities.len() * n * IMAGE_LEN];
         for first in (0..n).step_by(batch_size) {
             let count = batch_size.min(n - first);
