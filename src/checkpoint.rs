@@ -240,6 +240,20 @@ pub fn save_checkpoint(
     sync_dir(run_dir)
 }
 
+/// The name under which `keep_epoch` keeps an epoch's model.
+pub fn epoch_file(epoch: usize) -> String {
+    format!("epoch-{epoch:04}.safetensors")
+}
+
+/// Keeps the run's current model as [`epoch_file`] (a hard link: no space until the next save
+/// replaces `model.safetensors`); returns its path.
+pub fn keep_epoch(run_dir: &Path, epoch: usize) -> Result<std::path::PathBuf> {
+    let kept = run_dir.join(epoch_file(epoch));
+    keep_as(&run_dir.join(MODEL_FILE), &kept)?;
+    sync_dir(run_dir)?;
+    Ok(kept)
+}
+
 /// `to` becomes another name of `from` (a hard link; a copy where links are not supported).
 fn keep_as(from: &Path, to: &Path) -> Result<()> {
     match std::fs::remove_file(to) {
@@ -332,14 +346,38 @@ fn read_header(path: &Path) -> Result<Header> {
 
 /// The tensors `expected` (name, shape; all f32) must be in the header; nothing else but
 /// `num_batches_tracked` counters may be. Checked before any data is read.
-fn check_header(header: &Header, kind: &str, expected: &[(String, &[usize])]) -> Result<()> {
+/// Which files a load accepts.
+#[derive(Clone, Copy, PartialEq)]
+enum Origin {
+    /// Only a file mocse wrote, of this kind ("model" or "training_state").
+    Mocse(&'static str),
+    /// A mocse model file, or any safetensors state_dict with the model's names (PyTorch's
+    /// `save_file(model.state_dict())`): no metadata required.
+    AnyModel,
+}
+
+fn check_header(header: &Header, origin: Origin, expected: &[(String, &[usize])]) -> Result<()> {
     let path = header.path.display();
-    if header.kind() != Some(kind) {
-        bail!("{path} is not a mocse {kind} checkpoint (its metadata does not say so)");
+    match (origin, header.kind()) {
+        (Origin::Mocse(kind), found) if found != Some(kind) => {
+            bail!("{path} is not a mocse {kind} checkpoint (its metadata does not say so)")
+        }
+        (Origin::AnyModel, Some(found)) if found != "model" => {
+            bail!("{path} is a mocse {found} file, not a model")
+        }
+        _ => {}
     }
     for (name, shape) in expected {
         let info = header.meta.info(name).with_context(|| {
-            format!("{path}: tensor '{name}' is missing; the checkpoint does not belong to this model")
+            if name.starts_with("normalize.") {
+                format!(
+                    "{path}: tensor '{name}' is missing. mocse models carry their input normalisation as two \
+                     buffers, normalize.mean and normalize.std (shape [3], the per-channel mean and std of \
+                     the training images on the 0..1 scale): add them to the state_dict before saving"
+                )
+            } else {
+                format!("{path}: tensor '{name}' is missing; the checkpoint does not belong to this model")
+            }
         })?;
         ensure!(info.dtype == Dtype::F32, "{path}: tensor '{name}' is {:?}, expected F32", info.dtype);
         ensure!(
@@ -383,9 +421,9 @@ fn state_spec(net: &PreActResNet) -> Vec<(String, &[usize])> {
     net.param_specs().iter().map(|s| (format!("{}.momentum_buffer", s.name), s.shape.as_slice())).collect()
 }
 
-fn load_model_file(path: &Path, net: &PreActResNet) -> Result<(Weights, Header)> {
+fn load_model_file(path: &Path, net: &PreActResNet, origin: Origin) -> Result<(Weights, Header)> {
     let header = read_header(path)?;
-    check_header(&header, "model", &model_spec(net))?;
+    check_header(&header, origin, &model_spec(net))?;
     let bytes = read_checked(&header)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
     let load = |specs: &[TensorSpec]| -> Result<Vec<Tensor>> {
@@ -398,7 +436,7 @@ fn load_model_file(path: &Path, net: &PreActResNet) -> Result<(Weights, Header)>
 
 fn load_state_file(path: &Path, net: &PreActResNet) -> Result<(Vec<Tensor>, Header)> {
     let header = read_header(path)?;
-    check_header(&header, "training_state", &state_spec(net))?;
+    check_header(&header, Origin::Mocse("training_state"), &state_spec(net))?;
     let bytes = read_checked(&header)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e))?;
     let velocity = net
@@ -416,17 +454,26 @@ pub fn recorded_config(path: &Path) -> Result<Option<String>> {
     Ok(read_header(path)?.field("config").map(str::to_string))
 }
 
-/// Loads a model file, checked (see the module documentation), for evaluation.
+/// Loads a model file mocse wrote, checked (see the module documentation).
 pub fn load_model(path: &Path, net: &PreActResNet) -> Result<(Weights, Progress)> {
-    let (weights, header) = load_model_file(path, net)?;
+    let (weights, header) = load_model_file(path, net, Origin::Mocse("model"))?;
     Ok((weights, header.progress()?))
+}
+
+/// Loads the weights of any safetensors state_dict with the model's tensor names and shapes:
+/// a mocse model file (with its progress) or one saved elsewhere, e.g. by PyTorch (progress
+/// `None`). The same checks apply to every value.
+pub fn load_state_dict(path: &Path, net: &PreActResNet) -> Result<(Weights, Option<Progress>)> {
+    let (weights, header) = load_model_file(path, net, Origin::AnyModel)?;
+    let progress = if header.kind().is_some() { Some(header.progress()?) } else { None };
+    Ok((weights, progress))
 }
 
 /// Loads the newest matching checkpoint pair of `run_dir`: the current pair, or the previous
 /// one if the current is incomplete, broken or mixed. `Ok(None)` when the run has none yet.
 pub fn load_checkpoint(run_dir: &Path, net: &PreActResNet) -> Result<Option<TrainingCheckpoint>> {
     let pair = |m: &str, s: &str| -> Result<TrainingCheckpoint> {
-        let (weights, mh) = load_model_file(&run_dir.join(m), net)?;
+        let (weights, mh) = load_model_file(&run_dir.join(m), net, Origin::Mocse("model"))?;
         let (velocity, sh) = load_state_file(&run_dir.join(s), net)?;
         ensure!(
             mh.id() == sh.id(),

@@ -98,11 +98,11 @@ pub fn table1_markdown(columns: &[Column]) -> Result<String> {
         let r = &col.report;
         let _ = writeln!(
             out,
-            "- {}: {} (`{}`, epoch {}), {} images of {}, corrupted images {}, severities {:?}",
+            "- {}: {} (`{}`, {}), {} images of {}, corrupted images {}, severities {:?}",
             col.label,
             r.context.model_description,
             r.context.run,
-            r.context.checkpoint_epoch,
+            r.context.epoch_text(),
             r.num_images,
             r.context.data,
             r.corrupted_images,

@@ -47,9 +47,17 @@ pub struct RunDescription {
     pub model: String,
     pub model_description: String,
     pub run: String,
-    pub checkpoint_epoch: usize,
+    /// `null` for a checkpoint that does not say (one saved outside mocse).
+    pub checkpoint_epoch: Option<usize>,
     pub data: String,
     pub device: String,
+}
+
+impl RunDescription {
+    /// "epoch 3", or "epoch unknown" for a checkpoint that does not say.
+    pub fn epoch_text(&self) -> String {
+        self.checkpoint_epoch.map_or_else(|| "epoch unknown".to_string(), |e| format!("epoch {e}"))
+    }
 }
 
 /// What `mocse eval --json` writes.

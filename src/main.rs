@@ -21,6 +21,7 @@ use mocse::dir_lock::{DirLock, LOCK_FILE};
 use mocse::eval::{EvalReport, RunDescription, count_correct_on};
 use mocse::input_file::files_in;
 use mocse::nn::model::{Model, ModelConfig, ModelKind};
+use mocse::nn::preact_resnet::Weights;
 use mocse::ops::aggregate::Aggregate;
 use mocse::ops::conv::{ConvImpl, set_conv_impl};
 use mocse::ops::sgd::SgdConfig;
@@ -134,6 +135,10 @@ struct TrainArgs {
     /// Stop after N more epochs; the run can then be continued with --resume
     #[arg(long, value_name = "N")]
     stop_after: Option<usize>,
+    /// Also keep the model of every K-th epoch, as RUN_DIR/epoch-NNNN.safetensors (evaluate one
+    /// with `mocse eval --checkpoint`) [default: only the last]
+    #[arg(long, value_name = "K")]
+    save_every: Option<usize>,
 }
 
 /// Where a job runs; shared by train, eval and bench.
@@ -150,9 +155,27 @@ struct DeviceArgs {
 
 #[derive(Args)]
 struct EvalArgs {
-    /// Run directory written by `mocse train`
-    #[arg(long)]
-    run: PathBuf,
+    /// Run directory written by `mocse train`: its last checkpoint is evaluated
+    #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
+    run: Option<PathBuf>,
+    /// Evaluate this checkpoint file instead: any mocse model file (an earlier epoch kept by
+    /// --save-every, a run's model.prev.safetensors) or a state_dict saved elsewhere with the
+    /// same tensor names (PyTorch's safetensors.torch.save_file). The model comes from the
+    /// config.json beside it, else from --model and its flags
+    #[arg(long, value_name = "FILE.safetensors")]
+    checkpoint: Option<PathBuf>,
+    /// With --checkpoint and no config.json beside it: preact18 or mocse
+    #[arg(long, requires = "checkpoint")]
+    model: Option<ModelKind>,
+    /// With --checkpoint --model preact18: base width [default: 64]
+    #[arg(long, requires = "model")]
+    width: Option<usize>,
+    /// With --checkpoint --model mocse: base width of every expert [default: 16]
+    #[arg(long, requires = "model")]
+    expert_width: Option<usize>,
+    /// With --checkpoint --model mocse: prob or logodds [default: prob]
+    #[arg(long, requires = "model")]
+    aggregate: Option<Aggregate>,
     /// Test data: `synthetic` or `cifar10:DIR` [default: the data the run was trained on]
     #[arg(long)]
     data: Option<DataSpec>,
@@ -330,33 +353,43 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
-    let Some(kind) = a.model else {
-        bail!("--model is required for a new run (preact18 or mocse)");
-    };
+/// A model from the command line's model flags (train, and eval of a bare checkpoint).
+fn model_config(
+    kind: ModelKind,
+    width: Option<usize>,
+    expert_width: Option<usize>,
+    aggregate: Option<Aggregate>,
+    bce_weight: Option<f32>,
+) -> Result<ModelConfig> {
     match kind {
-        ModelKind::Preact18
-            if a.expert_width.is_some() || a.aggregate.is_some() || a.bce_weight.is_some() =>
-        {
+        ModelKind::Preact18 if expert_width.is_some() || aggregate.is_some() || bce_weight.is_some() => {
             bail!("--expert-width, --aggregate and --bce-weight apply to --model mocse only")
         }
-        ModelKind::Mocse if a.width.is_some() => {
+        ModelKind::Mocse if width.is_some() => {
             bail!("--width applies to --model preact18; use --expert-width for mocse")
         }
         _ => {}
     }
-    let width = match kind {
-        ModelKind::Preact18 => a.width.unwrap_or(64),
-        ModelKind::Mocse => a.expert_width.unwrap_or(16),
+    let config = ModelConfig {
+        kind,
+        num_classes: 10,
+        width: match kind {
+            ModelKind::Preact18 => width.unwrap_or(64),
+            ModelKind::Mocse => expert_width.unwrap_or(16),
+        },
+        aggregate: aggregate.unwrap_or(Aggregate::Prob),
+        bce_weight: bce_weight.unwrap_or(1.0),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let Some(kind) = a.model else {
+        bail!("--model is required for a new run (preact18 or mocse)");
     };
     let config = TrainConfig {
-        model: ModelConfig {
-            kind,
-            num_classes: 10,
-            width,
-            aggregate: a.aggregate.unwrap_or(Aggregate::Prob),
-            bce_weight: a.bce_weight.unwrap_or(1.0),
-        },
+        model: model_config(kind, a.width, a.expert_width, a.aggregate, a.bce_weight)?,
         data: a.data.clone().unwrap_or(DataSpec::Synthetic).to_string(),
         train_subset: a.train_subset,
         test_subset: a.test_subset,
@@ -371,6 +404,7 @@ fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
         },
         schedule: a.schedule.unwrap_or(Schedule::Cosine),
         seed: a.seed.unwrap_or(0),
+        save_every: a.save_every,
         created_by: format!("mocse {}", mocse::BUILD),
     };
     config.validate()?;
@@ -402,6 +436,7 @@ fn train(a: TrainArgs) -> Result<()> {
             ("--expert-width", a.expert_width.is_some()),
             ("--aggregate", a.aggregate.is_some()),
             ("--bce-weight", a.bce_weight.is_some()),
+            ("--save-every", a.save_every.is_some()),
         ];
         let clashes: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect();
         if !clashes.is_empty() {
@@ -467,6 +502,81 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// What `eval` evaluates: a run's last checkpoint (`--run`) or a checkpoint file (`--checkpoint`).
+struct EvalTarget {
+    model: ModelConfig,
+    /// The run's settings, when there is a run (its data is the default test data).
+    run_config: Option<TrainConfig>,
+    /// The run directory holding `run_config`.
+    run_dir: Option<PathBuf>,
+    checkpoint: PathBuf,
+    /// How reports name it: the run directory, or the checkpoint file.
+    name: String,
+    /// Files an output must not replace.
+    inputs: Vec<PathBuf>,
+}
+
+impl EvalTarget {
+    fn resolve(a: &EvalArgs) -> Result<EvalTarget> {
+        if let Some(run) = &a.run {
+            let config = read_config(run)?;
+            return Ok(EvalTarget {
+                model: config.model,
+                run_config: Some(config),
+                run_dir: Some(run.clone()),
+                checkpoint: run.join(MODEL_FILE),
+                name: run.display().to_string(),
+                inputs: files_in(run),
+            });
+        }
+        let file = a.checkpoint.clone().context("give --run or --checkpoint")?;
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let mut inputs = vec![file.clone()];
+        let beside = dir.join(mocse::train::CONFIG_FILE);
+        let (model, run_config, run_dir) = if beside.exists() {
+            if a.model.is_some() {
+                bail!(
+                    "{} describes the model of {}; leave out --model and its flags",
+                    beside.display(),
+                    file.display()
+                );
+            }
+            let config = read_config(&dir)?;
+            inputs.extend(files_in(&dir));
+            (config.model, Some(config), Some(dir))
+        } else {
+            let Some(kind) = a.model else {
+                bail!(
+                    "{} has no config.json beside it, so the model must be given: --model preact18 [--width W] or \
+                     --model mocse [--expert-width W] [--aggregate prob|logodds]",
+                    file.display()
+                );
+            };
+            (model_config(kind, a.width, a.expert_width, a.aggregate, None)?, None, None)
+        };
+        Ok(EvalTarget {
+            model,
+            run_config,
+            run_dir,
+            checkpoint: file.clone(),
+            name: file.display().to_string(),
+            inputs,
+        })
+    }
+
+    /// The checked weights, and the epoch when the file says (a run's own file always does). A
+    /// run's config.json must still be the one its checkpoint was trained with.
+    fn load(&self, model: &Model) -> Result<(Weights, Option<usize>)> {
+        let (weights, progress) = checkpoint::load_state_dict(&self.checkpoint, model.fused())
+            .with_context(|| format!("{} has no usable checkpoint", self.name))?;
+        let recorded = checkpoint::recorded_config(&self.checkpoint)?;
+        if let (Some(dir), Some(config), Some(recorded)) = (&self.run_dir, &self.run_config, recorded) {
+            check_config_unchanged(dir, config, &recorded, progress.map_or(0, |p| p.epoch))?;
+        }
+        Ok((weights, progress.map(|p| p.epoch)))
+    }
+}
+
 fn eval(a: EvalArgs) -> Result<()> {
     let (device, why) = a.run_on.device.resolve()?;
     use_conv_impl(a.run_on.conv_impl, device)?;
@@ -485,7 +595,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         bail!("--seed chooses generated corruptions; the files of --cifar10c are fixed");
     }
     let seed = a.seed.unwrap_or(0);
-    let config = read_config(&a.run)?;
+    let target = EvalTarget::resolve(&a)?;
     // A CIFAR-10-C directory holds the corruptions and severities it holds: they are the
     // defaults, and severities it lacks are refused before any work.
     let files = a.cifar10c.as_deref().map(Cifar10C::open).transpose()?;
@@ -509,41 +619,37 @@ fn eval(a: EvalArgs) -> Result<()> {
         (None, Some(f)) => f.severities().to_vec(),
         (None, None) => SEVERITIES.collect(),
     };
-    let spec = match &a.data {
-        Some(d) => d.clone(),
-        None => config.data_spec()?,
+    let spec = match (&a.data, &target.run_config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(config)) => config.data_spec()?,
+        (None, None) => DataSpec::Synthetic,
     };
-    let mut inputs = files_in(&a.run);
+    let mut inputs = target.inputs.clone();
     inputs.extend(spec.files());
     if let Some(dir) = &a.cifar10c {
         inputs.extend(files_in(dir));
     }
     check_outputs(&given([("--json", &a.json), ("--markdown", &a.markdown), ("--csv", &a.csv)]), &inputs)?;
-    config
-        .model
+    let model_config = target.model;
+    model_config
         .check_fits(a.batch_size.min(a.test_subset.unwrap_or(mocse::data::SYNTHETIC_TEST_LEN)), device)?;
-    let model = Model::new(config.model);
-    let model_path = a.run.join(MODEL_FILE);
-    let (weights, progress) = checkpoint::load_model(&model_path, model.fused())
-        .with_context(|| format!("{} has no usable checkpoint", a.run.display()))?;
-    if let Some(recorded) = checkpoint::recorded_config(&model_path)? {
-        check_config_unchanged(&a.run, &config, &recorded, progress.epoch)?;
-    }
+    let model = Model::new(model_config);
+    let (weights, epoch) = target.load(&model)?;
     let weights = weights.to_device(device)?;
     let test = Dataset::load(&spec, Split::Test, a.test_subset, SYNTHETIC_SET_SEED)?;
     let run = RunDescription {
-        model: config.model.kind.to_string(),
-        model_description: config.model.describe(),
-        run: a.run.display().to_string(),
-        checkpoint_epoch: progress.epoch,
+        model: model_config.kind.to_string(),
+        model_description: model_config.describe(),
+        run: target.name.clone(),
+        checkpoint_epoch: epoch,
         data: spec.to_string(),
         device: device.to_string(),
     };
+    let at_epoch = epoch.map_or_else(|| "epoch unknown".to_string(), |e| format!("epoch {e}"));
     let Some(corruptions) = corruptions else {
         eprintln!(
-            "{why}; evaluating {} (epoch {}) on {} test images of {spec}",
-            config.model.describe(),
-            progress.epoch,
+            "{why}; evaluating {} ({at_epoch}) on {} test images of {spec}",
+            model_config.describe(),
             test.len()
         );
         let bar = progress::bar(test.len() as u64, "images");
@@ -571,10 +677,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     };
     let passes = 1 + corruptions.len() * severities.len();
     eprintln!(
-        "{why}; evaluating {} (epoch {}) on {} test images of {spec}, clean and {} corruptions x severities {:?} \
+        "{why}; evaluating {} ({at_epoch}) on {} test images of {spec}, clean and {} corruptions x severities {:?} \
          ({described})",
-        config.model.describe(),
-        progress.epoch,
+        model_config.describe(),
         test.len(),
         corruptions.len(),
         severities

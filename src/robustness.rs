@@ -264,8 +264,13 @@ impl CorruptionReport {
         let _ = writeln!(out, "# Corruption robustness: {}\n", ctx.model_description);
         let _ = writeln!(
             out,
-            "Run `{}` (epoch {}), {} test images of {}, corrupted images {}, device {}.\n",
-            ctx.run, ctx.checkpoint_epoch, self.num_images, ctx.data, self.corrupted_images, ctx.device
+            "Run `{}` ({}), {} test images of {}, corrupted images {}, device {}.\n",
+            ctx.run,
+            ctx.epoch_text(),
+            self.num_images,
+            ctx.data,
+            self.corrupted_images,
+            ctx.device
         );
         let _ = writeln!(out, "Clean accuracy: **{}**\n", pct(Some(self.clean_accuracy)));
         let sev: Vec<String> = self.severities.iter().map(|s| s.to_string()).collect();

@@ -85,6 +85,9 @@ pub struct TrainConfig {
     pub sgd: SgdConfig,
     pub schedule: Schedule,
     pub seed: u64,
+    /// Keep the model of every K-th epoch as `epoch-NNNN.safetensors` (absent: keep none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_every: Option<usize>,
     /// The mocse build that started the run.
     #[serde(default)]
     pub created_by: String,
@@ -107,6 +110,7 @@ impl TrainConfig {
             self.sgd.weight_decay
         );
         ensure!(!self.sgd.nesterov || self.sgd.momentum > 0.0, "--nesterov needs a momentum above 0");
+        ensure!(self.save_every != Some(0), "--save-every must be at least 1");
         self.data_spec()?;
         self.augment()?;
         Ok(())
@@ -398,6 +402,9 @@ impl Trainer {
             )
         })?;
         self.progress.epoch += 1;
+        if self.config.save_every.is_some_and(|k| self.progress.epoch.is_multiple_of(k)) {
+            checkpoint::keep_epoch(&self.run_dir, self.progress.epoch)?;
+        }
         Ok(entry)
     }
 

@@ -291,3 +291,62 @@ fn progress_is_logged_without_a_terminal() {
     assert!(r.stderr.contains("epoch 1/1: train loss"), "{}", r.stderr);
     assert!(!r.stderr.contains(".0000/s") && !r.stderr.contains(" 0/0 "), "{}", r.stderr);
 }
+
+/// Any checkpoint evaluates: an earlier epoch kept by --save-every, the run's own file through
+/// --checkpoint (the same result as --run), and a bare state_dict without mocse's metadata (as
+/// PyTorch's safetensors.torch.save_file writes one), given the model flags.
+#[test]
+fn any_checkpoint_can_be_evaluated() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let r = tiny_run(run_s, "2", &["--save-every", "1"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(
+        fs::read(run.join("epoch-0002.safetensors")).unwrap(),
+        fs::read(run.join(MODEL_FILE)).unwrap()
+    );
+    assert!(run.join("epoch-0001.safetensors").exists());
+    let eval = |extra: &[&str]| {
+        let json = dir.path().join("e.json");
+        let mut args =
+            vec!["eval", "--device", "cpu", "--test-subset", "60", "--json", json.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let r = mocse(&args);
+        let report: Option<serde_json::Value> =
+            r.ok.then(|| serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap());
+        (r, report)
+    };
+    let (_, by_run) = eval(&["--run", run_s]);
+    let by_run = by_run.unwrap();
+    let model_file = run.join(MODEL_FILE);
+    let (_, by_file) = eval(&["--checkpoint", model_file.to_str().unwrap()]);
+    let by_file = by_file.unwrap();
+    assert_eq!(by_file["clean_accuracy"], by_run["clean_accuracy"]);
+    assert_eq!(by_file["checkpoint_epoch"], 2);
+    let first = run.join("epoch-0001.safetensors");
+    let (_, early) = eval(&["--checkpoint", first.to_str().unwrap()]);
+    assert_eq!(early.unwrap()["checkpoint_epoch"], 1);
+
+    // The same tensors without any metadata, away from the run's config.json.
+    let bytes = fs::read(&model_file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let write_bare = |path: &std::path::Path, keep: &dyn Fn(&str) -> bool| {
+        let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> =
+            st.tensors().into_iter().filter(|(name, _)| keep(name)).collect();
+        fs::write(path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    };
+    let bare = dir.path().join("bare.safetensors");
+    write_bare(&bare, &|_| true);
+    let (r, _) = eval(&["--checkpoint", bare.to_str().unwrap()]);
+    assert_clean_failure(&r, "--model mocse");
+    let (r, report) =
+        eval(&["--checkpoint", bare.to_str().unwrap(), "--model", "mocse", "--expert-width", "2"]);
+    assert!(r.ok, "{}", r.stderr);
+    let report = report.unwrap();
+    assert_eq!(report["clean_accuracy"], by_run["clean_accuracy"]);
+    assert!(report["checkpoint_epoch"].is_null());
+    write_bare(&bare, &|name| !name.starts_with("normalize."));
+    let (r, _) = eval(&["--checkpoint", bare.to_str().unwrap(), "--model", "mocse", "--expert-width", "2"]);
+    assert_clean_failure(&r, "normalize.mean and normalize.std");
+}

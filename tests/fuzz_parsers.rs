@@ -389,6 +389,7 @@ fn run_config_and_log() {
         sgd: mocse::ops::sgd::SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false },
         schedule: mocse::train::Schedule::Cosine,
         seed: 1,
+        save_every: Some(2),
         created_by: "mocse fuzz".into(),
     };
     let valid = serde_json::to_string_pretty(&config).unwrap();
@@ -443,7 +444,7 @@ fn corruption_reports() {
         model: "mocse".into(),
         model_description: "MoCSE".into(),
         run: "runs/x".into(),
-        checkpoint_epoch: 3,
+        checkpoint_epoch: Some(3),
         data: "synthetic".into(),
         device: "cpu".into(),
     };

@@ -20,6 +20,7 @@ fn train(kind: ModelKind, width: usize, aggregate: Aggregate) -> f64 {
         sgd: SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true },
         schedule: Schedule::Cosine,
         seed: 1,
+        save_every: None,
         created_by: String::new(),
     };
     let dir = tempfile::tempdir().unwrap();
@@ -78,6 +79,7 @@ fn diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
         sgd: SgdConfig { momentum: 0.9, weight_decay: 0.0, nesterov: false },
         schedule: Schedule::Cosine,
         seed: 3,
+        save_every: None,
         created_by: String::new(),
     };
     let dir = tempfile::tempdir().unwrap();
