@@ -9,6 +9,7 @@ use crate::data::{Augment, Dataset, batches, epoch_order, make_batch};
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
 use crate::ops::loss::count_correct;
+use crate::predictions::{Condition, Predictions};
 use crate::tensor::Tensor;
 
 /// Class scores [B, K] of images [B, 32, 32, 3] in [0, 1]: evaluation mode, no gradients.
@@ -20,20 +21,28 @@ pub fn class_scores(model: &Model, weights: &Weights, images: Tensor) -> Result<
     Ok(model.scores(&tape, &out)?.value().clone())
 }
 
-/// Correctly classified images of `data`, evaluated in batches without gradients.
+/// Correctly classified images of `data`, evaluated in batches without gradients;
+/// `predictions`, when given, receives every image's scores.
 pub fn count_correct_on(
     model: &Model,
     weights: &Weights,
     data: &Dataset,
     batch_size: usize,
     progress: Option<&ProgressBar>,
+    mut predictions: Option<&mut Predictions>,
 ) -> Result<usize> {
     let order = epoch_order(data.len(), false, 0, 0);
     let mut correct = 0;
+    let mut first = 0;
     for idx in batches(&order, batch_size) {
         let batch = make_batch(data, idx, Augment::None, 0, 0);
         let images = Tensor::from_vec(&[batch.size, 32, 32, 3], batch.images);
-        correct += count_correct(&class_scores(model, weights, images)?, &batch.labels)?;
+        let scores = class_scores(model, weights, images)?;
+        if let Some(p) = predictions.as_deref_mut() {
+            p.record(Condition::Clean, first, &scores)?;
+        }
+        first += batch.size;
+        correct += count_correct(&scores, &batch.labels)?;
         if let Some(pb) = progress {
             pb.inc(batch.size as u64);
         }

@@ -20,6 +20,7 @@ pub mod npy;
 pub mod ops;
 pub mod output_paths;
 pub mod parallel;
+pub mod predictions;
 pub mod progress;
 pub mod raster;
 pub mod rng;

@@ -176,7 +176,9 @@ struct EvalArgs {
     /// With --checkpoint --model mocse: prob or logodds [default: prob]
     #[arg(long, requires = "model")]
     aggregate: Option<Aggregate>,
-    /// Test data: `synthetic` or `cifar10:DIR` [default: the data the run was trained on]
+    /// Test data: `synthetic`, `cifar10:DIR`, or `npy:DIR` (a test set of your own: DIR/images.npy,
+    /// uint8 (N, 32, 32, 3) RGB, and DIR/labels.npy, uint8 (N,)) [default: the data the run was
+    /// trained on]
     #[arg(long)]
     data: Option<DataSpec>,
     /// Evaluate the first N test images only [default: all]
@@ -215,6 +217,11 @@ struct EvalArgs {
     /// With corruptions: also write the report as CSV (one accuracy per line) to FILE
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
+    /// Also write every image's label, predicted class and class scores, clean and per
+    /// corruption and severity, to FILE.npz (arrays labels, <condition>_scores,
+    /// <condition>_predicted) or FILE.csv (a row per image and condition)
+    #[arg(long, value_name = "FILE")]
+    predictions: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -629,7 +636,16 @@ fn eval(a: EvalArgs) -> Result<()> {
     if let Some(dir) = &a.cifar10c {
         inputs.extend(files_in(dir));
     }
-    check_outputs(&given([("--json", &a.json), ("--markdown", &a.markdown), ("--csv", &a.csv)]), &inputs)?;
+    let outputs = given([
+        ("--json", &a.json),
+        ("--markdown", &a.markdown),
+        ("--csv", &a.csv),
+        ("--predictions", &a.predictions),
+    ]);
+    check_outputs(&outputs, &inputs)?;
+    if let Some(path) = &a.predictions {
+        mocse::predictions::check_path(path)?;
+    }
     let model_config = target.model;
     model_config
         .check_fits(a.batch_size.min(a.test_subset.unwrap_or(mocse::data::SYNTHETIC_TEST_LEN)), device)?;
@@ -646,6 +662,10 @@ fn eval(a: EvalArgs) -> Result<()> {
         device: device.to_string(),
     };
     let at_epoch = epoch.map_or_else(|| "epoch unknown".to_string(), |e| format!("epoch {e}"));
+    let mut predictions = a
+        .predictions
+        .as_ref()
+        .map(|_| mocse::predictions::Predictions::new(test.labels(), model_config.num_classes));
     let Some(corruptions) = corruptions else {
         eprintln!(
             "{why}; evaluating {} ({at_epoch}) on {} test images of {spec}",
@@ -653,7 +673,8 @@ fn eval(a: EvalArgs) -> Result<()> {
             test.len()
         );
         let bar = progress::bar(test.len() as u64, "images");
-        let correct = count_correct_on(&model, &weights, &test, a.batch_size, Some(&bar))?;
+        let correct =
+            count_correct_on(&model, &weights, &test, a.batch_size, Some(&bar), predictions.as_mut())?;
         bar.finish_and_clear();
         let report = EvalReport {
             run,
@@ -669,7 +690,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         if let Some(path) = &a.json {
             write_json(path, &report)?;
         }
-        return Ok(());
+        return write_predictions(a.predictions.as_deref(), predictions.as_ref());
     };
     let (source, described) = match &files {
         Some(f) => (CorruptedSource::Files(f), format!("cifar10c:{}", f.dir().display())),
@@ -696,6 +717,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         &source,
         a.batch_size,
         Some(&bar),
+        predictions.as_mut(),
     )?;
     bar.finish_and_clear();
     let report = CorruptionReport::new(run, described, &counts, &severities);
@@ -708,6 +730,17 @@ fn eval(a: EvalArgs) -> Result<()> {
             write_atomic(path, text.as_bytes())?;
             eprintln!("wrote {}", path.display());
         }
+    }
+    write_predictions(a.predictions.as_deref(), predictions.as_ref())
+}
+
+fn write_predictions(
+    path: Option<&Path>,
+    predictions: Option<&mocse::predictions::Predictions>,
+) -> Result<()> {
+    if let (Some(path), Some(p)) = (path, predictions) {
+        p.write(path)?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -115,17 +115,40 @@ pub fn parse_u8_header(bytes: &[u8]) -> Result<(Vec<usize>, usize)> {
     Ok((shape, offset))
 }
 
-/// The bytes of a `.npy` file holding a C-order `uint8` array of `shape`.
-pub fn u8_npy_bytes(shape: &[usize], data: &[u8]) -> Result<Vec<u8>> {
+/// The bytes of a `.npy` file holding a C-order array of `shape` (`u8` or `f32` elements).
+pub fn npy_bytes<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
+    shape: &[usize],
+    data: &[T],
+) -> Result<Vec<u8>> {
     if element_count(shape) != Some(data.len()) {
-        bail!("{} bytes do not fill an array of shape {shape:?}", data.len());
+        bail!("{} values do not fill an array of shape {shape:?}", data.len());
     }
     let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    let mut out = Vec::with_capacity(data.len() + 128);
+    let mut out = Vec::with_capacity(std::mem::size_of_val(data) + 128);
     let mut writer = npyz::WriteOptions::new().default_dtype().shape(&shape).writer(&mut out).begin_nd()?;
     writer.extend(data.iter().copied())?;
     writer.finish()?;
     Ok(out)
+}
+
+/// The bytes of a `.npy` file holding a C-order `uint8` array of `shape`.
+pub fn u8_npy_bytes(shape: &[usize], data: &[u8]) -> Result<Vec<u8>> {
+    npy_bytes(shape, data)
+}
+
+/// Writes an `.npz` archive (NumPy's `savez_compressed`: a zip of deflated `.npy` files) of
+/// (name, `.npy` bytes) atomically.
+pub fn write_npz(path: &Path, arrays: &[(String, Vec<u8>)]) -> Result<()> {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .large_file(arrays.iter().any(|(_, b)| b.len() as u64 >= u32::MAX as u64));
+    for (name, bytes) in arrays {
+        zip.start_file(format!("{name}.npy"), options)?;
+        zip.write_all(bytes)?;
+    }
+    write_atomic(path, &zip.finish()?.into_inner())
 }
 
 /// Writes a C-order `uint8` array of `shape` to `path` atomically.
@@ -184,11 +207,20 @@ impl Npz {
 
     /// Array `name` as `float64`, flattened.
     pub fn f64_array(&mut self, name: &str) -> Result<Vec<f64>> {
+        self.typed_array(name, "float64")
+    }
+
+    /// Array `name` as `float32`, flattened.
+    pub fn f32_array(&mut self, name: &str) -> Result<Vec<f32>> {
+        self.typed_array(name, "float32")
+    }
+
+    fn typed_array<T: npyz::Deserialize>(&mut self, name: &str, dtype: &str) -> Result<Vec<T>> {
         let bytes = self.entry_bytes(name)?;
         check_preamble(&bytes).with_context(|| format!("array '{name}' of {}", self.path.display()))?;
         let file = npyz::NpyFile::new(&bytes[..])?;
-        file.into_vec::<f64>()
-            .with_context(|| format!("array '{name}' of {} is not float64", self.path.display()))
+        file.into_vec::<T>()
+            .with_context(|| format!("array '{name}' of {} is not {dtype}", self.path.display()))
     }
 }
 

@@ -17,6 +17,7 @@ use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
 use crate::ops::elementwise::scale_tensor;
 use crate::ops::loss::count_correct;
+use crate::predictions::{Condition, Predictions};
 use crate::tensor::Tensor;
 
 /// Where the corrupted images come from.
@@ -35,7 +36,8 @@ pub struct CorruptionCounts {
     pub corrupted: BTreeMap<(Corruption, u8), usize>,
 }
 
-/// Evaluates `model` on `test` and on its corrupted versions.
+/// Evaluates `model` on `test` and on its corrupted versions; `predictions`, when given,
+/// receives every image's scores.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_corruptions(
     model: &Model,
@@ -46,6 +48,7 @@ pub fn evaluate_corruptions(
     source: &CorruptedSource,
     batch_size: usize,
     progress: Option<&ProgressBar>,
+    mut predictions: Option<&mut Predictions>,
 ) -> Result<CorruptionCounts> {
     let device = weights.device();
     let n = test.len();
@@ -82,7 +85,14 @@ pub fn evaluate_corruptions(
         let batch_labels: Vec<u32> = labels[first..first + count].iter().map(|&l| u32::from(l)).collect();
         test.images_u8(first, &mut pixels[..count * IMAGE_LEN]);
         let clean = upload_images(&pixels[..count * IMAGE_LEN], device)?;
-        counts.clean += correct_on(model, weights, &clean, &batch_labels)?;
+        let mut judge = |condition: Condition, images: &Tensor| -> Result<usize> {
+            let scores = scores_on(model, weights, images)?;
+            if let Some(p) = predictions.as_deref_mut() {
+                p.record(condition, first, &scores)?;
+            }
+            count_correct(&scores, &batch_labels)
+        };
+        counts.clean += judge(Condition::Clean, &clean)?;
         tick(progress, count);
         for (k, &c) in corruptions.iter().enumerate() {
             for &s in severities {
@@ -93,7 +103,7 @@ pub fn evaluate_corruptions(
                     CorruptedSource::Files(_) => upload_images(files[k].images(s, first, count)?, device)?,
                 };
                 *counts.corrupted.entry((c, s)).or_default() +=
-                    correct_on(model, weights, &corrupted, &batch_labels)?;
+                    judge(Condition::Corrupted(c, s), &corrupted)?;
                 tick(progress, count);
             }
         }
@@ -107,10 +117,9 @@ fn tick(progress: Option<&ProgressBar>, count: usize) {
     }
 }
 
-/// Correct predictions on images of 0..255 values.
-fn correct_on(model: &Model, weights: &Weights, images: &Tensor, labels: &[u32]) -> Result<usize> {
-    let unit = scale_tensor(images, 1.0 / 255.0)?;
-    count_correct(&class_scores(model, weights, unit)?, labels)
+/// Class scores of images of 0..255 values.
+fn scores_on(model: &Model, weights: &Weights, images: &Tensor) -> Result<Tensor> {
+    class_scores(model, weights, scale_tensor(images, 1.0 / 255.0)?)
 }
 
 /// What `mocse eval --corruptions` reports. Accuracies are fractions in [0, 1].

@@ -382,8 +382,14 @@ impl Trainer {
         }
         let train_seconds = start.elapsed().as_secs_f64();
         bar.set_message(format!("trained; now testing on {} images", self.test.len()));
-        let test_correct =
-            count_correct_on(&self.model, &self.weights, &self.test, self.config.batch_size.max(128), None)?;
+        let test_correct = count_correct_on(
+            &self.model,
+            &self.weights,
+            &self.test,
+            self.config.batch_size.max(128),
+            None,
+            None,
+        )?;
         bar.finish_and_clear();
         let entry = EpochLog {
             epoch: epoch + 1,

@@ -350,3 +350,77 @@ fn any_checkpoint_can_be_evaluated() {
     let (r, _) = eval(&["--checkpoint", bare.to_str().unwrap(), "--model", "mocse", "--expert-width", "2"]);
     assert_clean_failure(&r, "normalize.mean and normalize.std");
 }
+
+/// A test set of one's own (`npy:DIR`) evaluates like the same images from the built-in set,
+/// and `--predictions` writes per-image scores whose argmax gives exactly the reported accuracy.
+#[test]
+fn own_test_sets_and_per_image_predictions() {
+    use mocse::data::{DataSpec, Dataset, Split};
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_s = run.to_str().unwrap();
+    assert!(tiny_run(run_s, "1", &[]).ok);
+    let set = dir.path().join("set");
+    fs::create_dir(&set).unwrap();
+    let data = Dataset::load(&DataSpec::Synthetic, Split::Test, Some(40), 0).unwrap();
+    let mut pixels = vec![0u8; 40 * 3072];
+    data.images_u8(0, &mut pixels);
+    mocse::npy::write_u8(&set.join("images.npy"), &[40, 32, 32, 3], &pixels).unwrap();
+    mocse::npy::write_u8(&set.join("labels.npy"), &[40], &data.labels()).unwrap();
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    let npy_data = format!("npy:{}", set.display());
+    let predictions = dir.path().join("p.npz");
+    #[rustfmt::skip]
+    let r = mocse(&["eval", "--run", run_s, "--device", "cpu", "--data", &npy_data, "--corruptions", "fog",
+        "--severities", "2", "--json", a.to_str().unwrap(), "--predictions", predictions.to_str().unwrap()]);
+    assert!(r.ok, "{}", r.stderr);
+    #[rustfmt::skip]
+    let r = mocse(&["eval", "--run", run_s, "--device", "cpu", "--test-subset", "40", "--corruptions", "fog",
+        "--severities", "2", "--json", b.to_str().unwrap()]);
+    assert!(r.ok, "{}", r.stderr);
+    let json = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (a, b) = (json(&a), json(&b));
+    assert_eq!(a["clean_accuracy"], b["clean_accuracy"]);
+    assert_eq!(a["corruptions"]["fog"]["2"], b["corruptions"]["fog"]["2"]);
+
+    let mut npz = mocse::npy::Npz::open(&predictions).unwrap();
+    let (_, labels) = npz.u8_array("labels").unwrap();
+    assert_eq!(labels, data.labels());
+    for (condition, accuracy) in [("clean", &a["clean_accuracy"]), ("fog_s2", &a["corruptions"]["fog"]["2"])]
+    {
+        let (shape, predicted) = npz.u8_array(&format!("{condition}_predicted")).unwrap();
+        assert_eq!(shape, [40]);
+        let right = predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
+        assert_eq!(right as f64 / 40.0, accuracy.as_f64().unwrap(), "{condition}");
+        let scores = npz.f32_array(&format!("{condition}_scores")).unwrap();
+        assert_eq!(scores.len(), 40 * 10);
+        let argmax: Vec<u8> = scores.chunks(10).map(|r| mocse::ops::loss::argmax(r) as u8).collect();
+        assert_eq!(argmax, predicted);
+    }
+
+    // Bad sets are refused by name; npy:DIR is a test set only.
+    mocse::npy::write_u8(&set.join("labels.npy"), &[39], &data.labels()[..39]).unwrap();
+    assert_clean_failure(
+        &mocse(&["eval", "--run", run_s, "--device", "cpu", "--data", &npy_data]),
+        "one label per image",
+    );
+    let mut bad = data.labels();
+    bad[3] = 12;
+    mocse::npy::write_u8(&set.join("labels.npy"), &[40], &bad).unwrap();
+    assert_clean_failure(
+        &mocse(&["eval", "--run", run_s, "--device", "cpu", "--data", &npy_data]),
+        "label 12",
+    );
+    let r = mocse(&[
+        "train",
+        "--model",
+        "mocse",
+        "--data",
+        &npy_data,
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert_clean_failure(&r, "test set only");
+}

@@ -32,8 +32,9 @@ pub const NUM_CLASSES: usize = 10;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     #[error(
-        "unknown data set {0:?}: expected \"synthetic\" or \"cifar10:DIR\" \
-         (DIR holds the CIFAR-10 binary files data_batch_1.bin .. data_batch_5.bin and test_batch.bin)"
+        "unknown data set {0:?}: expected \"synthetic\", \"cifar10:DIR\" (DIR holds the CIFAR-10 binary \
+         files data_batch_1.bin .. data_batch_5.bin and test_batch.bin) or \"npy:DIR\" (a test set: \
+         DIR/images.npy and DIR/labels.npy)"
     )]
     DataSpec(String),
     #[error("data set \"cifar10:\" needs a directory, e.g. \"cifar10:data/cifar-10-batches-bin\"")]
@@ -71,12 +72,19 @@ impl FromStr for Split {
     }
 }
 
-/// Which data set to use; written as `synthetic` or `cifar10:DIR`.
+/// Which data set to use; written as `synthetic`, `cifar10:DIR` or `npy:DIR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSpec {
     Synthetic,
     Cifar10(PathBuf),
+    /// A test set of one's own: DIR/images.npy (uint8 (N, 32, 32, 3), RGB) and DIR/labels.npy
+    /// (uint8 (N,), 0..9). Test split only.
+    Npy(PathBuf),
 }
+
+/// The files of an `npy:DIR` test set.
+pub const NPY_IMAGES: &str = "images.npy";
+pub const NPY_LABELS: &str = "labels.npy";
 
 impl FromStr for DataSpec {
     type Err = ParseError;
@@ -84,6 +92,13 @@ impl FromStr for DataSpec {
     fn from_str(s: &str) -> Result<DataSpec, ParseError> {
         if s == "synthetic" {
             return Ok(DataSpec::Synthetic);
+        }
+        if let Some(dir) = s.strip_prefix("npy:") {
+            return if dir.is_empty() {
+                Err(ParseError::DataSpec(s.to_string()))
+            } else {
+                Ok(DataSpec::Npy(PathBuf::from(dir)))
+            };
         }
         match s.strip_prefix("cifar10:") {
             Some("") => Err(ParseError::EmptyCifarDir),
@@ -100,6 +115,7 @@ impl DataSpec {
         match self {
             DataSpec::Synthetic => Vec::new(),
             DataSpec::Cifar10(dir) => [files_in(dir), files_in(&dir.join("cifar-10-batches-bin"))].concat(),
+            DataSpec::Npy(dir) => vec![dir.join(NPY_IMAGES), dir.join(NPY_LABELS)],
         }
     }
 }
@@ -111,6 +127,7 @@ impl fmt::Display for DataSpec {
             // Non-UTF-8 paths are shown lossily and would not round-trip;
             // such paths are not expected in configs.
             DataSpec::Cifar10(dir) => write!(f, "cifar10:{}", dir.display()),
+            DataSpec::Npy(dir) => write!(f, "npy:{}", dir.display()),
         }
     }
 }
@@ -120,6 +137,8 @@ enum Source {
     Synthetic { images: Vec<u8> },
     /// Memory-mapped binary files, decoded per image.
     Cifar10(cifar10::Cifar10Files),
+    /// A memory-mapped `images.npy` (NHWC uint8).
+    Npy(crate::npy::NpyU8),
 }
 
 /// A loaded split of a data set (possibly a prefix subset of it).
@@ -129,13 +148,49 @@ pub struct Dataset {
     labels: Vec<u8>,
 }
 
+/// Class names of a test set that brings none.
+const NUMBERED_CLASSES: [&str; NUM_CLASSES] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+
+/// Opens and checks an `npy:DIR` test set: the images and their labels.
+fn open_npy_set(dir: &std::path::Path) -> Result<(crate::npy::NpyU8, Vec<u8>)> {
+    let images = crate::npy::NpyU8::open(&dir.join(NPY_IMAGES))?;
+    let labels = crate::npy::NpyU8::open(&dir.join(NPY_LABELS))?;
+    let n = match images.shape() {
+        [n, 32, 32, 3] => *n,
+        shape => {
+            bail!("{} has shape {shape:?}; expected uint8 images (N, 32, 32, 3)", images.path().display())
+        }
+    };
+    if labels.shape() != [n] {
+        bail!(
+            "{} has shape {:?}; expected one label per image, ({n},)",
+            labels.path().display(),
+            labels.shape()
+        );
+    }
+    if n == 0 {
+        bail!("{} holds no images", images.path().display());
+    }
+    if let Some(bad) = labels.data().iter().find(|&&l| usize::from(l) >= NUM_CLASSES) {
+        bail!("{} holds label {bad}; labels are 0..9", labels.path().display());
+    }
+    let labels = labels.data().to_vec();
+    Ok((images, labels))
+}
+
 impl Dataset {
     /// Loads `split` of `spec`. `subset` keeps only the first N images; `seed`
     /// selects which synthetic set is generated and is ignored for CIFAR-10.
     pub fn load(spec: &DataSpec, split: Split, subset: Option<usize>, seed: u64) -> Result<Dataset> {
+        let npy = match spec {
+            DataSpec::Npy(dir) if split == Split::Test => Some(open_npy_set(dir)?),
+            DataSpec::Npy(_) => bail!("{spec} holds a test set only; train on synthetic or cifar10:DIR"),
+            _ => None,
+        };
         let available = match spec {
             DataSpec::Synthetic => synthetic::split_len(split),
             DataSpec::Cifar10(_) => cifar10::split_len(split),
+            DataSpec::Npy(_) => npy.as_ref().map_or(0, |(_, labels)| labels.len()),
         };
         let n = match subset {
             None => available,
@@ -154,6 +209,11 @@ impl Dataset {
                 let files = cifar10::Cifar10Files::open(dir, split)?;
                 let labels = files.labels(n)?;
                 (Source::Cifar10(files), labels)
+            }
+            DataSpec::Npy(_) => {
+                let (images, mut labels) = npy.expect("opened above");
+                labels.truncate(n);
+                (Source::Npy(images), labels)
             }
         };
         Ok(Dataset { source, split, labels })
@@ -203,6 +263,7 @@ impl Dataset {
                 out.copy_from_slice(&images[i * IMAGE_LEN..(i + 1) * IMAGE_LEN]);
             }
             Source::Cifar10(files) => files.image_u8(i, out),
+            Source::Npy(file) => out.copy_from_slice(&file.data()[i * IMAGE_LEN..(i + 1) * IMAGE_LEN]),
         }
     }
 
@@ -221,6 +282,7 @@ impl Dataset {
         let kind = match self.source {
             Source::Synthetic { .. } => "synthetic",
             Source::Cifar10(_) => "cifar10",
+            Source::Npy(_) => "npy",
         };
         format!("{kind}/{}", self.split)
     }
@@ -229,6 +291,7 @@ impl Dataset {
         match self.source {
             Source::Synthetic { .. } => &SYNTHETIC_CLASSES,
             Source::Cifar10(_) => &CIFAR10_CLASSES,
+            Source::Npy(_) => &NUMBERED_CLASSES,
         }
     }
 
