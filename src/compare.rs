@@ -1,15 +1,16 @@
 //! Several corruption reports side by side, as the paper's Table 1: a column per run; rows the
 //! natural (clean) accuracy, every corruption grouped as noise, blur, weather and digital, and
-//! the averages.
+//! the averages. Reports measured on different images are refused unless forced, since their
+//! differences would then say nothing about the models.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::corrupt::{Corruption, Group};
 use crate::input_file::read_text;
-use crate::robustness::{CorruptionReport, pct};
+use crate::robustness::CorruptionReport;
 
 /// A report and the name of its column.
 pub struct Column {
@@ -54,6 +55,49 @@ pub fn default_labels(reports: &[CorruptionReport]) -> Vec<String> {
         .collect()
 }
 
+/// Which corrupted images a report was measured on: the generator's seed (the device only
+/// changes rounding), or the directory of files.
+fn corrupted_image_source(corrupted_images: &str) -> String {
+    match corrupted_images.strip_prefix("generated on").and_then(|rest| rest.split("(seed ").nth(1)) {
+        Some(seed) => format!("generated with seed {}", seed.trim_end_matches(')')),
+        None => corrupted_images.to_string(),
+    }
+}
+
+/// What makes a column's numbers incomparable with the first column's: a different test set,
+/// number of images, set of severities or set of corrupted images. One line per difference.
+pub fn incomparabilities(columns: &[Column]) -> Vec<String> {
+    let Some((first, rest)) = columns.split_first() else { return Vec::new() };
+    let a = &first.report;
+    let mut found = Vec::new();
+    for col in rest {
+        let b = &col.report;
+        let mut differ = |what: &str, x: String, y: String| {
+            if x != y {
+                found.push(format!("{what}: {} has {x}, {} has {y}", first.label, col.label));
+            }
+        };
+        differ("test data", a.context.data.clone(), b.context.data.clone());
+        differ("test images", a.num_images.to_string(), b.num_images.to_string());
+        differ("severities", format!("{:?}", a.severities), format!("{:?}", b.severities));
+        differ(
+            "corrupted images",
+            corrupted_image_source(&a.corrupted_images),
+            corrupted_image_source(&b.corrupted_images),
+        );
+    }
+    found
+}
+
+/// How `compare` lays out its table.
+#[derive(Default)]
+pub struct TableOptions {
+    /// Add a column per run after the first: its value minus the first column's, in points.
+    pub difference: bool,
+    /// Differences the user chose to accept (`--force`); stated above the table.
+    pub accepted_incomparabilities: Vec<String>,
+}
+
 /// The corruptions evaluated in any column, in table order.
 fn rows(columns: &[Column]) -> Vec<Corruption> {
     Corruption::ALL
@@ -62,38 +106,146 @@ fn rows(columns: &[Column]) -> Vec<Corruption> {
         .collect()
 }
 
-/// Table 1 in Markdown (accuracy %; a corruption a run did not evaluate shows `n/a`).
-pub fn table1_markdown(columns: &[Column]) -> Result<String> {
-    if columns.is_empty() {
-        bail!("no reports to compare");
+/// The corruptions a column's group average covers, and its mark when that is part of the group.
+#[derive(PartialEq)]
+struct Coverage {
+    corruptions: Vec<Corruption>,
+    mark: String,
+}
+
+/// One table row's cells: every value (percent, 2 decimals) with the row's best in bold, then
+/// the differences to the first column when asked. For a row of group averages, `coverage`
+/// says what each column averaged: values over different corruptions are neither ranked nor
+/// subtracted.
+fn cells(values: &[Option<f64>], coverage: Option<&[Coverage]>, difference: bool) -> Vec<String> {
+    let alike = |a: usize, b: usize| coverage.is_none_or(|c| c[a].corruptions == c[b].corruptions);
+    let mark = |k: usize| coverage.map_or("", |c| c[k].mark.as_str());
+    let present: Vec<usize> = (0..values.len()).filter(|&k| values[k].is_some()).collect();
+    let ranked = present.len() > 1 && present.iter().all(|&k| alike(k, present[0]));
+    // Compare what is shown (hundredths of a percent), so equal-looking values are both bold.
+    let shown: Vec<Option<i64>> = values.iter().map(|v| v.map(|v| (v * 1e4).round() as i64)).collect();
+    let best = shown.iter().flatten().max().copied();
+    let mut out: Vec<String> = shown
+        .iter()
+        .enumerate()
+        .map(|(k, s)| match *s {
+            Some(s) if ranked && Some(s) == best => format!("**{:.2}**{}", s as f64 / 100.0, mark(k)),
+            Some(s) => format!("{:.2}{}", s as f64 / 100.0, mark(k)),
+            None => "n/a".to_string(),
+        })
+        .collect();
+    if difference {
+        for (k, v) in values.iter().enumerate().skip(1) {
+            out.push(match (values[0], v) {
+                (Some(a), Some(b)) if alike(0, k) => format!("{:+.2}", 100.0 * (b - a)),
+                _ => "n/a".to_string(),
+            });
+        }
     }
+    out
+}
+
+/// Table 1 in Markdown: accuracy in percent, the best of each row in bold, a corruption a run
+/// did not evaluate as `n/a`, the 4 extra corruptions marked †, and group means over part of a
+/// group marked with how many of its corruptions they cover.
+pub fn table1_markdown(columns: &[Column], options: &TableOptions) -> Result<String> {
+    ensure!(!columns.is_empty(), "no reports to compare");
     let mut out = String::new();
-    let header: Vec<&str> = columns.iter().map(|c| c.label.as_str()).collect();
+    if !options.accepted_incomparabilities.is_empty() {
+        let _ = writeln!(
+            out,
+            "> **Not like for like** (compared with `--force`): a difference between these columns \
+             may come from the test, not the models.\n>"
+        );
+        for line in &options.accepted_incomparabilities {
+            let _ = writeln!(out, "> - {line}");
+        }
+        let _ = writeln!(out);
+    }
+    let severities = &columns[0].report.severities;
+    let _ = writeln!(
+        out,
+        "Accuracy (%), higher is better; the best of each row in **bold**. A corruption's accuracy is \
+         its mean over severities {}.{}\n",
+        severities.iter().map(u8::to_string).collect::<Vec<_>>().join(", "),
+        if options.difference && columns.len() > 1 {
+            format!(" The last columns are differences to {} in percentage points.", columns[0].label)
+        } else {
+            String::new()
+        }
+    );
+    let mut header: Vec<String> = columns.iter().map(|c| c.label.clone()).collect();
+    if options.difference {
+        header.extend(columns[1..].iter().map(|c| format!("{} − {}", c.label, columns[0].label)));
+    }
     let _ = writeln!(out, "| | | {} |", header.join(" | "));
-    let _ = writeln!(out, "|---|---|{}", "---:|".repeat(columns.len()));
-    let line = |out: &mut String, group: &str, name: &str, values: Vec<Option<f64>>| {
-        let cells: Vec<String> =
-            values.into_iter().map(|v| pct(v).trim_end_matches('%').to_string()).collect();
-        let _ = writeln!(out, "| {group} | {name} | {} |", cells.join(" | "));
+    let _ = writeln!(out, "|---|---|{}", "---:|".repeat(header.len()));
+    let line = |out: &mut String,
+                group: &str,
+                name: &str,
+                values: Vec<Option<f64>>,
+                coverage: Option<&[Coverage]>| {
+        let _ = writeln!(
+            out,
+            "| {group} | {name} | {} |",
+            cells(&values, coverage, options.difference).join(" | ")
+        );
     };
-    line(&mut out, "", "natural samples", columns.iter().map(|c| Some(c.report.clean_accuracy)).collect());
+    let clean: Vec<Option<f64>> = columns.iter().map(|c| Some(c.report.clean_accuracy)).collect();
+    line(&mut out, "", "natural samples", clean, None);
     let corruptions = rows(columns);
+    let mut any_extra = false;
     for g in Group::ALL {
         for (i, &c) in corruptions.iter().filter(|c| c.group() == g).enumerate() {
             let group = if i == 0 { g.name() } else { "" };
-            let name = c.name().replace('_', " ");
-            line(&mut out, group, &name, columns.iter().map(|col| col.report.accuracy(c, "mean")).collect());
+            let mut name = c.name().replace('_', " ");
+            if !c.is_benchmark() {
+                name.push_str(" †");
+                any_extra = true;
+            }
+            let values = columns.iter().map(|col| col.report.accuracy(c, "mean")).collect();
+            line(&mut out, group, &name, values, None);
         }
     }
+    let mut any_partial = false;
     for g in Group::ALL {
-        if corruptions.iter().any(|c| c.group() == g) {
-            let values = columns.iter().map(|col| col.report.per_group.get(g.name()).copied()).collect();
-            line(&mut out, "", &format!("*{} average*", g.name().to_lowercase()), values);
+        if !corruptions.iter().any(|c| c.group() == g) {
+            continue;
         }
+        let size = Corruption::ALL.iter().filter(|c| c.group() == g).count();
+        let coverage: Vec<Coverage> = columns
+            .iter()
+            .map(|col| {
+                let corruptions: Vec<Corruption> =
+                    col.report.evaluated().into_iter().filter(|c| c.group() == g).collect();
+                let covered = corruptions.len();
+                let partial = covered > 0 && covered < size;
+                any_partial |= partial;
+                let mark = if partial { format!(" ({covered} of {size})") } else { String::new() };
+                Coverage { corruptions, mark }
+            })
+            .collect();
+        let values = columns.iter().map(|col| col.report.per_group.get(g.name()).copied()).collect();
+        line(&mut out, "", &format!("*{} average*", g.name().to_lowercase()), values, Some(&coverage));
     }
-    line(&mut out, "", "**average of 15** (benchmark)", columns.iter().map(|c| c.report.mean_15).collect());
-    line(&mut out, "", "**average of 19**", columns.iter().map(|c| c.report.mean_19).collect());
+    let mean_15 = columns.iter().map(|c| c.report.mean_15).collect();
+    line(&mut out, "", "**average of 15** (benchmark)", mean_15, None);
+    let mean_19 = columns.iter().map(|c| c.report.mean_19).collect();
+    line(&mut out, "", "**average of 19**", mean_19, None);
     let _ = writeln!(out);
+    if any_extra {
+        let _ = writeln!(
+            out,
+            "† One of the 4 extra corruptions of CIFAR-10-C, outside the benchmark's average of 15.\n"
+        );
+    }
+    if any_partial {
+        let _ = writeln!(
+            out,
+            "(k of n): a partial average, over the k corruptions of the group that run evaluated; \
+             averages over different corruptions are neither ranked nor subtracted.\n"
+        );
+    }
     for col in columns {
         let r = &col.report;
         let _ = writeln!(
@@ -128,4 +280,161 @@ pub fn chart_data(columns: &[Column]) -> (Vec<String>, Vec<(String, Vec<f64>)>) 
         })
         .collect();
     (categories, series)
+}
+
+/// Accuracy (%) against severity, one series per column.
+#[derive(Debug)]
+pub struct SeverityChart {
+    /// "clean", then the severities 1-5.
+    pub points: Vec<String>,
+    /// (label, value per point); NaN where a report did not evaluate a severity.
+    pub series: Vec<(String, Vec<f64>)>,
+    /// How many corruptions each point averages.
+    pub corruptions: usize,
+}
+
+/// The line chart's data. A point is the mean over the corruptions that every column evaluated,
+/// so the lines measure the same thing.
+pub fn severity_chart_data(columns: &[Column]) -> Result<SeverityChart> {
+    let common: Vec<Corruption> = Corruption::ALL
+        .into_iter()
+        .filter(|&c| columns.iter().all(|col| col.report.corruptions.contains_key(c.name())))
+        .collect();
+    if common.is_empty() {
+        bail!("the reports have no corruption in common, so accuracy against severity cannot be compared");
+    }
+    let mut labels = vec!["clean".to_string()];
+    labels.extend((1..=5).map(|s| s.to_string()));
+    let series = columns
+        .iter()
+        .map(|col| {
+            let mut values = vec![100.0 * col.report.clean_accuracy];
+            values.extend((1..=5u8).map(|s| {
+                let at: Option<Vec<f64>> =
+                    common.iter().map(|&c| col.report.accuracy(c, &s.to_string())).collect();
+                at.map_or(f64::NAN, |v| 100.0 * v.iter().sum::<f64>() / v.len() as f64)
+            }));
+            (col.label.clone(), values)
+        })
+        .collect();
+    Ok(SeverityChart { points: labels, series, corruptions: common.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::eval::RunDescription;
+    use crate::robustness::CorruptionCounts;
+
+    /// A report on 100 images: `clean` correct, and per (corruption, severity) the given counts.
+    fn report(
+        clean: usize,
+        corrupted: &[(Corruption, u8, usize)],
+        severities: &[u8],
+        source: &str,
+    ) -> CorruptionReport {
+        let context = RunDescription {
+            model: "mocse".into(),
+            model_description: "MoCSE".into(),
+            run: "runs/x".into(),
+            checkpoint_epoch: Some(1),
+            data: "synthetic".into(),
+            device: "cpu".into(),
+        };
+        let corrupted: BTreeMap<(Corruption, u8), usize> =
+            corrupted.iter().map(|&(c, s, n)| ((c, s), n)).collect();
+        let counts = CorruptionCounts { num_images: 100, clean, corrupted };
+        CorruptionReport::new(context, source.into(), &counts, severities)
+    }
+
+    fn column(label: &str, report: CorruptionReport) -> Column {
+        Column { label: label.into(), report }
+    }
+
+    const SEED_0: &str = "generated on cpu (seed 0)";
+
+    #[test]
+    fn the_best_of_each_row_is_bold_and_differences_are_to_the_first_column() {
+        use Corruption::{Fog, GaussianNoise};
+        let a = report(80, &[(Fog, 1, 60), (GaussianNoise, 1, 30)], &[1], SEED_0);
+        let b = report(70, &[(Fog, 1, 65), (GaussianNoise, 1, 30)], &[1], "generated on emu (seed 0)");
+        let columns = [column("a", a), column("b", b)];
+        assert!(incomparabilities(&columns).is_empty(), "the device only changes rounding");
+        let table =
+            table1_markdown(&columns, &TableOptions { difference: true, ..Default::default() }).unwrap();
+        assert!(table.contains("| natural samples | **80.00** | 70.00 | -10.00 |"), "{table}");
+        assert!(table.contains("| fog | 60.00 | **65.00** | +5.00 |"), "{table}");
+        assert!(table.contains("| gaussian noise | **30.00** | **30.00** | +0.00 |"), "ties: {table}");
+        let partial = "| *noise average* | **30.00** (1 of 4) | **30.00** (1 of 4) | +0.00 |";
+        assert!(table.contains(partial) && table.contains("(k of n): a partial average"), "{table}");
+        assert!(!table.contains("†") && !table.contains("Not like for like"), "{table}");
+        // One column: nothing to be best against.
+        let single = table1_markdown(&columns[..1], &TableOptions::default()).unwrap();
+        assert!(single.contains("| natural samples | 80.00 |") && !single.contains("−"), "{single}");
+    }
+
+    #[test]
+    fn reports_on_different_images_are_named_as_such() {
+        use Corruption::Fog;
+        let base = || report(50, &[(Fog, 1, 40), (Fog, 2, 30)], &[1, 2], SEED_0);
+        let mut other_data = base();
+        other_data.context.data = "cifar10:/data".into();
+        let mut other_count = base();
+        other_count.num_images = 200;
+        let columns = [
+            column("a", base()),
+            column("seed", report(50, &[(Fog, 1, 40), (Fog, 2, 30)], &[1, 2], "generated on cpu (seed 1)")),
+            column("files", report(50, &[(Fog, 1, 40), (Fog, 2, 30)], &[1, 2], "cifar10c:/c10c")),
+            column("severities", report(50, &[(Fog, 2, 30)], &[2], SEED_0)),
+            column("data", other_data),
+            column("count", other_count),
+            column("same", base()),
+        ];
+        let found = incomparabilities(&columns);
+        assert_eq!(
+            found,
+            [
+                "corrupted images: a has generated with seed 0, seed has generated with seed 1",
+                "corrupted images: a has generated with seed 0, files has cifar10c:/c10c",
+                "severities: a has [1, 2], severities has [2]",
+                "test data: a has synthetic, data has cifar10:/data",
+                "test images: a has 100, count has 200",
+            ]
+        );
+        let table = table1_markdown(
+            &columns,
+            &TableOptions { accepted_incomparabilities: found, ..Default::default() },
+        )
+        .unwrap();
+        assert!(table.starts_with("> **Not like for like**"), "{table}");
+        assert!(table.contains("> - test images: a has 100, count has 200"), "{table}");
+    }
+
+    #[test]
+    fn severity_points_average_the_corruptions_every_report_evaluated() {
+        use Corruption::{Contrast, Fog, Spatter};
+        let all = |c| [(c, 1, 80), (c, 2, 60)];
+        let a: Vec<_> = [all(Fog), all(Contrast), [(Spatter, 1, 10), (Spatter, 2, 0)]].concat();
+        let b: Vec<_> = [[(Fog, 1, 50), (Fog, 2, 40)], [(Contrast, 1, 70), (Contrast, 2, 20)]].concat();
+        let columns =
+            [column("a", report(90, &a, &[1, 2], SEED_0)), column("b", report(85, &b, &[1, 2], SEED_0))];
+        let SeverityChart { points, series, corruptions: n } = severity_chart_data(&columns).unwrap();
+        assert_eq!(n, 2, "spatter is in one report only");
+        assert_eq!(points, ["clean", "1", "2", "3", "4", "5"]);
+        let close = |x: &[f64], y: [f64; 3]| x[..3].iter().zip(y).all(|(p, q)| (p - q).abs() < 1e-9);
+        assert!(close(&series[0].1, [90.0, 80.0, 60.0]), "{series:?}");
+        assert!(close(&series[1].1, [85.0, 60.0, 30.0]), "{series:?}");
+        assert!(series[0].1[3..].iter().all(|v| v.is_nan()), "severities 3-5 not evaluated");
+        let spatter = column("s", report(90, &[(Spatter, 1, 10)], &[1], SEED_0));
+        let disjoint = [column("b", report(85, &b, &[1, 2], SEED_0)), spatter];
+        assert!(severity_chart_data(&disjoint).unwrap_err().to_string().contains("no corruption in common"));
+        // The extra corruption is marked.
+        let table = table1_markdown(&columns, &TableOptions::default()).unwrap();
+        assert!(
+            table.contains("| spatter † | 5.00 | n/a |") && table.contains("† One of the 4 extra"),
+            "{table}"
+        );
+    }
 }

@@ -10,7 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use mocse::atomic_file::write_atomic;
 use mocse::bench::bench_train_step;
 use mocse::checkpoint::{self, MODEL_FILE};
-use mocse::compare::{Column, chart_data, default_labels, read_report, table1_markdown};
+use mocse::compare::{
+    Column, TableOptions, chart_data, default_labels, incomparabilities, read_report, severity_chart_data,
+    table1_markdown,
+};
 use mocse::corrupt::export::{CleanImages, ExportSettings, ImageInput, export};
 use mocse::corrupt::{CorruptionList, SEVERITIES, SeverityList};
 use mocse::data::cifar10c::Cifar10C;
@@ -27,7 +30,7 @@ use mocse::ops::conv::{ConvImpl, set_conv_impl};
 use mocse::ops::sgd::SgdConfig;
 use mocse::output_paths::check_outputs;
 use mocse::progress;
-use mocse::raster::{bar_chart_png, gallery_png};
+use mocse::raster::{bar_chart_png, gallery_png, line_chart_png};
 use mocse::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions, report_value};
 use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, check_config_unchanged, read_config};
 
@@ -276,6 +279,18 @@ struct CompareArgs {
     /// Also draw a bar chart of the per-corruption accuracy of every run to FILE.png
     #[arg(long, value_name = "FILE.png")]
     chart: Option<PathBuf>,
+    /// Also draw accuracy against severity (clean, 1-5) for every run to FILE.png, each point the
+    /// mean over the corruptions all reports evaluated
+    #[arg(long, value_name = "FILE.png")]
+    severity_chart: Option<PathBuf>,
+    /// Add a column per report after the first: its accuracy minus the first report's, in
+    /// percentage points
+    #[arg(long)]
+    difference: bool,
+    /// Compare reports measured on different test data, numbers of images, severities or
+    /// corrupted images (refused otherwise); the table then says what differs
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -846,7 +861,8 @@ fn corrupt_images(a: CorruptArgs) -> Result<()> {
 }
 
 fn compare(a: CompareArgs) -> Result<()> {
-    check_outputs(&given([("--out", &a.out), ("--chart", &a.chart)]), &a.reports)?;
+    let outputs = given([("--out", &a.out), ("--chart", &a.chart), ("--severity-chart", &a.severity_chart)]);
+    check_outputs(&outputs, &a.reports)?;
     let reports = a.reports.iter().map(|p| read_report(p)).collect::<Result<Vec<_>>>()?;
     let labels = match a.labels {
         Some(l) if l.len() != reports.len() => {
@@ -857,7 +873,25 @@ fn compare(a: CompareArgs) -> Result<()> {
     };
     let columns: Vec<Column> =
         labels.into_iter().zip(reports).map(|(label, report)| Column { label, report }).collect();
-    let table = table1_markdown(&columns)?;
+    let differences = incomparabilities(&columns);
+    if !differences.is_empty() {
+        let list = differences.iter().map(|d| format!("  - {d}")).collect::<Vec<_>>().join("\n");
+        if !a.force {
+            bail!(
+                "these reports were not measured on the same images, so their differences would not \
+                 be the models':\n{list}\nEvaluate them alike (same --data, --test-subset, --severities \
+                 and --seed or --cifar10c), or give --force to compare them anyway (the table then says \
+                 what differs)"
+            );
+        }
+        eprintln!("warning: comparing reports measured on different images (--force):\n{list}");
+    }
+    let severity_chart = match &a.severity_chart {
+        Some(_) => Some(severity_chart_data(&columns)?),
+        None => None,
+    };
+    let options = TableOptions { difference: a.difference, accepted_incomparabilities: differences };
+    let table = table1_markdown(&columns, &options)?;
     match &a.out {
         Some(path) => {
             write_atomic(path, table.as_bytes())?;
@@ -871,6 +905,11 @@ fn compare(a: CompareArgs) -> Result<()> {
             path,
             &bar_chart_png("Accuracy per corruption (mean over severities, %)", &categories, &series)?,
         )?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let (Some(path), Some(chart)) = (&a.severity_chart, severity_chart) {
+        let title = format!("Accuracy (%) against severity, mean over {} corruptions", chart.corruptions);
+        write_atomic(path, &line_chart_png(&title, "severity", &chart.points, &chart.series)?)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

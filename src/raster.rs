@@ -1,5 +1,6 @@
-//! Two small pictures as PNG files: a gallery of corrupted images (one row per corruption,
-//! one column per severity) and a bar chart of accuracy per corruption for several runs.
+//! Small pictures as PNG files: a gallery of corrupted images (one row per corruption, one
+//! column per severity), a bar chart of accuracy per corruption and a line chart of accuracy
+//! against severity for several runs.
 //! Text is the 8x8 bitmap font of `font8x8`; the callers write the returned bytes with
 //! [`crate::atomic_file::write_atomic`].
 
@@ -57,6 +58,17 @@ impl Canvas {
             for xx in x..(x + w).min(self.width) {
                 self.set(xx, yy, colour);
             }
+        }
+    }
+
+    /// A line 2 pixels thick from `a` to `b`, one dot per pixel along its longer extent.
+    fn segment(&mut self, a: (usize, usize), b: (usize, usize), colour: Rgb) {
+        let (dx, dy) = (b.0 as f64 - a.0 as f64, b.1 as f64 - a.1 as f64);
+        let steps = dx.abs().max(dy.abs()).max(1.0) as usize;
+        for i in 0..=steps {
+            let t = i as f64 / steps as f64;
+            let (x, y) = ((a.0 as f64 + t * dx).round() as usize, (a.1 as f64 + t * dy).round() as usize);
+            self.fill(x, y, 2, 2, colour);
         }
     }
 
@@ -190,41 +202,62 @@ const PX_PER_PERCENT: usize = 5;
 /// The height of one bar (with a 1-pixel gap to the next).
 const BAR: usize = 12;
 
+/// Checks that every series has one value per category.
+fn check_series(what: &str, categories: &[String], series: &[(String, Vec<f64>)]) -> Result<()> {
+    ensure!(!categories.is_empty() && !series.is_empty(), "a {what} needs categories and series");
+    for (name, values) in series {
+        ensure!(
+            values.len() == categories.len(),
+            "{what} series {name}: {} values for {} categories",
+            values.len(),
+            categories.len()
+        );
+    }
+    Ok(())
+}
+
+const LEGEND_Y: usize = MARGIN + GLYPH + GAP;
+const LEGEND_LINE: usize = GLYPH + 4;
+
+/// Where the plot of a chart with `n` series in its legend starts.
+fn plot_top(n: usize) -> usize {
+    LEGEND_Y + n * LEGEND_LINE + GAP
+}
+
+/// The width the title and the legend need.
+fn heading_width(title: &str, series: &[(String, Vec<f64>)]) -> usize {
+    (MARGIN + text_width(title) + MARGIN)
+        .max(MARGIN + BAR + GAP + series.iter().map(|(n, _)| text_width(n)).max().unwrap_or(0) + MARGIN)
+}
+
+/// The title, and under it a legend line per series: a swatch of its colour and its name.
+fn draw_heading(canvas: &mut Canvas, title: &str, series: &[(String, Vec<f64>)]) {
+    canvas.text(MARGIN, MARGIN, title, BLACK);
+    for (k, (name, _)) in series.iter().enumerate() {
+        let y = LEGEND_Y + k * LEGEND_LINE;
+        canvas.fill(MARGIN, y, BAR, GLYPH, PALETTE[k % PALETTE.len()]);
+        canvas.text(MARGIN + BAR + GAP, y, name, BLACK);
+    }
+}
+
 /// A horizontal bar chart: one group of bars per category (labelled at the left), one bar per
 /// series in the series' colour (named in the legend under the title), on a 0-100% axis.
 /// `series[k].1[c]` is series k's value for category c in percent; NaN draws no bar and
 /// "n/a", and values outside 0-100 are drawn clipped. Returns a PNG.
 pub fn bar_chart_png(title: &str, categories: &[String], series: &[(String, Vec<f64>)]) -> Result<Vec<u8>> {
-    ensure!(!categories.is_empty() && !series.is_empty(), "a bar chart needs categories and series");
-    for (name, values) in series {
-        ensure!(
-            values.len() == categories.len(),
-            "bar chart series {name}: {} values for {} categories",
-            values.len(),
-            categories.len()
-        );
-    }
+    check_series("bar chart", categories, series)?;
     let label_width = categories.iter().map(|c| text_width(c)).max().unwrap_or(0);
     let plot_x = MARGIN + label_width + GAP;
     let plot_width = 100 * PX_PER_PERCENT;
     let value_room = text_width(" 100.0");
-    let legend_y = MARGIN + GLYPH + GAP;
-    let legend_line = GLYPH + 4;
-    let plot_y = legend_y + series.len() * legend_line + GAP;
+    let plot_y = plot_top(series.len());
     let group = series.len() * BAR + GAP;
     let plot_height = categories.len() * group + GAP;
-    let width = (plot_x + plot_width + value_room + MARGIN)
-        .max(MARGIN + text_width(title) + MARGIN)
-        .max(MARGIN + BAR + GAP + series.iter().map(|(n, _)| text_width(n)).max().unwrap_or(0) + MARGIN);
+    let width = (plot_x + plot_width + value_room + MARGIN).max(heading_width(title, series));
     let height = plot_y + plot_height + GAP + GLYPH + MARGIN;
     let mut canvas = Canvas::new(width, height);
 
-    canvas.text(MARGIN, MARGIN, title, BLACK);
-    for (k, (name, _)) in series.iter().enumerate() {
-        let y = legend_y + k * legend_line;
-        canvas.fill(MARGIN, y, BAR, GLYPH, PALETTE[k % PALETTE.len()]);
-        canvas.text(MARGIN + BAR + GAP, y, name, BLACK);
-    }
+    draw_heading(&mut canvas, title, series);
     // Grid lines and tick labels every 20%, under the bars.
     for percent in (0..=100).step_by(20) {
         let x = plot_x + percent * PX_PER_PERCENT;
@@ -247,6 +280,68 @@ pub fn bar_chart_png(title: &str, categories: &[String], series: &[(String, Vec<
             let length = (value.clamp(0.0, 100.0) * PX_PER_PERCENT as f64).round() as usize;
             canvas.fill(plot_x + 1, y + 1, length, BAR - 1, PALETTE[k % PALETTE.len()]);
             canvas.text(plot_x + 1 + length + 2, y + (BAR - GLYPH) / 2, &format!("{value:.1}"), BLACK);
+        }
+    }
+    canvas.png()
+}
+
+/// Pixels per percentage point of the line chart's vertical axis.
+const LINE_PX_PER_PERCENT: usize = 4;
+/// Pixels between the line chart's points.
+const POINT_STEP: usize = 80;
+/// Half the side of a point's square marker.
+const MARKER: usize = 3;
+
+/// A line chart: one line per series through its values (percent, on a 0-100% vertical axis)
+/// at the evenly spaced `points` (labelled under the axis, `x_title` under them), each value
+/// marked with a square in the series' colour. NaN leaves a gap. Returns a PNG.
+pub fn line_chart_png(
+    title: &str,
+    x_title: &str,
+    points: &[String],
+    series: &[(String, Vec<f64>)],
+) -> Result<Vec<u8>> {
+    check_series("line chart", points, series)?;
+    let plot_x = MARGIN + text_width("100%") + GAP;
+    let plot_y = plot_top(series.len());
+    let plot_width = points.len() * POINT_STEP;
+    let plot_height = 100 * LINE_PX_PER_PERCENT;
+    let width = (plot_x + plot_width + MARGIN).max(heading_width(title, series));
+    let height = plot_y + plot_height + GAP + GLYPH + GAP + GLYPH + MARGIN;
+    let mut canvas = Canvas::new(width, height);
+    draw_heading(&mut canvas, title, series);
+
+    let point_x = |i: usize| plot_x + POINT_STEP / 2 + i * POINT_STEP;
+    let value_y =
+        |v: f64| plot_y + plot_height - (v.clamp(0.0, 100.0) * LINE_PX_PER_PERCENT as f64).round() as usize;
+    // Grid lines and tick labels every 20%, under the lines.
+    for percent in (0..=100).step_by(20) {
+        let y = value_y(percent as f64);
+        canvas.fill(plot_x, y, plot_width, 1, if percent == 0 { AXIS } else { GRID });
+        let label = format!("{percent}%");
+        canvas.text(plot_x - GAP - text_width(&label), y.saturating_sub(GLYPH / 2), &label, BLACK);
+    }
+    canvas.fill(plot_x, plot_y, 1, plot_height + 1, AXIS);
+    let labels_y = plot_y + plot_height + GAP;
+    for (i, label) in points.iter().enumerate() {
+        canvas.text(point_x(i).saturating_sub(text_width(label) / 2), labels_y, label, BLACK);
+    }
+    let x_title_x = plot_x + plot_width.saturating_sub(text_width(x_title)) / 2;
+    canvas.text(x_title_x, labels_y + GLYPH + GAP, x_title, BLACK);
+    for (k, (_, values)) in series.iter().enumerate() {
+        let colour = PALETTE[k % PALETTE.len()];
+        let at: Vec<Option<(usize, usize)>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (!v.is_nan()).then(|| (point_x(i), value_y(v))))
+            .collect();
+        for pair in at.windows(2) {
+            if let [Some(a), Some(b)] = pair {
+                canvas.segment(*a, *b, colour);
+            }
+        }
+        for &(x, y) in at.iter().flatten() {
+            canvas.fill(x - MARKER, y.saturating_sub(MARKER), 2 * MARKER + 1, 2 * MARKER + 1, colour);
         }
     }
     canvas.png()
@@ -342,5 +437,38 @@ mod tests {
                 && pixels.chunks_exact(3).any(|p| p == PALETTE[1])
         );
         assert!(bar_chart_png("t", &categories, &[("x".to_string(), vec![1.0])]).is_err());
+    }
+
+    #[test]
+    fn line_points_and_segments_follow_the_values() {
+        let points = labels(&["clean", "1", "2", "3"]);
+        let series = vec![
+            ("run a".to_string(), vec![90.0, 70.0, 50.0, 30.0]),
+            ("run b".to_string(), vec![80.0, f64::NAN, 40.0, 0.0]),
+        ];
+        let (w, h, pixels) = decode(&line_chart_png("Accuracy (%)", "severity", &points, &series).unwrap());
+        let at = |x: usize, y: usize| -> Rgb {
+            let i = (y * w + x) * 3;
+            [pixels[i], pixels[i + 1], pixels[i + 2]]
+        };
+        let plot_x = MARGIN + text_width("100%") + GAP;
+        let plot_y = MARGIN + GLYPH + GAP + 2 * (GLYPH + 4) + GAP;
+        let bottom = plot_y + 100 * LINE_PX_PER_PERCENT;
+        let x = |i: usize| plot_x + POINT_STEP / 2 + i * POINT_STEP;
+        let y = |v: usize| bottom - v * LINE_PX_PER_PERCENT;
+        assert!(w >= plot_x + 4 * POINT_STEP && h > bottom);
+        // Markers at the values, lines between neighbours, nothing where a value is missing.
+        for (i, v) in [(0, 90), (1, 70), (2, 50), (3, 30)] {
+            assert_eq!(at(x(i), y(v)), PALETTE[0], "run a point {i}");
+        }
+        for (i, v) in [(0, 80), (2, 40), (3, 0)] {
+            assert_eq!(at(x(i), y(v)), PALETTE[1], "run b point {i}");
+        }
+        assert_eq!(at((x(0) + x(1)) / 2, y(80)), PALETTE[0], "run a's segment 0-1 passes 80%");
+        assert_eq!(at((x(2) + x(3)) / 2, y(20)), PALETTE[1], "run b's segment 2-3 passes 20%");
+        let column_has = |px: usize, colour: Rgb| (plot_y..=bottom).any(|yy| at(px, yy) == colour);
+        assert!(!column_has(x(1), PALETTE[1]), "run b has no value at point 1");
+        assert!(!column_has((x(0) + x(1)) / 2, PALETTE[1]), "so no segment to it");
+        assert!(line_chart_png("t", "x", &points, &[("x".to_string(), vec![1.0])]).is_err());
     }
 }

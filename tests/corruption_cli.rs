@@ -98,19 +98,77 @@ fn written_set_evaluates_like_the_corruptions_generated_on_the_fly() {
     assert_eq!(part.corruptions["fog"]["2"], fly.corruptions["fog"]["2"]);
     assert_eq!(part.severities, vec![2, 3]);
 
-    let r = mocse(&[
-        "compare",
-        &p("fly.json"),
-        &p("part.json"),
-        "--labels",
-        "all,part",
-        "--chart",
-        &p("chart.png"),
-    ]);
+    // Reports of different severities (or images, or seeds) are refused unless forced.
+    let (fly_json, part_json) = (p("fly.json"), p("part.json"));
+    let compare_part = |extra: &[&str]| {
+        let mut args = vec!["compare", fly_json.as_str(), &part_json, "--labels", "all,part"];
+        args.extend_from_slice(extra);
+        mocse(&args)
+    };
+    let refused = compare_part(&[]);
+    assert_clean_failure(&refused, "not measured on the same images");
+    assert!(
+        refused.stderr.contains("severities: all has [1, 2, 3, 4, 5], part has [2, 3]"),
+        "{}",
+        refused.stderr
+    );
+    let r = compare_part(&["--force", "--chart", &p("chart.png")]);
     assert!(r.ok, "{}", r.stderr);
+    assert!(r.stderr.contains("warning: comparing reports measured on different images"), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("**Not like for like**") && r.stdout.contains("severities: all has"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("| | | all | part |") && r.stdout.contains("natural samples"), "{}", r.stdout);
     assert!(r.stdout.contains("| Weather | snow |") && r.stdout.contains("n/a"), "{}", r.stdout);
     assert_eq!(&fs::read(p("chart.png")).unwrap()[1..4], b"PNG");
+    #[rustfmt::skip]
+    let r = mocse(&[
+        "eval", "--run", &p("run"), "--test-subset", "24", "--corruptions", "fog,contrast", "--seed", "4",
+        "--device", "cpu", "--json", &p("seed4.json"),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    let r = mocse(&["compare", &p("fly.json"), &p("seed4.json")]);
+    assert_clean_failure(
+        &r,
+        "corrupted images: run (1) has generated with seed 3, run (2) has generated with seed 4",
+    );
+
+    // Alike reports of part of the corruptions: bold best values, the extra corruptions marked,
+    // partial group means marked, a difference column and accuracy against severity.
+    #[rustfmt::skip]
+    let r = mocse(&[
+        "eval", "--run", &p("run"), "--test-subset", "24", "--corruptions", "gaussian_noise,fog,contrast",
+        "--seed", "3", "--device", "cpu", "--json", &p("three.json"),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    let three = report(&dir.path().join("three.json"));
+    #[rustfmt::skip]
+    let r = mocse(&[
+        "compare", &p("fly.json"), &p("three.json"), "--labels", "all,three", "--difference",
+        "--severity-chart", &p("severity.png"),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    let table = &r.stdout;
+    assert!(table.starts_with("Accuracy (%), higher is better"), "{table}");
+    assert!(!table.contains("Not like for like"), "{table}");
+    assert!(table.contains("| | | all | three | three − all |"), "{table}");
+    let fog = format!("{:.2}", 100.0 * fly.corruptions["fog"]["mean"]);
+    assert!(table.contains(&format!("| fog | **{fog}** | **{fog}** | +0.00 |")), "{table}");
+    assert!(table.contains("| speckle noise † |"), "{table}");
+    assert!(table.contains("† One of the 4 extra corruptions"), "{table}");
+    let noise = format!("{:.2}", 100.0 * three.per_group["Noise"]);
+    let partial_noise = table.lines().find(|l| l.contains("*noise average*")).unwrap();
+    // A partial average is neither ranked against the full one nor subtracted from it.
+    assert!(partial_noise.ends_with(&format!("| {noise} (1 of 4) | n/a |")), "{table}");
+    assert!(!partial_noise.contains("**"), "{table}");
+    assert!(table.contains("(k of n): a partial average"), "{table}");
+    let clean = format!("{:.2}", 100.0 * fly.clean_accuracy);
+    assert!(table.contains(&format!("| natural samples | **{clean}** | **{clean}** | +0.00 |")), "{table}");
+    assert!(r.stderr.contains("severity.png"), "{}", r.stderr);
+    let png = fs::read(p("severity.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
     assert_clean_failure(&mocse(&["compare", &p("fly.json"), "--labels", "a,b"]), "--labels names 2 columns");
     assert_clean_failure(&mocse(&["compare", &p("fly.csv")]), "is not a corruption report");
 }

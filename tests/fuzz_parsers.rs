@@ -454,8 +454,16 @@ fn corruption_reports() {
         let path = dir.join("r.json");
         std::fs::write(&path, bytes).unwrap();
         if let Ok(r) = mocse::compare::read_report(&path) {
-            let columns = [mocse::compare::Column { label: "a".into(), report: r }];
-            let _ = mocse::compare::table1_markdown(&columns);
+            let columns = [
+                mocse::compare::Column { label: "a".into(), report: r.clone() },
+                mocse::compare::Column { label: "b".into(), report: r },
+            ];
+            let options = mocse::compare::TableOptions {
+                difference: true,
+                accepted_incomparabilities: mocse::compare::incomparabilities(&columns),
+            };
+            let _ = mocse::compare::table1_markdown(&columns, &options);
+            let _ = mocse::compare::severity_chart_data(&columns);
         }
     });
 }
