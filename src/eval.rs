@@ -76,5 +76,8 @@ pub struct EvalReport {
     pub run: RunDescription,
     pub clean_accuracy: f64,
     pub num_images: usize,
+    /// With `--attack`: the attack, its settings and the robust accuracy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adversarial: Option<crate::attack::evaluate::AdversarialReport>,
     pub mocse: String,
 }

@@ -2,6 +2,7 @@
 //! evaluated for robustness research.
 
 pub mod atomic_file;
+pub mod attack;
 pub mod autograd;
 pub mod bench;
 pub mod checkpoint;

@@ -8,6 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use mocse::atomic_file::write_atomic;
+use mocse::attack::evaluate::{AdversarialReport, SANITY_IMAGES, attack_dataset, sanity_checks};
+use mocse::attack::{AttackKind, BnMode, Norm, PgdConfig, parse_pixel_amount};
 use mocse::bench::bench_train_step;
 use mocse::checkpoint::{self, MODEL_FILE};
 use mocse::compare::{
@@ -203,8 +205,8 @@ struct EvalArgs {
     /// --cifar10c: those the directory holds]
     #[arg(long)]
     severities: Option<SeverityList>,
-    /// Seed of the generated corruptions (the same seed gives the same corrupted images)
-    /// [default: 0]
+    /// Seed of the generated corruptions (the same seed gives the same corrupted images) or of
+    /// the attack's random starts [default: 0]
     #[arg(long)]
     seed: Option<u64>,
     /// Read the corrupted images from a CIFAR-10-C directory (<corruption>.npy and labels.npy,
@@ -225,6 +227,43 @@ struct EvalArgs {
     /// <condition>_predicted) or FILE.csv (a row per image and condition)
     #[arg(long, value_name = "FILE")]
     predictions: Option<PathBuf>,
+    #[command(flatten)]
+    attack: AttackArgs,
+}
+
+/// The attack of a robust evaluation.
+#[derive(Args)]
+struct AttackArgs {
+    /// Also evaluate under attack: pgd (projected gradient descent, Madry et al.)
+    #[arg(long)]
+    attack: Option<AttackKind>,
+    /// The perturbation bound, in pixel units of [0, 1]: a number or a fraction such as 8/255
+    #[arg(long, value_parser = pixel_amount, default_value = "8/255", requires = "attack", allow_hyphen_values = true)]
+    eps: f32,
+    /// The step size [default: eps / 4]
+    #[arg(long, value_parser = pixel_amount, requires = "attack", allow_hyphen_values = true)]
+    alpha: Option<f32>,
+    /// Gradient steps per restart
+    #[arg(long, default_value_t = 20, requires = "attack")]
+    steps: usize,
+    /// Restarts from independent random starts; an image counts as broken when any iterate of
+    /// any restart is misclassified
+    #[arg(long, default_value_t = 1, requires = "attack")]
+    restarts: usize,
+    /// The threat model: linf or l2
+    #[arg(long, default_value = "linf", requires = "attack")]
+    norm: Norm,
+    /// Batch norm while attacking: eval (running statistics) or train (batch statistics; the
+    /// running statistics are not changed). Robustness is always judged in eval mode
+    #[arg(long, default_value = "eval", requires = "attack")]
+    attack_bn: BnMode,
+    /// Start from the image itself instead of a random point of the eps-ball
+    #[arg(long, requires = "attack")]
+    no_random_start: bool,
+}
+
+fn pixel_amount(s: &str) -> std::result::Result<f32, String> {
+    parse_pixel_amount(s).map_err(|e| format!("{e:#}"))
 }
 
 #[derive(Args)]
@@ -681,6 +720,26 @@ fn eval(a: EvalArgs) -> Result<()> {
         .predictions
         .as_ref()
         .map(|_| mocse::predictions::Predictions::new(test.labels(), model_config.num_classes));
+    let attack = a
+        .attack
+        .attack
+        .map(|kind| {
+            let settings = PgdConfig {
+                norm: a.attack.norm,
+                eps: a.attack.eps,
+                alpha: a.attack.alpha.unwrap_or(a.attack.eps / 4.0),
+                steps: a.attack.steps,
+                restarts: a.attack.restarts,
+                random_start: !a.attack.no_random_start,
+                bn: a.attack.attack_bn,
+                seed,
+            };
+            settings.validate().map(|()| (kind, settings))
+        })
+        .transpose()?;
+    if attack.is_some() && corruptions.is_some() {
+        bail!("--attack and --corruptions are evaluated by separate runs of `mocse eval`");
+    }
     let Some(corruptions) = corruptions else {
         eprintln!(
             "{why}; evaluating {} ({at_epoch}) on {} test images of {spec}",
@@ -691,17 +750,57 @@ fn eval(a: EvalArgs) -> Result<()> {
         let correct =
             count_correct_on(&model, &weights, &test, a.batch_size, Some(&bar), predictions.as_mut())?;
         bar.finish_and_clear();
+        println!(
+            "clean accuracy: {:.2}% ({correct}/{} images)",
+            100.0 * correct as f64 / test.len() as f64,
+            test.len()
+        );
+        let adversarial = match attack {
+            Some((kind, settings)) => {
+                let bar = progress::bar(test.len() as u64, "images attacked");
+                let counts =
+                    attack_dataset(&model, &weights, &test, test.len(), a.batch_size, &settings, Some(&bar))?;
+                bar.finish_and_clear();
+                let subset = test.len().min(SANITY_IMAGES);
+                let bar = progress::bar((test.len() + 2 * subset) as u64, "images attacked (sanity checks)");
+                let sanity = sanity_checks(
+                    &model,
+                    &weights,
+                    &test,
+                    a.batch_size,
+                    &settings,
+                    &counts,
+                    correct,
+                    Some(&bar),
+                )?;
+                bar.finish_and_clear();
+                let report = AdversarialReport::new(kind, settings, &counts, sanity);
+                println!("{}", report.summary());
+                let s = &report.sanity;
+                println!(
+                    "sanity: eps 0 gives {:.2}%; on the first {} images {} robust, {} at twice eps, {} at eps {}; {} zero input gradients",
+                    100.0 * s.eps_zero_accuracy,
+                    s.subset_images,
+                    s.robust_on_subset,
+                    s.double_eps_robust_on_subset,
+                    s.large_eps_robust_on_subset,
+                    s.large_eps,
+                    s.zero_gradient_images
+                );
+                for w in &s.warnings {
+                    eprintln!("warning: {w}");
+                }
+                Some(report)
+            }
+            None => None,
+        };
         let report = EvalReport {
             run,
             clean_accuracy: report_value(correct as f64 / test.len() as f64),
-            mocse: mocse::BUILD.to_string(),
             num_images: test.len(),
+            adversarial,
+            mocse: mocse::BUILD.to_string(),
         };
-        println!(
-            "clean accuracy: {:.2}% ({correct}/{} images)",
-            100.0 * report.clean_accuracy,
-            report.num_images
-        );
         if let Some(path) = &a.json {
             write_json(path, &report)?;
         }

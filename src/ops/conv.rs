@@ -535,8 +535,19 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result
     }
 }
 
+thread_local! {
+    /// Weight gradients this thread has computed: attacks assert that they compute none.
+    static BACKWARD_WEIGHT_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many convolution weight gradients the calling thread has computed so far.
+pub fn backward_weight_calls() -> usize {
+    BACKWARD_WEIGHT_CALLS.with(|c| c.get())
+}
+
 /// dL/dw from the input and dL/dy.
 pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
+    BACKWARD_WEIGHT_CALLS.with(|c| c.set(c.get() + 1));
     ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
     match x.device() {
         Device::Cpu => {

@@ -1,0 +1,209 @@
+//! Robust accuracy of a model on a test set under an attack, batch by batch, and its report.
+
+use anyhow::Result;
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+
+use crate::attack::pgd::pgd;
+use crate::attack::{AttackKind, Norm, PgdConfig};
+use crate::data::{Augment, Dataset, IMAGE_LEN, batches, epoch_order, make_batch};
+use crate::nn::model::Model;
+use crate::nn::preact_resnet::Weights;
+use crate::robustness::report_value;
+use crate::tensor::Tensor;
+
+/// What an attack on a test set found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttackCounts {
+    pub num_images: usize,
+    /// Per image: withstood every iterate of every restart (and was classified correctly
+    /// without attack).
+    pub robust_flags: Vec<bool>,
+    pub robust: usize,
+    /// Images whose input gradient was exactly zero at the first step.
+    pub zero_gradient: usize,
+}
+
+/// Attacks the first `count` images of `data`, `batch_size` at a time; an image's random
+/// start is keyed by its index in `data`, so the result does not depend on the batch size.
+pub fn attack_dataset(
+    model: &Model,
+    weights: &Weights,
+    data: &Dataset,
+    count: usize,
+    batch_size: usize,
+    cfg: &PgdConfig,
+    progress: Option<&ProgressBar>,
+) -> Result<AttackCounts> {
+    let order = epoch_order(count.min(data.len()), false, 0, 0);
+    let mut counts =
+        AttackCounts { num_images: order.len(), robust_flags: Vec::new(), robust: 0, zero_gradient: 0 };
+    for idx in batches(&order, batch_size) {
+        let batch = make_batch(data, idx, Augment::None, 0, 0);
+        let images = Tensor::from_vec(&[batch.size, 32, 32, 3], batch.images);
+        let index: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+        let outcome = pgd(model, weights, &images, &batch.labels, &index, cfg)?;
+        counts.robust += outcome.robust.iter().filter(|&&r| r).count();
+        counts.robust_flags.extend(&outcome.robust);
+        counts.zero_gradient += outcome.zero_gradient;
+        if let Some(pb) = progress {
+            pb.inc(batch.size as u64);
+        }
+    }
+    Ok(counts)
+}
+
+/// Images the sanity checks attack again: the first of the test set.
+pub const SANITY_IMAGES: usize = 100;
+
+/// Checks that catch an evaluation fooled by gradient masking or a broken attack (Carlini et
+/// al. 2019, "On evaluating adversarial robustness"): at eps 0 the attack must give the clean
+/// accuracy; doubling eps must not raise the accuracy; a ball that holds the grey image must
+/// leave almost nothing standing; few images may have a zero input gradient.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SanityReport {
+    /// The attack at eps 0 (one step), on every image: equals the clean accuracy.
+    pub eps_zero_accuracy: f64,
+    /// The first images of the test set, attacked again below.
+    pub subset_images: usize,
+    /// Of those, robust under the evaluated attack.
+    pub robust_on_subset: usize,
+    /// Of those, robust at twice the eps (and twice the step): at most `robust_on_subset`.
+    pub double_eps_robust_on_subset: usize,
+    /// An eps whose ball holds the all-grey image (0.5 for L-infinity, 0.5 * sqrt(3072) for L2).
+    pub large_eps: f32,
+    /// Of the subset, robust at `large_eps`: at most chance.
+    pub large_eps_robust_on_subset: usize,
+    pub zero_gradient_images: usize,
+    /// What failed; empty when every check passed.
+    pub warnings: Vec<String>,
+}
+
+/// Runs the sanity checks around an attack that gave `counts` with `settings` on `data`, whose
+/// clean accuracy is `clean_correct` images.
+#[allow(clippy::too_many_arguments)]
+pub fn sanity_checks(
+    model: &Model,
+    weights: &Weights,
+    data: &Dataset,
+    batch_size: usize,
+    settings: &PgdConfig,
+    counts: &AttackCounts,
+    clean_correct: usize,
+    progress: Option<&ProgressBar>,
+) -> Result<SanityReport> {
+    let n = counts.num_images;
+    let at_zero = PgdConfig { eps: 0.0, steps: 1, restarts: 1, ..*settings };
+    let zero = attack_dataset(model, weights, data, n, batch_size, &at_zero, progress)?;
+    let subset = n.min(SANITY_IMAGES);
+    let double = PgdConfig { eps: 2.0 * settings.eps, alpha: 2.0 * settings.alpha, ..*settings };
+    let large_eps = match settings.norm {
+        Norm::Linf => 0.5,
+        Norm::L2 => 0.5 * (IMAGE_LEN as f32).sqrt(),
+    };
+    let large =
+        PgdConfig { eps: large_eps, alpha: large_eps / 4.0, steps: settings.steps.max(10), ..*settings };
+    let doubled = attack_dataset(model, weights, data, subset, batch_size, &double, progress)?;
+    let at_large = attack_dataset(model, weights, data, subset, batch_size, &large, progress)?;
+    let robust_on_subset = counts.robust_flags[..subset].iter().filter(|&&r| r).count();
+    let mut warnings = Vec::new();
+    if zero.robust != clean_correct {
+        warnings.push(format!(
+            "at eps 0 the attack gives {} correct images, the clean evaluation {clean_correct}: the attack or the \
+             evaluation is broken",
+            zero.robust
+        ));
+    }
+    if doubled.robust > robust_on_subset {
+        warnings.push(format!(
+            "twice the eps leaves more images robust ({} of the first {subset}) than eps itself ({robust_on_subset}): \
+             the attack is not converging; try more --steps or --restarts",
+            doubled.robust
+        ));
+    }
+    let chance = subset.div_ceil(model.config.num_classes);
+    if at_large.robust > chance {
+        warnings.push(format!(
+            "at eps {large_eps} (a ball holding the all-grey image) {} of the first {subset} images stay robust, \
+             more than chance: the gradients are masked and the robust accuracy overstates robustness",
+            at_large.robust
+        ));
+    }
+    if counts.zero_gradient * 100 > n {
+        warnings.push(format!(
+            "{} of {n} images had an all-zero input gradient (saturated scores mask the gradient; with `--aggregate \
+             prob` the cross-entropy of probabilities saturates)",
+            counts.zero_gradient
+        ));
+    }
+    Ok(SanityReport {
+        eps_zero_accuracy: report_value(zero.robust as f64 / n.max(1) as f64),
+        subset_images: subset,
+        robust_on_subset,
+        double_eps_robust_on_subset: doubled.robust,
+        large_eps,
+        large_eps_robust_on_subset: at_large.robust,
+        zero_gradient_images: counts.zero_gradient,
+        warnings,
+    })
+}
+
+/// The `adversarial` block of an evaluation report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdversarialReport {
+    pub attack: AttackKind,
+    #[serde(flatten)]
+    pub settings: PgdConfig,
+    pub num_images: usize,
+    /// Images that withstood the attack, and their fraction.
+    pub robust_images: usize,
+    pub robust_accuracy: f64,
+    pub sanity: SanityReport,
+}
+
+impl AdversarialReport {
+    pub fn new(
+        attack: AttackKind,
+        settings: PgdConfig,
+        counts: &AttackCounts,
+        sanity: SanityReport,
+    ) -> AdversarialReport {
+        AdversarialReport {
+            attack,
+            settings,
+            num_images: counts.num_images,
+            robust_images: counts.robust,
+            robust_accuracy: report_value(counts.robust as f64 / counts.num_images.max(1) as f64),
+            sanity,
+        }
+    }
+
+    /// One line: `pgd linf eps 8/255 ...: robust accuracy 12.34% (123/1000 images)`.
+    pub fn summary(&self) -> String {
+        let s = &self.settings;
+        format!(
+            "{} {} eps {} alpha {} steps {} restarts {} (batch norm {}, seed {}): robust accuracy {:.2}% ({}/{} images)",
+            self.attack,
+            s.norm,
+            pixel_amount_text(s.eps),
+            pixel_amount_text(s.alpha),
+            s.steps,
+            s.restarts,
+            s.bn,
+            s.seed,
+            100.0 * self.robust_accuracy,
+            self.robust_images,
+            self.num_images,
+        )
+    }
+}
+
+/// `8/255` when the amount is a whole number of 255ths, else the number.
+pub fn pixel_amount_text(v: f32) -> String {
+    let in_255ths = v as f64 * 255.0;
+    if (in_255ths - in_255ths.round()).abs() < 1e-4 && in_255ths.round() != 0.0 {
+        format!("{}/255", in_255ths.round())
+    } else {
+        format!("{v}")
+    }
+}

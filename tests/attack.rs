@@ -1,0 +1,327 @@
+//! Attacks: the device step and random start against the cpu twins (the same test body on every
+//! kernel device), the eps-ball and [0, 1] as properties, input gradients against finite
+//! differences, no weight gradients while attacking, and PGD's accuracy behaving as it must on
+//! a trained model (eps 0 gives the clean accuracy, more eps or steps never help, the batch
+//! split does not matter).
+
+mod common;
+
+use common::{assert_clean_failure, kernel_devices, mocse};
+use mocse::attack::pgd::{input_gradient, pgd};
+use mocse::attack::step::{pgd_step, random_start};
+use mocse::attack::{BnMode, Norm, PgdConfig};
+use mocse::data::{Augment, DataSpec, Dataset, Split, make_batch};
+use mocse::device::Device;
+use mocse::eval::class_scores;
+use mocse::nn::model::{Model, ModelConfig, ModelKind};
+use mocse::nn::preact_resnet::Weights;
+use mocse::ops::aggregate::Aggregate;
+use mocse::rng::{Philox, Purpose};
+use mocse::tensor::Tensor;
+
+fn uniform(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
+    let mut rng = Philox::new(seed, Purpose::Init, 77);
+    Tensor::from_vec(shape, (0..shape.iter().product()).map(|_| rng.range(lo, hi)).collect())
+}
+
+/// max |a - b|.
+fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+    let (a, b) = (a.to_host().unwrap(), b.to_host().unwrap());
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Every image of `adv` is within eps of `x` in `norm` (with f32 rounding) and within [0, 1].
+fn assert_in_ball(adv: &Tensor, x: &Tensor, eps: f32, norm: Norm, what: &str) {
+    let (adv, x) = (adv.to_host().unwrap(), x.to_host().unwrap());
+    let per_image = 3 * 32 * 32;
+    for (b, (a, c)) in adv.chunks(per_image).zip(x.chunks(per_image)).enumerate() {
+        assert!(a.iter().all(|v| (0.0..=1.0).contains(v)), "{what}: image {b} leaves [0, 1]");
+        let size = match norm {
+            Norm::Linf => a.iter().zip(c).map(|(p, q)| (p - q).abs() as f64).fold(0.0, f64::max),
+            Norm::L2 => a.iter().zip(c).map(|(p, q)| ((p - q) as f64).powi(2)).sum::<f64>().sqrt(),
+        };
+        assert!(size <= eps as f64 * (1.0 + 1e-5) + 1e-6, "{what}: image {b} at {size} > eps {eps}");
+    }
+}
+
+#[test]
+fn steps_and_starts_stay_in_the_ball_and_equal_the_cpu_twin_on_every_device() {
+    let shape = [5, 32, 32, 3];
+    let index = [3, 0, 17, 4_000_000_000, 9];
+    let mut case = 0;
+    for norm in [Norm::Linf, Norm::L2] {
+        let eps_values: &[f32] = match norm {
+            Norm::Linf => &[0.0, 2.0 / 255.0, 8.0 / 255.0, 0.3],
+            Norm::L2 => &[0.0, 0.25, 0.5, 3.0],
+        };
+        for &eps in eps_values {
+            case += 1;
+            // Images with saturated pixels, so the clamp to [0, 1] matters.
+            let raw = uniform(&shape, case, -0.2, 1.2);
+            let x = Tensor::from_vec(&shape, raw.as_slice().iter().map(|v| v.clamp(0.0, 1.0)).collect());
+            let start = random_start(&x, &index, eps, norm, 11, 2).unwrap();
+            assert_in_ball(&start, &x, eps, norm, &format!("{norm} start eps {eps}"));
+            let mut adv = start.clone();
+            for step in 0..4 {
+                let grad = uniform(&shape, 100 * case + step, -1.0, 1.0);
+                let alpha = [eps / 4.0, eps, 2.5 * eps + 0.01][step as usize % 3];
+                let next = pgd_step(&adv, &grad, &x, alpha, eps, norm).unwrap();
+                assert_in_ball(&next, &x, eps, norm, &format!("{norm} step {step} eps {eps}"));
+                for device in kernel_devices() {
+                    let on = |t: &Tensor| t.to_device(device).unwrap();
+                    let kernel = pgd_step(&on(&adv), &on(&grad), &on(&x), alpha, eps, norm).unwrap();
+                    let d = max_difference(&kernel, &next);
+                    assert!(d <= 1e-6, "{device} {norm} eps {eps} step {step}: {d}");
+                }
+                adv = next;
+            }
+            for device in kernel_devices() {
+                let kernel = random_start(&x.to_device(device).unwrap(), &index, eps, norm, 11, 2).unwrap();
+                let d = max_difference(&kernel, &start);
+                assert!(d <= 1e-6, "{device} {norm} eps {eps} random start: {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_random_start_belongs_to_the_image_not_to_its_batch_slot() {
+    let x = uniform(&[4, 32, 32, 3], 5, 0.0, 1.0);
+    let per_image = 3072;
+    for norm in [Norm::Linf, Norm::L2] {
+        let a = random_start(&x, &[10, 11, 12, 13], 0.1, norm, 1, 0).unwrap().into_vec();
+        let b = random_start(&x, &[12, 11, 10, 13], 0.1, norm, 1, 0).unwrap().into_vec();
+        let c = random_start(&x, &[10, 11, 12, 13], 0.1, norm, 1, 1).unwrap().into_vec();
+        let xs = x.as_slice();
+        let delta = |v: &[f32], i: usize| -> Vec<f32> {
+            (i * per_image..(i + 1) * per_image).map(|k| v[k] - xs[k]).collect()
+        };
+        // Image 0 with stream 12 and image 2 with stream 10 swap their perturbations' source:
+        // interior pixels get identical offsets.
+        let interior = |d: &[f32], e: &[f32], img_a: usize, img_b: usize| {
+            (0..per_image)
+                .filter(|&k| {
+                    (0.11..0.89).contains(&xs[img_a * per_image + k])
+                        && (0.11..0.89).contains(&xs[img_b * per_image + k])
+                })
+                .all(|k| (d[k] - e[k]).abs() < 1e-6)
+        };
+        assert!(interior(&delta(&a, 0), &delta(&b, 2), 0, 2), "{norm}: stream 10 follows its image");
+        assert_ne!(delta(&a, 1), delta(&c, 1), "{norm}: restarts differ");
+    }
+}
+
+fn tiny_model(kind: ModelKind, aggregate: Aggregate, seed: u64) -> (Model, Weights) {
+    let width = if kind == ModelKind::Mocse { 2 } else { 4 };
+    let config = ModelConfig { kind, num_classes: 10, width, aggregate, bce_weight: 1.0 };
+    let model = Model::new(config);
+    let weights = model.fused().init_weights(seed, [0.5; 3], [0.25; 3]);
+    (model, weights)
+}
+
+/// The summed cross-entropy of the class scores, in f64.
+fn summed_loss(model: &Model, weights: &Weights, images: &Tensor, labels: &[u32]) -> f64 {
+    let scores = class_scores(model, weights, images.clone()).unwrap();
+    let k = scores.shape()[1];
+    scores
+        .as_slice()
+        .chunks(k)
+        .zip(labels)
+        .map(|(row, &y)| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) as f64;
+            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            lse - row[y as usize] as f64
+        })
+        .sum()
+}
+
+#[test]
+fn input_gradients_of_both_models_match_finite_differences_and_form_no_weight_gradient() {
+    let labels = [3, 7];
+    for (kind, aggregate) in [
+        (ModelKind::Preact18, Aggregate::Prob),
+        (ModelKind::Mocse, Aggregate::Prob),
+        (ModelKind::Mocse, Aggregate::LogOdds),
+    ] {
+        let (model, weights) = tiny_model(kind, aggregate, 3);
+        let x = uniform(&[2, 32, 32, 3], 21, 0.2, 0.8);
+        let before = mocse::ops::conv::backward_weight_calls();
+        let (_, grad) = input_gradient(&model, &weights, &x, &labels, BnMode::Eval).unwrap();
+        assert_eq!(mocse::ops::conv::backward_weight_calls(), before, "{kind}: a weight gradient was formed");
+        // Directional derivatives, central differences, along directions that mix the gradient
+        // with noise (a purely random direction in 6,144 dimensions sees a tiny derivative that
+        // f32 rounding drowns).
+        let g = grad.as_slice();
+        let g_max = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for dir_seed in 0..3 {
+            let noise = uniform(&[2, 32, 32, 3], 300 + dir_seed, -1.0, 1.0);
+            let direction = Tensor::from_vec(
+                x.shape(),
+                g.iter().zip(noise.as_slice()).map(|(g, n)| g / g_max + 0.5 * n).collect(),
+            );
+            let h = 1e-3f32;
+            let shifted = |s: f32| {
+                Tensor::from_vec(
+                    x.shape(),
+                    x.as_slice().iter().zip(direction.as_slice()).map(|(a, d)| a + s * d).collect(),
+                )
+            };
+            let numeric = (summed_loss(&model, &weights, &shifted(h), &labels)
+                - summed_loss(&model, &weights, &shifted(-h), &labels))
+                / (2.0 * h as f64);
+            let analytic: f64 =
+                grad.as_slice().iter().zip(direction.as_slice()).map(|(g, d)| (g * d) as f64).sum();
+            let scale = numeric.abs().max(analytic.abs()).max(1e-3);
+            assert!(
+                (numeric - analytic).abs() / scale < 2e-2,
+                "{kind} {aggregate}: finite difference {numeric} vs gradient {analytic}"
+            );
+        }
+    }
+}
+
+/// A preact18 of width 4 trained for 2 epochs on 2,000 synthetic images, and 64 test images.
+fn trained() -> (Model, Weights, Vec<f32>, Vec<u32>) {
+    use mocse::ops::sgd::SgdConfig;
+    use mocse::train::{Schedule, TrainConfig, Trainer};
+    let config = TrainConfig {
+        model: ModelConfig {
+            kind: ModelKind::Preact18,
+            num_classes: 10,
+            width: 4,
+            aggregate: Aggregate::Prob,
+            bce_weight: 1.0,
+        },
+        data: "synthetic".into(),
+        train_subset: Some(2000),
+        test_subset: Some(64),
+        augment: "none".into(),
+        epochs: 2,
+        batch_size: 32,
+        lr: 0.05,
+        sgd: SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true },
+        schedule: Schedule::Cosine,
+        seed: 1,
+        save_every: None,
+        created_by: String::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::create(config.clone(), &dir.path().join("run"), Device::Cpu).unwrap();
+    trainer.run(None, false).unwrap();
+    let model = Model::new(config.model);
+    let weights = trainer.weights.clone();
+    let test =
+        Dataset::load(&DataSpec::Synthetic, Split::Test, Some(64), mocse::train::SYNTHETIC_SET_SEED).unwrap();
+    let batch = make_batch(&test, &(0..64).collect::<Vec<_>>(), Augment::None, 0, 0);
+    (model, weights, batch.images, batch.labels)
+}
+
+#[test]
+fn pgd_accuracy_behaves_as_an_attack_must() {
+    let (model, weights, images, labels) = trained();
+    let x = Tensor::from_vec(&[64, 32, 32, 3], images);
+    let index: Vec<u32> = (0..64).collect();
+    let clean = labels
+        .iter()
+        .zip(class_scores(&model, &weights, x.clone()).unwrap().as_slice().chunks(10))
+        .filter(|(y, row)| mocse::ops::loss::argmax(row) == **y as usize)
+        .count();
+    assert!(clean > 20, "the model did not learn: {clean}/64");
+    let base = PgdConfig {
+        norm: Norm::Linf,
+        eps: 0.0,
+        alpha: 1.0 / 255.0,
+        steps: 5,
+        restarts: 1,
+        random_start: true,
+        bn: BnMode::Eval,
+        seed: 0,
+    };
+    let robust = |cfg: &PgdConfig| -> usize {
+        let before = mocse::ops::conv::backward_weight_calls();
+        let out = pgd(&model, &weights, &x, &labels, &index, cfg).unwrap();
+        assert_eq!(mocse::ops::conv::backward_weight_calls(), before, "an attack formed a weight gradient");
+        assert_in_ball(&Tensor::from_vec(x.shape(), out.adversarial.clone()), &x, cfg.eps, cfg.norm, "pgd");
+        out.robust.iter().filter(|&&r| r).count()
+    };
+    assert_eq!(robust(&base), clean, "eps 0 must give the clean accuracy");
+    let mut last = clean;
+    for eps in [1.0f32, 2.0, 4.0, 8.0, 16.0] {
+        let r = robust(&PgdConfig { eps: eps / 255.0, alpha: eps / 4.0 / 255.0, ..base });
+        println!("eps {eps}/255: {r}/64 robust (clean {clean}/64)");
+        assert!(r <= last, "accuracy rose from {last} to {r} at eps {eps}/255");
+        last = r;
+    }
+    assert!(last < clean, "PGD at eps 16/255 broke nothing");
+    let eps = PgdConfig { eps: 4.0 / 255.0, ..base };
+    let by_steps: Vec<usize> = [1, 3, 10].iter().map(|&steps| robust(&PgdConfig { steps, ..eps })).collect();
+    assert!(by_steps.windows(2).all(|w| w[1] <= w[0]), "more steps helped the model: {by_steps:?}");
+    assert!(robust(&PgdConfig { eps: 0.5, alpha: 0.1, ..base }) <= 3, "eps 0.5 leaves the model standing");
+    // The batch split and the batch size do not matter (evaluation-mode batch norm).
+    let whole = pgd(&model, &weights, &x, &labels, &index, &eps).unwrap();
+    let split: Vec<_> = (0..4)
+        .map(|part| {
+            let range = part * 16..(part + 1) * 16;
+            let images = Tensor::from_vec(
+                &[16, 32, 32, 3],
+                x.as_slice()[range.start * 3072..range.end * 3072].to_vec(),
+            );
+            pgd(&model, &weights, &images, &labels[range.clone()], &index[range], &eps).unwrap()
+        })
+        .collect();
+    assert_eq!(whole.robust, split.iter().flat_map(|o| o.robust.clone()).collect::<Vec<_>>());
+    assert_eq!(whole.adversarial, split.iter().flat_map(|o| o.adversarial.clone()).collect::<Vec<_>>());
+    // The adversarial images raise the loss, and the attack on emu equals the attack on cpu.
+    let adv = Tensor::from_vec(x.shape(), whole.adversarial.clone());
+    assert!(summed_loss(&model, &weights, &adv, &labels) > summed_loss(&model, &weights, &x, &labels));
+    for device in kernel_devices() {
+        let on = weights.to_device(device).unwrap();
+        let there = pgd(&model, &on, &x.to_device(device).unwrap(), &labels, &index, &eps).unwrap();
+        assert_eq!(there.robust, whole.robust, "{device}");
+    }
+}
+
+#[test]
+fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let r = common::tiny_run(&p("run"), "1", &[]);
+    assert!(r.ok, "{}", r.stderr);
+    #[rustfmt::skip]
+    let r = mocse(&[
+        "eval", "--run", &p("run"), "--test-subset", "12", "--device", "cpu", "--attack", "pgd",
+        "--eps", "8/255", "--steps", "3", "--json", &p("adv.json"),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("pgd linf eps 8/255 alpha 2/255 steps 3 restarts 1 (batch norm eval, seed 0)"),
+        "{}",
+        r.stdout
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(p("adv.json")).unwrap()).unwrap();
+    let adv = &report["adversarial"];
+    assert_eq!(adv["attack"], "pgd");
+    assert_eq!(adv["norm"], "linf");
+    assert_eq!(adv["steps"], 3);
+    assert_eq!(adv["bn"], "eval");
+    assert_eq!(adv["num_images"], 12);
+    assert!(adv["robust_accuracy"].as_f64().unwrap() <= report["clean_accuracy"].as_f64().unwrap());
+    assert_eq!(adv["sanity"]["eps_zero_accuracy"], report["clean_accuracy"], "{adv}");
+    assert_eq!(adv["sanity"]["subset_images"], 12);
+    let run = p("run");
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--run", run.as_str(), "--test-subset", "4", "--device", "cpu"];
+        args.extend_from_slice(extra);
+        mocse(&args)
+    };
+    assert_clean_failure(&eval(&["--attack", "pgd", "--eps", "-1"]), "--eps must be between 0 and 1");
+    assert_clean_failure(&eval(&["--attack", "pgd", "--eps", "1.5"]), "--eps must be between 0 and 1");
+    assert_clean_failure(&eval(&["--attack", "pgd", "--steps", "0"]), "--steps must be at least 1");
+    assert_clean_failure(&eval(&["--attack", "pgd", "--alpha", "0"]), "--alpha must be above 0");
+    assert_clean_failure(&eval(&["--attack", "pgd", "--eps", "8/0"]), "division by zero");
+    assert_clean_failure(&eval(&["--attack", "fgsm"]), "unknown attack 'fgsm'");
+    assert_clean_failure(&eval(&["--attack", "pgd", "--norm", "l1"]), "unknown norm 'l1'");
+    assert_clean_failure(&eval(&["--eps", "0.1"]), "--attack");
+    assert_clean_failure(&eval(&["--attack", "pgd", "--corruptions", "fog"]), "separate runs");
+}
