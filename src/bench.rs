@@ -17,7 +17,7 @@ use crate::ops::conv::{
 use crate::ops::sgd::SgdConfig;
 use crate::rng::{Philox, Purpose};
 use crate::tensor::Tensor;
-use crate::train::sgd_train_step;
+use crate::train::{TrainBatch, TrainingMode, train_step};
 
 #[derive(Debug, Serialize)]
 pub struct TrainStepBench {
@@ -81,7 +81,8 @@ pub fn bench_train_step(
     let mut train_times = Vec::new();
     for i in 0..warmup + steps {
         let start = Instant::now();
-        sgd_train_step(&model, &mut weights, &mut velocity, images.clone(), &labels, 1e-3, &sgd)?;
+        let batch = TrainBatch::new(device, images.clone(), &labels)?;
+        train_step(&model, &mut weights, &mut velocity, &batch, 1e-3, &sgd, &TrainingMode::Standard, 0)?;
         if i >= warmup {
             train_times.push(start.elapsed().as_secs_f64());
         }

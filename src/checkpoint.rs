@@ -254,6 +254,28 @@ pub fn keep_epoch(run_dir: &Path, epoch: usize) -> Result<std::path::PathBuf> {
     Ok(kept)
 }
 
+/// The directory of an adversarial run that keeps the model with the best robust test
+/// accuracy (adversarial training overfits: the last epoch is rarely the most robust).
+pub const BEST_DIR: &str = "best";
+
+/// Keeps the run's current model as `best/model.safetensors`, with the run's config.json beside
+/// it so that `eval --checkpoint RUN/best/model.safetensors` evaluates it. The model replaces
+/// the previous best in one rename, so `best/` always holds a whole model.
+pub fn keep_best(run_dir: &Path) -> Result<PathBuf> {
+    let dir = run_dir.join(BEST_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let config_path = run_dir.join(crate::train::CONFIG_FILE);
+    let config =
+        std::fs::read(&config_path).with_context(|| format!("could not read {}", config_path.display()))?;
+    crate::atomic_file::write_atomic(&dir.join(crate::train::CONFIG_FILE), &config)?;
+    let temporary = dir.join(".model.safetensors.link");
+    keep_as(&run_dir.join(MODEL_FILE), &temporary)?;
+    let best = dir.join(MODEL_FILE);
+    std::fs::rename(&temporary, &best).with_context(|| format!("could not write {}", best.display()))?;
+    sync_dir(&dir)?;
+    Ok(best)
+}
+
 /// `to` becomes another name of `from` (a hard link; a copy where links are not supported).
 fn keep_as(from: &Path, to: &Path) -> Result<()> {
     match std::fs::remove_file(to) {

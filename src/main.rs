@@ -34,7 +34,10 @@ use mocse::output_paths::check_outputs;
 use mocse::progress;
 use mocse::raster::{bar_chart_png, gallery_png, line_chart_png};
 use mocse::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions, report_value};
-use mocse::train::{SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, check_config_unchanged, read_config};
+use mocse::train::{
+    AdversarialMethod, AdversarialTraining, SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, TrainingMode,
+    check_config_unchanged, read_config,
+};
 
 // Large tensors are allocated and freed every step; mimalloc keeps those pages mapped instead
 // of returning them to the system and faulting them in again.
@@ -71,79 +74,107 @@ enum Command {
     Compare(CompareArgs),
 }
 
-/// Settings of a new run. They are options so that `--resume`, which takes every setting from
-/// the run's config.json, can refuse any that are given; the defaults are in the help texts.
 #[derive(Args)]
 struct TrainArgs {
-    /// Model: preact18 (the standard network) or mocse (N class experts, fused). Required for a new run.
-    #[arg(long)]
-    model: Option<ModelKind>,
-    /// Training data: `synthetic` (built in, 50,000 train / 10,000 test images) or
-    /// `cifar10:DIR` (the CIFAR-10 binary version: DIR holds data_batch_1.bin .. test_batch.bin)
-    /// [default: synthetic]
-    #[arg(long)]
-    data: Option<DataSpec>,
-    /// Number of epochs [default: 30]
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Images per SGD step [default: 128]
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Peak learning rate [default: 0.1]
-    #[arg(long)]
-    lr: Option<f32>,
-    /// SGD momentum [default: 0.9]
-    #[arg(long)]
-    momentum: Option<f32>,
-    /// L2 weight decay, applied to every parameter [default: 0.0005]
-    #[arg(long)]
-    weight_decay: Option<f32>,
-    /// Use Nesterov momentum
-    #[arg(long)]
-    nesterov: bool,
-    /// Learning-rate schedule: cosine (per step, to zero) or multistep (/10 at 50% and 75% of the epochs) [default: cosine]
-    #[arg(long)]
-    schedule: Option<Schedule>,
-    /// Seed of the weight initialisation, the shuffling and the augmentation [default: 0]
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Training augmentation: standard (4-pixel zero pad, random 32x32 crop, horizontal flip) or none [default: standard]
-    #[arg(long)]
-    augment: Option<mocse::data::Augment>,
-    /// Train on the first N training images only [default: all]
-    #[arg(long)]
-    train_subset: Option<usize>,
-    /// Evaluate after each epoch on the first N test images only [default: all]
-    #[arg(long)]
-    test_subset: Option<usize>,
-    /// preact18: base width of the network (channels 1x, 2x, 4x, 8x of it) [default: 64]
-    #[arg(long)]
-    width: Option<usize>,
-    /// mocse: base width of every expert [default: 16]
-    #[arg(long)]
-    expert_width: Option<usize>,
-    /// mocse: class scores from the experts: prob (p_n = softmax(expert n)[True], the paper's
-    /// wording) or logodds (l_True - l_False) [default: prob]
-    #[arg(long)]
-    aggregate: Option<Aggregate>,
-    /// mocse: weight lambda of the experts' mean binary cross-entropy in CE + lambda * BCE [default: 1.0]
-    #[arg(long)]
-    bce_weight: Option<f32>,
+    #[command(flatten)]
+    settings: RunSettings,
     #[command(flatten)]
     run_on: DeviceArgs,
     /// Run directory for config.json, log.jsonl and the checkpoints
     #[arg(long)]
     out: PathBuf,
     /// Continue the run in --out from its last checkpoint, with the settings in its config.json
+    /// (none of the run's settings may be given with it)
     #[arg(long)]
     resume: bool,
     /// Stop after N more epochs; the run can then be continued with --resume
     #[arg(long, value_name = "N")]
     stop_after: Option<usize>,
+}
+
+/// The settings a run is defined by, written to its config.json. `--resume` takes them all from
+/// there, so each conflicts with it (a test checks that none is forgotten).
+#[derive(Args)]
+struct RunSettings {
+    /// Model: preact18 (the standard network) or mocse (N class experts, fused)
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+    model: Option<ModelKind>,
+    /// Training data: `synthetic` (built in, 50,000 train / 10,000 test images) or
+    /// `cifar10:DIR` (the CIFAR-10 binary version: DIR holds data_batch_1.bin .. test_batch.bin)
+    #[arg(long, default_value = "synthetic", conflicts_with = "resume")]
+    data: DataSpec,
+    /// Number of epochs
+    #[arg(long, default_value_t = 30, conflicts_with = "resume")]
+    epochs: usize,
+    /// Images per SGD step
+    #[arg(long, default_value_t = 128, conflicts_with = "resume")]
+    batch_size: usize,
+    /// Peak learning rate
+    #[arg(long, default_value_t = 0.1, conflicts_with = "resume")]
+    lr: f32,
+    /// SGD momentum
+    #[arg(long, default_value_t = 0.9, conflicts_with = "resume")]
+    momentum: f32,
+    /// L2 weight decay, applied to every parameter
+    #[arg(long, default_value_t = 5e-4, conflicts_with = "resume")]
+    weight_decay: f32,
+    /// Use Nesterov momentum
+    #[arg(long, conflicts_with = "resume")]
+    nesterov: bool,
+    /// Learning-rate schedule: cosine (per step, to zero) or multistep (/10 at 50% and 75% of the epochs)
+    #[arg(long, default_value = "cosine", conflicts_with = "resume")]
+    schedule: Schedule,
+    /// Seed of the weight initialisation, the shuffling and the augmentation
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    seed: u64,
+    /// Training augmentation: standard (4-pixel zero pad, random 32x32 crop, horizontal flip) or none
+    #[arg(long, default_value = "standard", conflicts_with = "resume")]
+    augment: mocse::data::Augment,
+    /// Train on the first N training images only [default: all]
+    #[arg(long, conflicts_with = "resume")]
+    train_subset: Option<usize>,
+    /// Evaluate after each epoch on the first N test images only [default: all]
+    #[arg(long, conflicts_with = "resume")]
+    test_subset: Option<usize>,
+    /// preact18: base width of the network (channels 1x, 2x, 4x, 8x of it) [default: 64]
+    #[arg(long, conflicts_with = "resume")]
+    width: Option<usize>,
+    /// mocse: base width of every expert [default: 16]
+    #[arg(long, conflicts_with = "resume")]
+    expert_width: Option<usize>,
+    /// mocse: class scores from the experts: prob (p_n = softmax(expert n)[True], the paper's
+    /// wording) or logodds (l_True - l_False) [default: prob]
+    #[arg(long, conflicts_with = "resume")]
+    aggregate: Option<Aggregate>,
+    /// mocse: weight lambda of the experts' mean binary cross-entropy in CE + lambda * BCE [default: 1.0]
+    #[arg(long, conflicts_with = "resume")]
+    bce_weight: Option<f32>,
     /// Also keep the model of every K-th epoch, as RUN_DIR/epoch-NNNN.safetensors (evaluate one
     /// with `mocse eval --checkpoint`) [default: only the last]
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", conflicts_with = "resume")]
     save_every: Option<usize>,
+    /// Adversarial training: pgd (the loss on PGD adversarial examples of every batch, Madry et
+    /// al.) or fgsm-rs (one step from a random start, Wong et al.) [default: standard training]
+    #[arg(long, value_name = "METHOD", conflicts_with = "resume")]
+    adv: Option<AdversarialMethod>,
+    /// --adv: the perturbation bound, in pixel units of [0, 1] (a number or a fraction)
+    #[arg(long, value_parser = pixel_amount, default_value = "8/255", requires = "adv", allow_hyphen_values = true, conflicts_with = "resume")]
+    eps: f32,
+    /// --adv: the attack's step size [default: 2/255 for pgd, 1.25 eps for fgsm-rs]
+    #[arg(long, value_parser = pixel_amount, requires = "adv", allow_hyphen_values = true, conflicts_with = "resume")]
+    alpha: Option<f32>,
+    /// --adv pgd: the attack's gradient steps [default: 10; fgsm-rs takes one]
+    #[arg(long, requires = "adv", conflicts_with = "resume")]
+    steps: Option<usize>,
+    /// --adv: the threat model, linf or l2
+    #[arg(long, default_value = "linf", requires = "adv", conflicts_with = "resume")]
+    norm: Norm,
+    /// --adv: batch norm while attacking: train (batch statistics, as Rice et al.) or eval
+    #[arg(long, default_value = "train", requires = "adv", conflicts_with = "resume")]
+    attack_bn: BnMode,
+    /// --adv: after every epoch, robust accuracy under PGD-10 on the first N test images (0: never)
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "adv", conflicts_with = "resume")]
+    adv_eval_subset: usize,
 }
 
 /// Where a job runs; shared by train, eval and bench.
@@ -445,27 +476,45 @@ fn model_config(
     Ok(config)
 }
 
-fn new_run_config(a: &TrainArgs) -> Result<TrainConfig> {
+fn new_run_config(a: &RunSettings) -> Result<TrainConfig> {
     let Some(kind) = a.model else {
         bail!("--model is required for a new run (preact18 or mocse)");
     };
     let config = TrainConfig {
         model: model_config(kind, a.width, a.expert_width, a.aggregate, a.bce_weight)?,
-        data: a.data.clone().unwrap_or(DataSpec::Synthetic).to_string(),
+        data: a.data.to_string(),
         train_subset: a.train_subset,
         test_subset: a.test_subset,
-        augment: a.augment.unwrap_or(mocse::data::Augment::Standard).to_string(),
-        epochs: a.epochs.unwrap_or(30),
-        batch_size: a.batch_size.unwrap_or(128),
-        lr: a.lr.unwrap_or(0.1),
-        sgd: SgdConfig {
-            momentum: a.momentum.unwrap_or(0.9),
-            weight_decay: a.weight_decay.unwrap_or(5e-4),
-            nesterov: a.nesterov,
-        },
-        schedule: a.schedule.unwrap_or(Schedule::Cosine),
-        seed: a.seed.unwrap_or(0),
+        augment: a.augment.to_string(),
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        sgd: SgdConfig { momentum: a.momentum, weight_decay: a.weight_decay, nesterov: a.nesterov },
+        schedule: a.schedule,
+        seed: a.seed,
         save_every: a.save_every,
+        mode: match a.adv {
+            None => TrainingMode::Standard,
+            Some(method) => {
+                let attack = |alpha: f32, steps: usize| AdversarialTraining {
+                    norm: a.norm,
+                    eps: a.eps,
+                    alpha: a.alpha.unwrap_or(alpha),
+                    steps,
+                    bn: a.attack_bn,
+                    eval_subset: a.adv_eval_subset,
+                };
+                match method {
+                    AdversarialMethod::Pgd => TrainingMode::Pgd(attack(2.0 / 255.0, a.steps.unwrap_or(10))),
+                    AdversarialMethod::FgsmRs => {
+                        if a.steps.is_some() {
+                            bail!("--adv fgsm-rs takes a single step; --steps applies to --adv pgd");
+                        }
+                        TrainingMode::FgsmRs(attack(1.25 * a.eps, 1))
+                    }
+                }
+            }
+        },
         created_by: format!("mocse {}", mocse::BUILD),
     };
     config.validate()?;
@@ -479,37 +528,9 @@ fn train(a: TrainArgs) -> Result<()> {
     let (device, why) = a.run_on.device.resolve()?;
     use_conv_impl(a.run_on.conv_impl, device)?;
     let mut trainer = if a.resume {
-        let given = [
-            ("--model", a.model.is_some()),
-            ("--data", a.data.is_some()),
-            ("--epochs", a.epochs.is_some()),
-            ("--batch-size", a.batch_size.is_some()),
-            ("--lr", a.lr.is_some()),
-            ("--momentum", a.momentum.is_some()),
-            ("--weight-decay", a.weight_decay.is_some()),
-            ("--nesterov", a.nesterov),
-            ("--schedule", a.schedule.is_some()),
-            ("--seed", a.seed.is_some()),
-            ("--augment", a.augment.is_some()),
-            ("--train-subset", a.train_subset.is_some()),
-            ("--test-subset", a.test_subset.is_some()),
-            ("--width", a.width.is_some()),
-            ("--expert-width", a.expert_width.is_some()),
-            ("--aggregate", a.aggregate.is_some()),
-            ("--bce-weight", a.bce_weight.is_some()),
-            ("--save-every", a.save_every.is_some()),
-        ];
-        let clashes: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(n, _)| *n).collect();
-        if !clashes.is_empty() {
-            bail!(
-                "--resume continues with the settings in {}/config.json; do not also give {}",
-                a.out.display(),
-                clashes.join(", ")
-            );
-        }
         Trainer::resume(&a.out, device)?
     } else {
-        Trainer::create(new_run_config(&a)?, &a.out, device)?
+        Trainer::create(new_run_config(&a.settings)?, &a.out, device)?
     };
     if trainer.is_finished() {
         eprintln!("{} already finished all {} epochs; nothing to do", a.out.display(), trainer.config.epochs);
@@ -1226,4 +1247,30 @@ fn compile_kernels(archs: &[String]) -> Result<()> {
     }
     println!("every kernel compiled for {}", archs.join(", "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// `--resume` takes every setting from the run's config.json: a new setting that does not
+    /// conflict with it would be silently ignored on resume.
+    #[test]
+    fn every_run_setting_conflicts_with_resume() {
+        let cli = Cli::command();
+        let train = cli.find_subcommand("train").unwrap();
+        let group = train.get_groups().find(|g| g.get_id() == "RunSettings").unwrap();
+        let members: Vec<_> = group.get_args().collect();
+        assert!(members.len() >= 25, "{members:?}");
+        for id in members {
+            let arg = train.get_arguments().find(|a| a.get_id() == id).unwrap();
+            let conflicts = train.get_arg_conflicts_with(arg);
+            assert!(
+                conflicts.iter().any(|c| c.get_id() == "resume"),
+                "--{id} does not conflict with --resume"
+            );
+        }
+    }
 }

@@ -16,7 +16,7 @@ use crate::ops::conv::check_shapes;
 use crate::ops::sgd::{SgdConfig, sgd_step};
 use crate::rng::{Philox, Purpose};
 use crate::tensor::Tensor;
-use crate::train::sgd_train_step;
+use crate::train::{TrainBatch, TrainingMode, train_step};
 
 type OpFn = Box<dyn Fn(&Tape, &[Var]) -> Result<Var>>;
 
@@ -243,7 +243,8 @@ fn train_step_case(device: Device) -> Result<f64> {
         let mut w = start.to_device(d)?;
         let mut v: Vec<Tensor> =
             w.params.iter().map(|p| Tensor::zeros_on(d, p.shape())).collect::<Result<_>>()?;
-        sgd_train_step(&model, &mut w, &mut v, images.clone(), &labels, 0.1, &cfg)?;
+        let batch = TrainBatch::new(d, images.clone(), &labels)?;
+        train_step(&model, &mut w, &mut v, &batch, 0.1, &cfg, &TrainingMode::Standard, 0)?;
         w.params.iter().map(Tensor::to_host).collect()
     };
     let (a, b) = (run(device)?, run(Device::Cpu)?);

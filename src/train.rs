@@ -10,6 +10,9 @@ use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::{append_line_synced, remove_stale_temporaries, write_atomic};
+use crate::attack::evaluate::attack_dataset;
+use crate::attack::pgd::pgd_examples;
+use crate::attack::{BnMode, Norm, PgdConfig};
 use crate::autograd::{Tape, Var};
 use crate::checkpoint::{self, MODEL_FILE, Progress, RunRecord};
 use crate::data::{Augment, DataSpec, Dataset, Split, batches, epoch_order, make_batch};
@@ -67,6 +70,153 @@ impl Schedule {
     }
 }
 
+/// How a training batch becomes a loss. A config.json without a `mode` is standard training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum TrainingMode {
+    /// The model's criterion (CE, plus the experts' BCE for MoCSE) on the batch.
+    #[default]
+    Standard,
+    /// PGD adversarial training (Madry et al. 2018): the criterion on the last iterate of a PGD
+    /// attack on the batch, from a random start that is new every epoch.
+    Pgd(AdversarialTraining),
+    /// Fast adversarial training (Wong et al. 2020): one signed-gradient step of `alpha`
+    /// (1.25 eps by default) from a uniform random start, projected onto the eps-ball.
+    FgsmRs(AdversarialTraining),
+}
+
+/// The attack that adversarial training trains against.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdversarialTraining {
+    pub norm: Norm,
+    pub eps: f32,
+    pub alpha: f32,
+    pub steps: usize,
+    /// Batch norm while attacking; training mode by default, as in Rice et al. 2020.
+    pub bn: BnMode,
+    /// Every epoch, robust accuracy under PGD-10 on the first N test images (0: never).
+    pub eval_subset: usize,
+}
+
+impl AdversarialTraining {
+    /// The attack of epoch `epoch`'s batches; the random starts come from the run's seed.
+    pub fn attack(&self, seed: u64) -> PgdConfig {
+        PgdConfig {
+            norm: self.norm,
+            eps: self.eps,
+            alpha: self.alpha,
+            steps: self.steps,
+            restarts: 1,
+            random_start: true,
+            bn: self.bn,
+            seed,
+        }
+    }
+
+    /// The per-epoch robust check: PGD-10 at the training eps, step eps/4, batch norm in
+    /// evaluation mode, one restart.
+    pub fn test_attack(&self, seed: u64) -> PgdConfig {
+        PgdConfig { alpha: self.eps / 4.0, steps: 10, bn: BnMode::Eval, ..self.attack(seed) }
+    }
+}
+
+/// The adversarial training methods `train --adv` offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdversarialMethod {
+    Pgd,
+    FgsmRs,
+}
+
+impl std::str::FromStr for AdversarialMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pgd" => Ok(AdversarialMethod::Pgd),
+            "fgsm-rs" => Ok(AdversarialMethod::FgsmRs),
+            _ => Err(format!("unknown adversarial training '{s}'; expected pgd or fgsm-rs")),
+        }
+    }
+}
+
+impl TrainingMode {
+    pub fn is_standard(&self) -> bool {
+        *self == TrainingMode::Standard
+    }
+
+    pub fn adversarial(&self) -> Option<&AdversarialTraining> {
+        match self {
+            TrainingMode::Standard => None,
+            TrainingMode::Pgd(a) | TrainingMode::FgsmRs(a) => Some(a),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if let Some(a) = self.adversarial() {
+            a.attack(0).validate()?;
+        }
+        if let TrainingMode::FgsmRs(a) = self {
+            ensure!(a.steps == 1, "fgsm-rs takes one step (got steps {})", a.steps);
+        }
+        Ok(())
+    }
+
+    /// The objective of one step: the loss on `tape` for `batch` with the current weights
+    /// (`params` on the tape, `buffers` the batch-norm statistics the forward pass updates), and
+    /// the class scores the step's accuracy counts. Adversarial examples are made first, off
+    /// the tape, from the same weights.
+    #[allow(clippy::too_many_arguments)]
+    pub fn objective(
+        &self,
+        model: &Model,
+        weights: &Weights,
+        tape: &Tape,
+        params: &[Var],
+        buffers: &mut [Tensor],
+        batch: &TrainBatch,
+        seed: u64,
+    ) -> Result<(Var, Var)> {
+        let images = match self {
+            TrainingMode::Standard => batch.images.clone(),
+            TrainingMode::Pgd(a) | TrainingMode::FgsmRs(a) => pgd_examples(
+                model,
+                weights,
+                &batch.images,
+                &batch.labels,
+                &batch.index,
+                &a.attack(seed),
+                batch.epoch,
+            )?,
+        };
+        let x = tape.leaf(images, false);
+        let out = model.forward(tape, params, buffers, &x, true)?;
+        let scores = model.scores(tape, &out)?;
+        let loss = model.loss(tape, &out, &batch.labels)?;
+        Ok((loss, scores))
+    }
+}
+
+/// A training batch: images [B, 32, 32, 3] in [0, 1] on the training device, their labels,
+/// their indices in the training set and the epoch (which key adversarial random starts).
+pub struct TrainBatch {
+    pub images: Tensor,
+    pub labels: Vec<u32>,
+    pub index: Vec<u32>,
+    pub epoch: u32,
+}
+
+impl TrainBatch {
+    /// Images from the host; indices 0..B and epoch 0 unless set.
+    pub fn new(device: Device, images: Vec<f32>, labels: &[u32]) -> Result<TrainBatch> {
+        Ok(TrainBatch {
+            images: Tensor::from_vec_on(device, &[labels.len(), 32, 32, 3], images)?,
+            labels: labels.to_vec(),
+            index: (0..labels.len() as u32).collect(),
+            epoch: 0,
+        })
+    }
+}
+
 /// Everything a run is defined by; written to RUN_DIR/config.json. Unknown keys are refused: a
 /// misspelt setting must not be silently ignored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -88,6 +238,9 @@ pub struct TrainConfig {
     /// Keep the model of every K-th epoch as `epoch-NNNN.safetensors` (absent: keep none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub save_every: Option<usize>,
+    /// Standard or adversarial training (absent: standard).
+    #[serde(default, skip_serializing_if = "TrainingMode::is_standard")]
+    pub mode: TrainingMode,
     /// The mocse build that started the run.
     #[serde(default)]
     pub created_by: String,
@@ -111,6 +264,7 @@ impl TrainConfig {
         );
         ensure!(!self.sgd.nesterov || self.sgd.momentum > 0.0, "--nesterov needs a momentum above 0");
         ensure!(self.save_every != Some(0), "--save-every must be at least 1");
+        self.mode.validate()?;
         self.data_spec()?;
         self.augment()?;
         Ok(())
@@ -143,6 +297,10 @@ pub struct EpochLog {
     /// fields alone (so identical runs write identical checkpoints).
     pub seconds: Option<f64>,
     pub images_per_s: Option<f64>,
+    /// Adversarial training: accuracy under PGD-10 on the first `eval_subset` test images (the
+    /// train accuracy is then on the batches' adversarial examples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robust_test_accuracy: Option<f64>,
 }
 
 /// Loads the split a config names, with the config's subset.
@@ -327,16 +485,17 @@ impl Trainer {
         }
     }
 
-    /// One SGD step on a batch; returns (loss, correctly classified).
-    pub fn step(&mut self, images: Vec<f32>, labels: &[u32], lr: f32) -> Result<(f32, usize)> {
-        let result = sgd_train_step(
+    /// One training step on a batch; returns (loss, correctly classified).
+    pub fn step(&mut self, batch: &TrainBatch, lr: f32) -> Result<(f32, usize)> {
+        let result = train_step(
             &self.model,
             &mut self.weights,
             &mut self.velocity,
-            images,
-            labels,
+            batch,
             lr,
             &self.config.sgd,
+            &self.config.mode,
+            self.config.seed,
         )
         .with_context(|| {
             format!(
@@ -369,7 +528,13 @@ impl Trainer {
         for idx in batches(&order, self.config.batch_size) {
             lr = self.config.schedule.lr(self.config.lr, epoch, self.progress.step, epochs, spe);
             let batch = make_batch(&self.train, idx, augment, self.config.seed, epoch as u64);
-            let (loss, c) = self.step(batch.images, &batch.labels, lr)?;
+            let batch = TrainBatch {
+                images: Tensor::from_vec_on(self.device, &[batch.size, 32, 32, 3], batch.images)?,
+                labels: batch.labels,
+                index: idx.iter().map(|&i| i as u32).collect(),
+                epoch: epoch as u32,
+            };
+            let (loss, c) = self.step(&batch, lr)?;
             loss_sum += loss as f64 * idx.len() as f64;
             correct += c;
             seen += idx.len();
@@ -390,6 +555,18 @@ impl Trainer {
             None,
             None,
         )?;
+        let robust_test_accuracy = match self.config.mode.adversarial() {
+            Some(adv) if adv.eval_subset > 0 => {
+                let n = adv.eval_subset.min(self.test.len());
+                bar.set_message(format!("trained; now attacking {n} test images (PGD-10)"));
+                let attack = adv.test_attack(self.config.seed);
+                let batch_size = self.config.batch_size.max(128);
+                let counts =
+                    attack_dataset(&self.model, &self.weights, &self.test, n, batch_size, &attack, None)?;
+                Some(counts.robust as f64 / n as f64)
+            }
+            _ => None,
+        };
         bar.finish_and_clear();
         let entry = EpochLog {
             epoch: epoch + 1,
@@ -399,7 +576,10 @@ impl Trainer {
             lr,
             seconds: Some(start.elapsed().as_secs_f64()),
             images_per_s: Some(seen as f64 / train_seconds),
+            robust_test_accuracy,
         };
+        let best_before =
+            read_log(&self.run_dir)?.iter().filter_map(|e| e.robust_test_accuracy).reduce(f64::max);
         self.save_epoch(&entry).with_context(|| {
             format!(
                 "could not save epoch {}; {}; after fixing the cause (a full disk?), continue with --resume",
@@ -408,6 +588,9 @@ impl Trainer {
             )
         })?;
         self.progress.epoch += 1;
+        if robust_test_accuracy.is_some_and(|r| best_before.is_none_or(|b| r > b)) {
+            checkpoint::keep_best(&self.run_dir)?;
+        }
         if self.config.save_every.is_some_and(|k| self.progress.epoch.is_multiple_of(k)) {
             checkpoint::keep_epoch(&self.run_dir, self.progress.epoch)?;
         }
@@ -458,6 +641,14 @@ impl Trainer {
                     e.seconds.unwrap_or(f64::NAN),
                     e.images_per_s.unwrap_or(f64::NAN)
                 );
+                if let Some(r) = e.robust_test_accuracy {
+                    eprintln!(
+                        "epoch {}/{}: robust test accuracy (PGD-10) {:.2}%",
+                        e.epoch,
+                        self.config.epochs,
+                        100.0 * r
+                    );
+                }
             }
             logs.push(e);
         }
@@ -465,26 +656,28 @@ impl Trainer {
     }
 }
 
-/// One SGD step: forward in training mode (updating the batch-norm running statistics), loss,
-/// backward, update. Returns (loss, correctly classified). A non-finite loss or gradient is an
-/// error, and then nothing has been updated; so is a non-finite parameter, momentum buffer or
-/// running statistic after the update (the caller then must not save these weights).
-pub fn sgd_train_step(
+/// One training step: the mode's objective on the batch (forward in training mode, updating
+/// the batch-norm running statistics), backward, then the SGD update. Returns (loss, correctly
+/// classified). A non-finite loss or gradient is an error, and then nothing has been updated;
+/// so is a non-finite parameter, momentum buffer or running statistic after the update (the
+/// caller then must not save these weights).
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
     model: &Model,
     weights: &mut Weights,
     velocity: &mut [Tensor],
-    images: Vec<f32>,
-    labels: &[u32],
+    batch: &TrainBatch,
     lr: f32,
     sgd: &SgdConfig,
+    mode: &TrainingMode,
+    seed: u64,
 ) -> Result<(f32, usize)> {
     let tape = Tape::new();
     let params: Vec<Var> = weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
-    let x = tape.leaf(Tensor::from_vec_on(weights.device(), &[labels.len(), 32, 32, 3], images)?, false);
     let mut buffers = weights.buffers.clone();
-    let out = model.forward(&tape, &params, &mut buffers, &x, true)?;
-    let correct = count_correct(model.scores(&tape, &out)?.value(), labels)?;
-    let loss = model.loss(&tape, &out, labels)?;
+    let (loss, scores) = mode.objective(model, weights, &tape, &params, &mut buffers, batch, seed)?;
+    let correct = count_correct(scores.value(), &batch.labels)?;
+    drop(scores);
     let loss_value = loss.value().scalar_value()?;
     if !loss_value.is_finite() {
         bail!("the loss became {loss_value}");
@@ -494,7 +687,7 @@ pub fn sgd_train_step(
         params.iter().map(|p| grads.take(p).context("a parameter got no gradient")).collect::<Result<_>>()?;
     ensure!(all_finite(&grads)?, "a gradient became infinite or NaN");
     // Dropping the tape's references lets the update run in place.
-    drop((params, out, loss, x, tape));
+    drop((params, loss, tape));
     for ((p, v), g) in weights.params.iter_mut().zip(velocity.iter_mut()).zip(&grads) {
         sgd_step(p, v, g, lr, sgd)?;
     }

@@ -204,6 +204,7 @@ fn trained() -> (Model, Weights, Vec<f32>, Vec<u32>) {
         schedule: Schedule::Cosine,
         seed: 1,
         save_every: None,
+        mode: Default::default(),
         created_by: String::new(),
     };
     let dir = tempfile::tempdir().unwrap();

@@ -52,7 +52,7 @@ fn resumed_run_matches_uninterrupted_run() {
     assert_clean_failure(&r, "already holds a run");
     // --resume takes its settings from config.json only.
     let r = mocse(&["train", "--resume", "--out", split_s, "--lr", "0.5"]);
-    assert_clean_failure(&r, "do not also give --lr");
+    assert_clean_failure(&r, "'--resume' cannot be used with '--lr <LR>'");
 }
 
 /// Two identical runs write identical files (checked the way a user would, byte for byte), but
@@ -169,7 +169,10 @@ fn bad_flags_and_bad_files_give_clear_errors() {
     let out = dir.path().join("r");
     let out_s = out.to_str().unwrap();
     assert_clean_failure(&mocse(&["train", "--model", "resnet", "--out", out_s]), "unknown model 'resnet'");
-    assert_clean_failure(&mocse(&["train", "--out", out_s]), "--model is required");
+    assert_clean_failure(
+        &mocse(&["train", "--out", out_s]),
+        "required arguments were not provided:\n  --model <MODEL>",
+    );
     assert_clean_failure(
         &mocse(&["train", "--model", "mocse", "--epochs", "0", "--out", out_s]),
         "--epochs must be at least 1",

@@ -390,6 +390,14 @@ fn run_config_and_log() {
         schedule: mocse::train::Schedule::Cosine,
         seed: 1,
         save_every: Some(2),
+        mode: mocse::train::TrainingMode::Pgd(mocse::train::AdversarialTraining {
+            norm: mocse::attack::Norm::Linf,
+            eps: 8.0 / 255.0,
+            alpha: 2.0 / 255.0,
+            steps: 10,
+            bn: mocse::attack::BnMode::Train,
+            eval_subset: 1000,
+        }),
         created_by: "mocse fuzz".into(),
     };
     let valid = serde_json::to_string_pretty(&config).unwrap();

@@ -21,6 +21,7 @@ fn train(kind: ModelKind, width: usize, aggregate: Aggregate) -> f64 {
         schedule: Schedule::Cosine,
         seed: 1,
         save_every: None,
+        mode: Default::default(),
         created_by: String::new(),
     };
     let dir = tempfile::tempdir().unwrap();
@@ -80,6 +81,7 @@ fn diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
         schedule: Schedule::Cosine,
         seed: 3,
         save_every: None,
+        mode: Default::default(),
         created_by: String::new(),
     };
     let dir = tempfile::tempdir().unwrap();
@@ -112,7 +114,9 @@ fn nan_loss_is_an_error_and_changes_nothing() {
     let mut images = vec![0.5f32; 2 * 32 * 32 * 3];
     images[7] = f32::NAN;
     let sgd = SgdConfig { momentum: 0.9, weight_decay: 0.0, nesterov: false };
-    let err = mocse::train::sgd_train_step(&model, &mut weights, &mut velocity, images, &[1, 2], 0.1, &sgd)
+    let batch = mocse::train::TrainBatch::new(mocse::device::Device::Cpu, images, &[1, 2]).unwrap();
+    let standard = mocse::train::TrainingMode::Standard;
+    let err = mocse::train::train_step(&model, &mut weights, &mut velocity, &batch, 0.1, &sgd, &standard, 0)
         .unwrap_err()
         .to_string();
     assert!(err.contains("the loss became NaN"), "{err}");

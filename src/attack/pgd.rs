@@ -131,3 +131,28 @@ pub fn pgd(
     }
     Ok(outcome)
 }
+
+/// The last iterate of one PGD run on a batch, from the random start of round `round` of each
+/// image's stream (adversarial training passes the epoch, so every epoch starts anew): the
+/// adversarial examples that PGD adversarial training trains on (Madry et al.).
+pub fn pgd_examples(
+    model: &Model,
+    weights: &Weights,
+    images: &Tensor,
+    labels: &[u32],
+    image_index: &[u32],
+    cfg: &PgdConfig,
+    round: u32,
+) -> Result<Tensor> {
+    let x = images;
+    let mut x_adv = if cfg.random_start && cfg.eps > 0.0 {
+        random_start(x, image_index, cfg.eps, cfg.norm, cfg.seed, round)?
+    } else {
+        x.clone()
+    };
+    for _ in 0..cfg.steps {
+        let (_, grad) = input_gradient(model, weights, &x_adv, labels, cfg.bn)?;
+        x_adv = pgd_step(&x_adv, &grad, x, cfg.alpha, cfg.eps, cfg.norm)?;
+    }
+    Ok(x_adv)
+}
