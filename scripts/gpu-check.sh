@@ -31,6 +31,9 @@ export MOCSE_CACHE=$PWD/.gpu/cache MOCSE_TESTDATA=$PWD/.gpu
     .gpu/fused_unfused --nocapture --test-threads 1
     .gpu/corruptions --test-threads 1
     .gpu/corruption_reference --nocapture --test-threads 1
+    # The attack kernels and a whole PGD attack on cuda against cpu (the CLI tests need cargo's paths).
+    .gpu/attack every_device --nocapture --test-threads 1
+    .gpu/attack pgd_accuracy --nocapture --test-threads 1
 } > "$OUT/selftest_and_tests.txt" 2>&1
 
 : > "$OUT/train_step.jsonl"
@@ -49,6 +52,12 @@ $M bench --what conv-layers --model preact18 --width 64 --batch-size 128 --devic
     --json "$OUT/conv_layers_preact18.json" >> "$OUT/bench_log.txt" 2>&1
 $M bench --what corrupt --batch-size 10000 --device cuda --warmup 1 --steps 3 --json "$OUT/corrupt.json" \
     >> "$OUT/bench_log.txt" 2>&1
+: > "$OUT/pgd.jsonl"
+for cfg in "preact18 --width 64 --batch-size 128" "mocse --expert-width 16 --batch-size 128"; do
+    # shellcheck disable=SC2086
+    $M bench --what pgd --model $cfg --device cuda --warmup 2 --steps 5 --json "$OUT/one.json" \
+        >> "$OUT/bench_log.txt" 2>&1 && cat "$OUT/one.json" >> "$OUT/pgd.jsonl"
+done
 python3 benches/pytorch_reference.py --device cuda > "$OUT/pytorch.jsonl" 2>> "$OUT/bench_log.txt"
 tail -n 3 "$OUT/selftest_and_tests.txt"
 cat "$OUT/train_step.jsonl" "$OUT/pytorch.jsonl"

@@ -6,6 +6,9 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::attack::pgd::input_gradient;
+use crate::attack::step::pgd_step;
+use crate::attack::{BnMode, Norm};
 use crate::device::Device;
 use crate::eval::class_scores;
 use crate::nn::model::{Model, ModelConfig, ModelKind, Network, split_experts};
@@ -17,7 +20,7 @@ use crate::ops::conv::{
 use crate::ops::sgd::SgdConfig;
 use crate::rng::{Philox, Purpose};
 use crate::tensor::Tensor;
-use crate::train::{TrainBatch, TrainingMode, train_step};
+use crate::train::{AdversarialTraining, TrainBatch, TrainingMode, train_step};
 
 #[derive(Debug, Serialize)]
 pub struct TrainStepBench {
@@ -112,6 +115,100 @@ pub fn bench_train_step(
         train_gflop_per_s: 3.0 * flops * b / train / 1e9,
         infer_gflop_per_s: flops * b / infer / 1e9,
         forward_gflop_per_image: flops / 1e9,
+        mocse: crate::BUILD,
+    })
+}
+
+/// What `mocse bench --what pgd` measures: one attack step against one training step, and
+/// PGD adversarial training as a whole.
+#[derive(Debug, Serialize)]
+pub struct PgdBench {
+    pub what: &'static str,
+    pub model: String,
+    pub model_description: String,
+    pub batch_size: usize,
+    pub device: String,
+    pub threads: usize,
+    pub timed_steps: usize,
+    /// A standard training step (forward, backward with weight gradients, SGD), seconds.
+    pub train_step_seconds: f64,
+    /// One PGD step (forward, backward for the input gradient only, the fused step), seconds.
+    pub attack_step_seconds: f64,
+    /// `attack_step_seconds / train_step_seconds`: about 2/3 when weight gradients are skipped.
+    pub attack_to_train_step: f64,
+    /// Images attacked by one step, per second.
+    pub attack_images_per_s: f64,
+    /// PGD-10 adversarial training (`train --adv pgd`): images per second.
+    pub adversarial_train_images_per_s: f64,
+    pub mocse: &'static str,
+}
+
+/// Times PGD steps, standard training steps and PGD-10 adversarial training steps on random
+/// images, the median of `steps` after `warmup` untimed ones of each.
+pub fn bench_pgd(
+    config: ModelConfig,
+    batch_size: usize,
+    device: Device,
+    warmup: usize,
+    steps: usize,
+) -> Result<PgdBench> {
+    let model = Model::new(config);
+    let mut weights = model.fused().init_weights(0, [0.5; 3], [0.25; 3]).to_device(device)?;
+    let mut velocity: Vec<Tensor> =
+        weights.params.iter().map(|p| Tensor::zeros_on(device, p.shape())).collect::<Result<_>>()?;
+    let mut rng = Philox::new(1, Purpose::Init, u64::MAX);
+    let images: Vec<f32> = (0..batch_size * 32 * 32 * 3).map(|_| rng.uniform()).collect();
+    let labels: Vec<u32> = (0..batch_size).map(|_| rng.below(config.num_classes as u32)).collect();
+    let batch = TrainBatch::new(device, images, &labels)?;
+    let sgd = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
+    let attack = AdversarialTraining {
+        norm: Norm::Linf,
+        eps: 8.0 / 255.0,
+        alpha: 2.0 / 255.0,
+        steps: 10,
+        bn: BnMode::Train,
+        eval_subset: 0,
+    };
+    let time = |work: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let mut times = Vec::new();
+        for i in 0..warmup + steps {
+            let start = Instant::now();
+            work()?;
+            if i >= warmup {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        Ok(median(times))
+    };
+    let cfg = attack.attack(0);
+    let x = batch.images.clone();
+    let attack_step = time(&mut || {
+        let (_, grad) = input_gradient(&model, &weights, &x, &labels, BnMode::Eval)?;
+        // Reading the result back waits for the device, as the training step's checks do.
+        pgd_step(&x, &grad, &x, cfg.alpha, cfg.eps, cfg.norm)?.to_host()?;
+        Ok(())
+    })?;
+    let mut step_with = |mode: &TrainingMode| -> Result<f64> {
+        time(&mut || {
+            train_step(&model, &mut weights, &mut velocity, &batch, 1e-3, &sgd, mode, 0)?;
+            Ok(())
+        })
+    };
+    let train = step_with(&TrainingMode::Standard)?;
+    let adversarial = step_with(&TrainingMode::Pgd(attack))?;
+    Ok(PgdBench {
+        what: "pgd",
+        model: config.kind.to_string(),
+        model_description: config.describe(),
+        batch_size,
+        device: device.to_string(),
+        threads: rayon::current_num_threads(),
+        timed_steps: steps,
+        train_step_seconds: train,
+        attack_step_seconds: attack_step,
+        attack_to_train_step: attack_step / train,
+        attack_images_per_s: batch_size as f64 / attack_step,
+        adversarial_train_images_per_s: batch_size as f64 / adversarial,
         mocse: crate::BUILD,
     })
 }

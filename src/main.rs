@@ -367,8 +367,9 @@ struct CompareArgs {
 struct BenchArgs {
     /// What to measure: train-step (a whole training step and an inference pass),
     /// conv-layers (every distinct convolution of the model, forward, backward data and backward
-    /// weight; for mocse fused vs the experts one by one vs a dense conv of equal FLOPs) or
-    /// corrupt (images/s of every corruption at every severity)
+    /// weight; for mocse fused vs the experts one by one vs a dense conv of equal FLOPs),
+    /// corrupt (images/s of every corruption at every severity) or pgd (an attack step against a
+    /// training step, and PGD-10 adversarial training)
     #[arg(long, default_value = "train-step")]
     what: String,
     /// Model: preact18 or mocse (train-step and conv-layers)
@@ -1036,8 +1037,8 @@ fn compare(a: CompareArgs) -> Result<()> {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
-    if !["train-step", "conv-layers", "corrupt"].contains(&a.what.as_str()) {
-        bail!("unknown --what '{}'; expected train-step, conv-layers or corrupt", a.what);
+    if !["train-step", "conv-layers", "corrupt", "pgd"].contains(&a.what.as_str()) {
+        bail!("unknown --what '{}'; expected train-step, conv-layers, corrupt or pgd", a.what);
     }
     check_outputs(&given([("--json", &a.json)]), &[])?;
     if a.what == "corrupt" {
@@ -1054,7 +1055,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         bail!("--unfused applies to --model mocse --what train-step only");
     }
     let (device, why) = a.run_on.device.resolve()?;
-    if a.what == "train-step" {
+    if a.what == "train-step" || a.what == "pgd" {
         use_conv_impl(a.run_on.conv_impl, device)?;
     } else if a.run_on.conv_impl == ConvImpl::Cudnn {
         bail!("--what conv-layers measures cuDNN beside the kernels by itself; leave out --conv-impl");
@@ -1103,6 +1104,24 @@ fn bench(a: BenchArgs) -> Result<()> {
                 "rows": rows,
             });
             write_json(path, &report)?;
+        }
+        return Ok(());
+    }
+    if a.what == "pgd" {
+        let r = mocse::bench::bench_pgd(config, batch_size, device, a.warmup, a.steps)?;
+        println!(
+            "{}: training step {:.1} ms, PGD step {:.1} ms ({:.2} of a training step; {:.1} images/s), \
+             PGD-10 adversarial training {:.2} images/s, {} threads",
+            r.model_description,
+            r.train_step_seconds * 1e3,
+            r.attack_step_seconds * 1e3,
+            r.attack_to_train_step,
+            r.attack_images_per_s,
+            r.adversarial_train_images_per_s,
+            r.threads
+        );
+        if let Some(path) = &a.json {
+            write_json(path, &r)?;
         }
         return Ok(());
     }

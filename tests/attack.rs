@@ -326,3 +326,27 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
     assert_clean_failure(&eval(&["--eps", "0.1"]), "--attack");
     assert_clean_failure(&eval(&["--attack", "pgd", "--corruptions", "fog"]), "separate runs");
 }
+
+#[test]
+fn bench_pgd_measures_attack_and_training_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("b.json");
+    #[rustfmt::skip]
+    let r = mocse(&[
+        "bench", "--what", "pgd", "--model", "preact18", "--width", "2", "--batch-size", "4", "--steps", "1",
+        "--warmup", "0", "--device", "cpu", "--json", json.to_str().unwrap(),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stdout.contains("PGD step") && r.stdout.contains("of a training step"), "{}", r.stdout);
+    let b: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for key in [
+        "train_step_seconds",
+        "attack_step_seconds",
+        "attack_to_train_step",
+        "adversarial_train_images_per_s",
+    ] {
+        let v = b[key].as_f64().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{key}: {v}");
+    }
+    assert_eq!(b["what"], "pgd");
+}
