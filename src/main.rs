@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use mocse::atomic_file::write_atomic;
-use mocse::attack::evaluate::{AdversarialReport, SANITY_IMAGES, attack_dataset, sanity_checks};
+use mocse::attack::evaluate::{
+    AdversarialReport, SANITY_IMAGES, attack_dataset, sanity_checks, save_adversarial,
+};
 use mocse::attack::{AttackKind, BnMode, Norm, PgdConfig, parse_pixel_amount};
 use mocse::bench::bench_train_step;
 use mocse::checkpoint::{self, MODEL_FILE};
@@ -291,6 +293,10 @@ struct AttackArgs {
     /// Start from the image itself instead of a random point of the eps-ball
     #[arg(long, requires = "attack")]
     no_random_start: bool,
+    /// Also write the adversarial images (float32 in [0, 1]), labels, predictions on them and
+    /// the robust flags to FILE.npz, to re-check the attack elsewhere
+    #[arg(long, value_name = "FILE.npz", requires = "attack")]
+    save_adversarial: Option<PathBuf>,
 }
 
 fn pixel_amount(s: &str) -> std::result::Result<f32, String> {
@@ -717,6 +723,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         ("--markdown", &a.markdown),
         ("--csv", &a.csv),
         ("--predictions", &a.predictions),
+        ("--save-adversarial", &a.attack.save_adversarial),
     ]);
     check_outputs(&outputs, &inputs)?;
     if let Some(path) = &a.predictions {
@@ -780,8 +787,21 @@ fn eval(a: EvalArgs) -> Result<()> {
         let adversarial = match attack {
             Some((kind, settings)) => {
                 let bar = progress::bar(test.len() as u64, "images attacked");
-                let counts =
-                    attack_dataset(&model, &weights, &test, test.len(), a.batch_size, &settings, Some(&bar))?;
+                let keep = a.attack.save_adversarial.is_some();
+                let counts = attack_dataset(
+                    &model,
+                    &weights,
+                    &test,
+                    test.len(),
+                    a.batch_size,
+                    &settings,
+                    keep,
+                    Some(&bar),
+                )?;
+                if let Some(path) = &a.attack.save_adversarial {
+                    save_adversarial(path, &counts, &test.labels())?;
+                    eprintln!("wrote the adversarial images to {}", path.display());
+                }
                 bar.finish_and_clear();
                 let subset = test.len().min(SANITY_IMAGES);
                 let bar = progress::bar((test.len() + 2 * subset) as u64, "images attacked (sanity checks)");

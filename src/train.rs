@@ -561,8 +561,16 @@ impl Trainer {
                 bar.set_message(format!("trained; now attacking {n} test images (PGD-10)"));
                 let attack = adv.test_attack(self.config.seed);
                 let batch_size = self.config.batch_size.max(128);
-                let counts =
-                    attack_dataset(&self.model, &self.weights, &self.test, n, batch_size, &attack, None)?;
+                let counts = attack_dataset(
+                    &self.model,
+                    &self.weights,
+                    &self.test,
+                    n,
+                    batch_size,
+                    &attack,
+                    false,
+                    None,
+                )?;
                 Some(counts.robust as f64 / n as f64)
             }
             _ => None,

@@ -310,6 +310,33 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
     assert!(adv["robust_accuracy"].as_f64().unwrap() <= report["clean_accuracy"].as_f64().unwrap());
     assert_eq!(adv["sanity"]["eps_zero_accuracy"], report["clean_accuracy"], "{adv}");
     assert_eq!(adv["sanity"]["subset_images"], 12);
+
+    // The saved adversarial images reproduce the reported robust accuracy when classified again.
+    #[rustfmt::skip]
+    let r = mocse(&[
+        "eval", "--run", &p("run"), "--test-subset", "12", "--device", "cpu", "--attack", "pgd",
+        "--eps", "8/255", "--steps", "3", "--save-adversarial", &p("adv.npz"),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    let mut npz = mocse::npy::Npz::open(std::path::Path::new(&p("adv.npz"))).unwrap();
+    let images = npz.f32_array("images").unwrap();
+    let (_, labels) = npz.u8_array("labels").unwrap();
+    let (_, robust) = npz.u8_array("robust").unwrap();
+    let (_, predicted) = npz.u8_array("predicted").unwrap();
+    assert_eq!((images.len(), labels.len()), (12 * 3072, 12));
+    assert!(images.iter().all(|v| (0.0..=1.0).contains(v)));
+    let config = mocse::train::read_config(std::path::Path::new(&p("run"))).unwrap();
+    let model = Model::new(config.model);
+    let saved =
+        mocse::checkpoint::load_checkpoint(std::path::Path::new(&p("run")), model.fused()).unwrap().unwrap();
+    let scores = class_scores(&model, &saved.weights, Tensor::from_vec(&[12, 32, 32, 3], images)).unwrap();
+    let again: Vec<u8> =
+        scores.as_slice().chunks(10).map(|row| mocse::ops::loss::argmax(row) as u8).collect();
+    assert_eq!(again, predicted, "the saved images are classified as recorded");
+    let correct: Vec<u8> = again.iter().zip(&labels).map(|(a, y)| (a == y) as u8).collect();
+    assert_eq!(correct, robust, "exactly the robust images are classified correctly");
+    let robust_count = robust.iter().map(|&r| r as u64).sum::<u64>();
+    assert_eq!(adv["robust_images"], robust_count);
     let run = p("run");
     let eval = |extra: &[&str]| {
         let mut args = vec!["eval", "--run", run.as_str(), "--test-subset", "4", "--device", "cpu"];

@@ -13,7 +13,7 @@ use crate::robustness::report_value;
 use crate::tensor::Tensor;
 
 /// What an attack on a test set found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AttackCounts {
     pub num_images: usize,
     /// Per image: withstood every iterate of every restart (and was classified correctly
@@ -22,10 +22,17 @@ pub struct AttackCounts {
     pub robust: usize,
     /// Images whose input gradient was exactly zero at the first step.
     pub zero_gradient: usize,
+    /// Per image: the class predicted for its adversarial version.
+    pub predicted: Vec<u32>,
+    /// With `keep_images`: the adversarial images, [N, 32, 32, 3] in [0, 1] (see
+    /// [`crate::attack::pgd::AttackOutcome::adversarial`]); empty otherwise.
+    pub adversarial: Vec<f32>,
 }
 
 /// Attacks the first `count` images of `data`, `batch_size` at a time; an image's random
 /// start is keyed by its index in `data`, so the result does not depend on the batch size.
+/// `keep_images` keeps the adversarial images.
+#[allow(clippy::too_many_arguments)]
 pub fn attack_dataset(
     model: &Model,
     weights: &Weights,
@@ -33,11 +40,18 @@ pub fn attack_dataset(
     count: usize,
     batch_size: usize,
     cfg: &PgdConfig,
+    keep_images: bool,
     progress: Option<&ProgressBar>,
 ) -> Result<AttackCounts> {
     let order = epoch_order(count.min(data.len()), false, 0, 0);
-    let mut counts =
-        AttackCounts { num_images: order.len(), robust_flags: Vec::new(), robust: 0, zero_gradient: 0 };
+    let mut counts = AttackCounts {
+        num_images: order.len(),
+        robust_flags: Vec::new(),
+        robust: 0,
+        zero_gradient: 0,
+        predicted: Vec::new(),
+        adversarial: Vec::new(),
+    };
     for idx in batches(&order, batch_size) {
         let batch = make_batch(data, idx, Augment::None, 0, 0);
         let images = Tensor::from_vec(&[batch.size, 32, 32, 3], batch.images);
@@ -45,6 +59,10 @@ pub fn attack_dataset(
         let outcome = pgd(model, weights, &images, &batch.labels, &index, cfg)?;
         counts.robust += outcome.robust.iter().filter(|&&r| r).count();
         counts.robust_flags.extend(&outcome.robust);
+        counts.predicted.extend(&outcome.predicted);
+        if keep_images {
+            counts.adversarial.extend(&outcome.adversarial);
+        }
         counts.zero_gradient += outcome.zero_gradient;
         if let Some(pb) = progress {
             pb.inc(batch.size as u64);
@@ -94,7 +112,7 @@ pub fn sanity_checks(
 ) -> Result<SanityReport> {
     let n = counts.num_images;
     let at_zero = PgdConfig { eps: 0.0, steps: 1, restarts: 1, ..*settings };
-    let zero = attack_dataset(model, weights, data, n, batch_size, &at_zero, progress)?;
+    let zero = attack_dataset(model, weights, data, n, batch_size, &at_zero, false, progress)?;
     let subset = n.min(SANITY_IMAGES);
     let double = PgdConfig { eps: 2.0 * settings.eps, alpha: 2.0 * settings.alpha, ..*settings };
     let large_eps = match settings.norm {
@@ -103,8 +121,8 @@ pub fn sanity_checks(
     };
     let large =
         PgdConfig { eps: large_eps, alpha: large_eps / 4.0, steps: settings.steps.max(10), ..*settings };
-    let doubled = attack_dataset(model, weights, data, subset, batch_size, &double, progress)?;
-    let at_large = attack_dataset(model, weights, data, subset, batch_size, &large, progress)?;
+    let doubled = attack_dataset(model, weights, data, subset, batch_size, &double, false, progress)?;
+    let at_large = attack_dataset(model, weights, data, subset, batch_size, &large, false, progress)?;
     let robust_on_subset = counts.robust_flags[..subset].iter().filter(|&&r| r).count();
     let mut warnings = Vec::new();
     if zero.robust != clean_correct {
@@ -206,4 +224,25 @@ pub fn pixel_amount_text(v: f32) -> String {
     } else {
         format!("{v}")
     }
+}
+
+/// Writes an attack's results for re-checking elsewhere, as `.npz`: `images` float32
+/// (N, 32, 32, 3) in [0, 1] (the adversarial images), `labels`, `predicted` (the class predicted
+/// on each adversarial image) and `robust` (1 where the image withstood the attack), uint8.
+/// The model classifies exactly the `robust` images of `images` correctly.
+pub fn save_adversarial(path: &std::path::Path, counts: &AttackCounts, labels: &[u8]) -> Result<()> {
+    use crate::npy::{npy_bytes, write_npz};
+    let n = counts.num_images;
+    anyhow::ensure!(counts.adversarial.len() == n * IMAGE_LEN, "internal: adversarial images were not kept");
+    let predicted: Vec<u8> = counts.predicted.iter().map(|&p| p as u8).collect();
+    let robust: Vec<u8> = counts.robust_flags.iter().map(|&r| r as u8).collect();
+    write_npz(
+        path,
+        &[
+            ("images".to_string(), npy_bytes(&[n, 32, 32, 3], &counts.adversarial)?),
+            ("labels".to_string(), npy_bytes(&[n], &labels[..n])?),
+            ("predicted".to_string(), npy_bytes(&[n], &predicted)?),
+            ("robust".to_string(), npy_bytes(&[n], &robust)?),
+        ],
+    )
 }
