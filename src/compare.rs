@@ -8,7 +8,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 
+use crate::attack::evaluate::{AdversarialReport, pixel_amount_text};
 use crate::corrupt::{Corruption, Group};
+use crate::eval::EvalReport;
 use crate::input_file::read_text;
 use crate::robustness::CorruptionReport;
 
@@ -16,6 +18,55 @@ use crate::robustness::CorruptionReport;
 pub struct Column {
     pub label: String,
     pub report: CorruptionReport,
+    /// A robust evaluation of the same model (`mocse eval --attack ... --json`), shown as a row
+    /// under the corruption averages.
+    pub robust: Option<EvalReport>,
+}
+
+/// Reads a report written by `mocse eval --attack ... --json`.
+pub fn read_robust_report(path: &Path) -> Result<EvalReport> {
+    let text = read_text(path, "report")?;
+    let report: EvalReport = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not an evaluation report (write one with `mocse eval --attack pgd --json FILE`)",
+            path.display()
+        )
+    })?;
+    let Some(adv) = &report.adversarial else {
+        bail!("{} holds no attack (write one with `mocse eval --attack pgd --json FILE`)", path.display());
+    };
+    ensure!(
+        (0.0..=1.0).contains(&adv.robust_accuracy) && adv.robust_images <= adv.num_images,
+        "{} holds an invalid robust accuracy",
+        path.display()
+    );
+    Ok(report)
+}
+
+/// Every setting of an attack, for captions and messages.
+fn attack_description(adv: &AdversarialReport) -> String {
+    let s = &adv.settings;
+    format!(
+        "{} (alpha {}, batch norm {}, seed {}{})",
+        attack_row_name(adv),
+        pixel_amount_text(s.alpha),
+        s.bn,
+        s.seed,
+        if s.random_start { "" } else { ", no random start" }
+    )
+}
+
+/// The row name of a robust evaluation: its attack and settings.
+fn attack_row_name(adv: &AdversarialReport) -> String {
+    let s = &adv.settings;
+    format!(
+        "{}-{} {} eps {}{}",
+        adv.attack.to_string().to_uppercase(),
+        s.steps,
+        s.norm,
+        pixel_amount_text(s.eps),
+        if s.restarts > 1 { format!(", {} restarts", s.restarts) } else { String::new() }
+    )
 }
 
 /// Reads a report written by `mocse eval --corruptions ... --json`.
@@ -85,6 +136,12 @@ pub fn incomparabilities(columns: &[Column]) -> Vec<String> {
             corrupted_image_source(&a.corrupted_images),
             corrupted_image_source(&b.corrupted_images),
         );
+        if let (Some(x), Some(y)) = (&first.robust, &col.robust) {
+            differ("attack test data", x.run.data.clone(), y.run.data.clone());
+            differ("attacked images", x.num_images.to_string(), y.num_images.to_string());
+            let settings = |r: &EvalReport| r.adversarial.as_ref().map(attack_description);
+            differ("attack", settings(x).unwrap_or_default(), settings(y).unwrap_or_default());
+        }
     }
     found
 }
@@ -232,6 +289,11 @@ pub fn table1_markdown(columns: &[Column], options: &TableOptions) -> Result<Str
     line(&mut out, "", "**average of 15** (benchmark)", mean_15, None);
     let mean_19 = columns.iter().map(|c| c.report.mean_19).collect();
     line(&mut out, "", "**average of 19**", mean_19, None);
+    if let Some(adv) = columns.iter().find_map(|c| c.robust.as_ref()?.adversarial.as_ref()) {
+        let robust =
+            columns.iter().map(|c| Some(c.robust.as_ref()?.adversarial.as_ref()?.robust_accuracy)).collect();
+        line(&mut out, "", &format!("**{}** (adversarial)", attack_row_name(adv)), robust, None);
+    }
     let _ = writeln!(out);
     if any_extra {
         let _ = writeln!(
@@ -260,6 +322,16 @@ pub fn table1_markdown(columns: &[Column], options: &TableOptions) -> Result<Str
             r.corrupted_images,
             r.severities
         );
+        if let Some(adv) = col.robust.as_ref().and_then(|r| r.adversarial.as_ref().map(|a| (r, a))) {
+            let (r, a) = adv;
+            let _ = writeln!(
+                out,
+                "  - attacked: {} images of {}, {}",
+                a.num_images,
+                r.run.data,
+                attack_description(a)
+            );
+        }
     }
     Ok(out)
 }
@@ -350,7 +422,7 @@ mod tests {
     }
 
     fn column(label: &str, report: CorruptionReport) -> Column {
-        Column { label: label.into(), report }
+        Column { label: label.into(), report, robust: None }
     }
 
     const SEED_0: &str = "generated on cpu (seed 0)";
@@ -410,6 +482,73 @@ mod tests {
         .unwrap();
         assert!(table.starts_with("> **Not like for like**"), "{table}");
         assert!(table.contains("> - test images: a has 100, count has 200"), "{table}");
+    }
+
+    /// A robust evaluation of 100 images with `robust` of them robust under PGD-`steps`.
+    fn robust_report(robust: usize, steps: usize) -> EvalReport {
+        use crate::attack::evaluate::{AdversarialReport, AttackCounts, SanityReport};
+        use crate::attack::{AttackKind, BnMode, Norm, PgdConfig};
+        let settings = PgdConfig {
+            norm: Norm::Linf,
+            eps: 8.0 / 255.0,
+            alpha: 2.0 / 255.0,
+            steps,
+            restarts: 1,
+            random_start: true,
+            bn: BnMode::Eval,
+            seed: 0,
+        };
+        let counts = AttackCounts {
+            num_images: 100,
+            robust_flags: (0..100).map(|i| i < robust).collect(),
+            robust,
+            zero_gradient: 0,
+            predicted: vec![0; 100],
+            adversarial: Vec::new(),
+        };
+        let sanity = SanityReport {
+            eps_zero_accuracy: 0.5,
+            subset_images: 100,
+            robust_on_subset: robust,
+            double_eps_robust_on_subset: 0,
+            large_eps: 0.5,
+            large_eps_robust_on_subset: 0,
+            zero_gradient_images: 0,
+            warnings: Vec::new(),
+        };
+        EvalReport {
+            run: report(50, &[], &[1], SEED_0).context,
+            clean_accuracy: 0.5,
+            num_images: 100,
+            adversarial: Some(AdversarialReport::new(AttackKind::Pgd, settings, &counts, sanity)),
+            mocse: String::new(),
+        }
+    }
+
+    #[test]
+    fn robust_accuracy_is_a_row_and_different_attacks_are_named() {
+        use Corruption::Fog;
+        let with = |label: &str, robust| Column {
+            label: label.into(),
+            report: report(50, &[(Fog, 1, 40)], &[1], SEED_0),
+            robust: Some(robust),
+        };
+        let columns = [with("a", robust_report(12, 10)), with("b", robust_report(20, 10))];
+        assert!(incomparabilities(&columns).is_empty());
+        let table =
+            table1_markdown(&columns, &TableOptions { difference: true, ..Default::default() }).unwrap();
+        assert!(
+            table.contains("| **PGD-10 linf eps 8/255** (adversarial) | 12.00 | **20.00** | +8.00 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  - attacked: 100 images of synthetic, PGD-10 linf eps 8/255 (alpha 2/255"),
+            "{table}"
+        );
+        let columns = [with("a", robust_report(12, 10)), with("b", robust_report(20, 20))];
+        let found = incomparabilities(&columns);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("attack: a has PGD-10 linf eps 8/255"), "{found:?}");
     }
 
     #[test]

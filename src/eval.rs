@@ -70,7 +70,7 @@ impl RunDescription {
 }
 
 /// What `mocse eval --json` writes.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EvalReport {
     #[serde(flatten)]
     pub run: RunDescription,

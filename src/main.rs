@@ -15,8 +15,8 @@ use mocse::attack::{AttackKind, BnMode, Norm, PgdConfig, parse_pixel_amount};
 use mocse::bench::bench_train_step;
 use mocse::checkpoint::{self, MODEL_FILE};
 use mocse::compare::{
-    Column, TableOptions, chart_data, default_labels, incomparabilities, read_report, severity_chart_data,
-    table1_markdown,
+    Column, TableOptions, chart_data, default_labels, incomparabilities, read_report, read_robust_report,
+    severity_chart_data, table1_markdown,
 };
 use mocse::corrupt::export::{CleanImages, ExportSettings, ImageInput, export};
 use mocse::corrupt::{CorruptionList, SEVERITIES, SeverityList};
@@ -363,6 +363,10 @@ struct CompareArgs {
     /// percentage points
     #[arg(long)]
     difference: bool,
+    /// Robust evaluations (`mocse eval --attack ... --json FILE`), comma-separated, one per report
+    /// in the same order: a row of robust accuracy under the corruption averages
+    #[arg(long, value_delimiter = ',', value_name = "REPORT.json,..")]
+    robust: Option<Vec<PathBuf>>,
     /// Compare reports measured on different test data, numbers of images, severities or
     /// corrupted images (refused otherwise); the table then says what differs
     #[arg(long)]
@@ -1003,7 +1007,8 @@ fn corrupt_images(a: CorruptArgs) -> Result<()> {
 
 fn compare(a: CompareArgs) -> Result<()> {
     let outputs = given([("--out", &a.out), ("--chart", &a.chart), ("--severity-chart", &a.severity_chart)]);
-    check_outputs(&outputs, &a.reports)?;
+    let inputs: Vec<PathBuf> = a.reports.iter().chain(a.robust.iter().flatten()).cloned().collect();
+    check_outputs(&outputs, &inputs)?;
     let reports = a.reports.iter().map(|p| read_report(p)).collect::<Result<Vec<_>>>()?;
     let labels = match a.labels {
         Some(l) if l.len() != reports.len() => {
@@ -1012,8 +1017,19 @@ fn compare(a: CompareArgs) -> Result<()> {
         Some(l) => l,
         None => default_labels(&reports),
     };
-    let columns: Vec<Column> =
-        labels.into_iter().zip(reports).map(|(label, report)| Column { label, report }).collect();
+    let robust: Vec<Option<EvalReport>> = match &a.robust {
+        Some(paths) if paths.len() != reports.len() => {
+            bail!("--robust names {} reports but {} corruption reports are given", paths.len(), reports.len())
+        }
+        Some(paths) => paths.iter().map(|p| read_robust_report(p).map(Some)).collect::<Result<_>>()?,
+        None => vec![None; reports.len()],
+    };
+    let columns: Vec<Column> = labels
+        .into_iter()
+        .zip(reports)
+        .zip(robust)
+        .map(|((label, report), robust)| Column { label, report, robust })
+        .collect();
     let differences = incomparabilities(&columns);
     if !differences.is_empty() {
         let list = differences.iter().map(|d| format!("  - {d}")).collect::<Vec<_>>().join("\n");

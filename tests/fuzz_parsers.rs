@@ -463,8 +463,8 @@ fn corruption_reports() {
         std::fs::write(&path, bytes).unwrap();
         if let Ok(r) = mocse::compare::read_report(&path) {
             let columns = [
-                mocse::compare::Column { label: "a".into(), report: r.clone() },
-                mocse::compare::Column { label: "b".into(), report: r },
+                mocse::compare::Column { label: "a".into(), report: r.clone(), robust: None },
+                mocse::compare::Column { label: "b".into(), report: r, robust: None },
             ];
             let options = mocse::compare::TableOptions {
                 difference: true,
