@@ -54,6 +54,16 @@ fn predictions(scores: &Tensor) -> Result<Vec<u32>> {
     Ok(scores.to_host()?.chunks_exact(k).map(|row| argmax(row) as u32).collect())
 }
 
+/// Where a run of the attack starts: a random point of the eps-ball (round `round` of each
+/// image's stream), or the images themselves.
+fn start(x: &Tensor, image_index: &[u32], cfg: &PgdConfig, round: u32) -> Result<Tensor> {
+    if cfg.random_start && cfg.eps > 0.0 {
+        random_start(x, image_index, cfg.eps, cfg.norm, cfg.seed, round)
+    } else {
+        Ok(x.clone())
+    }
+}
+
 /// PGD on a batch of images [B, 32, 32, 3] in [0, 1]; `image_index[b]` is image b's index in
 /// its data set (it keys the random start, so the result does not depend on the batching).
 /// An image counts as broken when any iterate of any restart, the start included, is
@@ -97,11 +107,7 @@ pub fn pgd(
         }
     }
     'restarts: for restart in 0..cfg.restarts {
-        let mut x_adv = if cfg.random_start && cfg.eps > 0.0 {
-            random_start(&x, image_index, cfg.eps, cfg.norm, cfg.seed, restart as u32)?
-        } else {
-            x.clone()
-        };
+        let mut x_adv = start(&x, image_index, cfg, restart as u32)?;
         for step in 0..=cfg.steps {
             let last = restart + 1 == cfg.restarts && step == cfg.steps;
             if step == cfg.steps {
@@ -145,11 +151,7 @@ pub fn pgd_examples(
     round: u32,
 ) -> Result<Tensor> {
     let x = images;
-    let mut x_adv = if cfg.random_start && cfg.eps > 0.0 {
-        random_start(x, image_index, cfg.eps, cfg.norm, cfg.seed, round)?
-    } else {
-        x.clone()
-    };
+    let mut x_adv = start(x, image_index, cfg, round)?;
     for _ in 0..cfg.steps {
         let (_, grad) = input_gradient(model, weights, &x_adv, labels, cfg.bn)?;
         x_adv = pgd_step(&x_adv, &grad, x, cfg.alpha, cfg.eps, cfg.norm)?;
