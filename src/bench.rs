@@ -47,6 +47,19 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// The median wall-clock seconds of `steps` calls of `work` after `warmup` untimed ones.
+fn median_seconds(warmup: usize, steps: usize, mut work: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        let start = Instant::now();
+        work()?;
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(times))
+}
+
 /// Times `steps` training steps (forward, backward, SGD) and `steps` inference passes on random
 /// images, after `warmup` untimed ones of each.
 pub fn bench_train_step(
@@ -81,24 +94,15 @@ pub fn bench_train_step(
         weights.params.iter().map(|p| Tensor::zeros_on(device, p.shape())).collect::<Result<_>>()?;
     let sgd = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
 
-    let mut train_times = Vec::new();
-    for i in 0..warmup + steps {
-        let start = Instant::now();
+    let train = median_seconds(warmup, steps, || {
         let batch = TrainBatch::new(device, images.clone(), &labels)?;
         train_step(&model, &mut weights, &mut velocity, &batch, 1e-3, &sgd, &TrainingMode::Standard, 0)?;
-        if i >= warmup {
-            train_times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    let mut infer_times = Vec::new();
-    for i in 0..warmup + steps {
-        let start = Instant::now();
+        Ok(())
+    })?;
+    let infer = median_seconds(warmup, steps, || {
         class_scores(&model, &weights, Tensor::from_vec(&[batch_size, 32, 32, 3], images.clone()))?;
-        if i >= warmup {
-            infer_times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    let (train, infer) = (median(train_times), median(infer_times));
+        Ok(())
+    })?;
     let b = batch_size as f64;
     Ok(TrainStepBench {
         what: "train-step",
@@ -169,27 +173,16 @@ pub fn bench_pgd(
         bn: BnMode::Train,
         eval_subset: 0,
     };
-    let time = |work: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        let mut times = Vec::new();
-        for i in 0..warmup + steps {
-            let start = Instant::now();
-            work()?;
-            if i >= warmup {
-                times.push(start.elapsed().as_secs_f64());
-            }
-        }
-        Ok(median(times))
-    };
     let cfg = attack.attack(0);
     let x = batch.images.clone();
-    let attack_step = time(&mut || {
+    let attack_step = median_seconds(warmup, steps, || {
         let (_, grad) = input_gradient(&model, &weights, &x, &labels, BnMode::Eval)?;
         // Reading the result back waits for the device, as the training step's checks do.
         pgd_step(&x, &grad, &x, cfg.alpha, cfg.eps, cfg.norm)?.to_host()?;
         Ok(())
     })?;
     let mut step_with = |mode: &TrainingMode| -> Result<f64> {
-        time(&mut || {
+        median_seconds(warmup, steps, || {
             train_step(&model, &mut weights, &mut velocity, &batch, 1e-3, &sgd, mode, 0)?;
             Ok(())
         })

@@ -586,8 +586,16 @@ impl Trainer {
             images_per_s: Some(seen as f64 / train_seconds),
             robust_test_accuracy,
         };
-        let best_before =
-            read_log(&self.run_dir)?.iter().filter_map(|e| e.robust_test_accuracy).reduce(f64::max);
+        // Whether this epoch is the most robust so far, against the earlier lines of the log
+        // (read before this epoch's line is appended; only adversarial runs have such lines).
+        let most_robust = match robust_test_accuracy {
+            Some(r) => {
+                let best =
+                    read_log(&self.run_dir)?.iter().filter_map(|e| e.robust_test_accuracy).reduce(f64::max);
+                best.is_none_or(|b| r > b)
+            }
+            None => false,
+        };
         self.save_epoch(&entry).with_context(|| {
             format!(
                 "could not save epoch {}; {}; after fixing the cause (a full disk?), continue with --resume",
@@ -596,7 +604,7 @@ impl Trainer {
             )
         })?;
         self.progress.epoch += 1;
-        if robust_test_accuracy.is_some_and(|r| best_before.is_none_or(|b| r > b)) {
+        if most_robust {
             checkpoint::keep_best(&self.run_dir)?;
         }
         if self.config.save_every.is_some_and(|k| self.progress.epoch.is_multiple_of(k)) {

@@ -331,7 +331,7 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
         mocse::checkpoint::load_checkpoint(std::path::Path::new(&p("run")), model.fused()).unwrap().unwrap();
     let scores = class_scores(&model, &saved.weights, Tensor::from_vec(&[12, 32, 32, 3], images)).unwrap();
     let again: Vec<u8> =
-        scores.as_slice().chunks(10).map(|row| mocse::ops::loss::argmax(row) as u8).collect();
+        mocse::ops::loss::predicted_classes(&scores).unwrap().iter().map(|&p| p as u8).collect();
     assert_eq!(again, predicted, "the saved images are classified as recorded");
     let correct: Vec<u8> = again.iter().zip(&labels).map(|(a, y)| (a == y) as u8).collect();
     assert_eq!(correct, robust, "exactly the robust images are classified correctly");

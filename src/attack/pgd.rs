@@ -9,7 +9,7 @@ use crate::autograd::{Tape, Var};
 use crate::eval::class_scores;
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
-use crate::ops::loss::argmax;
+use crate::ops::loss::predicted_classes;
 use crate::tensor::Tensor;
 
 /// The class scores [B, K] of `images` and the gradient of the attacked loss (cross-entropy on
@@ -49,11 +49,6 @@ pub struct AttackOutcome {
     pub zero_gradient: usize,
 }
 
-fn predictions(scores: &Tensor) -> Result<Vec<u32>> {
-    let k = scores.shape()[1];
-    Ok(scores.to_host()?.chunks_exact(k).map(|row| argmax(row) as u32).collect())
-}
-
 /// Where a run of the attack starts: a random point of the eps-ball (round `round` of each
 /// image's stream), or the images themselves.
 fn start(x: &Tensor, image_index: &[u32], cfg: &PgdConfig, round: u32) -> Result<Tensor> {
@@ -86,11 +81,14 @@ pub fn pgd(
         predicted: labels.to_vec(),
         zero_gradient: 0,
     };
-    // Records the iterate's misclassified images; false once every image is broken.
+    // Records the iterate's misclassified images; false once every image is broken. The
+    // iterate is copied to the host only when it holds an image to record.
     let mut judge = |x_adv: &Tensor, predicted: &[u32], last: bool| -> Result<bool> {
-        let host = x_adv.to_host()?;
-        for i in 0..batch {
-            if outcome.robust[i] && (predicted[i] != labels[i] || last) {
+        let record: Vec<usize> =
+            (0..batch).filter(|&i| outcome.robust[i] && (predicted[i] != labels[i] || last)).collect();
+        if !record.is_empty() {
+            let host = x_adv.to_host()?;
+            for i in record {
                 outcome.robust[i] = predicted[i] == labels[i];
                 outcome.predicted[i] = predicted[i];
                 outcome.adversarial[i * per_image..(i + 1) * per_image]
@@ -101,7 +99,7 @@ pub fn pgd(
     };
     // A misclassified clean image is not robust, whatever a random start would find.
     if cfg.random_start && cfg.eps > 0.0 {
-        let predicted = predictions(&class_scores(model, weights, x.clone())?)?;
+        let predicted = predicted_classes(&class_scores(model, weights, x.clone())?)?;
         if !judge(&x, &predicted, false)? {
             return Ok(outcome);
         }
@@ -111,7 +109,7 @@ pub fn pgd(
         for step in 0..=cfg.steps {
             let last = restart + 1 == cfg.restarts && step == cfg.steps;
             if step == cfg.steps {
-                let predicted = predictions(&class_scores(model, weights, x_adv.clone())?)?;
+                let predicted = predicted_classes(&class_scores(model, weights, x_adv.clone())?)?;
                 if !judge(&x_adv, &predicted, last)? {
                     break 'restarts;
                 }
@@ -124,7 +122,7 @@ pub fn pgd(
                 BnMode::Eval => scores,
                 BnMode::Train => class_scores(model, weights, x_adv.clone())?,
             };
-            if !judge(&x_adv, &predictions(&scores)?, false)? {
+            if !judge(&x_adv, &predicted_classes(&scores)?, false)? {
                 break 'restarts;
             }
             if restart == 0 && step == 0 {

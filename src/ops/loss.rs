@@ -138,11 +138,15 @@ impl Tape {
     }
 }
 
+/// The predicted class of every row: its largest score (ties go to the lowest index).
+pub fn predicted_classes(scores: &Tensor) -> Result<Vec<u32>> {
+    let k = scores.shape()[scores.shape().len() - 1];
+    Ok(scores.to_host()?.chunks_exact(k).map(|row| argmax(row) as u32).collect())
+}
+
 /// Number of rows whose largest score is at the label (ties go to the lowest index).
 pub fn count_correct(scores: &Tensor, labels: &[u32]) -> Result<usize> {
-    let k = scores.shape()[scores.shape().len() - 1];
-    let host = scores.to_host()?;
-    Ok(host.chunks_exact(k).zip(labels).filter(|(row, y)| argmax(row) == **y as usize).count())
+    Ok(predicted_classes(scores)?.iter().zip(labels).filter(|(p, y)| p == y).count())
 }
 
 pub fn argmax(row: &[f32]) -> usize {
