@@ -65,3 +65,103 @@ extern "C" __global__ void expert_bce_bwd_f32(float* __restrict__ dlogits, const
         dlogits[2 * i] = (float)-dz;
     }
 }
+
+// The indices of the four largest of k scores, largest first, ties to the lower index (fewer
+// than four when k < 4: the rest stay -1).
+__device__ __forceinline__ void top4(const float* s, int k, int top[4]) {
+    for (int j = 0; j < 4; ++j) top[j] = -1;
+    for (int i = 0; i < k; ++i) {
+        int j = 4;
+        while (j > 0 && (top[j - 1] < 0 || s[i] > s[top[j - 1]])) --j;
+        if (j < 4) {
+            for (int m = 3; m > j; --m) top[m] = top[m - 1];
+            top[j] = i;
+        }
+    }
+}
+
+// Difference-of-logits-ratio loss (Croce & Hein 2020), one row per thread: untargeted
+// -(s_y - max_{i!=y} s_i) / (s_pi1 - s_pi3 + 1e-12), targeted at t
+// -(s_y - s_t) / (s_pi1 - (s_pi3 + s_pi4) / 2 + 1e-12), pi sorting the scores in decreasing
+// order. loss[0] is the mean; dscores gets each row's own gradient (scaled in backward).
+extern "C" __global__ void dlr_fwd_f32(float* __restrict__ loss, float* __restrict__ dscores,
+                                       const float* __restrict__ scores, const unsigned* __restrict__ labels,
+                                       const unsigned* __restrict__ targets, int targeted, int rows, int k) {
+    __shared__ double scratch[32];
+    double total = 0.0;
+    for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+        const float* s = scores + (size_t)r * k;
+        int top[4];
+        top4(s, k, top);
+        const int y = (int)labels[r];
+        int other;
+        double den;
+        if (targeted) {
+            other = (int)targets[r];
+            den = (double)s[top[0]] - 0.5 * ((double)s[top[2]] + (double)s[top[3]]) + 1e-12;
+        } else {
+            other = top[0] == y ? top[1] : top[0];
+            den = (double)s[top[0]] - (double)s[top[2]] + 1e-12;
+        }
+        const double num = (double)s[y] - (double)s[other];
+        total += -num / den;
+        const double q = num / (den * den);
+        for (int j = 0; j < k; ++j) {
+            double c = 0.0;
+            if (j == y) c -= 1.0 / den;
+            if (j == other) c += 1.0 / den;
+            if (j == top[0]) c += q;
+            if (j == top[2]) c -= targeted ? 0.5 * q : q;
+            if (targeted && j == top[3]) c -= 0.5 * q;
+            dscores[(size_t)r * k + j] = (float)c;
+        }
+    }
+    total = block_sum(total, scratch);
+    if (threadIdx.x == 0) loss[0] = (float)(total / rows);
+}
+
+// KL divergence of softmax(q) from softmax(p), the mean over rows of
+// sum_j P_j (log P_j - log Q_j), one row per thread. dp and dq get each row's own gradient
+// (scaled in backward): P_j ((log P_j - log Q_j) - KL_row) and Q_j - P_j.
+extern "C" __global__ void kl_div_fwd_f32(float* __restrict__ loss, float* __restrict__ dp,
+                                          float* __restrict__ dq, const float* __restrict__ p,
+                                          const float* __restrict__ q, int rows, int k) {
+    __shared__ double scratch[32];
+    double total = 0.0;
+    for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+        const float* pr = p + (size_t)r * k;
+        const float* qr = q + (size_t)r * k;
+        float pmax = pr[0], qmax = qr[0];
+        for (int j = 1; j < k; ++j) {
+            pmax = fmaxf(pmax, pr[j]);
+            qmax = fmaxf(qmax, qr[j]);
+        }
+        double psum = 0.0, qsum = 0.0;
+        for (int j = 0; j < k; ++j) {
+            psum += exp((double)pr[j] - pmax);
+            qsum += exp((double)qr[j] - qmax);
+        }
+        const double plog = log(psum), qlog = log(qsum);
+        double kl = 0.0;
+        for (int j = 0; j < k; ++j) {
+            const double lp = (double)pr[j] - pmax - plog, lq = (double)qr[j] - qmax - qlog;
+            kl += exp(lp) * (lp - lq);
+        }
+        for (int j = 0; j < k; ++j) {
+            const double lp = (double)pr[j] - pmax - plog, lq = (double)qr[j] - qmax - qlog;
+            dp[(size_t)r * k + j] = (float)(exp(lp) * ((lp - lq) - kl));
+            dq[(size_t)r * k + j] = (float)(exp(lq) - exp(lp));
+        }
+        total += kl;
+    }
+    total = block_sum(total, scratch);
+    if (threadIdx.x == 0) loss[0] = (float)(total / rows);
+}
+
+// dx = per-row gradient * dloss / rows: the backward pass of the losses above.
+extern "C" __global__ void loss_grad_scale_f32(float* __restrict__ dx, const float* __restrict__ per_row,
+                                               const float* __restrict__ dloss, int rows, int n) {
+    const float scale = dloss[0] / (float)rows;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        dx[i] = per_row[i] * scale;
+}

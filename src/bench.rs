@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::attack::pgd::input_gradient;
+use crate::attack::gradient::{AttackLoss, input_gradient};
 use crate::attack::step::pgd_step;
 use crate::attack::{BnMode, Norm};
 use crate::device::Device;
@@ -172,11 +172,14 @@ pub fn bench_pgd(
         steps: 10,
         bn: BnMode::Train,
         eval_subset: 0,
+        beta: None,
+        early_stop: false,
     };
     let cfg = attack.attack(0);
     let x = batch.images.clone();
     let attack_step = median_seconds(warmup, steps, || {
-        let (_, grad) = input_gradient(&model, &weights, &x, &labels, BnMode::Eval)?;
+        let (_, grad) =
+            input_gradient(&model, &weights, &x, &labels, BnMode::Eval, AttackLoss::CrossEntropy)?;
         // Reading the result back waits for the device, as the training step's checks do.
         pgd_step(&x, &grad, &x, cfg.alpha, cfg.eps, cfg.norm)?.to_host()?;
         Ok(())

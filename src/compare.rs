@@ -505,6 +505,7 @@ mod tests {
             zero_gradient: 0,
             predicted: vec![0; 100],
             adversarial: Vec::new(),
+            robust_after_stage: Vec::new(),
         };
         let sanity = SanityReport {
             eps_zero_accuracy: 0.5,

@@ -12,6 +12,7 @@ pub mod data;
 pub mod device;
 pub mod dir_lock;
 pub mod eval;
+pub mod eval_job;
 pub mod fault;
 pub mod gpu;
 pub mod input_file;

@@ -8,27 +8,26 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use mocse::atomic_file::write_atomic;
-use mocse::attack::evaluate::{
-    AdversarialReport, SANITY_IMAGES, attack_dataset, sanity_checks, save_adversarial,
-};
+use mocse::attack::apgd::INITIAL_STEP;
+use mocse::attack::evaluate::save_adversarial;
 use mocse::attack::{AttackKind, BnMode, Norm, PgdConfig, parse_pixel_amount};
 use mocse::bench::bench_train_step;
-use mocse::checkpoint::{self, MODEL_FILE};
+use mocse::checkpoint::MODEL_FILE;
 use mocse::compare::{
     Column, TableOptions, chart_data, default_labels, incomparabilities, read_report, read_robust_report,
     severity_chart_data, table1_markdown,
 };
 use mocse::corrupt::export::{CleanImages, ExportSettings, ImageInput, export};
 use mocse::corrupt::{CorruptionList, SEVERITIES, SeverityList};
+use mocse::data::DataSpec;
 use mocse::data::cifar10c::Cifar10C;
 use mocse::data::cifar10c::MANIFEST_FILE;
-use mocse::data::{DataSpec, Dataset, Split};
 use mocse::device::{Device, DeviceChoice};
 use mocse::dir_lock::{DirLock, LOCK_FILE};
-use mocse::eval::{EvalReport, RunDescription, count_correct_on};
+use mocse::eval::EvalReport;
+use mocse::eval_job::{EvalJob, EvalTarget};
 use mocse::input_file::files_in;
-use mocse::nn::model::{Model, ModelConfig, ModelKind};
-use mocse::nn::preact_resnet::Weights;
+use mocse::nn::model::{ModelConfig, ModelKind};
 use mocse::ops::aggregate::Aggregate;
 use mocse::ops::conv::{ConvImpl, set_conv_impl};
 use mocse::ops::sgd::SgdConfig;
@@ -38,7 +37,6 @@ use mocse::raster::{bar_chart_png, gallery_png, line_chart_png};
 use mocse::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions, report_value};
 use mocse::train::{
     AdversarialMethod, AdversarialTraining, SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, TrainingMode,
-    check_config_unchanged, read_config,
 };
 
 // Large tensors are allocated and freed every step; mimalloc keeps those pages mapped instead
@@ -156,24 +154,35 @@ struct RunSettings {
     #[arg(long, value_name = "K", conflicts_with = "resume")]
     save_every: Option<usize>,
     /// Adversarial training: pgd (the loss on PGD adversarial examples of every batch, Madry et
-    /// al.) or fgsm-rs (one step from a random start, Wong et al.) [default: standard training]
+    /// al.), trades (clean loss plus beta times the KL to the prediction on adversarial examples,
+    /// Zhang et al.) or fgsm-rs (one step from a random start, Wong et al.) [default: standard
+    /// training]
     #[arg(long, value_name = "METHOD", conflicts_with = "resume")]
     adv: Option<AdversarialMethod>,
     /// --adv: the perturbation bound, in pixel units of [0, 1] (a number or a fraction)
     #[arg(long, value_parser = pixel_amount, default_value = "8/255", requires = "adv", allow_hyphen_values = true, conflicts_with = "resume")]
     eps: f32,
-    /// --adv: the attack's step size [default: 2/255 for pgd, 1.25 eps for fgsm-rs]
+    /// --adv: the attack's step size [default: 2/255 for pgd, 0.007 for trades, 1.25 eps for fgsm-rs]
     #[arg(long, value_parser = pixel_amount, requires = "adv", allow_hyphen_values = true, conflicts_with = "resume")]
     alpha: Option<f32>,
-    /// --adv pgd: the attack's gradient steps [default: 10; fgsm-rs takes one]
+    /// --adv pgd, trades: the attack's gradient steps [default: 10; fgsm-rs takes one]
     #[arg(long, requires = "adv", conflicts_with = "resume")]
     steps: Option<usize>,
     /// --adv: the threat model, linf or l2
     #[arg(long, default_value = "linf", requires = "adv", conflicts_with = "resume")]
     norm: Norm,
-    /// --adv: batch norm while attacking: train (batch statistics, as Rice et al.) or eval
-    #[arg(long, default_value = "train", requires = "adv", conflicts_with = "resume")]
-    attack_bn: BnMode,
+    /// --adv: batch norm while attacking: train (batch statistics) or eval [default: train for pgd
+    /// and fgsm-rs, as Rice et al.; eval for trades, as Zhang et al.]
+    #[arg(long, requires = "adv", conflicts_with = "resume")]
+    attack_bn: Option<BnMode>,
+    /// --adv trades: the weight beta of the KL term [default: 6]
+    #[arg(long, requires = "adv", allow_hyphen_values = true, conflicts_with = "resume")]
+    beta: Option<f32>,
+    /// --adv fgsm-rs: stop when accuracy under PGD-5 on an epoch's first batch falls by more than
+    /// 0.2 from the epoch before (catastrophic overfitting, Wong et al.); the run keeps the model
+    /// of the epoch before
+    #[arg(long, requires = "adv", conflicts_with = "resume")]
+    early_stop: bool,
     /// --adv: after every epoch, robust accuracy under PGD-10 on the first N test images (0: never)
     #[arg(long, value_name = "N", default_value_t = 1000, requires = "adv", conflicts_with = "resume")]
     adv_eval_subset: usize,
@@ -267,18 +276,23 @@ struct EvalArgs {
 /// The attack of a robust evaluation.
 #[derive(Args)]
 struct AttackArgs {
-    /// Also evaluate under attack: pgd (projected gradient descent, Madry et al.)
+    /// Also evaluate under attack: pgd (projected gradient descent, Madry et al.); apgd-ce,
+    /// apgd-dlr or apgd-t (APGD on the cross-entropy, the difference-of-logits ratio, or the
+    /// targeted DLR towards each of the 9 runner-up classes; Croce & Hein); aa-lite (APGD-CE,
+    /// then APGD-T on the images still robust: AutoAttack without its black-box attacks)
     #[arg(long)]
     attack: Option<AttackKind>,
     /// The perturbation bound, in pixel units of [0, 1]: a number or a fraction such as 8/255
     #[arg(long, value_parser = pixel_amount, default_value = "8/255", requires = "attack", allow_hyphen_values = true)]
     eps: f32,
-    /// The step size [default: eps / 4]
+    /// pgd: the step size [default: eps / 4]. The APGD attacks set their own (2 eps, halved at
+    /// checkpoints)
     #[arg(long, value_parser = pixel_amount, requires = "attack", allow_hyphen_values = true)]
     alpha: Option<f32>,
-    /// Gradient steps per restart
-    #[arg(long, default_value_t = 20, requires = "attack")]
-    steps: usize,
+    /// Gradient steps per restart (per target class for apgd-t) [default: 20 for pgd, 100 for
+    /// the APGD attacks]
+    #[arg(long, requires = "attack")]
+    steps: Option<usize>,
     /// Restarts from independent random starts; an image counts as broken when any iterate of
     /// any restart is misclassified
     #[arg(long, default_value_t = 1, requires = "attack")]
@@ -507,21 +521,36 @@ fn new_run_config(a: &RunSettings) -> Result<TrainConfig> {
         mode: match a.adv {
             None => TrainingMode::Standard,
             Some(method) => {
-                let attack = |alpha: f32, steps: usize| AdversarialTraining {
+                let attack = |alpha: f32, steps: usize, bn: BnMode| AdversarialTraining {
                     norm: a.norm,
                     eps: a.eps,
                     alpha: a.alpha.unwrap_or(alpha),
                     steps,
-                    bn: a.attack_bn,
+                    bn: a.attack_bn.unwrap_or(bn),
                     eval_subset: a.adv_eval_subset,
+                    beta: None,
+                    early_stop: a.early_stop,
                 };
+                if a.beta.is_some() && method != AdversarialMethod::Trades {
+                    bail!("--beta applies to --adv trades only");
+                }
+                if a.early_stop && method != AdversarialMethod::FgsmRs {
+                    bail!("--early-stop applies to --adv fgsm-rs only");
+                }
+                let steps = a.steps.unwrap_or(10);
                 match method {
-                    AdversarialMethod::Pgd => TrainingMode::Pgd(attack(2.0 / 255.0, a.steps.unwrap_or(10))),
+                    AdversarialMethod::Pgd => TrainingMode::Pgd(attack(2.0 / 255.0, steps, BnMode::Train)),
+                    AdversarialMethod::Trades => TrainingMode::Trades(AdversarialTraining {
+                        beta: Some(a.beta.unwrap_or(6.0)),
+                        ..attack(0.007, steps, BnMode::Eval)
+                    }),
                     AdversarialMethod::FgsmRs => {
                         if a.steps.is_some() {
-                            bail!("--adv fgsm-rs takes a single step; --steps applies to --adv pgd");
+                            bail!(
+                                "--adv fgsm-rs takes a single step; --steps applies to --adv pgd and trades"
+                            );
                         }
-                        TrainingMode::FgsmRs(attack(1.25 * a.eps, 1))
+                        TrainingMode::FgsmRs(attack(1.25 * a.eps, 1, BnMode::Train))
                     }
                 }
             }
@@ -543,6 +572,10 @@ fn train(a: TrainArgs) -> Result<()> {
     } else {
         Trainer::create(new_run_config(&a.settings)?, &a.out, device)?
     };
+    if let Some(stop) = &trainer.early_stop {
+        eprintln!("{} already finished early ({}); nothing to do", a.out.display(), stop.describe());
+        return Ok(());
+    }
     if trainer.is_finished() {
         eprintln!("{} already finished all {} epochs; nothing to do", a.out.display(), trainer.config.epochs);
         return Ok(());
@@ -595,79 +628,19 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-/// What `eval` evaluates: a run's last checkpoint (`--run`) or a checkpoint file (`--checkpoint`).
-struct EvalTarget {
-    model: ModelConfig,
-    /// The run's settings, when there is a run (its data is the default test data).
-    run_config: Option<TrainConfig>,
-    /// The run directory holding `run_config`.
-    run_dir: Option<PathBuf>,
-    checkpoint: PathBuf,
-    /// How reports name it: the run directory, or the checkpoint file.
-    name: String,
-    /// Files an output must not replace.
-    inputs: Vec<PathBuf>,
-}
-
-impl EvalTarget {
-    fn resolve(a: &EvalArgs) -> Result<EvalTarget> {
-        if let Some(run) = &a.run {
-            let config = read_config(run)?;
-            return Ok(EvalTarget {
-                model: config.model,
-                run_config: Some(config),
-                run_dir: Some(run.clone()),
-                checkpoint: run.join(MODEL_FILE),
-                name: run.display().to_string(),
-                inputs: files_in(run),
-            });
-        }
-        let file = a.checkpoint.clone().context("give --run or --checkpoint")?;
-        let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-        let mut inputs = vec![file.clone()];
-        let beside = dir.join(mocse::train::CONFIG_FILE);
-        let (model, run_config, run_dir) = if beside.exists() {
-            if a.model.is_some() {
-                bail!(
-                    "{} describes the model of {}; leave out --model and its flags",
-                    beside.display(),
-                    file.display()
-                );
-            }
-            let config = read_config(&dir)?;
-            inputs.extend(files_in(&dir));
-            (config.model, Some(config), Some(dir))
-        } else {
-            let Some(kind) = a.model else {
-                bail!(
-                    "{} has no config.json beside it, so the model must be given: --model preact18 [--width W] or \
-                     --model mocse [--expert-width W] [--aggregate prob|logodds]",
-                    file.display()
-                );
-            };
-            (model_config(kind, a.width, a.expert_width, a.aggregate, None)?, None, None)
-        };
-        Ok(EvalTarget {
-            model,
-            run_config,
-            run_dir,
-            checkpoint: file.clone(),
-            name: file.display().to_string(),
-            inputs,
-        })
+/// What `eval` evaluates, from `--run` or `--checkpoint` and the model flags.
+fn eval_target(a: &EvalArgs) -> Result<EvalTarget> {
+    if let Some(run) = &a.run {
+        return EvalTarget::run(run);
     }
-
-    /// The checked weights, and the epoch when the file says (a run's own file always does). A
-    /// run's config.json must still be the one its checkpoint was trained with.
-    fn load(&self, model: &Model) -> Result<(Weights, Option<usize>)> {
-        let (weights, progress) = checkpoint::load_state_dict(&self.checkpoint, model.fused())
-            .with_context(|| format!("{} has no usable checkpoint", self.name))?;
-        let recorded = checkpoint::recorded_config(&self.checkpoint)?;
-        if let (Some(dir), Some(config), Some(recorded)) = (&self.run_dir, &self.run_config, recorded) {
-            check_config_unchanged(dir, config, &recorded, progress.map_or(0, |p| p.epoch))?;
-        }
-        Ok((weights, progress.map(|p| p.epoch)))
-    }
+    let file = a.checkpoint.as_deref().context("give --run or --checkpoint")?;
+    let model =
+        a.model.map(|kind| model_config(kind, a.width, a.expert_width, a.aggregate, None)).transpose()?;
+    EvalTarget::checkpoint_file(
+        file,
+        model,
+        "--model preact18 [--width W] or --model mocse [--expert-width W] [--aggregate prob|logodds]",
+    )
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
@@ -688,7 +661,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         bail!("--seed chooses generated corruptions; the files of --cifar10c are fixed");
     }
     let seed = a.seed.unwrap_or(0);
-    let target = EvalTarget::resolve(&a)?;
+    let target = eval_target(&a)?;
     // A CIFAR-10-C directory holds the corruptions and severities it holds: they are the
     // defaults, and severities it lacks are refused before any work.
     let files = a.cifar10c.as_deref().map(Cifar10C::open).transpose()?;
@@ -712,10 +685,9 @@ fn eval(a: EvalArgs) -> Result<()> {
         (None, Some(f)) => f.severities().to_vec(),
         (None, None) => SEVERITIES.collect(),
     };
-    let spec = match (&a.data, &target.run_config) {
-        (Some(d), _) => d.clone(),
-        (None, Some(config)) => config.data_spec()?,
-        (None, None) => DataSpec::Synthetic,
+    let spec = match &a.data {
+        Some(d) => d.clone(),
+        None => target.default_data()?,
     };
     let mut inputs = target.inputs.clone();
     inputs.extend(spec.files());
@@ -733,21 +705,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     if let Some(path) = &a.predictions {
         mocse::predictions::check_path(path)?;
     }
-    let model_config = target.model;
-    model_config
-        .check_fits(a.batch_size.min(a.test_subset.unwrap_or(mocse::data::SYNTHETIC_TEST_LEN)), device)?;
-    let model = Model::new(model_config);
-    let (weights, epoch) = target.load(&model)?;
-    let weights = weights.to_device(device)?;
-    let test = Dataset::load(&spec, Split::Test, a.test_subset, SYNTHETIC_SET_SEED)?;
-    let run = RunDescription {
-        model: model_config.kind.to_string(),
-        model_description: model_config.describe(),
-        run: target.name.clone(),
-        checkpoint_epoch: epoch,
-        data: spec.to_string(),
-        device: device.to_string(),
-    };
+    let job = EvalJob::load(&target, spec.clone(), a.test_subset, a.batch_size, device)?;
+    let (model_config, test, epoch) = (target.model, &job.test, job.epoch);
     let at_epoch = epoch.map_or_else(|| "epoch unknown".to_string(), |e| format!("epoch {e}"));
     let mut predictions = a
         .predictions
@@ -757,11 +716,15 @@ fn eval(a: EvalArgs) -> Result<()> {
         .attack
         .attack
         .map(|kind| {
+            if kind.is_apgd() && a.attack.alpha.is_some() {
+                bail!("--alpha is the step of pgd; {kind} sets its own (2 eps, halved at checkpoints)");
+            }
+            let first_step = if kind.is_apgd() { INITIAL_STEP * a.attack.eps } else { a.attack.eps / 4.0 };
             let settings = PgdConfig {
                 norm: a.attack.norm,
                 eps: a.attack.eps,
-                alpha: a.attack.alpha.unwrap_or(a.attack.eps / 4.0),
-                steps: a.attack.steps,
+                alpha: a.attack.alpha.unwrap_or(first_step),
+                steps: a.attack.steps.unwrap_or(kind.default_steps()),
                 restarts: a.attack.restarts,
                 random_start: !a.attack.no_random_start,
                 bn: a.attack.attack_bn,
@@ -779,10 +742,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             model_config.describe(),
             test.len()
         );
-        let bar = progress::bar(test.len() as u64, "images");
-        let correct =
-            count_correct_on(&model, &weights, &test, a.batch_size, Some(&bar), predictions.as_mut())?;
-        bar.finish_and_clear();
+        let correct = job.clean(a.batch_size, predictions.as_mut())?;
         println!(
             "clean accuracy: {:.2}% ({correct}/{} images)",
             100.0 * correct as f64 / test.len() as f64,
@@ -790,38 +750,18 @@ fn eval(a: EvalArgs) -> Result<()> {
         );
         let adversarial = match attack {
             Some((kind, settings)) => {
-                let bar = progress::bar(test.len() as u64, "images attacked");
                 let keep = a.attack.save_adversarial.is_some();
-                let counts = attack_dataset(
-                    &model,
-                    &weights,
-                    &test,
-                    test.len(),
-                    a.batch_size,
-                    &settings,
-                    keep,
-                    Some(&bar),
-                )?;
+                let (report, counts) = job.robust(kind, &settings, a.batch_size, correct, keep)?;
                 if let Some(path) = &a.attack.save_adversarial {
                     save_adversarial(path, &counts, &test.labels())?;
                     eprintln!("wrote the adversarial images to {}", path.display());
                 }
-                bar.finish_and_clear();
-                let subset = test.len().min(SANITY_IMAGES);
-                let bar = progress::bar((test.len() + 2 * subset) as u64, "images attacked (sanity checks)");
-                let sanity = sanity_checks(
-                    &model,
-                    &weights,
-                    &test,
-                    a.batch_size,
-                    &settings,
-                    &counts,
-                    correct,
-                    Some(&bar),
-                )?;
-                bar.finish_and_clear();
-                let report = AdversarialReport::new(kind, settings, &counts, sanity);
                 println!("{}", report.summary());
+                if !report.stages.is_empty() {
+                    let stages: Vec<String> =
+                        report.stages.iter().map(|c| format!("{} {}", c.stage, c.robust_images)).collect();
+                    println!("robust images after each stage: {}", stages.join(", "));
+                }
                 let s = &report.sanity;
                 println!(
                     "sanity: eps 0 gives {:.2}%; on the first {} images {} robust, {} at twice eps, {} at eps {}; {} zero input gradients",
@@ -841,7 +781,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             None => None,
         };
         let report = EvalReport {
-            run,
+            run: job.run.clone(),
             clean_accuracy: report_value(correct as f64 / test.len() as f64),
             num_images: test.len(),
             adversarial,
@@ -869,9 +809,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     mocse::corrupt::prepare(&corruptions)?;
     let bar = progress::bar((test.len() * passes) as u64, "image evaluations");
     let counts = evaluate_corruptions(
-        &model,
-        &weights,
-        &test,
+        &job.model,
+        &job.weights,
+        test,
         &corruptions,
         &severities,
         &source,
@@ -880,7 +820,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         predictions.as_mut(),
     )?;
     bar.finish_and_clear();
-    let report = CorruptionReport::new(run, described, &counts, &severities);
+    let report = CorruptionReport::new(job.run.clone(), described, &counts, &severities);
     print!("{}", report.to_markdown());
     if let Some(path) = &a.json {
         write_json(path, &report)?;

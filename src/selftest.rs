@@ -147,6 +147,17 @@ pub fn cases() -> Vec<Case> {
         case("expert_bce_with_logits", vec![random(&[3, 4, 2], 27, -3.0, 3.0)], |t, v| {
             t.expert_bce_with_logits(&v[0], &[1, 3, 0])
         }),
+        case("dlr_untargeted", vec![random(&[6, 10], 30, -3.0, 3.0)], |t, v| {
+            t.dlr_loss(&v[0], &[0, 4, 2, 9, 1, 3], None)
+        }),
+        case("dlr_targeted", vec![random(&[6, 10], 31, -3.0, 3.0)], |t, v| {
+            t.dlr_loss(&v[0], &[0, 4, 2, 9, 1, 3], Some(&[1, 5, 3, 0, 2, 7]))
+        }),
+        case(
+            "kl_divergence",
+            vec![random(&[5, 10], 32, -3.0, 3.0), random(&[5, 10], 33, -3.0, 3.0)],
+            |t, v| t.kl_divergence(&v[0], &v[1]),
+        ),
         case("aggregate_prob", vec![random(&[3, 5, 2], 28, -3.0, 3.0)], |t, v| {
             t.aggregate(&v[0], Aggregate::Prob)
         }),

@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::{append_line_synced, remove_stale_temporaries, write_atomic};
 use crate::attack::evaluate::attack_dataset;
-use crate::attack::pgd::pgd_examples;
-use crate::attack::{BnMode, Norm, PgdConfig};
+use crate::attack::gradient::AttackLoss;
+use crate::attack::pgd::{pgd, pgd_examples, start};
+use crate::attack::step::gaussian_start;
+use crate::attack::{AttackKind, BnMode, Norm, PgdConfig};
 use crate::autograd::{Tape, Var};
 use crate::checkpoint::{self, MODEL_FILE, Progress, RunRecord};
 use crate::data::{Augment, DataSpec, Dataset, Split, batches, epoch_order, make_batch};
@@ -31,6 +33,8 @@ use crate::tensor::Tensor;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const LOG_FILE: &str = "log.jsonl";
+/// Written when `--early-stop` ended a run: the run is finished at the epoch before.
+pub const EARLY_STOP_FILE: &str = "early-stop.json";
 
 /// Which synthetic set every run uses, so that runs with different seeds see the same data.
 pub const SYNTHETIC_SET_SEED: u64 = 0;
@@ -83,6 +87,11 @@ pub enum TrainingMode {
     /// Fast adversarial training (Wong et al. 2020): one signed-gradient step of `alpha`
     /// (1.25 eps by default) from a uniform random start, projected onto the eps-ball.
     FgsmRs(AdversarialTraining),
+    /// TRADES (Zhang et al. 2019): the criterion on the clean batch plus beta times the KL
+    /// divergence from the clean to the adversarial prediction (batch mean, the clean
+    /// prediction not detached); the adversarial examples maximise that KL by PGD from
+    /// x + 0.001 N(0, 1).
+    Trades(AdversarialTraining),
 }
 
 /// The attack that adversarial training trains against.
@@ -97,7 +106,19 @@ pub struct AdversarialTraining {
     pub bn: BnMode,
     /// Every epoch, robust accuracy under PGD-10 on the first N test images (0: never).
     pub eval_subset: usize,
+    /// TRADES: the weight of the KL term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f32>,
+    /// FGSM-RS: stop at catastrophic overfitting, when accuracy under PGD-5 on an epoch's first
+    /// batch falls by more than [`EARLY_STOP_DROP`] from the epoch before (Wong et al.).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub early_stop: bool,
 }
+
+/// The fall of first-batch PGD-5 accuracy that stops FGSM-RS training with `--early-stop`.
+pub const EARLY_STOP_DROP: f64 = 0.2;
+/// The standard deviation of TRADES's Gaussian start.
+pub const TRADES_START_SIGMA: f32 = 0.001;
 
 impl AdversarialTraining {
     /// The attack of epoch `epoch`'s batches; the random starts come from the run's seed.
@@ -119,6 +140,12 @@ impl AdversarialTraining {
     pub fn test_attack(&self, seed: u64) -> PgdConfig {
         PgdConfig { alpha: self.eps / 4.0, steps: 10, bn: BnMode::Eval, ..self.attack(seed) }
     }
+
+    /// The early-stopping check of FGSM-RS: PGD-5 of step 2/255 with the training attack's batch
+    /// norm (Wong et al.).
+    pub fn early_stop_attack(&self, seed: u64) -> PgdConfig {
+        PgdConfig { alpha: 2.0 / 255.0, steps: 5, ..self.attack(seed) }
+    }
 }
 
 /// The adversarial training methods `train --adv` offers.
@@ -126,6 +153,7 @@ impl AdversarialTraining {
 pub enum AdversarialMethod {
     Pgd,
     FgsmRs,
+    Trades,
 }
 
 impl std::str::FromStr for AdversarialMethod {
@@ -134,7 +162,8 @@ impl std::str::FromStr for AdversarialMethod {
         match s {
             "pgd" => Ok(AdversarialMethod::Pgd),
             "fgsm-rs" => Ok(AdversarialMethod::FgsmRs),
-            _ => Err(format!("unknown adversarial training '{s}'; expected pgd or fgsm-rs")),
+            "trades" => Ok(AdversarialMethod::Trades),
+            _ => Err(format!("unknown adversarial training '{s}'; expected pgd, trades or fgsm-rs")),
         }
     }
 }
@@ -147,17 +176,28 @@ impl TrainingMode {
     pub fn adversarial(&self) -> Option<&AdversarialTraining> {
         match self {
             TrainingMode::Standard => None,
-            TrainingMode::Pgd(a) | TrainingMode::FgsmRs(a) => Some(a),
+            TrainingMode::Pgd(a) | TrainingMode::FgsmRs(a) | TrainingMode::Trades(a) => Some(a),
         }
     }
 
     pub fn validate(&self) -> Result<()> {
-        if let Some(a) = self.adversarial() {
-            a.attack(0).validate()?;
-        }
+        let Some(a) = self.adversarial() else { return Ok(()) };
+        a.attack(0).validate()?;
         if let TrainingMode::FgsmRs(a) = self {
             ensure!(a.steps == 1, "fgsm-rs takes one step (got steps {})", a.steps);
         }
+        match (self, a.beta) {
+            (TrainingMode::Trades(_), Some(beta)) => {
+                ensure!(beta.is_finite() && beta >= 0.0, "--beta must be a number >= 0, got {beta}")
+            }
+            (TrainingMode::Trades(_), None) => bail!("trades needs its --beta"),
+            (_, Some(_)) => bail!("--beta applies to --adv trades only"),
+            (_, None) => {}
+        }
+        ensure!(
+            !a.early_stop || matches!(self, TrainingMode::FgsmRs(_)),
+            "--early-stop applies to --adv fgsm-rs only"
+        );
         Ok(())
     }
 
@@ -176,23 +216,46 @@ impl TrainingMode {
         batch: &TrainBatch,
         seed: u64,
     ) -> Result<(Var, Var)> {
-        let images = match self {
-            TrainingMode::Standard => batch.images.clone(),
-            TrainingMode::Pgd(a) | TrainingMode::FgsmRs(a) => pgd_examples(
-                model,
-                weights,
-                &batch.images,
-                &batch.labels,
-                &batch.index,
-                &a.attack(seed),
-                batch.epoch,
-            )?,
+        let (images, labels) = (&batch.images, &batch.labels[..]);
+        let adversarial = match self {
+            TrainingMode::Standard => images.clone(),
+            TrainingMode::Pgd(a) | TrainingMode::FgsmRs(a) => {
+                let cfg = a.attack(seed);
+                let x_start = start(images, &batch.index, &cfg, batch.epoch)?;
+                pgd_examples(model, weights, images, x_start, labels, &cfg, AttackLoss::CrossEntropy)?
+            }
+            TrainingMode::Trades(a) => {
+                let cfg = a.attack(seed);
+                // The KL from the clean prediction in the attack's batch-norm mode (evaluation by
+                // default, as Zhang et al.), a constant while attacking.
+                let no_grad = Tape::no_grad();
+                let constants: Vec<Var> = weights.params.iter().map(|p| Var::constant(p.clone())).collect();
+                let x = no_grad.leaf(images.clone(), false);
+                let train_bn = cfg.bn == BnMode::Train;
+                let out = model.forward(&no_grad, &constants, &mut weights.buffers.clone(), &x, train_bn)?;
+                let clean = model.scores(&no_grad, &out)?.value().clone();
+                let x_start = gaussian_start(images, &batch.index, TRADES_START_SIGMA, seed, batch.epoch)?;
+                pgd_examples(model, weights, images, x_start, labels, &cfg, AttackLoss::Kl(&clean))?
+            }
         };
-        let x = tape.leaf(images, false);
-        let out = model.forward(tape, params, buffers, &x, true)?;
-        let scores = model.scores(tape, &out)?;
-        let loss = model.loss(tape, &out, &batch.labels)?;
-        Ok((loss, scores))
+        let forward = |buffers: &mut [Tensor], images: Tensor| -> Result<Var> {
+            model.forward(tape, params, buffers, &tape.leaf(images, false), true)
+        };
+        match self {
+            TrainingMode::Trades(a) => {
+                let clean_out = forward(buffers, images.clone())?;
+                let natural = model.loss(tape, &clean_out, labels)?;
+                let clean_scores = model.scores(tape, &clean_out)?;
+                let adv_scores = model.scores(tape, &forward(buffers, adversarial)?)?;
+                let robust = tape.kl_divergence(&clean_scores, &adv_scores)?;
+                let beta = a.beta.context("trades needs its beta")?;
+                Ok((tape.add(&natural, &tape.scale(&robust, beta)?)?, adv_scores))
+            }
+            _ => {
+                let out = forward(buffers, adversarial)?;
+                Ok((model.loss(tape, &out, labels)?, model.scores(tape, &out)?))
+            }
+        }
     }
 }
 
@@ -301,6 +364,42 @@ pub struct EpochLog {
     /// train accuracy is then on the batches' adversarial examples).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub robust_test_accuracy: Option<f64>,
+    /// FGSM-RS with `--early-stop`: accuracy under PGD-5 on the epoch's first training batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_batch_robust_accuracy: Option<f64>,
+}
+
+/// Why and where `--early-stop` ended a run (RUN_DIR/early-stop.json).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStop {
+    /// The epoch whose training overfitted; its weights were not kept.
+    pub epoch: usize,
+    pub first_batch_robust_accuracy: f64,
+    pub previous_first_batch_robust_accuracy: f64,
+    /// The epoch whose model the run keeps (model.safetensors).
+    pub kept_epoch: usize,
+}
+
+impl EarlyStop {
+    pub fn describe(&self) -> String {
+        format!(
+            "catastrophic overfitting in epoch {}: PGD-5 accuracy on the epoch's first batch fell from {:.2}% to \
+             {:.2}%; training stopped, and the run keeps epoch {}'s model",
+            self.epoch,
+            100.0 * self.previous_first_batch_robust_accuracy,
+            100.0 * self.first_batch_robust_accuracy,
+            self.kept_epoch
+        )
+    }
+
+    fn read(run_dir: &Path) -> Result<Option<EarlyStop>> {
+        let path = run_dir.join(EARLY_STOP_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = read_text(&path, "early-stop record")?;
+        Ok(Some(serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?))
+    }
 }
 
 /// Loads the split a config names, with the config's subset.
@@ -331,6 +430,8 @@ pub struct Trainer {
     pub weights: Weights,
     velocity: Vec<Tensor>,
     pub progress: Progress,
+    /// Set when `--early-stop` ended the run.
+    pub early_stop: Option<EarlyStop>,
     train: Dataset,
     test: Dataset,
     _lock: DirLock,
@@ -405,6 +506,7 @@ impl Trainer {
             weights,
             velocity,
             progress: Progress { epoch: 0, step: 0 },
+            early_stop: None,
             train,
             test,
             _lock: lock,
@@ -458,6 +560,7 @@ impl Trainer {
             weights: saved.weights.to_device(device)?,
             velocity: saved.velocity.iter().map(|v| v.to_device(device)).collect::<Result<Vec<_>>>()?,
             progress: saved.progress,
+            early_stop: EarlyStop::read(run_dir)?,
             train,
             test,
             _lock: lock,
@@ -469,7 +572,7 @@ impl Trainer {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.progress.epoch >= self.config.epochs
+        self.progress.epoch >= self.config.epochs || self.early_stop.is_some()
     }
 
     /// What a failure now leaves behind, for messages.
@@ -510,8 +613,9 @@ impl Trainer {
     }
 
     /// Trains one epoch, evaluates, logs and checkpoints; with `show_progress`, a progress bar
-    /// (log lines without a terminal) while it runs.
-    pub fn run_epoch(&mut self, show_progress: bool) -> Result<EpochLog> {
+    /// (log lines without a terminal) while it runs. None when `--early-stop` found the epoch
+    /// overfitted: then nothing of it is kept and the run is finished.
+    pub fn run_epoch(&mut self, show_progress: bool) -> Result<Option<EpochLog>> {
         let epoch = self.progress.epoch;
         let (epochs, spe) = (self.config.epochs, self.steps_per_epoch());
         let augment = self.config.augment()?;
@@ -525,6 +629,7 @@ impl Trainer {
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut lr = self.config.lr;
+        let mut first_batch: Option<(Tensor, Vec<u32>, Vec<u32>)> = None;
         for idx in batches(&order, self.config.batch_size) {
             lr = self.config.schedule.lr(self.config.lr, epoch, self.progress.step, epochs, spe);
             let batch = make_batch(&self.train, idx, augment, self.config.seed, epoch as u64);
@@ -534,6 +639,9 @@ impl Trainer {
                 index: idx.iter().map(|&i| i as u32).collect(),
                 epoch: epoch as u32,
             };
+            if first_batch.is_none() {
+                first_batch = Some((batch.images.clone(), batch.labels.clone(), batch.index.clone()));
+            }
             let (loss, c) = self.step(&batch, lr)?;
             loss_sum += loss as f64 * idx.len() as f64;
             correct += c;
@@ -567,6 +675,7 @@ impl Trainer {
                     &self.test,
                     n,
                     batch_size,
+                    AttackKind::Pgd,
                     &attack,
                     false,
                     None,
@@ -575,7 +684,33 @@ impl Trainer {
             }
             _ => None,
         };
+        // Early stopping (Wong et al.): PGD-5 on the epoch's first batch, with this epoch's weights.
+        let first_batch_robust_accuracy = match (self.config.mode.adversarial(), &first_batch) {
+            (Some(adv), Some((images, labels, index))) if adv.early_stop => {
+                let attack = adv.early_stop_attack(self.config.seed);
+                let outcome = pgd(&self.model, &self.weights, images, labels, index, &attack)?;
+                Some(outcome.robust.iter().filter(|&&r| r).count() as f64 / labels.len() as f64)
+            }
+            _ => None,
+        };
         bar.finish_and_clear();
+        let previous = read_log(&self.run_dir)?.last().and_then(|e| e.first_batch_robust_accuracy);
+        if let (Some(now), Some(before)) = (first_batch_robust_accuracy, previous)
+            && now - before < -EARLY_STOP_DROP
+        {
+            let stop = EarlyStop {
+                epoch: epoch + 1,
+                first_batch_robust_accuracy: now,
+                previous_first_batch_robust_accuracy: before,
+                kept_epoch: epoch,
+            };
+            write_atomic(
+                &self.run_dir.join(EARLY_STOP_FILE),
+                serde_json::to_string_pretty(&stop)?.as_bytes(),
+            )?;
+            self.early_stop = Some(stop);
+            return Ok(None);
+        }
         let entry = EpochLog {
             epoch: epoch + 1,
             train_loss: loss_sum / seen.max(1) as f64,
@@ -585,6 +720,7 @@ impl Trainer {
             seconds: Some(start.elapsed().as_secs_f64()),
             images_per_s: Some(seen as f64 / train_seconds),
             robust_test_accuracy,
+            first_batch_robust_accuracy,
         };
         // Whether this epoch is the most robust so far, against the earlier lines of the log
         // (read before this epoch's line is appended; only adversarial runs have such lines).
@@ -610,7 +746,7 @@ impl Trainer {
         if self.config.save_every.is_some_and(|k| self.progress.epoch.is_multiple_of(k)) {
             checkpoint::keep_epoch(&self.run_dir, self.progress.epoch)?;
         }
-        Ok(entry)
+        Ok(Some(entry))
     }
 
     /// The log line first, then the checkpoint (which carries the line too): a crash in between
@@ -644,7 +780,12 @@ impl Trainer {
         let stop_at =
             max_epochs.map_or(self.config.epochs, |m| (self.progress.epoch + m).min(self.config.epochs));
         while self.progress.epoch < stop_at {
-            let e = self.run_epoch(show_progress)?;
+            let Some(e) = self.run_epoch(show_progress)? else {
+                if let Some(stop) = &self.early_stop {
+                    eprintln!("{}", stop.describe());
+                }
+                break;
+            };
             if show_progress {
                 eprintln!(
                     "epoch {}/{}: train loss {:.4}, train accuracy {:.2}%, test accuracy {:.2}%, lr {:.5}, {:.1} s, {:.0} images/s",
@@ -660,6 +801,14 @@ impl Trainer {
                 if let Some(r) = e.robust_test_accuracy {
                     eprintln!(
                         "epoch {}/{}: robust test accuracy (PGD-10) {:.2}%",
+                        e.epoch,
+                        self.config.epochs,
+                        100.0 * r
+                    );
+                }
+                if let Some(r) = e.first_batch_robust_accuracy {
+                    eprintln!(
+                        "epoch {}/{}: PGD-5 accuracy on the epoch's first batch (early stopping) {:.2}%",
                         e.epoch,
                         self.config.epochs,
                         100.0 * r

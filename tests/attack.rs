@@ -1,15 +1,19 @@
-//! Attacks: the device step and random start against the cpu twins (the same test body on every
-//! kernel device), the eps-ball and [0, 1] as properties, input gradients against finite
-//! differences, no weight gradients while attacking, and PGD's accuracy behaving as it must on
-//! a trained model (eps 0 gives the clean accuracy, more eps or steps never help, the batch
-//! split does not matter).
+//! Attacks: the device steps, random starts and select against the cpu twins (the same test
+//! body on every kernel device), the eps-ball and [0, 1] as properties, input gradients of every
+//! attacked loss against finite differences, no weight gradients while attacking, and PGD's and
+//! APGD's accuracy behaving as they must on a trained model (eps 0 gives the clean accuracy,
+//! more eps or steps never help, the batch split does not matter, aa-lite at or below its
+//! first stage).
 
 mod common;
 
 use common::{assert_clean_failure, kernel_devices, mocse};
-use mocse::attack::pgd::{input_gradient, pgd};
-use mocse::attack::step::{pgd_step, random_start};
-use mocse::attack::{BnMode, Norm, PgdConfig};
+use mocse::attack::apgd::{ApgdLoss, apgd};
+use mocse::attack::evaluate::attack_dataset;
+use mocse::attack::gradient::{AttackLoss, input_gradient};
+use mocse::attack::pgd::pgd;
+use mocse::attack::step::{apgd_step, gaussian_start, pgd_step, random_start, select_images};
+use mocse::attack::{AttackKind, BnMode, Norm, PgdConfig};
 use mocse::data::{Augment, DataSpec, Dataset, Split, make_batch};
 use mocse::device::Device;
 use mocse::eval::class_scores;
@@ -81,7 +85,54 @@ fn steps_and_starts_stay_in_the_ball_and_equal_the_cpu_twin_on_every_device() {
                 let d = max_difference(&kernel, &start);
                 assert!(d <= 1e-6, "{device} {norm} eps {eps} random start: {d}");
             }
+            // APGD: a step size per image (one of them zero) and momentum, from two iterates.
+            let steps = [2.0 * eps, eps, 0.0, 0.5 * eps + 0.01, 3.0 * eps];
+            let mut prev = start.clone();
+            let mut adv = random_start(&x, &index, eps, norm, 12, 0).unwrap();
+            for step in 0..3 {
+                let grad = uniform(&shape, 500 * case + step, -1.0, 1.0);
+                let momentum = if step == 0 { 1.0 } else { 0.75 };
+                let next = apgd_step(&adv, &prev, &grad, &x, &steps, momentum, eps, norm).unwrap();
+                assert_in_ball(&next, &x, eps, norm, &format!("{norm} apgd step {step} eps {eps}"));
+                for device in kernel_devices() {
+                    let on = |t: &Tensor| t.to_device(device).unwrap();
+                    let kernel =
+                        apgd_step(&on(&adv), &on(&prev), &on(&grad), &on(&x), &steps, momentum, eps, norm)
+                            .unwrap();
+                    let d = max_difference(&kernel, &next);
+                    assert!(d <= 1e-6, "{device} {norm} eps {eps} apgd step {step}: {d}");
+                }
+                prev = std::mem::replace(&mut adv, next);
+            }
         }
+    }
+    // With momentum 1, an APGD step of step size alpha is a PGD step.
+    let x = uniform(&shape, 900, 0.0, 1.0);
+    let grad = uniform(&shape, 901, -1.0, 1.0);
+    for (norm, eps) in [(Norm::Linf, 8.0 / 255.0), (Norm::L2, 0.5)] {
+        let adv = random_start(&x, &index, eps, norm, 3, 0).unwrap();
+        let pgd_next = pgd_step(&adv, &grad, &x, eps / 3.0, eps, norm).unwrap();
+        let apgd_next = apgd_step(&adv, &x, &grad, &x, &[eps / 3.0; 5], 1.0, eps, norm).unwrap();
+        assert!(max_difference(&pgd_next, &apgd_next) <= 1e-6, "{norm}");
+    }
+    // The select and the Gaussian start (TRADES) equal their twins.
+    let (a, b) = (uniform(&shape, 902, 0.0, 1.0), uniform(&shape, 903, 0.0, 1.0));
+    let take = [true, false, false, true, true];
+    let picked = select_images(&take, &a, &b).unwrap();
+    for (i, &t) in take.iter().enumerate() {
+        let want = if t { &a } else { &b };
+        assert_eq!(picked.as_slice()[i * 3072..(i + 1) * 3072], want.as_slice()[i * 3072..(i + 1) * 3072]);
+    }
+    let gaussian = gaussian_start(&x, &index, 0.001, 5, 1).unwrap();
+    let noise: Vec<f64> = gaussian.as_slice().iter().zip(x.as_slice()).map(|(g, v)| (g - v) as f64).collect();
+    let std = (noise.iter().map(|d| d * d).sum::<f64>() / noise.len() as f64).sqrt();
+    assert!((0.0009..0.0011).contains(&std), "Gaussian start of std 0.001 has std {std}");
+    for device in kernel_devices() {
+        let on = |t: &Tensor| t.to_device(device).unwrap();
+        let d = max_difference(&select_images(&take, &on(&a), &on(&b)).unwrap(), &picked);
+        assert_eq!(d, 0.0, "{device} select");
+        let d = max_difference(&gaussian_start(&on(&x), &index, 0.001, 5, 1).unwrap(), &gaussian);
+        assert!(d <= 1e-6, "{device} Gaussian start: {d}");
     }
 }
 
@@ -122,18 +173,13 @@ fn tiny_model(kind: ModelKind, aggregate: Aggregate, seed: u64) -> (Model, Weigh
 
 /// The summed cross-entropy of the class scores, in f64.
 fn summed_loss(model: &Model, weights: &Weights, images: &Tensor, labels: &[u32]) -> f64 {
+    summed(model, weights, images, labels, AttackLoss::CrossEntropy)
+}
+
+/// An attacked loss summed over the images, in f64 from the class scores.
+fn summed(model: &Model, weights: &Weights, images: &Tensor, labels: &[u32], loss: AttackLoss) -> f64 {
     let scores = class_scores(model, weights, images.clone()).unwrap();
-    let k = scores.shape()[1];
-    scores
-        .as_slice()
-        .chunks(k)
-        .zip(labels)
-        .map(|(row, &y)| {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) as f64;
-            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-            lse - row[y as usize] as f64
-        })
-        .sum()
+    loss.per_image(scores.as_slice(), labels).unwrap().iter().sum()
 }
 
 #[test]
@@ -146,43 +192,62 @@ fn input_gradients_of_both_models_match_finite_differences_and_form_no_weight_gr
     ] {
         let (model, weights) = tiny_model(kind, aggregate, 3);
         let x = uniform(&[2, 32, 32, 3], 21, 0.2, 0.8);
-        let before = mocse::ops::conv::backward_weight_calls();
-        let (_, grad) = input_gradient(&model, &weights, &x, &labels, BnMode::Eval).unwrap();
-        assert_eq!(mocse::ops::conv::backward_weight_calls(), before, "{kind}: a weight gradient was formed");
-        // Directional derivatives, central differences, along directions that mix the gradient
-        // with noise (a purely random direction in 6,144 dimensions sees a tiny derivative that
-        // f32 rounding drowns).
-        let g = grad.as_slice();
-        let g_max = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        for dir_seed in 0..3 {
-            let noise = uniform(&[2, 32, 32, 3], 300 + dir_seed, -1.0, 1.0);
-            let direction = Tensor::from_vec(
-                x.shape(),
-                g.iter().zip(noise.as_slice()).map(|(g, n)| g / g_max + 0.5 * n).collect(),
+        // A clean prediction far from the model's on x, so that the KL has a gradient well above
+        // the rounding of the scores (a random network predicts nearly the same everywhere).
+        let clean = Tensor::from_vec(&[2, 10], (0..20).map(|i| if i % 7 == 0 { 4.0 } else { 0.0 }).collect());
+        for loss in [
+            AttackLoss::CrossEntropy,
+            AttackLoss::Dlr,
+            AttackLoss::DlrTargeted(&[5, 0]),
+            AttackLoss::Kl(&clean),
+        ] {
+            let before = mocse::ops::conv::backward_weight_calls();
+            let (_, grad) = input_gradient(&model, &weights, &x, &labels, BnMode::Eval, loss).unwrap();
+            assert_eq!(
+                mocse::ops::conv::backward_weight_calls(),
+                before,
+                "{kind}: a weight gradient was formed"
             );
-            let h = 1e-3f32;
-            let shifted = |s: f32| {
-                Tensor::from_vec(
+            // Directional derivatives, central differences, along directions that mix the gradient
+            // with noise (a purely random direction in 6,144 dimensions sees a tiny derivative that
+            // f32 rounding drowns).
+            let g = grad.as_slice();
+            let g_max = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for dir_seed in 0..3 {
+                let noise = uniform(&[2, 32, 32, 3], 300 + dir_seed, -1.0, 1.0);
+                let direction = Tensor::from_vec(
                     x.shape(),
-                    x.as_slice().iter().zip(direction.as_slice()).map(|(a, d)| a + s * d).collect(),
-                )
-            };
-            let numeric = (summed_loss(&model, &weights, &shifted(h), &labels)
-                - summed_loss(&model, &weights, &shifted(-h), &labels))
-                / (2.0 * h as f64);
-            let analytic: f64 =
-                grad.as_slice().iter().zip(direction.as_slice()).map(|(g, d)| (g * d) as f64).sum();
-            let scale = numeric.abs().max(analytic.abs()).max(1e-3);
-            assert!(
-                (numeric - analytic).abs() / scale < 2e-2,
-                "{kind} {aggregate}: finite difference {numeric} vs gradient {analytic}"
-            );
+                    g.iter().zip(noise.as_slice()).map(|(g, n)| g / g_max + 0.5 * n).collect(),
+                );
+                // DLR's ratio of score differences curves sharply where the scores are close (a
+                // random MoCSE's probabilities are): a shorter step.
+                let h = match loss {
+                    AttackLoss::Dlr | AttackLoss::DlrTargeted(_) => 1e-4f32,
+                    AttackLoss::CrossEntropy | AttackLoss::Kl(_) => 1e-3,
+                };
+                let shifted = |s: f32| {
+                    Tensor::from_vec(
+                        x.shape(),
+                        x.as_slice().iter().zip(direction.as_slice()).map(|(a, d)| a + s * d).collect(),
+                    )
+                };
+                let numeric = (summed(&model, &weights, &shifted(h), &labels, loss)
+                    - summed(&model, &weights, &shifted(-h), &labels, loss))
+                    / (2.0 * h as f64);
+                let analytic: f64 =
+                    grad.as_slice().iter().zip(direction.as_slice()).map(|(g, d)| (g * d) as f64).sum();
+                let scale = numeric.abs().max(analytic.abs()).max(1e-3);
+                assert!(
+                    (numeric - analytic).abs() / scale < 2e-2,
+                    "{kind} {aggregate} {loss:?}: finite difference {numeric} vs gradient {analytic}"
+                );
+            }
         }
     }
 }
 
 /// A preact18 of width 4 trained for 2 epochs on 2,000 synthetic images, and 64 test images.
-fn trained() -> (Model, Weights, Vec<f32>, Vec<u32>) {
+fn trained() -> (Model, Weights, Dataset, Vec<f32>, Vec<u32>) {
     use mocse::ops::sgd::SgdConfig;
     use mocse::train::{Schedule, TrainConfig, Trainer};
     let config = TrainConfig {
@@ -215,12 +280,12 @@ fn trained() -> (Model, Weights, Vec<f32>, Vec<u32>) {
     let test =
         Dataset::load(&DataSpec::Synthetic, Split::Test, Some(64), mocse::train::SYNTHETIC_SET_SEED).unwrap();
     let batch = make_batch(&test, &(0..64).collect::<Vec<_>>(), Augment::None, 0, 0);
-    (model, weights, batch.images, batch.labels)
+    (model, weights, test, batch.images, batch.labels)
 }
 
 #[test]
-fn pgd_accuracy_behaves_as_an_attack_must() {
-    let (model, weights, images, labels) = trained();
+fn pgd_and_apgd_accuracy_behave_as_attacks_must() {
+    let (model, weights, test, images, labels) = trained();
     let x = Tensor::from_vec(&[64, 32, 32, 3], images);
     let index: Vec<u32> = (0..64).collect();
     let clean = labels
@@ -280,6 +345,77 @@ fn pgd_accuracy_behaves_as_an_attack_must() {
         let on = weights.to_device(device).unwrap();
         let there = pgd(&model, &on, &x.to_device(device).unwrap(), &labels, &index, &eps).unwrap();
         assert_eq!(there.robust, whole.robust, "{device}");
+    }
+
+    // APGD with each loss: eps 0 gives the clean accuracy, more eps never helps, no weight
+    // gradient, every iterate in the ball.
+    let apgd_robust = |cfg: &PgdConfig, loss: ApgdLoss| -> usize {
+        let before = mocse::ops::conv::backward_weight_calls();
+        let out = apgd(&model, &weights, &x, &labels, &index, cfg, loss).unwrap();
+        assert_eq!(mocse::ops::conv::backward_weight_calls(), before, "APGD formed a weight gradient");
+        assert_in_ball(&Tensor::from_vec(x.shape(), out.adversarial.clone()), &x, cfg.eps, cfg.norm, "apgd");
+        out.robust.iter().filter(|&&r| r).count()
+    };
+    let apgd_cfg = PgdConfig { alpha: 2.0 * base.eps.max(1e-3), ..base };
+    for loss in [ApgdLoss::CrossEntropy, ApgdLoss::Dlr, ApgdLoss::DlrTargeted { rank: 1 }] {
+        assert_eq!(apgd_robust(&apgd_cfg, loss), clean, "{loss:?}: eps 0 must give the clean accuracy");
+        let mut last = clean;
+        for eps in [2.0f32, 4.0, 8.0] {
+            let r = apgd_robust(&PgdConfig { eps: eps / 255.0, ..apgd_cfg }, loss);
+            println!("{loss:?} eps {eps}/255: {r}/64 robust");
+            assert!(r <= last, "{loss:?}: accuracy rose from {last} to {r} at eps {eps}/255");
+            last = r;
+        }
+    }
+    // aa-lite: the batch size does not matter, it ends at or below its first stage (APGD-CE)
+    // and, measured here, at or below PGD of as many steps.
+    let cfg = PgdConfig { eps: 4.0 / 255.0, steps: 10, ..base };
+    let aa = |batch: usize| {
+        attack_dataset(&model, &weights, &test, 64, batch, AttackKind::AaLite, &cfg, true, None)
+    };
+    let (aa64, aa10) = (aa(64).unwrap(), aa(10).unwrap());
+    assert_eq!(aa64.robust_flags, aa10.robust_flags);
+    assert_eq!(aa64.adversarial, aa10.adversarial);
+    assert_eq!(aa64.robust_after_stage.len(), 10, "APGD-CE and 9 targets: {:?}", aa64.robust_after_stage);
+    let stages: Vec<usize> = aa64.robust_after_stage.iter().map(|s| s.robust_images).collect();
+    assert!(stages.windows(2).all(|w| w[1] <= w[0]) && aa64.robust == stages[9], "{stages:?}");
+    let pgd10 = attack_dataset(
+        &model,
+        &weights,
+        &test,
+        64,
+        64,
+        AttackKind::Pgd,
+        &PgdConfig { alpha: 1.0 / 255.0, ..cfg },
+        false,
+        None,
+    )
+    .unwrap();
+    println!("eps 4/255, 10 steps: PGD {} robust, aa-lite {} ({stages:?}) of 64", pgd10.robust, aa64.robust);
+    assert!(aa64.robust <= pgd10.robust, "aa-lite {} above PGD {}", aa64.robust, pgd10.robust);
+    // The saved aa-lite images are misclassified exactly where the attack says so.
+    let adv = Tensor::from_vec(x.shape(), aa64.adversarial.clone());
+    let predicted =
+        mocse::ops::loss::predicted_classes(&class_scores(&model, &weights, adv).unwrap()).unwrap();
+    assert_eq!(predicted, aa64.predicted);
+    let correct: Vec<bool> = predicted.iter().zip(&labels).map(|(p, y)| p == y).collect();
+    assert_eq!(correct, aa64.robust_flags);
+    // APGD-T on the kernel devices equals the cpu device (16 images: the emulator is slow).
+    let few = Tensor::from_vec(&[16, 32, 32, 3], x.as_slice()[..16 * 3072].to_vec());
+    let cfg = PgdConfig { steps: 4, ..cfg };
+    let here =
+        apgd(&model, &weights, &few, &labels[..16], &index[..16], &cfg, ApgdLoss::DlrTargeted { rank: 1 })
+            .unwrap();
+    for device in kernel_devices() {
+        let on = weights.to_device(device).unwrap();
+        let few = few.to_device(device).unwrap();
+        let there =
+            apgd(&model, &on, &few, &labels[..16], &index[..16], &cfg, ApgdLoss::DlrTargeted { rank: 1 })
+                .unwrap();
+        assert_eq!(there.robust, here.robust, "{device}");
+        let d =
+            here.adversarial.iter().zip(&there.adversarial).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(d <= 1e-4, "{device}: APGD-T iterates differ by {d}");
     }
 }
 
@@ -349,6 +485,8 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
     assert_clean_failure(&eval(&["--attack", "pgd", "--alpha", "0"]), "--alpha must be above 0");
     assert_clean_failure(&eval(&["--attack", "pgd", "--eps", "8/0"]), "division by zero");
     assert_clean_failure(&eval(&["--attack", "fgsm"]), "unknown attack 'fgsm'");
+    assert_clean_failure(&eval(&["--attack", "apgd-ce", "--alpha", "1/255"]), "sets its own");
+    assert_clean_failure(&eval(&["--attack", "aa-lite", "--steps", "0"]), "--steps must be at least 1");
     assert_clean_failure(&eval(&["--attack", "pgd", "--norm", "l1"]), "unknown norm 'l1'");
     assert_clean_failure(&eval(&["--eps", "0.1"]), "--attack");
     assert_clean_failure(&eval(&["--attack", "pgd", "--corruptions", "fog"]), "separate runs");

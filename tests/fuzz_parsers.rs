@@ -390,13 +390,15 @@ fn run_config_and_log() {
         schedule: mocse::train::Schedule::Cosine,
         seed: 1,
         save_every: Some(2),
-        mode: mocse::train::TrainingMode::Pgd(mocse::train::AdversarialTraining {
+        mode: mocse::train::TrainingMode::Trades(mocse::train::AdversarialTraining {
             norm: mocse::attack::Norm::Linf,
             eps: 8.0 / 255.0,
-            alpha: 2.0 / 255.0,
+            alpha: 0.007,
             steps: 10,
-            bn: mocse::attack::BnMode::Train,
+            bn: mocse::attack::BnMode::Eval,
             eval_subset: 1000,
+            beta: Some(6.0),
+            early_stop: false,
         }),
         created_by: "mocse fuzz".into(),
     };

@@ -4,9 +4,10 @@ use anyhow::Result;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
+use crate::attack::apgd::{ApgdLoss, TARGET_CLASSES, apgd};
 use crate::attack::pgd::pgd;
 use crate::attack::{AttackKind, Norm, PgdConfig};
-use crate::data::{Augment, Dataset, IMAGE_LEN, batches, epoch_order, make_batch};
+use crate::data::{Augment, Dataset, IMAGE_LEN, batches, make_batch};
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
 use crate::robustness::report_value;
@@ -16,22 +17,64 @@ use crate::tensor::Tensor;
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttackCounts {
     pub num_images: usize,
-    /// Per image: withstood every iterate of every restart (and was classified correctly
-    /// without attack).
+    /// Per image: withstood every iterate of every restart of every stage (and was classified
+    /// correctly without attack).
     pub robust_flags: Vec<bool>,
     pub robust: usize,
-    /// Images whose input gradient was exactly zero at the first step.
+    /// Images whose input gradient was exactly zero at the first step of the first stage.
     pub zero_gradient: usize,
     /// Per image: the class predicted for its adversarial version.
     pub predicted: Vec<u32>,
     /// With `keep_images`: the adversarial images, [N, 32, 32, 3] in [0, 1] (see
-    /// [`crate::attack::pgd::AttackOutcome::adversarial`]); empty otherwise.
+    /// [`crate::attack::outcome::AttackOutcome::adversarial`]); empty otherwise.
     pub adversarial: Vec<f32>,
+    /// Robust images after each stage of the attack (one stage for PGD, APGD-CE and APGD-DLR;
+    /// a stage per target class for APGD-T; APGD-CE then each target for aa-lite).
+    pub robust_after_stage: Vec<StageCount>,
 }
 
-/// Attacks the first `count` images of `data`, `batch_size` at a time; an image's random
-/// start is keyed by its index in `data`, so the result does not depend on the batch size.
-/// `keep_images` keeps the adversarial images.
+/// Images still robust after one stage of an attack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageCount {
+    pub stage: String,
+    pub robust_images: usize,
+}
+
+/// One attack on a set of images: PGD, or APGD with one loss.
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    Pgd,
+    Apgd(ApgdLoss),
+}
+
+impl Stage {
+    fn name(self) -> String {
+        match self {
+            Stage::Pgd => "pgd".into(),
+            Stage::Apgd(ApgdLoss::CrossEntropy) => "apgd-ce".into(),
+            Stage::Apgd(ApgdLoss::Dlr) => "apgd-dlr".into(),
+            Stage::Apgd(ApgdLoss::DlrTargeted { rank }) => format!("apgd-t (target ranked {})", rank + 1),
+        }
+    }
+}
+
+/// The stages of an attack, each run on the images the stages before left robust.
+fn stages(kind: AttackKind, num_classes: usize) -> Vec<Stage> {
+    let targeted =
+        (1..=TARGET_CLASSES.min(num_classes - 1)).map(|rank| Stage::Apgd(ApgdLoss::DlrTargeted { rank }));
+    match kind {
+        AttackKind::Pgd => vec![Stage::Pgd],
+        AttackKind::ApgdCe => vec![Stage::Apgd(ApgdLoss::CrossEntropy)],
+        AttackKind::ApgdDlr => vec![Stage::Apgd(ApgdLoss::Dlr)],
+        AttackKind::ApgdT => targeted.collect(),
+        AttackKind::AaLite => std::iter::once(Stage::Apgd(ApgdLoss::CrossEntropy)).chain(targeted).collect(),
+    }
+}
+
+/// Attacks the first `count` images of `data` with `kind`, `batch_size` at a time; an image's
+/// random starts are keyed by its index in `data`, so the result does not depend on the batch
+/// size or on which images share a batch. `keep_images` keeps the adversarial images. A
+/// progress bar counts image attacks: its length grows by each later stage's images.
 #[allow(clippy::too_many_arguments)]
 pub fn attack_dataset(
     model: &Model,
@@ -39,35 +82,60 @@ pub fn attack_dataset(
     data: &Dataset,
     count: usize,
     batch_size: usize,
+    kind: AttackKind,
     cfg: &PgdConfig,
     keep_images: bool,
     progress: Option<&ProgressBar>,
 ) -> Result<AttackCounts> {
-    let order = epoch_order(count.min(data.len()), false, 0, 0);
+    let n = count.min(data.len());
+    let all_labels = data.labels();
     let mut counts = AttackCounts {
-        num_images: order.len(),
-        robust_flags: Vec::new(),
+        num_images: n,
+        robust_flags: vec![true; n],
         robust: 0,
         zero_gradient: 0,
-        predicted: Vec::new(),
-        adversarial: Vec::new(),
+        predicted: all_labels[..n].iter().map(|&y| u32::from(y)).collect(),
+        adversarial: if keep_images { vec![0.0; n * IMAGE_LEN] } else { Vec::new() },
+        robust_after_stage: Vec::new(),
     };
-    for idx in batches(&order, batch_size) {
-        let batch = make_batch(data, idx, Augment::None, 0, 0);
-        let images = Tensor::from_vec(&[batch.size, 32, 32, 3], batch.images);
-        let index: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-        let outcome = pgd(model, weights, &images, &batch.labels, &index, cfg)?;
-        counts.robust += outcome.robust.iter().filter(|&&r| r).count();
-        counts.robust_flags.extend(&outcome.robust);
-        counts.predicted.extend(&outcome.predicted);
-        if keep_images {
-            counts.adversarial.extend(&outcome.adversarial);
+    let stages = stages(kind, model.config.num_classes);
+    anyhow::ensure!(
+        !stages.is_empty(),
+        "{kind} needs at least 3 classes, the model has {}",
+        model.config.num_classes
+    );
+    for (s, &stage) in stages.iter().enumerate() {
+        let todo: Vec<usize> = (0..n).filter(|&i| counts.robust_flags[i]).collect();
+        if let Some(pb) = progress.filter(|_| s > 0) {
+            pb.inc_length(todo.len() as u64);
         }
-        counts.zero_gradient += outcome.zero_gradient;
-        if let Some(pb) = progress {
-            pb.inc(batch.size as u64);
+        for idx in batches(&todo, batch_size) {
+            let batch = make_batch(data, idx, Augment::None, 0, 0);
+            let images = Tensor::from_vec(&[batch.size, 32, 32, 3], batch.images);
+            let index: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+            let outcome = match stage {
+                Stage::Pgd => pgd(model, weights, &images, &batch.labels, &index, cfg)?,
+                Stage::Apgd(loss) => apgd(model, weights, &images, &batch.labels, &index, cfg, loss)?,
+            };
+            for (j, &i) in idx.iter().enumerate() {
+                counts.robust_flags[i] = outcome.robust[j];
+                counts.predicted[i] = outcome.predicted[j];
+                if keep_images {
+                    counts.adversarial[i * IMAGE_LEN..(i + 1) * IMAGE_LEN]
+                        .copy_from_slice(&outcome.adversarial[j * IMAGE_LEN..(j + 1) * IMAGE_LEN]);
+                }
+            }
+            if s == 0 {
+                counts.zero_gradient += outcome.zero_gradient;
+            }
+            if let Some(pb) = progress {
+                pb.inc(batch.size as u64);
+            }
         }
+        let robust = counts.robust_flags.iter().filter(|&&r| r).count();
+        counts.robust_after_stage.push(StageCount { stage: stage.name(), robust_images: robust });
     }
+    counts.robust = counts.robust_flags.iter().filter(|&&r| r).count();
     Ok(counts)
 }
 
@@ -105,6 +173,7 @@ pub fn sanity_checks(
     weights: &Weights,
     data: &Dataset,
     batch_size: usize,
+    kind: AttackKind,
     settings: &PgdConfig,
     counts: &AttackCounts,
     clean_correct: usize,
@@ -112,7 +181,7 @@ pub fn sanity_checks(
 ) -> Result<SanityReport> {
     let n = counts.num_images;
     let at_zero = PgdConfig { eps: 0.0, steps: 1, restarts: 1, ..*settings };
-    let zero = attack_dataset(model, weights, data, n, batch_size, &at_zero, false, progress)?;
+    let zero = attack_dataset(model, weights, data, n, batch_size, kind, &at_zero, false, progress)?;
     let subset = n.min(SANITY_IMAGES);
     let double = PgdConfig { eps: 2.0 * settings.eps, alpha: 2.0 * settings.alpha, ..*settings };
     let large_eps = match settings.norm {
@@ -121,8 +190,8 @@ pub fn sanity_checks(
     };
     let large =
         PgdConfig { eps: large_eps, alpha: large_eps / 4.0, steps: settings.steps.max(10), ..*settings };
-    let doubled = attack_dataset(model, weights, data, subset, batch_size, &double, false, progress)?;
-    let at_large = attack_dataset(model, weights, data, subset, batch_size, &large, false, progress)?;
+    let doubled = attack_dataset(model, weights, data, subset, batch_size, kind, &double, false, progress)?;
+    let at_large = attack_dataset(model, weights, data, subset, batch_size, kind, &large, false, progress)?;
     let robust_on_subset = counts.robust_flags[..subset].iter().filter(|&&r| r).count();
     let mut warnings = Vec::new();
     if zero.robust != clean_correct {
@@ -176,6 +245,9 @@ pub struct AdversarialReport {
     /// Images that withstood the attack, and their fraction.
     pub robust_images: usize,
     pub robust_accuracy: f64,
+    /// Attacks of several stages (APGD-T, aa-lite): the robust images after each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageCount>,
     pub sanity: SanityReport,
 }
 
@@ -192,6 +264,11 @@ impl AdversarialReport {
             num_images: counts.num_images,
             robust_images: counts.robust,
             robust_accuracy: report_value(counts.robust as f64 / counts.num_images.max(1) as f64),
+            stages: if counts.robust_after_stage.len() > 1 {
+                counts.robust_after_stage.clone()
+            } else {
+                Vec::new()
+            },
             sanity,
         }
     }
@@ -199,8 +276,10 @@ impl AdversarialReport {
     /// One line: `pgd linf eps 8/255 ...: robust accuracy 12.34% (123/1000 images)`.
     pub fn summary(&self) -> String {
         let s = &self.settings;
+        // APGD's alpha is its first step size, halved as the attack goes.
+        let step = if self.attack.is_apgd() { "first step" } else { "alpha" };
         format!(
-            "{} {} eps {} alpha {} steps {} restarts {} (batch norm {}, seed {}): robust accuracy {:.2}% ({}/{} images)",
+            "{} {} eps {} {step} {} steps {} restarts {} (batch norm {}, seed {}): robust accuracy {:.2}% ({}/{} images)",
             self.attack,
             s.norm,
             pixel_amount_text(s.eps),

@@ -4,7 +4,10 @@
 //! compute input gradients only: the weights enter the tape as constants, so no weight
 //! gradient is ever formed.
 
+pub mod apgd;
 pub mod evaluate;
+pub mod gradient;
+pub mod outcome;
 pub mod pgd;
 pub mod step;
 
@@ -76,16 +79,40 @@ impl fmt::Display for BnMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AttackKind {
+    /// Projected gradient descent on the cross-entropy (Madry et al.).
     Pgd,
+    /// APGD on the cross-entropy (Croce & Hein).
+    ApgdCe,
+    /// APGD on the difference-of-logits ratio, which the scale of the scores cannot mask.
+    ApgdDlr,
+    /// APGD on the targeted DLR, towards each of the 9 classes ranked highest after the label.
+    ApgdT,
+    /// AutoAttack without its black-box parts: APGD-CE, then APGD-T on the images still robust.
+    AaLite,
+}
+
+impl AttackKind {
+    pub const ALL: [AttackKind; 5] =
+        [AttackKind::Pgd, AttackKind::ApgdCe, AttackKind::ApgdDlr, AttackKind::ApgdT, AttackKind::AaLite];
+
+    /// APGD attacks choose their own step size (2 eps, halved at checkpoints).
+    pub fn is_apgd(self) -> bool {
+        self != AttackKind::Pgd
+    }
+
+    /// The gradient steps of a run when `--steps` is not given: 20 for PGD, 100 for APGD (as
+    /// AutoAttack).
+    pub fn default_steps(self) -> usize {
+        if self.is_apgd() { 100 } else { 20 }
+    }
 }
 
 impl FromStr for AttackKind {
     type Err = String;
     fn from_str(s: &str) -> Result<AttackKind, String> {
-        match s {
-            "pgd" => Ok(AttackKind::Pgd),
-            _ => Err(format!("unknown attack '{s}'; expected pgd")),
-        }
+        AttackKind::ALL.into_iter().find(|k| k.to_string() == s).ok_or_else(|| {
+            format!("unknown attack '{s}'; expected pgd, apgd-ce, apgd-dlr, apgd-t or aa-lite")
+        })
     }
 }
 
@@ -93,6 +120,10 @@ impl fmt::Display for AttackKind {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(match self {
             AttackKind::Pgd => "pgd",
+            AttackKind::ApgdCe => "apgd-ce",
+            AttackKind::ApgdDlr => "apgd-dlr",
+            AttackKind::ApgdT => "apgd-t",
+            AttackKind::AaLite => "aa-lite",
         })
     }
 }

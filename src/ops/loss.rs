@@ -1,5 +1,8 @@
-//! Losses, each the mean over its terms: softmax cross-entropy over class scores, and binary
-//! cross-entropy with logits for every class expert's (False, True) pair.
+//! Losses, each the mean over its terms: softmax cross-entropy over class scores, binary
+//! cross-entropy with logits for every class expert's (False, True) pair, and the attack losses:
+//! the difference-of-logits ratio (DLR, untargeted and targeted) and the KL divergence between
+//! two rows' softmax distributions (TRADES). The per-row functions below are the cpu device's
+//! arithmetic and the per-image losses attacks track on the host.
 
 use anyhow::{Result, ensure};
 
@@ -26,6 +29,105 @@ fn check_labels(labels: &[u32], rows: usize, classes: usize) -> Result<()> {
     ensure!(labels.len() == rows, "{} labels for {rows} rows", labels.len());
     ensure!(labels.iter().all(|&y| (y as usize) < classes), "a label is not below {classes}");
     Ok(())
+}
+
+/// -log softmax(row)[label], in f64.
+pub fn cross_entropy_row(row: &[f32], label: usize) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    -(row[label] as f64 - max - sum.ln())
+}
+
+/// The indices of the four largest scores, largest first, ties to the lower index (None past
+/// the row's length).
+fn top4(row: &[f32]) -> [Option<usize>; 4] {
+    let mut top: [Option<usize>; 4] = [None; 4];
+    for (i, &v) in row.iter().enumerate() {
+        let mut j = 4;
+        while j > 0 && top[j - 1].is_none_or(|t| v > row[t]) {
+            j -= 1;
+        }
+        if j < 4 {
+            top[j..].rotate_right(1);
+            top[j] = Some(i);
+        }
+    }
+    top
+}
+
+/// The fewest classes DLR is defined for: untargeted, 3; targeted, 4.
+pub fn dlr_min_classes(targeted: bool) -> usize {
+    if targeted { 4 } else { 3 }
+}
+
+/// The difference-of-logits-ratio loss of one row of scores (Croce & Hein 2020) and its
+/// gradient, in f64. Untargeted: -(s_y - max_{i != y} s_i) / (s_pi1 - s_pi3 + 1e-12); targeted
+/// at class t: -(s_y - s_t) / (s_pi1 - (s_pi3 + s_pi4) / 2 + 1e-12), pi sorting the scores in
+/// decreasing order. Invariant to shifting and scaling the scores. The row must have at least
+/// [`dlr_min_classes`] entries.
+pub fn dlr_row(row: &[f32], label: usize, target: Option<usize>) -> (f64, Vec<f64>) {
+    assert!(row.len() >= dlr_min_classes(target.is_some()), "DLR needs at least 4 classes (3 untargeted)");
+    // Entries past the row's length are never used: the untargeted loss reads three.
+    let top = top4(row).map(|t| t.unwrap_or(usize::MAX));
+    let s = |i: usize| row[i] as f64;
+    let (other, den) = match target {
+        Some(t) => (t, s(top[0]) - 0.5 * (s(top[2]) + s(top[3])) + 1e-12),
+        None => (if top[0] == label { top[1] } else { top[0] }, s(top[0]) - s(top[2]) + 1e-12),
+    };
+    let num = s(label) - s(other);
+    let q = num / (den * den);
+    let targeted = target.is_some();
+    let grad = (0..row.len())
+        .map(|j| {
+            let mut c = 0.0;
+            if j == label {
+                c -= 1.0 / den;
+            }
+            if j == other {
+                c += 1.0 / den;
+            }
+            if j == top[0] {
+                c += q;
+            }
+            if j == top[2] {
+                c -= if targeted { 0.5 * q } else { q };
+            }
+            if targeted && j == top[3] {
+                c -= 0.5 * q;
+            }
+            c
+        })
+        .collect();
+    (-num / den, grad)
+}
+
+/// KL(softmax(p) || softmax(q)) of one pair of rows, and its gradients with respect to p and q,
+/// in f64.
+pub fn kl_row(p: &[f32], q: &[f32]) -> (f64, Vec<f64>, Vec<f64>) {
+    let log_softmax = |row: &[f32]| -> Vec<f64> {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+        let sum: f64 = row.iter().map(|&v| (v as f64 - max as f64).exp()).sum();
+        row.iter().map(|&v| v as f64 - max as f64 - sum.ln()).collect()
+    };
+    let (lp, lq) = (log_softmax(p), log_softmax(q));
+    let kl: f64 = lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum();
+    let dp = lp.iter().zip(&lq).map(|(a, b)| a.exp() * ((a - b) - kl)).collect();
+    let dq = lp.iter().zip(&lq).map(|(a, b)| b.exp() - a.exp()).collect();
+    (kl, dp, dq)
+}
+
+/// A loss whose forward pass already formed each row's gradient: backward scales it by
+/// dloss / rows (on the cpu here, on a device by `loss_grad_scale_f32`).
+fn scaled_row_gradient(per_row: &Tensor, g: &Tensor, rows: usize) -> Result<Tensor> {
+    let device = per_row.device();
+    if device == Device::Cpu {
+        let scale = g.item() / rows as f32;
+        return Ok(Tensor::from_vec(per_row.shape(), per_row.as_slice().iter().map(|v| v * scale).collect()));
+    }
+    let d = Tensor::output_on(device, per_row.shape())?;
+    let args = [d.arg(), per_row.arg(), g.arg(), int(rows), int(per_row.len())];
+    gpu::launch(device, "loss_grad_scale_f32", LaunchConfig::for_elements(per_row.len()), &args)?;
+    Ok(d)
 }
 
 impl Tape {
@@ -138,6 +240,94 @@ impl Tape {
     }
 }
 
+impl Tape {
+    /// The mean over rows of the DLR loss ([`dlr_row`]) of class scores [B, K]: untargeted, or
+    /// targeted at `targets[b]` (each different from the label).
+    pub fn dlr_loss(&self, scores: &Var, labels: &[u32], targets: Option<&[u32]>) -> Result<Var> {
+        let s = scores.shape();
+        ensure!(s.len() == 2, "the DLR loss needs [B, K] scores, got {s:?}");
+        let (b, k) = (s[0], s[1]);
+        check_labels(labels, b, k)?;
+        let min = dlr_min_classes(targets.is_some());
+        ensure!(k >= min, "the DLR loss needs at least {min} classes, the model has {k}");
+        if let Some(t) = targets {
+            check_labels(t, b, k)?;
+            ensure!(t.iter().zip(labels).all(|(t, y)| t != y), "a DLR target class equals the label");
+        }
+        let device = scores.value().device();
+        let (loss, per_row) = if device != Device::Cpu {
+            let labels_buf = GpuBuffer::upload(device, labels)?;
+            let targets_buf = GpuBuffer::upload(device, targets.unwrap_or(labels))?;
+            let (loss, per_row) = (Tensor::output_on(device, &[])?, Tensor::output_on(device, &[b, k])?);
+            let args = [
+                loss.arg(),
+                per_row.arg(),
+                scores.value().arg(),
+                labels_buf.arg(),
+                targets_buf.arg(),
+                int(targets.is_some() as usize),
+                int(b),
+                int(k),
+            ];
+            gpu::launch(device, "dlr_fwd_f32", LaunchConfig::new([1, 1, 1], [256, 1, 1]), &args)?;
+            (loss, per_row)
+        } else {
+            let mut total = 0.0f64;
+            let mut grad = Vec::with_capacity(b * k);
+            for (n, row) in scores.value().as_slice().chunks_exact(k).enumerate() {
+                let (l, g) = dlr_row(row, labels[n] as usize, targets.map(|t| t[n] as usize));
+                total += l;
+                grad.extend(g.iter().map(|&v| v as f32));
+            }
+            (Tensor::scalar((total / b as f64) as f32), Tensor::from_vec(&[b, k], grad))
+        };
+        Ok(self.record(
+            loss,
+            &[scores],
+            Box::new(move |g, _| Ok(vec![Some(scaled_row_gradient(&per_row, g, b)?)])),
+        ))
+    }
+
+    /// The mean over rows of KL(softmax(p) || softmax(q)) of two [B, K] score tensors (PyTorch's
+    /// `kl_div(log_softmax(q), softmax(p), reduction="batchmean")`), differentiable in both.
+    pub fn kl_divergence(&self, p: &Var, q: &Var) -> Result<Var> {
+        let s = p.shape();
+        ensure!(
+            s.len() == 2 && q.shape() == s,
+            "KL divergence needs two [B, K] scores of one shape, got {s:?} and {:?}",
+            q.shape()
+        );
+        let (b, k) = (s[0], s[1]);
+        let device = p.value().device();
+        let (loss, dp, dq) = if device != Device::Cpu {
+            let loss = Tensor::output_on(device, &[])?;
+            let (dp, dq) = (Tensor::output_on(device, &[b, k])?, Tensor::output_on(device, &[b, k])?);
+            let args = [loss.arg(), dp.arg(), dq.arg(), p.value().arg(), q.value().arg(), int(b), int(k)];
+            gpu::launch(device, "kl_div_fwd_f32", LaunchConfig::new([1, 1, 1], [256, 1, 1]), &args)?;
+            (loss, dp, dq)
+        } else {
+            let mut total = 0.0f64;
+            let (mut dp, mut dq) = (Vec::with_capacity(b * k), Vec::with_capacity(b * k));
+            let rows = p.value().as_slice().chunks_exact(k).zip(q.value().as_slice().chunks_exact(k));
+            for (pr, qr) in rows {
+                let (kl, gp, gq) = kl_row(pr, qr);
+                total += kl;
+                dp.extend(gp.iter().map(|&v| v as f32));
+                dq.extend(gq.iter().map(|&v| v as f32));
+            }
+            let (dp, dq) = (Tensor::from_vec(&[b, k], dp), Tensor::from_vec(&[b, k], dq));
+            (Tensor::scalar((total / b as f64) as f32), dp, dq)
+        };
+        Ok(self.record(
+            loss,
+            &[p, q],
+            Box::new(move |g, _| {
+                Ok(vec![Some(scaled_row_gradient(&dp, g, b)?), Some(scaled_row_gradient(&dq, g, b)?)])
+            }),
+        ))
+    }
+}
+
 /// The predicted class of every row: its largest score (ties go to the lowest index).
 pub fn predicted_classes(scores: &Tensor) -> Result<Vec<u32>> {
     let k = scores.shape()[scores.shape().len() - 1];
@@ -186,6 +376,51 @@ mod tests {
         let ce = t.softmax_cross_entropy(&flat, &per_expert).unwrap().value().item();
         assert!((bce - ce).abs() < 1e-6, "{bce} vs {ce}");
         check_gradients(&[x], |t, v| t.expert_bce_with_logits(&v[0], &labels));
+    }
+
+    #[test]
+    fn dlr_matches_its_definition_and_gradient() {
+        // Scores 3 > 2 > 1 > 0 > -1: untargeted for label 1 (not the top), -(2 - 3) / (3 - 1).
+        let row = [1.0f32, 3.0, 2.0, 0.0, -1.0];
+        assert!((dlr_row(&row, 2, None).0 - 0.5).abs() < 1e-12);
+        // Label at the top: the runner-up is the other class, -(3 - 2) / (3 - 1).
+        assert!((dlr_row(&row, 1, None).0 + 0.5).abs() < 1e-12);
+        // Targeted at class 4: -(s_y - s_t) / (s_pi1 - (s_pi3 + s_pi4) / 2) = -(2 + 1) / (3 - 0.5).
+        assert!((dlr_row(&row, 2, Some(4)).0 + 3.0 / 2.5).abs() < 1e-12);
+        // Invariant to shifting and scaling the scores.
+        let moved: Vec<f32> = row.iter().map(|v| 7.0 * v - 3.0).collect();
+        assert!((dlr_row(&moved, 2, Some(4)).0 - dlr_row(&row, 2, Some(4)).0).abs() < 1e-9);
+        // Scores at least 0.3 apart, so that no finite-difference step reorders them (DLR is
+        // smooth only between reorderings).
+        let noise = random_tensor(&[6, 10], 3);
+        let spread =
+            (0..60).map(|i| 0.4 * ((i % 10 * 7 + i / 10 * 3) % 10) as f32 + 0.05 * noise.as_slice()[i]);
+        let x = Tensor::from_vec(&[6, 10], spread.collect());
+        let labels = [0, 4, 2, 9, 1, 3];
+        check_gradients(std::slice::from_ref(&x), |t, v| t.dlr_loss(&v[0], &labels, None));
+        check_gradients(&[x], |t, v| t.dlr_loss(&v[0], &labels, Some(&[1, 5, 3, 0, 2, 7])));
+        let t = Tape::no_grad();
+        let three = t.leaf(Tensor::zeros(&[2, 3]), false);
+        assert!(t.dlr_loss(&three, &[0, 1], Some(&[1, 2])).err().unwrap().to_string().contains("at least 4"));
+        assert!(t.dlr_loss(&three, &[0, 1], None).is_ok());
+        let ten = t.leaf(Tensor::zeros(&[1, 10]), false);
+        assert!(t.dlr_loss(&ten, &[2], Some(&[2])).err().unwrap().to_string().contains("equals the label"));
+    }
+
+    #[test]
+    fn kl_divergence_matches_its_definition_and_gradient() {
+        let (p, q) = ([0.0f32, 1.0, 2.0], [2.0f32, 1.0, 0.0]);
+        let softmax = |r: &[f32]| -> Vec<f64> {
+            let e: Vec<f64> = r.iter().map(|&v| (v as f64).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        };
+        let (sp, sq) = (softmax(&p), softmax(&q));
+        let expected: f64 = sp.iter().zip(&sq).map(|(a, b)| a * (a / b).ln()).sum();
+        assert!((kl_row(&p, &q).0 - expected).abs() < 1e-12);
+        assert!(kl_row(&p, &p).0.abs() < 1e-12);
+        let (a, b) = (random_tensor(&[5, 10], 4), random_tensor(&[5, 10], 5));
+        check_gradients(&[a, b], |t, v| t.kl_divergence(&v[0], &v[1]));
     }
 
     #[test]
