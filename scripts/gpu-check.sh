@@ -31,9 +31,9 @@ export MOCSE_CACHE=$PWD/.gpu/cache MOCSE_TESTDATA=$PWD/.gpu
     .gpu/fused_unfused --nocapture --test-threads 1
     .gpu/corruptions --test-threads 1
     .gpu/corruption_reference --nocapture --test-threads 1
-    # The attack kernels and a whole PGD attack on cuda against cpu (the CLI tests need cargo's paths).
+    # The attack kernels and whole PGD and APGD-T attacks on cuda against cpu (the CLI tests need cargo's paths).
     .gpu/attack every_device --nocapture --test-threads 1
-    .gpu/attack pgd_accuracy --nocapture --test-threads 1
+    .gpu/attack pgd_and_apgd_accuracy --nocapture --test-threads 1
 } > "$OUT/selftest_and_tests.txt" 2>&1
 
 : > "$OUT/train_step.jsonl"
