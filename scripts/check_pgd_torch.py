@@ -238,10 +238,7 @@ def main():
                     args += ["--alpha", alpha_text]
                 if a.no_random_start:
                     args += ["--no-random-start"]
-                if a.mocse_seed:
-                    # mocse 0.1.0 (6bef7eb) refuses --seed without --corruptions, although its help
-                    # says it seeds the attack's random starts too; 0 is its default.
-                    args += ["--seed", str(a.mocse_seed)]
+                args += ["--seed", str(a.mocse_seed)]
                 t0 = time.time()
                 mocse(a.mocse, args)
                 t_mocse = time.time() - t0

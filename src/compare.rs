@@ -47,8 +47,9 @@ pub fn read_robust_report(path: &Path) -> Result<EvalReport> {
 fn attack_description(adv: &AdversarialReport) -> String {
     let s = &adv.settings;
     format!(
-        "{} (alpha {}, batch norm {}, seed {}{})",
+        "{} ({} {}, batch norm {}, seed {}{})",
         attack_row_name(adv),
+        if adv.attack.is_apgd() { "first step" } else { "alpha" },
         pixel_amount_text(s.alpha),
         s.bn,
         s.seed,

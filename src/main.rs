@@ -651,10 +651,15 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     if a.corruptions.is_none()
         && a.cifar10c.is_none()
-        && (a.markdown.is_some() || a.csv.is_some() || a.severities.is_some() || a.seed.is_some())
+        && (a.markdown.is_some() || a.csv.is_some() || a.severities.is_some())
     {
         bail!(
-            "--markdown, --csv, --severities and --seed apply to corruption evaluation; give --corruptions (or --cifar10c) too"
+            "--markdown, --csv and --severities apply to corruption evaluation; give --corruptions (or --cifar10c) too"
+        );
+    }
+    if a.seed.is_some() && a.corruptions.is_none() && a.cifar10c.is_none() && a.attack.attack.is_none() {
+        bail!(
+            "--seed seeds generated corruptions or an attack's random starts; give --corruptions or --attack too"
         );
     }
     if a.cifar10c.is_some() && a.seed.is_some() {

@@ -486,6 +486,9 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
     assert_clean_failure(&eval(&["--attack", "pgd", "--eps", "8/0"]), "division by zero");
     assert_clean_failure(&eval(&["--attack", "fgsm"]), "unknown attack 'fgsm'");
     assert_clean_failure(&eval(&["--attack", "apgd-ce", "--alpha", "1/255"]), "sets its own");
+    assert_clean_failure(&eval(&["--seed", "7"]), "give --corruptions or --attack too");
+    let r = eval(&["--attack", "pgd", "--steps", "1", "--seed", "7"]);
+    assert!(r.ok && r.stdout.contains("seed 7"), "{}{}", r.stdout, r.stderr);
     assert_clean_failure(&eval(&["--attack", "aa-lite", "--steps", "0"]), "--steps must be at least 1");
     assert_clean_failure(&eval(&["--attack", "pgd", "--norm", "l1"]), "unknown norm 'l1'");
     assert_clean_failure(&eval(&["--eps", "0.1"]), "--attack");

@@ -295,11 +295,11 @@ impl AdversarialReport {
     }
 }
 
-/// `8/255` when the amount is a whole number of 255ths, else the number.
+/// `8/255` (or `0.5/255`) when the amount is a whole number of quarter 255ths, else the number.
 pub fn pixel_amount_text(v: f32) -> String {
-    let in_255ths = v as f64 * 255.0;
-    if (in_255ths - in_255ths.round()).abs() < 1e-4 && in_255ths.round() != 0.0 {
-        format!("{}/255", in_255ths.round())
+    let quarters = v as f64 * 255.0 * 4.0;
+    if (quarters - quarters.round()).abs() < 4e-4 && quarters.round() != 0.0 {
+        format!("{}/255", quarters.round() / 4.0)
     } else {
         format!("{v}")
     }
@@ -324,4 +324,18 @@ pub fn save_adversarial(path: &std::path::Path, counts: &AttackCounts, labels: &
             ("robust".to_string(), npy_bytes(&[n], &robust)?),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pixel_amount_text;
+
+    #[test]
+    fn pixel_amounts_print_as_255ths_when_they_are() {
+        assert_eq!(pixel_amount_text(8.0 / 255.0), "8/255");
+        assert_eq!(pixel_amount_text(0.5 / 255.0), "0.5/255");
+        assert_eq!(pixel_amount_text(2.25 / 255.0), "2.25/255");
+        assert_eq!(pixel_amount_text(0.007), "0.007");
+        assert_eq!(pixel_amount_text(0.0), "0");
+    }
 }

@@ -175,7 +175,12 @@ impl PgdConfig {
             self.eps
         );
         ensure!(self.steps >= 1, "--steps must be at least 1");
-        ensure!(self.alpha.is_finite() && self.alpha > 0.0, "--alpha must be above 0, got {}", self.alpha);
+        // At eps 0 nothing can move, so a zero step (eps / 4, 2 eps) is no mistake.
+        ensure!(
+            self.alpha.is_finite() && (self.alpha > 0.0 || (self.eps == 0.0 && self.alpha == 0.0)),
+            "--alpha must be above 0, got {}",
+            self.alpha
+        );
         ensure!(self.restarts >= 1, "--restarts must be at least 1");
         Ok(())
     }
@@ -208,6 +213,7 @@ mod tests {
         };
         assert!(ok.validate().is_ok());
         assert!(PgdConfig { eps: 0.0, ..ok }.validate().is_ok());
+        assert!(PgdConfig { eps: 0.0, alpha: 0.0, ..ok }.validate().is_ok());
         for (bad, says) in [
             (PgdConfig { eps: -0.1, ..ok }, "--eps"),
             (PgdConfig { eps: 1.5, ..ok }, "--eps"),
