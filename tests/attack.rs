@@ -178,8 +178,24 @@ fn summed_loss(model: &Model, weights: &Weights, images: &Tensor, labels: &[u32]
 
 /// An attacked loss summed over the images, in f64 from the class scores.
 fn summed(model: &Model, weights: &Weights, images: &Tensor, labels: &[u32], loss: AttackLoss) -> f64 {
-    let scores = class_scores(model, weights, images.clone()).unwrap();
-    loss.per_image(scores.as_slice(), labels).unwrap().iter().sum()
+    summed_in(model, weights, images, labels, loss, BnMode::Eval)
+}
+
+/// [`summed`] with batch norm in `bn` mode (training mode: the batch's own statistics).
+fn summed_in(
+    model: &Model,
+    weights: &Weights,
+    images: &Tensor,
+    labels: &[u32],
+    loss: AttackLoss,
+    bn: BnMode,
+) -> f64 {
+    let tape = mocse::autograd::Tape::no_grad();
+    let params: Vec<_> = weights.params.iter().map(|p| tape.leaf(p.clone(), false)).collect();
+    let x = tape.leaf(images.clone(), false);
+    let out = model.forward(&tape, &params, &mut weights.buffers.clone(), &x, bn == BnMode::Train).unwrap();
+    let scores = model.scores(&tape, &out).unwrap();
+    loss.per_image(scores.value().as_slice(), labels).unwrap().iter().sum()
 }
 
 #[test]
@@ -195,14 +211,15 @@ fn input_gradients_of_both_models_match_finite_differences_and_form_no_weight_gr
         // A clean prediction far from the model's on x, so that the KL has a gradient well above
         // the rounding of the scores (a random network predicts nearly the same everywhere).
         let clean = Tensor::from_vec(&[2, 10], (0..20).map(|i| if i % 7 == 0 { 4.0 } else { 0.0 }).collect());
-        for loss in [
-            AttackLoss::CrossEntropy,
-            AttackLoss::Dlr,
-            AttackLoss::DlrTargeted(&[5, 0]),
-            AttackLoss::Kl(&clean),
+        for (loss, bn) in [
+            (AttackLoss::CrossEntropy, BnMode::Eval),
+            (AttackLoss::CrossEntropy, BnMode::Train),
+            (AttackLoss::Dlr, BnMode::Eval),
+            (AttackLoss::DlrTargeted(&[5, 0]), BnMode::Eval),
+            (AttackLoss::Kl(&clean), BnMode::Eval),
         ] {
             let before = mocse::ops::conv::backward_weight_calls();
-            let (_, grad) = input_gradient(&model, &weights, &x, &labels, BnMode::Eval, loss).unwrap();
+            let (_, grad) = input_gradient(&model, &weights, &x, &labels, bn, loss).unwrap();
             assert_eq!(
                 mocse::ops::conv::backward_weight_calls(),
                 before,
@@ -221,9 +238,11 @@ fn input_gradients_of_both_models_match_finite_differences_and_form_no_weight_gr
                 );
                 // DLR's ratio of score differences curves sharply where the scores are close (a
                 // random MoCSE's probabilities are): a shorter step.
-                let h = match loss {
-                    AttackLoss::Dlr | AttackLoss::DlrTargeted(_) => 1e-4f32,
-                    AttackLoss::CrossEntropy | AttackLoss::Kl(_) => 1e-3,
+                let h = match (loss, bn) {
+                    (AttackLoss::Dlr | AttackLoss::DlrTargeted(_), _) => 1e-4f32,
+                    // Batch statistics curve the loss more: a shorter step too.
+                    (_, BnMode::Train) => 1e-4,
+                    (AttackLoss::CrossEntropy | AttackLoss::Kl(_), BnMode::Eval) => 1e-3,
                 };
                 let shifted = |s: f32| {
                     Tensor::from_vec(
@@ -231,15 +250,15 @@ fn input_gradients_of_both_models_match_finite_differences_and_form_no_weight_gr
                         x.as_slice().iter().zip(direction.as_slice()).map(|(a, d)| a + s * d).collect(),
                     )
                 };
-                let numeric = (summed(&model, &weights, &shifted(h), &labels, loss)
-                    - summed(&model, &weights, &shifted(-h), &labels, loss))
+                let numeric = (summed_in(&model, &weights, &shifted(h), &labels, loss, bn)
+                    - summed_in(&model, &weights, &shifted(-h), &labels, loss, bn))
                     / (2.0 * h as f64);
                 let analytic: f64 =
                     grad.as_slice().iter().zip(direction.as_slice()).map(|(g, d)| (g * d) as f64).sum();
                 let scale = numeric.abs().max(analytic.abs()).max(1e-3);
                 assert!(
                     (numeric - analytic).abs() / scale < 2e-2,
-                    "{kind} {aggregate} {loss:?}: finite difference {numeric} vs gradient {analytic}"
+                    "{kind} {aggregate} {loss:?} {bn}: finite difference {numeric} vs gradient {analytic}"
                 );
             }
         }
