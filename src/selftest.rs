@@ -7,6 +7,7 @@
 
 use anyhow::Result;
 
+use crate::attack::{BnMode, Norm};
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
@@ -16,7 +17,7 @@ use crate::ops::conv::check_shapes;
 use crate::ops::sgd::{SgdConfig, sgd_step};
 use crate::rng::{Philox, Purpose};
 use crate::tensor::Tensor;
-use crate::train::{TrainBatch, TrainingMode, train_step};
+use crate::train::{AdversarialTraining, TrainBatch, TrainingMode, train_step};
 
 type OpFn = Box<dyn Fn(&Tape, &[Var]) -> Result<Var>>;
 
@@ -236,15 +237,30 @@ fn sgd_case(device: Device) -> Result<f64> {
     Ok(relative_error(&a.0, &b.0).max(relative_error(&a.1, &b.1)))
 }
 
-/// A whole training step of a small MoCSE model: the change of every parameter.
-fn train_step_case(device: Device) -> Result<f64> {
-    let config = ModelConfig {
-        kind: ModelKind::Mocse,
-        num_classes: 10,
-        width: 8,
-        aggregate: Aggregate::Prob,
-        bce_weight: 1.0,
+/// The adversarial training modes the self-test steps through: L2 attacks, whose steps move
+/// continuously with the gradient (a sign step could flip where a gradient value is ~0 and
+/// its last bits differ between devices; the sign is covered by the attack kernel tests).
+fn adversarial_modes() -> Vec<(&'static str, TrainingMode)> {
+    let attack = AdversarialTraining {
+        norm: Norm::L2,
+        eps: 0.5,
+        alpha: 0.2,
+        steps: 2,
+        bn: BnMode::Train,
+        eval_subset: 0,
+        beta: None,
+        early_stop: false,
     };
+    vec![
+        ("pgd", TrainingMode::Pgd(attack)),
+        ("trades", TrainingMode::Trades(AdversarialTraining { beta: Some(6.0), bn: BnMode::Eval, ..attack })),
+        ("fgsm-rs", TrainingMode::FgsmRs(AdversarialTraining { steps: 1, ..attack })),
+    ]
+}
+
+/// A whole training step of a small model (width 8) in `mode`: the change of every parameter.
+fn train_step_case(device: Device, kind: ModelKind, mode: &TrainingMode) -> Result<f64> {
+    let config = ModelConfig { kind, num_classes: 10, width: 8, aggregate: Aggregate::Prob, bce_weight: 1.0 };
     let model = Model::new(config);
     let start = model.fused().init_weights(4, [0.5; 3], [0.25; 3]);
     let images = random(&[4, 32, 32, 3], 40, 0.0, 1.0).to_vec();
@@ -255,7 +271,7 @@ fn train_step_case(device: Device) -> Result<f64> {
         let mut v: Vec<Tensor> =
             w.params.iter().map(|p| Tensor::zeros_on(d, p.shape())).collect::<Result<_>>()?;
         let batch = TrainBatch::new(d, images.clone(), &labels)?;
-        train_step(&model, &mut w, &mut v, &batch, 0.1, &cfg, &TrainingMode::Standard, 0)?;
+        train_step(&model, &mut w, &mut v, &batch, 0.1, &cfg, mode, 0)?;
         w.params.iter().map(Tensor::to_host).collect()
     };
     let (a, b) = (run(device)?, run(Device::Cpu)?);
@@ -300,7 +316,17 @@ pub fn run(device: Device, mut progress: impl FnMut(&CaseResult)) -> Vec<CaseRes
     record("sgd_update".into(), 1e-5, sgd_case(device));
     record("philox streams (differing words)".into(), 0.0, philox_case(device));
     // A whole step chains ~60 ops through batch norm; 1e-3 leaves room for summation order.
-    record("training step, mocse width 8".into(), 1e-3, train_step_case(device));
+    let standard = train_step_case(device, ModelKind::Mocse, &TrainingMode::Standard);
+    record("training step, mocse width 8".into(), 1e-3, standard);
+    // The adversarial steps on the standard network: an attack with batch statistics on an
+    // untrained MoCSE of 4 images turns last-bit differences into percent-level input gradient
+    // differences (near-constant expert channels), which the attack then follows. Even so an
+    // attack amplifies summation-order differences (TRADES's KL between nearby predictions
+    // most: a few 1e-3); a wrong kernel would be off by order 1.
+    for (name, mode) in adversarial_modes() {
+        let outcome = train_step_case(device, ModelKind::Preact18, &mode);
+        record(format!("{name} training step, preact18 width 8"), 1e-2, outcome);
+    }
     for c in crate::corrupt::Corruption::ALL {
         // A uint8 truncation may flip by one level where a transcendental function differs in
         // its last bit between the GPU and the host; more is a bug.

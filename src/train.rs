@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::{append_line_synced, remove_stale_temporaries, write_atomic};
 use crate::attack::evaluate::attack_dataset;
-use crate::attack::gradient::AttackLoss;
+use crate::attack::gradient::{AttackLoss, scores_in_mode};
 use crate::attack::pgd::{pgd, pgd_examples, start};
 use crate::attack::step::gaussian_start;
 use crate::attack::{AttackKind, BnMode, Norm, PgdConfig};
@@ -228,12 +228,7 @@ impl TrainingMode {
                 let cfg = a.attack(seed);
                 // The KL from the clean prediction in the attack's batch-norm mode (evaluation by
                 // default, as Zhang et al.), a constant while attacking.
-                let no_grad = Tape::no_grad();
-                let constants: Vec<Var> = weights.params.iter().map(|p| Var::constant(p.clone())).collect();
-                let x = no_grad.leaf(images.clone(), false);
-                let train_bn = cfg.bn == BnMode::Train;
-                let out = model.forward(&no_grad, &constants, &mut weights.buffers.clone(), &x, train_bn)?;
-                let clean = model.scores(&no_grad, &out)?.value().clone();
+                let clean = scores_in_mode(model, weights, images, cfg.bn)?;
                 let x_start = gaussian_start(images, &batch.index, TRADES_START_SIGMA, seed, batch.epoch)?;
                 pgd_examples(model, weights, images, x_start, labels, &cfg, AttackLoss::Kl(&clean))?
             }

@@ -10,7 +10,7 @@ mod common;
 use common::{assert_clean_failure, kernel_devices, mocse};
 use mocse::attack::apgd::{ApgdLoss, apgd};
 use mocse::attack::evaluate::attack_dataset;
-use mocse::attack::gradient::{AttackLoss, input_gradient};
+use mocse::attack::gradient::{AttackLoss, input_gradient, scores_in_mode};
 use mocse::attack::pgd::pgd;
 use mocse::attack::step::{apgd_step, gaussian_start, pgd_step, random_start, select_images};
 use mocse::attack::{AttackKind, BnMode, Norm, PgdConfig};
@@ -190,12 +190,8 @@ fn summed_in(
     loss: AttackLoss,
     bn: BnMode,
 ) -> f64 {
-    let tape = mocse::autograd::Tape::no_grad();
-    let params: Vec<_> = weights.params.iter().map(|p| tape.leaf(p.clone(), false)).collect();
-    let x = tape.leaf(images.clone(), false);
-    let out = model.forward(&tape, &params, &mut weights.buffers.clone(), &x, bn == BnMode::Train).unwrap();
-    let scores = model.scores(&tape, &out).unwrap();
-    loss.per_image(scores.value().as_slice(), labels).unwrap().iter().sum()
+    let scores = scores_in_mode(model, weights, images, bn).unwrap();
+    loss.per_image(scores.as_slice(), labels).unwrap().iter().sum()
 }
 
 #[test]

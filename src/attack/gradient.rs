@@ -73,3 +73,13 @@ pub fn input_gradient(
     let grad = tape.backward(&total)?.take(&x).context("the loss does not depend on the images")?;
     Ok((scores, grad))
 }
+
+/// The class scores [B, K] of `images` without gradients, batch norm in `bn` mode (training
+/// mode: the batch's own statistics; the running statistics stay as they are).
+pub fn scores_in_mode(model: &Model, weights: &Weights, images: &Tensor, bn: BnMode) -> Result<Tensor> {
+    let tape = Tape::no_grad();
+    let params: Vec<Var> = weights.params.iter().map(|p| Var::constant(p.clone())).collect();
+    let x = tape.leaf(images.clone(), false);
+    let out = model.forward(&tape, &params, &mut weights.buffers.clone(), &x, bn == BnMode::Train)?;
+    Ok(model.scores(&tape, &out)?.value().clone())
+}
