@@ -30,7 +30,7 @@ declare -A method=(
 for m in standard pgd trades fgsm-rs; do
     if [ ! -e "$out/$m/model.safetensors" ]; then
         # shellcheck disable=SC2086
-        "$mocse" train "$@" "${common[@]}" ${method[$m]} --out "$out/$m" 2> "$out/$m.train.log"
+        "$mocse" train "$@" "${common[@]}" ${method[$m]} --out "$out/$m" > "$out/$m.train.log" 2>&1
     fi
     for attack in pgd aa-lite; do
         "$mocse" eval --run "$out/$m" --test-subset "$test_images" --device cpu --attack "$attack" \

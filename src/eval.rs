@@ -81,3 +81,78 @@ pub struct EvalReport {
     pub adversarial: Option<crate::attack::evaluate::AdversarialReport>,
     pub mocse: String,
 }
+
+impl EvalReport {
+    /// The clean accuracy and, with an attack, the robust accuracy (after each stage too), its
+    /// settings and the sanity checks, as Markdown.
+    pub fn to_markdown(&self) -> String {
+        use std::fmt::Write;
+        let r = &self.run;
+        let mut out = format!("# Robust accuracy: {}\n\n", r.model_description);
+        let _ = writeln!(
+            out,
+            "Run `{}` ({}), {} test images of {}, device {}.\n",
+            r.run,
+            r.epoch_text(),
+            self.num_images,
+            r.data,
+            r.device
+        );
+        let _ = writeln!(out, "| condition | accuracy | images |\n|---|---:|---:|");
+        let count = |accuracy: f64| (accuracy * self.num_images as f64).round() as usize;
+        let _ = writeln!(
+            out,
+            "| clean | {:.2}% | {}/{} |",
+            100.0 * self.clean_accuracy,
+            count(self.clean_accuracy),
+            self.num_images
+        );
+        let Some(adv) = &self.adversarial else { return out };
+        let _ = writeln!(
+            out,
+            "| {} | {:.2}% | {}/{} |",
+            adv.settings_text(),
+            100.0 * adv.robust_accuracy,
+            adv.robust_images,
+            adv.num_images
+        );
+        for stage in &adv.stages {
+            let _ = writeln!(out, "| after {} | | {}/{} |", stage.stage, stage.robust_images, adv.num_images);
+        }
+        let s = &adv.sanity;
+        let _ = writeln!(
+            out,
+            "\nSanity checks: eps 0 gives {:.2}%; of the first {} images {} robust, {} at twice eps, {} at eps {}; {} \
+             images with an all-zero input gradient.",
+            100.0 * s.eps_zero_accuracy,
+            s.subset_images,
+            s.robust_on_subset,
+            s.double_eps_robust_on_subset,
+            s.large_eps_robust_on_subset,
+            s.large_eps,
+            s.zero_gradient_images
+        );
+        for w in &s.warnings {
+            let _ = writeln!(out, "\n**Warning:** {w}");
+        }
+        out
+    }
+
+    /// One accuracy per line: `condition,accuracy,correct,images` (clean, the attack, and the
+    /// robust images after each stage of an attack of several).
+    pub fn to_csv(&self) -> String {
+        use std::fmt::Write;
+        let n = self.num_images;
+        let mut out = String::from("condition,accuracy,correct,images\n");
+        let clean = (self.clean_accuracy * n as f64).round() as usize;
+        let _ = writeln!(out, "clean,{:.6},{clean},{n}", self.clean_accuracy);
+        if let Some(adv) = &self.adversarial {
+            let _ = writeln!(out, "{},{:.6},{},{n}", adv.attack, adv.robust_accuracy, adv.robust_images);
+            for stage in &adv.stages {
+                let accuracy = stage.robust_images as f64 / n.max(1) as f64;
+                let _ = writeln!(out, "after {},{accuracy:.6},{},{n}", stage.stage, stage.robust_images);
+            }
+        }
+        out
+    }
+}

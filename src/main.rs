@@ -258,10 +258,10 @@ struct EvalArgs {
     /// Also write the report as JSON to FILE
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// With corruptions: also write the report as a Markdown table to FILE
+    /// With corruptions or an attack: also write the report as a Markdown table to FILE
     #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
-    /// With corruptions: also write the report as CSV (one accuracy per line) to FILE
+    /// With corruptions or an attack: also write the report as CSV (one accuracy per line) to FILE
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
     /// Also write every image's label, predicted class and class scores, clean and per
@@ -649,13 +649,12 @@ fn eval(a: EvalArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    if a.corruptions.is_none()
-        && a.cifar10c.is_none()
-        && (a.markdown.is_some() || a.csv.is_some() || a.severities.is_some())
-    {
-        bail!(
-            "--markdown, --csv and --severities apply to corruption evaluation; give --corruptions (or --cifar10c) too"
-        );
+    let corrupted = a.corruptions.is_some() || a.cifar10c.is_some();
+    if !corrupted && a.severities.is_some() {
+        bail!("--severities applies to corruption evaluation; give --corruptions (or --cifar10c) too");
+    }
+    if !corrupted && a.attack.attack.is_none() && (a.markdown.is_some() || a.csv.is_some()) {
+        bail!("--markdown and --csv write corruption or attack reports; give --corruptions or --attack too");
     }
     if a.seed.is_some() && a.corruptions.is_none() && a.cifar10c.is_none() && a.attack.attack.is_none() {
         bail!(
@@ -795,6 +794,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         if let Some(path) = &a.json {
             write_json(path, &report)?;
         }
+        write_text_reports(&a, &report.to_markdown(), &report.to_csv())?;
         return write_predictions(a.predictions.as_deref(), predictions.as_ref());
     };
     let (source, described) = match &files {
@@ -830,13 +830,19 @@ fn eval(a: EvalArgs) -> Result<()> {
     if let Some(path) = &a.json {
         write_json(path, &report)?;
     }
-    for (path, text) in [(&a.markdown, report.to_markdown()), (&a.csv, report.to_csv())] {
+    write_text_reports(&a, &report.to_markdown(), &report.to_csv())?;
+    write_predictions(a.predictions.as_deref(), predictions.as_ref())
+}
+
+/// Writes `--markdown` and `--csv` when given.
+fn write_text_reports(a: &EvalArgs, markdown: &str, csv: &str) -> Result<()> {
+    for (path, text) in [(&a.markdown, markdown), (&a.csv, csv)] {
         if let Some(path) = path {
             write_atomic(path, text.as_bytes())?;
             eprintln!("wrote {}", path.display());
         }
     }
-    write_predictions(a.predictions.as_deref(), predictions.as_ref())
+    Ok(())
 }
 
 fn write_predictions(

@@ -443,7 +443,7 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
     #[rustfmt::skip]
     let r = mocse(&[
         "eval", "--run", &p("run"), "--test-subset", "12", "--device", "cpu", "--attack", "pgd",
-        "--eps", "8/255", "--steps", "3", "--json", &p("adv.json"),
+        "--eps", "8/255", "--steps", "3", "--json", &p("adv.json"), "--markdown", &p("adv.md"), "--csv", &p("adv.csv"),
     ]);
     assert!(r.ok, "{}", r.stderr);
     assert!(
@@ -461,6 +461,20 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
     assert!(adv["robust_accuracy"].as_f64().unwrap() <= report["clean_accuracy"].as_f64().unwrap());
     assert_eq!(adv["sanity"]["eps_zero_accuracy"], report["clean_accuracy"], "{adv}");
     assert_eq!(adv["sanity"]["subset_images"], 12);
+    // The Markdown and CSV reports say the same.
+    let markdown = std::fs::read_to_string(p("adv.md")).unwrap();
+    let robust_line =
+        format!("| {:.2}% | {}/12 |", 100.0 * adv["robust_accuracy"].as_f64().unwrap(), adv["robust_images"]);
+    assert!(
+        markdown.contains("| pgd linf eps 8/255 alpha 2/255 steps 3") && markdown.contains(&robust_line),
+        "{markdown}"
+    );
+    assert!(markdown.contains("Sanity checks: eps 0 gives"), "{markdown}");
+    let csv = std::fs::read_to_string(p("adv.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "condition,accuracy,correct,images");
+    assert!(lines[1].starts_with("clean,") && lines[2].starts_with("pgd,"), "{csv}");
+    assert!(lines[2].ends_with(&format!(",{},12", adv["robust_images"])), "{csv}");
 
     // The saved adversarial images reproduce the reported robust accuracy when classified again.
     #[rustfmt::skip]

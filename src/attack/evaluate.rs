@@ -275,11 +275,23 @@ impl AdversarialReport {
 
     /// One line: `pgd linf eps 8/255 ...: robust accuracy 12.34% (123/1000 images)`.
     pub fn summary(&self) -> String {
+        format!(
+            "{}: robust accuracy {:.2}% ({}/{} images)",
+            self.settings_text(),
+            100.0 * self.robust_accuracy,
+            self.robust_images,
+            self.num_images,
+        )
+    }
+
+    /// The attack and every setting: `pgd linf eps 8/255 alpha 2/255 steps 20 restarts 1 (batch
+    /// norm eval, seed 0)`.
+    pub fn settings_text(&self) -> String {
         let s = &self.settings;
         // APGD's alpha is its first step size, halved as the attack goes.
         let step = if self.attack.is_apgd() { "first step" } else { "alpha" };
         format!(
-            "{} {} eps {} {step} {} steps {} restarts {} (batch norm {}, seed {}): robust accuracy {:.2}% ({}/{} images)",
+            "{} {} eps {} {step} {} steps {} restarts {} (batch norm {}, seed {}{})",
             self.attack,
             s.norm,
             pixel_amount_text(s.eps),
@@ -288,9 +300,7 @@ impl AdversarialReport {
             s.restarts,
             s.bn,
             s.seed,
-            100.0 * self.robust_accuracy,
-            self.robust_images,
-            self.num_images,
+            if s.random_start { "" } else { ", no random start" },
         )
     }
 }
