@@ -120,18 +120,7 @@ impl EvalReport {
             let _ = writeln!(out, "| after {} | | {}/{} |", stage.stage, stage.robust_images, adv.num_images);
         }
         let s = &adv.sanity;
-        let _ = writeln!(
-            out,
-            "\nSanity checks: eps 0 gives {:.2}%; of the first {} images {} robust, {} at twice eps, {} at eps {}; {} \
-             images with an all-zero input gradient.",
-            100.0 * s.eps_zero_accuracy,
-            s.subset_images,
-            s.robust_on_subset,
-            s.double_eps_robust_on_subset,
-            s.large_eps_robust_on_subset,
-            s.large_eps,
-            s.zero_gradient_images
-        );
+        let _ = writeln!(out, "\nSanity checks: {}.", s.summary());
         for w in &s.warnings {
             let _ = writeln!(out, "\n**Warning:** {w}");
         }

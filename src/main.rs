@@ -767,16 +767,7 @@ fn eval(a: EvalArgs) -> Result<()> {
                     println!("robust images after each stage: {}", stages.join(", "));
                 }
                 let s = &report.sanity;
-                println!(
-                    "sanity: eps 0 gives {:.2}%; on the first {} images {} robust, {} at twice eps, {} at eps {}; {} zero input gradients",
-                    100.0 * s.eps_zero_accuracy,
-                    s.subset_images,
-                    s.robust_on_subset,
-                    s.double_eps_robust_on_subset,
-                    s.large_eps_robust_on_subset,
-                    s.large_eps,
-                    s.zero_gradient_images
-                );
+                println!("sanity: {}", s.summary());
                 for w in &s.warnings {
                     eprintln!("warning: {w}");
                 }

@@ -165,6 +165,23 @@ pub struct SanityReport {
     pub warnings: Vec<String>,
 }
 
+impl SanityReport {
+    /// One sentence: `eps 0 gives 45.00%; of the first 100 images ...`.
+    pub fn summary(&self) -> String {
+        format!(
+            "eps 0 gives {:.2}%; of the first {} images {} robust, {} at twice eps, {} at eps {}; {} images with an \
+             all-zero input gradient",
+            100.0 * self.eps_zero_accuracy,
+            self.subset_images,
+            self.robust_on_subset,
+            self.double_eps_robust_on_subset,
+            self.large_eps_robust_on_subset,
+            self.large_eps,
+            self.zero_gradient_images
+        )
+    }
+}
+
 /// Runs the sanity checks around an attack that gave `counts` with `settings` on `data`, whose
 /// clean accuracy is `clean_correct` images.
 #[allow(clippy::too_many_arguments)]
