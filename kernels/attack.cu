@@ -73,47 +73,6 @@ extern "C" __global__ void attack_random_start_f32(float* __restrict__ x_adv, co
     for (int i = threadIdx.x; i < per_image; i += blockDim.x) ob[i] = clamp01(xb[i] + scale * ob[i]);
 }
 
-// One projected-gradient step on every image: L-infinity, x_adv + alpha * sign(grad), then
-// clipped to x +- eps; L2, x_adv + alpha * grad / |grad| (no step where the gradient is zero),
-// then delta = x' - x scaled down to length eps when longer. Then clamped to [0, 1].
-extern "C" __global__ void pgd_step_f32(float* __restrict__ out, const float* __restrict__ x_adv,
-                                        const float* __restrict__ grad, const float* __restrict__ x,
-                                        int per_image, float alpha, float eps, int l2) {
-    __shared__ double scratch[32];
-    __shared__ float factor;
-    const size_t base = (size_t)blockIdx.x * per_image;
-    const float* ab = x_adv + base;
-    const float* gb = grad + base;
-    const float* xb = x + base;
-    float* ob = out + base;
-    if (!l2) {
-        for (int i = threadIdx.x; i < per_image; i += blockDim.x) {
-            const float g = gb[i];
-            const float s = g > 0.0f ? 1.0f : (g < 0.0f ? -1.0f : 0.0f);
-            const float v = fminf(fmaxf(ab[i] + alpha * s, xb[i] - eps), xb[i] + eps);
-            ob[i] = clamp01(v);
-        }
-        return;
-    }
-    double g_sq = 0.0;
-    for (int i = threadIdx.x; i < per_image; i += blockDim.x) g_sq += (double)gb[i] * gb[i];
-    const double g_total = block_sum(g_sq, scratch);
-    if (threadIdx.x == 0) factor = g_total > 0.0 ? (float)(alpha / sqrt(g_total)) : 0.0f;
-    __syncthreads();
-    const float step = factor;
-    double d_sq = 0.0;
-    for (int i = threadIdx.x; i < per_image; i += blockDim.x) {
-        const float d = ab[i] + step * gb[i] - xb[i];
-        ob[i] = d;
-        d_sq += (double)d * d;
-    }
-    const double d_total = block_sum(d_sq, scratch);
-    if (threadIdx.x == 0) factor = d_total > (double)eps * eps ? (float)(eps / sqrt(d_total)) : 1.0f;
-    __syncthreads();
-    const float shrink = factor;
-    for (int i = threadIdx.x; i < per_image; i += blockDim.x) ob[i] = clamp01(xb[i] + shrink * ob[i]);
-}
-
 // delta = v - x scaled down to length eps when longer (L2), or clipped to [-eps, eps] per value
 // (L-infinity), then x + delta clamped to [0, 1]: the projection of APGD's two half-steps.
 // `ob` holds v on entry and the projected point on exit; every thread touches the same indices
@@ -137,6 +96,36 @@ __device__ __forceinline__ void project_into_ball(float* ob, const float* xb, in
     const float shrink = *factor;
     __syncthreads();
     for (int i = threadIdx.x; i < per_image; i += blockDim.x) ob[i] = clamp01(xb[i] + shrink * ob[i]);
+}
+
+// One projected-gradient step on every image: L-infinity, x_adv + alpha * sign(grad), then
+// clipped to x +- eps; L2, x_adv + alpha * grad / |grad| (no step where the gradient is zero),
+// then delta = x' - x scaled down to length eps when longer. Then clamped to [0, 1].
+extern "C" __global__ void pgd_step_f32(float* __restrict__ out, const float* __restrict__ x_adv,
+                                        const float* __restrict__ grad, const float* __restrict__ x,
+                                        int per_image, float alpha, float eps, int l2) {
+    __shared__ double scratch[32];
+    __shared__ float factor;
+    const size_t base = (size_t)blockIdx.x * per_image;
+    const float* ab = x_adv + base;
+    const float* gb = grad + base;
+    const float* xb = x + base;
+    float* ob = out + base;
+    float step = alpha;
+    if (l2) {
+        double g_sq = 0.0;
+        for (int i = threadIdx.x; i < per_image; i += blockDim.x) g_sq += (double)gb[i] * gb[i];
+        const double g_total = block_sum(g_sq, scratch);
+        if (threadIdx.x == 0) factor = g_total > 0.0 ? (float)(alpha / sqrt(g_total)) : 0.0f;
+        __syncthreads();
+        step = factor;
+        __syncthreads();
+    }
+    for (int i = threadIdx.x; i < per_image; i += blockDim.x) {
+        const float g = gb[i];
+        ob[i] = ab[i] + step * (l2 ? g : (g > 0.0f ? 1.0f : (g < 0.0f ? -1.0f : 0.0f)));
+    }
+    project_into_ball(ob, xb, per_image, eps, l2, scratch, &factor);
 }
 
 // One APGD step (Croce & Hein 2020) on every image b, with its own step size step[b]:

@@ -187,36 +187,32 @@ pub fn pgd_step(
     let mut out = vec![0.0f32; x.len()];
     let inputs = x_adv.as_slice().par_chunks(per_image).zip(grad.as_slice().par_chunks(per_image));
     out.par_chunks_mut(per_image).zip(inputs).zip(x.as_slice().par_chunks(per_image)).for_each(
-        |((out, (adv, grad)), x)| match norm {
-            Norm::Linf => {
-                for (((o, &a), &g), &v) in out.iter_mut().zip(adv).zip(grad).zip(x) {
-                    let sign = if g > 0.0 {
-                        1.0
-                    } else if g < 0.0 {
-                        -1.0
-                    } else {
-                        0.0
-                    };
-                    *o = (a + alpha * sign).max(v - eps).min(v + eps).clamp(0.0, 1.0);
+        |((out, (adv, grad)), x)| {
+            let step = match norm {
+                Norm::Linf => alpha,
+                Norm::L2 => {
+                    let g_sq: f64 = grad.iter().map(|&g| f64::from(g) * f64::from(g)).sum();
+                    if g_sq > 0.0 { (f64::from(alpha) / g_sq.sqrt()) as f32 } else { 0.0 }
                 }
+            };
+            for ((o, &a), &g) in out.iter_mut().zip(adv).zip(grad) {
+                *o = a + step * step_direction(g, norm);
             }
-            Norm::L2 => {
-                let g_sq: f64 = grad.iter().map(|&g| f64::from(g) * f64::from(g)).sum();
-                let step = if g_sq > 0.0 { (f64::from(alpha) / g_sq.sqrt()) as f32 } else { 0.0 };
-                let mut d_sq = 0.0f64;
-                for (((o, &a), &g), &v) in out.iter_mut().zip(adv).zip(grad).zip(x) {
-                    *o = a + step * g - v;
-                    d_sq += f64::from(*o) * f64::from(*o);
-                }
-                let eps2 = f64::from(eps) * f64::from(eps);
-                let shrink = if d_sq > eps2 { (f64::from(eps) / d_sq.sqrt()) as f32 } else { 1.0 };
-                for (o, &v) in out.iter_mut().zip(x) {
-                    *o = (v + shrink * *o).clamp(0.0, 1.0);
-                }
-            }
+            project_into_ball(out, x, eps, norm);
         },
     );
     Ok(Tensor::from_vec(x.shape(), out))
+}
+
+/// A gradient value's step direction: its sign (L-infinity, 0 for 0), or itself (L2, scaled per
+/// image by the caller).
+fn step_direction(g: f32, norm: Norm) -> f32 {
+    match norm {
+        Norm::L2 => g,
+        Norm::Linf if g > 0.0 => 1.0,
+        Norm::Linf if g < 0.0 => -1.0,
+        Norm::Linf => 0.0,
+    }
 }
 
 /// `v - x` scaled down to length eps when longer (L2) or clipped to [-eps, eps] per value
@@ -301,19 +297,7 @@ pub fn apgd_step(
                 }
             };
             for ((o, &a), &g) in out.iter_mut().zip(adv).zip(grad) {
-                let d = match norm {
-                    Norm::L2 => g,
-                    Norm::Linf => {
-                        if g > 0.0 {
-                            1.0
-                        } else if g < 0.0 {
-                            -1.0
-                        } else {
-                            0.0
-                        }
-                    }
-                };
-                *o = a + scale * d;
+                *o = a + scale * step_direction(g, norm);
             }
             project_into_ball(out, x, eps, norm);
             for ((o, &a), &p) in out.iter_mut().zip(adv).zip(prev) {
