@@ -243,7 +243,7 @@ def main():
                 mocse(a.mocse, args)
                 t_mocse = time.time() - t0
                 report = json.load(open(tag + ".json"))
-                adv = report["adversarial"]
+                adv = report["adversarial"]["pgd"]
                 saved = np.load(tag + ".npz")
                 m_robust = saved["robust"].astype(bool)
                 assert adv["num_images"] == n and np.array_equal(saved["labels"], labels), "test sets differ"

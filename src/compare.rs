@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::attack::evaluate::{AdversarialReport, pixel_amount_text};
+use crate::attack::evaluate::{AdversarialReport, AttackReports, pixel_amount_text};
 use crate::corrupt::{Corruption, Group};
 use crate::eval::EvalReport;
 use crate::input_file::read_text;
@@ -18,9 +18,33 @@ use crate::robustness::CorruptionReport;
 pub struct Column {
     pub label: String,
     pub report: CorruptionReport,
-    /// A robust evaluation of the same model (`mocse eval --attack ... --json`), shown as a row
-    /// under the corruption averages.
+    /// A robust evaluation of the same model (`mocse eval --attack ... --json`) when the report
+    /// holds no attacks of its own: its attacks are rows under the corruption averages.
     pub robust: Option<EvalReport>,
+}
+
+/// The attacks of a column and what they attacked.
+struct ColumnAttacks<'a> {
+    data: &'a str,
+    num_images: usize,
+    reports: &'a AttackReports,
+}
+
+impl Column {
+    /// The column's attacks: its report's own (`eval --corruptions .. --attack ..`), else those
+    /// of its robust evaluation.
+    fn attacks(&self) -> Option<ColumnAttacks<'_>> {
+        if !self.report.adversarial.is_empty() {
+            let r = &self.report;
+            return Some(ColumnAttacks {
+                data: &r.context.data,
+                num_images: r.num_images,
+                reports: &r.adversarial,
+            });
+        }
+        let r = self.robust.as_ref()?;
+        Some(ColumnAttacks { data: &r.run.data, num_images: r.num_images, reports: &r.adversarial })
+    }
 }
 
 /// Reads a report written by `mocse eval --attack ... --json`.
@@ -32,14 +56,19 @@ pub fn read_robust_report(path: &Path) -> Result<EvalReport> {
             path.display()
         )
     })?;
-    let Some(adv) = &report.adversarial else {
-        bail!("{} holds no attack (write one with `mocse eval --attack pgd --json FILE`)", path.display());
-    };
     ensure!(
-        (0.0..=1.0).contains(&adv.robust_accuracy) && adv.robust_images <= adv.num_images,
-        "{} holds an invalid robust accuracy",
+        !report.adversarial.is_empty(),
+        "{} holds no attack (write one with `mocse eval --attack pgd --json FILE`)",
         path.display()
     );
+    for adv in report.adversarial.values() {
+        ensure!(
+            (0.0..=1.0).contains(&adv.robust_accuracy) && adv.robust_images <= adv.num_images,
+            "{} holds an invalid robust accuracy for {}",
+            path.display(),
+            adv.attack
+        );
+    }
     Ok(report)
 }
 
@@ -137,11 +166,14 @@ pub fn incomparabilities(columns: &[Column]) -> Vec<String> {
             corrupted_image_source(&a.corrupted_images),
             corrupted_image_source(&b.corrupted_images),
         );
-        if let (Some(x), Some(y)) = (&first.robust, &col.robust) {
-            differ("attack test data", x.run.data.clone(), y.run.data.clone());
+        if let (Some(x), Some(y)) = (first.attacks(), col.attacks()) {
+            differ("attack test data", x.data.to_string(), y.data.to_string());
             differ("attacked images", x.num_images.to_string(), y.num_images.to_string());
-            let settings = |r: &EvalReport| r.adversarial.as_ref().map(attack_description);
-            differ("attack", settings(x).unwrap_or_default(), settings(y).unwrap_or_default());
+            for (kind, adv) in x.reports {
+                if let Some(other) = y.reports.get(kind) {
+                    differ("attack", attack_description(adv), attack_description(other));
+                }
+            }
         }
     }
     found
@@ -290,9 +322,14 @@ pub fn table1_markdown(columns: &[Column], options: &TableOptions) -> Result<Str
     line(&mut out, "", "**average of 15** (benchmark)", mean_15, None);
     let mean_19 = columns.iter().map(|c| c.report.mean_19).collect();
     line(&mut out, "", "**average of 19**", mean_19, None);
-    if let Some(adv) = columns.iter().find_map(|c| c.robust.as_ref()?.adversarial.as_ref()) {
+    // A row per attack any column ran, named by the first column that ran it.
+    let mut attacked: Vec<&AdversarialReport> =
+        columns.iter().filter_map(|c| c.attacks()).flat_map(|a| a.reports.values()).collect();
+    attacked.sort_by_key(|adv| adv.attack);
+    attacked.dedup_by_key(|adv| adv.attack);
+    for adv in attacked {
         let robust =
-            columns.iter().map(|c| Some(c.robust.as_ref()?.adversarial.as_ref()?.robust_accuracy)).collect();
+            columns.iter().map(|c| Some(c.attacks()?.reports.get(&adv.attack)?.robust_accuracy)).collect();
         line(&mut out, "", &format!("**{}** (adversarial)", attack_row_name(adv)), robust, None);
     }
     let _ = writeln!(out);
@@ -323,15 +360,16 @@ pub fn table1_markdown(columns: &[Column], options: &TableOptions) -> Result<Str
             r.corrupted_images,
             r.severities
         );
-        if let Some(adv) = col.robust.as_ref().and_then(|r| r.adversarial.as_ref().map(|a| (r, a))) {
-            let (r, a) = adv;
-            let _ = writeln!(
-                out,
-                "  - attacked: {} images of {}, {}",
-                a.num_images,
-                r.run.data,
-                attack_description(a)
-            );
+        if let Some(attacks) = col.attacks() {
+            for a in attacks.reports.values() {
+                let _ = writeln!(
+                    out,
+                    "  - attacked: {} images of {}, {}",
+                    a.num_images,
+                    attacks.data,
+                    attack_description(a)
+                );
+            }
         }
     }
     Ok(out)
@@ -522,7 +560,11 @@ mod tests {
             run: report(50, &[], &[1], SEED_0).context,
             clean_accuracy: 0.5,
             num_images: 100,
-            adversarial: Some(AdversarialReport::new(AttackKind::Pgd, settings, &counts, sanity)),
+            adversarial: [(
+                AttackKind::Pgd,
+                AdversarialReport::new(AttackKind::Pgd, settings, &counts, sanity),
+            )]
+            .into(),
             mocse: String::new(),
         }
     }
@@ -551,6 +593,19 @@ mod tests {
         let found = incomparabilities(&columns);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].starts_with("attack: a has PGD-10 linf eps 8/255"), "{found:?}");
+    }
+
+    #[test]
+    fn a_report_of_one_attack_block_reads_as_that_attack_and_a_misfiled_block_is_refused() {
+        let report = robust_report(12, 10);
+        let mut json = serde_json::to_value(&report).unwrap();
+        assert!(json["adversarial"]["pgd"]["robust_accuracy"].is_number(), "{json}");
+        // Written before reports held several attacks: the block itself.
+        json["adversarial"] = json["adversarial"]["pgd"].clone();
+        assert_eq!(serde_json::from_value::<EvalReport>(json.clone()).unwrap(), report);
+        json["adversarial"] = serde_json::json!({ "aa-lite": json["adversarial"].clone() });
+        let err = serde_json::from_value::<EvalReport>(json).unwrap_err().to_string();
+        assert!(err.contains("adversarial.aa-lite holds the results of pgd"), "{err}");
     }
 
     #[test]

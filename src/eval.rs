@@ -1,9 +1,13 @@
-//! Evaluation of a trained model: clean accuracy (later: corruptions and attacks).
+//! Evaluation of a trained model: clean accuracy, and the report of `mocse eval` when it
+//! evaluates no corruptions (clean, and under attack).
 
 use anyhow::Result;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
+use crate::attack::evaluate::{
+    AttackReports, attack_rows_markdown, deserialize_attack_reports, sanity_markdown,
+};
 use crate::autograd::Tape;
 use crate::data::{Augment, Dataset, batches, epoch_order, make_batch};
 use crate::nn::model::Model;
@@ -76,9 +80,13 @@ pub struct EvalReport {
     pub run: RunDescription,
     pub clean_accuracy: f64,
     pub num_images: usize,
-    /// With `--attack`: the attack, its settings and the robust accuracy.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub adversarial: Option<crate::attack::evaluate::AdversarialReport>,
+    /// With `--attack`: each attack, its settings, the robust accuracy and the sanity checks.
+    #[serde(
+        default,
+        skip_serializing_if = "AttackReports::is_empty",
+        deserialize_with = "deserialize_attack_reports"
+    )]
+    pub adversarial: AttackReports,
     pub mocse: String,
 }
 
@@ -107,27 +115,10 @@ impl EvalReport {
             count(self.clean_accuracy),
             self.num_images
         );
-        let Some(adv) = &self.adversarial else { return out };
-        let _ = writeln!(
-            out,
-            "| {} | {:.2}% | {}/{} |",
-            adv.settings_text(),
-            100.0 * adv.robust_accuracy,
-            adv.robust_images,
-            adv.num_images
-        );
-        for stage in &adv.stages {
-            let _ = writeln!(out, "| after {} | | {}/{} |", stage.stage, stage.robust_images, adv.num_images);
-        }
-        let s = &adv.sanity;
-        let _ = writeln!(out, "\nSanity checks: {}.", s.summary());
-        for w in &s.warnings {
-            let _ = writeln!(out, "\n**Warning:** {w}");
-        }
-        out
+        out + &attack_rows_markdown(&self.adversarial) + &sanity_markdown(&self.adversarial)
     }
 
-    /// One accuracy per line: `condition,accuracy,correct,images` (clean, the attack, and the
+    /// One accuracy per line: `condition,accuracy,correct,images` (clean, each attack, and the
     /// robust images after each stage of an attack of several).
     pub fn to_csv(&self) -> String {
         use std::fmt::Write;
@@ -135,7 +126,7 @@ impl EvalReport {
         let mut out = String::from("condition,accuracy,correct,images\n");
         let clean = (self.clean_accuracy * n as f64).round() as usize;
         let _ = writeln!(out, "clean,{:.6},{clean},{n}", self.clean_accuracy);
-        if let Some(adv) = &self.adversarial {
+        for adv in self.adversarial.values() {
             let _ = writeln!(out, "{},{:.6},{},{n}", adv.attack, adv.robust_accuracy, adv.robust_images);
             for stage in &adv.stages {
                 let accuracy = stage.robust_images as f64 / n.max(1) as f64;

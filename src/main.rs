@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use mocse::atomic_file::write_atomic;
 use mocse::attack::apgd::INITIAL_STEP;
-use mocse::attack::evaluate::save_adversarial;
+use mocse::attack::evaluate::{AttackReports, save_adversarial};
 use mocse::attack::{AttackKind, BnMode, Norm, PgdConfig, parse_pixel_amount};
 use mocse::bench::bench_train_step;
 use mocse::checkpoint::MODEL_FILE;
@@ -280,13 +280,14 @@ struct AttackArgs {
     /// apgd-dlr or apgd-t (APGD on the cross-entropy, the difference-of-logits ratio, or the
     /// targeted DLR towards each of the 9 runner-up classes; Croce & Hein); aa-lite (APGD-CE,
     /// then APGD-T on the images still robust: AutoAttack without its black-box attacks)
-    #[arg(long)]
-    attack: Option<AttackKind>,
+    /// (several, comma-separated, run one after the other with the same settings)
+    #[arg(long, value_delimiter = ',', value_name = "ATTACK,..")]
+    attack: Option<Vec<AttackKind>>,
     /// The perturbation bound, in pixel units of [0, 1]: a number or a fraction such as 8/255
     #[arg(long, value_parser = pixel_amount, default_value = "8/255", requires = "attack", allow_hyphen_values = true)]
     eps: f32,
     /// pgd: the step size [default: eps / 4]. The APGD attacks set their own (2 eps, halved at
-    /// checkpoints)
+    /// checkpoints) and ignore it
     #[arg(long, value_parser = pixel_amount, requires = "attack", allow_hyphen_values = true)]
     alpha: Option<f32>,
     /// Gradient steps per restart (per target class for apgd-t) [default: 20 for pgd, 100 for
@@ -378,7 +379,8 @@ struct CompareArgs {
     #[arg(long)]
     difference: bool,
     /// Robust evaluations (`mocse eval --attack ... --json FILE`), comma-separated, one per report
-    /// in the same order: a row of robust accuracy under the corruption averages
+    /// in the same order: a row per attack under the corruption averages. Reports evaluated with
+    /// --corruptions and --attack together show their attacks without it
     #[arg(long, value_delimiter = ',', value_name = "REPORT.json,..")]
     robust: Option<Vec<PathBuf>>,
     /// Compare reports measured on different test data, numbers of images, severities or
@@ -716,30 +718,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         .predictions
         .as_ref()
         .map(|_| mocse::predictions::Predictions::new(test.labels(), model_config.num_classes));
-    let attack = a
-        .attack
-        .attack
-        .map(|kind| {
-            if kind.is_apgd() && a.attack.alpha.is_some() {
-                bail!("--alpha is the step of pgd; {kind} sets its own (2 eps, halved at checkpoints)");
-            }
-            let first_step = if kind.is_apgd() { INITIAL_STEP * a.attack.eps } else { a.attack.eps / 4.0 };
-            let settings = PgdConfig {
-                norm: a.attack.norm,
-                eps: a.attack.eps,
-                alpha: a.attack.alpha.unwrap_or(first_step),
-                steps: a.attack.steps.unwrap_or(kind.default_steps()),
-                restarts: a.attack.restarts,
-                random_start: !a.attack.no_random_start,
-                bn: a.attack.attack_bn,
-                seed,
-            };
-            settings.validate().map(|()| (kind, settings))
-        })
-        .transpose()?;
-    if attack.is_some() && corruptions.is_some() {
-        bail!("--attack and --corruptions are evaluated by separate runs of `mocse eval`");
-    }
+    let attacks = attack_settings(&a.attack, seed)?;
     let Some(corruptions) = corruptions else {
         eprintln!(
             "{why}; evaluating {} ({at_epoch}) on {} test images of {spec}",
@@ -752,29 +731,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             100.0 * correct as f64 / test.len() as f64,
             test.len()
         );
-        let adversarial = match attack {
-            Some((kind, settings)) => {
-                let keep = a.attack.save_adversarial.is_some();
-                let (report, counts) = job.robust(kind, &settings, a.batch_size, correct, keep)?;
-                if let Some(path) = &a.attack.save_adversarial {
-                    save_adversarial(path, &counts, &test.labels())?;
-                    eprintln!("wrote the adversarial images to {}", path.display());
-                }
-                println!("{}", report.summary());
-                if !report.stages.is_empty() {
-                    let stages: Vec<String> =
-                        report.stages.iter().map(|c| format!("{} {}", c.stage, c.robust_images)).collect();
-                    println!("robust images after each stage: {}", stages.join(", "));
-                }
-                let s = &report.sanity;
-                println!("sanity: {}", s.summary());
-                for w in &s.warnings {
-                    eprintln!("warning: {w}");
-                }
-                Some(report)
-            }
-            None => None,
-        };
+        let adversarial = run_attacks(&job, &attacks, &a, correct, true)?;
         let report = EvalReport {
             run: job.run.clone(),
             clean_accuracy: report_value(correct as f64 / test.len() as f64),
@@ -816,13 +773,84 @@ fn eval(a: EvalArgs) -> Result<()> {
         predictions.as_mut(),
     )?;
     bar.finish_and_clear();
-    let report = CorruptionReport::new(job.run.clone(), described, &counts, &severities);
+    let mut report = CorruptionReport::new(job.run.clone(), described, &counts, &severities);
+    report.adversarial = run_attacks(&job, &attacks, &a, counts.clean, false)?;
     print!("{}", report.to_markdown());
     if let Some(path) = &a.json {
         write_json(path, &report)?;
     }
     write_text_reports(&a, &report.to_markdown(), &report.to_csv())?;
     write_predictions(a.predictions.as_deref(), predictions.as_ref())
+}
+
+/// The attacks `--attack` asks for, with their settings.
+fn attack_settings(a: &AttackArgs, seed: u64) -> Result<Vec<(AttackKind, PgdConfig)>> {
+    let kinds = a.attack.clone().unwrap_or_default();
+    if let Some(kind) = kinds.iter().enumerate().find_map(|(i, k)| kinds[..i].contains(k).then_some(k)) {
+        bail!("--attack names {kind} twice");
+    }
+    if let (Some(_), Some(kind)) = (a.alpha, kinds.first())
+        && !kinds.contains(&AttackKind::Pgd)
+    {
+        bail!("--alpha is the step of pgd; {kind} sets its own (2 eps, halved at checkpoints)");
+    }
+    if a.save_adversarial.is_some() && kinds.len() > 1 {
+        bail!("--save-adversarial saves the images of one attack; give --attack one attack");
+    }
+    kinds
+        .into_iter()
+        .map(|kind| {
+            let alpha = match (kind.is_apgd(), a.alpha) {
+                (true, _) => INITIAL_STEP * a.eps,
+                (false, alpha) => alpha.unwrap_or(a.eps / 4.0),
+            };
+            let settings = PgdConfig {
+                norm: a.norm,
+                eps: a.eps,
+                alpha,
+                steps: a.steps.unwrap_or(kind.default_steps()),
+                restarts: a.restarts,
+                random_start: !a.no_random_start,
+                bn: a.attack_bn,
+                seed,
+            };
+            settings.validate().map(|()| (kind, settings))
+        })
+        .collect()
+}
+
+/// Runs each attack on the clean test images (`clean_correct` of them classified correctly);
+/// saves the adversarial images when asked, and prints each result (`print`) and every warning.
+fn run_attacks(
+    job: &EvalJob,
+    attacks: &[(AttackKind, PgdConfig)],
+    a: &EvalArgs,
+    clean_correct: usize,
+    print: bool,
+) -> Result<AttackReports> {
+    let mut reports = AttackReports::new();
+    for (kind, settings) in attacks {
+        let keep = a.attack.save_adversarial.is_some();
+        let (report, counts) = job.robust(*kind, settings, a.batch_size, clean_correct, keep)?;
+        if let Some(path) = &a.attack.save_adversarial {
+            save_adversarial(path, &counts, &job.test.labels())?;
+            eprintln!("wrote the adversarial images to {}", path.display());
+        }
+        if print {
+            println!("{}", report.summary());
+            if !report.stages.is_empty() {
+                let stages: Vec<String> =
+                    report.stages.iter().map(|c| format!("{} {}", c.stage, c.robust_images)).collect();
+                println!("robust images after each stage: {}", stages.join(", "));
+            }
+            println!("sanity: {}", report.sanity.summary());
+        }
+        for w in &report.sanity.warnings {
+            eprintln!("warning: {kind}: {w}");
+        }
+        reports.insert(*kind, report);
+    }
+    Ok(reports)
 }
 
 /// Writes `--markdown` and `--csv` when given.
@@ -966,6 +994,14 @@ fn compare(a: CompareArgs) -> Result<()> {
         Some(paths) => paths.iter().map(|p| read_robust_report(p).map(Some)).collect::<Result<_>>()?,
         None => vec![None; reports.len()],
     };
+    for ((report, robust), path) in reports.iter().zip(&robust).zip(&a.reports) {
+        if robust.is_some() && !report.adversarial.is_empty() {
+            bail!(
+                "{} holds its own attacks (it was evaluated with --attack), so --robust cannot add others to it",
+                path.display()
+            );
+        }
+    }
     let columns: Vec<Column> = labels
         .into_iter()
         .zip(reports)

@@ -9,6 +9,9 @@ use anyhow::{Result, bail, ensure};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
+use crate::attack::evaluate::{
+    AttackReports, attack_rows_markdown, deserialize_attack_reports, sanity_markdown,
+};
 use crate::corrupt::{Corruption, Group, SEVERITIES, StreamKey, corrupt, upload_images};
 use crate::data::cifar10c::Cifar10C;
 use crate::data::{Dataset, IMAGE_LEN};
@@ -142,6 +145,13 @@ pub struct CorruptionReport {
     pub mean_19: Option<f64>,
     /// Mean over the 15 benchmark corruptions (RobustBench); null unless all 15 were evaluated.
     pub mean_15: Option<f64>,
+    /// With `--attack`: each attack on the clean test images, as in an evaluation report.
+    #[serde(
+        default,
+        skip_serializing_if = "AttackReports::is_empty",
+        deserialize_with = "deserialize_attack_reports"
+    )]
+    pub adversarial: AttackReports,
     pub mocse: String,
 }
 
@@ -208,6 +218,7 @@ impl CorruptionReport {
             per_group,
             mean_19: all_of(&mut Corruption::ALL.into_iter()),
             mean_15: all_of(&mut Corruption::ALL.into_iter().filter(|c| c.is_benchmark())),
+            adversarial: AttackReports::new(),
             mocse: crate::BUILD.to_string(),
         }
     }
@@ -251,6 +262,15 @@ impl CorruptionReport {
             if let Some(v) = v {
                 fraction(what.into(), v)?;
             }
+        }
+        for (kind, adv) in &self.adversarial {
+            fraction(format!("adversarial.{kind}.robust_accuracy"), adv.robust_accuracy)?;
+            ensure!(
+                adv.robust_images <= adv.num_images,
+                "adversarial.{kind}: {} robust images of {}",
+                adv.robust_images,
+                adv.num_images
+            );
         }
         ensure!(
             self.severities.iter().all(|s| SEVERITIES.contains(s)),
@@ -310,11 +330,17 @@ impl CorruptionReport {
         }
         let _ = writeln!(out, "- mean over the 15 benchmark corruptions: {}", pct(self.mean_15));
         let _ = writeln!(out, "- mean over all 19 corruptions: {}", pct(self.mean_19));
+        if !self.adversarial.is_empty() {
+            let _ = writeln!(out, "\n## Under attack (the clean test images)\n");
+            let _ = writeln!(out, "| condition | accuracy | images |\n|---|---:|---:|");
+            out += &attack_rows_markdown(&self.adversarial);
+            out += &sanity_markdown(&self.adversarial);
+        }
         out
     }
 
-    /// Long-format CSV: `corruption,group,benchmark,severity,accuracy`, with `clean` and the
-    /// means as rows of their own (severity `mean` or `all`).
+    /// Long-format CSV: `corruption,group,benchmark,severity,accuracy`, with `clean`, the means
+    /// (severity `mean` or `all`) and each attack (group `adversarial`) as rows of their own.
     pub fn to_csv(&self) -> String {
         let mut out = String::from("corruption,group,benchmark,severity,accuracy\n");
         let _ = writeln!(out, "clean,,,,{:.6}", self.clean_accuracy);
@@ -337,6 +363,9 @@ impl CorruptionReport {
         }
         if let Some(v) = self.mean_19 {
             let _ = writeln!(out, "mean_19,,,all,{v:.6}");
+        }
+        for (kind, adv) in &self.adversarial {
+            let _ = writeln!(out, "{kind},adversarial,,all,{:.6}", adv.robust_accuracy);
         }
         out
     }

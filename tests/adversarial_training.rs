@@ -42,7 +42,7 @@ fn attacked_accuracy(args: &[&str], attack: &[&str]) -> f64 {
     let r = mocse(&all);
     assert!(r.ok, "{}", r.stderr);
     let report: serde_json::Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
-    report["adversarial"]["robust_accuracy"].as_f64().unwrap()
+    report["adversarial"][attack[1]]["robust_accuracy"].as_f64().unwrap()
 }
 
 #[test]

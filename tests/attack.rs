@@ -442,7 +442,7 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
     assert!(r.ok, "{}", r.stderr);
     #[rustfmt::skip]
     let r = mocse(&[
-        "eval", "--run", &p("run"), "--test-subset", "12", "--device", "cpu", "--attack", "pgd",
+        "eval", "--run", &p("run"), "--test-subset", "12", "--device", "cpu", "--attack", "pgd,apgd-ce",
         "--eps", "8/255", "--steps", "3", "--json", &p("adv.json"), "--markdown", &p("adv.md"), "--csv", &p("adv.csv"),
     ]);
     assert!(r.ok, "{}", r.stderr);
@@ -452,8 +452,15 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
         r.stdout
     );
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(p("adv.json")).unwrap()).unwrap();
-    let adv = &report["adversarial"];
+    let adv = &report["adversarial"]["pgd"];
     assert_eq!(adv["attack"], "pgd");
+    let apgd = &report["adversarial"]["apgd-ce"];
+    assert_eq!((&apgd["attack"], &apgd["steps"]), (&"apgd-ce".into(), &3.into()));
+    assert!(
+        (apgd["alpha"].as_f64().unwrap() - 16.0 / 255.0).abs() < 1e-6,
+        "APGD's first step is 2 eps: {apgd}"
+    );
+    assert!(apgd["robust_accuracy"].as_f64().unwrap() <= report["clean_accuracy"].as_f64().unwrap());
     assert_eq!(adv["norm"], "linf");
     assert_eq!(adv["steps"], 3);
     assert_eq!(adv["bn"], "eval");
@@ -469,12 +476,14 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
         markdown.contains("| pgd linf eps 8/255 alpha 2/255 steps 3") && markdown.contains(&robust_line),
         "{markdown}"
     );
-    assert!(markdown.contains("Sanity checks: eps 0 gives"), "{markdown}");
+    assert!(markdown.contains("Sanity checks of pgd: eps 0 gives"), "{markdown}");
+    assert!(markdown.contains("| apgd-ce linf eps 8/255 first step 16/255 steps 3"), "{markdown}");
     let csv = std::fs::read_to_string(p("adv.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], "condition,accuracy,correct,images");
     assert!(lines[1].starts_with("clean,") && lines[2].starts_with("pgd,"), "{csv}");
     assert!(lines[2].ends_with(&format!(",{},12", adv["robust_images"])), "{csv}");
+    assert!(lines[3].starts_with("apgd-ce,"), "{csv}");
 
     // The saved adversarial images reproduce the reported robust accuracy when classified again.
     #[rustfmt::skip]
@@ -521,7 +530,44 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
     assert_clean_failure(&eval(&["--attack", "aa-lite", "--steps", "0"]), "--steps must be at least 1");
     assert_clean_failure(&eval(&["--attack", "pgd", "--norm", "l1"]), "unknown norm 'l1'");
     assert_clean_failure(&eval(&["--eps", "0.1"]), "--attack");
-    assert_clean_failure(&eval(&["--attack", "pgd", "--corruptions", "fog"]), "separate runs");
+    assert_clean_failure(&eval(&["--attack", "pgd,aa-lite,pgd"]), "--attack names pgd twice");
+    assert_clean_failure(&eval(&["--attack", "apgd-t,aa-lite", "--alpha", "1/255"]), "sets its own");
+    #[rustfmt::skip]
+    assert_clean_failure(&eval(&["--attack", "pgd,aa-lite", "--save-adversarial", &p("two.npz")]), "one attack");
+
+    // Corruptions and attacks in one report; compare shows its attacks as rows.
+    #[rustfmt::skip]
+    let r = eval(&[
+        "--corruptions", "fog", "--severities", "1", "--attack", "pgd,aa-lite", "--steps", "2", "--json", &p("both.json"),
+        "--csv", &p("both.csv"),
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("## Under attack") && r.stdout.contains("| pgd linf eps 8/255"),
+        "{}",
+        r.stdout
+    );
+    let both: serde_json::Value = serde_json::from_slice(&std::fs::read(p("both.json")).unwrap()).unwrap();
+    assert!(both["corruptions"]["fog"]["1"].is_number(), "{both}");
+    let pgd_robust = both["adversarial"]["pgd"]["robust_accuracy"].as_f64().unwrap();
+    assert!(
+        both["adversarial"]["aa-lite"]["robust_accuracy"].as_f64().unwrap()
+            <= both["clean_accuracy"].as_f64().unwrap()
+    );
+    let csv = std::fs::read_to_string(p("both.csv")).unwrap();
+    assert!(csv.contains(&format!("\npgd,adversarial,,all,{pgd_robust:.6}\n")), "{csv}");
+    let r = mocse(&["compare", &p("both.json")]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(&format!("| **PGD-2 linf eps 8/255** (adversarial) | {:.2} |", 100.0 * pgd_robust))
+            && r.stdout.contains("**AA-LITE-2 linf eps 8/255** (adversarial)"),
+        "{}",
+        r.stdout
+    );
+    assert_clean_failure(
+        &mocse(&["compare", &p("both.json"), "--robust", &p("adv.json")]),
+        "holds its own attacks",
+    );
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! Robust accuracy of a model on a test set under an attack, batch by batch, and its report.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
 use anyhow::Result;
 use indicatif::ProgressBar;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::attack::apgd::{ApgdLoss, TARGET_CLASSES, apgd};
 use crate::attack::pgd::pgd;
@@ -320,6 +323,66 @@ impl AdversarialReport {
             if s.random_start { "" } else { ", no random start" },
         )
     }
+}
+
+/// Every attack of one evaluation, in [`AttackKind`] order: a report's `adversarial` block,
+/// `{"pgd": {...}, "aa-lite": {...}}`.
+pub type AttackReports = BTreeMap<AttackKind, AdversarialReport>;
+
+/// Reads a report's `adversarial` block. A report written when a report held one attack holds
+/// that attack's block itself, and reads as that attack. Each block must name the attack it is
+/// filed under.
+pub fn deserialize_attack_reports<'de, D: Deserializer<'de>>(d: D) -> Result<AttackReports, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Several(AttackReports),
+        One(AdversarialReport),
+    }
+    let reports = match Stored::deserialize(d)? {
+        Stored::Several(reports) => reports,
+        Stored::One(report) => BTreeMap::from([(report.attack, report)]),
+    };
+    if let Some((kind, report)) = reports.iter().find(|(kind, report)| **kind != report.attack) {
+        return Err(serde::de::Error::custom(format!(
+            "adversarial.{kind} holds the results of {}",
+            report.attack
+        )));
+    }
+    Ok(reports)
+}
+
+/// Markdown rows `| attack and settings | accuracy | robust/images |` (and the robust images
+/// after each stage of an attack of several), for a table of condition, accuracy and images.
+pub fn attack_rows_markdown(reports: &AttackReports) -> String {
+    let mut out = String::new();
+    for adv in reports.values() {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2}% | {}/{} |",
+            adv.settings_text(),
+            100.0 * adv.robust_accuracy,
+            adv.robust_images,
+            adv.num_images
+        );
+        for stage in &adv.stages {
+            let _ = writeln!(out, "| after {} | | {}/{} |", stage.stage, stage.robust_images, adv.num_images);
+        }
+    }
+    out
+}
+
+/// Each attack's sanity checks and warnings, as Markdown paragraphs.
+pub fn sanity_markdown(reports: &AttackReports) -> String {
+    let mut out = String::new();
+    for adv in reports.values() {
+        let s = &adv.sanity;
+        let _ = writeln!(out, "\nSanity checks of {}: {}.", adv.attack, s.summary());
+        for w in &s.warnings {
+            let _ = writeln!(out, "\n**Warning:** {w}");
+        }
+    }
+    out
 }
 
 /// `8/255` (or `0.5/255`) when the amount is a whole number of quarter 255ths, else the number.

@@ -75,8 +75,8 @@ impl fmt::Display for BnMode {
     }
 }
 
-/// The attacks `mocse eval --attack` runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The attacks `mocse eval --attack` runs (reports list them in this order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AttackKind {
     /// Projected gradient descent on the cross-entropy (Madry et al.).
