@@ -1,16 +1,17 @@
 //! The evaluation job: what a model to evaluate is (a run's last checkpoint or a checkpoint
 //! file), loading it with its test data onto a device, and the evaluations `mocse eval` (and
-//! any later command) runs on it: clean, and under attack with the sanity checks.
+//! any later command) runs on it: clean, corrupted, and under attack with the sanity checks.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
 use crate::attack::evaluate::{
-    AdversarialReport, AttackCounts, SANITY_IMAGES, attack_dataset, sanity_checks,
+    AdversarialReport, AttackCounts, AttackReports, SANITY_IMAGES, attack_dataset, sanity_checks,
 };
 use crate::attack::{AttackKind, PgdConfig};
 use crate::checkpoint::{self, MODEL_FILE};
+use crate::corrupt::Corruption;
 use crate::data::{DataSpec, Dataset, Split};
 use crate::device::Device;
 use crate::eval::{RunDescription, count_correct_on};
@@ -19,6 +20,7 @@ use crate::nn::model::{Model, ModelConfig};
 use crate::nn::preact_resnet::Weights;
 use crate::predictions::Predictions;
 use crate::progress;
+use crate::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions};
 use crate::train::{CONFIG_FILE, SYNTHETIC_SET_SEED, TrainConfig, check_config_unchanged, read_config};
 
 /// What to evaluate: a run's last checkpoint, or a checkpoint file.
@@ -190,5 +192,55 @@ impl EvalJob {
         )?;
         bar.finish_and_clear();
         Ok((AdversarialReport::new(kind, *settings, &counts, sanity), counts))
+    }
+
+    /// Each attack in turn on the test set (see [`EvalJob::robust`]); `each` sees every report
+    /// and its counts as it is made (to print it, or save its images).
+    pub fn attacks(
+        &self,
+        attacks: &[(AttackKind, PgdConfig)],
+        batch_size: usize,
+        clean_correct: usize,
+        keep_images: bool,
+        mut each: impl FnMut(&AdversarialReport, &AttackCounts) -> Result<()>,
+    ) -> Result<AttackReports> {
+        let mut reports = AttackReports::new();
+        for (kind, settings) in attacks {
+            let (report, counts) = self.robust(*kind, settings, batch_size, clean_correct, keep_images)?;
+            each(&report, &counts)?;
+            reports.insert(*kind, report);
+        }
+        Ok(reports)
+    }
+
+    /// The clean test set and each of its corrupted versions, with a progress bar: the report
+    /// (`described` names the corrupted images in it) and the clean images classified
+    /// correctly. `predictions` receives every image's scores.
+    pub fn corruptions(
+        &self,
+        corruptions: &[Corruption],
+        severities: &[u8],
+        source: &CorruptedSource,
+        described: String,
+        batch_size: usize,
+        predictions: Option<&mut Predictions>,
+    ) -> Result<(CorruptionReport, usize)> {
+        // What the corruptions need (frost's photographs) first, so the rate counts only the work.
+        crate::corrupt::prepare(corruptions)?;
+        let passes = 1 + corruptions.len() * severities.len();
+        let bar = progress::bar((self.test.len() * passes) as u64, "image evaluations");
+        let counts = evaluate_corruptions(
+            &self.model,
+            &self.weights,
+            &self.test,
+            corruptions,
+            severities,
+            source,
+            batch_size,
+            Some(&bar),
+            predictions,
+        )?;
+        bar.finish_and_clear();
+        Ok((CorruptionReport::new(self.run.clone(), described, &counts, severities), counts.clean))
     }
 }

@@ -34,7 +34,7 @@ use mocse::ops::sgd::SgdConfig;
 use mocse::output_paths::check_outputs;
 use mocse::progress;
 use mocse::raster::{bar_chart_png, gallery_png, line_chart_png};
-use mocse::robustness::{CorruptedSource, CorruptionReport, evaluate_corruptions, report_value};
+use mocse::robustness::{CorruptedSource, report_value};
 use mocse::train::{
     AdversarialMethod, AdversarialTraining, SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, TrainingMode,
 };
@@ -749,7 +749,6 @@ fn eval(a: EvalArgs) -> Result<()> {
         Some(f) => (CorruptedSource::Files(f), format!("cifar10c:{}", f.dir().display())),
         None => (CorruptedSource::Generate { seed }, format!("generated on {device} (seed {seed})")),
     };
-    let passes = 1 + corruptions.len() * severities.len();
     eprintln!(
         "{why}; evaluating {} ({at_epoch}) on {} test images of {spec}, clean and {} corruptions x severities {:?} \
          ({described})",
@@ -758,23 +757,9 @@ fn eval(a: EvalArgs) -> Result<()> {
         corruptions.len(),
         severities
     );
-    // What the corruptions need (frost's photographs) first, so the rate counts only the work.
-    mocse::corrupt::prepare(&corruptions)?;
-    let bar = progress::bar((test.len() * passes) as u64, "image evaluations");
-    let counts = evaluate_corruptions(
-        &job.model,
-        &job.weights,
-        test,
-        &corruptions,
-        &severities,
-        &source,
-        a.batch_size,
-        Some(&bar),
-        predictions.as_mut(),
-    )?;
-    bar.finish_and_clear();
-    let mut report = CorruptionReport::new(job.run.clone(), described, &counts, &severities);
-    report.adversarial = run_attacks(&job, &attacks, &a, counts.clean, false)?;
+    let (mut report, clean_correct) =
+        job.corruptions(&corruptions, &severities, &source, described, a.batch_size, predictions.as_mut())?;
+    report.adversarial = run_attacks(&job, &attacks, &a, clean_correct, false)?;
     print!("{}", report.to_markdown());
     if let Some(path) = &a.json {
         write_json(path, &report)?;
@@ -828,12 +813,10 @@ fn run_attacks(
     clean_correct: usize,
     print: bool,
 ) -> Result<AttackReports> {
-    let mut reports = AttackReports::new();
-    for (kind, settings) in attacks {
-        let keep = a.attack.save_adversarial.is_some();
-        let (report, counts) = job.robust(*kind, settings, a.batch_size, clean_correct, keep)?;
-        if let Some(path) = &a.attack.save_adversarial {
-            save_adversarial(path, &counts, &job.test.labels())?;
+    let save = a.attack.save_adversarial.as_deref();
+    job.attacks(attacks, a.batch_size, clean_correct, save.is_some(), |report, counts| {
+        if let Some(path) = save {
+            save_adversarial(path, counts, &job.test.labels())?;
             eprintln!("wrote the adversarial images to {}", path.display());
         }
         if print {
@@ -846,11 +829,10 @@ fn run_attacks(
             println!("sanity: {}", report.sanity.summary());
         }
         for w in &report.sanity.warnings {
-            eprintln!("warning: {kind}: {w}");
+            eprintln!("warning: {}: {w}", report.attack);
         }
-        reports.insert(*kind, report);
-    }
-    Ok(reports)
+        Ok(())
+    })
 }
 
 /// Writes `--markdown` and `--csv` when given.
