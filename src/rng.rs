@@ -64,6 +64,8 @@ pub enum Purpose {
     Corruption = 6,
     /// Random starts and restarts of adversarial attacks.
     Attack = 7,
+    /// AugMix's operations and mixing weights; index = (epoch << 32) | image index.
+    AugMix = 8,
 }
 
 impl Purpose {

@@ -6,6 +6,7 @@
 //! model, not to this module.
 
 mod augment;
+pub mod augmix;
 mod cifar10;
 pub mod cifar10c;
 mod synthetic;
