@@ -127,7 +127,9 @@ struct RunSettings {
     /// Seed of the weight initialisation, the shuffling and the augmentation
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
-    /// Training augmentation: standard (4-pixel zero pad, random 32x32 crop, horizontal flip) or none
+    /// Training augmentation: standard (4-pixel zero pad, random 32x32 crop, horizontal flip),
+    /// augmix (standard, then AugMix of the operations that overlap no test corruption, on the
+    /// training device: "CIFAR-10 Augmented") or none
     #[arg(long, default_value = "standard", conflicts_with = "resume")]
     augment: mocse::data::Augment,
     /// Train on the first N training images only [default: all]

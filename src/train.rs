@@ -17,7 +17,7 @@ use crate::attack::step::gaussian_start;
 use crate::attack::{AttackKind, BnMode, Norm, PgdConfig};
 use crate::autograd::{Tape, Var};
 use crate::checkpoint::{self, MODEL_FILE, Progress, RunRecord};
-use crate::data::{Augment, DataSpec, Dataset, Split, batches, epoch_order, make_batch};
+use crate::data::{Augment, DataSpec, Dataset, Split, augmix, batches, epoch_order, make_batch};
 use crate::device::Device;
 use crate::dir_lock::{DirLock, LOCK_FILE};
 use crate::eval::count_correct_on;
@@ -628,12 +628,12 @@ impl Trainer {
         for idx in batches(&order, self.config.batch_size) {
             lr = self.config.schedule.lr(self.config.lr, epoch, self.progress.step, epochs, spe);
             let batch = make_batch(&self.train, idx, augment, self.config.seed, epoch as u64);
-            let batch = TrainBatch {
-                images: Tensor::from_vec_on(self.device, &[batch.size, 32, 32, 3], batch.images)?,
-                labels: batch.labels,
-                index: idx.iter().map(|&i| i as u32).collect(),
-                epoch: epoch as u32,
-            };
+            let index: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+            let mut images = Tensor::from_vec_on(self.device, &[batch.size, 32, 32, 3], batch.images)?;
+            if augment == Augment::AugMix {
+                images = augmix::augment_batch(&images, &index, self.config.seed, epoch as u64)?;
+            }
+            let batch = TrainBatch { images, labels: batch.labels, index, epoch: epoch as u32 };
             if first_batch.is_none() {
                 first_batch = Some((batch.images.clone(), batch.labels.clone(), batch.index.clone()));
             }

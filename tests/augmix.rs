@@ -146,3 +146,47 @@ fn drawn_plans_give_images_in_range_that_depend_on_the_image_and_epoch_only() {
         assert_ne!(out, x.to_host().unwrap());
     }
 }
+
+#[test]
+fn training_with_augmix_is_recorded_reproducible_and_not_the_standard_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, augment: &str| {
+        let out = dir.path().join(name);
+        let r = common::tiny_run(out.to_str().unwrap(), "1", &["--augment", augment]);
+        assert!(r.ok, "{}", r.stderr);
+        let log = mocse::train::read_log(&out).unwrap();
+        (mocse::train::read_config(&out).unwrap().augment, log[0].train_loss)
+    };
+    let (augment, loss) = run("a", "augmix");
+    assert_eq!(augment, "augmix");
+    assert_eq!(run("b", "augmix").1, loss, "the same seed gives the same AugMix run");
+    assert_ne!(run("c", "standard").1, loss);
+    let r = common::tiny_run(dir.path().join("d").to_str().unwrap(), "1", &["--augment", "autoaugment"]);
+    common::assert_clean_failure(&r, "expected \"none\", \"standard\" or \"augmix\"");
+}
+
+#[test]
+fn no_test_corruption_is_an_augmix_operation() {
+    let names: Vec<&str> = AugmixOp::ALL.iter().map(|op| op.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "autocontrast",
+            "equalize",
+            "posterize",
+            "solarize",
+            "rotate",
+            "shear_x",
+            "shear_y",
+            "translate_x",
+            "translate_y"
+        ]
+    );
+    // AugMix's "all ops" add these four, which are test corruptions or close to them.
+    for left_out in ["brightness", "contrast", "color", "sharpness"] {
+        assert!(!names.contains(&left_out));
+    }
+    for c in mocse::corrupt::Corruption::ALL {
+        assert!(!names.contains(&c.name()), "{c}");
+    }
+}

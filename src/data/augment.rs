@@ -18,6 +18,9 @@ pub enum Augment {
     /// The usual CIFAR recipe: pad 4 with zeros, random 32x32 crop, random
     /// horizontal flip with p = 0.5.
     Standard,
+    /// "CIFAR-10 Augmented": the standard recipe, then AugMix on the device
+    /// ([`super::augmix`]).
+    AugMix,
 }
 
 impl FromStr for Augment {
@@ -27,6 +30,7 @@ impl FromStr for Augment {
         match s {
             "none" => Ok(Augment::None),
             "standard" => Ok(Augment::Standard),
+            "augmix" => Ok(Augment::AugMix),
             _ => Err(ParseError::Augment(s.to_string())),
         }
     }
@@ -37,6 +41,7 @@ impl fmt::Display for Augment {
         f.write_str(match self {
             Augment::None => "none",
             Augment::Standard => "standard",
+            Augment::AugMix => "augmix",
         })
     }
 }
@@ -90,7 +95,8 @@ pub fn make_batch(ds: &Dataset, indices: &[usize], augment: Augment, seed: u64, 
                         *o = to_unit(v);
                     }
                 }
-                Augment::Standard => {
+                // AugMix's chains run later, on the device, on the cropped and flipped image.
+                Augment::Standard | Augment::AugMix => {
                     let mut rng = augment_rng(seed, epoch, index);
                     // Draw order (x offset, y offset, flip) is part of the
                     // reproducibility contract.

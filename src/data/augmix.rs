@@ -260,6 +260,14 @@ pub fn apply_ops(images: &Tensor, ops: &[OpPlan]) -> Result<Tensor> {
     launch("augmix_op_f32", images, ops)
 }
 
+/// AugMix of a training batch (after crop and flip): image `indices[i]` of the training set
+/// gets the plan of its own stream for `epoch`, whatever batch it is in.
+pub fn augment_batch(images: &Tensor, indices: &[u32], seed: u64, epoch: u64) -> Result<Tensor> {
+    let plans: Vec<AugmixPlan> =
+        indices.iter().map(|&i| AugmixPlan::draw(seed, epoch, u64::from(i))).collect();
+    augmix(images, &plans)
+}
+
 /// AugMix of each image by its plan: images (n, 32, 32, 3) with values k/255 in [0, 1], on any
 /// device; the result is in [0, 1] (not whole 255ths: the chains are mixed in float).
 pub fn augmix(images: &Tensor, plans: &[AugmixPlan]) -> Result<Tensor> {

@@ -40,7 +40,7 @@ pub enum ParseError {
     DataSpec(String),
     #[error("data set \"cifar10:\" needs a directory, e.g. \"cifar10:data/cifar-10-batches-bin\"")]
     EmptyCifarDir,
-    #[error("unknown augmentation {0:?}: expected \"none\" or \"standard\"")]
+    #[error("unknown augmentation {0:?}: expected \"none\", \"standard\" or \"augmix\"")]
     Augment(String),
     #[error("unknown split {0:?}: expected \"train\" or \"test\"")]
     Split(String),
