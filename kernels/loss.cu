@@ -165,3 +165,54 @@ extern "C" __global__ void loss_grad_scale_f32(float* __restrict__ dx, const flo
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
         dx[i] = per_row[i] * scale;
 }
+
+// AugMix's Jensen-Shannon consistency loss (src/ops/loss.rs jsd_group): rows r, B + r, ...,
+// (V - 1) B + r of `scores` [V B, K] are V views of image r; loss = mean over r of
+// (1/V) sum_v KL(p_v || M), M = max(mean_v p_v, 1e-7), and grad [V B, K] its per-group gradient.
+// One block, any blockDim.x that is a multiple of 32, a thread per group at a time.
+#define JSD_MAX_VIEWS 4
+extern "C" __global__ void jsd_fwd_f32(float* __restrict__ loss, float* __restrict__ grad,
+                                       const float* __restrict__ scores, int rows, int k, int views) {
+    __shared__ double scratch[32];
+    const double floor_ = 1e-7, inv_views = 1.0 / views;
+    double total = 0.0;
+    for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+        double shift[JSD_MAX_VIEWS];  // max + log sum exp: log p = s - shift
+        for (int v = 0; v < views; ++v) {
+            const float* s = scores + ((size_t)v * rows + r) * k;
+            float max = s[0];
+            for (int j = 1; j < k; ++j) max = fmaxf(max, s[j]);
+            double sum = 0.0;
+            for (int j = 0; j < k; ++j) sum += exp((double)s[j] - max);
+            shift[v] = (double)max + log(sum);
+        }
+        // The loss, and per view the dot product of p with d/dp.
+        double dot[JSD_MAX_VIEWS] = {0.0, 0.0, 0.0, 0.0};
+        for (int j = 0; j < k; ++j) {
+            double mean = 0.0;
+            for (int v = 0; v < views; ++v) mean += exp((double)scores[((size_t)v * rows + r) * k + j] - shift[v]);
+            mean *= inv_views;
+            const double log_mixture = log(mean > floor_ ? mean : floor_);
+            const double clamped = mean >= floor_ ? 0.0 : 1.0;
+            for (int v = 0; v < views; ++v) {
+                const double lp = (double)scores[((size_t)v * rows + r) * k + j] - shift[v];
+                total += exp(lp) * (lp - log_mixture) * inv_views;
+                dot[v] += exp(lp) * (lp - log_mixture + clamped) * inv_views;
+            }
+        }
+        for (int j = 0; j < k; ++j) {
+            double mean = 0.0;
+            for (int v = 0; v < views; ++v) mean += exp((double)scores[((size_t)v * rows + r) * k + j] - shift[v]);
+            mean *= inv_views;
+            const double log_mixture = log(mean > floor_ ? mean : floor_);
+            const double clamped = mean >= floor_ ? 0.0 : 1.0;
+            for (int v = 0; v < views; ++v) {
+                const size_t at = ((size_t)v * rows + r) * k + j;
+                const double lp = (double)scores[at] - shift[v];
+                grad[at] = (float)(exp(lp) * ((lp - log_mixture + clamped) * inv_views - dot[v]));
+            }
+        }
+    }
+    total = block_sum(total, scratch);
+    if (threadIdx.x == 0) loss[0] = (float)(total / rows);
+}

@@ -132,6 +132,10 @@ struct RunSettings {
     /// training device: "CIFAR-10 Augmented") or none
     #[arg(long, default_value = "standard", conflicts_with = "resume")]
     augment: mocse::data::Augment,
+    /// With --augment augmix: AugMix's Jensen-Shannon consistency loss with this weight (AugMix
+    /// uses 12): every batch also goes through in two AugMix views, in the same forward pass
+    #[arg(long, value_name = "LAMBDA", allow_hyphen_values = true, conflicts_with = "resume")]
+    jsd: Option<f32>,
     /// Train on the first N training images only [default: all]
     #[arg(long, conflicts_with = "resume")]
     train_subset: Option<usize>,
@@ -515,6 +519,7 @@ fn new_run_config(a: &RunSettings) -> Result<TrainConfig> {
         train_subset: a.train_subset,
         test_subset: a.test_subset,
         augment: a.augment.to_string(),
+        jsd: a.jsd,
         epochs: a.epochs,
         batch_size: a.batch_size,
         lr: a.lr,

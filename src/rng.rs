@@ -64,7 +64,7 @@ pub enum Purpose {
     Corruption = 6,
     /// Random starts and restarts of adversarial attacks.
     Attack = 7,
-    /// AugMix's operations and mixing weights; index = (epoch << 32) | image index.
+    /// AugMix's operations and mixing weights; index = (epoch << 34) | (view << 32) | image index.
     AugMix = 8,
 }
 

@@ -159,6 +159,8 @@ pub fn cases() -> Vec<Case> {
             vec![random(&[5, 10], 32, -3.0, 3.0), random(&[5, 10], 33, -3.0, 3.0)],
             |t, v| t.kl_divergence(&v[0], &v[1]),
         ),
+        case("jensen_shannon", vec![random(&[9, 10], 34, -6.0, 6.0)], |t, v| t.jensen_shannon(&v[0], 3)),
+        case("leading_rows", vec![random(&[6, 3, 2], 35, -3.0, 3.0)], |t, v| t.leading_rows(&v[0], 2)),
         case("aggregate_prob", vec![random(&[3, 5, 2], 28, -3.0, 3.0)], |t, v| {
             t.aggregate(&v[0], Aggregate::Prob)
         }),

@@ -246,6 +246,17 @@ impl TrainingMode {
                 let beta = a.beta.context("trades needs its beta")?;
                 Ok((tape.add(&natural, &tape.scale(&robust, beta)?)?, adv_scores))
             }
+            TrainingMode::Standard if batch.jsd.is_some() => {
+                // One forward of the batch and its AugMix views (batch statistics over all three,
+                // as AugMix); the criterion on the clean third, plus the views' consistency.
+                let out = forward(buffers, adversarial)?;
+                let clean = tape.leading_rows(&out, labels.len())?;
+                let consistency = tape.jensen_shannon(&model.scores(tape, &out)?, JSD_VIEWS)?;
+                let weight = batch.jsd.unwrap_or_default();
+                let loss =
+                    tape.add(&model.loss(tape, &clean, labels)?, &tape.scale(&consistency, weight)?)?;
+                Ok((loss, model.scores(tape, &clean)?))
+            }
             _ => {
                 let out = forward(buffers, adversarial)?;
                 Ok((model.loss(tape, &out, labels)?, model.scores(tape, &out)?))
@@ -254,6 +265,9 @@ impl TrainingMode {
     }
 }
 
+/// The views of a batch with AugMix's consistency loss: the clean batch and two AugMix views.
+pub const JSD_VIEWS: usize = 3;
+
 /// A training batch: images [B, 32, 32, 3] in [0, 1] on the training device, their labels,
 /// their indices in the training set and the epoch (which key adversarial random starts).
 pub struct TrainBatch {
@@ -261,6 +275,9 @@ pub struct TrainBatch {
     pub labels: Vec<u32>,
     pub index: Vec<u32>,
     pub epoch: u32,
+    /// With AugMix's consistency loss, its weight: then `images` holds [3 B] images, the batch
+    /// and its two AugMix views, one after the other.
+    pub jsd: Option<f32>,
 }
 
 impl TrainBatch {
@@ -271,6 +288,7 @@ impl TrainBatch {
             labels: labels.to_vec(),
             index: (0..labels.len() as u32).collect(),
             epoch: 0,
+            jsd: None,
         })
     }
 }
@@ -285,8 +303,13 @@ pub struct TrainConfig {
     pub data: String,
     pub train_subset: Option<usize>,
     pub test_subset: Option<usize>,
-    /// `standard` or `none`.
+    /// `standard`, `augmix` or `none`.
     pub augment: String,
+    /// With `augment` augmix: each batch also goes through in two AugMix views, and the loss
+    /// adds this weight times the Jensen-Shannon divergence of the three predictions (absent:
+    /// no consistency loss).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsd: Option<f32>,
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f32,
@@ -324,13 +347,23 @@ impl TrainConfig {
         ensure!(self.save_every != Some(0), "--save-every must be at least 1");
         self.mode.validate()?;
         self.data_spec()?;
+        if let Some(weight) = self.jsd {
+            ensure!(weight.is_finite() && weight >= 0.0, "--jsd must be a number >= 0, got {weight}");
+            ensure!(
+                self.augment()? == Augment::AugMix,
+                "--jsd is AugMix's consistency loss; give --augment augmix"
+            );
+            ensure!(self.mode.is_standard(), "--jsd applies to standard training, not to --adv");
+        }
         self.augment()?;
         Ok(())
     }
 
-    /// The most images a training step takes: the batch size, or all images when fewer.
+    /// The most images a training step takes: the batch size, or all images when fewer; three
+    /// times that with the AugMix views of --jsd.
     pub fn largest_batch(&self) -> usize {
-        self.batch_size.min(self.train_subset.unwrap_or(crate::data::SYNTHETIC_TRAIN_LEN))
+        let batch = self.batch_size.min(self.train_subset.unwrap_or(crate::data::SYNTHETIC_TRAIN_LEN));
+        if self.jsd.is_some() { JSD_VIEWS * batch } else { batch }
     }
 
     pub fn data_spec(&self) -> Result<DataSpec> {
@@ -629,11 +662,21 @@ impl Trainer {
             lr = self.config.schedule.lr(self.config.lr, epoch, self.progress.step, epochs, spe);
             let batch = make_batch(&self.train, idx, augment, self.config.seed, epoch as u64);
             let index: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-            let mut images = Tensor::from_vec_on(self.device, &[batch.size, 32, 32, 3], batch.images)?;
-            if augment == Augment::AugMix {
-                images = augmix::augment_batch(&images, &index, self.config.seed, epoch as u64)?;
-            }
-            let batch = TrainBatch { images, labels: batch.labels, index, epoch: epoch as u32 };
+            let (seed, jsd) = (self.config.seed, self.config.jsd);
+            let images = match (augment, jsd) {
+                (Augment::AugMix, None) => {
+                    let images = Tensor::from_vec_on(self.device, &[batch.size, 32, 32, 3], batch.images)?;
+                    augmix::augment_batch(&images, &index, seed, epoch as u64)?
+                }
+                (Augment::AugMix, Some(_)) => {
+                    let views = batch.images.repeat(JSD_VIEWS);
+                    let views =
+                        Tensor::from_vec_on(self.device, &[JSD_VIEWS * batch.size, 32, 32, 3], views)?;
+                    augmix::clean_and_augmented_views(&views, &index, seed, epoch as u64)?
+                }
+                _ => Tensor::from_vec_on(self.device, &[batch.size, 32, 32, 3], batch.images)?,
+            };
+            let batch = TrainBatch { images, labels: batch.labels, index, epoch: epoch as u32, jsd };
             if first_batch.is_none() {
                 first_batch = Some((batch.images.clone(), batch.labels.clone(), batch.index.clone()));
             }

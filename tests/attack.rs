@@ -277,6 +277,7 @@ fn trained() -> (Model, Weights, Dataset, Vec<f32>, Vec<u32>) {
         train_subset: Some(2000),
         test_subset: Some(64),
         augment: "none".into(),
+        jsd: None,
         epochs: 2,
         batch_size: 32,
         lr: 0.05,

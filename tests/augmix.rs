@@ -132,7 +132,7 @@ fn chains_of_operations_equal_pillow_and_the_mix_is_augmixs_arithmetic() {
 #[test]
 fn drawn_plans_give_images_in_range_that_depend_on_the_image_and_epoch_only() {
     let r = reference();
-    let plans: Vec<AugmixPlan> = (0..r.n as u64).map(|i| AugmixPlan::draw(5, 2, i)).collect();
+    let plans: Vec<AugmixPlan> = (0..r.n as u64).map(|i| AugmixPlan::draw(5, 2, i, 0)).collect();
     for device in common::kernel_devices() {
         let x = images(&r.inputs, device);
         let out = augmix(&x, &plans).unwrap().to_host().unwrap();
@@ -142,7 +142,10 @@ fn drawn_plans_give_images_in_range_that_depend_on_the_image_and_epoch_only() {
         let tail =
             augmix(&images(&r.inputs[half * LEN..], device), &plans[half..]).unwrap().to_host().unwrap();
         assert_eq!(&out[half * LEN..], &tail[..], "{device}");
-        assert_ne!(plans[0], AugmixPlan::draw(5, 3, 0));
+        assert_ne!(plans[0], AugmixPlan::draw(5, 3, 0, 0));
+        // The identity plan leaves images exactly as they are.
+        let same = augmix(&x, &vec![AugmixPlan::identity(); r.n]).unwrap();
+        assert_eq!(same.to_host().unwrap(), x.to_host().unwrap(), "{device}");
         assert_ne!(out, x.to_host().unwrap());
     }
 }
@@ -163,6 +166,26 @@ fn training_with_augmix_is_recorded_reproducible_and_not_the_standard_recipe() {
     assert_ne!(run("c", "standard").1, loss);
     let r = common::tiny_run(dir.path().join("d").to_str().unwrap(), "1", &["--augment", "autoaugment"]);
     common::assert_clean_failure(&r, "expected \"none\", \"standard\" or \"augmix\"");
+
+    // AugMix's consistency loss: recorded, reproducible, and part of the loss.
+    let out = dir.path().join("jsd");
+    let jsd_run = || {
+        let _ = std::fs::remove_dir_all(&out);
+        let r = common::tiny_run(out.to_str().unwrap(), "1", &["--augment", "augmix", "--jsd", "12"]);
+        assert!(r.ok, "{}", r.stderr);
+        mocse::train::read_log(&out).unwrap()[0].train_loss
+    };
+    let with_jsd = jsd_run();
+    assert_eq!(mocse::train::read_config(&out).unwrap().jsd, Some(12.0));
+    assert_eq!(jsd_run(), with_jsd);
+    assert!(with_jsd > loss, "the consistency term adds to the loss: {with_jsd} vs {loss}");
+    let bad = |extra: &[&str], message: &str| {
+        let r = common::tiny_run(dir.path().join("bad").to_str().unwrap(), "1", extra);
+        common::assert_clean_failure(&r, message);
+    };
+    bad(&["--jsd", "12"], "give --augment augmix");
+    bad(&["--augment", "augmix", "--jsd", "-1"], "--jsd must be a number >= 0");
+    bad(&["--augment", "augmix", "--jsd", "12", "--adv", "pgd"], "--jsd applies to standard training");
 }
 
 #[test]

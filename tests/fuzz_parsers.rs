@@ -383,6 +383,7 @@ fn run_config_and_log() {
         train_subset: Some(64),
         test_subset: None,
         augment: "standard".into(),
+        jsd: None,
         epochs: 3,
         batch_size: 32,
         lr: 0.1,

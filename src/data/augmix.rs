@@ -206,11 +206,17 @@ impl AugmixPlan {
         Ok(plan)
     }
 
-    /// AugMix's random choices for image `image` in `epoch`, from its own Philox stream: each
-    /// chain's depth (1-3), operations (uniform over the nine), levels (uniform in [0.1, 3)) and
-    /// signs, the Dirichlet(1) chain weights and the Beta(1, 1) mix.
-    pub fn draw(seed: u64, epoch: u64, image: u64) -> AugmixPlan {
-        let mut rng = Philox::new(seed, Purpose::AugMix, (epoch << 32) | image);
+    /// The plan that leaves the image as it is (no chain, mix 0).
+    pub fn identity() -> AugmixPlan {
+        AugmixPlan::zeroed()
+    }
+
+    /// AugMix's random choices for view `view` (0-3) of image `image` (below 2^32) in `epoch`,
+    /// from its own Philox stream: each chain's depth (1-3), operations (uniform over the
+    /// nine), levels (uniform in [0.1, 3)) and signs, the Dirichlet(1) chain weights and the
+    /// Beta(1, 1) mix.
+    pub fn draw(seed: u64, epoch: u64, image: u64, view: u64) -> AugmixPlan {
+        let mut rng = Philox::new(seed, Purpose::AugMix, (epoch << 34) | (view << 32) | image);
         // Dirichlet(1, 1, 1): normalised standard exponentials.
         let exponentials: [f64; WIDTH] = std::array::from_fn(|_| -(1.0 - rng.uniform_f64()).ln());
         let total: f64 = exponentials.iter().sum();
@@ -264,8 +270,19 @@ pub fn apply_ops(images: &Tensor, ops: &[OpPlan]) -> Result<Tensor> {
 /// gets the plan of its own stream for `epoch`, whatever batch it is in.
 pub fn augment_batch(images: &Tensor, indices: &[u32], seed: u64, epoch: u64) -> Result<Tensor> {
     let plans: Vec<AugmixPlan> =
-        indices.iter().map(|&i| AugmixPlan::draw(seed, epoch, u64::from(i))).collect();
+        indices.iter().map(|&i| AugmixPlan::draw(seed, epoch, u64::from(i), 0)).collect();
     augmix(images, &plans)
+}
+
+/// The three views of AugMix's consistency loss from three copies of a batch (after crop and
+/// flip), [3 B] images: the first copy stays as it is, the second and third get two
+/// independent AugMix plans per image (views 1 and 2 of its stream).
+pub fn clean_and_augmented_views(copies: &Tensor, indices: &[u32], seed: u64, epoch: u64) -> Result<Tensor> {
+    let mut plans = vec![AugmixPlan::identity(); indices.len()];
+    for view in 1..=2 {
+        plans.extend(indices.iter().map(|&i| AugmixPlan::draw(seed, epoch, u64::from(i), view)));
+    }
+    augmix(copies, &plans)
 }
 
 /// AugMix of each image by its plan: images (n, 32, 32, 3) with values k/255 in [0, 1], on any
@@ -303,12 +320,13 @@ mod tests {
         assert_eq!(AugmixOp::TranslateX.parameter(2.9, false), 3.0);
         assert!((AugmixOp::ShearY.parameter(2.0, true) + 0.06).abs() < 1e-15);
         for seed in 0..50 {
-            let plan = AugmixPlan::draw(seed, 1, 7);
+            let plan = AugmixPlan::draw(seed, 1, 7, 0);
             assert!((plan.weights.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{plan:?}");
             assert!((0.0..1.0).contains(&plan.mix));
             assert!(plan.depth.iter().all(|d| (1..=3).contains(d)));
-            assert_eq!(plan, AugmixPlan::draw(seed, 1, 7));
-            assert_ne!(plan, AugmixPlan::draw(seed, 2, 7));
+            assert_eq!(plan, AugmixPlan::draw(seed, 1, 7, 0));
+            assert_ne!(plan, AugmixPlan::draw(seed, 2, 7, 0));
+            assert_ne!(plan, AugmixPlan::draw(seed, 1, 7, 1));
         }
     }
 }

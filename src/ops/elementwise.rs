@@ -174,6 +174,33 @@ impl Tape {
         ))
     }
 
+    /// The first `count` entries of `x` along its first axis (the clean third of AugMix's
+    /// batch of three views); the gradient of the rest is zero.
+    pub fn leading_rows(&self, x: &Var, count: usize) -> Result<Var> {
+        let shape = x.shape().to_vec();
+        ensure!(
+            !shape.is_empty() && (1..=shape[0]).contains(&count),
+            "leading_rows: {count} rows of {shape:?}"
+        );
+        let device = x.value().device();
+        let (kept, total) = (x.value().len() / shape[0] * count, x.value().len());
+        let mut out_shape = shape.clone();
+        out_shape[0] = count;
+        let y = copy_columns(device, 1, kept, &[(x.value(), 0, 0, kept)])?.reshape(&out_shape);
+        Ok(self.record(
+            y,
+            &[x],
+            Box::new(move |g, _| {
+                if kept == total {
+                    return Ok(vec![Some(g.reshape(&shape))]);
+                }
+                let rest = Tensor::zeros_on(device, &[1, total - kept])?;
+                let parts = [(g, 0, 0, kept), (&rest, 0, kept, total - kept)];
+                Ok(vec![Some(copy_columns(device, 1, total, &parts)?.reshape(&shape))])
+            }),
+        ))
+    }
+
     /// Concatenates `[B, k_i]`-shaped values into `[B, sum k_i]` (the unfused experts' heads).
     pub fn concat_last(&self, xs: &[Var]) -> Result<Var> {
         ensure!(!xs.is_empty(), "concat of nothing");
@@ -227,6 +254,12 @@ mod tests {
             let s = t.add(&v[0], &v[1])?;
             t.scale(&s, -1.5)
         });
+    }
+
+    #[test]
+    fn leading_rows_gradients() {
+        check_gradients(&[random_tensor(&[6, 3, 2], 5)], |t, v| t.leading_rows(&v[0], 2));
+        check_gradients(&[random_tensor(&[4, 3], 6)], |t, v| t.leading_rows(&v[0], 4));
     }
 
     #[test]

@@ -116,6 +116,47 @@ pub fn kl_row(p: &[f32], q: &[f32]) -> (f64, Vec<f64>, Vec<f64>) {
     (kl, dp, dq)
 }
 
+/// The floor of the mixture distribution in [`jsd_group`], as AugMix clamps it.
+pub const JSD_MIXTURE_FLOOR: f64 = 1e-7;
+/// The most views [`jsd_group`] (and its kernel) takes.
+pub const JSD_MAX_VIEWS: usize = 4;
+
+/// The Jensen-Shannon divergence of the softmax distributions of V rows of scores, AugMix's
+/// consistency loss: (1/V) sum_v KL(p_v || M), M = max(mean_v p_v, 1e-7) (the clamp has no
+/// gradient), and its gradient with respect to each row, in f64.
+pub fn jsd_group(rows: &[&[f32]]) -> (f64, Vec<Vec<f64>>) {
+    let views = rows.len() as f64;
+    let log_softmax: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|row| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) as f64;
+            let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+            row.iter().map(|&v| v as f64 - max - sum.ln()).collect()
+        })
+        .collect();
+    let k = rows[0].len();
+    let mean: Vec<f64> =
+        (0..k).map(|j| log_softmax.iter().map(|lp| lp[j].exp()).sum::<f64>() / views).collect();
+    let log_mixture: Vec<f64> = mean.iter().map(|m| m.max(JSD_MIXTURE_FLOOR).ln()).collect();
+    let mut jsd = 0.0;
+    let grads = log_softmax
+        .iter()
+        .map(|lp| {
+            // d/dp_j, through p_j itself and through the mixture (unless clamped).
+            let dp: Vec<f64> = (0..k)
+                .map(|j| {
+                    let through_mixture = if mean[j] >= JSD_MIXTURE_FLOOR { 1.0 } else { 0.0 };
+                    (lp[j] - log_mixture[j] + 1.0 - through_mixture) / views
+                })
+                .collect();
+            jsd += (0..k).map(|j| lp[j].exp() * (lp[j] - log_mixture[j])).sum::<f64>() / views;
+            let dot: f64 = (0..k).map(|j| lp[j].exp() * dp[j]).sum();
+            (0..k).map(|j| lp[j].exp() * (dp[j] - dot)).collect()
+        })
+        .collect();
+    (jsd, grads)
+}
+
 /// A loss whose forward pass already formed each row's gradient: backward scales it by
 /// dloss / rows (on the cpu here, on a device by `loss_grad_scale_f32`).
 fn scaled_row_gradient(per_row: &Tensor, g: &Tensor, rows: usize) -> Result<Tensor> {
@@ -328,6 +369,48 @@ impl Tape {
     }
 }
 
+impl Tape {
+    /// AugMix's consistency loss: the mean over b of the Jensen-Shannon divergence
+    /// ([`jsd_group`]) of rows b, B + b, ..., (V - 1) B + b of scores [V B, K], V = `views` (2-4)
+    /// views of the same B images, differentiable in every view.
+    pub fn jensen_shannon(&self, scores: &Var, views: usize) -> Result<Var> {
+        let s = scores.shape();
+        ensure!(
+            (2..=JSD_MAX_VIEWS).contains(&views) && s.len() == 2 && s[0].is_multiple_of(views) && s[0] > 0,
+            "Jensen-Shannon divergence needs [V B, K] scores of 2 to {JSD_MAX_VIEWS} views, got {s:?} for {views} views"
+        );
+        let (b, k) = (s[0] / views, s[1]);
+        let device = scores.value().device();
+        let (loss, grad) = if device != Device::Cpu {
+            let loss = Tensor::output_on(device, &[])?;
+            let grad = Tensor::output_on(device, s)?;
+            let args = [loss.arg(), grad.arg(), scores.value().arg(), int(b), int(k), int(views)];
+            gpu::launch(device, "jsd_fwd_f32", LaunchConfig::new([1, 1, 1], [256, 1, 1]), &args)?;
+            (loss, grad)
+        } else {
+            let values = scores.value().as_slice();
+            let mut grad = vec![0.0f32; values.len()];
+            let mut total = 0.0f64;
+            for r in 0..b {
+                let rows: Vec<&[f32]> = (0..views).map(|v| &values[(v * b + r) * k..][..k]).collect();
+                let (jsd, grads) = jsd_group(&rows);
+                total += jsd;
+                for (v, g) in grads.iter().enumerate() {
+                    for (dst, &src) in grad[(v * b + r) * k..][..k].iter_mut().zip(g) {
+                        *dst = src as f32;
+                    }
+                }
+            }
+            (Tensor::scalar((total / b as f64) as f32), Tensor::from_vec(s, grad))
+        };
+        Ok(self.record(
+            loss,
+            &[scores],
+            Box::new(move |g, _| Ok(vec![Some(scaled_row_gradient(&grad, g, b)?)])),
+        ))
+    }
+}
+
 /// The predicted class of every row: its largest score (ties go to the lowest index).
 pub fn predicted_classes(scores: &Tensor) -> Result<Vec<u32>> {
     let k = scores.shape()[scores.shape().len() - 1];
@@ -421,6 +504,30 @@ mod tests {
         assert!(kl_row(&p, &p).0.abs() < 1e-12);
         let (a, b) = (random_tensor(&[5, 10], 4), random_tensor(&[5, 10], 5));
         check_gradients(&[a, b], |t, v| t.kl_divergence(&v[0], &v[1]));
+    }
+
+    #[test]
+    fn jensen_shannon_matches_its_definition_and_gradient() {
+        // Two views: JS = (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2.
+        let (p, q) = ([0.0f32, 1.0, 2.0], [2.0f32, 1.0, 0.0]);
+        let softmax = |r: &[f32]| -> Vec<f64> {
+            let e: Vec<f64> = r.iter().map(|&v| (v as f64).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.iter().map(|v| v / s).collect()
+        };
+        let (sp, sq) = (softmax(&p), softmax(&q));
+        let m: Vec<f64> = sp.iter().zip(&sq).map(|(a, b)| (a + b) / 2.0).collect();
+        let kl = |x: &[f64]| -> f64 { x.iter().zip(&m).map(|(a, b)| a * (a / b).ln()).sum() };
+        assert!((jsd_group(&[&p, &q]).0 - (kl(&sp) + kl(&sq)) / 2.0).abs() < 1e-12);
+        assert!(jsd_group(&[&p, &p, &p]).0.abs() < 1e-12);
+        // A mixture below the floor is clamped: finite, and (here) next to nothing.
+        let (clamped, grads) = jsd_group(&[&[0.0, -40.0], &[0.0, -40.0]]);
+        assert!(clamped.abs() < 1e-12 && grads.iter().flatten().all(|g| g.is_finite()));
+        check_gradients(&[random_tensor(&[12, 10], 6)], |t, v| t.jensen_shannon(&v[0], 3));
+        check_gradients(&[random_tensor(&[8, 5], 7)], |t, v| t.jensen_shannon(&v[0], 2));
+        let t = Tape::no_grad();
+        let x = t.leaf(Tensor::zeros(&[5, 3]), false);
+        assert!(t.jensen_shannon(&x, 3).is_err() && t.jensen_shannon(&x, 5).is_err());
     }
 
     #[test]
