@@ -456,7 +456,8 @@ mod tests {
         };
         let corrupted: BTreeMap<(Corruption, u8), usize> =
             corrupted.iter().map(|&(c, s, n)| ((c, s), n)).collect();
-        let counts = CorruptionCounts { num_images: 100, clean, corrupted };
+        let clean_confusion = crate::eval::ConfusionCounts::new(10);
+        let counts = CorruptionCounts { num_images: 100, clean, clean_confusion, corrupted };
         CorruptionReport::new(context, source.into(), &counts, severities)
     }
 
@@ -560,6 +561,7 @@ mod tests {
             run: report(50, &[], &[1], SEED_0).context,
             clean_accuracy: 0.5,
             num_images: 100,
+            per_class: None,
             adversarial: [(
                 AttackKind::Pgd,
                 AdversarialReport::new(AttackKind::Pgd, settings, &counts, sanity),

@@ -12,8 +12,9 @@ use crate::autograd::Tape;
 use crate::data::{Augment, Dataset, batches, epoch_order, make_batch};
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
-use crate::ops::loss::count_correct;
+use crate::ops::loss::predicted_classes;
 use crate::predictions::{Condition, Predictions};
+use crate::robustness::report_value;
 use crate::tensor::Tensor;
 
 /// Class scores [B, K] of images [B, 32, 32, 3] in [0, 1]: evaluation mode, no gradients.
@@ -25,18 +26,88 @@ pub fn class_scores(model: &Model, weights: &Weights, images: Tensor) -> Result<
     Ok(model.scores(&tape, &out)?.value().clone())
 }
 
-/// Correctly classified images of `data`, evaluated in batches without gradients;
-/// `predictions`, when given, receives every image's scores.
-pub fn count_correct_on(
+/// Images counted by true class (row) and predicted class (column).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfusionCounts(pub Vec<Vec<usize>>);
+
+impl ConfusionCounts {
+    pub fn new(classes: usize) -> ConfusionCounts {
+        ConfusionCounts(vec![vec![0; classes]; classes])
+    }
+
+    /// Counts a batch: its class scores [B, K] and labels.
+    pub fn add(&mut self, scores: &Tensor, labels: &[u32]) -> Result<()> {
+        for (&p, &y) in predicted_classes(scores)?.iter().zip(labels) {
+            self.0[y as usize][p as usize] += 1;
+        }
+        Ok(())
+    }
+
+    /// The images classified correctly.
+    pub fn correct(&self) -> usize {
+        self.0.iter().enumerate().map(|(i, row)| row[i]).sum()
+    }
+}
+
+/// Accuracy per class and the confusion matrix of the clean test images.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PerClassReport {
+    /// The class names in label order.
+    pub classes: Vec<String>,
+    /// Per class: the fraction of its images classified correctly (null: no image of it).
+    pub accuracy: Vec<Option<f64>>,
+    /// Per class: its test images.
+    pub images: Vec<usize>,
+    /// `confusion[t][p]`: images of class t classified as p.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+impl PerClassReport {
+    pub fn new(counts: &ConfusionCounts, names: &[&str]) -> PerClassReport {
+        let images: Vec<usize> = counts.0.iter().map(|row| row.iter().sum()).collect();
+        let accuracy = counts
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, row)| (images[i] > 0).then(|| report_value(row[i] as f64 / images[i] as f64)))
+            .collect();
+        let classes =
+            (0..counts.0.len()).map(|i| names.get(i).map_or_else(|| i.to_string(), |n| n.to_string()));
+        PerClassReport { classes: classes.collect(), accuracy, images, confusion: counts.0.clone() }
+    }
+
+    /// Accuracy per class, then the confusion matrix, as Markdown.
+    pub fn to_markdown(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::from(
+            "## Per class (clean test images)\n\n| class | accuracy | images |\n|---|---:|---:|\n",
+        );
+        for ((name, accuracy), images) in self.classes.iter().zip(&self.accuracy).zip(&self.images) {
+            let _ = writeln!(out, "| {name} | {} | {images} |", crate::robustness::pct(*accuracy));
+        }
+        let _ = writeln!(out, "\nConfusion matrix (rows: true class, columns: predicted class):\n");
+        let _ = writeln!(out, "| | {} |", self.classes.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---:|".repeat(self.classes.len()));
+        for (name, row) in self.classes.iter().zip(&self.confusion) {
+            let cells: Vec<String> = row.iter().map(|c| c.to_string()).collect();
+            let _ = writeln!(out, "| **{name}** | {} |", cells.join(" | "));
+        }
+        out
+    }
+}
+
+/// The images of `data` counted by true and predicted class, evaluated in batches without
+/// gradients; `predictions`, when given, receives every image's scores.
+pub fn confusion_on(
     model: &Model,
     weights: &Weights,
     data: &Dataset,
     batch_size: usize,
     progress: Option<&ProgressBar>,
     mut predictions: Option<&mut Predictions>,
-) -> Result<usize> {
+) -> Result<ConfusionCounts> {
     let order = epoch_order(data.len(), false, 0, 0);
-    let mut correct = 0;
+    let mut counts = ConfusionCounts::new(model.config.num_classes);
     let mut first = 0;
     for idx in batches(&order, batch_size) {
         let batch = make_batch(data, idx, Augment::None, 0, 0);
@@ -46,12 +117,12 @@ pub fn count_correct_on(
             p.record(Condition::Clean, first, &scores)?;
         }
         first += batch.size;
-        correct += count_correct(&scores, &batch.labels)?;
+        counts.add(&scores, &batch.labels)?;
         if let Some(pb) = progress {
             pb.inc(batch.size as u64);
         }
     }
-    Ok(correct)
+    Ok(counts)
 }
 
 /// Which checkpoint was evaluated on what: the fields every evaluation report starts with.
@@ -80,6 +151,9 @@ pub struct EvalReport {
     pub run: RunDescription,
     pub clean_accuracy: f64,
     pub num_images: usize,
+    /// Accuracy per class and the confusion matrix of the clean images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_class: Option<PerClassReport>,
     /// With `--attack`: each attack, its settings, the robust accuracy and the sanity checks.
     #[serde(
         default,
@@ -115,7 +189,13 @@ impl EvalReport {
             count(self.clean_accuracy),
             self.num_images
         );
-        out + &attack_rows_markdown(&self.adversarial) + &sanity_markdown(&self.adversarial)
+        out += &attack_rows_markdown(&self.adversarial);
+        out += &sanity_markdown(&self.adversarial);
+        if let Some(per_class) = &self.per_class {
+            out += "\n";
+            out += &per_class.to_markdown();
+        }
+        out
     }
 
     /// One accuracy per line: `condition,accuracy,correct,images` (clean, each attack, and the
@@ -134,5 +214,40 @@ impl EvalReport {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_confusion_matrix_and_per_class_accuracy_of_a_hand_made_case() {
+        // Three classes; rows of scores whose largest entry is the prediction.
+        let scores = Tensor::from_vec(
+            &[6, 3],
+            vec![
+                0.9, 0.1, 0.0, // label 0, predicted 0
+                0.2, 0.7, 0.1, // label 0, predicted 1
+                0.1, 0.8, 0.1, // label 1, predicted 1
+                0.3, 0.3, 0.4, // label 1, predicted 2
+                0.5, 0.5, 0.0, // label 1, predicted 0 (a tie goes to the lower class)
+                0.0, 0.0, 1.0, // label 0, predicted 2
+            ],
+        );
+        let mut counts = ConfusionCounts::new(3);
+        counts.add(&scores, &[0, 0, 1, 1, 1, 0]).unwrap();
+        assert_eq!(counts.0, vec![vec![1, 1, 1], vec![1, 1, 1], vec![0, 0, 0]]);
+        assert_eq!(counts.correct(), 2);
+        let report = PerClassReport::new(&counts, &["cat", "dog"]);
+        assert_eq!(report.classes, ["cat", "dog", "2"]);
+        assert_eq!(report.images, [3, 3, 0]);
+        assert_eq!(report.accuracy, [Some(0.33333333), Some(0.33333333), None]);
+        let markdown = report.to_markdown();
+        assert!(
+            markdown.contains("| cat | 33.33% | 3 |") && markdown.contains("| 2 | n/a | 0 |"),
+            "{markdown}"
+        );
+        assert!(markdown.contains("| **dog** | 1 | 1 | 1 |"), "{markdown}");
     }
 }

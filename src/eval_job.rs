@@ -14,7 +14,7 @@ use crate::checkpoint::{self, MODEL_FILE};
 use crate::corrupt::Corruption;
 use crate::data::{DataSpec, Dataset, Split};
 use crate::device::Device;
-use crate::eval::{RunDescription, count_correct_on};
+use crate::eval::{ConfusionCounts, PerClassReport, RunDescription, confusion_on};
 use crate::input_file::files_in;
 use crate::nn::model::{Model, ModelConfig};
 use crate::nn::preact_resnet::Weights;
@@ -151,13 +151,19 @@ impl EvalJob {
         Ok(EvalJob { model, weights, epoch, test, spec, device, run })
     }
 
-    /// Correctly classified test images, with a progress bar; `predictions` receives the scores.
-    pub fn clean(&self, batch_size: usize, predictions: Option<&mut Predictions>) -> Result<usize> {
+    /// The test images counted by true and predicted class, with a progress bar, and their
+    /// per-class report; `predictions` receives the scores.
+    pub fn clean(
+        &self,
+        batch_size: usize,
+        predictions: Option<&mut Predictions>,
+    ) -> Result<(ConfusionCounts, PerClassReport)> {
         let bar = progress::bar(self.test.len() as u64, "images");
-        let correct =
-            count_correct_on(&self.model, &self.weights, &self.test, batch_size, Some(&bar), predictions)?;
+        let counts =
+            confusion_on(&self.model, &self.weights, &self.test, batch_size, Some(&bar), predictions)?;
         bar.finish_and_clear();
-        Ok(correct)
+        let per_class = PerClassReport::new(&counts, self.test.class_names());
+        Ok((counts, per_class))
     }
 
     /// The test set under attack, then the sanity checks around it (`clean_correct` is the clean
@@ -241,6 +247,8 @@ impl EvalJob {
             predictions,
         )?;
         bar.finish_and_clear();
-        Ok((CorruptionReport::new(self.run.clone(), described, &counts, severities), counts.clean))
+        let mut report = CorruptionReport::new(self.run.clone(), described, &counts, severities);
+        report.per_class = Some(PerClassReport::new(&counts.clean_confusion, self.test.class_names()));
+        Ok((report, counts.clean))
     }
 }

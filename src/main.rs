@@ -732,7 +732,8 @@ fn eval(a: EvalArgs) -> Result<()> {
             model_config.describe(),
             test.len()
         );
-        let correct = job.clean(a.batch_size, predictions.as_mut())?;
+        let (counts, per_class) = job.clean(a.batch_size, predictions.as_mut())?;
+        let correct = counts.correct();
         println!(
             "clean accuracy: {:.2}% ({correct}/{} images)",
             100.0 * correct as f64 / test.len() as f64,
@@ -743,6 +744,7 @@ fn eval(a: EvalArgs) -> Result<()> {
             run: job.run.clone(),
             clean_accuracy: report_value(correct as f64 / test.len() as f64),
             num_images: test.len(),
+            per_class: Some(per_class),
             adversarial,
             mocse: mocse::BUILD.to_string(),
         };

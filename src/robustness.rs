@@ -15,7 +15,7 @@ use crate::attack::evaluate::{
 use crate::corrupt::{Corruption, Group, SEVERITIES, StreamKey, corrupt, upload_images};
 use crate::data::cifar10c::Cifar10C;
 use crate::data::{Dataset, IMAGE_LEN};
-use crate::eval::{RunDescription, class_scores};
+use crate::eval::{ConfusionCounts, PerClassReport, RunDescription, class_scores};
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
 use crate::ops::elementwise::scale_tensor;
@@ -36,6 +36,8 @@ pub enum CorruptedSource<'a> {
 pub struct CorruptionCounts {
     pub num_images: usize,
     pub clean: usize,
+    /// The clean images by true and predicted class.
+    pub clean_confusion: ConfusionCounts,
     pub corrupted: BTreeMap<(Corruption, u8), usize>,
 }
 
@@ -55,7 +57,12 @@ pub fn evaluate_corruptions(
 ) -> Result<CorruptionCounts> {
     let device = weights.device();
     let n = test.len();
-    let mut counts = CorruptionCounts { num_images: n, clean: 0, corrupted: BTreeMap::new() };
+    let mut counts = CorruptionCounts {
+        num_images: n,
+        clean: 0,
+        clean_confusion: ConfusionCounts::new(model.config.num_classes),
+        corrupted: BTreeMap::new(),
+    };
     let labels = test.labels();
     let files = match source {
         CorruptedSource::Files(dir) => {
@@ -88,14 +95,17 @@ pub fn evaluate_corruptions(
         let batch_labels: Vec<u32> = labels[first..first + count].iter().map(|&l| u32::from(l)).collect();
         test.images_u8(first, &mut pixels[..count * IMAGE_LEN]);
         let clean = upload_images(&pixels[..count * IMAGE_LEN], device)?;
-        let mut judge = |condition: Condition, images: &Tensor| -> Result<usize> {
+        // The class scores of a condition, recorded as predictions when asked.
+        let mut judge = |condition: Condition, images: &Tensor| -> Result<Tensor> {
             let scores = scores_on(model, weights, images)?;
             if let Some(p) = predictions.as_deref_mut() {
                 p.record(condition, first, &scores)?;
             }
-            count_correct(&scores, &batch_labels)
+            Ok(scores)
         };
-        counts.clean += judge(Condition::Clean, &clean)?;
+        let clean_scores = judge(Condition::Clean, &clean)?;
+        counts.clean_confusion.add(&clean_scores, &batch_labels)?;
+        counts.clean += count_correct(&clean_scores, &batch_labels)?;
         tick(progress, count);
         for (k, &c) in corruptions.iter().enumerate() {
             for &s in severities {
@@ -106,7 +116,7 @@ pub fn evaluate_corruptions(
                     CorruptedSource::Files(_) => upload_images(files[k].images(s, first, count)?, device)?,
                 };
                 *counts.corrupted.entry((c, s)).or_default() +=
-                    judge(Condition::Corrupted(c, s), &corrupted)?;
+                    count_correct(&judge(Condition::Corrupted(c, s), &corrupted)?, &batch_labels)?;
                 tick(progress, count);
             }
         }
@@ -145,6 +155,9 @@ pub struct CorruptionReport {
     pub mean_19: Option<f64>,
     /// Mean over the 15 benchmark corruptions (RobustBench); null unless all 15 were evaluated.
     pub mean_15: Option<f64>,
+    /// Accuracy per class and the confusion matrix of the clean images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_class: Option<PerClassReport>,
     /// With `--attack`: each attack on the clean test images, as in an evaluation report.
     #[serde(
         default,
@@ -218,6 +231,7 @@ impl CorruptionReport {
             per_group,
             mean_19: all_of(&mut Corruption::ALL.into_iter()),
             mean_15: all_of(&mut Corruption::ALL.into_iter().filter(|c| c.is_benchmark())),
+            per_class: None,
             adversarial: AttackReports::new(),
             mocse: crate::BUILD.to_string(),
         }
@@ -335,6 +349,10 @@ impl CorruptionReport {
             let _ = writeln!(out, "| condition | accuracy | images |\n|---|---:|---:|");
             out += &attack_rows_markdown(&self.adversarial);
             out += &sanity_markdown(&self.adversarial);
+        }
+        if let Some(per_class) = &self.per_class {
+            out += "\n";
+            out += &per_class.to_markdown();
         }
         out
     }

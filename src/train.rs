@@ -20,7 +20,7 @@ use crate::checkpoint::{self, MODEL_FILE, Progress, RunRecord};
 use crate::data::{Augment, DataSpec, Dataset, Split, augmix, batches, epoch_order, make_batch};
 use crate::device::Device;
 use crate::dir_lock::{DirLock, LOCK_FILE};
-use crate::eval::count_correct_on;
+use crate::eval::confusion_on;
 use crate::fault;
 use crate::input_file::read_text;
 use crate::nn::model::{Model, ModelConfig};
@@ -693,14 +693,15 @@ impl Trainer {
         }
         let train_seconds = start.elapsed().as_secs_f64();
         bar.set_message(format!("trained; now testing on {} images", self.test.len()));
-        let test_correct = count_correct_on(
+        let test_correct = confusion_on(
             &self.model,
             &self.weights,
             &self.test,
             self.config.batch_size.max(128),
             None,
             None,
-        )?;
+        )?
+        .correct();
         let robust_test_accuracy = match self.config.mode.adversarial() {
             Some(adv) if adv.eval_subset > 0 => {
                 let n = adv.eval_subset.min(self.test.len());

@@ -550,6 +550,14 @@ fn eval_attack_reports_robust_accuracy_with_its_sanity_checks_and_refuses_bad_se
     );
     let both: serde_json::Value = serde_json::from_slice(&std::fs::read(p("both.json")).unwrap()).unwrap();
     assert!(both["corruptions"]["fog"]["1"].is_number(), "{both}");
+    // Both reports carry the clean images' confusion matrix, consistent with the clean accuracy.
+    for (r, n) in [(&report, 12), (&both, 4)] {
+        let confusion: Vec<Vec<u64>> = serde_json::from_value(r["per_class"]["confusion"].clone()).unwrap();
+        assert_eq!(confusion.iter().flatten().sum::<u64>(), n, "{r}");
+        let correct: u64 = (0..confusion.len()).map(|i| confusion[i][i]).sum();
+        assert!((correct as f64 / n as f64 - r["clean_accuracy"].as_f64().unwrap()).abs() < 1e-8, "{r}");
+        assert_eq!(r["per_class"]["classes"][0], "disc", "the synthetic set's class names");
+    }
     let pgd_robust = both["adversarial"]["pgd"]["robust_accuracy"].as_f64().unwrap();
     assert!(
         both["adversarial"]["aa-lite"]["robust_accuracy"].as_f64().unwrap()

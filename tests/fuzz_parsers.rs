@@ -449,6 +449,7 @@ fn corruption_reports() {
     let counts = mocse::robustness::CorruptionCounts {
         num_images: 10,
         clean: 7,
+        clean_confusion: mocse::eval::ConfusionCounts::new(10),
         corrupted: [((Corruption::Fog, 1u8), 5usize), ((Corruption::Fog, 2), 4)].into_iter().collect(),
     };
     let context = mocse::eval::RunDescription {
