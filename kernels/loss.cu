@@ -171,10 +171,23 @@ extern "C" __global__ void loss_grad_scale_f32(float* __restrict__ dx, const flo
 // (1/V) sum_v KL(p_v || M), M = max(mean_v p_v, 1e-7), and grad [V B, K] its per-group gradient.
 // One block, any blockDim.x that is a multiple of 32, a thread per group at a time.
 #define JSD_MAX_VIEWS 4
+#define JSD_MIXTURE_FLOOR 1e-7
+
+// Column j of group r: log M_j (M the views' mean probability, floored) and 1 where the floor
+// clamped it (no gradient through M there), given each view's log-sum-exp `shift`.
+__device__ __forceinline__ void jsd_mixture(const float* scores, int rows, int k, int views, int r, int j,
+                                            const double* shift, double* log_mixture, double* clamped) {
+    double mean = 0.0;
+    for (int v = 0; v < views; ++v) mean += exp((double)scores[((size_t)v * rows + r) * k + j] - shift[v]);
+    mean /= views;
+    *log_mixture = log(mean > JSD_MIXTURE_FLOOR ? mean : JSD_MIXTURE_FLOOR);
+    *clamped = mean >= JSD_MIXTURE_FLOOR ? 0.0 : 1.0;
+}
+
 extern "C" __global__ void jsd_fwd_f32(float* __restrict__ loss, float* __restrict__ grad,
                                        const float* __restrict__ scores, int rows, int k, int views) {
     __shared__ double scratch[32];
-    const double floor_ = 1e-7, inv_views = 1.0 / views;
+    const double inv_views = 1.0 / views;
     double total = 0.0;
     for (int r = threadIdx.x; r < rows; r += blockDim.x) {
         double shift[JSD_MAX_VIEWS];  // max + log sum exp: log p = s - shift
@@ -189,11 +202,8 @@ extern "C" __global__ void jsd_fwd_f32(float* __restrict__ loss, float* __restri
         // The loss, and per view the dot product of p with d/dp.
         double dot[JSD_MAX_VIEWS] = {0.0, 0.0, 0.0, 0.0};
         for (int j = 0; j < k; ++j) {
-            double mean = 0.0;
-            for (int v = 0; v < views; ++v) mean += exp((double)scores[((size_t)v * rows + r) * k + j] - shift[v]);
-            mean *= inv_views;
-            const double log_mixture = log(mean > floor_ ? mean : floor_);
-            const double clamped = mean >= floor_ ? 0.0 : 1.0;
+            double log_mixture, clamped;
+            jsd_mixture(scores, rows, k, views, r, j, shift, &log_mixture, &clamped);
             for (int v = 0; v < views; ++v) {
                 const double lp = (double)scores[((size_t)v * rows + r) * k + j] - shift[v];
                 total += exp(lp) * (lp - log_mixture) * inv_views;
@@ -201,11 +211,8 @@ extern "C" __global__ void jsd_fwd_f32(float* __restrict__ loss, float* __restri
             }
         }
         for (int j = 0; j < k; ++j) {
-            double mean = 0.0;
-            for (int v = 0; v < views; ++v) mean += exp((double)scores[((size_t)v * rows + r) * k + j] - shift[v]);
-            mean *= inv_views;
-            const double log_mixture = log(mean > floor_ ? mean : floor_);
-            const double clamped = mean >= floor_ ? 0.0 : 1.0;
+            double log_mixture, clamped;
+            jsd_mixture(scores, rows, k, views, r, j, shift, &log_mixture, &clamped);
             for (int v = 0; v < views; ++v) {
                 const size_t at = ((size_t)v * rows + r) * k + j;
                 const double lp = (double)scores[at] - shift[v];

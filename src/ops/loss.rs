@@ -490,14 +490,15 @@ mod tests {
         assert!(t.dlr_loss(&ten, &[2], Some(&[2])).err().unwrap().to_string().contains("equals the label"));
     }
 
+    fn softmax(r: &[f32]) -> Vec<f64> {
+        let e: Vec<f64> = r.iter().map(|&v| (v as f64).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.iter().map(|v| v / s).collect()
+    }
+
     #[test]
     fn kl_divergence_matches_its_definition_and_gradient() {
         let (p, q) = ([0.0f32, 1.0, 2.0], [2.0f32, 1.0, 0.0]);
-        let softmax = |r: &[f32]| -> Vec<f64> {
-            let e: Vec<f64> = r.iter().map(|&v| (v as f64).exp()).collect();
-            let s: f64 = e.iter().sum();
-            e.iter().map(|v| v / s).collect()
-        };
         let (sp, sq) = (softmax(&p), softmax(&q));
         let expected: f64 = sp.iter().zip(&sq).map(|(a, b)| a * (a / b).ln()).sum();
         assert!((kl_row(&p, &q).0 - expected).abs() < 1e-12);
@@ -510,11 +511,6 @@ mod tests {
     fn jensen_shannon_matches_its_definition_and_gradient() {
         // Two views: JS = (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2.
         let (p, q) = ([0.0f32, 1.0, 2.0], [2.0f32, 1.0, 0.0]);
-        let softmax = |r: &[f32]| -> Vec<f64> {
-            let e: Vec<f64> = r.iter().map(|&v| (v as f64).exp()).collect();
-            let s: f64 = e.iter().sum();
-            e.iter().map(|v| v / s).collect()
-        };
         let (sp, sq) = (softmax(&p), softmax(&q));
         let m: Vec<f64> = sp.iter().zip(&sq).map(|(a, b)| (a + b) / 2.0).collect();
         let kl = |x: &[f64]| -> f64 { x.iter().zip(&m).map(|(a, b)| a * (a / b).ln()).sum() };
