@@ -98,6 +98,26 @@ __device__ __forceinline__ void project_into_ball(float* ob, const float* xb, in
     for (int i = threadIdx.x; i < per_image; i += blockDim.x) ob[i] = clamp01(xb[i] + shrink * ob[i]);
 }
 
+// out = x_adv + size * dir(grad) for one image (every thread of the block calls it): dir the
+// sign (L-infinity) or grad / |grad| (L2; no step where the gradient is zero). `scratch` and
+// `factor` are the caller's shared memory.
+__device__ __forceinline__ void take_step(float* out, const float* x_adv, const float* grad, int per_image, float size, int l2,
+                                          double* scratch, float* factor) {
+    if (l2) {
+        double g_sq = 0.0;
+        for (int i = threadIdx.x; i < per_image; i += blockDim.x) g_sq += (double)grad[i] * grad[i];
+        const double g_total = block_sum(g_sq, scratch);
+        if (threadIdx.x == 0) *factor = g_total > 0.0 ? (float)(size / sqrt(g_total)) : 0.0f;
+        __syncthreads();
+        size = *factor;
+        __syncthreads();
+    }
+    for (int i = threadIdx.x; i < per_image; i += blockDim.x) {
+        const float g = grad[i];
+        out[i] = x_adv[i] + size * (l2 ? g : (g > 0.0f ? 1.0f : (g < 0.0f ? -1.0f : 0.0f)));
+    }
+}
+
 // One projected-gradient step on every image: L-infinity, x_adv + alpha * sign(grad), then
 // clipped to x +- eps; L2, x_adv + alpha * grad / |grad| (no step where the gradient is zero),
 // then delta = x' - x scaled down to length eps when longer. Then clamped to [0, 1].
@@ -111,20 +131,7 @@ extern "C" __global__ void pgd_step_f32(float* __restrict__ out, const float* __
     const float* gb = grad + base;
     const float* xb = x + base;
     float* ob = out + base;
-    float step = alpha;
-    if (l2) {
-        double g_sq = 0.0;
-        for (int i = threadIdx.x; i < per_image; i += blockDim.x) g_sq += (double)gb[i] * gb[i];
-        const double g_total = block_sum(g_sq, scratch);
-        if (threadIdx.x == 0) factor = g_total > 0.0 ? (float)(alpha / sqrt(g_total)) : 0.0f;
-        __syncthreads();
-        step = factor;
-        __syncthreads();
-    }
-    for (int i = threadIdx.x; i < per_image; i += blockDim.x) {
-        const float g = gb[i];
-        ob[i] = ab[i] + step * (l2 ? g : (g > 0.0f ? 1.0f : (g < 0.0f ? -1.0f : 0.0f)));
-    }
+    take_step(ob, ab, gb, per_image, alpha, l2, scratch, &factor);
     project_into_ball(ob, xb, per_image, eps, l2, scratch, &factor);
 }
 
@@ -145,21 +152,7 @@ extern "C" __global__ void apgd_step_f32(float* __restrict__ out, const float* _
     const float* gb = grad + base;
     const float* xb = x + base;
     float* ob = out + base;
-    float scale = step[blockIdx.x];
-    if (l2) {
-        double g_sq = 0.0;
-        for (int i = threadIdx.x; i < per_image; i += blockDim.x) g_sq += (double)gb[i] * gb[i];
-        const double g_total = block_sum(g_sq, scratch);
-        if (threadIdx.x == 0) factor = g_total > 0.0 ? (float)(scale / sqrt(g_total)) : 0.0f;
-        __syncthreads();
-        scale = factor;
-        __syncthreads();
-    }
-    for (int i = threadIdx.x; i < per_image; i += blockDim.x) {
-        const float g = gb[i];
-        const float d = l2 ? g : (g > 0.0f ? 1.0f : (g < 0.0f ? -1.0f : 0.0f));
-        ob[i] = ab[i] + scale * d;
-    }
+    take_step(ob, ab, gb, per_image, step[blockIdx.x], l2, scratch, &factor);
     project_into_ball(ob, xb, per_image, eps, l2, scratch, &factor);
     for (int i = threadIdx.x; i < per_image; i += blockDim.x)
         ob[i] = ab[i] + momentum * (ob[i] - ab[i]) + (1.0f - momentum) * (ab[i] - pb[i]);
