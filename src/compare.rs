@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::attack::evaluate::{AdversarialReport, AttackReports, pixel_amount_text};
 use crate::corrupt::{Corruption, Group};
+use crate::diagnostics::markdown::{Measure, condition_header, mean_over_experts, percent};
+use crate::diagnostics::{CLEAN, ExpertConditionReport, ExpertDiagnostics};
 use crate::eval::EvalReport;
 use crate::input_file::read_text;
 use crate::robustness::CorruptionReport;
@@ -372,7 +374,109 @@ pub fn table1_markdown(columns: &[Column], options: &TableOptions) -> Result<Str
             }
         }
     }
+    out += &expert_comparison_markdown(columns);
     Ok(out)
+}
+
+/// " (k of n)" when a report evaluated only k of the n corruptions of group `g`.
+fn partial_mark(report: &CorruptionReport, g: Group) -> String {
+    let size = Corruption::ALL.iter().filter(|c| c.group() == g).count();
+    let covered = report.evaluated().iter().filter(|c| c.group() == g).count();
+    if covered > 0 && covered < size { format!(" ({covered} of {size})") } else { String::new() }
+}
+
+/// A condition's experts: "clean" or a group's name.
+fn condition<'a>(d: &'a ExpertDiagnostics, name: &str) -> Option<&'a ExpertConditionReport> {
+    if name == CLEAN { Some(&d.clean) } else { d.per_group.get(name) }
+}
+
+/// After the table, when any column is MoCSE: the experts as binary classifiers, their means
+/// side by side per condition and measure, then each MoCSE column's experts one by one. Every
+/// column without experts is named with the reason.
+fn expert_comparison_markdown(columns: &[Column]) -> String {
+    let mocse = crate::nn::model::ModelKind::Mocse.to_string();
+    if !columns.iter().any(|c| c.report.context.model == mocse || c.report.experts.is_some()) {
+        return String::new();
+    }
+    let mut out = String::from("\n## MoCSE experts\n\n");
+    let with: Vec<(&Column, &ExpertDiagnostics)> =
+        columns.iter().filter_map(|c| Some((c, c.report.experts.as_ref()?))).collect();
+    for col in columns.iter().filter(|c| c.report.experts.is_none()) {
+        let why = if col.report.context.model == mocse {
+            "MoCSE, but its report holds no expert diagnostics (written by an older mocse; evaluate it again)"
+        } else {
+            "not MoCSE, so it has no class experts"
+        };
+        let _ = writeln!(out, "- {} ({}): {why}", col.label, col.report.context.model_description);
+    }
+    if with.is_empty() {
+        return out;
+    }
+    if with.len() < columns.len() {
+        out += "\n";
+    }
+    let _ = writeln!(
+        out,
+        "Each expert judged as a binary classifier of its class (yes when p_n > 0.5), in percent: the mean \
+         over the experts of its binary accuracy, TPR, FPR (lower is better) and ECE (lower is better), on \
+         the clean images and on each corruption group's images (its evaluated corruptions and severities \
+         together; (k of n): over k of the group's n corruptions).\n"
+    );
+    let labels: Vec<&str> = with.iter().map(|(c, _)| c.label.as_str()).collect();
+    let _ = writeln!(out, "| condition | measure | {} |", labels.join(" | "));
+    let _ = writeln!(out, "|---|---|{}", "---:|".repeat(labels.len()));
+    let groups: Vec<Group> = Group::ALL
+        .into_iter()
+        .filter(|g| with.iter().any(|(_, d)| d.per_group.contains_key(g.name())))
+        .collect();
+    let names: Vec<(&str, Option<Group>)> =
+        std::iter::once((CLEAN, None)).chain(groups.iter().map(|&g| (g.name(), Some(g)))).collect();
+    for &(name, group) in &names {
+        for (m, measure) in Measure::ALL.into_iter().enumerate() {
+            let cells: Vec<String> = with
+                .iter()
+                .map(|(col, d)| match condition(d, name) {
+                    Some(r) => {
+                        let mark = group.map_or_else(String::new, |g| partial_mark(&col.report, g));
+                        format!("{}{mark}", percent(mean_over_experts(&r.experts, measure), 2))
+                    }
+                    None => "n/a".to_string(),
+                })
+                .collect();
+            let shown = if m == 0 { condition_header(name) } else { String::new() };
+            let _ = writeln!(out, "| {shown} | {} | {} |", measure.name(), cells.join(" | "));
+        }
+    }
+    for (col, d) in &with {
+        let conditions = d.conditions();
+        let _ = writeln!(out, "\n### {}: each expert\n\nTPR / FPR / ECE (%) of each expert.\n", col.label);
+        let headers: Vec<String> = conditions
+            .iter()
+            .map(|&(name, _)| {
+                let group = Group::ALL.into_iter().find(|g| g.name() == name);
+                format!(
+                    "{}{}",
+                    condition_header(name),
+                    group.map_or_else(String::new, |g| partial_mark(&col.report, g))
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "| expert | {} |", headers.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---:|".repeat(headers.len()));
+        for (n, class) in d.classes.iter().enumerate() {
+            let cells: Vec<String> = conditions
+                .iter()
+                .map(|(_, r)| match r.experts.get(n) {
+                    Some(e) => {
+                        format!("{} / {} / {}", percent(e.tpr, 1), percent(e.fpr, 1), percent(Some(e.ece), 1))
+                    }
+                    None => "n/a".to_string(),
+                })
+                .collect();
+            let _ = writeln!(out, "| {class} | {} |", cells.join(" | "));
+        }
+    }
+    out
 }
 
 /// The per-corruption accuracies (%) of every column, for the bar chart: (categories, series).
@@ -457,7 +561,8 @@ mod tests {
         let corrupted: BTreeMap<(Corruption, u8), usize> =
             corrupted.iter().map(|&(c, s, n)| ((c, s), n)).collect();
         let clean_confusion = crate::eval::ConfusionCounts::new(10);
-        let counts = CorruptionCounts { num_images: 100, clean, clean_confusion, corrupted };
+        let diagnostics = crate::diagnostics::DiagnosticCounts::new(Vec::new(), None);
+        let counts = CorruptionCounts { num_images: 100, clean, clean_confusion, corrupted, diagnostics };
         CorruptionReport::new(context, source.into(), &counts, severities)
     }
 
@@ -567,6 +672,7 @@ mod tests {
                 AdversarialReport::new(AttackKind::Pgd, settings, &counts, sanity),
             )]
             .into(),
+            experts: None,
             mocse: String::new(),
         }
     }

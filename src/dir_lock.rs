@@ -22,6 +22,19 @@ impl DirLock {
     /// Locks `dir` (which must exist) for `purpose` ("training", "corrupt", ...), or fails naming
     /// the process that holds it.
     pub fn acquire(dir: &Path, purpose: &str) -> Result<DirLock> {
+        match DirLock::try_acquire(dir, purpose)? {
+            Ok(lock) => Ok(lock),
+            Err(holder) => bail!(
+                "{} is in use by another mocse process ({holder}); one directory takes one writer at a time: \
+                 wait for that process to finish, or stop it",
+                dir.display()
+            ),
+        }
+    }
+
+    /// Locks `dir` (which must exist) for `purpose`, or says who holds it (`Err` inside: the
+    /// holder's own description) without waiting; the outer error is a failure to lock at all.
+    pub fn try_acquire(dir: &Path, purpose: &str) -> Result<std::result::Result<DirLock, String>> {
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -36,12 +49,11 @@ impl DirLock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
-                bail!(
-                    "{} is in use by another mocse process ({}); one directory takes one writer at a time: \
-                     wait for that process to finish, or stop it",
-                    dir.display(),
-                    if holder.is_empty() { "it did not say which" } else { holder }
-                );
+                return Ok(Err(if holder.is_empty() {
+                    "it did not say which".to_string()
+                } else {
+                    holder.to_string()
+                }));
             }
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()));
@@ -58,7 +70,7 @@ impl DirLock {
             .set_len(0)
             .and_then(|_| file.seek(SeekFrom::Start(0)))
             .and_then(|_| file.write_all(holder.as_bytes()));
-        Ok(DirLock { _file: file, path })
+        Ok(Ok(DirLock { _file: file, path }))
     }
 
     pub fn path(&self) -> &Path {

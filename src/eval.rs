@@ -10,6 +10,9 @@ use crate::attack::evaluate::{
 };
 use crate::autograd::Tape;
 use crate::data::{Augment, Dataset, batches, epoch_order, make_batch};
+use crate::diagnostics::ExpertDiagnostics;
+use crate::diagnostics::ExpertTally;
+use crate::diagnostics::markdown::experts_markdown;
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
 use crate::ops::loss::predicted_classes;
@@ -104,7 +107,21 @@ pub fn confusion_on(
     data: &Dataset,
     batch_size: usize,
     progress: Option<&ProgressBar>,
+    predictions: Option<&mut Predictions>,
+) -> Result<ConfusionCounts> {
+    confusion_and_experts_on(model, weights, data, batch_size, progress, predictions, None)
+}
+
+/// [`confusion_on`], also counting every MoCSE expert's outcomes from the same scores into
+/// `experts` when given.
+pub fn confusion_and_experts_on(
+    model: &Model,
+    weights: &Weights,
+    data: &Dataset,
+    batch_size: usize,
+    progress: Option<&ProgressBar>,
     mut predictions: Option<&mut Predictions>,
+    mut experts: Option<&mut ExpertTally>,
 ) -> Result<ConfusionCounts> {
     let order = epoch_order(data.len(), false, 0, 0);
     let mut counts = ConfusionCounts::new(model.config.num_classes);
@@ -118,6 +135,9 @@ pub fn confusion_on(
         }
         first += batch.size;
         counts.add(&scores, &batch.labels)?;
+        if let Some(e) = experts.as_deref_mut() {
+            e.add(&scores, &batch.labels)?;
+        }
         if let Some(pb) = progress {
             pb.inc(batch.size as u64);
         }
@@ -161,6 +181,9 @@ pub struct EvalReport {
         deserialize_with = "deserialize_attack_reports"
     )]
     pub adversarial: AttackReports,
+    /// MoCSE: every expert as a binary classifier on the clean images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experts: Option<ExpertDiagnostics>,
     pub mocse: String,
 }
 
@@ -194,6 +217,10 @@ impl EvalReport {
         if let Some(per_class) = &self.per_class {
             out += "\n";
             out += &per_class.to_markdown();
+        }
+        if let Some(experts) = &self.experts {
+            out += "\n";
+            out += &experts_markdown(experts);
         }
         out
     }

@@ -14,7 +14,8 @@ use crate::checkpoint::{self, MODEL_FILE};
 use crate::corrupt::Corruption;
 use crate::data::{DataSpec, Dataset, Split};
 use crate::device::Device;
-use crate::eval::{ConfusionCounts, PerClassReport, RunDescription, confusion_on};
+use crate::diagnostics::{ExpertDiagnostics, ExpertTally, class_labels, expert_aggregate};
+use crate::eval::{ConfusionCounts, PerClassReport, RunDescription, confusion_and_experts_on};
 use crate::input_file::files_in;
 use crate::nn::model::{Model, ModelConfig};
 use crate::nn::preact_resnet::Weights;
@@ -112,6 +113,14 @@ impl EvalTarget {
     }
 }
 
+/// The clean test images evaluated: counted by true and predicted class, the per-class report,
+/// and for MoCSE every expert as a binary classifier.
+pub struct CleanEvaluation {
+    pub counts: ConfusionCounts,
+    pub per_class: PerClassReport,
+    pub experts: Option<ExpertDiagnostics>,
+}
+
 /// A model loaded onto a device with its test set, ready to evaluate.
 pub struct EvalJob {
     pub model: Model,
@@ -158,12 +167,34 @@ impl EvalJob {
         batch_size: usize,
         predictions: Option<&mut Predictions>,
     ) -> Result<(ConfusionCounts, PerClassReport)> {
-        let bar = progress::bar(self.test.len() as u64, "images");
-        let counts =
-            confusion_on(&self.model, &self.weights, &self.test, batch_size, Some(&bar), predictions)?;
-        bar.finish_and_clear();
-        let per_class = PerClassReport::new(&counts, self.test.class_names());
+        let CleanEvaluation { counts, per_class, .. } = self.clean_evaluation(batch_size, predictions)?;
         Ok((counts, per_class))
+    }
+
+    /// [`EvalJob::clean`] with, for MoCSE, the experts' diagnostics from the same scores.
+    pub fn clean_evaluation(
+        &self,
+        batch_size: usize,
+        predictions: Option<&mut Predictions>,
+    ) -> Result<CleanEvaluation> {
+        let config = &self.model.config;
+        let mut experts = expert_aggregate(config).map(|a| ExpertTally::new(config.num_classes, a));
+        let bar = progress::bar(self.test.len() as u64, "images");
+        let counts = confusion_and_experts_on(
+            &self.model,
+            &self.weights,
+            &self.test,
+            batch_size,
+            Some(&bar),
+            predictions,
+            experts.as_mut(),
+        )?;
+        bar.finish_and_clear();
+        let names = self.test.class_names();
+        let per_class = PerClassReport::new(&counts, names);
+        let experts =
+            experts.map(|t| ExpertDiagnostics::clean_only(class_labels(config.num_classes, names), &t));
+        Ok(CleanEvaluation { counts, per_class, experts })
     }
 
     /// The test set under attack, then the sanity checks around it (`clean_correct` is the clean

@@ -19,10 +19,12 @@ use mocse::compare::{
 };
 use mocse::corrupt::export::{CleanImages, ExportSettings, ImageInput, export};
 use mocse::corrupt::{CorruptionList, SEVERITIES, SeverityList};
+use mocse::curves::{CURVES_FILE, training_curves_png};
 use mocse::data::DataSpec;
 use mocse::data::cifar10c::Cifar10C;
 use mocse::data::cifar10c::MANIFEST_FILE;
 use mocse::device::{Device, DeviceChoice};
+use mocse::diagnostics::figures::{figure_names, write_eval_figures, write_figures};
 use mocse::dir_lock::{DirLock, LOCK_FILE};
 use mocse::eval::EvalReport;
 use mocse::eval_job::{EvalJob, EvalTarget};
@@ -34,9 +36,13 @@ use mocse::ops::sgd::SgdConfig;
 use mocse::output_paths::check_outputs;
 use mocse::progress;
 use mocse::raster::{bar_chart_png, gallery_png, line_chart_png};
+use mocse::reproduce::{
+    Cell, CellOutcome, Estimate, Overrides, Preset, Reproduction, Settings, duration_text,
+};
 use mocse::robustness::{CorruptedSource, report_value};
 use mocse::train::{
     AdversarialMethod, AdversarialTraining, SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, TrainingMode,
+    read_log,
 };
 
 // Large tensors are allocated and freed every step; mimalloc keeps those pages mapped instead
@@ -72,6 +78,11 @@ enum Command {
     Corrupt(CorruptArgs),
     /// Render corruption reports of several runs side by side as the paper's Table 1, and a bar chart.
     Compare(CompareArgs),
+    /// The paper's Table 1 end to end: train and evaluate its six cells, write the table with the
+    /// paper's numbers beside ours (resumable; cells can run as separate processes).
+    Reproduce(ReproduceArgs),
+    /// Draw a run's training curves (loss, clean and robust accuracy per epoch) as a PNG.
+    Plot(PlotArgs),
 }
 
 #[derive(Args)]
@@ -275,6 +286,12 @@ struct EvalArgs {
     /// <condition>_predicted) or FILE.csv (a row per image and condition)
     #[arg(long, value_name = "FILE")]
     predictions: Option<PathBuf>,
+    /// Also draw the evaluation's pictures as PNG files into DIR (made if missing):
+    /// confusion.png (the clean confusion matrix); with corruptions also predicted_class.png
+    /// (condition x predicted class share) and, for MoCSE, expert_scores.png (condition x mean
+    /// expert probability)
+    #[arg(long, value_name = "DIR")]
+    figures: Option<PathBuf>,
     #[command(flatten)]
     attack: AttackArgs,
 }
@@ -396,6 +413,64 @@ struct CompareArgs {
 }
 
 #[derive(Args)]
+struct ReproduceArgs {
+    /// quick: a smoke test of the whole pipeline on a CPU in minutes (PreAct-18 width 8, experts
+    /// of width 4, 3 epochs of 2,000 images, 100 test images, aa-lite with 10 steps); its numbers
+    /// are not the paper's. paper: the paper's recipe (width 64, experts of width 16, 200 epochs,
+    /// batch 128, SGD 0.1 momentum 0.9 weight decay 5e-4, PGD-10 training at 8/255), for a GPU.
+    /// Needed to start a reproduction; a rerun over the same --out may leave it out
+    #[arg(long)]
+    preset: Option<Preset>,
+    /// Data: synthetic (built in) or cifar10:DIR (the CIFAR-10 binary version) [default: synthetic]
+    #[arg(long)]
+    data: Option<DataSpec>,
+    /// Read the corrupted test images from this CIFAR-10-C directory (all 19 corruptions,
+    /// severities 1-5) instead of generating them
+    #[arg(long, value_name = "DIR")]
+    cifar10c: Option<PathBuf>,
+    /// Output directory: reproduce.json, cells/NAME/ (each cell's run and reports) and
+    /// table1.{md,csv,json,png}
+    #[arg(long)]
+    out: PathBuf,
+    /// Run only these cells, comma-separated: std-preact18, std-mocse, adv-preact18, adv-mocse,
+    /// aug-preact18, aug-mocse [default: all]
+    #[arg(long, value_name = "CELL,..")]
+    cells: Option<String>,
+    /// Override the preset: epochs of every cell
+    #[arg(long, requires = "preset")]
+    epochs: Option<usize>,
+    /// Override the preset: train on the first N training images
+    #[arg(long, requires = "preset", value_name = "N")]
+    train_subset: Option<usize>,
+    /// Override the preset: test (during training and in the evaluation) on the first N test images
+    #[arg(long, requires = "preset", value_name = "N")]
+    test_subset: Option<usize>,
+    /// Override the preset: base width of the standard network
+    #[arg(long, requires = "preset")]
+    width: Option<usize>,
+    /// Override the preset: base width of every MoCSE expert
+    #[arg(long, requires = "preset")]
+    expert_width: Option<usize>,
+    /// Override the preset: seed of every cell's training
+    #[arg(long, requires = "preset")]
+    seed: Option<u64>,
+    /// Override the preset: gradient steps of the evaluation's attacks (PGD and each aa-lite stage)
+    #[arg(long, requires = "preset", value_name = "N")]
+    attack_steps: Option<usize>,
+    #[command(flatten)]
+    run_on: DeviceArgs,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// Run directory written by `mocse train`
+    run: PathBuf,
+    /// Where to write the PNG [default: RUN/curves.png]
+    #[arg(long, value_name = "FILE.png")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// What to measure: train-step (a whole training step and an inference pass),
     /// conv-layers (every distinct convolution of the model, forward, backward data and backward
@@ -475,6 +550,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Selftest(args) => selftest(args),
         Command::Corrupt(args) => corrupt_images(args),
         Command::Compare(args) => compare(args),
+        Command::Reproduce(args) => reproduce(args),
+        Command::Plot(args) => plot(args),
     }
 }
 
@@ -602,6 +679,9 @@ fn train(a: TrainArgs) -> Result<()> {
     );
     eprintln!("writing to {}", a.out.display());
     let logs = trainer.run(a.stop_after, true)?;
+    let curves = a.out.join(CURVES_FILE);
+    write_atomic(&curves, &training_curves_png(&read_log(&a.out)?)?)?;
+    eprintln!("wrote the training curves to {}", curves.display());
     if let Some(last) = logs.last() {
         println!(
             "epoch {}/{}: test accuracy {:.2}%  (checkpoint {})",
@@ -707,13 +787,18 @@ fn eval(a: EvalArgs) -> Result<()> {
     if let Some(dir) = &a.cifar10c {
         inputs.extend(files_in(dir));
     }
-    let outputs = given([
+    let mut outputs = given([
         ("--json", &a.json),
         ("--markdown", &a.markdown),
         ("--csv", &a.csv),
         ("--predictions", &a.predictions),
         ("--save-adversarial", &a.attack.save_adversarial),
     ]);
+    let figures = match &a.figures {
+        Some(dir) => figure_outputs(dir, corruptions.is_some(), target.model.kind == ModelKind::Mocse)?,
+        None => Vec::new(),
+    };
+    outputs.extend(figures.iter().map(|p| ("--figures", p.as_path())));
     check_outputs(&outputs, &inputs)?;
     if let Some(path) = &a.predictions {
         mocse::predictions::check_path(path)?;
@@ -732,26 +817,33 @@ fn eval(a: EvalArgs) -> Result<()> {
             model_config.describe(),
             test.len()
         );
-        let (counts, per_class) = job.clean(a.batch_size, predictions.as_mut())?;
-        let correct = counts.correct();
+        let clean = job.clean_evaluation(a.batch_size, predictions.as_mut())?;
+        let correct = clean.counts.correct();
         println!(
             "clean accuracy: {:.2}% ({correct}/{} images)",
             100.0 * correct as f64 / test.len() as f64,
             test.len()
         );
+        if let Some(experts) = &clean.experts {
+            println!("{}", experts.summary());
+        }
         let adversarial = run_attacks(&job, &attacks, &a, correct, true)?;
         let report = EvalReport {
             run: job.run.clone(),
             clean_accuracy: report_value(correct as f64 / test.len() as f64),
             num_images: test.len(),
-            per_class: Some(per_class),
+            per_class: Some(clean.per_class),
             adversarial,
+            experts: clean.experts,
             mocse: mocse::BUILD.to_string(),
         };
         if let Some(path) = &a.json {
             write_json(path, &report)?;
         }
         write_text_reports(&a, &report.to_markdown(), &report.to_csv())?;
+        if let Some(dir) = &a.figures {
+            report_written(&write_eval_figures(dir, &report)?);
+        }
         return write_predictions(a.predictions.as_deref(), predictions.as_ref());
     };
     let (source, described) = match &files {
@@ -774,7 +866,29 @@ fn eval(a: EvalArgs) -> Result<()> {
         write_json(path, &report)?;
     }
     write_text_reports(&a, &report.to_markdown(), &report.to_csv())?;
+    if let Some(dir) = &a.figures {
+        report_written(&write_figures(dir, &report)?);
+    }
     write_predictions(a.predictions.as_deref(), predictions.as_ref())
+}
+
+/// The files `--figures DIR` will write, to check with the other outputs before the work: when
+/// DIR exists, each figure in it (none may be an input); when it does not, DIR itself (its
+/// parent must exist; it is made at the end).
+fn figure_outputs(dir: &Path, corruptions: bool, mocse: bool) -> Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    if !dir.is_dir() {
+        bail!("--figures {} exists and is not a directory", dir.display());
+    }
+    Ok(figure_names(corruptions, mocse).into_iter().map(|name| dir.join(name)).collect())
+}
+
+fn report_written(paths: &[PathBuf]) {
+    for path in paths {
+        eprintln!("wrote {}", path.display());
+    }
 }
 
 /// The attacks `--attack` asks for, with their settings.
@@ -1037,6 +1151,143 @@ fn compare(a: CompareArgs) -> Result<()> {
         let title = format!("Accuracy (%) against severity, mean over {} corruptions", chart.corruptions);
         write_atomic(path, &line_chart_png(&title, "severity", &chart.points, &chart.series)?)?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn plot(a: PlotArgs) -> Result<()> {
+    let logs = read_log(&a.run)?;
+    let out = a.out.unwrap_or_else(|| a.run.join(CURVES_FILE));
+    check_outputs(&[("--out", &out)], &files_in(&a.run))?;
+    write_atomic(&out, &training_curves_png(&logs)?)?;
+    println!("wrote the curves of {} epochs to {}", logs.len(), out.display());
+    Ok(())
+}
+
+fn reproduce(a: ReproduceArgs) -> Result<()> {
+    let overrides = Overrides {
+        epochs: a.epochs,
+        train_subset: a.train_subset,
+        test_subset: a.test_subset,
+        width: a.width,
+        expert_width: a.expert_width,
+        seed: a.seed,
+        attack_steps: a.attack_steps,
+    };
+    let settings = match a.preset {
+        Some(p) => Some(Settings::new(
+            p,
+            a.data.as_ref().unwrap_or(&DataSpec::Synthetic),
+            a.cifar10c.as_deref(),
+            &overrides,
+        )?),
+        None if a.data.is_some() || a.cifar10c.is_some() || overrides.any() => {
+            bail!(
+                "--data, --cifar10c and the preset's overrides define a new reproduction: give --preset with them"
+            )
+        }
+        None => None,
+    };
+    let cells = match &a.cells {
+        Some(list) => Cell::parse_list(list)?,
+        None => Cell::ALL.to_vec(),
+    };
+    let (device, why) = a.run_on.device.resolve()?;
+    use_conv_impl(a.run_on.conv_impl, device)?;
+    let repro = Reproduction::open(&a.out, settings)?;
+    repro.check_inputs()?;
+    let s = &repro.settings;
+    match s.preset {
+        Preset::Quick => println!(
+            "preset quick: a smoke test of the pipeline (PreAct-18 width {}, experts of width {}, {} epochs on {}); \
+             its numbers are not the paper's",
+            s.width, s.expert_width, s.epochs, s.data
+        ),
+        Preset::Paper => println!(
+            "preset paper: PreAct-18 width {}, MoCSE experts of width {}, {} epochs on {}",
+            s.width, s.expert_width, s.epochs, s.data
+        ),
+    }
+    eprintln!("{why}; writing to {}", a.out.display());
+    let pending: Vec<Cell> = cells.iter().copied().filter(|&c| !repro.report_path(c).exists()).collect();
+    if !pending.is_empty() {
+        eprintln!("timing a few training steps of each network to estimate the time...");
+        let estimate = Estimate::measure(s, &pending, device)?;
+        let each: Vec<String> = estimate
+            .seconds_per_cell
+            .iter()
+            .map(|(c, t)| format!("{} {}", c.name(), duration_text(*t)))
+            .collect();
+        println!(
+            "estimated time on {device}: {} for {} cell(s) ({})",
+            duration_text(estimate.total()),
+            pending.len(),
+            each.join(", ")
+        );
+    }
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    for (k, &cell) in cells.iter().enumerate() {
+        eprintln!("cell {}/{}: {} ({})", k + 1, cells.len(), cell.name(), cell.title());
+        match repro.run_cell(cell, device, &|line| eprintln!("{line}")) {
+            Ok(outcome) => outcomes.push((cell, outcome)),
+            Err(e) => {
+                eprintln!("error: cell {} failed: {e:#}", cell.name());
+                failures.push(format!("{}: {e:#}", cell.name()));
+            }
+        }
+    }
+    println!(
+        "\n| cell | | this run | clean | mean of 19 | {} |",
+        s.attacks.iter().map(|x| x.attack.to_string()).collect::<Vec<_>>().join(" | ")
+    );
+    println!("|---|---|---|---:|---:|{}", "---:|".repeat(s.attacks.len()));
+    for cell in Cell::ALL {
+        let status = match outcomes.iter().find(|(c, _)| *c == cell).map(|(_, o)| o) {
+            Some(CellOutcome::Ran(seconds)) => format!("ran here ({})", duration_text(*seconds)),
+            Some(CellOutcome::AlreadyDone) => "done before".to_string(),
+            Some(CellOutcome::Busy(holder)) => format!("running elsewhere ({holder})"),
+            None if failures.iter().any(|f| f.starts_with(&format!("{}:", cell.name()))) => {
+                "FAILED".to_string()
+            }
+            None => "not asked for".to_string(),
+        };
+        let report = repro.report(cell)?;
+        let pct = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{:.2}", 100.0 * v));
+        let attacks: Vec<String> = s
+            .attacks
+            .iter()
+            .map(|x| {
+                pct(report.as_ref().and_then(|r| r.adversarial.get(&x.attack)).map(|r| r.robust_accuracy))
+            })
+            .collect();
+        println!(
+            "| {} | {} | {status} | {} | {} | {} |",
+            cell.name(),
+            cell.title(),
+            pct(report.as_ref().map(|r| r.clean_accuracy)),
+            pct(report.as_ref().and_then(|r| r.mean_19)),
+            attacks.join(" | ")
+        );
+    }
+    match repro.write_table()? {
+        Some(files) => {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            println!("\nwrote {}", names.join(", "));
+        }
+        None => {
+            let missing: Vec<&str> =
+                Cell::ALL.iter().filter(|&&c| !repro.report_path(c).exists()).map(|c| c.name()).collect();
+            println!(
+                "\nthe table needs all six cells; not done yet: {}. Whichever process finishes the last cell writes \
+                 it; to run them here: mocse reproduce --out {}",
+                missing.join(", "),
+                a.out.display()
+            );
+        }
+    }
+    if !failures.is_empty() {
+        bail!("{} cell(s) failed:\n{}", failures.len(), failures.join("\n"));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Small pictures as PNG files: a gallery of corrupted images (one row per corruption, one
-//! column per severity), a bar chart of accuracy per corruption and a line chart of accuracy
-//! against severity for several runs.
+//! column per severity), a bar chart of accuracy per corruption, a line chart of accuracy
+//! against severity for several runs, and heatmaps (a confusion matrix, predicted classes or
+//! expert probabilities per corruption).
 //! Text is the 8x8 bitmap font of `font8x8`; the callers write the returned bytes with
 //! [`crate::atomic_file::write_atomic`].
 
@@ -8,6 +9,9 @@ use anyhow::{Result, ensure};
 use font8x8::UnicodeFonts;
 
 use crate::data::{CHANNELS, IMAGE_SIZE};
+
+mod heatmap;
+pub use heatmap::{Heatmap, heatmap_png};
 
 type Rgb = [u8; 3];
 
@@ -88,12 +92,41 @@ impl Canvas {
         }
     }
 
+    /// `text` read from bottom to top (turned 90 degrees anticlockwise), its first character's
+    /// bottom-left corner at (x, y_bottom); for column labels narrower than their text.
+    fn text_up(&mut self, x: usize, y_bottom: usize, text: &str, colour: Rgb) {
+        for (i, ch) in text.chars().enumerate() {
+            let glyph =
+                font8x8::BASIC_FONTS.get(ch).or_else(|| font8x8::BASIC_FONTS.get('?')).unwrap_or_default();
+            for (row, bits) in glyph.iter().enumerate() {
+                for col in 0..GLYPH {
+                    // The glyph's top faces left; its left edge is at the bottom.
+                    if bits >> col & 1 == 1
+                        && let Some(y) = y_bottom.checked_sub(1 + i * GLYPH + col)
+                    {
+                        self.set(x + row, y, colour);
+                    }
+                }
+            }
+        }
+    }
+
     /// A 32x32 HWC RGB image enlarged `scale` times (nearest neighbour), top-left at (x, y).
     fn image(&mut self, x: usize, y: usize, image: &[u8], scale: usize) {
         for yy in 0..IMAGE_SIZE * scale {
             for xx in 0..IMAGE_SIZE * scale {
                 let at = ((yy / scale) * IMAGE_SIZE + xx / scale) * CHANNELS;
                 self.set(x + xx, y + yy, [image[at], image[at + 1], image[at + 2]]);
+            }
+        }
+    }
+
+    /// Copies `other` with its top-left corner at (x, y).
+    fn paste(&mut self, x: usize, y: usize, other: &Canvas) {
+        for yy in 0..other.height {
+            for xx in 0..other.width {
+                let at = (yy * other.width + xx) * 3;
+                self.set(x + xx, y + yy, [other.pixels[at], other.pixels[at + 1], other.pixels[at + 2]]);
             }
         }
     }
@@ -292,38 +325,101 @@ const POINT_STEP: usize = 80;
 /// Half the side of a point's square marker.
 const MARKER: usize = 3;
 
-/// A line chart: one line per series through its values (percent, on a 0-100% vertical axis)
-/// at the evenly spaced `points` (labelled under the axis, `x_title` under them), each value
-/// marked with a square in the series' colour. NaN leaves a gap. Returns a PNG.
+/// The vertical axis of a line chart: from 0 to `top`, tick labels with `unit`.
+#[derive(Clone, Copy, Debug)]
+pub struct ValueAxis {
+    pub top: f64,
+    pub unit: &'static str,
+}
+
+impl ValueAxis {
+    pub const PERCENT: ValueAxis = ValueAxis { top: 100.0, unit: "%" };
+
+    /// An axis from 0 that holds `max` with room, its top a round number.
+    pub fn holding(max: f64, unit: &'static str) -> ValueAxis {
+        let max = if max.is_finite() && max > 0.0 { max } else { 1.0 };
+        let step = 10f64.powf((max / 5.0).log10().floor());
+        let top =
+            [1.0, 2.0, 4.0, 5.0, 10.0].iter().map(|m| m * step * 5.0).find(|&t| t >= max).unwrap_or(max);
+        ValueAxis { top, unit }
+    }
+
+    fn tick_label(&self, fraction: f64) -> String {
+        let v = self.top * fraction;
+        if self.top >= 10.0 { format!("{v:.0}{}", self.unit) } else { format!("{v:.2}{}", self.unit) }
+    }
+}
+
+/// One line chart: one line per series through its values at the evenly spaced `points`
+/// (labelled under the axis, `x_title` under them), each value marked with a square in the
+/// series' colour; NaN leaves a gap.
+pub struct LineChart<'a> {
+    pub title: &'a str,
+    pub x_title: &'a str,
+    pub points: &'a [String],
+    pub series: &'a [(String, Vec<f64>)],
+    pub axis: ValueAxis,
+}
+
+/// A line chart of percentages (0-100% axis). Returns a PNG.
 pub fn line_chart_png(
     title: &str,
     x_title: &str,
     points: &[String],
     series: &[(String, Vec<f64>)],
 ) -> Result<Vec<u8>> {
+    line_charts_png(&[LineChart { title, x_title, points, series, axis: ValueAxis::PERCENT }])
+}
+
+/// Line charts one under the other in one picture. Returns a PNG.
+pub fn line_charts_png(charts: &[LineChart]) -> Result<Vec<u8>> {
+    ensure!(!charts.is_empty(), "no chart to draw");
+    let drawn = charts.iter().map(draw_line_chart).collect::<Result<Vec<_>>>()?;
+    let mut canvas =
+        Canvas::new(drawn.iter().map(|c| c.width).max().unwrap_or(0), drawn.iter().map(|c| c.height).sum());
+    let mut y = 0;
+    for chart in &drawn {
+        canvas.paste(0, y, chart);
+        y += chart.height;
+    }
+    canvas.png()
+}
+
+fn draw_line_chart(chart: &LineChart) -> Result<Canvas> {
+    let LineChart { title, x_title, points, series, axis } = *chart;
     check_series("line chart", points, series)?;
-    let plot_x = MARGIN + text_width("100%") + GAP;
+    ensure!(axis.top > 0.0 && axis.top.is_finite(), "a line chart's axis needs a positive top");
+    let tick_width = (0..=5).map(|k| text_width(&axis.tick_label(k as f64 / 5.0))).max().unwrap_or(0);
+    let plot_x = MARGIN + tick_width + GAP;
     let plot_y = plot_top(series.len());
-    let plot_width = points.len() * POINT_STEP;
+    // Long series (a run of 200 epochs) share a plot about 1,000 pixels wide, and label every
+    // k-th point so that labels do not overlap.
+    let step = if points.len() * POINT_STEP <= 1000 { POINT_STEP } else { (1000 / points.len()).max(3) };
+    let label_room = points.iter().map(|p| text_width(p)).max().unwrap_or(0) + GAP;
+    let label_every = label_room.div_ceil(step).max(1);
+    let plot_width = points.len() * step;
     let plot_height = 100 * LINE_PX_PER_PERCENT;
     let width = (plot_x + plot_width + MARGIN).max(heading_width(title, series));
     let height = plot_y + plot_height + GAP + GLYPH + GAP + GLYPH + MARGIN;
     let mut canvas = Canvas::new(width, height);
     draw_heading(&mut canvas, title, series);
 
-    let point_x = |i: usize| plot_x + POINT_STEP / 2 + i * POINT_STEP;
-    let value_y =
-        |v: f64| plot_y + plot_height - (v.clamp(0.0, 100.0) * LINE_PX_PER_PERCENT as f64).round() as usize;
-    // Grid lines and tick labels every 20%, under the lines.
-    for percent in (0..=100).step_by(20) {
-        let y = value_y(percent as f64);
-        canvas.fill(plot_x, y, plot_width, 1, if percent == 0 { AXIS } else { GRID });
-        let label = format!("{percent}%");
+    let point_x = |i: usize| plot_x + step / 2 + i * step;
+    let value_y = |v: f64| {
+        plot_y + plot_height - ((v / axis.top).clamp(0.0, 1.0) * plot_height as f64).round() as usize
+    };
+    // Grid lines and tick labels every fifth of the axis, under the lines.
+    for k in 0..=5 {
+        let y = value_y(axis.top * k as f64 / 5.0);
+        canvas.fill(plot_x, y, plot_width, 1, if k == 0 { AXIS } else { GRID });
+        let label = axis.tick_label(k as f64 / 5.0);
         canvas.text(plot_x - GAP - text_width(&label), y.saturating_sub(GLYPH / 2), &label, BLACK);
     }
     canvas.fill(plot_x, plot_y, 1, plot_height + 1, AXIS);
     let labels_y = plot_y + plot_height + GAP;
-    for (i, label) in points.iter().enumerate() {
+    for (i, label) in
+        points.iter().enumerate().filter(|(i, _)| (i + 1) % label_every == 0 || label_every == 1)
+    {
         canvas.text(point_x(i).saturating_sub(text_width(label) / 2), labels_y, label, BLACK);
     }
     let x_title_x = plot_x + plot_width.saturating_sub(text_width(x_title)) / 2;
@@ -341,10 +437,11 @@ pub fn line_chart_png(
             }
         }
         for &(x, y) in at.iter().flatten() {
-            canvas.fill(x - MARKER, y.saturating_sub(MARKER), 2 * MARKER + 1, 2 * MARKER + 1, colour);
+            let marker = MARKER.min(step / 3);
+            canvas.fill(x - marker, y.saturating_sub(marker), 2 * marker + 1, 2 * marker + 1, colour);
         }
     }
-    canvas.png()
+    Ok(canvas)
 }
 
 #[cfg(test)]

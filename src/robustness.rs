@@ -15,6 +15,8 @@ use crate::attack::evaluate::{
 use crate::corrupt::{Corruption, Group, SEVERITIES, StreamKey, corrupt, upload_images};
 use crate::data::cifar10c::Cifar10C;
 use crate::data::{Dataset, IMAGE_LEN};
+use crate::diagnostics::markdown::{experts_markdown, predicted_share_markdown};
+use crate::diagnostics::{DiagnosticCounts, ExpertDiagnostics, validate_class_map};
 use crate::eval::{ConfusionCounts, PerClassReport, RunDescription, class_scores};
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
@@ -39,6 +41,8 @@ pub struct CorruptionCounts {
     /// The clean images by true and predicted class.
     pub clean_confusion: ConfusionCounts,
     pub corrupted: BTreeMap<(Corruption, u8), usize>,
+    /// The predicted classes per condition and, for MoCSE, the experts' outcomes.
+    pub diagnostics: DiagnosticCounts,
 }
 
 /// Evaluates `model` on `test` and on its corrupted versions; `predictions`, when given,
@@ -62,6 +66,7 @@ pub fn evaluate_corruptions(
         clean: 0,
         clean_confusion: ConfusionCounts::new(model.config.num_classes),
         corrupted: BTreeMap::new(),
+        diagnostics: DiagnosticCounts::for_model(&model.config, test.class_names()),
     };
     let labels = test.labels();
     let files = match source {
@@ -105,6 +110,7 @@ pub fn evaluate_corruptions(
         };
         let clean_scores = judge(Condition::Clean, &clean)?;
         counts.clean_confusion.add(&clean_scores, &batch_labels)?;
+        counts.diagnostics.add_clean(&clean_scores, &batch_labels)?;
         counts.clean += count_correct(&clean_scores, &batch_labels)?;
         tick(progress, count);
         for (k, &c) in corruptions.iter().enumerate() {
@@ -115,8 +121,9 @@ pub fn evaluate_corruptions(
                     }
                     CorruptedSource::Files(_) => upload_images(files[k].images(s, first, count)?, device)?,
                 };
-                *counts.corrupted.entry((c, s)).or_default() +=
-                    count_correct(&judge(Condition::Corrupted(c, s), &corrupted)?, &batch_labels)?;
+                let scores = judge(Condition::Corrupted(c, s), &corrupted)?;
+                *counts.corrupted.entry((c, s)).or_default() += count_correct(&scores, &batch_labels)?;
+                counts.diagnostics.add_corrupted(c, s, &scores, &batch_labels)?;
                 tick(progress, count);
             }
         }
@@ -165,6 +172,14 @@ pub struct CorruptionReport {
         deserialize_with = "deserialize_attack_reports"
     )]
     pub adversarial: AttackReports,
+    /// "clean" or a corruption name -> the share of its images (all its severities) predicted as
+    /// each class, in class order.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub predicted_class_share: BTreeMap<String, Vec<f64>>,
+    /// MoCSE: every expert as a binary classifier, clean and per corruption group, and its mean
+    /// probability per corruption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experts: Option<ExpertDiagnostics>,
     pub mocse: String,
 }
 
@@ -233,8 +248,22 @@ impl CorruptionReport {
             mean_15: all_of(&mut Corruption::ALL.into_iter().filter(|c| c.is_benchmark())),
             per_class: None,
             adversarial: AttackReports::new(),
+            predicted_class_share: counts.diagnostics.predicted_class_share(),
+            experts: counts.diagnostics.expert_diagnostics(),
             mocse: crate::BUILD.to_string(),
         }
+    }
+
+    /// The class names: those of the per-class report, else the experts', else numbers.
+    pub fn class_names(&self) -> Vec<String> {
+        if let Some(p) = &self.per_class {
+            return p.classes.clone();
+        }
+        if let Some(e) = &self.experts {
+            return e.classes.clone();
+        }
+        let k = self.predicted_class_share.values().map(Vec::len).max().unwrap_or(0);
+        (0..k).map(|i| i.to_string()).collect()
     }
 
     /// The evaluated corruptions in table order.
@@ -291,6 +320,33 @@ impl CorruptionReport {
             "severities {:?} are not within 1-5",
             self.severities
         );
+        self.validate_diagnostics()
+    }
+
+    /// The per-class parts agree on the number of classes; shares and expert numbers are
+    /// fractions under known names.
+    fn validate_diagnostics(&self) -> Result<()> {
+        let classes = [
+            self.per_class.as_ref().map(|p| p.classes.len()),
+            self.experts.as_ref().map(|e| e.classes.len()),
+            self.predicted_class_share.values().next().map(Vec::len),
+        ];
+        let k = classes.iter().flatten().copied().next().unwrap_or(0);
+        ensure!(
+            classes.iter().flatten().all(|&c| c == k),
+            "per_class, experts and predicted_class_share name different numbers of classes"
+        );
+        if let Some(p) = &self.per_class {
+            ensure!(
+                p.accuracy.len() == k && p.images.len() == k && p.confusion.iter().all(|r| r.len() == k),
+                "per_class does not hold one entry per class"
+            );
+            ensure!(p.confusion.len() == k, "per_class.confusion does not hold a row per class");
+        }
+        validate_class_map(&self.predicted_class_share, k, "predicted_class_share", true)?;
+        if let Some(e) = &self.experts {
+            e.validate()?;
+        }
         Ok(())
     }
 
@@ -353,6 +409,14 @@ impl CorruptionReport {
         if let Some(per_class) = &self.per_class {
             out += "\n";
             out += &per_class.to_markdown();
+        }
+        if !self.predicted_class_share.is_empty() {
+            out += "\n";
+            out += &predicted_share_markdown(&self.class_names(), &self.predicted_class_share);
+        }
+        if let Some(experts) = &self.experts {
+            out += "\n";
+            out += &experts_markdown(experts);
         }
         out
     }

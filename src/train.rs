@@ -1003,7 +1003,12 @@ pub fn check_config_unchanged(
 }
 
 /// "key: recorded -> now" for every leaf where two JSON values differ.
-fn diff_values(prefix: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+pub(crate) fn diff_values(
+    prefix: &str,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
     use serde_json::Value;
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {

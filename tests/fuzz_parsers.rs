@@ -443,6 +443,19 @@ fn cifar10c_manifest_and_labels() {
     });
 }
 
+/// A MoCSE's predicted classes and experts on a few clean and fog images, for a report to mutate.
+fn expert_diagnostics() -> mocse::diagnostics::DiagnosticCounts {
+    use mocse::corrupt::Corruption;
+    let classes = (0..10).map(|i| format!("class {i}")).collect();
+    let mut counts =
+        mocse::diagnostics::DiagnosticCounts::new(classes, Some(mocse::ops::aggregate::Aggregate::Prob));
+    let scores = mocse::tensor::Tensor::from_vec(&[2, 10], (0..20).map(|i| (i % 7) as f32 / 7.0).collect());
+    counts.add_clean(&scores, &[1, 2]).unwrap();
+    counts.add_corrupted(Corruption::Fog, 1, &scores, &[3, 4]).unwrap();
+    counts.add_corrupted(Corruption::Fog, 2, &scores, &[5, 6]).unwrap();
+    counts
+}
+
 #[test]
 fn corruption_reports() {
     use mocse::corrupt::Corruption;
@@ -451,6 +464,7 @@ fn corruption_reports() {
         clean: 7,
         clean_confusion: mocse::eval::ConfusionCounts::new(10),
         corrupted: [((Corruption::Fog, 1u8), 5usize), ((Corruption::Fog, 2), 4)].into_iter().collect(),
+        diagnostics: expert_diagnostics(),
     };
     let context = mocse::eval::RunDescription {
         model: "mocse".into(),
@@ -476,6 +490,7 @@ fn corruption_reports() {
             };
             let _ = mocse::compare::table1_markdown(&columns, &options);
             let _ = mocse::compare::severity_chart_data(&columns);
+            let _ = mocse::diagnostics::figures::corruption_figures(&columns[0].report);
         }
     });
 }
