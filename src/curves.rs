@@ -47,6 +47,7 @@ pub fn training_curves_png(logs: &[EpochLog]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raster::test_support::decode;
 
     fn log(epoch: usize, loss: f64, test: f64, robust: Option<f64>) -> EpochLog {
         EpochLog {
@@ -60,13 +61,6 @@ mod tests {
             robust_test_accuracy: robust,
             first_batch_robust_accuracy: None,
         }
-    }
-
-    fn decode(bytes: &[u8]) -> (usize, usize, Vec<u8>) {
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        (info.width as usize, info.height as usize, buf)
     }
 
     /// The tab10 colour of the third series (robust accuracy) appears only when a run has it.

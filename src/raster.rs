@@ -444,11 +444,11 @@ fn draw_line_chart(chart: &LineChart) -> Result<Canvas> {
     Ok(canvas)
 }
 
+/// What the picture tests share: decoding our PNGs back, labels from string literals.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn decode(png_bytes: &[u8]) -> (usize, usize, Vec<u8>) {
+pub(crate) mod test_support {
+    /// (width, height, RGB bytes) of a PNG written by this module (8-bit RGB, checked).
+    pub fn decode(png_bytes: &[u8]) -> (usize, usize, Vec<u8>) {
         let mut reader = png::Decoder::new(std::io::Cursor::new(png_bytes)).read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         let info = reader.next_frame(&mut buf).unwrap();
@@ -456,9 +456,15 @@ mod tests {
         (info.width as usize, info.height as usize, buf)
     }
 
-    fn labels(names: &[&str]) -> Vec<String> {
+    pub fn labels(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{decode, labels};
+    use super::*;
 
     #[test]
     fn gallery_cells_hold_the_enlarged_images() {

@@ -75,7 +75,7 @@ fn identical_runs_write_identical_files() {
         assert!(x == y, "{} differs between two identical runs", name.to_string_lossy());
         compared += 1;
     }
-    assert_eq!(compared, 5, "config.json and the two checkpoint pairs");
+    assert_eq!(compared, 6, "config.json, the two checkpoint pairs and curves.png");
     // Report numbers are rounded to 8 decimals, not printed with the summation's last-bit noise.
     let json = dir.path().join("c.json");
     #[rustfmt::skip]

@@ -96,10 +96,14 @@ fn a_diverging_run_saves_nothing_broken_and_keeps_its_last_good_checkpoint() {
     let run = dir.path().join("lr1e4");
     let r = tiny_run(s(&run), "3", &["--lr", "1e4"]);
     assert_clean_failure(&r, "infinite or NaN");
-    // Whatever was saved before is whole and finite (loading checks every value).
+    // Whatever was saved before is whole and finite (loading checks every value); its weights
+    // may still overflow in the forward pass, which the evaluation names instead of counting
+    // NaN scores as predictions.
     if run.join(MODEL_FILE).exists() {
         let r = mocse(&["eval", "--run", s(&run), "--device", "cpu", "--test-subset", "40"]);
-        assert!(r.ok, "{}", r.stderr);
+        if !r.ok {
+            assert_clean_failure(&r, "class scores are NaN");
+        }
     }
 
     // A healthy epoch, then a diverging one (the library lets the test raise the learning

@@ -72,6 +72,18 @@ fn check_reproduction(dir: &Path) {
         assert!(report["adversarial"]["aa-lite"]["robust_accuracy"].is_number(), "{cell}");
         let (w, h) = png_size(&cell_dir.join("curves.png"));
         assert!(w > 100 && h > 100, "{cell} curves {w}x{h}");
+        let mut figures = vec!["confusion.png", "predicted_class.png"];
+        if cell.ends_with("mocse") {
+            figures.push("expert_scores.png");
+            assert!(
+                report["experts"]["per_group"]["Noise"]["experts"].as_array().unwrap().len() == 10,
+                "{cell}"
+            );
+        }
+        for figure in figures {
+            let (w, h) = png_size(&cell_dir.join("figures").join(figure));
+            assert!(w > 100 && h > 100, "{cell} {figure} {w}x{h}");
+        }
     }
     let table = json(&dir.join("table1.json"));
     let columns: Vec<&str> =

@@ -35,10 +35,16 @@ pub fn ece_bin(p: f64) -> usize {
     ((p * ECE_BINS as f64) as usize).min(ECE_BINS - 1)
 }
 
+/// Why an evaluation stops at a NaN score: it comes from weights that overflow in the forward
+/// pass, and no prediction of such a model means anything.
+const NAN_SCORES: &str = "the model's class scores are NaN on some images (its weights overflow in the forward pass), \
+                          so nothing it predicts can be evaluated";
+
 /// Expert n's probability p_n and whether it says "class n", from its class score. Under
 /// `logodds` the decision is taken on the score itself (z > 0 is p > 0.5 exactly; a rounded
 /// sigmoid of a tiny z could land on 0.5). A score that is not a probability is refused.
 pub fn expert_probability(score: f32, aggregate: Aggregate) -> Result<(f64, bool)> {
+    ensure!(!score.is_nan(), NAN_SCORES);
     match aggregate {
         Aggregate::Prob => {
             ensure!(
@@ -47,10 +53,7 @@ pub fn expert_probability(score: f32, aggregate: Aggregate) -> Result<(f64, bool
             );
             Ok((f64::from(score), score > 0.5))
         }
-        Aggregate::LogOdds => {
-            ensure!(!score.is_nan(), "an expert's log-odds score is NaN");
-            Ok((1.0 / (1.0 + (-f64::from(score)).exp()), score > 0.0))
-        }
+        Aggregate::LogOdds => Ok((1.0 / (1.0 + (-f64::from(score)).exp()), score > 0.0)),
     }
 }
 
@@ -228,6 +231,7 @@ impl ConditionTally {
         check_scores(scores, k, labels)?;
         check_labels(labels, k)?;
         let host = scores.to_host()?;
+        ensure!(!host.iter().any(|v| v.is_nan()), NAN_SCORES);
         if let Some(experts) = &mut self.experts {
             experts.add_rows(&host, labels)?;
         }

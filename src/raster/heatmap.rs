@@ -182,17 +182,7 @@ pub fn heatmap_png(h: &Heatmap) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decode(png_bytes: &[u8]) -> (usize, usize, Vec<u8>) {
-        let mut reader = png::Decoder::new(std::io::Cursor::new(png_bytes)).read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        (info.width as usize, info.height as usize, buf)
-    }
-
-    fn labels(names: &[&str]) -> Vec<String> {
-        names.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::raster::test_support::{decode, labels};
 
     #[test]
     fn cells_take_the_colour_of_their_value_and_print_it() {

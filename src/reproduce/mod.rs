@@ -5,8 +5,9 @@
 //!
 //! - `DIR/reproduce.json`: the settings (a rerun with other settings is refused);
 //! - `DIR/cells/NAME/run/`: the cell's training run, resumable like any run;
-//! - `DIR/cells/NAME/report.{md,csv,json}`, `curves.png`: its evaluation; report.json is written
-//!   last, so its presence marks the cell done;
+//! - `DIR/cells/NAME/report.{md,csv,json}`, `curves.png`, `figures/`: its evaluation (with the
+//!   confusion matrix and, for MoCSE, the expert heatmaps); report.json is written last, so its
+//!   presence marks the cell done;
 //! - `DIR/table1.{md,csv,json,png}`: the table, with the paper's numbers beside ours.
 //!
 //! A cell's directory is locked while a process works on it, so processes sharing DIR (several
@@ -581,6 +582,7 @@ impl Reproduction {
         let dir = self.cell_dir(cell);
         write_atomic(&dir.join("report.md"), report.to_markdown().as_bytes())?;
         write_atomic(&dir.join("report.csv"), report.to_csv().as_bytes())?;
+        crate::diagnostics::figures::write_figures(&dir.join("figures"), &report)?;
         // Last: the report marks the cell done.
         write_atomic(&self.report_path(cell), (serde_json::to_string_pretty(&report)? + "\n").as_bytes())?;
         Ok(())
