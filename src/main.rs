@@ -1224,6 +1224,9 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
             pending.len(),
             each.join(", ")
         );
+        if s.preset == Preset::Paper && device != Device::Cuda {
+            eprintln!("warning: the paper preset is meant for a GPU; on {device} it takes the time above");
+        }
     }
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();

@@ -623,13 +623,14 @@ impl Reproduction {
     }
 }
 
-/// "1 h 05 min", "3 min 20 s", "42 s".
+/// "3 days 4 h", "1 h 05 min", "3 min 20 s", "42 s".
 pub fn duration_text(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
     match s {
         0..60 => format!("{s} s"),
         60..3600 => format!("{} min {:02} s", s / 60, s % 60),
-        _ => format!("{} h {:02} min", s / 3600, s % 3600 / 60),
+        3600..172_800 => format!("{} h {:02} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} days {} h", s / 86_400, s % 86_400 / 3600),
     }
 }
 
@@ -738,5 +739,6 @@ mod tests {
         assert_eq!(duration_text(42.4), "42 s");
         assert_eq!(duration_text(200.0), "3 min 20 s");
         assert_eq!(duration_text(3900.0), "1 h 05 min");
+        assert_eq!(duration_text(4346.6 * 3600.0), "181 days 2 h");
     }
 }
