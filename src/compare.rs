@@ -114,16 +114,23 @@ pub fn read_report(path: &Path) -> Result<CorruptionReport> {
     Ok(report)
 }
 
-/// The default column label: the run directory's name, made unique with a number if needed.
+/// The default column labels: the run directory's name, with as many of its parent
+/// directories as it takes to tell the runs apart (`std-mocse/run` and `adv-mocse/run` for the
+/// cells of a reproduction), numbered when even the whole paths are equal.
 pub fn default_labels(reports: &[CorruptionReport]) -> Vec<String> {
-    let base: Vec<String> = reports
+    let paths: Vec<Vec<String>> = reports
         .iter()
-        .map(|r| {
-            Path::new(&r.context.run)
-                .file_name()
-                .map_or_else(|| r.context.run.clone(), |n| n.to_string_lossy().into_owned())
-        })
+        .map(|r| Path::new(&r.context.run).iter().map(|c| c.to_string_lossy().into_owned()).collect())
         .collect();
+    let tail = |p: &Vec<String>, k: usize| p[p.len().saturating_sub(k)..].join("/");
+    let longest = paths.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let k = (1..=longest)
+        .find(|&k| {
+            let labels: Vec<String> = paths.iter().map(|p| tail(p, k)).collect();
+            labels.iter().enumerate().all(|(i, l)| !labels[..i].contains(l))
+        })
+        .unwrap_or(longest);
+    let base: Vec<String> = paths.iter().map(|p| tail(p, k)).collect();
     base.iter()
         .enumerate()
         .map(
@@ -568,6 +575,28 @@ mod tests {
 
     fn column(label: &str, report: CorruptionReport) -> Column {
         Column { label: label.into(), report, robust: None }
+    }
+
+    #[test]
+    fn default_labels_take_the_parents_that_tell_runs_apart() {
+        let labels = |runs: &[&str]| {
+            let reports: Vec<CorruptionReport> = runs
+                .iter()
+                .map(|r| {
+                    let mut x = report(50, &[], &[1], "s");
+                    x.context.run = r.to_string();
+                    x
+                })
+                .collect();
+            default_labels(&reports)
+        };
+        assert_eq!(labels(&["runs/a", "runs/b"]), ["a", "b"]);
+        assert_eq!(
+            labels(&["t1/cells/std-mocse/run", "t1/cells/adv-mocse/run"]),
+            ["std-mocse/run", "adv-mocse/run"]
+        );
+        assert_eq!(labels(&["x/run", "y/run", "z/other"]), ["x/run", "y/run", "z/other"]);
+        assert_eq!(labels(&["runs/a", "runs/a"]), ["runs/a (1)", "runs/a (2)"]);
     }
 
     const SEED_0: &str = "generated on cpu (seed 0)";

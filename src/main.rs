@@ -42,7 +42,7 @@ use mocse::reproduce::{
 use mocse::robustness::{CorruptedSource, report_value};
 use mocse::train::{
     AdversarialMethod, AdversarialTraining, SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, TrainingMode,
-    read_log,
+    read_config, read_log,
 };
 
 // Large tensors are allocated and freed every step; mimalloc keeps those pages mapped instead
@@ -1156,6 +1156,7 @@ fn compare(a: CompareArgs) -> Result<()> {
 }
 
 fn plot(a: PlotArgs) -> Result<()> {
+    read_config(&a.run)?;
     let logs = read_log(&a.run)?;
     let out = a.out.unwrap_or_else(|| a.run.join(CURVES_FILE));
     check_outputs(&[("--out", &out)], &files_in(&a.run))?;
