@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call, on a machine with a GPU (run scripts/gpu-bundle.sh first,
 # where cargo is, and carry .gpu/): environment, selftest, the GPU tests, the benchmarks
-# (kernels and cuDNN) and the PyTorch reference. Everything is written under $OUT.
+# (kernels and cuDNN), Table 1's quick reproduction and the paper preset's time estimate, and
+# the PyTorch reference. Everything is written under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mocse-gpu-check}
@@ -58,7 +59,12 @@ for cfg in "preact18 --width 64 --batch-size 128" "mocse --expert-width 16 --bat
     $M bench --what pgd --model $cfg --device cuda --warmup 2 --steps 5 --json "$OUT/one.json" \
         >> "$OUT/bench_log.txt" 2>&1 && cat "$OUT/one.json" >> "$OUT/pgd.jsonl"
 done
+# Table 1's pipeline on the GPU (the quick preset, 1 epoch) and the paper preset's estimate there.
+$M reproduce --preset quick --epochs 1 --device cuda --out "$OUT/table1-quick" > "$OUT/reproduce.txt" 2>&1
+timeout 120 $M reproduce --preset paper --device cuda --out "$OUT/table1-paper-estimate" 2>&1 \
+    | grep -m 1 "estimated time" >> "$OUT/reproduce.txt"
 python3 benches/pytorch_reference.py --device cuda > "$OUT/pytorch.jsonl" 2>> "$OUT/bench_log.txt"
 tail -n 3 "$OUT/selftest_and_tests.txt"
+tail -n 12 "$OUT/reproduce.txt"
 cat "$OUT/train_step.jsonl" "$OUT/pytorch.jsonl"
 grep -E "^all " "$OUT/bench_log.txt"
