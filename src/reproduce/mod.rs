@@ -515,8 +515,13 @@ impl Reproduction {
         };
         let name = cell.name();
         let epochs = trainer.config.epochs;
+        // The curves are drawn after the last epoch, also when an earlier process trained it.
+        let curves = || -> Result<()> {
+            let logs = crate::train::read_log(&run)?;
+            write_atomic(&self.cell_dir(cell).join(CURVES_FILE), &training_curves_png(&logs)?)
+        };
         if trainer.is_finished() {
-            return Ok(());
+            return curves();
         }
         let first = trainer.progress.epoch;
         if first > 0 {
@@ -544,9 +549,7 @@ impl Reproduction {
                 duration_text(left)
             ));
         }
-        let logs = crate::train::read_log(&run)?;
-        write_atomic(&self.cell_dir(cell).join(CURVES_FILE), &training_curves_png(&logs)?)?;
-        Ok(())
+        curves()
     }
 
     fn evaluate_cell(&self, cell: Cell, device: Device, say: &dyn Fn(String)) -> Result<()> {
