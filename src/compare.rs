@@ -116,7 +116,8 @@ pub fn read_report(path: &Path) -> Result<CorruptionReport> {
 
 /// The default column labels: the run directory's name, with as many of its parent
 /// directories as it takes to tell the runs apart (`std-mocse/run` and `adv-mocse/run` for the
-/// cells of a reproduction), numbered when even the whole paths are equal.
+/// cells of a reproduction); the name numbered when even the whole paths are equal (one run
+/// evaluated twice).
 pub fn default_labels(reports: &[CorruptionReport]) -> Vec<String> {
     let paths: Vec<Vec<String>> = reports
         .iter()
@@ -129,7 +130,7 @@ pub fn default_labels(reports: &[CorruptionReport]) -> Vec<String> {
             let labels: Vec<String> = paths.iter().map(|p| tail(p, k)).collect();
             labels.iter().enumerate().all(|(i, l)| !labels[..i].contains(l))
         })
-        .unwrap_or(longest);
+        .unwrap_or(1);
     let base: Vec<String> = paths.iter().map(|p| tail(p, k)).collect();
     base.iter()
         .enumerate()
@@ -596,7 +597,7 @@ mod tests {
             ["std-mocse/run", "adv-mocse/run"]
         );
         assert_eq!(labels(&["x/run", "y/run", "z/other"]), ["x/run", "y/run", "z/other"]);
-        assert_eq!(labels(&["runs/a", "runs/a"]), ["runs/a (1)", "runs/a (2)"]);
+        assert_eq!(labels(&["runs/a", "runs/a"]), ["a (1)", "a (2)"]);
     }
 
     const SEED_0: &str = "generated on cpu (seed 0)";
