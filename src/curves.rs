@@ -2,13 +2,24 @@
 //! per epoch, as one PNG of two charts. `mocse train` writes it at the end of a run; `mocse
 //! plot RUN_DIR` draws it from any run's log.
 
+use std::path::Path;
+
 use anyhow::{Result, ensure};
 
+use crate::atomic_file::write_atomic;
 use crate::raster::{LineChart, ValueAxis, line_charts_png};
-use crate::train::EpochLog;
+use crate::train::{EpochLog, read_log};
 
 /// The curves' file in a run directory.
 pub const CURVES_FILE: &str = "curves.png";
+
+/// Draws the curves of the run in `run_dir` (its log.jsonl) to `out`, atomically; returns how
+/// many epochs they show.
+pub fn write_run_curves(run_dir: &Path, out: &Path) -> Result<usize> {
+    let logs = read_log(run_dir)?;
+    write_atomic(out, &training_curves_png(&logs)?)?;
+    Ok(logs.len())
+}
 
 /// The curves of the epochs in `logs` (a run's log.jsonl, in order). Returns a PNG.
 pub fn training_curves_png(logs: &[EpochLog]) -> Result<Vec<u8>> {

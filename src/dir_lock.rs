@@ -78,6 +78,13 @@ impl DirLock {
     }
 }
 
+/// Whether `dir` holds anything besides a lock file left by an earlier writer (an entry that
+/// cannot be read counts as something).
+pub fn holds_other_files(dir: &Path) -> Result<bool> {
+    let mut entries = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    Ok(entries.any(|e| e.map_or(true, |e| e.file_name() != LOCK_FILE)))
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())

@@ -19,13 +19,13 @@ use mocse::compare::{
 };
 use mocse::corrupt::export::{CleanImages, ExportSettings, ImageInput, export};
 use mocse::corrupt::{CorruptionList, SEVERITIES, SeverityList};
-use mocse::curves::{CURVES_FILE, training_curves_png};
+use mocse::curves::{CURVES_FILE, write_run_curves};
 use mocse::data::DataSpec;
 use mocse::data::cifar10c::Cifar10C;
 use mocse::data::cifar10c::MANIFEST_FILE;
 use mocse::device::{Device, DeviceChoice};
 use mocse::diagnostics::figures::{figure_names, write_eval_figures, write_figures};
-use mocse::dir_lock::{DirLock, LOCK_FILE};
+use mocse::dir_lock::{DirLock, holds_other_files};
 use mocse::eval::EvalReport;
 use mocse::eval_job::{EvalJob, EvalTarget};
 use mocse::input_file::files_in;
@@ -42,7 +42,7 @@ use mocse::reproduce::{
 use mocse::robustness::{CorruptedSource, report_value};
 use mocse::train::{
     AdversarialMethod, AdversarialTraining, SYNTHETIC_SET_SEED, Schedule, TrainConfig, Trainer, TrainingMode,
-    read_config, read_log,
+    read_config,
 };
 
 // Large tensors are allocated and freed every step; mimalloc keeps those pages mapped instead
@@ -680,7 +680,7 @@ fn train(a: TrainArgs) -> Result<()> {
     eprintln!("writing to {}", a.out.display());
     let logs = trainer.run(a.stop_after, true)?;
     let curves = a.out.join(CURVES_FILE);
-    write_atomic(&curves, &training_curves_png(&read_log(&a.out)?)?)?;
+    write_run_curves(&a.out, &curves)?;
     eprintln!("wrote the training curves to {}", curves.display());
     if let Some(last) = logs.last() {
         println!(
@@ -996,11 +996,7 @@ fn check_corrupt_out(out: &Path) -> Result<()> {
     if !out.is_dir() {
         bail!("--out {} exists and is not a directory", out.display());
     }
-    let others = std::fs::read_dir(out)
-        .with_context(|| format!("cannot list {}", out.display()))?
-        .filter_map(|e| e.ok())
-        .any(|e| e.file_name() != LOCK_FILE);
-    if others && !out.join(MANIFEST_FILE).exists() {
+    if holds_other_files(out)? && !out.join(MANIFEST_FILE).exists() {
         bail!(
             "--out {} already holds files and is not a directory written by `mocse corrupt` (no {MANIFEST_FILE}); \
              choose a new or empty directory",
@@ -1157,11 +1153,10 @@ fn compare(a: CompareArgs) -> Result<()> {
 
 fn plot(a: PlotArgs) -> Result<()> {
     read_config(&a.run)?;
-    let logs = read_log(&a.run)?;
     let out = a.out.unwrap_or_else(|| a.run.join(CURVES_FILE));
     check_outputs(&[("--out", &out)], &files_in(&a.run))?;
-    write_atomic(&out, &training_curves_png(&logs)?)?;
-    println!("wrote the curves of {} epochs to {}", logs.len(), out.display());
+    let epochs = write_run_curves(&a.run, &out)?;
+    println!("wrote the curves of {epochs} epochs to {}", out.display());
     Ok(())
 }
 

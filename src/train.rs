@@ -19,7 +19,7 @@ use crate::autograd::{Tape, Var};
 use crate::checkpoint::{self, MODEL_FILE, Progress, RunRecord};
 use crate::data::{Augment, DataSpec, Dataset, Split, augmix, batches, epoch_order, make_batch};
 use crate::device::Device;
-use crate::dir_lock::{DirLock, LOCK_FILE};
+use crate::dir_lock::DirLock;
 use crate::eval::confusion_on;
 use crate::fault;
 use crate::input_file::read_text;
@@ -465,12 +465,6 @@ pub struct Trainer {
     _lock: DirLock,
 }
 
-/// Whether `dir` holds anything besides a lock file left by an earlier writer.
-fn holds_files(dir: &Path) -> Result<bool> {
-    let mut entries = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-    Ok(entries.any(|e| e.map_or(true, |e| e.file_name() != LOCK_FILE)))
-}
-
 impl Trainer {
     /// Starts a new run in `run_dir`, which must be new or empty.
     pub fn create(config: TrainConfig, run_dir: &Path, device: Device) -> Result<Trainer> {
@@ -490,7 +484,7 @@ impl Trainer {
             if already_a_run() {
                 return Err(refuse_run());
             }
-            if holds_files(run_dir)? {
+            if crate::dir_lock::holds_other_files(run_dir)? {
                 bail!(
                     "--out {} already holds other files; a new run needs a new or empty directory",
                     run_dir.display()

@@ -27,7 +27,7 @@ use crate::atomic_file::write_atomic;
 use crate::attack::apgd::INITIAL_STEP;
 use crate::attack::{AttackKind, BnMode, Norm, PgdConfig};
 use crate::corrupt::{Corruption, SEVERITIES};
-use crate::curves::{CURVES_FILE, training_curves_png};
+use crate::curves::{CURVES_FILE, write_run_curves};
 use crate::data::cifar10c::Cifar10C;
 use crate::data::{DataSpec, SYNTHETIC_TEST_LEN, SYNTHETIC_TRAIN_LEN, Split};
 use crate::device::Device;
@@ -377,18 +377,12 @@ impl Reproduction {
         // Two processes starting at once must agree on one settings file: the checks and the
         // writing happen under the lock.
         let _lock = lock_briefly(out, "reproduce: settings")?;
-        if !file.exists() {
-            let others = std::fs::read_dir(out)
-                .with_context(|| format!("cannot list {}", out.display()))?
-                .filter_map(|e| e.ok())
-                .any(|e| e.file_name() != crate::dir_lock::LOCK_FILE);
-            if others {
-                bail!(
-                    "--out {} already holds files and is not a reproduction (no {SETTINGS_FILE}); choose a new or \
-                     empty directory",
-                    out.display()
-                );
-            }
+        if !file.exists() && crate::dir_lock::holds_other_files(out)? {
+            bail!(
+                "--out {} already holds files and is not a reproduction (no {SETTINGS_FILE}); choose a new or \
+                 empty directory",
+                out.display()
+            );
         }
         let recorded = if file.exists() {
             let text = read_text(&file, "reproduction settings")?;
@@ -516,10 +510,8 @@ impl Reproduction {
         let name = cell.name();
         let epochs = trainer.config.epochs;
         // The curves are drawn after the last epoch, also when an earlier process trained it.
-        let curves = || -> Result<()> {
-            let logs = crate::train::read_log(&run)?;
-            write_atomic(&self.cell_dir(cell).join(CURVES_FILE), &training_curves_png(&logs)?)
-        };
+        let curves =
+            || -> Result<()> { write_run_curves(&run, &self.cell_dir(cell).join(CURVES_FILE)).map(|_| ()) };
         if trainer.is_finished() {
             return curves();
         }
