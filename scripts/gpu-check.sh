@@ -63,7 +63,7 @@ done
 $M reproduce --preset quick --epochs 1 --device cuda --out "$OUT/table1-quick" > "$OUT/reproduce.txt" 2>&1
 timeout 120 $M reproduce --preset paper --device cuda --out "$OUT/table1-paper-estimate" 2>&1 \
     | grep -m 1 "estimated time" >> "$OUT/reproduce.txt"
-python3 benches/pytorch_reference.py --device cuda > "$OUT/pytorch.jsonl" 2>> "$OUT/bench_log.txt"
+python3 benches/pytorch_peer.py --all --device cuda > "$OUT/pytorch.jsonl" 2>> "$OUT/bench_log.txt"
 tail -n 3 "$OUT/selftest_and_tests.txt"
 tail -n 12 "$OUT/reproduce.txt"
 cat "$OUT/train_step.jsonl" "$OUT/pytorch.jsonl"

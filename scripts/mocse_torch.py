@@ -109,6 +109,20 @@ class MoCSE(nn.Module):
         return logits[..., 1] - logits[..., 0]
 
 
+def training_loss(raw, labels, kind, aggregate="prob", bce_weight=1.0):
+    """mocse's training loss from the network's raw output: cross-entropy on the logits for
+    preact18; for MoCSE, cross-entropy on the aggregated class scores plus bce_weight times the
+    experts' mean binary cross-entropy (expert n's target: label == n)."""
+    if kind == "preact18":
+        return F.cross_entropy(raw, labels)
+    b = raw.shape[0]
+    logits = raw.view(b, -1, 2)
+    experts = logits.shape[1]
+    scores = logits.softmax(-1)[..., 1] if aggregate == "prob" else logits[..., 1] - logits[..., 0]
+    bce = F.cross_entropy(logits.reshape(-1, 2), F.one_hot(labels, experts).reshape(-1))
+    return F.cross_entropy(scores, labels) + bce_weight * bce
+
+
 def build(kind, width, classes=10, aggregate="prob"):
     if kind == "preact18":
         return PreActResNet18(width, groups=1, outputs=classes)

@@ -3,16 +3,22 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::atomic_file::write_atomic;
 use crate::attack::gradient::{AttackLoss, input_gradient};
 use crate::attack::step::pgd_step;
 use crate::attack::{BnMode, Norm};
+use crate::autograd::{Tape, Var};
+use crate::checkpoint::{MODEL_FILE, Progress, save_model};
 use crate::device::Device;
 use crate::eval::class_scores;
 use crate::nn::model::{Model, ModelConfig, ModelKind, Network, split_experts};
 use crate::nn::preact_resnet::Weights;
+use crate::npy::npy_bytes;
 use crate::ops::conv::{
     Conv2dParams, ConvGeometry, ConvImpl, conv2d_backward_data, conv2d_backward_weight, conv2d_forward,
     set_conv_impl,
@@ -60,6 +66,83 @@ fn median_seconds(warmup: usize, steps: usize, mut work: impl FnMut() -> Result<
     Ok(median(times))
 }
 
+/// The benchmarks' batch: `batch_size` random images in [0, 1] (NHWC) and their labels.
+fn bench_batch(batch_size: usize, classes: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = Philox::new(1, Purpose::Init, u64::MAX);
+    let images: Vec<f32> = (0..batch_size * 32 * 32 * 3).map(|_| rng.uniform()).collect();
+    let labels: Vec<u32> = (0..batch_size).map(|_| rng.below(classes as u32)).collect();
+    (images, labels)
+}
+
+/// What `bench --twin DIR` records for a twin network in another framework to check itself
+/// against: the benchmark's own weights and batch, and what mocse computes from them in the
+/// training step's mode (batch statistics).
+#[derive(Debug, Serialize)]
+pub struct TwinRecord {
+    pub model: ModelConfig,
+    pub fused: bool,
+    pub batch_size: usize,
+    /// The training loss of the first step (before any update).
+    pub loss: f32,
+    pub files: [&'static str; 4],
+}
+
+/// Writes DIR/model.safetensors (the benchmark's initial weights, in their fused form),
+/// DIR/images.npy (float32 [B, 3, 32, 32], NCHW as PyTorch takes it),
+/// DIR/labels.npy (int64), DIR/output.npy (the network's raw output in training mode) and
+/// DIR/twin.json (the model's settings and the loss). The unfused model's output is its experts' outputs side by side.
+pub fn write_twin_check(
+    dir: &Path,
+    config: ModelConfig,
+    fused: bool,
+    batch_size: usize,
+    device: Device,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let reference = Model::new(config);
+    let weights = reference.fused().init_weights(0, [0.5; 3], [0.25; 3]);
+    save_model(&dir.join(MODEL_FILE), reference.fused(), &weights, Progress::default())?;
+    let (model, run_weights) = if fused {
+        (reference, weights.clone())
+    } else {
+        let experts = split_experts(reference.fused(), &weights);
+        let weights = Weights {
+            params: experts.iter().flat_map(|e| e.params.clone()).collect(),
+            buffers: experts.iter().flat_map(|e| e.buffers.clone()).collect(),
+        };
+        (Model::new_unfused(config)?, weights)
+    };
+    let (images, labels) = bench_batch(batch_size, config.num_classes);
+    let run_weights = run_weights.to_device(device)?;
+    let tape = Tape::new();
+    let params: Vec<Var> = run_weights.params.iter().map(|p| tape.leaf(p.clone(), false)).collect();
+    let mut buffers = run_weights.buffers.clone();
+    let x = tape.leaf(Tensor::from_vec_on(device, &[batch_size, 32, 32, 3], images.clone())?, false);
+    let output = model.forward(&tape, &params, &mut buffers, &x, true)?;
+    let loss = model.loss(&tape, &output, &labels)?.value().scalar_value()?;
+    let output_shape = output.shape().to_vec();
+    let output = output.value().to_host()?;
+    // NHWC -> NCHW.
+    let mut nchw = vec![0.0f32; images.len()];
+    for (i, v) in images.iter().enumerate() {
+        let (c, pixel, b) = (i % 3, (i / 3) % 1024, i / 3072);
+        nchw[(b * 3 + c) * 1024 + pixel] = *v;
+    }
+    let labels: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    write_atomic(&dir.join("images.npy"), &npy_bytes(&[batch_size, 3, 32, 32], &nchw)?)?;
+    write_atomic(&dir.join("labels.npy"), &npy_bytes(&[batch_size], &labels)?)?;
+    write_atomic(&dir.join("output.npy"), &npy_bytes(&output_shape, &output)?)?;
+    let record = TwinRecord {
+        model: config,
+        fused,
+        batch_size,
+        loss,
+        files: [MODEL_FILE, "images.npy", "labels.npy", "output.npy"],
+    };
+    write_atomic(&dir.join("twin.json"), (serde_json::to_string_pretty(&record)? + "\n").as_bytes())?;
+    Ok(())
+}
+
 /// Times `steps` training steps (forward, backward, SGD) and `steps` inference passes on random
 /// images, after `warmup` untimed ones of each.
 pub fn bench_train_step(
@@ -86,9 +169,7 @@ pub fn bench_train_step(
         Network::Fused(net) => net.flops_per_image(),
         Network::Unfused(nets) => nets.iter().map(|n| n.flops_per_image()).sum(),
     };
-    let mut rng = Philox::new(1, Purpose::Init, u64::MAX);
-    let images: Vec<f32> = (0..batch_size * 32 * 32 * 3).map(|_| rng.uniform()).collect();
-    let labels: Vec<u32> = (0..batch_size).map(|_| rng.below(config.num_classes as u32)).collect();
+    let (images, labels) = bench_batch(batch_size, config.num_classes);
     let mut weights = weights.to_device(device)?;
     let mut velocity: Vec<Tensor> =
         weights.params.iter().map(|p| Tensor::zeros_on(device, p.shape())).collect::<Result<_>>()?;
@@ -160,9 +241,7 @@ pub fn bench_pgd(
     let mut weights = model.fused().init_weights(0, [0.5; 3], [0.25; 3]).to_device(device)?;
     let mut velocity: Vec<Tensor> =
         weights.params.iter().map(|p| Tensor::zeros_on(device, p.shape())).collect::<Result<_>>()?;
-    let mut rng = Philox::new(1, Purpose::Init, u64::MAX);
-    let images: Vec<f32> = (0..batch_size * 32 * 32 * 3).map(|_| rng.uniform()).collect();
-    let labels: Vec<u32> = (0..batch_size).map(|_| rng.below(config.num_classes as u32)).collect();
+    let (images, labels) = bench_batch(batch_size, config.num_classes);
     let batch = TrainBatch::new(device, images, &labels)?;
     let sgd = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
     let attack = AdversarialTraining {

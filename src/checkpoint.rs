@@ -45,7 +45,7 @@ pub const PREVIOUS_TRAINING_STATE_FILE: &str = "training_state.prev.safetensors"
 const MAX_HEADER_BYTES: u64 = 16 << 20;
 
 /// How far a run got, stored with its checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Epochs completed.
     pub epoch: usize,

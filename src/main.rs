@@ -508,6 +508,10 @@ struct BenchArgs {
     /// Also write the result as JSON to FILE
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// train-step: also write the benchmark's weights, batch, output and loss to DIR, for a
+    /// twin network elsewhere (benches/pytorch_peer.py) to check that it computes the same
+    #[arg(long, value_name = "DIR")]
+    twin: Option<PathBuf>,
 }
 
 /// `mi_option_purge_delay` in mimalloc.h (v2): how long freed memory stays committed.
@@ -1306,6 +1310,9 @@ fn bench(a: BenchArgs) -> Result<()> {
     if batch_size < 2 || a.steps == 0 {
         bail!("--batch-size must be at least 2 and --steps at least 1");
     }
+    if a.twin.is_some() && a.what != "train-step" {
+        bail!("--twin applies to --what train-step only");
+    }
     if a.unfused && (model != ModelKind::Mocse || a.what != "train-step") {
         bail!("--unfused applies to --model mocse --what train-step only");
     }
@@ -1379,6 +1386,10 @@ fn bench(a: BenchArgs) -> Result<()> {
             write_json(path, &r)?;
         }
         return Ok(());
+    }
+    if let Some(dir) = &a.twin {
+        mocse::bench::write_twin_check(dir, config, !a.unfused, batch_size, device)?;
+        eprintln!("wrote the twin check to {}", dir.display());
     }
     let r = bench_train_step(config, !a.unfused, batch_size, device, a.warmup, a.steps)?;
     println!(
