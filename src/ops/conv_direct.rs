@@ -1,0 +1,554 @@
+//! Direct convolution on the CPU: NHWC activations are read where they lie (in a zero-padded
+//! copy when the convolution pads), with no unfolded (im2col) buffer, by register-blocked
+//! microkernels. Forward computes a tile of 6 output pixels x 16 output channels of one group,
+//! reducing over taps and the group's input channels; backward data at stride 1 is the same
+//! forward over the padded output gradient with the kernel flipped and transposed; backward
+//! weight computes a tile of 6 output channels x 16 input channels of one tap, reducing over
+//! output pixels, in fixed parts summed in order (deterministic).
+//!
+//! The microkernels exist twice: AVX2 + FMA (chosen at run time when the CPU has them) and
+//! portable Rust (every other CPU, or `MOCSE_CPU_SIMD=portable`, which the tests use to check
+//! the fallback on any machine). Both add in the same order; they differ only in that the
+//! portable kernels round each product before adding it (no fused multiply-add without FMA).
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::conv::ConvGeometry;
+use crate::parallel;
+
+/// Output channels per forward tile (two 8-lane vectors) and input channels per weight tile.
+const LANES: usize = 16;
+/// Output pixels per forward tile; output channels per weight-gradient tile.
+const ROWS: usize = 6;
+
+/// Which microkernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    /// x86-64 AVX2 with FMA.
+    Avx2,
+    /// Plain Rust, for any CPU.
+    Portable,
+}
+
+/// The microkernels this process uses: AVX2 when the CPU has AVX2 and FMA and
+/// `MOCSE_CPU_SIMD` is not `portable`.
+pub fn simd() -> Simd {
+    static CHOICE: OnceLock<Simd> = OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        let forced = std::env::var("MOCSE_CPU_SIMD").is_ok_and(|v| v == "portable");
+        if !forced && has_avx2() { Simd::Avx2 } else { Simd::Portable }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx2() -> bool {
+    false
+}
+
+/// Forward weights packed per (group, panel of 16 output channels): for each tap and input
+/// channel, the panel's 16 weights (zero past the group's last output channel).
+pub struct PackedWeights {
+    data: Vec<f32>,
+    panels: usize,
+    /// Taps x input channels per group: one panel's reduction length.
+    depth: usize,
+}
+
+impl PackedWeights {
+    /// `weight(group, out, tap, in)` for out < `outs`, in < `ins` of each group.
+    fn pack(
+        groups: usize,
+        outs: usize,
+        ins: usize,
+        taps: usize,
+        weight: impl Fn(usize, usize, usize, usize) -> f32,
+    ) -> Self {
+        let panels = outs.div_ceil(LANES);
+        let depth = taps * ins;
+        let mut data = vec![0.0; groups * panels * depth * LANES];
+        for grp in 0..groups {
+            for panel in 0..panels {
+                let block = &mut data[(grp * panels + panel) * depth * LANES..][..depth * LANES];
+                for tap in 0..taps {
+                    for i in 0..ins {
+                        let dst = &mut block[(tap * ins + i) * LANES..][..LANES];
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            let o = panel * LANES + j;
+                            if o < outs {
+                                *d = weight(grp, o, tap, i);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        PackedWeights { data, panels, depth }
+    }
+
+    /// For the forward pass: OIHW weights as they are.
+    pub fn forward(w: &[f32], g: &ConvGeometry) -> Self {
+        let (opg, cpg, kk) = (g.out_per_group(), g.in_per_group(), g.kernel * g.kernel);
+        Self::pack(g.groups, opg, cpg, kk, |grp, o, tap, i| w[((grp * opg + o) * cpg + i) * kk + tap])
+    }
+
+    /// For backward data as a forward convolution of the output gradient: outputs are the
+    /// original input channels, inputs the original outputs, taps flipped.
+    pub fn backward_data(w: &[f32], g: &ConvGeometry) -> Self {
+        let (opg, cpg, kk) = (g.out_per_group(), g.in_per_group(), g.kernel * g.kernel);
+        Self::pack(g.groups, cpg, opg, kk, |grp, c, tap, o| {
+            w[((grp * opg + o) * cpg + c) * kk + (kk - 1 - tap)]
+        })
+    }
+
+    fn panel(&self, grp: usize, panel: usize) -> &[f32] {
+        &self.data[(grp * self.panels + panel) * self.depth * LANES..][..self.depth * LANES]
+    }
+}
+
+/// The geometry of backward data at stride 1 as a forward convolution: the output gradient
+/// padded by `kernel - 1 - padding`, convolved with the flipped, transposed kernel.
+pub fn backward_data_geometry(g: &ConvGeometry) -> ConvGeometry {
+    debug_assert!(g.stride == 1 && g.padding < g.kernel);
+    ConvGeometry {
+        batch: g.batch,
+        height: g.out_height,
+        width: g.out_width,
+        in_channels: g.out_channels,
+        out_channels: g.in_channels,
+        kernel: g.kernel,
+        stride: 1,
+        padding: g.kernel - 1 - g.padding,
+        groups: g.groups,
+        out_height: g.height,
+        out_width: g.width,
+    }
+}
+
+/// Images [first, first + count) of `x` with `g.padding` zeros around each; `None` when the
+/// convolution does not pad (then `x` itself is read).
+fn padded(x: &[f32], g: &ConvGeometry, first: usize, count: usize) -> Option<Vec<f32>> {
+    if g.padding == 0 {
+        return None;
+    }
+    let (p, c) = (g.padding, g.in_channels);
+    let (hp, wp) = (g.height + 2 * p, g.width + 2 * p);
+    let mut out = vec![0.0; count * hp * wp * c];
+    for i in 0..count {
+        for h in 0..g.height {
+            let src = &x[(((first + i) * g.height + h) * g.width) * c..][..g.width * c];
+            out[((i * hp + h + p) * wp + p) * c..][..g.width * c].copy_from_slice(src);
+        }
+    }
+    Some(out)
+}
+
+/// Where each output pixel's window starts in the (padded) input of `count` images, and the
+/// offset of every tap from there, in elements.
+fn windows(g: &ConvGeometry, count: usize) -> (Vec<usize>, Vec<usize>) {
+    let (hp, wp, c) = (g.height + 2 * g.padding, g.width + 2 * g.padding, g.in_channels);
+    let mut starts = Vec::with_capacity(count * g.out_height * g.out_width);
+    for i in 0..count {
+        for oh in 0..g.out_height {
+            for ow in 0..g.out_width {
+                starts.push(((i * hp + oh * g.stride) * wp + ow * g.stride) * c);
+            }
+        }
+    }
+    let taps = (0..g.kernel * g.kernel).map(|t| ((t / g.kernel) * wp + t % g.kernel) * c).collect();
+    (starts, taps)
+}
+
+/// Images per parallel chunk: about 256 output pixels, and at least four chunks.
+fn images_per_chunk(g: &ConvGeometry) -> usize {
+    256usize.div_ceil(g.out_height * g.out_width).min((g.batch / 4).max(1))
+}
+
+/// y = conv(x, w) with weights packed by `PackedWeights::forward` (or, for backward data,
+/// `backward_data` with `backward_data_geometry`).
+pub fn forward(x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
+    forward_with(simd(), x, w, g)
+}
+
+fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
+    let (cout, opg, cpg) = (g.out_channels, g.out_per_group(), g.in_per_group());
+    let pixels = g.out_height * g.out_width;
+    let per_chunk = images_per_chunk(g);
+    let mut out = vec![0.0; g.batch * pixels * cout];
+    out.par_chunks_mut(per_chunk * pixels * cout).enumerate().for_each(|(chunk, out)| {
+        let first = chunk * per_chunk;
+        let count = out.len() / (pixels * cout);
+        let pad = padded(x, g, first, count);
+        let input = match &pad {
+            Some(p) => &p[..],
+            None => {
+                &x[first * g.height * g.width * g.in_channels..][..count * g.height * g.width * g.in_channels]
+            }
+        };
+        let (starts, taps) = windows(g, count);
+        for grp in 0..g.groups {
+            for panel in 0..w.panels {
+                let weights = w.panel(grp, panel);
+                let col0 = grp * opg + panel * LANES;
+                let width = LANES.min(opg - panel * LANES);
+                for (tile, rows) in starts.chunks(ROWS).enumerate() {
+                    let mut acc = [[0.0f32; LANES]; ROWS];
+                    let base = grp * cpg;
+                    forward_tile(simd, input, rows, base, &taps, cpg, weights, &mut acc);
+                    for (r, a) in acc.iter().enumerate().take(rows.len()) {
+                        let row = tile * ROWS + r;
+                        out[row * cout + col0..][..width].copy_from_slice(&a[..width]);
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// One forward tile: `acc[r][j]` = sum over taps t and channels c of
+/// input[rows[r] + base + taps[t] + c] * weights[(t * cpg + c) * 16 + j].
+#[allow(clippy::too_many_arguments)]
+fn forward_tile(
+    simd: Simd,
+    input: &[f32],
+    rows: &[usize],
+    base: usize,
+    taps: &[usize],
+    cpg: usize,
+    weights: &[f32],
+    acc: &mut [[f32; LANES]; ROWS],
+) {
+    // Every read stays inside `input`: the last tap's last channel of the last window is the
+    // padded image's last element at most.
+    let last = rows.iter().max().copied().unwrap_or(0) + base + taps.last().copied().unwrap_or(0) + cpg;
+    assert!(last <= input.len() && weights.len() >= taps.len() * cpg * LANES);
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are present (`simd()` checked); the bounds were checked above.
+        Simd::Avx2 => unsafe {
+            let ptr = input.as_ptr().add(base);
+            match rows.len() {
+                6 => avx2::forward::<6>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
+                5 => avx2::forward::<5>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
+                4 => avx2::forward::<4>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
+                3 => avx2::forward::<3>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
+                2 => avx2::forward::<2>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
+                _ => avx2::forward::<1>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
+            }
+        },
+        _ => {
+            let mut k = 0;
+            for &t in taps {
+                for c in 0..cpg {
+                    let wv = &weights[k * LANES..][..LANES];
+                    for (r, &start) in rows.iter().enumerate() {
+                        let xv = input[start + base + t + c];
+                        for (a, w) in acc[r].iter_mut().zip(wv) {
+                            *a += xv * w;
+                        }
+                    }
+                    k += 1;
+                }
+            }
+        }
+    }
+}
+
+/// dL/dw (OIHW) from the input and dL/dy, any stride.
+pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    backward_weight_with(simd(), x, dy, g)
+}
+
+fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let (cout, opg, cpg, kk) = (g.out_channels, g.out_per_group(), g.in_per_group(), g.kernel * g.kernel);
+    let pixels = g.out_height * g.out_width;
+    let per_chunk = images_per_chunk(g);
+    let chunks = g.batch.div_ceil(per_chunk);
+    // acc[o][tap][c]: each output channel's taps in the order the tiles write them.
+    let parts = parallel::map_parts(chunks, |range| {
+        let mut acc = vec![0.0f32; cout * kk * cpg];
+        for chunk in range {
+            let first = chunk * per_chunk;
+            let count = per_chunk.min(g.batch - first);
+            let pad = padded(x, g, first, count);
+            let input = match &pad {
+                Some(p) => &p[..],
+                None => {
+                    &x[first * g.height * g.width * g.in_channels..]
+                        [..count * g.height * g.width * g.in_channels]
+                }
+            };
+            let grads = &dy[first * pixels * cout..][..count * pixels * cout];
+            let (starts, taps) = windows(g, count);
+            for grp in 0..g.groups {
+                for (tap, &t) in taps.iter().enumerate() {
+                    for o0 in (0..opg).step_by(ROWS) {
+                        let outs = ROWS.min(opg - o0);
+                        for c0 in (0..cpg).step_by(LANES) {
+                            let ins = LANES.min(cpg - c0);
+                            let mut tile = [[0.0f32; LANES]; ROWS];
+                            let x_at = grp * cpg + c0 + t;
+                            let dy_at = grp * opg + o0;
+                            weight_tile(simd, input, &starts, x_at, ins, grads, cout, dy_at, outs, &mut tile);
+                            for (r, row) in tile.iter().enumerate().take(outs) {
+                                let dst = &mut acc[((grp * opg + o0 + r) * kk + tap) * cpg + c0..][..ins];
+                                for (d, v) in dst.iter_mut().zip(row) {
+                                    *d += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        acc
+    });
+    let ohwi = parallel::sum_in_order(parts);
+    let mut oihw = vec![0.0; ohwi.len()];
+    for o in 0..cout {
+        for t in 0..kk {
+            for c in 0..cpg {
+                oihw[(o * cpg + c) * kk + t] = ohwi[(o * kk + t) * cpg + c];
+            }
+        }
+    }
+    oihw
+}
+
+/// One weight-gradient tile: `tile[r][j]` = sum over output pixels p of
+/// dy[p * cout + dy_at + r] * input[starts[p] + x_at + j], for r < outs and j < ins.
+#[allow(clippy::too_many_arguments)]
+fn weight_tile(
+    simd: Simd,
+    input: &[f32],
+    starts: &[usize],
+    x_at: usize,
+    ins: usize,
+    dy: &[f32],
+    cout: usize,
+    dy_at: usize,
+    outs: usize,
+    tile: &mut [[f32; LANES]; ROWS],
+) {
+    let last_x = starts.iter().max().copied().unwrap_or(0) + x_at + ins;
+    let last_dy = (starts.len().max(1) - 1) * cout + dy_at + outs;
+    assert!(last_x <= input.len() && last_dy <= dy.len() && ins <= LANES && outs <= ROWS);
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are present; reads stay within the bounds checked above (the
+        // vector loads are masked to `ins` lanes).
+        Simd::Avx2 => unsafe {
+            let (x, d) = (input.as_ptr().add(x_at), dy.as_ptr().add(dy_at));
+            match outs {
+                6 => avx2::weight::<6>(x, starts, ins, d, cout, tile),
+                5 => avx2::weight::<5>(x, starts, ins, d, cout, tile),
+                4 => avx2::weight::<4>(x, starts, ins, d, cout, tile),
+                3 => avx2::weight::<3>(x, starts, ins, d, cout, tile),
+                2 => avx2::weight::<2>(x, starts, ins, d, cout, tile),
+                _ => avx2::weight::<1>(x, starts, ins, d, cout, tile),
+            }
+        },
+        _ => {
+            for (p, &start) in starts.iter().enumerate() {
+                let xv = &input[start + x_at..][..ins];
+                for (r, row) in tile.iter_mut().enumerate().take(outs) {
+                    let g = dy[p * cout + dy_at + r];
+                    for (a, v) in row.iter_mut().zip(xv) {
+                        *a += g * v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+// Indexing with a constant-bound loop counter is what lets the accumulators live in registers.
+#[allow(clippy::needless_range_loop)]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{LANES, ROWS};
+
+    /// See `forward_tile`; `x` already points at the group's first channel.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn forward<const R: usize>(
+        x: *const f32,
+        rows: &[usize],
+        taps: &[usize],
+        cpg: usize,
+        mut w: *const f32,
+        out: &mut [[f32; LANES]; ROWS],
+    ) {
+        // SAFETY: the caller checked every extent.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let mut px = [x; R];
+            for &t in taps {
+                for r in 0..R {
+                    px[r] = x.add(rows[r] + t);
+                }
+                for c in 0..cpg {
+                    let w0 = _mm256_loadu_ps(w);
+                    let w1 = _mm256_loadu_ps(w.add(8));
+                    w = w.add(LANES);
+                    for r in 0..R {
+                        let v = _mm256_broadcast_ss(&*px[r].add(c));
+                        acc[r][0] = _mm256_fmadd_ps(v, w0, acc[r][0]);
+                        acc[r][1] = _mm256_fmadd_ps(v, w1, acc[r][1]);
+                    }
+                }
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r][0]);
+                _mm256_storeu_ps(out[r].as_mut_ptr().add(8), acc[r][1]);
+            }
+        }
+    }
+
+    /// Lanes [0, n) of a 16-lane load set, the rest zero.
+    #[target_feature(enable = "avx2")]
+    unsafe fn masks(n: usize) -> (__m256i, __m256i) {
+        let lane = |j: i32| if (j as usize) < n { -1 } else { 0 };
+        (
+            _mm256_setr_epi32(lane(0), lane(1), lane(2), lane(3), lane(4), lane(5), lane(6), lane(7)),
+            _mm256_setr_epi32(lane(8), lane(9), lane(10), lane(11), lane(12), lane(13), lane(14), lane(15)),
+        )
+    }
+
+    /// See `weight_tile`; `x` and `dy` already point at the tile's first channel.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weight<const R: usize>(
+        x: *const f32,
+        starts: &[usize],
+        ins: usize,
+        dy: *const f32,
+        cout: usize,
+        out: &mut [[f32; LANES]; ROWS],
+    ) {
+        // SAFETY: the caller checked every extent; masked loads read only `ins` lanes.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let (m0, m1) = masks(ins);
+            let full = ins == LANES;
+            let mut d = dy;
+            for &start in starts {
+                let p = x.add(start);
+                let (v0, v1) = if full {
+                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                } else {
+                    (_mm256_maskload_ps(p, m0), _mm256_maskload_ps(p.add(8), m1))
+                };
+                for r in 0..R {
+                    let g = _mm256_broadcast_ss(&*d.add(r));
+                    acc[r][0] = _mm256_fmadd_ps(g, v0, acc[r][0]);
+                    acc[r][1] = _mm256_fmadd_ps(g, v1, acc[r][1]);
+                }
+                d = d.add(cout);
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r][0]);
+                _mm256_storeu_ps(out[r].as_mut_ptr().add(8), acc[r][1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::{Conv2dParams, check_shapes, reference};
+    use crate::ops::gradcheck::random_tensor;
+
+    /// Every convolution of both models at batch 1 and 3 (spatially smaller), plus the shared
+    /// checks' odd sizes: groups 1 and 10, stride 1 and 2, 1x1 and 3x3.
+    fn shapes() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
+        let p = |stride, padding, groups| Conv2dParams { stride, padding, groups };
+        let mut all = check_shapes();
+        for (b, size) in [(1, 8), (3, 5)] {
+            // PreAct-18 width 16: stem, 3x3 at stride 1 and 2, 1x1 shortcut.
+            all.push(([b, size, size, 3], [16, 3, 3, 3], p(1, 1, 1)));
+            all.push(([b, size, size, 16], [16, 16, 3, 3], p(1, 1, 1)));
+            all.push(([b, size, size, 16], [32, 16, 3, 3], p(2, 1, 1)));
+            all.push(([b, size, size, 16], [32, 16, 1, 1], p(2, 0, 1)));
+            // MoCSE, 10 experts of width 16 (a narrower last stage keeps the test quick).
+            all.push(([b, size, size, 160], [160, 16, 3, 3], p(1, 1, 10)));
+            all.push(([b, size, size, 160], [320, 16, 3, 3], p(2, 1, 10)));
+            all.push(([b, size, size, 320], [320, 32, 3, 3], p(1, 1, 10)));
+            all.push(([b, size, size, 160], [320, 16, 1, 1], p(2, 0, 10)));
+        }
+        all
+    }
+
+    fn kernels() -> Vec<Simd> {
+        if has_avx2() { vec![Simd::Portable, Simd::Avx2] } else { vec![Simd::Portable] }
+    }
+
+    fn assert_close(case: usize, what: &str, ours: &[f32], exact: &[f64]) {
+        assert_eq!(ours.len(), exact.len());
+        let scale = exact.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in ours.iter().zip(exact).enumerate() {
+            assert!((*a as f64 - b).abs() < 2e-6 * scale, "case {case} {what}[{i}]: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn every_direction_matches_the_f64_reference_with_either_kernel() {
+        for simd in kernels() {
+            for (n, (xs, ws, p)) in shapes().into_iter().enumerate() {
+                let x = random_tensor(&xs, n as u64);
+                let w = random_tensor(&ws, 300 + n as u64);
+                let g = ConvGeometry::new(&xs, &ws, p).unwrap();
+                let dy = random_tensor(&g.output_shape(), 600 + n as u64);
+                let (x, w, dy) = (x.as_slice(), w.as_slice(), dy.as_slice());
+                let y = forward_with(simd, x, &PackedWeights::forward(w, &g), &g);
+                assert_close(n, &format!("{simd:?} forward"), &y, &reference::forward(x, w, &g));
+                let dw = backward_weight_with(simd, x, dy, &g);
+                assert_close(
+                    n,
+                    &format!("{simd:?} weight gradient"),
+                    &dw,
+                    &reference::weight_gradient(x, dy, &g),
+                );
+                if g.stride == 1 {
+                    let dx = forward_with(
+                        simd,
+                        dy,
+                        &PackedWeights::backward_data(w, &g),
+                        &backward_data_geometry(&g),
+                    );
+                    assert_close(
+                        n,
+                        &format!("{simd:?} input gradient"),
+                        &dx,
+                        &reference::input_gradient(dy, w, &g),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_kernels_agree_with_each_other() {
+        // AVX2 and portable sum in the same order: only FMA's single rounding separates them.
+        if !has_avx2() {
+            return;
+        }
+        let (xs, ws) = ([4, 9, 9, 160], [160, 16, 3, 3]);
+        let g = ConvGeometry::new(&xs, &ws, Conv2dParams { stride: 1, padding: 1, groups: 10 }).unwrap();
+        let (x, w) = (random_tensor(&xs, 1), random_tensor(&ws, 2));
+        let packed = PackedWeights::forward(w.as_slice(), &g);
+        let a = forward_with(Simd::Avx2, x.as_slice(), &packed, &g);
+        let b = forward_with(Simd::Portable, x.as_slice(), &packed, &g);
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+}
