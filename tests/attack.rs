@@ -278,7 +278,9 @@ fn trained() -> (Model, Weights, Dataset, Vec<f32>, Vec<u32>) {
         test_subset: Some(64),
         augment: "none".into(),
         jsd: None,
-        epochs: 2,
+        // Two epochs left the 64 test images between 18 and 29 right depending on the
+        // seed and on rounding (which the CPU convolution algorithm decides); three give 26+.
+        epochs: 3,
         batch_size: 32,
         lr: 0.05,
         sgd: SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true },

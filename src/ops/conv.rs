@@ -522,10 +522,17 @@ fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // Backward data runs directly only as a stride-1 forward convolution.
     let possible = direction != Direction::BackwardData || (g.stride == 1 && g.padding < g.kernel);
     // Measured per layer (`mocse bench --what conv-layers`, BENCHMARKS.md): the direct kernels
-    // win for 3x3 kernels over 8 or more channels per group, forward and backward data (up to
-    // 2x where groups are 16 channels wide: no packing of a 16-column GEMM's operands); the
-    // GEMM keeps the stem (3 input channels), the 1x1 shortcuts and the weight gradients.
-    let faster = direction != Direction::BackwardWeight && g.kernel == 3 && g.in_per_group() >= 8;
+    // win for every 3x3 forward (up to 2x where groups are 16 channels wide: no packing of a
+    // 16-column GEMM's operands) and for 3x3 backward data producing 8 or more channels per
+    // group; for weight gradients only where groups are 8-16 channels wide. The GEMM keeps the
+    // 1x1 shortcuts and the larger weight gradients (it reaches 85% of the FMA peak there).
+    let (cpg, opg) = (g.in_per_group(), g.out_per_group());
+    let faster = g.kernel == 3
+        && match direction {
+            Direction::Forward => true,
+            Direction::BackwardData => cpg >= 8,
+            Direction::BackwardWeight => (8..=16).contains(&cpg) && opg <= 16,
+        };
     match forced_cpu_conv() {
         _ if !possible => CpuConv::Gemm,
         Some(choice) => choice,

@@ -22,6 +22,8 @@ use crate::parallel;
 const LANES: usize = 16;
 /// Output pixels per forward tile; output channels per weight-gradient tile.
 const ROWS: usize = 6;
+/// Output pixels per block of the weight gradient.
+const PIXEL_BLOCK: usize = 64;
 
 /// Which microkernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -287,20 +289,27 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> 
             };
             let grads = &dy[first * pixels * cout..][..count * pixels * cout];
             let (starts, taps) = windows(g, count);
-            for grp in 0..g.groups {
-                for (tap, &t) in taps.iter().enumerate() {
-                    for o0 in (0..opg).step_by(ROWS) {
-                        let outs = ROWS.min(opg - o0);
-                        for c0 in (0..cpg).step_by(LANES) {
-                            let ins = LANES.min(cpg - c0);
-                            let mut tile = [[0.0f32; LANES]; ROWS];
-                            let x_at = grp * cpg + c0 + t;
-                            let dy_at = grp * opg + o0;
-                            weight_tile(simd, input, &starts, x_at, ins, grads, cout, dy_at, outs, &mut tile);
-                            for (r, row) in tile.iter().enumerate().take(outs) {
-                                let dst = &mut acc[((grp * opg + o0 + r) * kk + tap) * cpg + c0..][..ins];
-                                for (d, v) in dst.iter_mut().zip(row) {
-                                    *d += v;
+            // A block of pixels at a time, so that the inputs and gradients every tile of the
+            // block reads stay in the L1 cache.
+            for (block, starts) in starts.chunks(PIXEL_BLOCK).enumerate() {
+                let grads = &grads[block * PIXEL_BLOCK * cout..];
+                for grp in 0..g.groups {
+                    for (tap, &t) in taps.iter().enumerate() {
+                        for o0 in (0..opg).step_by(ROWS) {
+                            let outs = ROWS.min(opg - o0);
+                            for c0 in (0..cpg).step_by(LANES) {
+                                let ins = LANES.min(cpg - c0);
+                                let mut tile = [[0.0f32; LANES]; ROWS];
+                                let x_at = grp * cpg + c0 + t;
+                                let dy_at = grp * opg + o0;
+                                weight_tile(
+                                    simd, input, starts, x_at, ins, grads, cout, dy_at, outs, &mut tile,
+                                );
+                                for (r, row) in tile.iter().enumerate().take(outs) {
+                                    let dst = &mut acc[((grp * opg + o0 + r) * kk + tap) * cpg + c0..][..ins];
+                                    for (d, v) in dst.iter_mut().zip(row) {
+                                        *d += v;
+                                    }
                                 }
                             }
                         }
