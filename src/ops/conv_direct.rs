@@ -133,22 +133,41 @@ pub fn backward_data_geometry(g: &ConvGeometry) -> ConvGeometry {
     }
 }
 
-/// Images [first, first + count) of `x` with `g.padding` zeros around each; `None` when the
-/// convolution does not pad (then `x` itself is read).
-fn padded(x: &[f32], g: &ConvGeometry, first: usize, count: usize) -> Option<Vec<f32>> {
-    if g.padding == 0 {
-        return None;
-    }
+thread_local! {
+    // The padded copy is reused between chunks and calls: a fresh zeroed buffer per chunk
+    // cost as much as the copy itself.
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with images [first, first + count) of `x` as the kernels read them: with
+/// `g.padding` zeros around each (in a per-thread buffer), or `x` itself when unpadded.
+fn with_input<R>(x: &[f32], g: &ConvGeometry, first: usize, count: usize, f: impl FnOnce(&[f32]) -> R) -> R {
     let (p, c) = (g.padding, g.in_channels);
-    let (hp, wp) = (g.height + 2 * p, g.width + 2 * p);
-    let mut out = vec![0.0; count * hp * wp * c];
-    for i in 0..count {
-        for h in 0..g.height {
-            let src = &x[(((first + i) * g.height + h) * g.width) * c..][..g.width * c];
-            out[((i * hp + h + p) * wp + p) * c..][..g.width * c].copy_from_slice(src);
-        }
+    let image = g.height * g.width * c;
+    if p == 0 {
+        return f(&x[first * image..][..count * image]);
     }
-    Some(out)
+    let (hp, wp) = (g.height + 2 * p, g.width + 2 * p);
+    PADDED.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        if buffer.len() < count * hp * wp * c {
+            buffer.resize(count * hp * wp * c, 0.0);
+        }
+        let out = &mut buffer[..count * hp * wp * c];
+        for (i, padded) in out.chunks_exact_mut(hp * wp * c).enumerate() {
+            let src = &x[(first + i) * image..][..image];
+            // Zero only the border; every interior value is overwritten.
+            padded[..p * wp * c].fill(0.0);
+            padded[(p + g.height) * wp * c..].fill(0.0);
+            for h in 0..g.height {
+                let row = &mut padded[(h + p) * wp * c..][..wp * c];
+                row[..p * c].fill(0.0);
+                row[(p + g.width) * c..].fill(0.0);
+                row[p * c..(p + g.width) * c].copy_from_slice(&src[h * g.width * c..][..g.width * c]);
+            }
+        }
+        f(out)
+    })
 }
 
 /// Where each output pixel's window starts in the (padded) input of `count` images, and the
@@ -182,35 +201,39 @@ fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> V
     let (cout, opg, cpg) = (g.out_channels, g.out_per_group(), g.in_per_group());
     let pixels = g.out_height * g.out_width;
     let per_chunk = images_per_chunk(g);
-    let mut out = vec![0.0; g.batch * pixels * cout];
-    out.par_chunks_mut(per_chunk * pixels * cout).enumerate().for_each(|(chunk, out)| {
-        let first = chunk * per_chunk;
-        let count = out.len() / (pixels * cout);
-        let pad = padded(x, g, first, count);
-        let input = match &pad {
-            Some(p) => &p[..],
-            None => {
-                &x[first * g.height * g.width * g.in_channels..][..count * g.height * g.width * g.in_channels]
-            }
-        };
-        let (starts, taps) = windows(g, count);
-        for grp in 0..g.groups {
-            for panel in 0..w.panels {
-                let weights = w.panel(grp, panel);
-                let col0 = grp * opg + panel * LANES;
-                let width = LANES.min(opg - panel * LANES);
-                for (tile, rows) in starts.chunks(ROWS).enumerate() {
-                    let mut acc = [[0.0f32; LANES]; ROWS];
-                    let base = grp * cpg;
-                    forward_tile(simd, input, rows, base, &taps, cpg, weights, &mut acc);
-                    for (r, a) in acc.iter().enumerate().take(rows.len()) {
-                        let row = tile * ROWS + r;
-                        out[row * cout + col0..][..width].copy_from_slice(&a[..width]);
+    // Every element is written exactly once below (each tile row covers a panel's columns,
+    // the panels cover each group's), so the output is not zeroed first.
+    let len = g.batch * pixels * cout;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len].par_chunks_mut(per_chunk * pixels * cout).enumerate().for_each(
+        |(chunk, out)| {
+            let first = chunk * per_chunk;
+            let count = out.len() / (pixels * cout);
+            let (starts, taps) = windows(g, count);
+            with_input(x, g, first, count, |input| {
+                for grp in 0..g.groups {
+                    for panel in 0..w.panels {
+                        let weights = w.panel(grp, panel);
+                        let col0 = grp * opg + panel * LANES;
+                        let width = LANES.min(opg - panel * LANES);
+                        for (tile, rows) in starts.chunks(ROWS).enumerate() {
+                            let mut acc = [[0.0f32; LANES]; ROWS];
+                            let base = grp * cpg;
+                            forward_tile(simd, input, rows, base, &taps, cpg, weights, &mut acc);
+                            for (r, a) in acc.iter().enumerate().take(rows.len()) {
+                                let row = tile * ROWS + r;
+                                for (o, v) in out[row * cout + col0..][..width].iter_mut().zip(a) {
+                                    o.write(*v);
+                                }
+                            }
+                        }
                     }
                 }
-            }
-        }
-    });
+            })
+        },
+    );
+    // SAFETY: all `len` elements were initialised above.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -269,7 +292,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
 }
 
 fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    let (cout, opg, cpg, kk) = (g.out_channels, g.out_per_group(), g.in_per_group(), g.kernel * g.kernel);
+    let (cout, cpg, kk) = (g.out_channels, g.in_per_group(), g.kernel * g.kernel);
     let pixels = g.out_height * g.out_width;
     let per_chunk = images_per_chunk(g);
     let chunks = g.batch.div_ceil(per_chunk);
@@ -279,43 +302,11 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> 
         for chunk in range {
             let first = chunk * per_chunk;
             let count = per_chunk.min(g.batch - first);
-            let pad = padded(x, g, first, count);
-            let input = match &pad {
-                Some(p) => &p[..],
-                None => {
-                    &x[first * g.height * g.width * g.in_channels..]
-                        [..count * g.height * g.width * g.in_channels]
-                }
-            };
             let grads = &dy[first * pixels * cout..][..count * pixels * cout];
             let (starts, taps) = windows(g, count);
-            // A block of pixels at a time, so that the inputs and gradients every tile of the
-            // block reads stay in the L1 cache.
-            for (block, starts) in starts.chunks(PIXEL_BLOCK).enumerate() {
-                let grads = &grads[block * PIXEL_BLOCK * cout..];
-                for grp in 0..g.groups {
-                    for (tap, &t) in taps.iter().enumerate() {
-                        for o0 in (0..opg).step_by(ROWS) {
-                            let outs = ROWS.min(opg - o0);
-                            for c0 in (0..cpg).step_by(LANES) {
-                                let ins = LANES.min(cpg - c0);
-                                let mut tile = [[0.0f32; LANES]; ROWS];
-                                let x_at = grp * cpg + c0 + t;
-                                let dy_at = grp * opg + o0;
-                                weight_tile(
-                                    simd, input, starts, x_at, ins, grads, cout, dy_at, outs, &mut tile,
-                                );
-                                for (r, row) in tile.iter().enumerate().take(outs) {
-                                    let dst = &mut acc[((grp * opg + o0 + r) * kk + tap) * cpg + c0..][..ins];
-                                    for (d, v) in dst.iter_mut().zip(row) {
-                                        *d += v;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            with_input(x, g, first, count, |input| {
+                weight_chunk(simd, input, grads, &starts, &taps, g, &mut acc);
+            });
         }
         acc
     });
@@ -329,6 +320,43 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> 
         }
     }
     oihw
+}
+
+/// Adds one chunk's weight gradient to `acc` ([O, taps, C / groups]).
+fn weight_chunk(
+    simd: Simd,
+    input: &[f32],
+    grads: &[f32],
+    starts: &[usize],
+    taps: &[usize],
+    g: &ConvGeometry,
+    acc: &mut [f32],
+) {
+    let (cout, opg, cpg, kk) = (g.out_channels, g.out_per_group(), g.in_per_group(), taps.len());
+    // A block of pixels at a time, so that the inputs and gradients every tile of the block
+    // reads stay in the L1 cache.
+    for (block, starts) in starts.chunks(PIXEL_BLOCK).enumerate() {
+        let grads = &grads[block * PIXEL_BLOCK * cout..];
+        for grp in 0..g.groups {
+            for (tap, &t) in taps.iter().enumerate() {
+                for o0 in (0..opg).step_by(ROWS) {
+                    let outs = ROWS.min(opg - o0);
+                    for c0 in (0..cpg).step_by(LANES) {
+                        let ins = LANES.min(cpg - c0);
+                        let mut tile = [[0.0f32; LANES]; ROWS];
+                        let (x_at, dy_at) = (grp * cpg + c0 + t, grp * opg + o0);
+                        weight_tile(simd, input, starts, x_at, ins, grads, cout, dy_at, outs, &mut tile);
+                        for (r, row) in tile.iter().enumerate().take(outs) {
+                            let dst = &mut acc[((grp * opg + o0 + r) * kk + tap) * cpg + c0..][..ins];
+                            for (d, v) in dst.iter_mut().zip(row) {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One weight-gradient tile: `tile[r][j]` = sum over output pixels p of
