@@ -1,7 +1,7 @@
 //! Every CPU convolution choice gives the same network output and loss: the default (direct
 //! microkernels where they are faster, AVX2 when the CPU has it), the portable microkernels
-//! (`MOCSE_CPU_SIMD=portable`, what a CPU without AVX2 runs) and the GEMM everywhere
-//! (`MOCSE_CPU_CONV=gemm`), for both models, through `mocse bench --twin` (a training-mode
+//! (`MOCSE_CPU_SIMD=portable`, what a CPU without AVX2 runs), and the GEMM, the direct kernels
+//! or Winograd wherever each applies (`MOCSE_CPU_CONV=gemm|direct|winograd`), for both models, through `mocse bench --twin` (a training-mode
 //! forward pass and the loss on the benchmark's batch).
 
 mod common;
@@ -32,8 +32,12 @@ fn every_kernel_choice_computes_the_same_network() {
     ] {
         let (reference, loss) = twin(&tmp.path().join("default"), model, &[]);
         let scale = reference.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        for env in [("MOCSE_CPU_SIMD", "portable"), ("MOCSE_CPU_CONV", "gemm"), ("MOCSE_CPU_CONV", "direct")]
-        {
+        for env in [
+            ("MOCSE_CPU_SIMD", "portable"),
+            ("MOCSE_CPU_CONV", "gemm"),
+            ("MOCSE_CPU_CONV", "direct"),
+            ("MOCSE_CPU_CONV", "winograd"),
+        ] {
             let (output, other_loss) = twin(&tmp.path().join(env.1), model, &[env]);
             assert_eq!(output.len(), reference.len());
             for (a, b) in output.iter().zip(&reference) {

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
-use crate::ops::conv_direct;
+use crate::ops::{conv_direct, conv_winograd};
 use crate::parallel;
 use crate::tensor::Tensor;
 
@@ -500,6 +500,7 @@ fn tiled(name: &str, rows: usize, cols: usize, z: usize) -> (String, LaunchConfi
 pub enum CpuConv {
     Direct,
     Gemm,
+    Winograd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -514,11 +515,13 @@ fn forced_cpu_conv() -> Option<CpuConv> {
     *FORCED.get_or_init(|| match std::env::var("MOCSE_CPU_CONV").as_deref() {
         Ok("direct") => Some(CpuConv::Direct),
         Ok("gemm") => Some(CpuConv::Gemm),
+        Ok("winograd") => Some(CpuConv::Winograd),
         _ => None,
     })
 }
 
 fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
+    let (cpg, opg) = (g.in_per_group(), g.out_per_group());
     // Backward data runs directly only as a stride-1 forward convolution.
     let possible = direction != Direction::BackwardData || (g.stride == 1 && g.padding < g.kernel);
     // Measured per layer (`mocse bench --what conv-layers`, BENCHMARKS.md): the direct kernels
@@ -526,16 +529,24 @@ fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // 16-column GEMM's operands) and for 3x3 backward data producing 8 or more channels per
     // group; for weight gradients only where groups are 8-16 channels wide. The GEMM keeps the
     // 1x1 shortcuts and the larger weight gradients (it reaches 85% of the FMA peak there).
-    let (cpg, opg) = (g.in_per_group(), g.out_per_group());
     let faster = g.kernel == 3
         && match direction {
             Direction::Forward => true,
             Direction::BackwardData => cpg >= 8,
             Direction::BackwardWeight => (8..=16).contains(&cpg) && opg <= 16,
         };
+    // Winograd computes 3x3, stride-1, padding-1 forward convolutions (backward data included).
+    // It pays where its 2.25x fewer multiplications outweigh the transforms' memory traffic:
+    // dense layers of 64+ channels on 8x8 or larger images (up to 1.4x the direct kernels;
+    // slower for narrow groups and on 4x4 images).
+    let winograd = direction != Direction::BackwardWeight && conv_winograd::applies(g);
+    let winograd_pays =
+        winograd && g.groups == 1 && cpg.min(opg) >= 64 && g.height >= 8 && (g.height >= 16 || cpg >= 128);
     match forced_cpu_conv() {
         _ if !possible => CpuConv::Gemm,
+        Some(CpuConv::Winograd) if !winograd => CpuConv::Direct,
         Some(choice) => choice,
+        None if winograd_pays => CpuConv::Winograd,
         None if faster => CpuConv::Direct,
         None => CpuConv::Gemm,
     }
@@ -545,6 +556,10 @@ fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     match x.device() {
+        Device::Cpu if cpu_conv(&g, Direction::Forward) == CpuConv::Winograd => {
+            let transformed = conv_winograd::WinogradWeights::forward(w.as_slice(), &g);
+            Ok(Tensor::from_vec(&g.output_shape(), conv_winograd::forward(x.as_slice(), &transformed, &g)))
+        }
         Device::Cpu if cpu_conv(&g, Direction::Forward) == CpuConv::Direct => {
             let packed = conv_direct::PackedWeights::forward(w.as_slice(), &g);
             Ok(Tensor::from_vec(&g.output_shape(), conv_direct::forward(x.as_slice(), &packed, &g)))
@@ -571,6 +586,11 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result
     ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
     let x_shape = [g.batch, g.height, g.width, g.in_channels];
     match dy.device() {
+        Device::Cpu if cpu_conv(g, Direction::BackwardData) == CpuConv::Winograd => {
+            let transformed = conv_winograd::WinogradWeights::backward_data(w.as_slice(), g);
+            let as_forward = conv_direct::backward_data_geometry(g);
+            Ok(Tensor::from_vec(&x_shape, conv_winograd::forward(dy.as_slice(), &transformed, &as_forward)))
+        }
         Device::Cpu if cpu_conv(g, Direction::BackwardData) == CpuConv::Direct => {
             let packed = conv_direct::PackedWeights::backward_data(w.as_slice(), g);
             let as_forward = conv_direct::backward_data_geometry(g);

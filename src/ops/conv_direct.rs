@@ -19,9 +19,9 @@ use super::conv::ConvGeometry;
 use crate::parallel;
 
 /// Output channels per forward tile (two 8-lane vectors) and input channels per weight tile.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 /// Output pixels per forward tile; output channels per weight-gradient tile.
-const ROWS: usize = 6;
+pub(crate) const ROWS: usize = 6;
 /// Output pixels per block of the weight gradient.
 const PIXEL_BLOCK: usize = 64;
 
@@ -58,14 +58,14 @@ fn has_avx2() -> bool {
 /// channel, the panel's 16 weights (zero past the group's last output channel).
 pub struct PackedWeights {
     data: Vec<f32>,
-    panels: usize,
+    pub(crate) panels: usize,
     /// Taps x input channels per group: one panel's reduction length.
     depth: usize,
 }
 
 impl PackedWeights {
     /// `weight(group, out, tap, in)` for out < `outs`, in < `ins` of each group.
-    fn pack(
+    pub(crate) fn pack(
         groups: usize,
         outs: usize,
         ins: usize,
@@ -109,7 +109,7 @@ impl PackedWeights {
         })
     }
 
-    fn panel(&self, grp: usize, panel: usize) -> &[f32] {
+    pub(crate) fn panel(&self, grp: usize, panel: usize) -> &[f32] {
         &self.data[(grp * self.panels + panel) * self.depth * LANES..][..self.depth * LANES]
     }
 }
@@ -240,7 +240,7 @@ fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> V
 /// One forward tile: `acc[r][j]` = sum over taps t and channels c of
 /// input[rows[r] + base + taps[t] + c] * weights[(t * cpg + c) * 16 + j].
 #[allow(clippy::too_many_arguments)]
-fn forward_tile(
+pub(crate) fn forward_tile(
     simd: Simd,
     input: &[f32],
     rows: &[usize],

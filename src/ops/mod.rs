@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod batchnorm;
 pub mod conv;
 pub mod conv_direct;
+pub mod conv_winograd;
 pub mod elementwise;
 pub mod linear;
 pub mod loss;
