@@ -818,6 +818,27 @@ mod tests {
     }
 
     #[test]
+    fn wide_layers_through_the_tape_match_the_reference_and_finite_differences() {
+        // Shapes for which the default choice is Winograd (forward and backward data) and the
+        // GEMM (weight gradient), as in PreAct-18 width 64.
+        let p = Conv2dParams { stride: 1, padding: 1, groups: 1 };
+        for (n, (xs, ws)) in
+            [([2, 16, 16, 64], [64, 64, 3, 3]), ([1, 8, 8, 128], [128, 128, 3, 3])].into_iter().enumerate()
+        {
+            let g = ConvGeometry::new(&xs, &ws, p).unwrap();
+            assert!(forced_cpu_conv().is_some() || cpu_conv(&g, Direction::Forward) == CpuConv::Winograd);
+            let (x, w) = (random_tensor(&xs, 90 + n as u64), random_tensor(&ws, 95 + n as u64));
+            let y = conv2d_forward(&x, &w, p).unwrap();
+            let exact = reference::forward(x.as_slice(), w.as_slice(), &g);
+            let scale = exact.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            for (a, b) in y.as_slice().iter().zip(&exact) {
+                assert!((*a as f64 - b).abs() < 5e-6 * scale, "case {n}: {a} vs {b}");
+            }
+            check_gradients_with(&[x, w], 0.5, 1e-3, |t, v| t.conv2d(&v[0], &v[1], p));
+        }
+    }
+
+    #[test]
     fn rejects_mismatched_shapes() {
         let x = Tensor::zeros(&[1, 4, 4, 6]);
         let w = Tensor::zeros(&[4, 4, 3, 3]);
