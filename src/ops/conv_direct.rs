@@ -19,9 +19,9 @@ use super::conv::ConvGeometry;
 use crate::parallel;
 
 /// Output channels per forward tile (two 8-lane vectors) and input channels per weight tile.
-pub(crate) const LANES: usize = 16;
+const LANES: usize = 16;
 /// Output pixels per forward tile; output channels per weight-gradient tile.
-pub(crate) const ROWS: usize = 6;
+const ROWS: usize = 6;
 /// Output pixels per block of the weight gradient.
 const PIXEL_BLOCK: usize = 64;
 
@@ -58,7 +58,7 @@ fn has_avx2() -> bool {
 /// channel, the panel's 16 weights (zero past the group's last output channel).
 pub struct PackedWeights {
     data: Vec<f32>,
-    pub(crate) panels: usize,
+    panels: usize,
     /// Taps x input channels per group: one panel's reduction length.
     depth: usize,
 }
@@ -109,7 +109,7 @@ impl PackedWeights {
         })
     }
 
-    pub(crate) fn panel(&self, grp: usize, panel: usize) -> &[f32] {
+    fn panel(&self, grp: usize, panel: usize) -> &[f32] {
         &self.data[(grp * self.panels + panel) * self.depth * LANES..][..self.depth * LANES]
     }
 }
@@ -211,24 +211,11 @@ fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> V
             let count = out.len() / (pixels * cout);
             let (starts, taps) = windows(g, count);
             with_input(x, g, first, count, |input| {
-                for grp in 0..g.groups {
-                    for panel in 0..w.panels {
-                        let weights = w.panel(grp, panel);
-                        let col0 = grp * opg + panel * LANES;
-                        let width = LANES.min(opg - panel * LANES);
-                        for (tile, rows) in starts.chunks(ROWS).enumerate() {
-                            let mut acc = [[0.0f32; LANES]; ROWS];
-                            let base = grp * cpg;
-                            forward_tile(simd, input, rows, base, &taps, cpg, weights, &mut acc);
-                            for (r, a) in acc.iter().enumerate().take(rows.len()) {
-                                let row = tile * ROWS + r;
-                                for (o, v) in out[row * cout + col0..][..width].iter_mut().zip(a) {
-                                    o.write(*v);
-                                }
-                            }
-                        }
+                every_tile(simd, input, &starts, &taps, w, g.groups, cpg, opg, |row, col0, values| {
+                    for (o, v) in out[row * cout + col0..][..values.len()].iter_mut().zip(values) {
+                        o.write(*v);
                     }
-                }
+                })
             })
         },
     );
@@ -237,10 +224,41 @@ fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> V
     out
 }
 
+/// Runs the forward microkernel over every (group, panel of 16 output channels, 6 rows) tile:
+/// row r reads `input[starts[r] + group * cpg + taps[t] + c]`; `store(r, first output channel,
+/// values)` receives each row's results for one panel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn every_tile(
+    simd: Simd,
+    input: &[f32],
+    starts: &[usize],
+    taps: &[usize],
+    w: &PackedWeights,
+    groups: usize,
+    cpg: usize,
+    opg: usize,
+    mut store: impl FnMut(usize, usize, &[f32]),
+) {
+    for grp in 0..groups {
+        for panel in 0..w.panels {
+            let weights = w.panel(grp, panel);
+            let col0 = grp * opg + panel * LANES;
+            let width = LANES.min(opg - panel * LANES);
+            for (tile, rows) in starts.chunks(ROWS).enumerate() {
+                let mut acc = [[0.0f32; LANES]; ROWS];
+                forward_tile(simd, input, rows, grp * cpg, taps, cpg, weights, &mut acc);
+                for (r, a) in acc.iter().enumerate().take(rows.len()) {
+                    store(tile * ROWS + r, col0, &a[..width]);
+                }
+            }
+        }
+    }
+}
+
 /// One forward tile: `acc[r][j]` = sum over taps t and channels c of
 /// input[rows[r] + base + taps[t] + c] * weights[(t * cpg + c) * 16 + j].
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn forward_tile(
+fn forward_tile(
     simd: Simd,
     input: &[f32],
     rows: &[usize],

@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::conv::ConvGeometry;
-use super::conv_direct::{LANES, PackedWeights, ROWS, Simd, forward_tile, simd};
+use super::conv_direct::{PackedWeights, Simd, every_tile, simd};
 
 /// Whether this convolution is one the transform computes: 3x3, stride 1, padding 1.
 pub fn applies(g: &ConvGeometry) -> bool {
@@ -138,22 +138,9 @@ fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) ->
             for xi in 0..16 {
                 // Row t of this xi's GEMM is V[t][xi]; its result goes to M[t][xi].
                 let starts: Vec<usize> = (0..tiles).map(|t| (t * 16 + xi) * c).collect();
-                let packed = &w.per_xi[xi];
-                for grp in 0..g.groups {
-                    for panel in 0..packed.panels {
-                        let weights = packed.panel(grp, panel);
-                        let col0 = grp * opg + panel * LANES;
-                        let width = LANES.min(opg - panel * LANES);
-                        for (tile, rows) in starts.chunks(ROWS).enumerate() {
-                            let mut acc = [[0.0f32; LANES]; ROWS];
-                            forward_tile(simd, v, rows, grp * cpg, &[0], cpg, weights, &mut acc);
-                            for (r, a) in acc.iter().enumerate().take(rows.len()) {
-                                let row = (tile * ROWS + r) * 16 + xi;
-                                m[row * cout + col0..][..width].copy_from_slice(&a[..width]);
-                            }
-                        }
-                    }
-                }
+                every_tile(simd, v, &starts, &[0], &w.per_xi[xi], g.groups, cpg, opg, |t, col0, values| {
+                    m[(t * 16 + xi) * cout + col0..][..values.len()].copy_from_slice(values)
+                });
             }
             output_transform(m, out, count, th, tw, h, wd, cout);
         });
