@@ -74,6 +74,22 @@ fn bench_batch(batch_size: usize, classes: usize) -> (Vec<f32>, Vec<u32>) {
     (images, labels)
 }
 
+/// The benchmarked model and its initial weights (seed 0): fused, or the same weights split
+/// into the N experts' networks.
+fn bench_model(config: ModelConfig, fused: bool) -> Result<(Model, Weights)> {
+    let model = Model::new(config);
+    let weights = model.fused().init_weights(0, [0.5; 3], [0.25; 3]);
+    if fused {
+        return Ok((model, weights));
+    }
+    let experts = split_experts(model.fused(), &weights);
+    let weights = Weights {
+        params: experts.iter().flat_map(|e| e.params.clone()).collect(),
+        buffers: experts.iter().flat_map(|e| e.buffers.clone()).collect(),
+    };
+    Ok((Model::new_unfused(config)?, weights))
+}
+
 /// What `bench --twin DIR` records for a twin network in another framework to check itself
 /// against: the benchmark's own weights and batch, and what mocse computes from them in the
 /// training step's mode (batch statistics).
@@ -99,19 +115,10 @@ pub fn write_twin_check(
     device: Device,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let reference = Model::new(config);
-    let weights = reference.fused().init_weights(0, [0.5; 3], [0.25; 3]);
-    save_model(&dir.join(MODEL_FILE), reference.fused(), &weights, Progress::default())?;
-    let (model, run_weights) = if fused {
-        (reference, weights.clone())
-    } else {
-        let experts = split_experts(reference.fused(), &weights);
-        let weights = Weights {
-            params: experts.iter().flat_map(|e| e.params.clone()).collect(),
-            buffers: experts.iter().flat_map(|e| e.buffers.clone()).collect(),
-        };
-        (Model::new_unfused(config)?, weights)
-    };
+    let fused_model = Model::new(config);
+    let weights = fused_model.fused().init_weights(0, [0.5; 3], [0.25; 3]);
+    save_model(&dir.join(MODEL_FILE), fused_model.fused(), &weights, Progress::default())?;
+    let (model, run_weights) = bench_model(config, fused)?;
     let (images, labels) = bench_batch(batch_size, config.num_classes);
     let run_weights = run_weights.to_device(device)?;
     let tape = Tape::new();
@@ -153,18 +160,7 @@ pub fn bench_train_step(
     warmup: usize,
     steps: usize,
 ) -> Result<TrainStepBench> {
-    let reference = Model::new(config);
-    let mut weights = reference.fused().init_weights(0, [0.5; 3], [0.25; 3]);
-    let model = if fused {
-        reference
-    } else {
-        let experts = split_experts(reference.fused(), &weights);
-        weights = Weights {
-            params: experts.iter().flat_map(|e| e.params.clone()).collect(),
-            buffers: experts.iter().flat_map(|e| e.buffers.clone()).collect(),
-        };
-        Model::new_unfused(config)?
-    };
+    let (model, weights) = bench_model(config, fused)?;
     let flops = match &model.network {
         Network::Fused(net) => net.flops_per_image(),
         Network::Unfused(nets) => nets.iter().map(|n| n.flops_per_image()).sum(),

@@ -160,7 +160,7 @@ impl ConvGeometry {
     }
 
     /// Images per parallel chunk: enough GEMM rows to be efficient, enough chunks to share.
-    fn images_per_chunk(&self) -> usize {
+    pub(crate) fn images_per_chunk(&self) -> usize {
         let for_rows = 256usize.div_ceil(self.pixels_out());
         for_rows.min((self.batch / 4).max(1))
     }
@@ -310,7 +310,7 @@ fn oihw_to_ohwi(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
     out
 }
 
-fn ohwi_to_oihw(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
+pub(crate) fn ohwi_to_oihw(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let (i_n, kk) = (g.in_per_group(), g.kernel * g.kernel);
     let mut out = vec![0.0; w.len()];
     for o in 0..g.out_channels {

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::conv::ConvGeometry;
+use super::conv::{ConvGeometry, ohwi_to_oihw};
 use crate::parallel;
 
 /// Output channels per forward tile (two 8-lane vectors) and input channels per weight tile.
@@ -154,20 +154,34 @@ fn with_input<R>(x: &[f32], g: &ConvGeometry, first: usize, count: usize, f: imp
             buffer.resize(count * hp * wp * c, 0.0);
         }
         let out = &mut buffer[..count * hp * wp * c];
-        for (i, padded) in out.chunks_exact_mut(hp * wp * c).enumerate() {
-            let src = &x[(first + i) * image..][..image];
-            // Zero only the border; every interior value is overwritten.
-            padded[..p * wp * c].fill(0.0);
-            padded[(p + g.height) * wp * c..].fill(0.0);
-            for h in 0..g.height {
-                let row = &mut padded[(h + p) * wp * c..][..wp * c];
-                row[..p * c].fill(0.0);
-                row[(p + g.width) * c..].fill(0.0);
-                row[p * c..(p + g.width) * c].copy_from_slice(&src[h * g.width * c..][..g.width * c]);
-            }
-        }
+        pad_images(&x[first * image..][..count * image], g.height, g.width, c, p, hp, wp, out);
         f(out)
     })
+}
+
+/// Copies the images of `x` ([N, h, w, c]) into `out` ([N, hp, wp, c]) at row and column
+/// `p`, zeroing only the border around them (every interior value is overwritten).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pad_images(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    p: usize,
+    hp: usize,
+    wp: usize,
+    out: &mut [f32],
+) {
+    for (src, padded) in x.chunks_exact(h * w * c).zip(out.chunks_exact_mut(hp * wp * c)) {
+        padded[..p * wp * c].fill(0.0);
+        padded[(p + h) * wp * c..].fill(0.0);
+        for r in 0..h {
+            let row = &mut padded[(r + p) * wp * c..][..wp * c];
+            row[..p * c].fill(0.0);
+            row[(p + w) * c..].fill(0.0);
+            row[p * c..(p + w) * c].copy_from_slice(&src[r * w * c..][..w * c]);
+        }
+    }
 }
 
 /// Where each output pixel's window starts in the (padded) input of `count` images, and the
@@ -186,11 +200,6 @@ fn windows(g: &ConvGeometry, count: usize) -> (Vec<usize>, Vec<usize>) {
     (starts, taps)
 }
 
-/// Images per parallel chunk: about 256 output pixels, and at least four chunks.
-fn images_per_chunk(g: &ConvGeometry) -> usize {
-    256usize.div_ceil(g.out_height * g.out_width).min((g.batch / 4).max(1))
-}
-
 /// y = conv(x, w) with weights packed by `PackedWeights::forward` (or, for backward data,
 /// `backward_data` with `backward_data_geometry`).
 pub fn forward(x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
@@ -200,7 +209,7 @@ pub fn forward(x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
 fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
     let (cout, opg, cpg) = (g.out_channels, g.out_per_group(), g.in_per_group());
     let pixels = g.out_height * g.out_width;
-    let per_chunk = images_per_chunk(g);
+    let per_chunk = g.images_per_chunk();
     // Every element is written exactly once below (each tile row covers a panel's columns,
     // the panels cover each group's), so the output is not zeroed first.
     let len = g.batch * pixels * cout;
@@ -312,7 +321,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
 fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let (cout, cpg, kk) = (g.out_channels, g.in_per_group(), g.kernel * g.kernel);
     let pixels = g.out_height * g.out_width;
-    let per_chunk = images_per_chunk(g);
+    let per_chunk = g.images_per_chunk();
     let chunks = g.batch.div_ceil(per_chunk);
     // acc[o][tap][c]: each output channel's taps in the order the tiles write them.
     let parts = parallel::map_parts(chunks, |range| {
@@ -328,16 +337,7 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> 
         }
         acc
     });
-    let ohwi = parallel::sum_in_order(parts);
-    let mut oihw = vec![0.0; ohwi.len()];
-    for o in 0..cout {
-        for t in 0..kk {
-            for c in 0..cpg {
-                oihw[(o * cpg + c) * kk + t] = ohwi[(o * kk + t) * cpg + c];
-            }
-        }
-    }
-    oihw
+    ohwi_to_oihw(&parallel::sum_in_order(parts), g)
 }
 
 /// Adds one chunk's weight gradient to `acc` ([O, taps, C / groups]).

@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::conv::ConvGeometry;
-use super::conv_direct::{PackedWeights, Simd, every_tile, simd};
+use super::conv_direct::{PackedWeights, Simd, every_tile, pad_images, simd};
 
 /// Whether this convolution is one the transform computes: 3x3, stride 1, padding 1.
 pub fn applies(g: &ConvGeometry) -> bool {
@@ -125,13 +125,7 @@ fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) ->
         BUFFERS.with(|buffers| {
             let [padded, v, m] = &mut *buffers.borrow_mut();
             let padded = sized(padded, count * hp * wp * c);
-            padded.fill(0.0);
-            for i in 0..count {
-                for r in 0..h {
-                    let src = &x[((first + i) * h + r) * wd * c..][..wd * c];
-                    padded[((i * hp + r + 1) * wp + 1) * c..][..wd * c].copy_from_slice(src);
-                }
-            }
+            pad_images(&x[first * h * wd * c..][..count * h * wd * c], h, wd, c, 1, hp, wp, padded);
             let v = sized(v, 16 * tiles * c);
             input_transform(padded, v, count, th, tw, hp, wp, c);
             let m = sized(m, 16 * tiles * cout);
