@@ -19,9 +19,9 @@ use super::conv::{ConvGeometry, ohwi_to_oihw};
 use crate::parallel;
 
 /// Output channels per forward tile (two 8-lane vectors) and input channels per weight tile.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 /// Output pixels per forward tile; output channels per weight-gradient tile.
-const ROWS: usize = 6;
+pub(crate) const ROWS: usize = 6;
 /// Output pixels per block of the weight gradient.
 const PIXEL_BLOCK: usize = 64;
 
@@ -109,7 +109,7 @@ impl PackedWeights {
         })
     }
 
-    fn panel(&self, grp: usize, panel: usize) -> &[f32] {
+    pub(crate) fn panel(&self, grp: usize, panel: usize) -> &[f32] {
         &self.data[(grp * self.panels + panel) * self.depth * LANES..][..self.depth * LANES]
     }
 }
@@ -162,16 +162,7 @@ fn with_input<R>(x: &[f32], g: &ConvGeometry, first: usize, count: usize, f: imp
 /// Copies the images of `x` ([N, h, w, c]) into `out` ([N, hp, wp, c]) at row and column
 /// `p`, zeroing only the border around them (every interior value is overwritten).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn pad_images(
-    x: &[f32],
-    h: usize,
-    w: usize,
-    c: usize,
-    p: usize,
-    hp: usize,
-    wp: usize,
-    out: &mut [f32],
-) {
+fn pad_images(x: &[f32], h: usize, w: usize, c: usize, p: usize, hp: usize, wp: usize, out: &mut [f32]) {
     for (src, padded) in x.chunks_exact(h * w * c).zip(out.chunks_exact_mut(hp * wp * c)) {
         padded[..p * wp * c].fill(0.0);
         padded[(p + h) * wp * c..].fill(0.0);
@@ -237,7 +228,7 @@ fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> V
 /// row r reads `input[starts[r] + group * cpg + taps[t] + c]`; `store(r, first output channel,
 /// values)` receives each row's results for one panel.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn every_tile(
+fn every_tile(
     simd: Simd,
     input: &[f32],
     starts: &[usize],
@@ -267,7 +258,7 @@ pub(crate) fn every_tile(
 /// One forward tile: `acc[r][j]` = sum over taps t and channels c of
 /// input[rows[r] + base + taps[t] + c] * weights[(t * cpg + c) * 16 + j].
 #[allow(clippy::too_many_arguments)]
-fn forward_tile(
+pub(crate) fn forward_tile(
     simd: Simd,
     input: &[f32],
     rows: &[usize],

@@ -2,22 +2,27 @@
 //! stride 1 with padding 1: each 2x2 block of outputs comes from a 4x4 input tile with 16
 //! multiplications per (input, output) channel pair instead of 36. Per chunk of images:
 //!
-//! 1. input transform: V[xi][tile][c] = (B^T d B)[xi] of every 4x4 tile d (additions only);
-//! 2. 16 GEMMs, one per xi (and group): M[xi][tile][o] = sum_c V[xi][tile][c] U[xi][c][o], with
-//!    the weights transformed once per call, U = G g G^T, run by the direct convolution's
-//!    microkernel as a 1x1 convolution;
-//! 3. output transform: the 2x2 outputs A^T M A of every tile.
+//! 1. input transform: V[xi][tile][c] = (B^T d B)[xi] of every 4x4 input window d (additions
+//!    only), read straight from the unpadded images (the windows' parts outside are zeros);
+//! 2. 16 GEMMs, one per xi: M[xi][tile][o] = sum_c V[xi][tile][c] U[xi][c][o], with the weights
+//!    transformed once per call, U = G g G^T, by the direct convolution's microkernel;
+//! 3. output transform: the 2x2 outputs A^T M A of every tile, straight into the output.
+//!
+//! All three run per group and per block of tiles small enough that V and M stay in the L2
+//! cache: the transforms are a few additions per value, so a layout that sent V and M through
+//! memory made Winograd lose to the direct kernels on narrow layers.
 //!
 //! Backward data at stride 1 is a forward convolution (`conv_direct::backward_data_geometry`),
 //! so it runs here too. All arithmetic is f32; the transforms' constants are 0, +-1 and 1/2,
 //! so the result differs from direct summation by rounding only (tested against f64).
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use super::conv::ConvGeometry;
-use super::conv_direct::{PackedWeights, Simd, every_tile, pad_images, simd};
+use super::conv_direct::{LANES, PackedWeights, ROWS, Simd, forward_tile, simd};
 
 /// Whether this convolution is one the transform computes: 3x3, stride 1, padding 1.
 pub fn applies(g: &ConvGeometry) -> bool {
@@ -91,8 +96,8 @@ impl WinogradWeights {
 }
 
 thread_local! {
-    // Per-thread buffers reused between chunks and calls: the padded images, V and M.
-    static BUFFERS: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+    // Per-thread V and M of one block, reused between blocks and calls.
+    static BUFFERS: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
 }
 
 fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -107,77 +112,108 @@ pub fn forward(x: &[f32], w: &WinogradWeights, g: &ConvGeometry) -> Vec<f32> {
     forward_with(simd(), x, w, g)
 }
 
+/// Where the tiles lie: images of `height` x `width` pixels of `channels` (NHWC), cut into
+/// `tiles_y` x `tiles_x` tiles of 2x2 outputs each.
+#[derive(Clone, Copy)]
+struct Tiling {
+    height: usize,
+    width: usize,
+    channels: usize,
+    tiles_y: usize,
+    tiles_x: usize,
+}
+
+impl Tiling {
+    /// Image, tile row and tile column of tile `t` of a chunk.
+    fn locate(&self, t: usize) -> (usize, usize, usize) {
+        let per_image = self.tiles_y * self.tiles_x;
+        (t / per_image, t % per_image / self.tiles_x, t % self.tiles_x)
+    }
+
+    /// The pixel offset of position (r, s) of a tile's 4x4 input window (which starts one pixel
+    /// up and left of its 2x2 outputs), or None where the window hangs over the image's edge
+    /// (the zero padding).
+    fn window(&self, t: usize) -> [Option<usize>; 16] {
+        let (img, ty, tx) = self.locate(t);
+        std::array::from_fn(|k| {
+            let (y, x) = ((2 * ty + k / 4).checked_sub(1)?, (2 * tx + k % 4).checked_sub(1)?);
+            (y < self.height && x < self.width)
+                .then(|| ((img * self.height + y) * self.width + x) * self.channels)
+        })
+    }
+
+    /// The pixel offsets of a tile's 2x2 outputs, None where they fall outside the image.
+    fn outputs(&self, t: usize, channels: usize) -> [Option<usize>; 4] {
+        let (img, ty, tx) = self.locate(t);
+        std::array::from_fn(|k| {
+            let (y, x) = (2 * ty + k / 2, 2 * tx + k % 2);
+            (y < self.height && x < self.width).then(|| ((img * self.height + y) * self.width + x) * channels)
+        })
+    }
+}
+
 fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) -> Vec<f32> {
     assert!(applies(g));
-    let (c, cout, opg, cpg) = (g.in_channels, g.out_channels, g.out_per_group(), g.in_per_group());
+    let (c, cout) = (g.in_channels, g.out_channels);
     let (h, wd) = (g.height, g.width);
-    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
-    // Padded so that every 4x4 tile lies inside: one zero row/column before, the rest after.
-    let (hp, wp) = (2 * th + 2, 2 * tw + 2);
-    let tiles_per_image = th * tw;
+    let tiling =
+        Tiling { height: h, width: wd, channels: c, tiles_y: h.div_ceil(2), tiles_x: wd.div_ceil(2) };
+    let tiles_per_image = tiling.tiles_y * tiling.tiles_x;
     let per_chunk = 64usize.div_ceil(tiles_per_image).min((g.batch / 4).max(1));
+    // Tiles per block: V and M of a block (all channels) stay in the L2 cache, and a block is
+    // tall enough that every panel of weights is used on several microkernel tiles.
+    let block = (4096 / (c + cout)).clamp(24, 256);
     let image_out = h * wd * cout;
-    let mut out = vec![0.0f32; g.batch * image_out];
-    out.par_chunks_mut(per_chunk * image_out).enumerate().for_each(|(chunk, out)| {
-        let first = chunk * per_chunk;
-        let count = out.len() / image_out;
-        let tiles = count * tiles_per_image;
-        BUFFERS.with(|buffers| {
-            let [padded, v, m] = &mut *buffers.borrow_mut();
-            let padded = sized(padded, count * hp * wp * c);
-            pad_images(&x[first * h * wd * c..][..count * h * wd * c], h, wd, c, 1, hp, wp, padded);
-            let v = sized(v, 16 * tiles * c);
-            input_transform(padded, v, count, th, tw, hp, wp, c);
-            let m = sized(m, 16 * tiles * cout);
-            for xi in 0..16 {
-                // Row t of this xi's GEMM is V[t][xi]; its result goes to M[t][xi].
-                let starts: Vec<usize> = (0..tiles).map(|t| (t * 16 + xi) * c).collect();
-                every_tile(simd, v, &starts, &[0], &w.per_xi[xi], g.groups, cpg, opg, |t, col0, values| {
-                    m[(t * 16 + xi) * cout + col0..][..values.len()].copy_from_slice(values)
-                });
-            }
-            output_transform(m, out, count, th, tw, h, wd, cout);
-        });
-    });
+    let len = g.batch * image_out;
+    // Every output is written exactly once: each pixel belongs to one tile, and every group's
+    // channels are computed for it.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len].par_chunks_mut(per_chunk * image_out).enumerate().for_each(
+        |(chunk, out)| {
+            let count = out.len() / image_out;
+            let x = &x[chunk * per_chunk * h * wd * c..][..count * h * wd * c];
+            let tiles = count * tiles_per_image;
+            BUFFERS.with(|buffers| {
+                let [v, m] = &mut *buffers.borrow_mut();
+                let (v, m) = (sized(v, 16 * block * c), sized(m, 16 * block * cout));
+                for first in (0..tiles).step_by(block) {
+                    let n = block.min(tiles - first);
+                    let (v, m) = (&mut v[..16 * n * c], &mut m[..16 * n * cout]);
+                    transform_input(simd, x, &tiling, first..first + n, v);
+                    multiply(simd, v, w, g, n, m);
+                    transform_output(simd, m, &tiling, first..first + n, cout, out);
+                }
+            });
+        },
+    );
+    // SAFETY: all `len` elements were initialised above.
+    unsafe { out.set_len(len) };
     out
 }
 
-/// V[tile][xi][c] = (B^T d B)[xi] for every 4x4 tile d of the padded images, with
-/// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Loops run over channels, so they vectorise.
-#[allow(clippy::too_many_arguments)]
-fn input_transform(
-    padded: &[f32],
-    v: &mut [f32],
-    count: usize,
-    th: usize,
-    tw: usize,
-    hp: usize,
-    wp: usize,
-    c: usize,
-) {
-    let mut tiles = v.chunks_exact_mut(16 * c);
-    for i in 0..count {
-        for ty in 0..th {
-            for tx in 0..tw {
-                let tile = tiles.next().expect("one V block per tile");
-                let d: [[&[f32]; 4]; 4] = std::array::from_fn(|r| {
-                    std::array::from_fn(|s| &padded[((i * hp + 2 * ty + r) * wp + 2 * tx + s) * c..][..c])
-                });
-                let mut out: Vec<&mut [f32]> = tile.chunks_exact_mut(c).collect();
-                for ch in 0..c {
-                    let e = |r: usize, s: usize| d[r][s][ch];
-                    // B^T d: row combinations.
-                    let bd: [[f32; 4]; 4] = [
-                        std::array::from_fn(|s| e(0, s) - e(2, s)),
-                        std::array::from_fn(|s| e(1, s) + e(2, s)),
-                        std::array::from_fn(|s| e(2, s) - e(1, s)),
-                        std::array::from_fn(|s| e(1, s) - e(3, s)),
-                    ];
-                    for (r, row) in bd.iter().enumerate() {
-                        out[r * 4][ch] = row[0] - row[2];
-                        out[r * 4 + 1][ch] = row[1] + row[2];
-                        out[r * 4 + 2][ch] = row[2] - row[1];
-                        out[r * 4 + 3][ch] = row[1] - row[3];
+/// The 16 GEMMs of one block of `n` tiles, per group: M[xi][t][o] = sum over the group's c of
+/// V[xi][t][c] U[xi][c][o], 6 tiles x 16 output channels at a time.
+fn multiply(simd: Simd, v: &[f32], w: &WinogradWeights, g: &ConvGeometry, n: usize, m: &mut [f32]) {
+    let (c, cout, cpg, opg) = (g.in_channels, g.out_channels, g.in_per_group(), g.out_per_group());
+    for (xi, weights) in w.per_xi.iter().enumerate() {
+        for grp in 0..g.groups {
+            for panel in 0..opg.div_ceil(LANES) {
+                let width = LANES.min(opg - panel * LANES);
+                let panel_weights = weights.panel(grp, panel);
+                let col = grp * opg + panel * LANES;
+                for t0 in (0..n).step_by(ROWS) {
+                    let rows: [usize; ROWS] = std::array::from_fn(|r| (t0 + r) * c);
+                    let rows = &rows[..ROWS.min(n - t0)];
+                    let mut acc = [[0.0f32; LANES]; ROWS];
+                    forward_tile(simd, v, rows, xi * n * c + grp * cpg, &[0], cpg, panel_weights, &mut acc);
+                    for (r, a) in acc.iter().enumerate().take(rows.len()) {
+                        let dst = &mut m[(xi * n + t0 + r) * cout + col..];
+                        // A constant length is a register move; a variable one a call to memmove.
+                        if width == LANES {
+                            dst[..LANES].copy_from_slice(a);
+                        } else {
+                            dst[..width].copy_from_slice(&a[..width]);
+                        }
                     }
                 }
             }
@@ -185,46 +221,149 @@ fn input_transform(
     }
 }
 
-/// The 2x2 outputs A^T M A of every tile (M[tile][xi][o]), A^T = [1 1 1 0; 0 1 -1 -1], cropped
-/// to the image.
-#[allow(clippy::too_many_arguments)]
-fn output_transform(
-    m: &[f32],
-    out: &mut [f32],
-    count: usize,
-    th: usize,
-    tw: usize,
-    h: usize,
-    wd: usize,
-    cout: usize,
+/// Runs `$body` with AVX2 enabled when `$simd` says so (so that the arrays of 8 below become
+/// vector instructions), else as portable code; both compute the same additions.
+macro_rules! with_simd {
+    ($simd:expr, $body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        match $simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `simd()` chose Avx2 only where the CPU has AVX2 and FMA.
+            Simd::Avx2 => unsafe { avx2(|| $body) },
+            _ => $body,
+        }
+    }};
+}
+
+/// V[xi][t][c] = (B^T d B)[xi] for the 4x4 input window d of every tile t of `tiles`, every
+/// channel, with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+fn transform_input(simd: Simd, x: &[f32], tiling: &Tiling, tiles: std::ops::Range<usize>, v: &mut [f32]) {
+    let c = tiling.channels;
+    let slab = tiles.len() * c;
+    with_simd!(simd, {
+        for (t, tile) in tiles.enumerate() {
+            let window = tiling.window(tile);
+            let mut ch = 0;
+            while ch + 8 <= c {
+                input_channels::<8>(x, &window, ch, v, slab, t * c + ch);
+                ch += 8;
+            }
+            for ch in ch..c {
+                input_channels::<1>(x, &window, ch, v, slab, t * c + ch);
+            }
+        }
+    })
+}
+
+/// `transform_input` for W channels from `ch`, written to v[xi * slab + at ..][..W]. Plain
+/// loops over fixed-size arrays: they become vector instructions, where iterator adaptors
+/// stayed calls.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn input_channels<const W: usize>(
+    x: &[f32],
+    window: &[Option<usize>; 16],
+    ch: usize,
+    v: &mut [f32],
+    slab: usize,
+    at: usize,
 ) {
-    let mut tiles = m.chunks_exact(16 * cout);
-    let mut ys = vec![0.0f32; 4 * cout];
-    for i in 0..count {
-        for ty in 0..th {
-            for tx in 0..tw {
-                let tile = tiles.next().expect("one M block per tile");
-                let e: [&[f32]; 16] = std::array::from_fn(|xi| &tile[xi * cout..][..cout]);
-                let [y00, y01, y10, y11]: [&mut [f32]; 4] = {
-                    let mut parts = ys.chunks_exact_mut(cout);
-                    std::array::from_fn(|_| parts.next().expect("four output rows"))
-                };
-                for o in 0..cout {
-                    let m = |r: usize, s: usize| e[r * 4 + s][o];
-                    // A^T M: two rows; then (A^T M) A: two columns of each.
-                    let a0: [f32; 4] = std::array::from_fn(|s| m(0, s) + m(1, s) + m(2, s));
-                    let a1: [f32; 4] = std::array::from_fn(|s| m(1, s) - m(2, s) - m(3, s));
-                    y00[o] = a0[0] + a0[1] + a0[2];
-                    y01[o] = a0[1] - a0[2] - a0[3];
-                    y10[o] = a1[0] + a1[1] + a1[2];
-                    y11[o] = a1[1] - a1[2] - a1[3];
-                }
-                for (k, y) in ys.chunks_exact(cout).enumerate() {
-                    let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
-                    if oy < h && ox < wd {
-                        out[((i * h + oy) * wd + ox) * cout..][..cout].copy_from_slice(y);
-                    }
-                }
+    let mut d = [[0.0f32; W]; 16];
+    for k in 0..16 {
+        if let Some(o) = window[k] {
+            d[k].copy_from_slice(&x[o + ch..][..W]);
+        }
+    }
+    // B^T d: row combinations.
+    let mut bd = [[[0.0f32; W]; 4]; 4];
+    for s in 0..4 {
+        for i in 0..W {
+            bd[0][s][i] = d[s][i] - d[8 + s][i];
+            bd[1][s][i] = d[4 + s][i] + d[8 + s][i];
+            bd[2][s][i] = d[8 + s][i] - d[4 + s][i];
+            bd[3][s][i] = d[4 + s][i] - d[12 + s][i];
+        }
+    }
+    // (B^T d) B: column combinations of each row.
+    for (r, row) in bd.iter().enumerate() {
+        let mut values = [[0.0f32; W]; 4];
+        for i in 0..W {
+            values[0][i] = row[0][i] - row[2][i];
+            values[1][i] = row[1][i] + row[2][i];
+            values[2][i] = row[2][i] - row[1][i];
+            values[3][i] = row[1][i] - row[3][i];
+        }
+        for (s, value) in values.iter().enumerate() {
+            v[(r * 4 + s) * slab + at..][..W].copy_from_slice(value);
+        }
+    }
+}
+
+/// The 2x2 outputs A^T M A of every tile of `tiles` (M[xi][t][o]), A^T = [1 1 1 0; 0 1 -1 -1],
+/// written to `out` ([N, h, w, cout]) where they fall inside the image.
+fn transform_output(
+    simd: Simd,
+    m: &[f32],
+    tiling: &Tiling,
+    tiles: std::ops::Range<usize>,
+    cout: usize,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let slab = tiles.len() * cout;
+    with_simd!(simd, {
+        for (t, tile) in tiles.enumerate() {
+            let outputs = tiling.outputs(tile, cout);
+            let mut o = 0;
+            while o + 8 <= cout {
+                output_channels::<8>(m, slab, t * cout + o, &outputs, o, out);
+                o += 8;
+            }
+            for o in o..cout {
+                output_channels::<1>(m, slab, t * cout + o, &outputs, o, out);
+            }
+        }
+    })
+}
+
+/// `transform_output` for W channels from `o` (read at m[xi * slab + at ..][..W]); plain
+/// loops, as in `input_channels`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn output_channels<const W: usize>(
+    m: &[f32],
+    slab: usize,
+    at: usize,
+    outputs: &[Option<usize>; 4],
+    o: usize,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let mut e = [[0.0f32; W]; 16];
+    for xi in 0..16 {
+        e[xi].copy_from_slice(&m[xi * slab + at..][..W]);
+    }
+    // A^T M: two rows; then (A^T M) A: two columns of each.
+    let (mut a0, mut a1) = ([[0.0f32; W]; 4], [[0.0f32; W]; 4]);
+    for s in 0..4 {
+        for i in 0..W {
+            a0[s][i] = e[s][i] + e[4 + s][i] + e[8 + s][i];
+            a1[s][i] = e[4 + s][i] - e[8 + s][i] - e[12 + s][i];
+        }
+    }
+    let mut y = [[0.0f32; W]; 4];
+    for i in 0..W {
+        y[0][i] = a0[0][i] + a0[1][i] + a0[2][i];
+        y[1][i] = a0[1][i] - a0[2][i] - a0[3][i];
+        y[2][i] = a1[0][i] + a1[1][i] + a1[2][i];
+        y[3][i] = a1[1][i] - a1[2][i] - a1[3][i];
+    }
+    for (at, values) in outputs.iter().zip(&y) {
+        if let Some(at) = at {
+            for (dst, value) in out[at + o..][..W].iter_mut().zip(values) {
+                dst.write(*value);
             }
         }
     }
@@ -248,6 +387,10 @@ mod tests {
             ([1, 3, 3, 20], [30, 2, 3, 3], p(10)),
             ([5, 32, 32, 20], [20, 2, 3, 3], p(10)),
             ([2, 6, 6, 320], [320, 32, 3, 3], p(10)),
+            // Several blocks of tiles per chunk, the last one partial; 12 channels per group
+            // take both the 8-wide and the one-channel transforms.
+            ([1, 37, 41, 24], [36, 12, 3, 3], p(2)),
+            ([2, 4, 4, 1024], [1024, 512, 3, 3], p(2)),
         ];
         let kernels =
             if simd() == Simd::Avx2 { vec![Simd::Portable, Simd::Avx2] } else { vec![Simd::Portable] };
