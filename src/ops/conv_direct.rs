@@ -70,28 +70,37 @@ impl PackedWeights {
         outs: usize,
         ins: usize,
         taps: usize,
-        weight: impl Fn(usize, usize, usize, usize) -> f32,
+        weight: impl Fn(usize, usize, usize, usize) -> f32 + Sync,
     ) -> Self {
-        let panels = outs.div_ceil(LANES);
-        let depth = taps * ins;
-        let mut data = vec![0.0; groups * panels * depth * LANES];
-        for grp in 0..groups {
-            for panel in 0..panels {
-                let block = &mut data[(grp * panels + panel) * depth * LANES..][..depth * LANES];
-                for tap in 0..taps {
-                    for i in 0..ins {
-                        let dst = &mut block[(tap * ins + i) * LANES..][..LANES];
-                        for (j, d) in dst.iter_mut().enumerate() {
-                            let o = panel * LANES + j;
-                            if o < outs {
-                                *d = weight(grp, o, tap, i);
-                            }
-                        }
+        let mut packed = Self::zeroed(groups, outs, ins, taps);
+        packed.fill_panels(|grp, panel, block| {
+            for tap in 0..taps {
+                for i in 0..ins {
+                    let dst = &mut block[(tap * ins + i) * LANES..][..LANES];
+                    for (j, d) in dst.iter_mut().enumerate().take(outs.saturating_sub(panel * LANES)) {
+                        *d = weight(grp, panel * LANES + j, tap, i);
                     }
                 }
             }
-        }
-        PackedWeights { data, panels, depth }
+        });
+        packed
+    }
+
+    /// All weights zero, to be set with `fill_panels`.
+    pub(crate) fn zeroed(groups: usize, outs: usize, ins: usize, taps: usize) -> Self {
+        let panels = outs.div_ceil(LANES);
+        let depth = taps * ins;
+        PackedWeights { data: vec![0.0; groups * panels * depth * LANES], panels, depth }
+    }
+
+    /// Calls `fill(group, panel, block)` for every panel in parallel; `block[(tap * ins + in) *
+    /// 16 + j]` is the weight of output channel `panel * 16 + j`.
+    pub(crate) fn fill_panels(&mut self, fill: impl Fn(usize, usize, &mut [f32]) + Sync) {
+        let panels = self.panels;
+        self.data
+            .par_chunks_mut(self.depth * LANES)
+            .enumerate()
+            .for_each(|(k, block)| fill(k / panels, k % panels, block));
     }
 
     /// For the forward pass: OIHW weights as they are.

@@ -29,9 +29,10 @@ pub fn applies(g: &ConvGeometry) -> bool {
     g.kernel == 3 && g.stride == 1 && g.padding == 1
 }
 
-/// The transformed weights U[xi] = (G g G^T)[xi], packed for the microkernel: 16 1x1 kernels.
+/// The transformed weights U[xi] = (G g G^T)[xi], packed for the microkernel with xi in place
+/// of the tap: each panel holds U[xi][c][16 outputs] for xi = 0..16.
 pub struct WinogradWeights {
-    per_xi: Vec<PackedWeights>,
+    packed: PackedWeights,
 }
 
 impl WinogradWeights {
@@ -40,15 +41,16 @@ impl WinogradWeights {
         groups: usize,
         outs: usize,
         ins: usize,
-        weight: impl Fn(usize, usize, usize, usize) -> f32,
+        weight: impl Fn(usize, usize, usize, usize) -> f32 + Sync,
     ) -> Self {
-        // u[xi] for every (group, out, in): G g G^T with G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1].
-        let mut u = vec![[0.0f32; 16]; groups * outs * ins];
-        for grp in 0..groups {
-            for o in 0..outs {
+        let mut packed = PackedWeights::zeroed(groups, outs, ins, 16);
+        packed.fill_panels(|grp, panel, block| {
+            for j in 0..LANES.min(outs.saturating_sub(panel * LANES)) {
+                let o = panel * LANES + j;
                 for i in 0..ins {
+                    // G g G^T with G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. First G g: row
+                    // combinations of the kernel's columns.
                     let k = |r: usize, s: usize| weight(grp, o, r * 3 + s, i);
-                    // G g: row combinations of the kernel's columns.
                     let column = |s: usize| (k(0, s), k(1, s), k(2, s));
                     let gg: [[f32; 3]; 4] = [
                         std::array::from_fn(|s| column(s).0),
@@ -62,23 +64,16 @@ impl WinogradWeights {
                         }),
                         std::array::from_fn(|s| column(s).2),
                     ];
-                    let dst = &mut u[(grp * outs + o) * ins + i];
-                    for r in 0..4 {
-                        let [a, b, c] = gg[r];
-                        dst[r * 4] = a;
-                        dst[r * 4 + 1] = 0.5 * (a + b + c);
-                        dst[r * 4 + 2] = 0.5 * (a - b + c);
-                        dst[r * 4 + 3] = c;
+                    for (r, &[a, b, c]) in gg.iter().enumerate() {
+                        let row = [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+                        for (s, value) in row.into_iter().enumerate() {
+                            block[((r * 4 + s) * ins + i) * LANES + j] = value;
+                        }
                     }
                 }
             }
-        }
-        let per_xi = (0..16)
-            .map(|xi| {
-                PackedWeights::pack(groups, outs, ins, 1, |grp, o, _, i| u[(grp * outs + o) * ins + i][xi])
-            })
-            .collect();
-        WinogradWeights { per_xi }
+        });
+        WinogradWeights { packed }
     }
 
     /// For the forward pass: OIHW weights.
@@ -195,11 +190,11 @@ fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) ->
 /// V[xi][t][c] U[xi][c][o], 6 tiles x 16 output channels at a time.
 fn multiply(simd: Simd, v: &[f32], w: &WinogradWeights, g: &ConvGeometry, n: usize, m: &mut [f32]) {
     let (c, cout, cpg, opg) = (g.in_channels, g.out_channels, g.in_per_group(), g.out_per_group());
-    for (xi, weights) in w.per_xi.iter().enumerate() {
+    for xi in 0..16 {
         for grp in 0..g.groups {
             for panel in 0..opg.div_ceil(LANES) {
                 let width = LANES.min(opg - panel * LANES);
-                let panel_weights = weights.panel(grp, panel);
+                let panel_weights = &w.packed.panel(grp, panel)[xi * cpg * LANES..];
                 let col = grp * opg + panel * LANES;
                 for t0 in (0..n).step_by(ROWS) {
                     let rows: [usize; ROWS] = std::array::from_fn(|r| (t0 + r) * c);
