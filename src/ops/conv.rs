@@ -535,12 +535,15 @@ fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
             Direction::BackwardData => cpg >= 8,
             Direction::BackwardWeight => (8..=16).contains(&cpg) && opg <= 16,
         };
-    // Winograd computes 3x3, stride-1, padding-1 forward convolutions (backward data included).
-    // It pays where its 2.25x fewer multiplications outweigh the transforms: groups of 32 or
-    // more channels, dense or grouped, at every image size of the models (1.2-1.7x the direct
-    // kernels); at 16 channels per group it ties (grouped) or loses (dense).
-    let winograd = direction != Direction::BackwardWeight && conv_winograd::applies(g);
-    let winograd_pays = winograd && cpg.min(opg) >= 32;
+    // Winograd computes 3x3, stride-1, padding-1 convolutions in all three directions. It pays
+    // where its 2.25x fewer multiplications outweigh the transforms: forward and backward data
+    // for groups of 32 or more channels, dense or grouped, at every image size of the models
+    // (1.2-1.7x the direct kernels; at 16 channels per group it ties or loses); weight
+    // gradients of the same layers on 8x8 or larger images (10-20% over the GEMM; slower on
+    // 4x4 images, whose chunks hold too few tiles to reduce over).
+    let winograd = conv_winograd::applies(g);
+    let winograd_pays =
+        winograd && cpg.min(opg) >= 32 && (direction != Direction::BackwardWeight || g.height >= 8);
     match forced_cpu_conv() {
         _ if !possible => CpuConv::Gemm,
         Some(CpuConv::Winograd) if !winograd => CpuConv::Direct,
@@ -627,12 +630,14 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
     BACKWARD_WEIGHT_CALLS.with(|c| c.set(c.get() + 1));
     ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
     match x.device() {
-        Device::Cpu if cpu_conv(g, Direction::BackwardWeight) == CpuConv::Direct => Ok(Tensor::from_vec(
-            &g.weight_shape(),
-            conv_direct::backward_weight(x.as_slice(), dy.as_slice(), g),
-        )),
         Device::Cpu => {
-            Ok(Tensor::from_vec(&g.weight_shape(), backward_weight_cpu(x.as_slice(), dy.as_slice(), g)))
+            let (x, dy) = (x.as_slice(), dy.as_slice());
+            let dw = match cpu_conv(g, Direction::BackwardWeight) {
+                CpuConv::Direct => conv_direct::backward_weight(x, dy, g),
+                CpuConv::Winograd => conv_winograd::backward_weight(x, dy, g),
+                CpuConv::Gemm => backward_weight_cpu(x, dy, g),
+            };
+            Ok(Tensor::from_vec(&g.weight_shape(), dw))
         }
         d => {
             // Split the reduction over output pixels so that small weight tensors still fill the
@@ -818,14 +823,16 @@ mod tests {
 
     #[test]
     fn wide_layers_through_the_tape_match_the_reference_and_finite_differences() {
-        // Shapes for which the default choice is Winograd (forward and backward data) and the
-        // GEMM (weight gradient), as in PreAct-18 width 64.
+        // Shapes for which the default choice is Winograd in all three directions, as in
+        // PreAct-18 width 64.
         let p = Conv2dParams { stride: 1, padding: 1, groups: 1 };
         for (n, (xs, ws)) in
             [([2, 16, 16, 64], [64, 64, 3, 3]), ([1, 8, 8, 128], [128, 128, 3, 3])].into_iter().enumerate()
         {
             let g = ConvGeometry::new(&xs, &ws, p).unwrap();
-            assert!(forced_cpu_conv().is_some() || cpu_conv(&g, Direction::Forward) == CpuConv::Winograd);
+            for direction in [Direction::Forward, Direction::BackwardData, Direction::BackwardWeight] {
+                assert!(forced_cpu_conv().is_some() || cpu_conv(&g, direction) == CpuConv::Winograd);
+            }
             let (x, w) = (random_tensor(&xs, 90 + n as u64), random_tensor(&ws, 95 + n as u64));
             let y = conv2d_forward(&x, &w, p).unwrap();
             let exact = reference::forward(x.as_slice(), w.as_slice(), &g);

@@ -380,7 +380,7 @@ fn weight_chunk(
 /// One weight-gradient tile: `tile[r][j]` = sum over output pixels p of
 /// dy[p * cout + dy_at + r] * input[starts[p] + x_at + j], for r < outs and j < ins.
 #[allow(clippy::too_many_arguments)]
-fn weight_tile(
+pub(crate) fn weight_tile(
     simd: Simd,
     input: &[f32],
     starts: &[usize],

@@ -22,7 +22,8 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::conv::ConvGeometry;
-use super::conv_direct::{LANES, PackedWeights, ROWS, Simd, forward_tile, simd};
+use super::conv_direct::{LANES, PackedWeights, ROWS, Simd, forward_tile, simd, weight_tile};
+use crate::parallel;
 
 /// Whether this convolution is one the transform computes: 3x3, stride 1, padding 1.
 pub fn applies(g: &ConvGeometry) -> bool {
@@ -216,6 +217,99 @@ fn multiply(simd: Simd, v: &[f32], w: &WinogradWeights, g: &ConvGeometry, n: usi
     }
 }
 
+/// dL/dw (OIHW) of a 3x3, stride-1, padding-1 convolution (`applies`): with V the transformed
+/// inputs as in the forward pass and dM[xi] = A dY A^T the transformed 2x2 output gradients of
+/// every tile, dU[xi][o][c] = sum over tiles of dM[xi][t][o] V[xi][t][c], and dw = G^T dU G.
+/// Chunks of images are reduced in fixed parts summed in order (deterministic).
+pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    backward_weight_with(simd(), x, dy, g)
+}
+
+fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    assert!(applies(g));
+    let (c, cout, cpg) = (g.in_channels, g.out_channels, g.in_per_group());
+    let (h, wd) = (g.height, g.width);
+    let tiling = Tiling { height: h, width: wd, channels: c, tiles_y: h.div_ceil(2), tiles_x: wd.div_ceil(2) };
+    let tiles_per_image = tiling.tiles_y * tiling.tiles_x;
+    let per_chunk = 64usize.div_ceil(tiles_per_image).min((g.batch / 4).max(1));
+    // Blocks as in the forward pass, but at least 32 tiles: each microkernel tile reduces over
+    // the block's tiles before it is added to dU.
+    let block = (4096 / (c + cout)).clamp(32, 256);
+    let parts = parallel::map_parts(g.batch.div_ceil(per_chunk), |chunks| {
+        let mut du = vec![0.0f32; 16 * cout * cpg];
+        BUFFERS.with(|buffers| {
+            let [v, m] = &mut *buffers.borrow_mut();
+            let (v, m) = (sized(v, 16 * block * c), sized(m, 16 * block * cout));
+            for chunk in chunks {
+                let first = chunk * per_chunk;
+                let count = per_chunk.min(g.batch - first);
+                let x = &x[first * h * wd * c..][..count * h * wd * c];
+                let dy = &dy[first * h * wd * cout..][..count * h * wd * cout];
+                let tiles = count * tiles_per_image;
+                for first in (0..tiles).step_by(block) {
+                    let n = block.min(tiles - first);
+                    let (v, m) = (&mut v[..16 * n * c], &mut m[..16 * n * cout]);
+                    transform_input(simd, x, &tiling, first..first + n, v);
+                    transform_gradient(simd, dy, &tiling, first..first + n, cout, m);
+                    accumulate(simd, v, m, g, n, &mut du);
+                }
+            }
+        });
+        du
+    });
+    weight_gradient(&parallel::sum_in_order(parts), g)
+}
+
+/// dU[xi][o][c] += sum over the block's `n` tiles of dM[xi][t][o] V[xi][t][c], per group, by
+/// the direct weight-gradient microkernel (6 output x 16 input channels at a time).
+fn accumulate(simd: Simd, v: &[f32], m: &[f32], g: &ConvGeometry, n: usize, du: &mut [f32]) {
+    let (c, cout, cpg, opg) = (g.in_channels, g.out_channels, g.in_per_group(), g.out_per_group());
+    let starts: Vec<usize> = (0..n).map(|t| t * c).collect();
+    for xi in 0..16 {
+        for grp in 0..g.groups {
+            for o0 in (0..opg).step_by(ROWS) {
+                let outs = ROWS.min(opg - o0);
+                for c0 in (0..cpg).step_by(LANES) {
+                    let ins = LANES.min(cpg - c0);
+                    let mut tile = [[0.0f32; LANES]; ROWS];
+                    let (x_at, dy_at) = (xi * n * c + grp * cpg + c0, xi * n * cout + grp * opg + o0);
+                    weight_tile(simd, v, &starts, x_at, ins, m, cout, dy_at, outs, &mut tile);
+                    for (r, row) in tile.iter().enumerate().take(outs) {
+                        let dst = &mut du[(xi * cout + grp * opg + o0 + r) * cpg + c0..][..ins];
+                        for (d, value) in dst.iter_mut().zip(row) {
+                            *d += value;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dw (OIHW) = G^T dU G from dU[xi][o][c], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1].
+fn weight_gradient(du: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let (cout, cpg) = (g.out_channels, g.in_per_group());
+    let mut dw = vec![0.0f32; cout * cpg * 9];
+    dw.par_chunks_mut(cpg * 9).enumerate().for_each(|(o, dw)| {
+        for (ci, k) in dw.chunks_exact_mut(9).enumerate() {
+            let u = |r: usize, s: usize| du[((r * 4 + s) * cout + o) * cpg + ci];
+            // G^T dU: three rows of column combinations.
+            let rows: [[f32; 4]; 3] = [
+                std::array::from_fn(|s| u(0, s) + 0.5 * (u(1, s) + u(2, s))),
+                std::array::from_fn(|s| 0.5 * (u(1, s) - u(2, s))),
+                std::array::from_fn(|s| 0.5 * (u(1, s) + u(2, s)) + u(3, s)),
+            ];
+            // (G^T dU) G.
+            for (a, row) in rows.iter().enumerate() {
+                k[a * 3] = row[0] + 0.5 * (row[1] + row[2]);
+                k[a * 3 + 1] = 0.5 * (row[1] - row[2]);
+                k[a * 3 + 2] = 0.5 * (row[1] + row[2]) + row[3];
+            }
+        }
+    });
+    dw
+}
+
 /// Runs `$body` with AVX2 enabled when `$simd` says so (so that the arrays of 8 below become
 /// vector instructions), else as portable code; both compute the same additions.
 macro_rules! with_simd {
@@ -364,6 +458,75 @@ fn output_channels<const W: usize>(
     }
 }
 
+/// dM[xi][t][o] = (A dY A^T)[xi] for the 2x2 output gradient dY of every tile t of `tiles`
+/// (zero where it falls outside the image), A^T = [1 1 1 0; 0 1 -1 -1]: the transpose of the
+/// output transform.
+fn transform_gradient(
+    simd: Simd,
+    dy: &[f32],
+    tiling: &Tiling,
+    tiles: std::ops::Range<usize>,
+    cout: usize,
+    m: &mut [f32],
+) {
+    let slab = tiles.len() * cout;
+    with_simd!(simd, {
+        for (t, tile) in tiles.enumerate() {
+            let outputs = tiling.outputs(tile, cout);
+            let mut o = 0;
+            while o + 8 <= cout {
+                gradient_channels::<8>(dy, &outputs, o, m, slab, t * cout + o);
+                o += 8;
+            }
+            for o in o..cout {
+                gradient_channels::<1>(dy, &outputs, o, m, slab, t * cout + o);
+            }
+        }
+    })
+}
+
+/// `transform_gradient` for W channels from `o`, written to m[xi * slab + at ..][..W].
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn gradient_channels<const W: usize>(
+    dy: &[f32],
+    outputs: &[Option<usize>; 4],
+    o: usize,
+    m: &mut [f32],
+    slab: usize,
+    at: usize,
+) {
+    let mut y = [[0.0f32; W]; 4];
+    for k in 0..4 {
+        if let Some(p) = outputs[k] {
+            y[k].copy_from_slice(&dy[p + o..][..W]);
+        }
+    }
+    // A dY: four rows from the two (y[0], y[1] and y[2], y[3]); then (A dY) A^T: four columns
+    // of each row from its two.
+    let mut ay = [[[0.0f32; W]; 2]; 4];
+    for b in 0..2 {
+        for i in 0..W {
+            ay[0][b][i] = y[b][i];
+            ay[1][b][i] = y[b][i] + y[2 + b][i];
+            ay[2][b][i] = y[b][i] - y[2 + b][i];
+            ay[3][b][i] = -y[2 + b][i];
+        }
+    }
+    for (r, row) in ay.iter().enumerate() {
+        let mut values = [[0.0f32; W]; 4];
+        for i in 0..W {
+            values[0][i] = row[0][i];
+            values[1][i] = row[0][i] + row[1][i];
+            values[2][i] = row[0][i] - row[1][i];
+            values[3][i] = -row[1][i];
+        }
+        for (s, value) in values.iter().enumerate() {
+            m[(r * 4 + s) * slab + at..][..W].copy_from_slice(value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,7 +535,7 @@ mod tests {
     use crate::ops::gradcheck::random_tensor;
 
     #[test]
-    fn forward_and_input_gradient_match_the_f64_reference() {
+    fn every_direction_matches_the_f64_reference() {
         let p = |groups| Conv2dParams { stride: 1, padding: 1, groups };
         let shapes = [
             ([2, 5, 7, 3], [4, 3, 3, 3], p(1)),
@@ -402,9 +565,11 @@ mod tests {
                     &WinogradWeights::backward_data(w, &g),
                     &backward_data_geometry(&g),
                 );
+                let dw = backward_weight_with(simd, x, dy, &g);
                 for (what, ours, exact) in [
                     ("forward", y, reference::forward(x, w, &g)),
                     ("input gradient", dx, reference::input_gradient(dy, w, &g)),
+                    ("weight gradient", dw, reference::weight_gradient(x, dy, &g)),
                 ] {
                     let scale = exact.iter().fold(1.0f64, |m, v| m.max(v.abs()));
                     for (i, (a, b)) in ours.iter().zip(&exact).enumerate() {
