@@ -11,6 +11,7 @@
 //! the fallback on any machine). Both add in the same order; they differ only in that the
 //! portable kernels round each product before adding it (no fused multiply-add without FMA).
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -221,9 +222,7 @@ fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> V
             let (starts, taps) = windows(g, count);
             with_input(x, g, first, count, |input| {
                 every_tile(simd, input, &starts, &taps, w, g.groups, cpg, opg, |row, col0, values| {
-                    for (o, v) in out[row * cout + col0..][..values.len()].iter_mut().zip(values) {
-                        o.write(*v);
-                    }
+                    store(&mut out[row * cout + col0..], values)
                 })
             })
         },
@@ -231,6 +230,16 @@ fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> V
     // SAFETY: all `len` elements were initialised above.
     unsafe { out.set_len(len) };
     out
+}
+
+/// Writes `values` at the start of `out`, as register moves when they are a whole panel (a
+/// copy of variable length is a call to memmove).
+#[inline(always)]
+fn store(out: &mut [MaybeUninit<f32>], values: &[f32]) {
+    let n = if values.len() == LANES { LANES } else { values.len() };
+    for (o, v) in out[..n].iter_mut().zip(&values[..n]) {
+        o.write(*v);
+    }
 }
 
 /// Runs the forward microkernel over every (group, panel of 16 output channels, 6 rows) tile:
@@ -248,13 +257,15 @@ fn every_tile(
     opg: usize,
     mut store: impl FnMut(usize, usize, &[f32]),
 ) {
+    // One accumulator for all tiles: the kernels overwrite it, and a fresh zeroed array per
+    // tile cost a call to memset each.
+    let mut acc = [[0.0f32; LANES]; ROWS];
     for grp in 0..groups {
         for panel in 0..w.panels {
             let weights = w.panel(grp, panel);
             let col0 = grp * opg + panel * LANES;
             let width = LANES.min(opg - panel * LANES);
             for (tile, rows) in starts.chunks(ROWS).enumerate() {
-                let mut acc = [[0.0f32; LANES]; ROWS];
                 forward_tile(simd, input, rows, grp * cpg, taps, cpg, weights, &mut acc);
                 for (r, a) in acc.iter().enumerate().take(rows.len()) {
                     store(tile * ROWS + r, col0, &a[..width]);
@@ -264,7 +275,7 @@ fn every_tile(
     }
 }
 
-/// One forward tile: `acc[r][j]` = sum over taps t and channels c of
+/// One forward tile: `acc[r][j]` (overwritten) = sum over taps t and channels c of
 /// input[rows[r] + base + taps[t] + c] * weights[(t * cpg + c) * 16 + j].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_tile(
@@ -296,6 +307,7 @@ pub(crate) fn forward_tile(
             }
         },
         _ => {
+            *acc = [[0.0; LANES]; ROWS];
             let mut k = 0;
             for &t in taps {
                 for c in 0..cpg {
@@ -353,6 +365,7 @@ fn weight_chunk(
     let (cout, opg, cpg, kk) = (g.out_channels, g.out_per_group(), g.in_per_group(), taps.len());
     // A block of pixels at a time, so that the inputs and gradients every tile of the block
     // reads stay in the L1 cache.
+    let mut tile = [[0.0f32; LANES]; ROWS];
     for (block, starts) in starts.chunks(PIXEL_BLOCK).enumerate() {
         let grads = &grads[block * PIXEL_BLOCK * cout..];
         for grp in 0..g.groups {
@@ -361,7 +374,6 @@ fn weight_chunk(
                     let outs = ROWS.min(opg - o0);
                     for c0 in (0..cpg).step_by(LANES) {
                         let ins = LANES.min(cpg - c0);
-                        let mut tile = [[0.0f32; LANES]; ROWS];
                         let (x_at, dy_at) = (grp * cpg + c0 + t, grp * opg + o0);
                         weight_tile(simd, input, starts, x_at, ins, grads, cout, dy_at, outs, &mut tile);
                         for (r, row) in tile.iter().enumerate().take(outs) {
@@ -377,7 +389,7 @@ fn weight_chunk(
     }
 }
 
-/// One weight-gradient tile: `tile[r][j]` = sum over output pixels p of
+/// One weight-gradient tile: `tile[r][j]` (overwritten) = sum over output pixels p of
 /// dy[p * cout + dy_at + r] * input[starts[p] + x_at + j], for r < outs and j < ins.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn weight_tile(
@@ -411,6 +423,7 @@ pub(crate) fn weight_tile(
             }
         },
         _ => {
+            *tile = [[0.0; LANES]; ROWS];
             for (p, &start) in starts.iter().enumerate() {
                 let xv = &input[start + x_at..][..ins];
                 for (r, row) in tile.iter_mut().enumerate().take(outs) {

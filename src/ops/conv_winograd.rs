@@ -191,6 +191,7 @@ fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) ->
 /// V[xi][t][c] U[xi][c][o], 6 tiles x 16 output channels at a time.
 fn multiply(simd: Simd, v: &[f32], w: &WinogradWeights, g: &ConvGeometry, n: usize, m: &mut [f32]) {
     let (c, cout, cpg, opg) = (g.in_channels, g.out_channels, g.in_per_group(), g.out_per_group());
+    let mut acc = [[0.0f32; LANES]; ROWS];
     for xi in 0..16 {
         for grp in 0..g.groups {
             for panel in 0..opg.div_ceil(LANES) {
@@ -200,7 +201,6 @@ fn multiply(simd: Simd, v: &[f32], w: &WinogradWeights, g: &ConvGeometry, n: usi
                 for t0 in (0..n).step_by(ROWS) {
                     let rows: [usize; ROWS] = std::array::from_fn(|r| (t0 + r) * c);
                     let rows = &rows[..ROWS.min(n - t0)];
-                    let mut acc = [[0.0f32; LANES]; ROWS];
                     forward_tile(simd, v, rows, xi * n * c + grp * cpg, &[0], cpg, panel_weights, &mut acc);
                     for (r, a) in acc.iter().enumerate().take(rows.len()) {
                         let dst = &mut m[(xi * n + t0 + r) * cout + col..];
@@ -229,7 +229,8 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> 
     assert!(applies(g));
     let (c, cout, cpg) = (g.in_channels, g.out_channels, g.in_per_group());
     let (h, wd) = (g.height, g.width);
-    let tiling = Tiling { height: h, width: wd, channels: c, tiles_y: h.div_ceil(2), tiles_x: wd.div_ceil(2) };
+    let tiling =
+        Tiling { height: h, width: wd, channels: c, tiles_y: h.div_ceil(2), tiles_x: wd.div_ceil(2) };
     let tiles_per_image = tiling.tiles_y * tiling.tiles_x;
     let per_chunk = 64usize.div_ceil(tiles_per_image).min((g.batch / 4).max(1));
     // Blocks as in the forward pass, but at least 32 tiles: each microkernel tile reduces over
@@ -265,13 +266,13 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> 
 fn accumulate(simd: Simd, v: &[f32], m: &[f32], g: &ConvGeometry, n: usize, du: &mut [f32]) {
     let (c, cout, cpg, opg) = (g.in_channels, g.out_channels, g.in_per_group(), g.out_per_group());
     let starts: Vec<usize> = (0..n).map(|t| t * c).collect();
+    let mut tile = [[0.0f32; LANES]; ROWS];
     for xi in 0..16 {
         for grp in 0..g.groups {
             for o0 in (0..opg).step_by(ROWS) {
                 let outs = ROWS.min(opg - o0);
                 for c0 in (0..cpg).step_by(LANES) {
                     let ins = LANES.min(cpg - c0);
-                    let mut tile = [[0.0f32; LANES]; ROWS];
                     let (x_at, dy_at) = (xi * n * c + grp * cpg + c0, xi * n * cout + grp * opg + o0);
                     weight_tile(simd, v, &starts, x_at, ins, m, cout, dy_at, outs, &mut tile);
                     for (r, row) in tile.iter().enumerate().take(outs) {
