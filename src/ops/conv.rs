@@ -493,9 +493,10 @@ fn tiled(name: &str, rows: usize, cols: usize, z: usize) -> (String, LaunchConfi
     (kernel, LaunchConfig::new(grid, [256, 1, 1]))
 }
 
-/// Which CPU algorithm runs a convolution: the direct microkernels (`conv_direct`), or
-/// unfolding plus a GEMM (this file). `MOCSE_CPU_CONV=direct|gemm` forces one everywhere (for
-/// tests and measurements); by default each direction picks the faster for its shape.
+/// Which CPU algorithm runs a convolution: the direct microkernels (`conv_direct`), Winograd
+/// (`conv_winograd`), or unfolding plus a GEMM (this file). `MOCSE_CPU_CONV=direct|gemm|winograd`
+/// forces one wherever it applies (for tests and measurements); by default each direction
+/// picks the faster for its shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuConv {
     Direct,
@@ -503,11 +504,55 @@ pub enum CpuConv {
     Winograd,
 }
 
+/// One of the three computations a convolution layer needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Direction {
+pub enum Direction {
     Forward,
     BackwardData,
     BackwardWeight,
+}
+
+impl CpuConv {
+    /// Whether this algorithm computes `direction` of the convolution `g`: the GEMM every one,
+    /// the direct kernels backward data only at stride 1 (as a forward convolution), Winograd
+    /// only 3x3 convolutions at stride 1 with padding 1.
+    pub fn computes(self, direction: Direction, g: &ConvGeometry) -> bool {
+        match self {
+            CpuConv::Gemm => true,
+            CpuConv::Direct => {
+                direction != Direction::BackwardData || (g.stride == 1 && g.padding < g.kernel)
+            }
+            CpuConv::Winograd => conv_winograd::applies(g),
+        }
+    }
+
+    /// `direction` of the convolution `g` on the CPU by this algorithm (which must compute it):
+    /// the output from (x, w), the input gradient from (dy, w), or the weight gradient from
+    /// (x, dy). Weights are packed or transformed inside, as every call must.
+    pub fn run(self, direction: Direction, a: &[f32], b: &[f32], g: &ConvGeometry) -> Vec<f32> {
+        assert!(self.computes(direction, g), "{self:?} does not compute {direction:?} of {g:?}");
+        match (self, direction) {
+            (CpuConv::Direct, Direction::Forward) => {
+                conv_direct::forward(a, &conv_direct::PackedWeights::forward(b, g), g)
+            }
+            (CpuConv::Direct, Direction::BackwardData) => {
+                let packed = conv_direct::PackedWeights::backward_data(b, g);
+                conv_direct::forward(a, &packed, &conv_direct::backward_data_geometry(g))
+            }
+            (CpuConv::Direct, Direction::BackwardWeight) => conv_direct::backward_weight(a, b, g),
+            (CpuConv::Winograd, Direction::Forward) => {
+                conv_winograd::forward(a, &conv_winograd::WinogradWeights::forward(b, g), g)
+            }
+            (CpuConv::Winograd, Direction::BackwardData) => {
+                let transformed = conv_winograd::WinogradWeights::backward_data(b, g);
+                conv_winograd::forward(a, &transformed, &conv_direct::backward_data_geometry(g))
+            }
+            (CpuConv::Winograd, Direction::BackwardWeight) => conv_winograd::backward_weight(a, b, g),
+            (CpuConv::Gemm, Direction::Forward) => forward_cpu(a, &oihw_to_ohwi(b, g), g),
+            (CpuConv::Gemm, Direction::BackwardData) => backward_data_cpu(a, &oihw_to_ohwi(b, g), g),
+            (CpuConv::Gemm, Direction::BackwardWeight) => backward_weight_cpu(a, b, g),
+        }
+    }
 }
 
 fn forced_cpu_conv() -> Option<CpuConv> {
@@ -520,10 +565,10 @@ fn forced_cpu_conv() -> Option<CpuConv> {
     })
 }
 
-fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
+/// The algorithm that runs `direction` of the convolution `g` on the CPU.
+pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     let (cpg, opg) = (g.in_per_group(), g.out_per_group());
-    // Backward data runs directly only as a stride-1 forward convolution.
-    let possible = direction != Direction::BackwardData || (g.stride == 1 && g.padding < g.kernel);
+    let possible = CpuConv::Direct.computes(direction, g);
     // Measured per layer (`mocse bench --what conv-layers`, BENCHMARKS.md): the direct kernels
     // win for every 3x3 forward (up to 2x where groups are 16 channels wide: no packing of a
     // 16-column GEMM's operands) and for 3x3 backward data producing 8 or more channels per
@@ -536,14 +581,19 @@ fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
             Direction::BackwardWeight => (8..=16).contains(&cpg) && opg <= 16,
         };
     // Winograd computes 3x3, stride-1, padding-1 convolutions in all three directions. It pays
-    // where its 2.25x fewer multiplications outweigh the transforms: forward and backward data
-    // for groups of 32 or more channels, dense or grouped, at every image size of the models
-    // (1.2-1.7x the direct kernels; at 16 channels per group it ties or loses); weight
-    // gradients of the same layers on 8x8 or larger images (10-20% over the GEMM; slower on
-    // 4x4 images, whose chunks hold too few tiles to reduce over).
-    let winograd = conv_winograd::applies(g);
-    let winograd_pays =
-        winograd && cpg.min(opg) >= 32 && (direction != Direction::BackwardWeight || g.height >= 8);
+    // where its 2.25x fewer multiplications outweigh the transforms (`cargo bench --bench
+    // cpu_conv`, BENCHMARKS.md): forward and backward data for groups of 32 or more channels,
+    // or 16 when there are 128 or more channels in all (the per-tile overhead is shared by all
+    // groups): up to 1.7x the direct kernels, a tie at worst (MoCSE's 4x4 layer). Weight gradients of the same layers on 16x16 or larger
+    // images, or on 8x8 ones with at most 64 channels per group (10-40% over the GEMM; the
+    // GEMM wins on wider 8x8 and on 4x4 layers, whose chunks hold too few tiles to reduce over).
+    let winograd = CpuConv::Winograd.computes(direction, g);
+    let narrowest = cpg.min(opg);
+    let winograd_pays = winograd
+        && match direction {
+            Direction::BackwardWeight => narrowest >= 32 && g.height >= 8 && (g.height >= 16 || cpg <= 64),
+            _ => narrowest >= 32 || (narrowest >= 16 && g.in_channels.min(g.out_channels) >= 128),
+        };
     match forced_cpu_conv() {
         _ if !possible => CpuConv::Gemm,
         Some(CpuConv::Winograd) if !winograd => CpuConv::Direct,
@@ -558,17 +608,9 @@ fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     match x.device() {
-        Device::Cpu if cpu_conv(&g, Direction::Forward) == CpuConv::Winograd => {
-            let transformed = conv_winograd::WinogradWeights::forward(w.as_slice(), &g);
-            Ok(Tensor::from_vec(&g.output_shape(), conv_winograd::forward(x.as_slice(), &transformed, &g)))
-        }
-        Device::Cpu if cpu_conv(&g, Direction::Forward) == CpuConv::Direct => {
-            let packed = conv_direct::PackedWeights::forward(w.as_slice(), &g);
-            Ok(Tensor::from_vec(&g.output_shape(), conv_direct::forward(x.as_slice(), &packed, &g)))
-        }
         Device::Cpu => {
-            let w_ohwi = oihw_to_ohwi(w.as_slice(), &g);
-            Ok(Tensor::from_vec(&g.output_shape(), forward_cpu(x.as_slice(), &w_ohwi, &g)))
+            let y = cpu_conv(&g, Direction::Forward).run(Direction::Forward, x.as_slice(), w.as_slice(), &g);
+            Ok(Tensor::from_vec(&g.output_shape(), y))
         }
         Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::forward(x, w, &g),
         d => {
@@ -588,19 +630,14 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result
     ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
     let x_shape = [g.batch, g.height, g.width, g.in_channels];
     match dy.device() {
-        Device::Cpu if cpu_conv(g, Direction::BackwardData) == CpuConv::Winograd => {
-            let transformed = conv_winograd::WinogradWeights::backward_data(w.as_slice(), g);
-            let as_forward = conv_direct::backward_data_geometry(g);
-            Ok(Tensor::from_vec(&x_shape, conv_winograd::forward(dy.as_slice(), &transformed, &as_forward)))
-        }
-        Device::Cpu if cpu_conv(g, Direction::BackwardData) == CpuConv::Direct => {
-            let packed = conv_direct::PackedWeights::backward_data(w.as_slice(), g);
-            let as_forward = conv_direct::backward_data_geometry(g);
-            Ok(Tensor::from_vec(&x_shape, conv_direct::forward(dy.as_slice(), &packed, &as_forward)))
-        }
         Device::Cpu => {
-            let w_ohwi = oihw_to_ohwi(w.as_slice(), g);
-            Ok(Tensor::from_vec(&x_shape, backward_data_cpu(dy.as_slice(), &w_ohwi, g)))
+            let dx = cpu_conv(g, Direction::BackwardData).run(
+                Direction::BackwardData,
+                dy.as_slice(),
+                w.as_slice(),
+                g,
+            );
+            Ok(Tensor::from_vec(&x_shape, dx))
         }
         Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::backward_data(dy, w, g),
         d => {
@@ -631,12 +668,12 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
     ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
     match x.device() {
         Device::Cpu => {
-            let (x, dy) = (x.as_slice(), dy.as_slice());
-            let dw = match cpu_conv(g, Direction::BackwardWeight) {
-                CpuConv::Direct => conv_direct::backward_weight(x, dy, g),
-                CpuConv::Winograd => conv_winograd::backward_weight(x, dy, g),
-                CpuConv::Gemm => backward_weight_cpu(x, dy, g),
-            };
+            let dw = cpu_conv(g, Direction::BackwardWeight).run(
+                Direction::BackwardWeight,
+                x.as_slice(),
+                dy.as_slice(),
+                g,
+            );
             Ok(Tensor::from_vec(&g.weight_shape(), dw))
         }
         d => {
@@ -827,7 +864,7 @@ mod tests {
         // PreAct-18 width 64.
         let p = Conv2dParams { stride: 1, padding: 1, groups: 1 };
         for (n, (xs, ws)) in
-            [([2, 16, 16, 64], [64, 64, 3, 3]), ([1, 8, 8, 128], [128, 128, 3, 3])].into_iter().enumerate()
+            [([2, 16, 16, 64], [64, 64, 3, 3]), ([1, 8, 8, 64], [64, 64, 3, 3])].into_iter().enumerate()
         {
             let g = ConvGeometry::new(&xs, &ws, p).unwrap();
             for direction in [Direction::Forward, Direction::BackwardData, Direction::BackwardWeight] {
