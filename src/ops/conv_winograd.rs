@@ -8,12 +8,13 @@
 //!    transformed once per call, U = G g G^T, by the direct convolution's microkernel;
 //! 3. output transform: the 2x2 outputs A^T M A of every tile, straight into the output.
 //!
-//! All three run per group and per block of tiles small enough that V and M stay in the L2
-//! cache: the transforms are a few additions per value, so a layout that sent V and M through
+//! All three run per block of tiles (all groups at once) small enough that V and M stay in the
+//! L2 cache: the transforms are a few additions per value, so a layout that sent V and M through
 //! memory made Winograd lose to the direct kernels on narrow layers.
 //!
 //! Backward data at stride 1 is a forward convolution (`conv_direct::backward_data_geometry`),
-//! so it runs here too. All arithmetic is f32; the transforms' constants are 0, +-1 and 1/2,
+//! so it runs here too. The weight gradient transforms the inputs as above and the output
+//! gradients by A dY A^T, reduces their products over tiles and returns G^T dU G. All arithmetic is f32; the transforms' constants are 0, +-1 and 1/2,
 //! so the result differs from direct summation by rounding only (tested against f64).
 
 use std::cell::RefCell;
@@ -120,6 +121,15 @@ struct Tiling {
 }
 
 impl Tiling {
+    /// The tiles of `g`'s input images, and how many images a chunk (one unit of parallel work)
+    /// holds: at least 64 tiles, and at least four chunks per batch.
+    fn of(g: &ConvGeometry) -> (Tiling, usize) {
+        let (tiles_y, tiles_x) = (g.height.div_ceil(2), g.width.div_ceil(2));
+        let tiling = Tiling { height: g.height, width: g.width, channels: g.in_channels, tiles_y, tiles_x };
+        let per_chunk = 64usize.div_ceil(tiles_y * tiles_x).min((g.batch / 4).max(1));
+        (tiling, per_chunk)
+    }
+
     /// Image, tile row and tile column of tile `t` of a chunk.
     fn locate(&self, t: usize) -> (usize, usize, usize) {
         let per_image = self.tiles_y * self.tiles_x;
@@ -152,10 +162,8 @@ fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) ->
     assert!(applies(g));
     let (c, cout) = (g.in_channels, g.out_channels);
     let (h, wd) = (g.height, g.width);
-    let tiling =
-        Tiling { height: h, width: wd, channels: c, tiles_y: h.div_ceil(2), tiles_x: wd.div_ceil(2) };
+    let (tiling, per_chunk) = Tiling::of(g);
     let tiles_per_image = tiling.tiles_y * tiling.tiles_x;
-    let per_chunk = 64usize.div_ceil(tiles_per_image).min((g.batch / 4).max(1));
     // Tiles per block: V and M of a block (all channels) stay in the L2 cache, and a block is
     // tall enough that every panel of weights is used on several microkernel tiles.
     let block = (4096 / (c + cout)).clamp(24, 256);
@@ -229,10 +237,8 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> 
     assert!(applies(g));
     let (c, cout, cpg) = (g.in_channels, g.out_channels, g.in_per_group());
     let (h, wd) = (g.height, g.width);
-    let tiling =
-        Tiling { height: h, width: wd, channels: c, tiles_y: h.div_ceil(2), tiles_x: wd.div_ceil(2) };
+    let (tiling, per_chunk) = Tiling::of(g);
     let tiles_per_image = tiling.tiles_y * tiling.tiles_x;
-    let per_chunk = 64usize.div_ceil(tiles_per_image).min((g.batch / 4).max(1));
     // Blocks as in the forward pass, but at least 32 tiles: each microkernel tile reduces over
     // the block's tiles before it is added to dU.
     let block = (4096 / (c + cout)).clamp(32, 256);
