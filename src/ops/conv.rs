@@ -584,9 +584,10 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // where its 2.25x fewer multiplications outweigh the transforms (`cargo bench --bench
     // cpu_conv`, BENCHMARKS.md): forward and backward data for groups of 32 or more channels,
     // or 16 when there are 128 or more channels in all (the per-tile overhead is shared by all
-    // groups): up to 1.7x the direct kernels, a tie at worst (MoCSE's 4x4 layer). Weight gradients of the same layers on 16x16 or larger
-    // images, or on 8x8 ones with at most 64 channels per group (10-40% over the GEMM; the
-    // GEMM wins on wider 8x8 and on 4x4 layers, whose chunks hold too few tiles to reduce over).
+    // groups): up to 1.7x the direct kernels, a tie at worst (MoCSE's first stage, 10 groups of
+    // 16). Weight gradients of the same layers on 16x16 or larger images, or on 8x8 ones with
+    // at most 64 channels per group (1.05-1.4x the GEMM; the GEMM wins on wider 8x8 and on 4x4
+    // layers, whose chunks hold too few tiles to reduce over).
     let winograd = CpuConv::Winograd.computes(direction, g);
     let narrowest = cpg.min(opg);
     let winograd_pays = winograd
