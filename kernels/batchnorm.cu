@@ -4,11 +4,19 @@
 // (in double), and the finalize kernels add the parts in order, like the CPU device does.
 #include "common.cuh"
 
+// The gradient that reaches batch norm's output: dy itself, or where a relu follows it (relu_out,
+// that relu's output, not null), dy where the relu passed its input and 0 where it clipped it.
+__device__ __forceinline__ float through_relu(const float* __restrict__ dy, const float* __restrict__ relu_out,
+                                              long long i) {
+    return (relu_out == nullptr || relu_out[i] > 0.0f) ? dy[i] : 0.0f;
+}
+
 // grid (ceil(c / 32), parts), block (32, 8). partial: [parts][2][c].
 // Statistics (dy == nullptr): s0 = sum x, s1 = sum x^2.
-// Gradient: s0 = sum dy, s1 = sum dy * (x - mean) * inv_std.
+// Gradient: s0 = sum dy, s1 = sum dy * (x - mean) * inv_std, dy through the relu when relu_out is set.
 extern "C" __global__ void bn_partial_sums_f64(double* __restrict__ partial, const float* __restrict__ x,
-                                               const float* __restrict__ dy, const float* __restrict__ mean,
+                                               const float* __restrict__ dy, const float* __restrict__ relu_out,
+                                               const float* __restrict__ mean,
                                                const float* __restrict__ inv_std, int rows, int c,
                                                int rows_per_part) {
     __shared__ double s0[8][32];
@@ -25,7 +33,7 @@ extern "C" __global__ void bn_partial_sums_f64(double* __restrict__ partial, con
                 a += v;
                 b += (double)v * v;
             } else {
-                const float g = dy[(long long)r * c + ch];
+                const float g = through_relu(dy, relu_out, (long long)r * c + ch);
                 a += g;
                 b += (double)(g * ((v - mean[ch]) * inv_std[ch]));
             }
@@ -87,21 +95,24 @@ extern "C" __global__ void bn_inv_std_f32(float* __restrict__ inv_std, const flo
         inv_std[ch] = 1.0f / sqrtf(var[ch] + eps);
 }
 
-// y = (x - mean) * inv_std * gamma + beta, as one multiply-add per element.
+// y = (x - mean) * inv_std * gamma + beta, as one multiply-add per element, then relu(y) when
+// relu is set (a NaN propagates, as in relu_fwd_f32).
 extern "C" __global__ void bn_apply_f32(float* __restrict__ y, const float* __restrict__ x,
                                         const float* __restrict__ mean, const float* __restrict__ inv_std,
                                         const float* __restrict__ gamma, const float* __restrict__ beta, int n,
-                                        int c) {
+                                        int c, int relu) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const int ch = i % c;
         const float scale = gamma[ch] * inv_std[ch];
-        y[i] = x[i] * scale + (beta[ch] - mean[ch] * scale);
+        const float v = x[i] * scale + (beta[ch] - mean[ch] * scale);
+        y[i] = (relu && v < 0.0f) ? 0.0f : v;
     }
 }
 
-// Training mode: dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
+// Training mode: dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)), dy through
+// the relu when relu_out is set.
 extern "C" __global__ void bn_train_bwd_dx_f32(float* __restrict__ dx, const float* __restrict__ dy,
-                                               const float* __restrict__ x, const float* __restrict__ mean,
+                                               const float* __restrict__ relu_out, const float* __restrict__ x, const float* __restrict__ mean,
                                                const float* __restrict__ inv_std,
                                                const float* __restrict__ gamma,
                                                const float* __restrict__ sum_dy,
@@ -110,16 +121,18 @@ extern "C" __global__ void bn_train_bwd_dx_f32(float* __restrict__ dx, const flo
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const int ch = i % c;
         const float xhat = (x[i] - mean[ch]) * inv_std[ch];
-        dx[i] = gamma[ch] * inv_std[ch] * (dy[i] - sum_dy[ch] * inv_rows - xhat * (sum_dy_xhat[ch] * inv_rows));
+        const float g = through_relu(dy, relu_out, i);
+        dx[i] = gamma[ch] * inv_std[ch] * (g - sum_dy[ch] * inv_rows - xhat * (sum_dy_xhat[ch] * inv_rows));
     }
 }
 
-// Evaluation mode: a fixed affine map, dx = dy * gamma * inv_std.
+// Evaluation mode: a fixed affine map, dx = dy * gamma * inv_std, dy through the relu when
+// relu_out is set.
 extern "C" __global__ void bn_eval_bwd_dx_f32(float* __restrict__ dx, const float* __restrict__ dy,
-                                              const float* __restrict__ inv_std,
+                                              const float* __restrict__ relu_out, const float* __restrict__ inv_std,
                                               const float* __restrict__ gamma, int n, int c) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const int ch = i % c;
-        dx[i] = dy[i] * (gamma[ch] * inv_std[ch]);
+        dx[i] = through_relu(dy, relu_out, i) * (gamma[ch] * inv_std[ch]);
     }
 }

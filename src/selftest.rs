@@ -13,6 +13,7 @@ use crate::device::Device;
 use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
 use crate::nn::model::{Model, ModelConfig, ModelKind};
 use crate::ops::aggregate::Aggregate;
+use crate::ops::batchnorm::Activation;
 use crate::ops::conv::check_shapes;
 use crate::ops::sgd::{SgdConfig, sgd_step};
 use crate::rng::{Philox, Purpose};
@@ -102,7 +103,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "batch_norm_train",
             vec![random(&[3, 5, 3, 4], 8, -1.0, 1.0), random(&[4], 9, 0.5, 1.5), random(&[4], 10, -0.5, 0.5)],
-            |t, v| Ok(t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5)?.0),
+            |t, v| Ok(t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5, Activation::Identity)?.0),
         ),
         case(
             "batch_norm_train_many_rows",
@@ -111,7 +112,7 @@ pub fn cases() -> Vec<Case> {
                 random(&[6], 12, 0.5, 1.5),
                 random(&[6], 13, -0.5, 0.5),
             ],
-            |t, v| Ok(t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5)?.0),
+            |t, v| Ok(t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5, Activation::Identity)?.0),
         ),
         case(
             "batch_norm_eval",
@@ -124,7 +125,30 @@ pub fn cases() -> Vec<Case> {
                 let d = v[0].value().device();
                 let rm = random(&[5], 17, -0.2, 0.2).to_device(d)?;
                 let rv = random(&[5], 18, 0.5, 2.0).to_device(d)?;
-                t.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5)
+                t.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5, Activation::Identity)
+            },
+        ),
+        case(
+            "batch_norm_relu_train",
+            vec![
+                random(&[8, 16, 16, 6], 51, -2.0, 3.0),
+                random(&[6], 52, 0.5, 1.5),
+                random(&[6], 53, -0.5, 0.5),
+            ],
+            |t, v| Ok(t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5, Activation::Relu)?.0),
+        ),
+        case(
+            "batch_norm_relu_eval",
+            vec![
+                random(&[2, 3, 3, 5], 54, -1.0, 1.0),
+                random(&[5], 55, 0.5, 1.5),
+                random(&[5], 56, -0.5, 0.5),
+            ],
+            |t, v| {
+                let d = v[0].value().device();
+                let rm = random(&[5], 57, -0.2, 0.2).to_device(d)?;
+                let rv = random(&[5], 58, 0.5, 2.0).to_device(d)?;
+                t.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5, Activation::Relu)
             },
         ),
         case("global_avg_pool", vec![random(&[3, 4, 5, 6], 19, -1.0, 1.0)], |t, v| t.global_avg_pool(&v[0])),

@@ -1,6 +1,7 @@
 //! Every CPU convolution choice gives the same network output and loss: the default (direct
-//! microkernels where they are faster, AVX2 when the CPU has it), the portable microkernels
-//! (`MOCSE_CPU_SIMD=portable`, what a CPU without AVX2 runs), and the GEMM, the direct kernels
+//! microkernels where they are faster, AVX-512 or AVX2 when the CPU has it), the AVX2 and the
+//! portable microkernels (`MOCSE_CPU_SIMD=avx2|portable`, what a CPU without AVX-512 or without
+//! AVX2 runs), and the GEMM, the direct kernels
 //! or Winograd wherever each applies (`MOCSE_CPU_CONV=gemm|direct|winograd`), for both models, through `mocse bench --twin` (a training-mode
 //! forward pass and the loss on the benchmark's batch).
 
@@ -33,6 +34,7 @@ fn every_kernel_choice_computes_the_same_network() {
         let (reference, loss) = twin(&tmp.path().join("default"), model, &[]);
         let scale = reference.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         for env in [
+            ("MOCSE_CPU_SIMD", "avx2"),
             ("MOCSE_CPU_SIMD", "portable"),
             ("MOCSE_CPU_CONV", "gemm"),
             ("MOCSE_CPU_CONV", "direct"),

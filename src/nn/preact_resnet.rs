@@ -11,6 +11,7 @@ use anyhow::Result;
 
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
+use crate::ops::batchnorm::Activation;
 use crate::ops::conv::Conv2dParams;
 use crate::ops::elementwise::lerp;
 use crate::rng::{Philox, Purpose};
@@ -225,7 +226,9 @@ impl PreActResNet {
         Weights { params, buffers }
     }
 
-    fn batch_norm(
+    /// relu(batch_norm(x)) in one op (`Activation::Relu`): every batch norm here is followed
+    /// by a relu.
+    fn bn_relu(
         &self,
         tape: &Tape,
         p: &[Var],
@@ -243,25 +246,13 @@ impl PreActResNet {
                 &buffers[bn.running_mean],
                 &buffers[bn.running_var],
                 BN_EPS,
+                Activation::Relu,
             );
         }
-        let (y, stats) = tape.batch_norm_train(x, w, b, BN_EPS)?;
+        let (y, stats) = tape.batch_norm_train(x, w, b, BN_EPS, Activation::Relu)?;
         buffers[bn.running_mean] = lerp(&buffers[bn.running_mean], &stats.mean, BN_MOMENTUM)?;
         buffers[bn.running_var] = lerp(&buffers[bn.running_var], &stats.var_unbiased, BN_MOMENTUM)?;
         Ok(y)
-    }
-
-    fn bn_relu(
-        &self,
-        tape: &Tape,
-        p: &[Var],
-        buffers: &mut [Tensor],
-        bn: &BnLayer,
-        x: &Var,
-        train: bool,
-    ) -> Result<Var> {
-        let y = self.batch_norm(tape, p, buffers, bn, x, train)?;
-        tape.relu(&y)
     }
 
     /// Images [B, 32, 32, 3] in [0, 1] to logits [B, groups * outputs]. `params` are the tape

@@ -5,6 +5,8 @@
 //! Sums over the batch run in f64 over a fixed split of the rows, added in order, on every
 //! device, so results are deterministic.
 
+use std::mem::MaybeUninit;
+
 use anyhow::{Result, ensure};
 use rayon::prelude::*;
 
@@ -70,11 +72,12 @@ fn flush(a: &mut [f64], b: &mut [f64], fa: &mut [f32], fb: &mut [f32]) {
     }
 }
 
-/// Kernel devices: the two per-channel sums (statistics when `dy` is None, gradient sums
-/// otherwise) as partial sums per part of the rows, in f64.
+/// Kernel devices: the two per-channel sums (statistics when `dy_and_relu_out` is None,
+/// gradient sums otherwise, through the relu when its output is given) as partial sums per part
+/// of the rows, in f64.
 fn partial_sums_gpu(
     x: &Tensor,
-    dy: Option<&Tensor>,
+    dy_and_relu_out: Option<(&Tensor, Option<&Tensor>)>,
     mean: Option<&Tensor>,
     inv_std: Option<&Tensor>,
 ) -> Result<(GpuBuffer, usize)> {
@@ -87,7 +90,8 @@ fn partial_sums_gpu(
     let args = [
         partial.arg(),
         x.arg(),
-        dy.map_or(null, Tensor::arg),
+        dy_and_relu_out.map_or(null, |(dy, _)| dy.arg()),
+        dy_and_relu_out.and_then(|(_, z)| z).map_or(null, Tensor::arg),
         mean.map_or(null, Tensor::arg),
         inv_std.map_or(null, Tensor::arg),
         int(rows),
@@ -155,13 +159,44 @@ pub fn inv_std_of(var: &Tensor, eps: f32) -> Result<Tensor> {
     }
 }
 
-/// y = (x - mean) * inv_std * gamma + beta.
+/// What runs on batch norm's output in the same pass. In the network every batch norm is
+/// followed by a relu, so fusing them saves a pass over the activations each way (and the
+/// normalised values are never stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+}
+
+/// A gradient as it reaches batch norm's output: `dy` itself, or, where a relu follows, `dy`
+/// where the relu passed its input (its output `z` > 0) and 0 where it clipped it.
+#[inline(always)]
+fn through_relu<const RELU: bool>(dy: f32, z: f32) -> f32 {
+    if !RELU || z > 0.0 { dy } else { 0.0 }
+}
+
+/// `f(row of the output, its index)` for every row of a new [rows, c] vector, in parallel
+/// blocks of 64 rows; `f` must write every element.
+fn rows_into(len: usize, c: usize, f: impl Fn(&mut [MaybeUninit<f32>], usize) + Sync) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len].par_chunks_mut(c * 64).enumerate().for_each(|(k, block)| {
+        for (r, row) in block.chunks_exact_mut(c).enumerate() {
+            f(row, k * 64 + r);
+        }
+    });
+    // SAFETY: `f` wrote every element of every row.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// y = (x - mean) * inv_std * gamma + beta, then `activation`.
 pub fn bn_apply(
     x: &Tensor,
     mean: &Tensor,
     inv_std: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
+    activation: Activation,
 ) -> Result<Tensor> {
     let c = channels_of(x);
     match x.device() {
@@ -169,45 +204,55 @@ pub fn bn_apply(
             let (m, is, g, b) = (mean.as_slice(), inv_std.as_slice(), gamma.as_slice(), beta.as_slice());
             let scale: Vec<f32> = (0..c).map(|i| g[i] * is[i]).collect();
             let shift: Vec<f32> = (0..c).map(|i| b[i] - m[i] * scale[i]).collect();
-            let mut y = vec![0.0; x.len()];
-            y.par_chunks_mut(c * 64).zip(x.as_slice().par_chunks(c * 64)).for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                    // Zipped iterators: no bounds checks, so the loop vectorises.
-                    for (((y, x), a), b) in yr.iter_mut().zip(xr).zip(&scale).zip(&shift) {
-                        *y = x * a + b;
-                    }
-                }
-            });
+            let y = match activation {
+                Activation::Identity => affine::<false>(x.as_slice(), &scale, &shift),
+                Activation::Relu => affine::<true>(x.as_slice(), &scale, &shift),
+            };
             Ok(Tensor::from_vec(x.shape(), y))
         }
         _ => elementwise_kernel(
             "bn_apply_f32",
             x,
             &[x.arg(), mean.arg(), inv_std.arg(), gamma.arg(), beta.arg()],
-            &[int(c)],
+            &[int(c), int((activation == Activation::Relu) as usize)],
         ),
     }
 }
 
-/// (sum dy, sum dy * xhat) per channel, xhat = (x - mean) * inv_std: dbeta and dgamma.
-pub fn bn_grad_sums(x: &Tensor, dy: &Tensor, mean: &Tensor, inv_std: &Tensor) -> Result<(Tensor, Tensor)> {
+/// x * scale + shift per channel, then a relu when RELU (`v < 0`, so that a NaN propagates).
+fn affine<const RELU: bool>(x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    let c = scale.len();
+    rows_into(x.len(), c, |out, r| {
+        // Zipped iterators: no bounds checks, so the loop vectorises.
+        for (((y, x), a), b) in out.iter_mut().zip(&x[r * c..][..c]).zip(scale).zip(shift) {
+            let v = x * a + b;
+            y.write(if RELU && v < 0.0 { 0.0 } else { v });
+        }
+    })
+}
+
+/// (sum dy, sum dy * xhat) per channel, xhat = (x - mean) * inv_std: dbeta and dgamma. With
+/// `relu_out`, dy is the gradient of the relu after batch norm (`through_relu`).
+pub fn bn_grad_sums(
+    x: &Tensor,
+    dy: &Tensor,
+    relu_out: Option<&Tensor>,
+    mean: &Tensor,
+    inv_std: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let c = channels_of(x);
     match x.device() {
         Device::Cpu => {
             let (xs, ds, m, is) = (x.as_slice(), dy.as_slice(), mean.as_slice(), inv_std.as_slice());
-            let (a, b) = channel_sums(xs.len() / c, c, |r, sum_dy, sum_dy_xhat| {
-                let (xr, dr) = (&xs[r * c..(r + 1) * c], &ds[r * c..(r + 1) * c]);
-                let sums = sum_dy.iter_mut().zip(sum_dy_xhat.iter_mut());
-                for ((sd, sx), ((x, d), (m, is))) in sums.zip(xr.iter().zip(dr).zip(m.iter().zip(is))) {
-                    *sd += d;
-                    *sx += d * ((x - m) * is);
-                }
-            });
+            let (a, b) = match relu_out {
+                Some(z) => grad_sums::<true>(xs, ds, z.as_slice(), m, is),
+                None => grad_sums::<false>(xs, ds, ds, m, is),
+            };
             let to = |v: Vec<f64>| Tensor::from_vec(&[c], v.iter().map(|x| *x as f32).collect());
             Ok((to(a), to(b)))
         }
         d => {
-            let (partial, parts) = partial_sums_gpu(x, Some(dy), Some(mean), Some(inv_std))?;
+            let (partial, parts) = partial_sums_gpu(x, Some((dy, relu_out)), Some(mean), Some(inv_std))?;
             let (sum_dy, sum_dy_xhat) = (Tensor::output_on(d, &[c])?, Tensor::output_on(d, &[c])?);
             let args = [sum_dy.arg(), sum_dy_xhat.arg(), partial.arg(), int(parts), int(c)];
             gpu::launch(d, "bn_grad_finalize_f32", LaunchConfig::for_elements(c), &args)?;
@@ -216,9 +261,32 @@ pub fn bn_grad_sums(x: &Tensor, dy: &Tensor, mean: &Tensor, inv_std: &Tensor) ->
     }
 }
 
-/// Training mode: dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)).
+/// `bn_grad_sums` on the cpu; `zs` is the relu's output when RELU (else unused).
+fn grad_sums<const RELU: bool>(
+    xs: &[f32],
+    ds: &[f32],
+    zs: &[f32],
+    m: &[f32],
+    is: &[f32],
+) -> (Vec<f64>, Vec<f64>) {
+    let c = m.len();
+    channel_sums(xs.len() / c, c, |r, sum_dy, sum_dy_xhat| {
+        let (xr, dr, zr) = (&xs[r * c..][..c], &ds[r * c..][..c], &zs[r * c..][..c]);
+        let sums = sum_dy.iter_mut().zip(sum_dy_xhat.iter_mut());
+        for ((sd, sx), (((x, d), z), (m, is))) in sums.zip(xr.iter().zip(dr).zip(zr).zip(m.iter().zip(is))) {
+            let d = through_relu::<RELU>(*d, *z);
+            *sd += d;
+            *sx += d * ((x - m) * is);
+        }
+    })
+}
+
+/// Training mode: dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)), with dy
+/// through the relu when `relu_out` is given (as the sums were).
+#[allow(clippy::too_many_arguments)]
 pub fn bn_train_backward_data(
     dy: &Tensor,
+    relu_out: Option<&Tensor>,
     x: &Tensor,
     mean: &Tensor,
     inv_std: &Tensor,
@@ -229,51 +297,110 @@ pub fn bn_train_backward_data(
     let rows = x.len() / c;
     match x.device() {
         Device::Cpu => {
-            let (xs, dys) = (x.as_slice(), dy.as_slice());
             let (m, is, g) = (mean.as_slice(), inv_std.as_slice(), gamma.as_slice());
             let a: Vec<f32> = (0..c).map(|i| g[i] * is[i]).collect();
             let mdy: Vec<f32> = sums.0.as_slice().iter().map(|s| s / rows as f32).collect();
             let mdx: Vec<f32> = sums.1.as_slice().iter().map(|s| s / rows as f32).collect();
-            let mut dx = vec![0.0; xs.len()];
-            dx.par_chunks_mut(c * 64).enumerate().for_each(|(k, out)| {
-                let base = k * c * 64;
-                for (r, o) in out.chunks_exact_mut(c).enumerate() {
-                    let off = base + r * c;
-                    let (xr, dr) = (&xs[off..off + c], &dys[off..off + c]);
-                    let per_channel = a.iter().zip(m).zip(is).zip(&mdy).zip(&mdx);
-                    for ((o, (x, d)), ((((a, m), is), mdy), mdx)) in
-                        o.iter_mut().zip(xr.iter().zip(dr)).zip(per_channel)
-                    {
-                        *o = a * (d - mdy - (x - m) * is * mdx);
-                    }
-                }
-            });
+            let per_channel = PerChannel { a: &a, mean: m, inv_std: is, mean_dy: &mdy, mean_dy_xhat: &mdx };
+            let (xs, ds) = (x.as_slice(), dy.as_slice());
+            let dx = match relu_out {
+                Some(z) => train_dx::<true>(xs, ds, z.as_slice(), &per_channel),
+                None => train_dx::<false>(xs, ds, ds, &per_channel),
+            };
             Ok(Tensor::from_vec(x.shape(), dx))
         }
         _ => elementwise_kernel(
             "bn_train_bwd_dx_f32",
             x,
-            &[dy.arg(), x.arg(), mean.arg(), inv_std.arg(), gamma.arg(), sums.0.arg(), sums.1.arg()],
+            &[
+                dy.arg(),
+                relu_out.map_or(Arg::Ptr(0), Tensor::arg),
+                x.arg(),
+                mean.arg(),
+                inv_std.arg(),
+                gamma.arg(),
+                sums.0.arg(),
+                sums.1.arg(),
+            ],
             &[int(c), int(rows)],
         ),
     }
 }
 
-/// Evaluation mode: dx = dy * gamma * inv_std.
-pub fn bn_eval_backward_data(dy: &Tensor, inv_std: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+/// The per-channel constants of the training-mode input gradient.
+struct PerChannel<'a> {
+    /// gamma * inv_std.
+    a: &'a [f32],
+    mean: &'a [f32],
+    inv_std: &'a [f32],
+    mean_dy: &'a [f32],
+    mean_dy_xhat: &'a [f32],
+}
+
+/// `bn_train_backward_data` on the cpu; `zs` is the relu's output when RELU (else unused).
+fn train_dx<const RELU: bool>(xs: &[f32], ds: &[f32], zs: &[f32], k: &PerChannel) -> Vec<f32> {
+    let c = k.a.len();
+    rows_into(xs.len(), c, |out, r| {
+        let (xr, dr, zr) = (&xs[r * c..][..c], &ds[r * c..][..c], &zs[r * c..][..c]);
+        let per_channel = k.a.iter().zip(k.mean).zip(k.inv_std).zip(k.mean_dy).zip(k.mean_dy_xhat);
+        for ((o, ((x, d), z)), ((((a, m), is), mdy), mdx)) in
+            out.iter_mut().zip(xr.iter().zip(dr).zip(zr)).zip(per_channel)
+        {
+            let d = through_relu::<RELU>(*d, *z);
+            o.write(a * (d - mdy - (x - m) * is * mdx));
+        }
+    })
+}
+
+/// Evaluation mode: dx = dy * gamma * inv_std, with dy through the relu when `relu_out` is
+/// given.
+pub fn bn_eval_backward_data(
+    dy: &Tensor,
+    relu_out: Option<&Tensor>,
+    inv_std: &Tensor,
+    gamma: &Tensor,
+) -> Result<Tensor> {
     let c = channels_of(dy);
     match dy.device() {
         Device::Cpu => {
-            let zero = Tensor::zeros(&[c]);
-            bn_apply(dy, &zero, inv_std, gamma, &zero)
+            let a: Vec<f32> = gamma.as_slice().iter().zip(inv_std.as_slice()).map(|(g, is)| g * is).collect();
+            let ds = dy.as_slice();
+            let dx = match relu_out {
+                Some(z) => eval_dx::<true>(ds, z.as_slice(), &a),
+                None => eval_dx::<false>(ds, ds, &a),
+            };
+            Ok(Tensor::from_vec(dy.shape(), dx))
         }
-        _ => elementwise_kernel("bn_eval_bwd_dx_f32", dy, &[dy.arg(), inv_std.arg(), gamma.arg()], &[int(c)]),
+        _ => elementwise_kernel(
+            "bn_eval_bwd_dx_f32",
+            dy,
+            &[dy.arg(), relu_out.map_or(Arg::Ptr(0), Tensor::arg), inv_std.arg(), gamma.arg()],
+            &[int(c)],
+        ),
     }
 }
 
+/// `bn_eval_backward_data` on the cpu; `zs` is the relu's output when RELU (else unused).
+fn eval_dx<const RELU: bool>(ds: &[f32], zs: &[f32], a: &[f32]) -> Vec<f32> {
+    let c = a.len();
+    rows_into(ds.len(), c, |out, r| {
+        for ((o, (d, z)), a) in out.iter_mut().zip(ds[r * c..][..c].iter().zip(&zs[r * c..][..c])).zip(a) {
+            o.write(through_relu::<RELU>(*d, *z) * a);
+        }
+    })
+}
+
 impl Tape {
-    /// Training mode: normalises with the batch's own statistics and returns them.
-    pub fn batch_norm_train(&self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<(Var, BatchStats)> {
+    /// Training mode: normalises with the batch's own statistics, then `activation`, and
+    /// returns the statistics.
+    pub fn batch_norm_train(
+        &self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        eps: f32,
+        activation: Activation,
+    ) -> Result<(Var, BatchStats)> {
         let c = channels_of(x.value());
         ensure!(
             gamma.value().len() == c && beta.value().len() == c,
@@ -282,19 +409,29 @@ impl Tape {
         );
         ensure!(x.value().len() / c > 1, "batch norm in training mode needs more than one value per channel");
         let (mean, inv_std, var_unbiased) = batch_statistics(x.value(), eps)?;
-        let y = bn_apply(x.value(), &mean, &inv_std, gamma.value(), beta.value())?;
+        let y = bn_apply(x.value(), &mean, &inv_std, gamma.value(), beta.value(), activation)?;
         let stats = BatchStats { mean: mean.clone(), var_unbiased };
         if !self.needs_grad(&[x, gamma, beta]) {
             return Ok((Var::constant(y), stats));
         }
         let (x_saved, gamma_saved) = (x.value().clone(), gamma.value().clone());
+        let relu_out = (activation == Activation::Relu).then(|| y.clone());
         let var = self.record(
             y,
             &[x, gamma, beta],
             Box::new(move |dy, needs| {
-                let sums = bn_grad_sums(&x_saved, dy, &mean, &inv_std)?;
+                let relu_out = relu_out.as_ref();
+                let sums = bn_grad_sums(&x_saved, dy, relu_out, &mean, &inv_std)?;
                 let dx = match needs[0] {
-                    true => Some(bn_train_backward_data(dy, &x_saved, &mean, &inv_std, &gamma_saved, &sums)?),
+                    true => Some(bn_train_backward_data(
+                        dy,
+                        relu_out,
+                        &x_saved,
+                        &mean,
+                        &inv_std,
+                        &gamma_saved,
+                        &sums,
+                    )?),
                     false => None,
                 };
                 let (dbeta, dgamma) = sums;
@@ -304,7 +441,9 @@ impl Tape {
         Ok((var, stats))
     }
 
-    /// Evaluation mode: normalises with the running statistics (a fixed affine map).
+    /// Evaluation mode: normalises with the running statistics (a fixed affine map), then
+    /// `activation`.
+    #[allow(clippy::too_many_arguments)]
     pub fn batch_norm_eval(
         &self,
         x: &Var,
@@ -313,6 +452,7 @@ impl Tape {
         running_mean: &Tensor,
         running_var: &Tensor,
         eps: f32,
+        activation: Activation,
     ) -> Result<Var> {
         let c = channels_of(x.value());
         ensure!(
@@ -323,22 +463,24 @@ impl Tape {
             "batch norm: parameters do not match {c} channels"
         );
         let inv_std = inv_std_of(running_var, eps)?;
-        let y = bn_apply(x.value(), running_mean, &inv_std, gamma.value(), beta.value())?;
+        let y = bn_apply(x.value(), running_mean, &inv_std, gamma.value(), beta.value(), activation)?;
         if !self.needs_grad(&[x, gamma, beta]) {
             return Ok(Var::constant(y));
         }
         let (x_saved, gamma_saved, mean) = (x.value().clone(), gamma.value().clone(), running_mean.clone());
+        let relu_out = (activation == Activation::Relu).then(|| y.clone());
         Ok(self.record(
             y,
             &[x, gamma, beta],
             Box::new(move |dy, needs| {
+                let relu_out = relu_out.as_ref();
                 let dx = match needs[0] {
-                    true => Some(bn_eval_backward_data(dy, &inv_std, &gamma_saved)?),
+                    true => Some(bn_eval_backward_data(dy, relu_out, &inv_std, &gamma_saved)?),
                     false => None,
                 };
                 let (dbeta, dgamma) = match needs[1] || needs[2] {
                     true => {
-                        let (a, b) = bn_grad_sums(&x_saved, dy, &mean, &inv_std)?;
+                        let (a, b) = bn_grad_sums(&x_saved, dy, relu_out, &mean, &inv_std)?;
                         (Some(a), Some(b))
                     }
                     false => (None, None),
@@ -351,7 +493,8 @@ impl Tape {
 
 #[cfg(test)]
 mod tests {
-    use crate::autograd::Tape;
+    use super::Activation;
+    use crate::autograd::{Tape, Var};
     use crate::ops::gradcheck::{check_gradients, random_tensor};
     use crate::tensor::Tensor;
 
@@ -360,7 +503,8 @@ mod tests {
         let x = random_tensor(&[4, 3, 5, 6], 1);
         let t = Tape::no_grad();
         let (g, b) = (t.leaf(Tensor::full(&[6], 2.0), false), t.leaf(Tensor::full(&[6], 0.5), false));
-        let (y, stats) = t.batch_norm_train(&t.leaf(x.clone(), false), &g, &b, 1e-5).unwrap();
+        let (y, stats) =
+            t.batch_norm_train(&t.leaf(x.clone(), false), &g, &b, 1e-5, Activation::Identity).unwrap();
         let (xs, ys) = (x.as_slice(), y.value().as_slice());
         let n = (xs.len() / 6) as f64;
         for c in 0..6 {
@@ -381,7 +525,9 @@ mod tests {
         let x = random_tensor(&[3, 5, 3, 4], 2);
         let g = random_tensor(&[4], 3);
         let b = random_tensor(&[4], 4);
-        check_gradients(&[x, g, b], |t, v| Ok(t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5)?.0));
+        check_gradients(&[x, g, b], |t, v| {
+            Ok(t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5, Activation::Identity)?.0)
+        });
     }
 
     #[test]
@@ -391,6 +537,39 @@ mod tests {
         let b = random_tensor(&[5], 7);
         let rm = random_tensor(&[5], 8);
         let rv = Tensor::from_vec(&[5], vec![0.5, 1.0, 2.0, 0.1, 3.0]);
-        check_gradients(&[x, g, b], |t, v| t.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5));
+        check_gradients(&[x, g, b], |t, v| {
+            t.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5, Activation::Identity)
+        });
+    }
+
+    /// relu(batch norm) fused and as two ops give the same bits: output and every gradient,
+    /// in training and evaluation mode.
+    #[test]
+    fn fused_relu_equals_batch_norm_then_relu() {
+        let rm = random_tensor(&[6], 9);
+        let rv = Tensor::from_vec(&[6], vec![0.5, 1.0, 2.0, 0.1, 3.0, 0.7]);
+        // 40 rows: more than one block of parallel rows and of f32 partial sums.
+        let inputs = [random_tensor(&[5, 4, 2, 6], 10), random_tensor(&[6], 11), random_tensor(&[6], 12)];
+        let dy = random_tensor(&[5, 4, 2, 6], 13);
+        for train in [true, false] {
+            let run = |fused: bool| {
+                let t = Tape::new();
+                let v: Vec<Var> = inputs.iter().map(|x| t.leaf(x.clone(), true)).collect();
+                let activation = if fused { Activation::Relu } else { Activation::Identity };
+                let y = if train {
+                    t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5, activation).unwrap().0
+                } else {
+                    t.batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5, activation).unwrap()
+                };
+                let y = if fused { y } else { t.relu(&y).unwrap() };
+                let grads = t.backward_from(&y, dy.clone()).unwrap();
+                let mut all = vec![y.value().to_vec()];
+                all.extend(v.iter().map(|x| grads.get(x).unwrap().to_vec()));
+                all
+            };
+            let (fused, unfused) = (run(true), run(false));
+            assert!(fused[0].contains(&0.0) && fused[0].iter().any(|v| *v > 0.0));
+            assert_eq!(fused, unfused, "train = {train}");
+        }
     }
 }

@@ -6,10 +6,11 @@
 //! weight computes a tile of 6 output channels x 16 input channels of one tap, reducing over
 //! output pixels, in fixed parts summed in order (deterministic).
 //!
-//! The microkernels exist twice: AVX2 + FMA (chosen at run time when the CPU has them) and
-//! portable Rust (every other CPU, or `MOCSE_CPU_SIMD=portable`, which the tests use to check
-//! the fallback on any machine). Both add in the same order; they differ only in that the
-//! portable kernels round each product before adding it (no fused multiply-add without FMA).
+//! The microkernels exist three times: AVX-512 (16-lane vectors, tiles of 12 rows), AVX2 + FMA
+//! (two 8-lane vectors, tiles of 6 rows), chosen at run time by what the CPU has, and portable
+//! Rust (any other CPU). `MOCSE_CPU_SIMD=avx2|portable` forces a narrower one, which the tests
+//! use to check every fallback on any machine. All add in the same order; they differ only in
+//! that the portable kernels round each product before adding it (no fused multiply-add).
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -19,40 +20,72 @@ use rayon::prelude::*;
 use super::conv::{ConvGeometry, ohwi_to_oihw};
 use crate::parallel;
 
-/// Output channels per forward tile (two 8-lane vectors) and input channels per weight tile.
+/// Output channels per forward tile and input channels per weight tile: one AVX-512 vector.
 pub(crate) const LANES: usize = 16;
-/// Output pixels per forward tile; output channels per weight-gradient tile.
-pub(crate) const ROWS: usize = 6;
+/// The most rows a tile has (`Simd::rows`): output pixels per forward tile, output channels
+/// per weight-gradient tile.
+pub(crate) const MAX_ROWS: usize = 12;
 /// Output pixels per block of the weight gradient.
 const PIXEL_BLOCK: usize = 64;
 
-/// Which microkernels run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which microkernels run, widest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Simd {
-    /// x86-64 AVX2 with FMA.
+    /// x86-64 AVX-512 (F): one 16-lane vector per tile row, 12 rows.
+    Avx512,
+    /// x86-64 AVX2 with FMA: two 8-lane vectors per tile row, 6 rows.
     Avx2,
     /// Plain Rust, for any CPU.
     Portable,
 }
 
-/// The microkernels this process uses: AVX2 when the CPU has AVX2 and FMA and
-/// `MOCSE_CPU_SIMD` is not `portable`.
+impl Simd {
+    /// Rows per tile: as many accumulators as keep the FMA units busy without spilling
+    /// (12 of AVX-512's 32 registers; 12 of AVX2's 16).
+    pub(crate) fn rows(self) -> usize {
+        match self {
+            Simd::Avx512 => 12,
+            Simd::Avx2 | Simd::Portable => 6,
+        }
+    }
+}
+
+/// The microkernels this process uses: the widest the CPU has, or a narrower one that
+/// `MOCSE_CPU_SIMD` (`avx2` or `portable`) asks for.
 pub fn simd() -> Simd {
     static CHOICE: OnceLock<Simd> = OnceLock::new();
     *CHOICE.get_or_init(|| {
-        let forced = std::env::var("MOCSE_CPU_SIMD").is_ok_and(|v| v == "portable");
-        if !forced && has_avx2() { Simd::Avx2 } else { Simd::Portable }
+        let best = available()[0];
+        match std::env::var("MOCSE_CPU_SIMD").as_deref() {
+            Ok("portable") => Simd::Portable,
+            Ok("avx2") => best.max(Simd::Avx2),
+            _ => best,
+        }
     })
 }
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// Every kind of microkernel this CPU can run, widest first.
+pub fn available() -> Vec<Simd> {
+    let mut all = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx2") && has!("fma") {
+            all.push(Simd::Avx512);
+        }
+        if has!("avx2") && has!("fma") {
+            all.push(Simd::Avx2);
+        }
+    }
+    all.push(Simd::Portable);
+    all
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn has_avx2() -> bool {
-    false
+/// `count` rows cut into tiles of at most `rows`, of sizes that differ by one at most (16
+/// output channels in 12-row tiles are two tiles of 8, not 12 and 4): (first row, rows).
+pub(crate) fn balanced_tiles(count: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = count.div_ceil(rows);
+    (0..tiles).map(move |i| (i * count / tiles, (i + 1) * count / tiles - i * count / tiles))
 }
 
 /// Forward weights packed per (group, panel of 16 output channels): for each tap and input
@@ -242,7 +275,28 @@ fn store(out: &mut [MaybeUninit<f32>], values: &[f32]) {
     }
 }
 
-/// Runs the forward microkernel over every (group, panel of 16 output channels, 6 rows) tile:
+/// Calls `$kernel::<R>(args)` with the const R equal to `$rows` (1 to `MAX_ROWS`).
+macro_rules! by_rows {
+    ($rows:expr, $kernel:path, $($arg:expr),*) => {{
+        use $kernel as kernel;
+        match $rows {
+            12 => kernel::<12>($($arg),*),
+            11 => kernel::<11>($($arg),*),
+            10 => kernel::<10>($($arg),*),
+            9 => kernel::<9>($($arg),*),
+            8 => kernel::<8>($($arg),*),
+            7 => kernel::<7>($($arg),*),
+            6 => kernel::<6>($($arg),*),
+            5 => kernel::<5>($($arg),*),
+            4 => kernel::<4>($($arg),*),
+            3 => kernel::<3>($($arg),*),
+            2 => kernel::<2>($($arg),*),
+            _ => kernel::<1>($($arg),*),
+        }
+    }};
+}
+
+/// Runs the forward microkernel over every (group, panel of 16 output channels, rows) tile:
 /// row r reads `input[starts[r] + group * cpg + taps[t] + c]`; `store(r, first output channel,
 /// values)` receives each row's results for one panel.
 #[allow(clippy::too_many_arguments)]
@@ -259,24 +313,24 @@ fn every_tile(
 ) {
     // One accumulator for all tiles: the kernels overwrite it, and a fresh zeroed array per
     // tile cost a call to memset each.
-    let mut acc = [[0.0f32; LANES]; ROWS];
+    let mut acc = [[0.0f32; LANES]; MAX_ROWS];
     for grp in 0..groups {
         for panel in 0..w.panels {
             let weights = w.panel(grp, panel);
             let col0 = grp * opg + panel * LANES;
             let width = LANES.min(opg - panel * LANES);
-            for (tile, rows) in starts.chunks(ROWS).enumerate() {
+            for (tile, rows) in starts.chunks(simd.rows()).enumerate() {
                 forward_tile(simd, input, rows, grp * cpg, taps, cpg, weights, &mut acc);
                 for (r, a) in acc.iter().enumerate().take(rows.len()) {
-                    store(tile * ROWS + r, col0, &a[..width]);
+                    store(tile * simd.rows() + r, col0, &a[..width]);
                 }
             }
         }
     }
 }
 
-/// One forward tile: `acc[r][j]` (overwritten) = sum over taps t and channels c of
-/// input[rows[r] + base + taps[t] + c] * weights[(t * cpg + c) * 16 + j].
+/// One forward tile of at most `simd.rows()` rows: `acc[r][j]` (overwritten) = sum over taps t
+/// and channels c of input[rows[r] + base + taps[t] + c] * weights[(t * cpg + c) * 16 + j].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_tile(
     simd: Simd,
@@ -286,28 +340,27 @@ pub(crate) fn forward_tile(
     taps: &[usize],
     cpg: usize,
     weights: &[f32],
-    acc: &mut [[f32; LANES]; ROWS],
+    acc: &mut [[f32; LANES]; MAX_ROWS],
 ) {
     // Every read stays inside `input`: the last tap's last channel of the last window is the
     // padded image's last element at most.
     let last = rows.iter().max().copied().unwrap_or(0) + base + taps.last().copied().unwrap_or(0) + cpg;
-    assert!(last <= input.len() && weights.len() >= taps.len() * cpg * LANES);
+    assert!(last <= input.len() && weights.len() >= taps.len() * cpg * LANES && rows.len() <= simd.rows());
     match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 is present (`simd()` checked); the bounds were checked above.
+        Simd::Avx512 => unsafe {
+            let ptr = input.as_ptr().add(base);
+            by_rows!(rows.len(), avx512::forward, ptr, rows, taps, cpg, weights.as_ptr(), acc)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA are present (`simd()` checked); the bounds were checked above.
         Simd::Avx2 => unsafe {
             let ptr = input.as_ptr().add(base);
-            match rows.len() {
-                6 => avx2::forward::<6>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
-                5 => avx2::forward::<5>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
-                4 => avx2::forward::<4>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
-                3 => avx2::forward::<3>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
-                2 => avx2::forward::<2>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
-                _ => avx2::forward::<1>(ptr, rows, taps, cpg, weights.as_ptr(), acc),
-            }
+            by_rows!(rows.len(), avx2::forward, ptr, rows, taps, cpg, weights.as_ptr(), acc)
         },
         _ => {
-            *acc = [[0.0; LANES]; ROWS];
+            *acc = [[0.0; LANES]; MAX_ROWS];
             let mut k = 0;
             for &t in taps {
                 for c in 0..cpg {
@@ -365,13 +418,12 @@ fn weight_chunk(
     let (cout, opg, cpg, kk) = (g.out_channels, g.out_per_group(), g.in_per_group(), taps.len());
     // A block of pixels at a time, so that the inputs and gradients every tile of the block
     // reads stay in the L1 cache.
-    let mut tile = [[0.0f32; LANES]; ROWS];
+    let mut tile = [[0.0f32; LANES]; MAX_ROWS];
     for (block, starts) in starts.chunks(PIXEL_BLOCK).enumerate() {
         let grads = &grads[block * PIXEL_BLOCK * cout..];
         for grp in 0..g.groups {
             for (tap, &t) in taps.iter().enumerate() {
-                for o0 in (0..opg).step_by(ROWS) {
-                    let outs = ROWS.min(opg - o0);
+                for (o0, outs) in balanced_tiles(opg, simd.rows()) {
                     for c0 in (0..cpg).step_by(LANES) {
                         let ins = LANES.min(cpg - c0);
                         let (x_at, dy_at) = (grp * cpg + c0 + t, grp * opg + o0);
@@ -402,28 +454,28 @@ pub(crate) fn weight_tile(
     cout: usize,
     dy_at: usize,
     outs: usize,
-    tile: &mut [[f32; LANES]; ROWS],
+    tile: &mut [[f32; LANES]; MAX_ROWS],
 ) {
     let last_x = starts.iter().max().copied().unwrap_or(0) + x_at + ins;
     let last_dy = (starts.len().max(1) - 1) * cout + dy_at + outs;
-    assert!(last_x <= input.len() && last_dy <= dy.len() && ins <= LANES && outs <= ROWS);
+    assert!(last_x <= input.len() && last_dy <= dy.len() && ins <= LANES && outs <= simd.rows());
     match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 is present; reads stay within the bounds checked above (the vector
+        // loads are masked to `ins` lanes).
+        Simd::Avx512 => unsafe {
+            let (x, d) = (input.as_ptr().add(x_at), dy.as_ptr().add(dy_at));
+            by_rows!(outs, avx512::weight, x, starts, ins, d, cout, tile)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA are present; reads stay within the bounds checked above (the
         // vector loads are masked to `ins` lanes).
         Simd::Avx2 => unsafe {
             let (x, d) = (input.as_ptr().add(x_at), dy.as_ptr().add(dy_at));
-            match outs {
-                6 => avx2::weight::<6>(x, starts, ins, d, cout, tile),
-                5 => avx2::weight::<5>(x, starts, ins, d, cout, tile),
-                4 => avx2::weight::<4>(x, starts, ins, d, cout, tile),
-                3 => avx2::weight::<3>(x, starts, ins, d, cout, tile),
-                2 => avx2::weight::<2>(x, starts, ins, d, cout, tile),
-                _ => avx2::weight::<1>(x, starts, ins, d, cout, tile),
-            }
+            by_rows!(outs, avx2::weight, x, starts, ins, d, cout, tile)
         },
         _ => {
-            *tile = [[0.0; LANES]; ROWS];
+            *tile = [[0.0; LANES]; MAX_ROWS];
             for (p, &start) in starts.iter().enumerate() {
                 let xv = &input[start + x_at..][..ins];
                 for (r, row) in tile.iter_mut().enumerate().take(outs) {
@@ -443,7 +495,7 @@ pub(crate) fn weight_tile(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{LANES, ROWS};
+    use super::{LANES, MAX_ROWS};
 
     /// See `forward_tile`; `x` already points at the group's first channel.
     #[target_feature(enable = "avx2,fma")]
@@ -453,7 +505,7 @@ mod avx2 {
         taps: &[usize],
         cpg: usize,
         mut w: *const f32,
-        out: &mut [[f32; LANES]; ROWS],
+        out: &mut [[f32; LANES]; MAX_ROWS],
     ) {
         // SAFETY: the caller checked every extent.
         unsafe {
@@ -499,7 +551,7 @@ mod avx2 {
         ins: usize,
         dy: *const f32,
         cout: usize,
-        out: &mut [[f32; LANES]; ROWS],
+        out: &mut [[f32; LANES]; MAX_ROWS],
     ) {
         // SAFETY: the caller checked every extent; masked loads read only `ins` lanes.
         unsafe {
@@ -524,6 +576,76 @@ mod avx2 {
             for r in 0..R {
                 _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r][0]);
                 _mm256_storeu_ps(out[r].as_mut_ptr().add(8), acc[r][1]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{LANES, MAX_ROWS};
+
+    /// See `forward_tile`; `x` already points at the group's first channel. One vector of 16
+    /// output channels per row; each input value is broadcast from memory into its FMA.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn forward<const R: usize>(
+        x: *const f32,
+        rows: &[usize],
+        taps: &[usize],
+        cpg: usize,
+        mut w: *const f32,
+        out: &mut [[f32; LANES]; MAX_ROWS],
+    ) {
+        // SAFETY: the caller checked every extent.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); R];
+            let mut px = [x; R];
+            for &t in taps {
+                for r in 0..R {
+                    px[r] = x.add(rows[r] + t);
+                }
+                for c in 0..cpg {
+                    let wv = _mm512_loadu_ps(w);
+                    w = w.add(LANES);
+                    for r in 0..R {
+                        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(*px[r].add(c)), wv, acc[r]);
+                    }
+                }
+            }
+            for r in 0..R {
+                _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            }
+        }
+    }
+
+    /// See `weight_tile`; `x` and `dy` already point at the tile's first channel. The input
+    /// load is masked to `ins` lanes (masked lanes are neither read nor faulted on).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weight<const R: usize>(
+        x: *const f32,
+        starts: &[usize],
+        ins: usize,
+        dy: *const f32,
+        cout: usize,
+        out: &mut [[f32; LANES]; MAX_ROWS],
+    ) {
+        // SAFETY: the caller checked every extent; masked loads read only `ins` lanes.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); R];
+            let mask: __mmask16 = if ins >= LANES { !0 } else { (1u16 << ins) - 1 };
+            let mut d = dy;
+            for &start in starts {
+                let v = _mm512_maskz_loadu_ps(mask, x.add(start));
+                for r in 0..R {
+                    acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(*d.add(r)), v, acc[r]);
+                }
+                d = d.add(cout);
+            }
+            for r in 0..R {
+                _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
             }
         }
     }
@@ -556,7 +678,7 @@ mod tests {
     }
 
     fn kernels() -> Vec<Simd> {
-        if has_avx2() { vec![Simd::Portable, Simd::Avx2] } else { vec![Simd::Portable] }
+        available()
     }
 
     fn assert_close(case: usize, what: &str, ours: &[f32], exact: &[f64]) {
@@ -605,18 +727,42 @@ mod tests {
 
     #[test]
     fn the_kernels_agree_with_each_other() {
-        // AVX2 and portable sum in the same order: only FMA's single rounding separates them.
-        if !has_avx2() {
-            return;
-        }
+        // All sum in the same order: only FMA's single rounding separates them from portable,
+        // and nothing separates AVX-512 from AVX2.
         let (xs, ws) = ([4, 9, 9, 160], [160, 16, 3, 3]);
         let g = ConvGeometry::new(&xs, &ws, Conv2dParams { stride: 1, padding: 1, groups: 10 }).unwrap();
         let (x, w) = (random_tensor(&xs, 1), random_tensor(&ws, 2));
+        let dy = random_tensor(&g.output_shape(), 3);
         let packed = PackedWeights::forward(w.as_slice(), &g);
-        let a = forward_with(Simd::Avx2, x.as_slice(), &packed, &g);
-        let b = forward_with(Simd::Portable, x.as_slice(), &packed, &g);
-        for (a, b) in a.iter().zip(&b) {
-            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        let portable = forward_with(Simd::Portable, x.as_slice(), &packed, &g);
+        let fused: Vec<_> = available()
+            .into_iter()
+            .filter(|s| *s != Simd::Portable)
+            .map(|s| {
+                (
+                    forward_with(s, x.as_slice(), &packed, &g),
+                    backward_weight_with(s, x.as_slice(), dy.as_slice(), &g),
+                )
+            })
+            .collect();
+        for (y, dw) in &fused {
+            for (a, b) in y.iter().zip(&portable) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+            assert_eq!((y, dw), (&fused[0].0, &fused[0].1), "AVX-512 and AVX2 differ");
         }
+    }
+
+    #[test]
+    fn tiles_are_balanced_and_cover_every_row() {
+        for (count, rows) in [(16, 12), (32, 12), (12, 12), (5, 6), (64, 12), (1, 12), (13, 6)] {
+            let tiles: Vec<_> = balanced_tiles(count, rows).collect();
+            assert_eq!(tiles.len(), count.div_ceil(rows));
+            assert!(tiles.iter().all(|&(_, n)| n <= rows && n + 1 >= count / tiles.len()));
+            let ends: Vec<_> = tiles.iter().map(|&(a, n)| a + n).collect();
+            assert_eq!(tiles.iter().map(|t| t.0).skip(1).collect::<Vec<_>>(), ends[..ends.len() - 1]);
+            assert_eq!((tiles[0].0, *ends.last().unwrap()), (0, count));
+        }
+        assert_eq!(balanced_tiles(16, 12).collect::<Vec<_>>(), [(0, 8), (8, 8)]);
     }
 }

@@ -23,7 +23,9 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::conv::ConvGeometry;
-use super::conv_direct::{LANES, PackedWeights, ROWS, Simd, forward_tile, simd, weight_tile};
+use super::conv_direct::{
+    LANES, MAX_ROWS, PackedWeights, Simd, balanced_tiles, forward_tile, simd, weight_tile,
+};
 use crate::parallel;
 
 /// Whether this convolution is one the transform computes: 3x3, stride 1, padding 1.
@@ -196,19 +198,20 @@ fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) ->
 }
 
 /// The 16 GEMMs of one block of `n` tiles, per group: M[xi][t][o] = sum over the group's c of
-/// V[xi][t][c] U[xi][c][o], 6 tiles x 16 output channels at a time.
+/// V[xi][t][c] U[xi][c][o], `simd.rows()` tiles x 16 output channels at a time.
 fn multiply(simd: Simd, v: &[f32], w: &WinogradWeights, g: &ConvGeometry, n: usize, m: &mut [f32]) {
     let (c, cout, cpg, opg) = (g.in_channels, g.out_channels, g.in_per_group(), g.out_per_group());
-    let mut acc = [[0.0f32; LANES]; ROWS];
+    let mut acc = [[0.0f32; LANES]; MAX_ROWS];
+    let tile_rows = simd.rows();
     for xi in 0..16 {
         for grp in 0..g.groups {
             for panel in 0..opg.div_ceil(LANES) {
                 let width = LANES.min(opg - panel * LANES);
                 let panel_weights = &w.packed.panel(grp, panel)[xi * cpg * LANES..];
                 let col = grp * opg + panel * LANES;
-                for t0 in (0..n).step_by(ROWS) {
-                    let rows: [usize; ROWS] = std::array::from_fn(|r| (t0 + r) * c);
-                    let rows = &rows[..ROWS.min(n - t0)];
+                for t0 in (0..n).step_by(tile_rows) {
+                    let rows: [usize; MAX_ROWS] = std::array::from_fn(|r| (t0 + r) * c);
+                    let rows = &rows[..tile_rows.min(n - t0)];
                     forward_tile(simd, v, rows, xi * n * c + grp * cpg, &[0], cpg, panel_weights, &mut acc);
                     for (r, a) in acc.iter().enumerate().take(rows.len()) {
                         let dst = &mut m[(xi * n + t0 + r) * cout + col..];
@@ -268,15 +271,14 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> 
 }
 
 /// dU[xi][o][c] += sum over the block's `n` tiles of dM[xi][t][o] V[xi][t][c], per group, by
-/// the direct weight-gradient microkernel (6 output x 16 input channels at a time).
+/// the direct weight-gradient microkernel (`simd.rows()` output x 16 input channels at a time).
 fn accumulate(simd: Simd, v: &[f32], m: &[f32], g: &ConvGeometry, n: usize, du: &mut [f32]) {
     let (c, cout, cpg, opg) = (g.in_channels, g.out_channels, g.in_per_group(), g.out_per_group());
     let starts: Vec<usize> = (0..n).map(|t| t * c).collect();
-    let mut tile = [[0.0f32; LANES]; ROWS];
+    let mut tile = [[0.0f32; LANES]; MAX_ROWS];
     for xi in 0..16 {
         for grp in 0..g.groups {
-            for o0 in (0..opg).step_by(ROWS) {
-                let outs = ROWS.min(opg - o0);
+            for (o0, outs) in balanced_tiles(opg, simd.rows()) {
                 for c0 in (0..cpg).step_by(LANES) {
                     let ins = LANES.min(cpg - c0);
                     let (x_at, dy_at) = (xi * n * c + grp * cpg + c0, xi * n * cout + grp * opg + o0);
@@ -317,16 +319,25 @@ fn weight_gradient(du: &[f32], g: &ConvGeometry) -> Vec<f32> {
     dw
 }
 
-/// Runs `$body` with AVX2 enabled when `$simd` says so (so that the arrays of 8 below become
-/// vector instructions), else as portable code; both compute the same additions.
+/// Runs `$body` with AVX-512 or AVX2 enabled when `$simd` says so (so that the arrays of 16
+/// and 8 below become vector instructions), else as portable code; all compute the same
+/// additions.
 macro_rules! with_simd {
     ($simd:expr, $body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
         match $simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `simd()` chose Avx512 only where the CPU has AVX-512, AVX2 and FMA.
+            Simd::Avx512 => unsafe { avx512(|| $body) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `simd()` chose Avx2 only where the CPU has AVX2 and FMA.
             Simd::Avx2 => unsafe { avx2(|| $body) },
@@ -340,12 +351,18 @@ macro_rules! with_simd {
 fn transform_input(simd: Simd, x: &[f32], tiling: &Tiling, tiles: std::ops::Range<usize>, v: &mut [f32]) {
     let c = tiling.channels;
     let slab = tiles.len() * c;
+    let wide = simd == Simd::Avx512;
     with_simd!(simd, {
         for (t, tile) in tiles.enumerate() {
             let window = tiling.window(tile);
-            // Written out in each transform: passing the two calls to a shared helper as a
-            // closure kept them out of the AVX2 code and made Winograd 1.8x slower.
+            // Written out in each transform: passing the calls to a shared helper as a closure
+            // kept them out of the AVX2 code and made Winograd 1.8x slower. 16 channels at a
+            // time are one AVX-512 vector.
             let mut ch = 0;
+            while wide && ch + 16 <= c {
+                input_channels::<16>(x, &window, ch, v, slab, t * c + ch);
+                ch += 16;
+            }
             while ch + 8 <= c {
                 input_channels::<8>(x, &window, ch, v, slab, t * c + ch);
                 ch += 8;
@@ -412,10 +429,15 @@ fn transform_output(
     out: &mut [MaybeUninit<f32>],
 ) {
     let slab = tiles.len() * cout;
+    let wide = simd == Simd::Avx512;
     with_simd!(simd, {
         for (t, tile) in tiles.enumerate() {
             let outputs = tiling.outputs(tile, cout);
             let mut o = 0;
+            while wide && o + 16 <= cout {
+                output_channels::<16>(m, slab, t * cout + o, &outputs, o, out);
+                o += 16;
+            }
             while o + 8 <= cout {
                 output_channels::<8>(m, slab, t * cout + o, &outputs, o, out);
                 o += 8;
@@ -479,10 +501,15 @@ fn transform_gradient(
     m: &mut [f32],
 ) {
     let slab = tiles.len() * cout;
+    let wide = simd == Simd::Avx512;
     with_simd!(simd, {
         for (t, tile) in tiles.enumerate() {
             let outputs = tiling.outputs(tile, cout);
             let mut o = 0;
+            while wide && o + 16 <= cout {
+                gradient_channels::<16>(dy, &outputs, o, m, slab, t * cout + o);
+                o += 16;
+            }
             while o + 8 <= cout {
                 gradient_channels::<8>(dy, &outputs, o, m, slab, t * cout + o);
                 o += 8;
@@ -558,10 +585,10 @@ mod tests {
             // take both the 8-wide and the one-channel transforms.
             ([1, 37, 41, 24], [36, 12, 3, 3], p(2)),
             ([2, 4, 4, 1024], [1024, 512, 3, 3], p(2)),
+            // 25 and 27 channels: the 16-, 8- and one-channel transforms in one tile.
+            ([2, 9, 7, 25], [27, 25, 3, 3], p(1)),
         ];
-        let kernels =
-            if simd() == Simd::Avx2 { vec![Simd::Portable, Simd::Avx2] } else { vec![Simd::Portable] };
-        for simd in kernels {
+        for simd in crate::ops::conv_direct::available() {
             for (n, (xs, ws, p)) in shapes.into_iter().enumerate() {
                 let g = ConvGeometry::new(&xs, &ws, p).unwrap();
                 let (x, w) = (random_tensor(&xs, n as u64), random_tensor(&ws, 40 + n as u64));
