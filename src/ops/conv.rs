@@ -582,18 +582,18 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
         };
     // Winograd computes 3x3, stride-1, padding-1 convolutions in all three directions. It pays
     // where its 2.25x fewer multiplications outweigh the transforms (`cargo bench --bench
-    // cpu_conv`, BENCHMARKS.md): forward and backward data for groups of 32 or more channels,
-    // or 16 when there are 128 or more channels in all (the per-tile overhead is shared by all
-    // groups): up to 1.7x the direct kernels, a tie at worst (MoCSE's first stage, 10 groups of
-    // 16). Weight gradients of the same layers on 16x16 or larger images, or on 8x8 ones with
-    // at most 64 channels per group (1.05-1.4x the GEMM; the GEMM wins on wider 8x8 and on 4x4
-    // layers, whose chunks hold too few tiles to reduce over).
+    // cpu_conv`, BENCHMARKS.md): forward and backward data for groups of 32 or more channels
+    // (up to 1.6x the direct kernels), except on 4x4 images with AVX-512, where the direct
+    // kernels' 12-row tiles win by 5-10%; groups of 16 stay direct (1.05-1.2x faster on
+    // MoCSE's first stage). Weight gradients of the same layers on 16x16 or larger images, or
+    // on 8x8 ones with at most 64 channels per group (1.05-1.4x the GEMM; the GEMM wins on
+    // wider 8x8 and on 4x4 layers, whose chunks hold too few tiles to reduce over).
     let winograd = CpuConv::Winograd.computes(direction, g);
     let narrowest = cpg.min(opg);
     let winograd_pays = winograd
         && match direction {
             Direction::BackwardWeight => narrowest >= 32 && g.height >= 8 && (g.height >= 16 || cpg <= 64),
-            _ => narrowest >= 32 || (narrowest >= 16 && g.in_channels.min(g.out_channels) >= 128),
+            _ => narrowest >= 32 && (g.height >= 8 || conv_direct::simd() != conv_direct::Simd::Avx512),
         };
     match forced_cpu_conv() {
         _ if !possible => CpuConv::Gemm,
