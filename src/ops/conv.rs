@@ -558,10 +558,14 @@ impl CpuConv {
 fn forced_cpu_conv() -> Option<CpuConv> {
     static FORCED: std::sync::OnceLock<Option<CpuConv>> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| match std::env::var("MOCSE_CPU_CONV").as_deref() {
+        Err(_) => None,
         Ok("direct") => Some(CpuConv::Direct),
         Ok("gemm") => Some(CpuConv::Gemm),
         Ok("winograd") => Some(CpuConv::Winograd),
-        _ => None,
+        Ok(v) => {
+            eprintln!("warning: MOCSE_CPU_CONV={v:?} is not direct, gemm or winograd; choosing per layer");
+            None
+        }
     })
 }
 

@@ -1,14 +1,14 @@
 //! Direct convolution on the CPU: NHWC activations are read where they lie (in a zero-padded
 //! copy when the convolution pads), with no unfolded (im2col) buffer, by register-blocked
-//! microkernels. Forward computes a tile of 6 output pixels x 16 output channels of one group,
-//! reducing over taps and the group's input channels; backward data at stride 1 is the same
-//! forward over the padded output gradient with the kernel flipped and transposed; backward
-//! weight computes a tile of 6 output channels x 16 input channels of one tap, reducing over
-//! output pixels, in fixed parts summed in order (deterministic).
+//! microkernels. Forward computes a tile of up to 12 output pixels (`Simd::forward_rows`) x 16
+//! output channels of one group, reducing over taps and the group's input channels; backward
+//! data at stride 1 is the same forward over the padded output gradient with the kernel flipped
+//! and transposed; backward weight computes a tile of up to 16 output channels
+//! (`Simd::weight_rows`) x 16 input channels of one tap, reducing over output pixels, in fixed parts summed in order (deterministic).
 //!
-//! The microkernels exist three times: AVX-512 (16-lane vectors, tiles of 12 rows), AVX2 + FMA
-//! (two 8-lane vectors, tiles of 6 rows), chosen at run time by what the CPU has, and portable
-//! Rust (any other CPU). `MOCSE_CPU_SIMD=avx2|portable` forces a narrower one, which the tests
+//! The microkernels exist three times: AVX-512 (16-lane vectors, tiles of 12 or 16 rows) and
+//! AVX2 with FMA (two 8-lane vectors, tiles of 6 rows), chosen at run time by what the CPU has,
+//! and portable Rust (any other CPU). `MOCSE_CPU_SIMD=avx2|portable` forces a narrower one, which the tests
 //! use to check every fallback on any machine. All add in the same order; they differ only in
 //! that the portable kernels round each product before adding it (no fused multiply-add).
 
@@ -22,9 +22,9 @@ use crate::parallel;
 
 /// Output channels per forward tile and input channels per weight tile: one AVX-512 vector.
 pub(crate) const LANES: usize = 16;
-/// The most rows a tile has (`Simd::rows`): output pixels per forward tile, output channels
-/// per weight-gradient tile.
-pub(crate) const MAX_ROWS: usize = 12;
+/// The most rows a tile has: output pixels per forward tile (`Simd::forward_rows`), output
+/// channels per weight-gradient tile (`Simd::weight_rows`).
+pub(crate) const MAX_ROWS: usize = 16;
 /// Output pixels per block of the weight gradient.
 const PIXEL_BLOCK: usize = 64;
 
@@ -40,11 +40,21 @@ pub enum Simd {
 }
 
 impl Simd {
-    /// Rows per tile: as many accumulators as keep the FMA units busy without spilling
-    /// (12 of AVX-512's 32 registers; 12 of AVX2's 16).
-    pub(crate) fn rows(self) -> usize {
+    /// Rows per forward tile: as many accumulators as keep the FMA units busy without
+    /// spilling (12 of AVX-512's 32 vector registers, whose 12 row pointers also fit in the
+    /// general registers; 12 of AVX2's 16).
+    pub(crate) fn forward_rows(self) -> usize {
         match self {
             Simd::Avx512 => 12,
+            Simd::Avx2 | Simd::Portable => 6,
+        }
+    }
+
+    /// Rows per weight-gradient tile: its rows share one pointer, so AVX-512 takes 16 (a whole
+    /// group of 16 output channels in one tile).
+    pub(crate) fn weight_rows(self) -> usize {
+        match self {
+            Simd::Avx512 => 16,
             Simd::Avx2 | Simd::Portable => 6,
         }
     }
@@ -56,10 +66,14 @@ pub fn simd() -> Simd {
     static CHOICE: OnceLock<Simd> = OnceLock::new();
     *CHOICE.get_or_init(|| {
         let best = available()[0];
-        match std::env::var("MOCSE_CPU_SIMD").as_deref() {
-            Ok("portable") => Simd::Portable,
-            Ok("avx2") => best.max(Simd::Avx2),
-            _ => best,
+        match std::env::var("MOCSE_CPU_SIMD") {
+            Err(_) => best,
+            Ok(v) if v == "portable" => Simd::Portable,
+            Ok(v) if v == "avx2" => best.max(Simd::Avx2),
+            Ok(v) => {
+                eprintln!("warning: MOCSE_CPU_SIMD={v:?} is neither avx2 nor portable; using {best:?}");
+                best
+            }
         }
     })
 }
@@ -81,8 +95,8 @@ pub fn available() -> Vec<Simd> {
     all
 }
 
-/// `count` rows cut into tiles of at most `rows`, of sizes that differ by one at most (16
-/// output channels in 12-row tiles are two tiles of 8, not 12 and 4): (first row, rows).
+/// `count` rows cut into tiles of at most `rows`, of sizes that differ by one at most (20
+/// output channels in 16-row tiles are two tiles of 10, not 16 and 4): (first row, rows).
 pub(crate) fn balanced_tiles(count: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
     let tiles = count.div_ceil(rows);
     (0..tiles).map(move |i| (i * count / tiles, (i + 1) * count / tiles - i * count / tiles))
@@ -280,6 +294,10 @@ macro_rules! by_rows {
     ($rows:expr, $kernel:path, $($arg:expr),*) => {{
         use $kernel as kernel;
         match $rows {
+            16 => kernel::<16>($($arg),*),
+            15 => kernel::<15>($($arg),*),
+            14 => kernel::<14>($($arg),*),
+            13 => kernel::<13>($($arg),*),
             12 => kernel::<12>($($arg),*),
             11 => kernel::<11>($($arg),*),
             10 => kernel::<10>($($arg),*),
@@ -319,17 +337,17 @@ fn every_tile(
             let weights = w.panel(grp, panel);
             let col0 = grp * opg + panel * LANES;
             let width = LANES.min(opg - panel * LANES);
-            for (tile, rows) in starts.chunks(simd.rows()).enumerate() {
+            for (tile, rows) in starts.chunks(simd.forward_rows()).enumerate() {
                 forward_tile(simd, input, rows, grp * cpg, taps, cpg, weights, &mut acc);
                 for (r, a) in acc.iter().enumerate().take(rows.len()) {
-                    store(tile * simd.rows() + r, col0, &a[..width]);
+                    store(tile * simd.forward_rows() + r, col0, &a[..width]);
                 }
             }
         }
     }
 }
 
-/// One forward tile of at most `simd.rows()` rows: `acc[r][j]` (overwritten) = sum over taps t
+/// One forward tile of at most `simd.forward_rows()` rows: `acc[r][j]` (overwritten) = sum over taps t
 /// and channels c of input[rows[r] + base + taps[t] + c] * weights[(t * cpg + c) * 16 + j].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_tile(
@@ -345,7 +363,9 @@ pub(crate) fn forward_tile(
     // Every read stays inside `input`: the last tap's last channel of the last window is the
     // padded image's last element at most.
     let last = rows.iter().max().copied().unwrap_or(0) + base + taps.last().copied().unwrap_or(0) + cpg;
-    assert!(last <= input.len() && weights.len() >= taps.len() * cpg * LANES && rows.len() <= simd.rows());
+    assert!(
+        last <= input.len() && weights.len() >= taps.len() * cpg * LANES && rows.len() <= simd.forward_rows()
+    );
     match simd {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 is present (`simd()` checked); the bounds were checked above.
@@ -423,7 +443,7 @@ fn weight_chunk(
         let grads = &grads[block * PIXEL_BLOCK * cout..];
         for grp in 0..g.groups {
             for (tap, &t) in taps.iter().enumerate() {
-                for (o0, outs) in balanced_tiles(opg, simd.rows()) {
+                for (o0, outs) in balanced_tiles(opg, simd.weight_rows()) {
                     for c0 in (0..cpg).step_by(LANES) {
                         let ins = LANES.min(cpg - c0);
                         let (x_at, dy_at) = (grp * cpg + c0 + t, grp * opg + o0);
@@ -458,7 +478,7 @@ pub(crate) fn weight_tile(
 ) {
     let last_x = starts.iter().max().copied().unwrap_or(0) + x_at + ins;
     let last_dy = (starts.len().max(1) - 1) * cout + dy_at + outs;
-    assert!(last_x <= input.len() && last_dy <= dy.len() && ins <= LANES && outs <= simd.rows());
+    assert!(last_x <= input.len() && last_dy <= dy.len() && ins <= LANES && outs <= simd.weight_rows());
     match simd {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 is present; reads stay within the bounds checked above (the vector

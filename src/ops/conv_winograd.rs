@@ -198,11 +198,11 @@ fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) ->
 }
 
 /// The 16 GEMMs of one block of `n` tiles, per group: M[xi][t][o] = sum over the group's c of
-/// V[xi][t][c] U[xi][c][o], `simd.rows()` tiles x 16 output channels at a time.
+/// V[xi][t][c] U[xi][c][o], `simd.forward_rows()` tiles x 16 output channels at a time.
 fn multiply(simd: Simd, v: &[f32], w: &WinogradWeights, g: &ConvGeometry, n: usize, m: &mut [f32]) {
     let (c, cout, cpg, opg) = (g.in_channels, g.out_channels, g.in_per_group(), g.out_per_group());
     let mut acc = [[0.0f32; LANES]; MAX_ROWS];
-    let tile_rows = simd.rows();
+    let tile_rows = simd.forward_rows();
     for xi in 0..16 {
         for grp in 0..g.groups {
             for panel in 0..opg.div_ceil(LANES) {
@@ -271,14 +271,15 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> 
 }
 
 /// dU[xi][o][c] += sum over the block's `n` tiles of dM[xi][t][o] V[xi][t][c], per group, by
-/// the direct weight-gradient microkernel (`simd.rows()` output x 16 input channels at a time).
+/// the direct weight-gradient microkernel (`simd.weight_rows()` output x 16 input channels at a
+/// time).
 fn accumulate(simd: Simd, v: &[f32], m: &[f32], g: &ConvGeometry, n: usize, du: &mut [f32]) {
     let (c, cout, cpg, opg) = (g.in_channels, g.out_channels, g.in_per_group(), g.out_per_group());
     let starts: Vec<usize> = (0..n).map(|t| t * c).collect();
     let mut tile = [[0.0f32; LANES]; MAX_ROWS];
     for xi in 0..16 {
         for grp in 0..g.groups {
-            for (o0, outs) in balanced_tiles(opg, simd.rows()) {
+            for (o0, outs) in balanced_tiles(opg, simd.weight_rows()) {
                 for c0 in (0..cpg).step_by(LANES) {
                     let ins = LANES.min(cpg - c0);
                     let (x_at, dy_at) = (xi * n * c + grp * cpg + c0, xi * n * cout + grp * opg + o0);
