@@ -576,28 +576,35 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // Measured per layer (`mocse bench --what conv-layers`, BENCHMARKS.md): the direct kernels
     // win for every 3x3 forward (up to 2x where groups are 16 channels wide: no packing of a
     // 16-column GEMM's operands) and for 3x3 backward data producing 8 or more channels per
-    // group; for weight gradients only where groups are 8-16 channels wide. The GEMM keeps the
-    // 1x1 shortcuts and the larger weight gradients (it reaches 85% of the FMA peak there).
-    let faster = g.kernel == 3
-        && match direction {
-            Direction::Forward => true,
-            Direction::BackwardData => cpg >= 8,
-            Direction::BackwardWeight => (8..=16).contains(&cpg) && opg <= 16,
-        };
+    // group; for weight gradients where groups are 8-16 channels wide, and with AVX-512 for
+    // every grouped weight gradient (1x1 and stride 2 included: 1.0-1.9x the GEMM, whose
+    // per-group products are too small). The GEMM keeps the 1x1 shortcuts' other directions and
+    // the larger dense weight gradients.
+    let avx512 = conv_direct::simd() == conv_direct::Simd::Avx512;
+    let faster = match direction {
+        Direction::Forward => g.kernel == 3,
+        Direction::BackwardData => g.kernel == 3 && cpg >= 8,
+        Direction::BackwardWeight => {
+            (g.kernel == 3 && (8..=16).contains(&cpg) && opg <= 16) || (avx512 && g.groups > 1)
+        }
+    };
     // Winograd computes 3x3, stride-1, padding-1 convolutions in all three directions. It pays
     // where its 2.25x fewer multiplications outweigh the transforms (`cargo bench --bench
     // cpu_conv`, BENCHMARKS.md): forward and backward data for groups of 32 or more channels
     // (up to 1.6x the direct kernels), except on 4x4 images with AVX-512, where the direct
     // kernels' 12-row tiles win by 5-10%; groups of 16 stay direct (1.05-1.2x faster on
     // MoCSE's first stage). Weight gradients of the same layers on 16x16 or larger images, or
-    // on 8x8 ones with at most 64 channels per group (1.05-1.4x the GEMM; the GEMM wins on
-    // wider 8x8 and on 4x4 layers, whose chunks hold too few tiles to reduce over).
+    // on 8x8 ones with at most 64 channels per group or with AVX-512 (1.05-1.4x the GEMM; with
+    // AVX2 the GEMM wins on wider 8x8 layers, and on 4x4 layers, whose chunks hold too few
+    // tiles to reduce over, with either).
     let winograd = CpuConv::Winograd.computes(direction, g);
     let narrowest = cpg.min(opg);
     let winograd_pays = winograd
         && match direction {
-            Direction::BackwardWeight => narrowest >= 32 && g.height >= 8 && (g.height >= 16 || cpg <= 64),
-            _ => narrowest >= 32 && (g.height >= 8 || conv_direct::simd() != conv_direct::Simd::Avx512),
+            Direction::BackwardWeight => {
+                narrowest >= 32 && g.height >= 8 && (g.height >= 16 || cpg <= 64 || avx512)
+            }
+            _ => narrowest >= 32 && (g.height >= 8 || !avx512),
         };
     match forced_cpu_conv() {
         _ if !possible => CpuConv::Gemm,

@@ -26,7 +26,7 @@ pub(crate) const LANES: usize = 16;
 /// channels per weight-gradient tile (`Simd::weight_rows`).
 pub(crate) const MAX_ROWS: usize = 16;
 /// Output pixels per block of the weight gradient.
-const PIXEL_BLOCK: usize = 64;
+const PIXEL_BLOCK: usize = 256;
 
 /// Which microkernels run, widest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
