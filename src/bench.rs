@@ -363,8 +363,8 @@ impl ConvJob {
         for ((x, w), dy) in self.xs.iter().zip(&self.ws).zip(&self.dys) {
             let g = ConvGeometry::new(x.shape(), w.shape(), self.params)?;
             match direction {
-                "forward" => drop(conv2d_forward(x, w, self.params)?),
-                "backward-data" => drop(conv2d_backward_data(dy, w, &g)?),
+                "forward" => drop(conv2d_forward(x, w, self.params, false)?),
+                "backward-data" => drop(conv2d_backward_data(dy, w, &g, false)?),
                 _ => drop(conv2d_backward_weight(x, dy, &g)?),
             }
         }

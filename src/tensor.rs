@@ -2,7 +2,7 @@
 //! recording it on the tape or handing it to several consumers never copies data.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use anyhow::Result;
 
@@ -163,6 +163,13 @@ impl Tensor {
             self.shape
         );
         Tensor { shape: shape.to_vec(), storage: self.storage.clone() }
+    }
+
+    /// A weak reference to the storage: which data this tensor is, for caches of what is
+    /// computed from it (the storage never changes, and while the reference lives no other
+    /// tensor can take its address).
+    pub(crate) fn storage_ref(&self) -> Weak<Storage> {
+        Arc::downgrade(&self.storage)
     }
 
     /// Takes a cpu tensor's data out without copying when this is the only reference.

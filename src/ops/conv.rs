@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::{Result, ensure};
 use gemm::Parallelism;
@@ -20,7 +21,7 @@ use crate::device::Device;
 use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
 use crate::ops::{conv_direct, conv_winograd};
 use crate::parallel;
-use crate::tensor::Tensor;
+use crate::tensor::{Storage, Tensor};
 
 /// Which implementation runs convolutions on the `cuda` device: the project's kernels, or cuDNN
 /// as the baseline they are measured against (`--conv-impl`).
@@ -532,27 +533,123 @@ impl CpuConv {
     pub fn run(self, direction: Direction, a: &[f32], b: &[f32], g: &ConvGeometry) -> Vec<f32> {
         assert!(self.computes(direction, g), "{self:?} does not compute {direction:?} of {g:?}");
         match (self, direction) {
-            (CpuConv::Direct, Direction::Forward) => {
-                conv_direct::forward(a, &conv_direct::PackedWeights::forward(b, g), g)
-            }
-            (CpuConv::Direct, Direction::BackwardData) => {
-                let packed = conv_direct::PackedWeights::backward_data(b, g);
-                conv_direct::forward(a, &packed, &conv_direct::backward_data_geometry(g))
-            }
             (CpuConv::Direct, Direction::BackwardWeight) => conv_direct::backward_weight(a, b, g),
-            (CpuConv::Winograd, Direction::Forward) => {
-                conv_winograd::forward(a, &conv_winograd::WinogradWeights::forward(b, g), g)
-            }
-            (CpuConv::Winograd, Direction::BackwardData) => {
-                let transformed = conv_winograd::WinogradWeights::backward_data(b, g);
-                conv_winograd::forward(a, &transformed, &conv_direct::backward_data_geometry(g))
-            }
             (CpuConv::Winograd, Direction::BackwardWeight) => conv_winograd::backward_weight(a, b, g),
-            (CpuConv::Gemm, Direction::Forward) => forward_cpu(a, &oihw_to_ohwi(b, g), g),
-            (CpuConv::Gemm, Direction::BackwardData) => backward_data_cpu(a, &oihw_to_ohwi(b, g), g),
             (CpuConv::Gemm, Direction::BackwardWeight) => backward_weight_cpu(a, b, g),
+            _ => self.prepare(direction, b, g).run(direction, a, g),
         }
     }
+
+    /// The weights (OIHW) of forward or backward data in the layout this algorithm reads.
+    fn prepare(self, direction: Direction, w: &[f32], g: &ConvGeometry) -> PreparedWeights {
+        let backward = direction == Direction::BackwardData;
+        match self {
+            CpuConv::Direct if backward => {
+                PreparedWeights::Direct(conv_direct::PackedWeights::backward_data(w, g))
+            }
+            CpuConv::Direct => PreparedWeights::Direct(conv_direct::PackedWeights::forward(w, g)),
+            CpuConv::Winograd if backward => {
+                PreparedWeights::Winograd(conv_winograd::WinogradWeights::backward_data(w, g))
+            }
+            CpuConv::Winograd => PreparedWeights::Winograd(conv_winograd::WinogradWeights::forward(w, g)),
+            CpuConv::Gemm => PreparedWeights::Gemm(oihw_to_ohwi(w, g)),
+        }
+    }
+}
+
+/// Weights in the layout an algorithm reads in the forward pass or backward data: packed
+/// panels, Winograd-transformed panels, or OHWI for the GEMM.
+pub enum PreparedWeights {
+    Direct(conv_direct::PackedWeights),
+    Winograd(conv_winograd::WinogradWeights),
+    Gemm(Vec<f32>),
+}
+
+impl PreparedWeights {
+    /// The output from x (forward) or the input gradient from dy (backward data).
+    fn run(&self, direction: Direction, a: &[f32], g: &ConvGeometry) -> Vec<f32> {
+        let backward = direction == Direction::BackwardData;
+        match self {
+            PreparedWeights::Direct(p) if backward => {
+                conv_direct::forward(a, p, &conv_direct::backward_data_geometry(g))
+            }
+            PreparedWeights::Direct(p) => conv_direct::forward(a, p, g),
+            PreparedWeights::Winograd(t) if backward => {
+                conv_winograd::forward(a, t, &conv_direct::backward_data_geometry(g))
+            }
+            PreparedWeights::Winograd(t) => conv_winograd::forward(a, t, g),
+            PreparedWeights::Gemm(ohwi) if backward => backward_data_cpu(a, ohwi, g),
+            PreparedWeights::Gemm(ohwi) => forward_cpu(a, ohwi, g),
+        }
+    }
+}
+
+/// Prepared weights kept for weight tensors that stay constant across calls (evaluation,
+/// attacks, the attack steps of adversarial training), so that they are packed or transformed
+/// once instead of on every batch. Keyed by the tensor's storage, which never changes (a
+/// `Weak` holds its allocation, so no other tensor can take its address); an entry goes when
+/// its tensor does.
+struct PreparedCache {
+    entries: Vec<Prepared>,
+}
+
+struct Prepared {
+    weights: Weak<Storage>,
+    /// What else the prepared form depends on.
+    algorithm: CpuConv,
+    direction: Direction,
+    shape: Vec<usize>,
+    groups: usize,
+    prepared: Arc<PreparedWeights>,
+}
+
+/// The most entries kept: every convolution of ten unfused experts in both directions.
+const PREPARED_CACHE_ENTRIES: usize = 512;
+
+static PREPARED: Mutex<PreparedCache> = Mutex::new(PreparedCache { entries: Vec::new() });
+
+/// `direction` of `g` by `algorithm` with the weights `w`, prepared once and kept when
+/// `keep_prepared` (the caller's promise that `w` is a constant it will use again).
+fn run_with_weights(
+    algorithm: CpuConv,
+    direction: Direction,
+    a: &[f32],
+    w: &Tensor,
+    g: &ConvGeometry,
+    keep_prepared: bool,
+) -> Vec<f32> {
+    assert!(algorithm.computes(direction, g), "{algorithm:?} does not compute {direction:?} of {g:?}");
+    if !keep_prepared {
+        return algorithm.prepare(direction, w.as_slice(), g).run(direction, a, g);
+    }
+    let key = w.storage_ref();
+    let found = {
+        let mut cache = PREPARED.lock().unwrap_or_else(|e| e.into_inner());
+        cache.entries.retain(|entry| entry.weights.strong_count() > 0);
+        let same = |e: &&Prepared| {
+            Weak::ptr_eq(&e.weights, &key)
+                && (e.algorithm, e.direction, e.shape.as_slice(), e.groups)
+                    == (algorithm, direction, w.shape(), g.groups)
+        };
+        cache.entries.iter().find(same).map(|entry| entry.prepared.clone())
+    };
+    let prepared = found.unwrap_or_else(|| {
+        let prepared = Arc::new(algorithm.prepare(direction, w.as_slice(), g));
+        let mut cache = PREPARED.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.entries.len() >= PREPARED_CACHE_ENTRIES {
+            cache.entries.remove(0);
+        }
+        cache.entries.push(Prepared {
+            weights: key,
+            algorithm,
+            direction,
+            shape: w.shape().to_vec(),
+            groups: g.groups,
+            prepared: prepared.clone(),
+        });
+        prepared
+    });
+    prepared.run(direction, a, g)
 }
 
 fn forced_cpu_conv() -> Option<CpuConv> {
@@ -616,12 +713,14 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     }
 }
 
-/// y = conv(x, w).
-pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+/// y = conv(x, w). `keep_prepared`: `w` is a constant that will be used again (evaluation,
+/// attacks), so the cpu device keeps its packed form between calls.
+pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bool) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     match x.device() {
         Device::Cpu => {
-            let y = cpu_conv(&g, Direction::Forward).run(Direction::Forward, x.as_slice(), w.as_slice(), &g);
+            let algorithm = cpu_conv(&g, Direction::Forward);
+            let y = run_with_weights(algorithm, Direction::Forward, x.as_slice(), w, &g, keep_prepared);
             Ok(Tensor::from_vec(&g.output_shape(), y))
         }
         Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::forward(x, w, &g),
@@ -637,18 +736,19 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor>
     }
 }
 
-/// dL/dx from dL/dy.
-pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
+/// dL/dx from dL/dy; `keep_prepared` as in `conv2d_forward`.
+pub fn conv2d_backward_data(
+    dy: &Tensor,
+    w: &Tensor,
+    g: &ConvGeometry,
+    keep_prepared: bool,
+) -> Result<Tensor> {
     ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
     let x_shape = [g.batch, g.height, g.width, g.in_channels];
     match dy.device() {
         Device::Cpu => {
-            let dx = cpu_conv(g, Direction::BackwardData).run(
-                Direction::BackwardData,
-                dy.as_slice(),
-                w.as_slice(),
-                g,
-            );
+            let algorithm = cpu_conv(g, Direction::BackwardData);
+            let dx = run_with_weights(algorithm, Direction::BackwardData, dy.as_slice(), w, g, keep_prepared);
             Ok(Tensor::from_vec(&x_shape, dx))
         }
         Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::backward_data(dy, w, g),
@@ -727,7 +827,10 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
 
 impl Tape {
     pub fn conv2d(&self, x: &Var, w: &Var, p: Conv2dParams) -> Result<Var> {
-        let y = conv2d_forward(x.value(), w.value(), p)?;
+        // Weights that get no gradient here are constants of an evaluation or an attack, used
+        // again on the next batch or step.
+        let constant = !self.needs_grad(&[w]);
+        let y = conv2d_forward(x.value(), w.value(), p, constant)?;
         if !self.needs_grad(&[x, w]) {
             return Ok(Var::constant(y));
         }
@@ -740,7 +843,7 @@ impl Tape {
             &[x, w],
             Box::new(move |dy, needs| {
                 let dx = match (&w_saved, needs[0]) {
-                    (Some(w), true) => Some(conv2d_backward_data(dy, w, &g)?),
+                    (Some(w), true) => Some(conv2d_backward_data(dy, w, &g, constant)?),
                     _ => None,
                 };
                 let dw = match (&x_saved, needs[1]) {
@@ -822,12 +925,43 @@ mod tests {
         reference::forward(x.as_slice(), w.as_slice(), &g)
     }
 
+    /// How many prepared forms of `w` the cache holds.
+    fn prepared_entries(w: &Tensor) -> usize {
+        let key = w.storage_ref();
+        PREPARED.lock().unwrap().entries.iter().filter(|entry| Weak::ptr_eq(&entry.weights, &key)).count()
+    }
+
+    #[test]
+    fn constant_weights_are_prepared_once_and_give_the_same_bits() {
+        let p = Conv2dParams { stride: 1, padding: 1, groups: 2 };
+        let (x, w) = (random_tensor(&[2, 9, 9, 64], 1), random_tensor(&[64, 32, 3, 3], 2));
+        let g = ConvGeometry::new(x.shape(), w.shape(), p).unwrap();
+        let dy = random_tensor(&g.output_shape(), 3);
+        let fresh = conv2d_forward(&x, &w, p, false).unwrap();
+        let fresh_dx = conv2d_backward_data(&dy, &w, &g, false).unwrap();
+        assert_eq!(prepared_entries(&w), 0);
+        for _ in 0..2 {
+            assert_eq!(conv2d_forward(&x, &w, p, true).unwrap().to_vec(), fresh.to_vec());
+            assert_eq!(conv2d_backward_data(&dy, &w, &g, true).unwrap().to_vec(), fresh_dx.to_vec());
+            assert_eq!(prepared_entries(&w), 2, "one entry per direction, reused");
+        }
+        // Another tensor with the same values is other data: its own entry. Once a tensor is
+        // gone, the next call drops its entry.
+        let same_values = Tensor::from_vec(w.shape(), w.to_vec());
+        conv2d_forward(&x, &same_values, p, true).unwrap();
+        assert_eq!(prepared_entries(&same_values), 1);
+        let key = w.storage_ref();
+        drop(w);
+        conv2d_forward(&x, &same_values, p, true).unwrap();
+        assert!(PREPARED.lock().unwrap().entries.iter().all(|entry| !Weak::ptr_eq(&entry.weights, &key)));
+    }
+
     #[test]
     fn forward_matches_naive_loops() {
         for (n, (xs, ws, p)) in check_shapes().into_iter().enumerate() {
             let x = random_tensor(&xs, n as u64);
             let w = random_tensor(&ws, 100 + n as u64);
-            let y = conv2d_forward(&x, &w, p).unwrap();
+            let y = conv2d_forward(&x, &w, p, false).unwrap();
             let reference = naive_conv(&x, &w, p);
             assert_eq!(y.len(), reference.len());
             for (a, b) in y.as_slice().iter().zip(&reference) {
@@ -883,7 +1017,7 @@ mod tests {
                 assert!(forced_cpu_conv().is_some() || cpu_conv(&g, direction) == CpuConv::Winograd);
             }
             let (x, w) = (random_tensor(&xs, 90 + n as u64), random_tensor(&ws, 95 + n as u64));
-            let y = conv2d_forward(&x, &w, p).unwrap();
+            let y = conv2d_forward(&x, &w, p, false).unwrap();
             let exact = reference::forward(x.as_slice(), w.as_slice(), &g);
             let scale = exact.iter().fold(1.0f64, |m, v| m.max(v.abs()));
             for (a, b) in y.as_slice().iter().zip(&exact) {
@@ -898,6 +1032,6 @@ mod tests {
         let x = Tensor::zeros(&[1, 4, 4, 6]);
         let w = Tensor::zeros(&[4, 4, 3, 3]);
         let p = Conv2dParams { stride: 1, padding: 1, groups: 2 };
-        assert!(conv2d_forward(&x, &w, p).is_err());
+        assert!(conv2d_forward(&x, &w, p, false).is_err());
     }
 }
