@@ -22,15 +22,11 @@ const ALGORITHMS: [CpuConv; 3] = [CpuConv::Direct, CpuConv::Winograd, CpuConv::G
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let shapes: Vec<(String, [usize; 7])> = if args.is_empty() {
-        let mut all = Vec::new();
-        for (model, width, groups) in [("PreAct-18 w16", 16, 1), ("PreAct-18 w64", 64, 1), ("MoCSE", 16, 10)]
-        {
-            if model == "PreAct-18 w16" {
-                all.push((format!("{model} layer1"), [64, 32, 16, 16, 1, 3, 1]));
-                all.push((format!("{model} layer2"), [64, 16, 32, 32, 1, 3, 1]));
-                continue;
-            }
-            let c = width * groups;
+        let mut all = vec![
+            ("PreAct-18 w16 layer1".to_string(), [64, 32, 16, 16, 1, 3, 1]),
+            ("PreAct-18 w16 layer2".to_string(), [64, 16, 32, 32, 1, 3, 1]),
+        ];
+        for (model, c, groups) in [("PreAct-18 w64", 64, 1), ("MoCSE", 160, 10)] {
             for (stage, size) in [(1, 32), (2, 16), (3, 8), (4, 4)] {
                 let (cin, cout) = (c << (stage - 1) >> 1, c << (stage - 1));
                 if stage > 1 {

@@ -112,7 +112,8 @@ extern "C" __global__ void bn_apply_f32(float* __restrict__ y, const float* __re
 // Training mode: dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)), dy through
 // the relu when relu_out is set.
 extern "C" __global__ void bn_train_bwd_dx_f32(float* __restrict__ dx, const float* __restrict__ dy,
-                                               const float* __restrict__ relu_out, const float* __restrict__ x, const float* __restrict__ mean,
+                                               const float* __restrict__ relu_out, const float* __restrict__ x,
+                                               const float* __restrict__ mean,
                                                const float* __restrict__ inv_std,
                                                const float* __restrict__ gamma,
                                                const float* __restrict__ sum_dy,
@@ -129,7 +130,8 @@ extern "C" __global__ void bn_train_bwd_dx_f32(float* __restrict__ dx, const flo
 // Evaluation mode: a fixed affine map, dx = dy * gamma * inv_std, dy through the relu when
 // relu_out is set.
 extern "C" __global__ void bn_eval_bwd_dx_f32(float* __restrict__ dx, const float* __restrict__ dy,
-                                              const float* __restrict__ relu_out, const float* __restrict__ inv_std,
+                                              const float* __restrict__ relu_out,
+                                              const float* __restrict__ inv_std,
                                               const float* __restrict__ gamma, int n, int c) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const int ch = i % c;

@@ -559,7 +559,7 @@ impl CpuConv {
 
 /// Weights in the layout an algorithm reads in the forward pass or backward data: packed
 /// panels, Winograd-transformed panels, or OHWI for the GEMM.
-pub enum PreparedWeights {
+enum PreparedWeights {
     Direct(conv_direct::PackedWeights),
     Winograd(conv_winograd::WinogradWeights),
     Gemm(Vec<f32>),
@@ -618,10 +618,10 @@ fn run_with_weights(
     g: &ConvGeometry,
     keep_prepared: bool,
 ) -> Vec<f32> {
-    assert!(algorithm.computes(direction, g), "{algorithm:?} does not compute {direction:?} of {g:?}");
     if !keep_prepared {
-        return algorithm.prepare(direction, w.as_slice(), g).run(direction, a, g);
+        return algorithm.run(direction, a, w.as_slice(), g);
     }
+    assert!(algorithm.computes(direction, g), "{algorithm:?} does not compute {direction:?} of {g:?}");
     let key = w.storage_ref();
     let found = {
         let mut cache = PREPARED.lock().unwrap_or_else(|e| e.into_inner());

@@ -697,10 +697,6 @@ mod tests {
         all
     }
 
-    fn kernels() -> Vec<Simd> {
-        available()
-    }
-
     fn assert_close(case: usize, what: &str, ours: &[f32], exact: &[f64]) {
         assert_eq!(ours.len(), exact.len());
         let scale = exact.iter().fold(1.0f64, |m, v| m.max(v.abs()));
@@ -711,7 +707,7 @@ mod tests {
 
     #[test]
     fn every_direction_matches_the_f64_reference_with_either_kernel() {
-        for simd in kernels() {
+        for simd in available() {
             for (n, (xs, ws, p)) in shapes().into_iter().enumerate() {
                 let x = random_tensor(&xs, n as u64);
                 let w = random_tensor(&ws, 300 + n as u64);
