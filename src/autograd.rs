@@ -50,6 +50,13 @@ impl Var {
     pub fn requires_grad(&self) -> bool {
         self.id.is_some()
     }
+
+    /// The tensor, and a Var for the same node holding no data: for an op that writes its
+    /// result over its input's buffer and records the input as usual.
+    pub(crate) fn split_value(self) -> (Tensor, Var) {
+        let id = self.id;
+        (self.value, Var { value: Tensor::from_vec(&[0], Vec::new()), id })
+    }
 }
 
 pub struct Tape {
@@ -152,7 +159,7 @@ impl Tape {
                         if let (Some(input), Some(g)) = (input, g) {
                             grads[*input] = Some(match grads[*input].take() {
                                 None => g,
-                                Some(acc) => crate::ops::elementwise::add_tensors(&acc, &g)?,
+                                Some(acc) => crate::ops::elementwise::sum_owned(acc, g)?,
                             });
                         }
                     }

@@ -172,6 +172,15 @@ impl Tensor {
         Arc::downgrade(&self.storage)
     }
 
+    /// A cpu tensor's data for writing in place, when nothing else refers to its storage (no
+    /// other tensor, and no cache through `storage_ref`), so no one can see it change.
+    pub(crate) fn unique_cpu_data(&mut self) -> Option<&mut [f32]> {
+        match Arc::get_mut(&mut self.storage) {
+            Some(Storage::Cpu(v)) => Some(v),
+            _ => None,
+        }
+    }
+
     /// Takes a cpu tensor's data out without copying when this is the only reference.
     pub fn into_vec(self) -> Vec<f32> {
         match Arc::try_unwrap(self.storage) {

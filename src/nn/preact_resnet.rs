@@ -278,7 +278,7 @@ impl PreActResNet {
             let h = tape.conv2d(&pre, &p[block.conv1.weight], block.conv1.p)?;
             let h = self.bn_relu(tape, p, buffers, &block.bn2, &h, train)?;
             let h = tape.conv2d(&h, &p[block.conv2.weight], block.conv2.p)?;
-            out = tape.add(&h, &shortcut)?;
+            out = tape.add_consuming(h, &shortcut)?;
         }
         let out = self.bn_relu(tape, p, buffers, &self.bn, &out, train)?;
         let pooled = tape.global_avg_pool(&out)?;

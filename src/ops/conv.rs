@@ -670,19 +670,20 @@ fn forced_cpu_conv() -> Option<CpuConv> {
 pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     let (cpg, opg) = (g.in_per_group(), g.out_per_group());
     let possible = CpuConv::Direct.computes(direction, g);
-    // Measured per layer (`mocse bench --what conv-layers`, BENCHMARKS.md): the direct kernels
-    // win for every 3x3 forward (up to 2x where groups are 16 channels wide: no packing of a
-    // 16-column GEMM's operands) and for 3x3 backward data producing 8 or more channels per
-    // group; for weight gradients where groups are 8-16 channels wide, and with AVX-512 for
-    // every grouped weight gradient (1x1 and stride 2 included: 1.0-1.9x the GEMM, whose
-    // per-group products are too small). The GEMM keeps the 1x1 shortcuts' other directions and
-    // the larger dense weight gradients.
+    // Measured per layer (`mocse bench --what conv-layers`, `cargo bench --bench cpu_conv`,
+    // BENCHMARKS.md): the direct kernels win for every forward (up to 2x where groups are 16
+    // channels wide: no packing of a 16-column GEMM's operands; 1.1-1.5x on the 1x1 stride-2
+    // shortcuts) and for 3x3 backward data producing 8 or more channels per group; for weight
+    // gradients where groups are 8-16 channels wide, and with AVX-512 for every grouped weight
+    // gradient (1x1 and stride 2 included: 1.0-1.9x the GEMM, whose per-group products are too
+    // small; with AVX2 only up to 16 input channels per group). The GEMM keeps the 1x1
+    // shortcuts' backward data and the larger dense weight gradients.
     let avx512 = conv_direct::simd() == conv_direct::Simd::Avx512;
     let faster = match direction {
-        Direction::Forward => g.kernel == 3,
+        Direction::Forward => true,
         Direction::BackwardData => g.kernel == 3 && cpg >= 8,
         Direction::BackwardWeight => {
-            (g.kernel == 3 && (8..=16).contains(&cpg) && opg <= 16) || (avx512 && g.groups > 1)
+            (g.kernel == 3 && (8..=16).contains(&cpg) && opg <= 16) || (g.groups > 1 && (avx512 || cpg <= 16))
         }
     };
     // Winograd computes 3x3, stride-1, padding-1 convolutions in all three directions. It pays

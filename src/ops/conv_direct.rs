@@ -268,25 +268,33 @@ fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> V
             let count = out.len() / (pixels * cout);
             let (starts, taps) = windows(g, count);
             with_input(x, g, first, count, |input| {
-                every_tile(simd, input, &starts, &taps, w, g.groups, cpg, opg, |row, col0, values| {
-                    store(&mut out[row * cout + col0..], values)
-                })
+                for grp in 0..g.groups {
+                    for panel in 0..w.panels {
+                        let (weights, col0) = (w.panel(grp, panel), grp * opg + panel * LANES);
+                        let width = LANES.min(opg - panel * LANES);
+                        for (tile, rows) in starts.chunks(simd.forward_rows()).enumerate() {
+                            let out = &mut out[tile * simd.forward_rows() * cout + col0..];
+                            forward_tile(
+                                simd,
+                                input,
+                                rows,
+                                grp * cpg,
+                                taps.as_slice(),
+                                cpg,
+                                weights,
+                                out,
+                                cout,
+                                width,
+                            );
+                        }
+                    }
+                }
             })
         },
     );
     // SAFETY: all `len` elements were initialised above.
     unsafe { out.set_len(len) };
     out
-}
-
-/// Writes `values` at the start of `out`, as register moves when they are a whole panel (a
-/// copy of variable length is a call to memmove).
-#[inline(always)]
-fn store(out: &mut [MaybeUninit<f32>], values: &[f32]) {
-    let n = if values.len() == LANES { LANES } else { values.len() };
-    for (o, v) in out[..n].iter_mut().zip(&values[..n]) {
-        o.write(*v);
-    }
 }
 
 /// Calls `$kernel::<R>(args)` with the const R equal to `$rows` (1 to `MAX_ROWS`).
@@ -314,41 +322,9 @@ macro_rules! by_rows {
     }};
 }
 
-/// Runs the forward microkernel over every (group, panel of 16 output channels, rows) tile:
-/// row r reads `input[starts[r] + group * cpg + taps[t] + c]`; `store(r, first output channel,
-/// values)` receives each row's results for one panel.
-#[allow(clippy::too_many_arguments)]
-fn every_tile(
-    simd: Simd,
-    input: &[f32],
-    starts: &[usize],
-    taps: &[usize],
-    w: &PackedWeights,
-    groups: usize,
-    cpg: usize,
-    opg: usize,
-    mut store: impl FnMut(usize, usize, &[f32]),
-) {
-    // One accumulator for all tiles: the kernels overwrite it, and a fresh zeroed array per
-    // tile cost a call to memset each.
-    let mut acc = [[0.0f32; LANES]; MAX_ROWS];
-    for grp in 0..groups {
-        for panel in 0..w.panels {
-            let weights = w.panel(grp, panel);
-            let col0 = grp * opg + panel * LANES;
-            let width = LANES.min(opg - panel * LANES);
-            for (tile, rows) in starts.chunks(simd.forward_rows()).enumerate() {
-                forward_tile(simd, input, rows, grp * cpg, taps, cpg, weights, &mut acc);
-                for (r, a) in acc.iter().enumerate().take(rows.len()) {
-                    store(tile * simd.forward_rows() + r, col0, &a[..width]);
-                }
-            }
-        }
-    }
-}
-
-/// One forward tile of at most `simd.forward_rows()` rows: `acc[r][j]` (overwritten) = sum over taps t
-/// and channels c of input[rows[r] + base + taps[t] + c] * weights[(t * cpg + c) * 16 + j].
+/// One forward tile of at most `simd.forward_rows()` rows, written straight into `out` (rows
+/// `stride` apart): `out[r * stride + j]` = sum over taps t and channels c of
+/// input[rows[r] + base + taps[t] + c] * weights[(t * cpg + c) * 16 + j], for j < `width`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_tile(
     simd: Simd,
@@ -358,29 +334,36 @@ pub(crate) fn forward_tile(
     taps: &[usize],
     cpg: usize,
     weights: &[f32],
-    acc: &mut [[f32; LANES]; MAX_ROWS],
+    out: &mut [MaybeUninit<f32>],
+    stride: usize,
+    width: usize,
 ) {
     // Every read stays inside `input`: the last tap's last channel of the last window is the
     // padded image's last element at most.
     let last = rows.iter().max().copied().unwrap_or(0) + base + taps.last().copied().unwrap_or(0) + cpg;
     assert!(
-        last <= input.len() && weights.len() >= taps.len() * cpg * LANES && rows.len() <= simd.forward_rows()
+        last <= input.len()
+            && weights.len() >= taps.len() * cpg * LANES
+            && rows.len() <= simd.forward_rows()
+            && width <= LANES
+            && (rows.len().max(1) - 1) * stride + width <= out.len()
     );
+    let dst = out.as_mut_ptr().cast::<f32>();
     match simd {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 is present (`simd()` checked); the bounds were checked above.
         Simd::Avx512 => unsafe {
             let ptr = input.as_ptr().add(base);
-            by_rows!(rows.len(), avx512::forward, ptr, rows, taps, cpg, weights.as_ptr(), acc)
+            by_rows!(rows.len(), avx512::forward, ptr, rows, taps, cpg, weights.as_ptr(), dst, stride, width)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA are present (`simd()` checked); the bounds were checked above.
         Simd::Avx2 => unsafe {
             let ptr = input.as_ptr().add(base);
-            by_rows!(rows.len(), avx2::forward, ptr, rows, taps, cpg, weights.as_ptr(), acc)
+            by_rows!(rows.len(), avx2::forward, ptr, rows, taps, cpg, weights.as_ptr(), dst, stride, width)
         },
         _ => {
-            *acc = [[0.0; LANES]; MAX_ROWS];
+            let mut acc = [[0.0f32; LANES]; MAX_ROWS];
             let mut k = 0;
             for &t in taps {
                 for c in 0..cpg {
@@ -392,6 +375,11 @@ pub(crate) fn forward_tile(
                         }
                     }
                     k += 1;
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(rows.len()) {
+                for (o, v) in out[r * stride..][..width].iter_mut().zip(a) {
+                    o.write(*v);
                 }
             }
         }
@@ -518,6 +506,7 @@ mod avx2 {
     use super::{LANES, MAX_ROWS};
 
     /// See `forward_tile`; `x` already points at the group's first channel.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn forward<const R: usize>(
         x: *const f32,
@@ -525,9 +514,11 @@ mod avx2 {
         taps: &[usize],
         cpg: usize,
         mut w: *const f32,
-        out: &mut [[f32; LANES]; MAX_ROWS],
+        out: *mut f32,
+        stride: usize,
+        width: usize,
     ) {
-        // SAFETY: the caller checked every extent.
+        // SAFETY: the caller checked every extent; a narrower panel's stores are masked.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
             let mut px = [x; R];
@@ -546,14 +537,23 @@ mod avx2 {
                     }
                 }
             }
-            for r in 0..R {
-                _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r][0]);
-                _mm256_storeu_ps(out[r].as_mut_ptr().add(8), acc[r][1]);
+            let dst = |r: usize| out.add(r * stride);
+            if width == LANES {
+                for r in 0..R {
+                    _mm256_storeu_ps(dst(r), acc[r][0]);
+                    _mm256_storeu_ps(dst(r).add(8), acc[r][1]);
+                }
+            } else {
+                let (m0, m1) = masks(width);
+                for r in 0..R {
+                    _mm256_maskstore_ps(dst(r), m0, acc[r][0]);
+                    _mm256_maskstore_ps(dst(r).add(8), m1, acc[r][1]);
+                }
             }
         }
     }
 
-    /// Lanes [0, n) of a 16-lane load set, the rest zero.
+    /// Lanes [0, n) of a 16-lane load or store set, the rest zero.
     #[target_feature(enable = "avx2")]
     unsafe fn masks(n: usize) -> (__m256i, __m256i) {
         let lane = |j: i32| if (j as usize) < n { -1 } else { 0 };
@@ -610,6 +610,7 @@ mod avx512 {
 
     /// See `forward_tile`; `x` already points at the group's first channel. One vector of 16
     /// output channels per row; each input value is broadcast from memory into its FMA.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn forward<const R: usize>(
         x: *const f32,
@@ -617,9 +618,11 @@ mod avx512 {
         taps: &[usize],
         cpg: usize,
         mut w: *const f32,
-        out: &mut [[f32; LANES]; MAX_ROWS],
+        out: *mut f32,
+        stride: usize,
+        width: usize,
     ) {
-        // SAFETY: the caller checked every extent.
+        // SAFETY: the caller checked every extent; a narrower panel's stores are masked.
         unsafe {
             let mut acc = [_mm512_setzero_ps(); R];
             let mut px = [x; R];
@@ -635,8 +638,9 @@ mod avx512 {
                     }
                 }
             }
+            let mask: __mmask16 = if width >= LANES { !0 } else { (1u16 << width) - 1 };
             for r in 0..R {
-                _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+                _mm512_mask_storeu_ps(out.add(r * stride), mask, acc[r]);
             }
         }
     }

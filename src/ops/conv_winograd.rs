@@ -201,7 +201,9 @@ fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) ->
 /// V[xi][t][c] U[xi][c][o], `simd.forward_rows()` tiles x 16 output channels at a time.
 fn multiply(simd: Simd, v: &[f32], w: &WinogradWeights, g: &ConvGeometry, n: usize, m: &mut [f32]) {
     let (c, cout, cpg, opg) = (g.in_channels, g.out_channels, g.in_per_group(), g.out_per_group());
-    let mut acc = [[0.0f32; LANES]; MAX_ROWS];
+    // M is written as if uninitialised: the tiles store into it without reading it.
+    // SAFETY: f32 and MaybeUninit<f32> have the same layout, and only f32 values are written.
+    let m = unsafe { &mut *(m as *mut [f32] as *mut [MaybeUninit<f32>]) };
     let tile_rows = simd.forward_rows();
     for xi in 0..16 {
         for grp in 0..g.groups {
@@ -212,16 +214,9 @@ fn multiply(simd: Simd, v: &[f32], w: &WinogradWeights, g: &ConvGeometry, n: usi
                 for t0 in (0..n).step_by(tile_rows) {
                     let rows: [usize; MAX_ROWS] = std::array::from_fn(|r| (t0 + r) * c);
                     let rows = &rows[..tile_rows.min(n - t0)];
-                    forward_tile(simd, v, rows, xi * n * c + grp * cpg, &[0], cpg, panel_weights, &mut acc);
-                    for (r, a) in acc.iter().enumerate().take(rows.len()) {
-                        let dst = &mut m[(xi * n + t0 + r) * cout + col..];
-                        // A constant length is a register move; a variable one a call to memmove.
-                        if width == LANES {
-                            dst[..LANES].copy_from_slice(a);
-                        } else {
-                            dst[..width].copy_from_slice(&a[..width]);
-                        }
-                    }
+                    let out = &mut m[(xi * n + t0) * cout + col..];
+                    let at = xi * n * c + grp * cpg;
+                    forward_tile(simd, v, rows, at, &[0], cpg, panel_weights, out, cout, width);
                 }
             }
         }

@@ -43,6 +43,30 @@ pub fn add_tensors(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// a + b, written over whichever of the two is a cpu tensor that nothing else holds (no new
+/// buffer, whose pages would be cleared first), else into a new one. The same values as
+/// `add_tensors` either way.
+pub fn sum_owned(mut a: Tensor, mut b: Tensor) -> Result<Tensor> {
+    ensure!(a.shape() == b.shape(), "add: shapes differ: {:?} vs {:?}", a.shape(), b.shape());
+    let add_into = |into: &mut [f32], other: &Tensor| {
+        let other = other.as_slice();
+        if into.len() < PAR_MIN {
+            into.iter_mut().zip(other).for_each(|(x, y)| *x += y);
+        } else {
+            into.par_iter_mut().zip(other).for_each(|(x, y)| *x += y);
+        }
+    };
+    if let Some(data) = a.unique_cpu_data() {
+        add_into(data, &b);
+        return Ok(a);
+    }
+    if let Some(data) = b.unique_cpu_data() {
+        add_into(data, &a);
+        return Ok(b);
+    }
+    add_tensors(&a, &b)
+}
+
 pub fn relu_forward(x: &Tensor) -> Result<Tensor> {
     match x.device() {
         // `v < 0` rather than `v.max(0)`: a NaN must propagate (as in PyTorch), not become 0.
@@ -153,6 +177,14 @@ impl Tape {
         Ok(self.record(y, &[a, b], Box::new(|g, needs| Ok(needs.iter().map(|_| Some(g.clone())).collect()))))
     }
 
+    /// `add` that may write the sum over `a`'s tensor when nothing else holds it (a residual
+    /// block's last convolution output, which no backward keeps), saving a new buffer.
+    pub fn add_consuming(&self, a: Var, b: &Var) -> Result<Var> {
+        let (a_value, a) = a.split_value();
+        let y = sum_owned(a_value, b.value().clone())?;
+        Ok(self.record(y, &[&a, b], Box::new(|g, needs| Ok(needs.iter().map(|_| Some(g.clone())).collect()))))
+    }
+
     /// s * x for a constant s.
     pub fn scale(&self, x: &Var, s: f32) -> Result<Var> {
         let y = scale_tensor(x.value(), s)?;
@@ -254,6 +286,32 @@ mod tests {
             let s = t.add(&v[0], &v[1])?;
             t.scale(&s, -1.5)
         });
+    }
+
+    #[test]
+    fn consuming_add_reuses_an_unshared_buffer_and_matches_add() {
+        use crate::autograd::Tape;
+        use crate::tensor::Tensor;
+        // Large enough for the parallel path.
+        let (a, b) = (random_tensor(&[70, 1000], 3), random_tensor(&[70, 1000], 4));
+        let tape = Tape::new();
+        let (va, vb) = (tape.leaf(a.clone(), true), tape.leaf(b.clone(), true));
+        // `a` itself still holds the buffer: a new one is written, `a` is untouched.
+        let shared = tape.add_consuming(va.clone(), &vb).unwrap();
+        assert_eq!(shared.value().to_vec(), super::add_tensors(&a, &b).unwrap().to_vec());
+        assert_eq!(va.value().to_vec(), a.to_vec());
+        // A product no one else holds is overwritten with the sum.
+        let product = tape.scale(&va, 2.0).unwrap();
+        let at = product.value().as_slice().as_ptr();
+        let expected = super::add_tensors(product.value(), &b).unwrap().to_vec();
+        let sum = tape.add_consuming(product, &vb).unwrap();
+        assert_eq!(sum.value().as_slice().as_ptr(), at);
+        assert_eq!(sum.value().to_vec(), expected);
+        // Gradients as `add`'s: d(2a + b + a + b)/da = 3, /db = 2.
+        let total = tape.add(&sum, &shared).unwrap();
+        let grads = tape.backward_from(&total, Tensor::full(total.shape(), 1.0)).unwrap();
+        assert!(grads.get(&va).unwrap().to_vec().iter().all(|g| *g == 3.0));
+        assert!(grads.get(&vb).unwrap().to_vec().iter().all(|g| *g == 2.0));
     }
 
     #[test]
