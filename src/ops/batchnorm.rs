@@ -168,11 +168,34 @@ pub enum Activation {
     Relu,
 }
 
+/// A relu after batch norm, as the backward pass needs it. The kernel devices read its output;
+/// the cpu recomputes its mask from x and the affine map, bit for bit as `bn_apply` made it, so
+/// each backward pass reads one tensor fewer.
+pub struct ReluAfter {
+    pub out: Tensor,
+    pub gamma: Tensor,
+    pub beta: Tensor,
+}
+
+/// The affine map `bn_apply` runs, x * scale + shift per channel.
+fn affine_coefficients(
+    mean: &Tensor,
+    inv_std: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+) -> (Vec<f32>, Vec<f32>) {
+    let (m, is, g, b) = (mean.as_slice(), inv_std.as_slice(), gamma.as_slice(), beta.as_slice());
+    let scale: Vec<f32> = (0..m.len()).map(|i| g[i] * is[i]).collect();
+    let shift = (0..m.len()).map(|i| b[i] - m[i] * scale[i]).collect();
+    (scale, shift)
+}
+
 /// A gradient as it reaches batch norm's output: `dy` itself, or, where a relu follows, `dy`
-/// where the relu passed its input (its output `z` > 0) and 0 where it clipped it.
+/// where the relu passed its input (x * scale + shift > 0, as its output was) and 0 where it
+/// clipped it.
 #[inline(always)]
-fn through_relu<const RELU: bool>(dy: f32, z: f32) -> f32 {
-    if !RELU || z > 0.0 { dy } else { 0.0 }
+fn through_relu<const RELU: bool>(dy: f32, x: f32, scale: f32, shift: f32) -> f32 {
+    if !RELU || x * scale + shift > 0.0 { dy } else { 0.0 }
 }
 
 /// `f(row of the output, its index)` for every row of a new [rows, c] vector, in parallel
@@ -201,9 +224,7 @@ pub fn bn_apply(
     let c = channels_of(x);
     match x.device() {
         Device::Cpu => {
-            let (m, is, g, b) = (mean.as_slice(), inv_std.as_slice(), gamma.as_slice(), beta.as_slice());
-            let scale: Vec<f32> = (0..c).map(|i| g[i] * is[i]).collect();
-            let shift: Vec<f32> = (0..c).map(|i| b[i] - m[i] * scale[i]).collect();
+            let (scale, shift) = affine_coefficients(mean, inv_std, gamma, beta);
             let y = match activation {
                 Activation::Identity => affine::<false>(x.as_slice(), &scale, &shift),
                 Activation::Relu => affine::<true>(x.as_slice(), &scale, &shift),
@@ -219,7 +240,8 @@ pub fn bn_apply(
     }
 }
 
-/// x * scale + shift per channel, then a relu when RELU (`v < 0`, so that a NaN propagates).
+/// x * scale + shift per channel, then a relu when RELU (`v < 0`, so that a NaN propagates;
+/// `through_relu` passes a gradient exactly where this gives a value > 0).
 fn affine<const RELU: bool>(x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
     let c = scale.len();
     rows_into(x.len(), c, |out, r| {
@@ -232,11 +254,11 @@ fn affine<const RELU: bool>(x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32>
 }
 
 /// (sum dy, sum dy * xhat) per channel, xhat = (x - mean) * inv_std: dbeta and dgamma. With
-/// `relu_out`, dy is the gradient of the relu after batch norm (`through_relu`).
+/// `relu`, dy is the gradient of the relu after batch norm (`through_relu`).
 pub fn bn_grad_sums(
     x: &Tensor,
     dy: &Tensor,
-    relu_out: Option<&Tensor>,
+    relu: Option<&ReluAfter>,
     mean: &Tensor,
     inv_std: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
@@ -244,14 +266,18 @@ pub fn bn_grad_sums(
     match x.device() {
         Device::Cpu => {
             let (xs, ds, m, is) = (x.as_slice(), dy.as_slice(), mean.as_slice(), inv_std.as_slice());
-            let (a, b) = match relu_out {
-                Some(z) => grad_sums::<true>(xs, ds, z.as_slice(), m, is),
-                None => grad_sums::<false>(xs, ds, ds, m, is),
+            let (a, b) = match relu {
+                Some(r) => {
+                    let (scale, shift) = affine_coefficients(mean, inv_std, &r.gamma, &r.beta);
+                    grad_sums::<true>(xs, ds, m, is, &scale, &shift)
+                }
+                None => grad_sums::<false>(xs, ds, m, is, m, m),
             };
             let to = |v: Vec<f64>| Tensor::from_vec(&[c], v.iter().map(|x| *x as f32).collect());
             Ok((to(a), to(b)))
         }
         d => {
+            let relu_out = relu.map(|r| &r.out);
             let (partial, parts) = partial_sums_gpu(x, Some((dy, relu_out)), Some(mean), Some(inv_std))?;
             let (sum_dy, sum_dy_xhat) = (Tensor::output_on(d, &[c])?, Tensor::output_on(d, &[c])?);
             let args = [sum_dy.arg(), sum_dy_xhat.arg(), partial.arg(), int(parts), int(c)];
@@ -261,20 +287,23 @@ pub fn bn_grad_sums(
     }
 }
 
-/// `bn_grad_sums` on the cpu; `zs` is the relu's output when RELU (else unused).
+/// `bn_grad_sums` on the cpu; `scale` and `shift` are the affine map before the relu when
+/// RELU (else unused, any slices of c values).
 fn grad_sums<const RELU: bool>(
     xs: &[f32],
     ds: &[f32],
-    zs: &[f32],
     m: &[f32],
     is: &[f32],
+    scale: &[f32],
+    shift: &[f32],
 ) -> (Vec<f64>, Vec<f64>) {
     let c = m.len();
     channel_sums(xs.len() / c, c, |r, sum_dy, sum_dy_xhat| {
-        let (xr, dr, zr) = (&xs[r * c..][..c], &ds[r * c..][..c], &zs[r * c..][..c]);
+        let (xr, dr) = (&xs[r * c..][..c], &ds[r * c..][..c]);
         let sums = sum_dy.iter_mut().zip(sum_dy_xhat.iter_mut());
-        for ((sd, sx), (((x, d), z), (m, is))) in sums.zip(xr.iter().zip(dr).zip(zr).zip(m.iter().zip(is))) {
-            let d = through_relu::<RELU>(*d, *z);
+        let per_channel = m.iter().zip(is).zip(scale.iter().zip(shift));
+        for ((sd, sx), ((x, d), ((m, is), (a, b)))) in sums.zip(xr.iter().zip(dr).zip(per_channel)) {
+            let d = through_relu::<RELU>(*d, *x, *a, *b);
             *sd += d;
             *sx += d * ((x - m) * is);
         }
@@ -282,11 +311,11 @@ fn grad_sums<const RELU: bool>(
 }
 
 /// Training mode: dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)), with dy
-/// through the relu when `relu_out` is given (as the sums were).
+/// through the relu when `relu` is given (as the sums were).
 #[allow(clippy::too_many_arguments)]
 pub fn bn_train_backward_data(
     dy: &Tensor,
-    relu_out: Option<&Tensor>,
+    relu: Option<&ReluAfter>,
     x: &Tensor,
     mean: &Tensor,
     inv_std: &Tensor,
@@ -301,11 +330,14 @@ pub fn bn_train_backward_data(
             let a: Vec<f32> = (0..c).map(|i| g[i] * is[i]).collect();
             let mdy: Vec<f32> = sums.0.as_slice().iter().map(|s| s / rows as f32).collect();
             let mdx: Vec<f32> = sums.1.as_slice().iter().map(|s| s / rows as f32).collect();
-            let per_channel = PerChannel { a: &a, mean: m, inv_std: is, mean_dy: &mdy, mean_dy_xhat: &mdx };
+            let k = PerChannel { a: &a, mean: m, inv_std: is, mean_dy: &mdy, mean_dy_xhat: &mdx };
             let (xs, ds) = (x.as_slice(), dy.as_slice());
-            let dx = match relu_out {
-                Some(z) => train_dx::<true>(xs, ds, z.as_slice(), &per_channel),
-                None => train_dx::<false>(xs, ds, ds, &per_channel),
+            let dx = match relu {
+                Some(r) => {
+                    let (scale, shift) = affine_coefficients(mean, inv_std, &r.gamma, &r.beta);
+                    train_dx::<true>(xs, ds, &k, &scale, &shift)
+                }
+                None => train_dx::<false>(xs, ds, &k, m, m),
             };
             Ok(Tensor::from_vec(x.shape(), dx))
         }
@@ -314,7 +346,7 @@ pub fn bn_train_backward_data(
             x,
             &[
                 dy.arg(),
-                relu_out.map_or(Arg::Ptr(0), Tensor::arg),
+                relu.map_or(Arg::Ptr(0), |r| r.out.arg()),
                 x.arg(),
                 mean.arg(),
                 inv_std.arg(),
@@ -337,16 +369,28 @@ struct PerChannel<'a> {
     mean_dy_xhat: &'a [f32],
 }
 
-/// `bn_train_backward_data` on the cpu; `zs` is the relu's output when RELU (else unused).
-fn train_dx<const RELU: bool>(xs: &[f32], ds: &[f32], zs: &[f32], k: &PerChannel) -> Vec<f32> {
+/// `bn_train_backward_data` on the cpu; `scale` and `shift` as in `grad_sums`.
+fn train_dx<const RELU: bool>(
+    xs: &[f32],
+    ds: &[f32],
+    k: &PerChannel,
+    scale: &[f32],
+    shift: &[f32],
+) -> Vec<f32> {
     let c = k.a.len();
     rows_into(xs.len(), c, |out, r| {
-        let (xr, dr, zr) = (&xs[r * c..][..c], &ds[r * c..][..c], &zs[r * c..][..c]);
-        let per_channel = k.a.iter().zip(k.mean).zip(k.inv_std).zip(k.mean_dy).zip(k.mean_dy_xhat);
-        for ((o, ((x, d), z)), ((((a, m), is), mdy), mdx)) in
-            out.iter_mut().zip(xr.iter().zip(dr).zip(zr)).zip(per_channel)
+        let (xr, dr) = (&xs[r * c..][..c], &ds[r * c..][..c]);
+        let per_channel =
+            k.a.iter()
+                .zip(k.mean)
+                .zip(k.inv_std)
+                .zip(k.mean_dy)
+                .zip(k.mean_dy_xhat)
+                .zip(scale.iter().zip(shift));
+        for ((o, (x, d)), (((((a, m), is), mdy), mdx), (sa, sb))) in
+            out.iter_mut().zip(xr.iter().zip(dr)).zip(per_channel)
         {
-            let d = through_relu::<RELU>(*d, *z);
+            let d = through_relu::<RELU>(*d, *x, *sa, *sb);
             o.write(a * (d - mdy - (x - m) * is * mdx));
         }
     })
@@ -354,9 +398,12 @@ fn train_dx<const RELU: bool>(xs: &[f32], ds: &[f32], zs: &[f32], k: &PerChannel
 
 /// Evaluation mode: dx = dy * gamma * inv_std, with dy through the relu when `relu_out` is
 /// given.
+/// `x` and `mean` (the running mean) are read on the cpu where `relu` is given.
 pub fn bn_eval_backward_data(
     dy: &Tensor,
-    relu_out: Option<&Tensor>,
+    relu: Option<&ReluAfter>,
+    x: &Tensor,
+    mean: &Tensor,
     inv_std: &Tensor,
     gamma: &Tensor,
 ) -> Result<Tensor> {
@@ -365,28 +412,44 @@ pub fn bn_eval_backward_data(
         Device::Cpu => {
             let a: Vec<f32> = gamma.as_slice().iter().zip(inv_std.as_slice()).map(|(g, is)| g * is).collect();
             let ds = dy.as_slice();
-            let dx = match relu_out {
-                Some(z) => eval_dx::<true>(ds, z.as_slice(), &a),
-                None => eval_dx::<false>(ds, ds, &a),
+            let dx = match relu {
+                Some(r) => {
+                    let (scale, shift) = affine_coefficients(mean, inv_std, &r.gamma, &r.beta);
+                    eval_dx::<true>(ds, x.as_slice(), &a, &scale, &shift)
+                }
+                None => eval_dx::<false>(ds, ds, &a, &a, &a),
             };
             Ok(Tensor::from_vec(dy.shape(), dx))
         }
         _ => elementwise_kernel(
             "bn_eval_bwd_dx_f32",
             dy,
-            &[dy.arg(), relu_out.map_or(Arg::Ptr(0), Tensor::arg), inv_std.arg(), gamma.arg()],
+            &[dy.arg(), relu.map_or(Arg::Ptr(0), |r| r.out.arg()), inv_std.arg(), gamma.arg()],
             &[int(c)],
         ),
     }
 }
 
-/// `bn_eval_backward_data` on the cpu; `zs` is the relu's output when RELU (else unused).
-fn eval_dx<const RELU: bool>(ds: &[f32], zs: &[f32], a: &[f32]) -> Vec<f32> {
+/// `bn_eval_backward_data` on the cpu; `xs`, `scale` and `shift` as in `grad_sums` (unused
+/// unless RELU).
+fn eval_dx<const RELU: bool>(ds: &[f32], xs: &[f32], a: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
     let c = a.len();
     rows_into(ds.len(), c, |out, r| {
-        for ((o, (d, z)), a) in out.iter_mut().zip(ds[r * c..][..c].iter().zip(&zs[r * c..][..c])).zip(a) {
-            o.write(through_relu::<RELU>(*d, *z) * a);
+        let per_channel = a.iter().zip(scale.iter().zip(shift));
+        for ((o, (d, x)), (a, (sa, sb))) in
+            out.iter_mut().zip(ds[r * c..][..c].iter().zip(&xs[r * c..][..c])).zip(per_channel)
+        {
+            o.write(through_relu::<RELU>(*d, *x, *sa, *sb) * a);
         }
+    })
+}
+
+/// What the backward pass keeps of a relu after batch norm with output `y`.
+fn relu_after(activation: Activation, y: &Tensor, gamma: &Var, beta: &Var) -> Option<ReluAfter> {
+    (activation == Activation::Relu).then(|| ReluAfter {
+        out: y.clone(),
+        gamma: gamma.value().clone(),
+        beta: beta.value().clone(),
     })
 }
 
@@ -415,17 +478,17 @@ impl Tape {
             return Ok((Var::constant(y), stats));
         }
         let (x_saved, gamma_saved) = (x.value().clone(), gamma.value().clone());
-        let relu_out = (activation == Activation::Relu).then(|| y.clone());
+        let relu = relu_after(activation, &y, gamma, beta);
         let var = self.record(
             y,
             &[x, gamma, beta],
             Box::new(move |dy, needs| {
-                let relu_out = relu_out.as_ref();
-                let sums = bn_grad_sums(&x_saved, dy, relu_out, &mean, &inv_std)?;
+                let relu = relu.as_ref();
+                let sums = bn_grad_sums(&x_saved, dy, relu, &mean, &inv_std)?;
                 let dx = match needs[0] {
                     true => Some(bn_train_backward_data(
                         dy,
-                        relu_out,
+                        relu,
                         &x_saved,
                         &mean,
                         &inv_std,
@@ -468,19 +531,19 @@ impl Tape {
             return Ok(Var::constant(y));
         }
         let (x_saved, gamma_saved, mean) = (x.value().clone(), gamma.value().clone(), running_mean.clone());
-        let relu_out = (activation == Activation::Relu).then(|| y.clone());
+        let relu = relu_after(activation, &y, gamma, beta);
         Ok(self.record(
             y,
             &[x, gamma, beta],
             Box::new(move |dy, needs| {
-                let relu_out = relu_out.as_ref();
+                let relu = relu.as_ref();
                 let dx = match needs[0] {
-                    true => Some(bn_eval_backward_data(dy, relu_out, &inv_std, &gamma_saved)?),
+                    true => Some(bn_eval_backward_data(dy, relu, &x_saved, &mean, &inv_std, &gamma_saved)?),
                     false => None,
                 };
                 let (dbeta, dgamma) = match needs[1] || needs[2] {
                     true => {
-                        let (a, b) = bn_grad_sums(&x_saved, dy, relu_out, &mean, &inv_std)?;
+                        let (a, b) = bn_grad_sums(&x_saved, dy, relu, &mean, &inv_std)?;
                         (Some(a), Some(b))
                     }
                     false => (None, None),
