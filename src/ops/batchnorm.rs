@@ -177,7 +177,7 @@ pub struct ReluAfter {
     pub beta: Tensor,
 }
 
-/// The affine map `bn_apply` runs, x * scale + shift per channel.
+/// The affine map `bn_apply` runs per channel (`normalised`).
 fn affine_coefficients(
     mean: &Tensor,
     inv_std: &Tensor,
@@ -190,12 +190,19 @@ fn affine_coefficients(
     (scale, shift)
 }
 
+/// x normalised by the affine map: the one expression the forward output and the backward's
+/// recomputed relu mask both use, so the two agree bit for bit.
+#[inline(always)]
+fn normalised(x: f32, scale: f32, shift: f32) -> f32 {
+    x * scale + shift
+}
+
 /// A gradient as it reaches batch norm's output: `dy` itself, or, where a relu follows, `dy`
-/// where the relu passed its input (x * scale + shift > 0, as its output was) and 0 where it
+/// where the relu passed its input (`normalised` > 0, as its output was) and 0 where it
 /// clipped it.
 #[inline(always)]
 fn through_relu<const RELU: bool>(dy: f32, x: f32, scale: f32, shift: f32) -> f32 {
-    if !RELU || x * scale + shift > 0.0 { dy } else { 0.0 }
+    if !RELU || normalised(x, scale, shift) > 0.0 { dy } else { 0.0 }
 }
 
 /// `f(row of the output, its index)` for every row of a new [rows, c] vector, in parallel
@@ -247,7 +254,7 @@ fn affine<const RELU: bool>(x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32>
     rows_into(x.len(), c, |out, r| {
         // Zipped iterators: no bounds checks, so the loop vectorises.
         for (((y, x), a), b) in out.iter_mut().zip(&x[r * c..][..c]).zip(scale).zip(shift) {
-            let v = x * a + b;
+            let v = normalised(*x, *a, *b);
             y.write(if RELU && v < 0.0 { 0.0 } else { v });
         }
     })
@@ -396,9 +403,8 @@ fn train_dx<const RELU: bool>(
     })
 }
 
-/// Evaluation mode: dx = dy * gamma * inv_std, with dy through the relu when `relu_out` is
-/// given.
-/// `x` and `mean` (the running mean) are read on the cpu where `relu` is given.
+/// Evaluation mode: dx = dy * gamma * inv_std, with dy through the relu when `relu` is given
+/// (the cpu then reads `x` and `mean`, the running mean, for its mask).
 pub fn bn_eval_backward_data(
     dy: &Tensor,
     relu: Option<&ReluAfter>,
