@@ -12,12 +12,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use mocse::ops::conv::{Conv2dParams, ConvGeometry, CpuConv, Direction, cpu_conv};
+use mocse::ops::conv_winograd::Tile;
 
 // As in the mocse binary: keep freed tensor pages mapped.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const ALGORITHMS: [CpuConv; 3] = [CpuConv::Direct, CpuConv::Winograd, CpuConv::Gemm];
+const ALGORITHMS: [CpuConv; 4] =
+    [CpuConv::Direct, CpuConv::Winograd(Tile::F2), CpuConv::Winograd(Tile::F4), CpuConv::Gemm];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -57,8 +59,8 @@ fn main() -> Result<()> {
         vec![(format!("{b}x{h}x{h}x{c} -> {o}, {g} groups, {k}x{k}/{stride}"), [b, h, c, o, g, k, stride])]
     };
     println!(
-        "{:<32} {:<15} {:>14} {:>14} {:>14}  chosen   (ms, fastest of 12; GFLOP/s as direct FLOPs)",
-        "layer", "direction", "direct", "winograd", "gemm"
+        "{:<32} {:<15} {:>14} {:>14} {:>14} {:>14}  chosen   (ms, fastest of 12; GFLOP/s as direct FLOPs)",
+        "layer", "direction", "direct", "winograd 2x2", "winograd 4x4", "gemm"
     );
     for (name, [b, h, c, o, groups, k, stride]) in shapes {
         let p = Conv2dParams { stride, padding: k / 2, groups };
@@ -78,7 +80,7 @@ fn main() -> Result<()> {
                 Direction::BackwardData => (&dy, &w),
                 Direction::BackwardWeight => (&x, &dy),
             };
-            let mut best = [f64::MAX; 3];
+            let mut best = [f64::MAX; ALGORITHMS.len()];
             for _ in 0..12 {
                 for (k, algorithm) in ALGORITHMS.iter().enumerate() {
                     if !algorithm.computes(direction, &g) {
@@ -94,10 +96,11 @@ fn main() -> Result<()> {
                 s => format!("{:.2} ({:.0})", s * 1e3, flops / s / 1e9),
             };
             println!(
-                "{name:<32} {label:<15} {:>14} {:>14} {:>14}  {:?}",
+                "{name:<32} {label:<15} {:>14} {:>14} {:>14} {:>14}  {:?}",
                 cell(best[0]),
                 cell(best[1]),
                 cell(best[2]),
+                cell(best[3]),
                 cpu_conv(&g, direction)
             );
         }

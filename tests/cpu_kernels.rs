@@ -1,9 +1,9 @@
 //! Every CPU convolution choice gives the same network output and loss: the default (direct
 //! microkernels where they are faster, AVX-512 or AVX2 when the CPU has it), the AVX2 and the
 //! portable microkernels (`MOCSE_CPU_SIMD=avx2|portable`, what a CPU without AVX-512 or without
-//! AVX2 runs), and the GEMM, the direct kernels
-//! or Winograd wherever each applies (`MOCSE_CPU_CONV=gemm|direct|winograd`), for both models, through `mocse bench --twin` (a training-mode
-//! forward pass and the loss on the benchmark's batch).
+//! AVX2 runs), and the GEMM, the direct kernels or Winograd F(2x2) or F(4x4) wherever each
+//! applies (`MOCSE_CPU_CONV=gemm|direct|winograd|winograd4`), for both models, through `mocse
+//! bench --twin` (a training-mode forward pass and the loss on the benchmark's batch).
 
 mod common;
 
@@ -39,6 +39,7 @@ fn every_kernel_choice_computes_the_same_network() {
             ("MOCSE_CPU_CONV", "gemm"),
             ("MOCSE_CPU_CONV", "direct"),
             ("MOCSE_CPU_CONV", "winograd"),
+            ("MOCSE_CPU_CONV", "winograd4"),
         ] {
             let (output, other_loss) = twin(&tmp.path().join(env.1), model, &[env]);
             assert_eq!(output.len(), reference.len());
