@@ -278,8 +278,9 @@ fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) ->
             BUFFERS.with(|buffers| {
                 let ([v, m], places) = &mut *buffers.borrow_mut();
                 let (v, m) = (sized(v, points * block * slice * cpg), sized(m, points * block * slice * opg));
-                for first in (0..tiles).step_by(block) {
-                    let n = block.min(tiles - first);
+                // Blocks of equal size (64 tiles are 22, 21 and 21, not 24, 24 and 16), whose
+                // microkernel tiles are then all about as tall.
+                for (first, n) in balanced_tiles(tiles, block) {
                     let (v, m) = (&mut v[..points * n * slice * cpg], &mut m[..points * n * slice * opg]);
                     tiling.places(first..first + n, places);
                     for groups in slices(g) {
@@ -332,9 +333,11 @@ fn multiply(
             for panel in 0..opg.div_ceil(LANES) {
                 let width = LANES.min(opg - panel * LANES);
                 let panel_weights = &w.packed.panel(grp, panel)[xi * cpg * LANES..];
-                for t0 in (0..n).step_by(tile_rows) {
+                // Tiles of equal height: a short last one (4 rows of 12) would run at a third of
+                // the microkernel's speed.
+                for (t0, count) in balanced_tiles(n, tile_rows) {
                     let rows: [usize; MAX_ROWS] = std::array::from_fn(|r| (t0 + r) * ins);
-                    let rows = &rows[..tile_rows.min(n - t0)];
+                    let rows = &rows[..count];
                     let out = &mut m[(xi * n + t0) * outs + k * opg + panel * LANES..];
                     let at = xi * n * ins + k * cpg;
                     forward_tile(simd, v, rows, at, &[0], cpg, panel_weights, out, outs, width);
