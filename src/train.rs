@@ -485,6 +485,11 @@ impl Trainer {
                 return Err(refuse_run());
             }
             if crate::dir_lock::holds_other_files(run_dir)? {
+                // A run starting here this moment (its lock held, its config still being
+                // written) is another writer, not foreign files: say so.
+                if run_dir.join(crate::dir_lock::LOCK_FILE).exists() {
+                    DirLock::acquire(run_dir, "training")?;
+                }
                 bail!(
                     "--out {} already holds other files; a new run needs a new or empty directory",
                     run_dir.display()
