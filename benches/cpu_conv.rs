@@ -1,9 +1,10 @@
 //! `cargo bench --bench cpu_conv`: the CPU convolution algorithms side by side on the layers of
 //! both models (batch 64: the 3x3 stride-1 layers, the first, stride-2 convolution of each later
 //! stage and its 1x1 shortcut), in all three directions: the direct kernels, Winograd F(2x2,
-//! 3x3) and F(4x4, 3x3) and unfolding + GEMM wherever each applies, each the fastest of 12 calls taken in turn
-//! (so a noisy machine slows every algorithm alike), weights packed or transformed inside the
-//! timing as in a training step, and the algorithm `conv::cpu_conv` chooses.
+//! 3x3) and F(4x4, 3x3) and unfolding + GEMM wherever each applies, each the fastest of 12
+//! calls taken in turn (so a noisy machine slows every algorithm alike), weights packed or
+//! transformed inside the timing as in a training step, and the algorithm `conv::cpu_conv`
+//! chooses.
 //! `cargo bench --bench cpu_conv -- B H C O G [K S]` measures one shape instead: batch, image
 //! size, input and output channels, groups, and the kernel size and stride (3 and 1 unless
 //! given).

@@ -699,10 +699,11 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // images (forward and backward data up to 2x the direct kernels, weight gradients 1.2-1.6x
     // the GEMM), and forward on 4x4 ones (0.95-1.1x; their backward data is 1.0-1.1x faster
     // direct, and the GEMM keeps their weight gradients, whose chunks hold too few tiles to
-    // reduce over); groups of 16 stay direct (1.1-1.2x faster on MoCSE's first stage). F(4x4,
-    // 3x3), 4x fewer multiplications, on 8x8 and larger images (1.1-1.55x F(2x2) on the 16x16
-    // and 32x32 layers of both models, about even on 8x8 ones); F(2x2), 2.25x fewer, on 4x4
-    // ones, where F(4x4)'s tile is the whole image and it loses.
+    // reduce over); groups of 16 stay direct (forward and backward data 1.1-1.2x faster on
+    // MoCSE's first stage, weight gradients about even). F(4x4, 3x3), 4x fewer
+    // multiplications, on 8x8 and larger images (1.1-1.55x F(2x2) on the 16x16 and 32x32
+    // layers of both models, about even on 8x8 ones); F(2x2), 2.25x fewer, on 4x4 ones, where
+    // F(4x4)'s tile is the whole image and it loses.
     let winograd = conv_winograd::applies(g);
     let winograd_pays = winograd && cpg.min(opg) >= 32 && (direction == Direction::Forward || g.height >= 8);
     let tile = if g.height >= 8 { conv_winograd::Tile::F4 } else { conv_winograd::Tile::F2 };
