@@ -31,26 +31,58 @@ fn channels_of(x: &Tensor) -> usize {
 /// Rows summed in f32 (vectorised) before they are added into the f64 totals.
 const F32_ROWS: usize = 16;
 
-/// Per-channel sums over all rows of a [rows, C] matrix, two accumulators per channel: `row`
-/// adds row r into f32 sums, which are flushed into f64 totals every `F32_ROWS` rows.
+/// Channels summed together: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+/// Up to this many channels, each block of rows is summed `LANES` channels at a time with the
+/// sums in registers (2.5x faster on 16 channels); wider rows are summed whole, in order (the
+/// column-wise walk over them is 10-30% slower).
+const REGISTER_CHANNELS: usize = 64;
+
+/// Per-channel sums over all rows of a [rows, C] matrix, two accumulators per channel:
+/// `add(at, ch, a, b)` adds the terms of channels `ch..ch + a.len()` of one row, whose first
+/// element is at index `at`, into `a` and `b`. Every block of `F32_ROWS` rows is summed in f32,
+/// then added into f64 totals.
 fn channel_sums(
     rows: usize,
     c: usize,
-    row: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
+    add: impl Fn(usize, usize, &mut [f32], &mut [f32]) + Sync + Send,
 ) -> (Vec<f64>, Vec<f64>) {
     let parts = parallel::map_parts(rows, |range| {
         let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
-        let (mut fa, mut fb) = (vec![0.0f32; c], vec![0.0f32; c]);
-        let mut pending = 0;
-        for r in range {
-            row(r, &mut fa, &mut fb);
-            pending += 1;
-            if pending == F32_ROWS {
-                flush(&mut a, &mut b, &mut fa, &mut fb);
-                pending = 0;
+        let flush = |ch: usize, fa: &mut [f32], fb: &mut [f32], a: &mut [f64], b: &mut [f64]| {
+            for (((ta, tb), fa), fb) in a[ch..].iter_mut().zip(&mut b[ch..]).zip(fa).zip(fb) {
+                *ta += *fa as f64;
+                *tb += *fb as f64;
+                (*fa, *fb) = (0.0, 0.0);
+            }
+        };
+        let blocks = range.clone().step_by(F32_ROWS).map(|start| start..(start + F32_ROWS).min(range.end));
+        if c <= REGISTER_CHANNELS {
+            for block in blocks {
+                for ch in (0..c).step_by(LANES) {
+                    let (mut fa, mut fb) = ([0.0f32; LANES], [0.0f32; LANES]);
+                    let width = LANES.min(c - ch);
+                    for r in block.clone() {
+                        // A constant width where it is whole, so the sums stay in registers.
+                        if width == LANES {
+                            add(r * c + ch, ch, &mut fa, &mut fb);
+                        } else {
+                            add(r * c + ch, ch, &mut fa[..width], &mut fb[..width]);
+                        }
+                    }
+                    flush(ch, &mut fa[..width], &mut fb[..width], &mut a, &mut b);
+                }
+            }
+        } else {
+            let (mut fa, mut fb) = (vec![0.0f32; c], vec![0.0f32; c]);
+            for block in blocks {
+                for r in block {
+                    add(r * c, 0, &mut fa, &mut fb);
+                }
+                flush(0, &mut fa, &mut fb, &mut a, &mut b);
             }
         }
-        flush(&mut a, &mut b, &mut fa, &mut fb);
         (a, b)
     });
     let (mut a, mut b) = (vec![0.0f64; c], vec![0.0f64; c]);
@@ -61,15 +93,6 @@ fn channel_sums(
         }
     }
     (a, b)
-}
-
-fn flush(a: &mut [f64], b: &mut [f64], fa: &mut [f32], fb: &mut [f32]) {
-    for i in 0..a.len() {
-        a[i] += fa[i] as f64;
-        b[i] += fb[i] as f64;
-        fa[i] = 0.0;
-        fb[i] = 0.0;
-    }
 }
 
 /// Kernel devices: the two per-channel sums (statistics when `dy_and_relu_out` is None,
@@ -110,12 +133,18 @@ pub fn batch_statistics(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)
     match x.device() {
         Device::Cpu => {
             let xs = x.as_slice();
-            let (sum, sum_sq) = channel_sums(rows, c, |r, s, s2| {
-                for ((a, b), v) in s.iter_mut().zip(s2.iter_mut()).zip(&xs[r * c..(r + 1) * c]) {
-                    *a += v;
-                    *b += v * v;
-                }
-            });
+            let (sum, sum_sq) = channel_sums(
+                rows,
+                c,
+                #[inline(always)]
+                |at, _, s, s2| {
+                    let w = s.len();
+                    for ((a, b), v) in s.iter_mut().zip(s2.iter_mut()).zip(&xs[at..][..w]) {
+                        *a += v;
+                        *b += v * v;
+                    }
+                },
+            );
             let n = rows as f64;
             let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
             let var: Vec<f32> =
@@ -305,16 +334,23 @@ fn grad_sums<const RELU: bool>(
     shift: &[f32],
 ) -> (Vec<f64>, Vec<f64>) {
     let c = m.len();
-    channel_sums(xs.len() / c, c, |r, sum_dy, sum_dy_xhat| {
-        let (xr, dr) = (&xs[r * c..][..c], &ds[r * c..][..c]);
-        let sums = sum_dy.iter_mut().zip(sum_dy_xhat.iter_mut());
-        let per_channel = m.iter().zip(is).zip(scale.iter().zip(shift));
-        for ((sd, sx), ((x, d), ((m, is), (a, b)))) in sums.zip(xr.iter().zip(dr).zip(per_channel)) {
-            let d = through_relu::<RELU>(*d, *x, *a, *b);
-            *sd += d;
-            *sx += d * ((x - m) * is);
-        }
-    })
+    channel_sums(
+        xs.len() / c,
+        c,
+        #[inline(always)]
+        |at, ch, sum_dy, sum_dy_xhat| {
+            let w = sum_dy.len();
+            let (xr, dr) = (&xs[at..][..w], &ds[at..][..w]);
+            let sums = sum_dy.iter_mut().zip(sum_dy_xhat.iter_mut());
+            let per_channel =
+                m[ch..][..w].iter().zip(&is[ch..][..w]).zip(scale[ch..][..w].iter().zip(&shift[ch..][..w]));
+            for ((sd, sx), ((x, d), ((m, is), (a, b)))) in sums.zip(xr.iter().zip(dr).zip(per_channel)) {
+                let d = through_relu::<RELU>(*d, *x, *a, *b);
+                *sd += d;
+                *sx += d * ((x - m) * is);
+            }
+        },
+    )
 }
 
 /// Training mode: dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)), with dy
@@ -586,6 +622,37 @@ mod tests {
             let out_mean = out.iter().sum::<f64>() / n;
             let out_var = out.iter().map(|v| (v - out_mean).powi(2)).sum::<f64>() / n;
             assert!((out_mean - 0.5).abs() < 1e-5 && (out_var - 4.0).abs() < 1e-3);
+        }
+    }
+
+    /// The per-channel sums against f64 loops, on channel counts that take every path of
+    /// `channel_sums` (a partial group, whole groups and a tail, whole rows) and 37 rows (a
+    /// partial block).
+    #[test]
+    fn channel_sums_equal_f64_reference() {
+        for c in [6, 16, 40, 80] {
+            let (x, dy) = (random_tensor(&[37, c], 20), random_tensor(&[37, c], 21));
+            let (gamma, beta) = (random_tensor(&[c], 22), random_tensor(&[c], 23));
+            let (mean, inv_std, _) = super::batch_statistics(&x, 1e-5).unwrap();
+            let relu = super::ReluAfter { out: x.clone(), gamma: gamma.clone(), beta: beta.clone() };
+            let (sum_dy, sum_dy_xhat) = super::bn_grad_sums(&x, &dy, Some(&relu), &mean, &inv_std).unwrap();
+            let (xs, ds) = (x.as_slice(), dy.as_slice());
+            for ch in 0..c {
+                let col = |v: &[f32]| v.iter().skip(ch).step_by(c).map(|v| *v as f64).collect::<Vec<_>>();
+                let (xc, dc) = (col(xs), col(ds));
+                let m = xc.iter().sum::<f64>() / 37.0;
+                let var = xc.iter().map(|v| (v - m).powi(2)).sum::<f64>() / 37.0;
+                assert!((mean.as_slice()[ch] as f64 - m).abs() < 1e-6, "c {c} channel {ch}");
+                assert!((inv_std.as_slice()[ch] as f64 - 1.0 / (var + 1e-5).sqrt()).abs() < 1e-4);
+                let (is, g, b) =
+                    (inv_std.as_slice()[ch] as f64, gamma.as_slice()[ch] as f64, beta.as_slice()[ch] as f64);
+                let passed = |x: f64| (x - m) * is * g + b > 0.0;
+                let sd: f64 = xc.iter().zip(&dc).filter(|(x, _)| passed(**x)).map(|(_, d)| d).sum();
+                let sx: f64 =
+                    xc.iter().zip(&dc).filter(|(x, _)| passed(**x)).map(|(x, d)| d * (x - m) * is).sum();
+                assert!((sum_dy.as_slice()[ch] as f64 - sd).abs() < 1e-4, "c {c} channel {ch}");
+                assert!((sum_dy_xhat.as_slice()[ch] as f64 - sx).abs() < 1e-4, "c {c} channel {ch}");
+            }
         }
     }
 

@@ -682,16 +682,15 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // BENCHMARKS.md), with AVX-512 and with AVX2 alike: the direct kernels win for every forward
     // (up to 2x where groups are 16 channels wide: no packing of a 16-column GEMM's operands;
     // 1.1-1.5x on the 1x1 stride-2 shortcuts) and for 3x3 backward data producing 8 or more
-    // channels per group; for weight gradients where groups are 8-16 channels wide, and for
-    // grouped ones of up to 16 input channels per group. The GEMM keeps the 1x1 shortcuts'
-    // backward data and the wider weight gradients (1.2-1.5x the direct kernels on MoCSE's
-    // stride-2 layers of 32 and more channels per group).
+    // channels per group; for weight gradients where groups are at most 16 channels wide in and out
+    // (1.5x the GEMM on the width-16 stem, 3 -> 16), and for grouped ones of up to 16 input
+    // channels per group. The GEMM keeps the 1x1 shortcuts' backward data and the wider weight
+    // gradients (1.2-1.5x the direct kernels on MoCSE's stride-2 layers of 32 and more channels per
+    // group).
     let faster = match direction {
         Direction::Forward => true,
         Direction::BackwardData => g.kernel == 3 && cpg >= 8,
-        Direction::BackwardWeight => {
-            (g.kernel == 3 && (8..=16).contains(&cpg) && opg <= 16) || (g.groups > 1 && cpg <= 16)
-        }
+        Direction::BackwardWeight => (g.kernel == 3 && cpg <= 16 && opg <= 16) || (g.groups > 1 && cpg <= 16),
     };
     // Winograd computes 3x3, stride-1, padding-1 convolutions in all three directions. It pays
     // where its fewer multiplications outweigh the transforms (`cargo bench --bench cpu_conv`,
