@@ -20,14 +20,17 @@ pub fn map_parts<T: Send>(n: usize, work: impl Fn(Range<usize>) -> T + Sync + Se
     split(n, REDUCTION_PARTS).into_par_iter().map(work).collect()
 }
 
-/// Sums equally long partial vectors in a fixed order.
+/// Sums equally long partial vectors in a fixed order: every element is the parts' values
+/// added first to last, whatever the threads (blocks of elements run in parallel).
 pub fn sum_in_order(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
     let mut total = parts.remove(0);
-    for p in &parts {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
+    total.par_chunks_mut(1 << 14).enumerate().for_each(|(k, block)| {
+        for p in &parts {
+            for (t, v) in block.iter_mut().zip(&p[k << 14..]) {
+                *t += v;
+            }
         }
-    }
+    });
     total
 }
 

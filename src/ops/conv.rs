@@ -314,13 +314,13 @@ fn oihw_to_ohwi(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
 pub(crate) fn ohwi_to_oihw(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let (i_n, kk) = (g.in_per_group(), g.kernel * g.kernel);
     let mut out = vec![0.0; w.len()];
-    for o in 0..g.out_channels {
+    out.par_chunks_mut(i_n * kk).enumerate().for_each(|(o, out)| {
         for i in 0..i_n {
             for t in 0..kk {
-                out[(o * i_n + i) * kk + t] = w[(o * kk + t) * i_n + i];
+                out[i * kk + t] = w[(o * kk + t) * i_n + i];
             }
         }
-    }
+    });
     out
 }
 
@@ -694,17 +694,17 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     };
     // Winograd computes 3x3, stride-1, padding-1 convolutions in all three directions. It pays
     // where its fewer multiplications outweigh the transforms (`cargo bench --bench cpu_conv`,
-    // BENCHMARKS.md): for groups of 32 or more channels, in every direction on 8x8 and larger
-    // images (forward and backward data up to 2x the direct kernels, weight gradients 1.2-1.6x
-    // the GEMM), and forward on 4x4 ones (0.95-1.1x; their backward data is 1.0-1.1x faster
-    // direct, and the GEMM keeps their weight gradients, whose chunks hold too few tiles to
-    // reduce over); groups of 16 stay direct (forward and backward data 1.1-1.2x faster on
-    // MoCSE's first stage, weight gradients about even). F(4x4, 3x3), 4x fewer
-    // multiplications, on 8x8 and larger images (1.1-1.55x F(2x2) on the 16x16 and 32x32
-    // layers of both models, about even on 8x8 ones); F(2x2), 2.25x fewer, on 4x4 ones, where
-    // F(4x4)'s tile is the whole image and it loses.
+    // BENCHMARKS.md): for groups of 32 or more channels, forward and backward data on every image
+    // size (1.2-2x the direct kernels; 1.2-1.5x on 4x4 images) and weight gradients on 8x8 and
+    // larger ones (1.2-1.6x the GEMM; on 4x4 images the GEMM keeps them, whose chunks hold too few
+    // tiles to reduce over); groups of 16 stay direct (forward and backward data 1.1-1.2x faster on
+    // MoCSE's first stage, weight gradients about even). F(4x4, 3x3), 4x fewer multiplications, on
+    // 8x8 and larger images (1.1-1.55x F(2x2) on the 16x16 and 32x32 layers of both models, about
+    // even on 8x8 ones); F(2x2), 2.25x fewer, on 4x4 ones, where F(4x4)'s tile is the whole image
+    // and it loses.
     let winograd = conv_winograd::applies(g);
-    let winograd_pays = winograd && cpg.min(opg) >= 32 && (direction == Direction::Forward || g.height >= 8);
+    let winograd_pays =
+        winograd && cpg.min(opg) >= 32 && (direction != Direction::BackwardWeight || g.height >= 8);
     let tile = if g.height >= 8 { conv_winograd::Tile::F4 } else { conv_winograd::Tile::F2 };
     match forced_cpu_conv() {
         _ if !possible => CpuConv::Gemm,

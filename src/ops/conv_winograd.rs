@@ -88,6 +88,20 @@ fn weight_1d(tile: Tile, [a, b, c]: [f32; 3]) -> [f32; MAX_SIDE] {
     }
 }
 
+/// `weight_1d` of 16 kernels at once (lane j of each value holds kernel j's): a loop over the
+/// lanes that becomes vector instructions.
+#[inline(always)]
+fn weight_1d_lanes(tile: Tile, k: [[f32; LANES]; 3]) -> [[f32; LANES]; MAX_SIDE] {
+    let mut u = [[0.0f32; LANES]; MAX_SIDE];
+    for j in 0..LANES {
+        let column = weight_1d(tile, [k[0][j], k[1][j], k[2][j]]);
+        for (r, value) in column.into_iter().enumerate() {
+            u[r][j] = value;
+        }
+    }
+    u
+}
+
 /// G^T u for one column (or row) u of a transformed weight gradient: the transpose of
 /// `weight_1d`.
 fn weight_gradient_1d(tile: Tile, u: [f32; MAX_SIDE]) -> [f32; 3] {
@@ -124,20 +138,28 @@ impl WinogradWeights {
         let side = tile.side();
         let mut packed = PackedWeights::zeroed(groups, outs, ins, tile.points());
         packed.fill_panels(|grp, panel, block| {
-            for j in 0..LANES.min(outs.saturating_sub(panel * LANES)) {
-                let o = panel * LANES + j;
-                for i in 0..ins {
-                    // G k: the transform of the kernel's three columns; then (G k) G^T: of each
-                    // of its rows.
-                    let k = |r: usize, s: usize| weight(grp, o, r * 3 + s, i);
-                    let columns: [[f32; MAX_SIDE]; 3] =
-                        std::array::from_fn(|s| weight_1d(tile, [k(0, s), k(1, s), k(2, s)]));
-                    for r in 0..side {
-                        let row = weight_1d(tile, [columns[0][r], columns[1][r], columns[2][r]]);
-                        for (s, &value) in row.iter().enumerate().take(side) {
-                            block[((r * side + s) * ins + i) * LANES + j] = value;
-                        }
+            let width = LANES.min(outs.saturating_sub(panel * LANES));
+            // One input channel at a time, the panel's 16 outputs side by side (lane j holds
+            // output j): the 36 transformed values of every lane are then written as whole
+            // 16-float rows (a value at a time, 36 rows 32 KB apart, thrashed the cache).
+            for i in 0..ins {
+                let mut k = [[0.0f32; LANES]; 9];
+                for j in 0..width {
+                    for (tap, lanes) in k.iter_mut().enumerate() {
+                        lanes[j] = weight(grp, panel * LANES + j, tap, i);
                     }
+                }
+                // G k: the transform of the kernel's three columns; then (G k) G^T: of each of
+                // its rows.
+                let columns: [[[f32; LANES]; MAX_SIDE]; 3] =
+                    std::array::from_fn(|s| weight_1d_lanes(tile, [k[s], k[3 + s], k[6 + s]]));
+                let mut u = [[0.0f32; LANES]; MAX_POINTS];
+                for r in 0..side {
+                    let row = weight_1d_lanes(tile, [columns[0][r], columns[1][r], columns[2][r]]);
+                    u[r * side..][..side].copy_from_slice(&row[..side]);
+                }
+                for (xi, lanes) in u.iter().enumerate().take(side * side) {
+                    block[(xi * ins + i) * LANES..][..LANES].copy_from_slice(lanes);
                 }
             }
         });
@@ -437,16 +459,28 @@ fn weight_gradient(du: &[f32], g: &ConvGeometry, tile: Tile) -> Vec<f32> {
     let (cout, cpg, side) = (g.out_channels, g.in_per_group(), tile.side());
     let mut dw = vec![0.0f32; cout * cpg * 9];
     dw.par_chunks_mut(cpg * 9).enumerate().for_each(|(o, dw)| {
-        for (ci, k) in dw.chunks_exact_mut(9).enumerate() {
-            let u = |r: usize, s: usize| {
-                if r < side && s < side { du[((r * side + s) * cout + o) * cpg + ci] } else { 0.0 }
-            };
+        // 16 input channels at a time, side by side in the lanes.
+        for c0 in (0..cpg).step_by(LANES) {
+            let width = LANES.min(cpg - c0);
+            let mut u = [[0.0f32; LANES]; MAX_POINTS];
+            for (xi, lanes) in u.iter_mut().enumerate().take(side * side) {
+                lanes[..width].copy_from_slice(&du[(xi * cout + o) * cpg + c0..][..width]);
+            }
             // G^T dU: the transform of every column; then (G^T dU) G: of its three rows.
-            let columns: [[f32; 3]; MAX_SIDE] =
-                std::array::from_fn(|s| weight_gradient_1d(tile, std::array::from_fn(|r| u(r, s))));
+            let columns: [[[f32; LANES]; 3]; MAX_SIDE] = std::array::from_fn(|s| {
+                let column =
+                    std::array::from_fn(
+                        |r| if r < side && s < side { u[r * side + s] } else { [0.0; LANES] },
+                    );
+                weight_gradient_1d_lanes(tile, column)
+            });
             for a in 0..3 {
-                let row = weight_gradient_1d(tile, std::array::from_fn(|s| columns[s][a]));
-                k[a * 3..][..3].copy_from_slice(&row);
+                let row = weight_gradient_1d_lanes(tile, std::array::from_fn(|s| columns[s][a]));
+                for (j, k) in dw[c0 * 9..].chunks_exact_mut(9).take(width).enumerate() {
+                    for b in 0..3 {
+                        k[a * 3 + b] = row[b][j];
+                    }
+                }
             }
         }
     });
@@ -506,6 +540,19 @@ macro_rules! channel_blocks {
             $ch += 1;
         }
     }};
+}
+
+/// `weight_gradient_1d` of 16 columns at once (lane j of each value holds column j's).
+#[inline(always)]
+fn weight_gradient_1d_lanes(tile: Tile, u: [[f32; LANES]; MAX_SIDE]) -> [[f32; LANES]; 3] {
+    let mut k = [[0.0f32; LANES]; 3];
+    for j in 0..LANES {
+        let values = weight_gradient_1d(tile, std::array::from_fn(|r| u[r][j]));
+        for (a, value) in values.into_iter().enumerate() {
+            k[a][j] = value;
+        }
+    }
+    k
 }
 
 /// V[xi][t][k] = (B^T d B)[xi] for the input window d of every tile t at `places`, channel
