@@ -301,13 +301,13 @@ fn col2im(col: &[f32], g: &ConvGeometry, count: usize, dx: &mut [f32]) {
 fn oihw_to_ohwi(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let (i_n, kk) = (g.in_per_group(), g.kernel * g.kernel);
     let mut out = vec![0.0; w.len()];
-    for o in 0..g.out_channels {
+    out.par_chunks_mut(kk * i_n).enumerate().for_each(|(o, out)| {
         for i in 0..i_n {
             for t in 0..kk {
-                out[(o * kk + t) * i_n + i] = w[(o * i_n + i) * kk + t];
+                out[t * i_n + i] = w[(o * i_n + i) * kk + t];
             }
         }
-    }
+    });
     out
 }
 
