@@ -341,9 +341,13 @@ pub fn run(device: Device, mut progress: impl FnMut(&CaseResult)) -> Vec<CaseRes
     }
     record("sgd_update".into(), 1e-5, sgd_case(device));
     record("philox streams (differing words)".into(), 0.0, philox_case(device));
-    // A whole step chains ~60 ops through batch norm; 1e-3 leaves room for summation order.
+    // A whole step chains ~60 ops through batch norm, and rounding differences reach a few 1e-6
+    // by the last stage: one value that batch norm puts within that of zero (this case has one
+    // at -3e-6 in the last stage) then falls on the other side of its relu with another
+    // summation order, and moves that layer's update by up to 2e-2. A wrong kernel is off by
+    // order 1.
     let standard = train_step_case(device, ModelKind::Mocse, &TrainingMode::Standard);
-    record("training step, mocse width 8".into(), 1e-3, standard);
+    record("training step, mocse width 8".into(), 5e-2, standard);
     // The adversarial steps on the standard network: an attack with batch statistics on an
     // untrained MoCSE of 4 images turns last-bit differences into percent-level input gradient
     // differences (near-constant expert channels), which the attack then follows. Even so an

@@ -697,7 +697,7 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // BENCHMARKS.md): for groups of 32 or more channels, forward and backward data on every image
     // size (1.2-2x the direct kernels; 1.2-1.5x on 4x4 images) and weight gradients on 8x8 and
     // larger ones (1.2-1.6x the GEMM; on 4x4 images the GEMM keeps them, whose chunks hold too few
-    // tiles to reduce over); groups of 16 stay direct (forward and backward data 1.1-1.2x faster on
+    // tiles to reduce over); groups of 16 stay direct (forward and backward data 1.3-1.4x faster on
     // MoCSE's first stage, weight gradients about even). F(4x4, 3x3), 4x fewer multiplications, on
     // 8x8 and larger images (1.1-1.55x F(2x2) on the 16x16 and 32x32 layers of both models, about
     // even on 8x8 ones); F(2x2), 2.25x fewer, on 4x4 ones, where F(4x4)'s tile is the whole image
