@@ -23,10 +23,11 @@ pub fn map_parts<T: Send>(n: usize, work: impl Fn(Range<usize>) -> T + Sync + Se
 /// Sums equally long partial vectors in a fixed order: every element is the parts' values
 /// added first to last, whatever the threads (blocks of elements run in parallel).
 pub fn sum_in_order(mut parts: Vec<Vec<f32>>) -> Vec<f32> {
+    const BLOCK: usize = 1 << 14;
     let mut total = parts.remove(0);
-    total.par_chunks_mut(1 << 14).enumerate().for_each(|(k, block)| {
+    total.par_chunks_mut(BLOCK).enumerate().for_each(|(k, block)| {
         for p in &parts {
-            for (t, v) in block.iter_mut().zip(&p[k << 14..]) {
+            for (t, v) in block.iter_mut().zip(&p[k * BLOCK..]) {
                 *t += v;
             }
         }

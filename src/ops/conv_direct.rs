@@ -255,12 +255,10 @@ pub fn forward(x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
 }
 
 fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
-    if by_output_rows(simd, g) {
-        return forward_by_rows(x, w, g);
-    }
     let (cout, opg, cpg) = (g.out_channels, g.out_per_group(), g.in_per_group());
     let pixels = g.out_height * g.out_width;
     let per_chunk = g.images_per_chunk();
+    let by_rows = by_output_rows(simd, g);
     // Every element is written exactly once below (each tile row covers a panel's columns,
     // the panels cover each group's), so the output is not zeroed first.
     let len = g.batch * pixels * cout;
@@ -269,12 +267,25 @@ fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> V
         |(chunk, out)| {
             let first = chunk * per_chunk;
             let count = out.len() / (pixels * cout);
-            let (starts, taps) = windows(g, count);
+            // Row tiles find their windows from the row pitch; pixel tiles look them up.
+            let (starts, taps) = if by_rows { Default::default() } else { windows(g, count) };
             with_input(x, g, first, count, |input| {
                 for grp in 0..g.groups {
                     for panel in 0..w.panels {
                         let (weights, col0) = (w.panel(grp, panel), grp * opg + panel * LANES);
                         let width = LANES.min(opg - panel * LANES);
+                        if by_rows {
+                            forward_panel_by_rows(
+                                input,
+                                g,
+                                count,
+                                grp * cpg,
+                                weights,
+                                &mut out[col0..],
+                                width,
+                            );
+                            continue;
+                        }
                         for (tile, rows) in starts.chunks(simd.forward_rows()).enumerate() {
                             let out = &mut out[tile * simd.forward_rows() * cout + col0..];
                             forward_tile(
@@ -396,46 +407,33 @@ fn by_output_rows(simd: Simd, g: &ConvGeometry) -> bool {
     simd == Simd::Avx512 && g.kernel == 3 && g.stride == 1 && g.padding == 1 && g.out_width >= 8
 }
 
-/// `forward_with` by output rows: each tile is up to 16 outputs side by side in one row of the
-/// padded input copy, and each input of the tile's window rows is loaded once for the three
-/// taps of its kernel row (`forward_tile` loads it once per tap): 1.25-1.4x its speed on the
-/// 32x32 layers of 3 and 16 channels per group.
-fn forward_by_rows(x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
-    let (c, cout, opg, cpg) = (g.in_channels, g.out_channels, g.out_per_group(), g.in_per_group());
+/// One panel of `forward_with` by output rows, for the `count` padded images in `input` (the
+/// group's channels from `base`): each tile is up to 16 outputs side by side in one row, and
+/// each input of the tile's window rows is loaded once for the three taps of its kernel row
+/// (`forward_tile` loads it once per tap): 1.25-1.4x its speed on the 32x32 layers of 3 and 16
+/// channels per group. `out` starts at the panel's first column of the first output pixel.
+fn forward_panel_by_rows(
+    input: &[f32],
+    g: &ConvGeometry,
+    count: usize,
+    base: usize,
+    weights: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    width: usize,
+) {
+    let (c, cout, cpg) = (g.in_channels, g.out_channels, g.in_per_group());
     let (h, wd) = (g.out_height, g.out_width);
     let (hp, wp) = (h + 2, wd + 2);
-    let pixels = h * wd;
-    let per_chunk = g.images_per_chunk();
-    // Every element is written exactly once: each tile covers a panel's columns of its
-    // outputs, the tiles cover every row, the panels every group's channels.
-    let len = g.batch * pixels * cout;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len].par_chunks_mut(per_chunk * pixels * cout).enumerate().for_each(
-        |(chunk, out)| {
-            let count = out.len() / (pixels * cout);
-            with_input(x, g, chunk * per_chunk, count, |input| {
-                for grp in 0..g.groups {
-                    for panel in 0..w.panels {
-                        let (weights, col0) = (w.panel(grp, panel), grp * opg + panel * LANES);
-                        let width = LANES.min(opg - panel * LANES);
-                        for (img, oh) in (0..count).flat_map(|i| (0..h).map(move |oh| (i, oh))) {
-                            for (ow, n) in balanced_tiles(wd, MAX_ROWS) {
-                                let at = ((img * hp + oh) * wp + ow) * c + grp * cpg;
-                                let out = &mut out[((img * h + oh) * wd + ow) * cout + col0..];
-                                forward_row_tile(input, at, (wp * c, c), cpg, weights, out, cout, (n, width));
-                            }
-                        }
-                    }
-                }
-            })
-        },
-    );
-    // SAFETY: all `len` elements were initialised above.
-    unsafe { out.set_len(len) };
-    out
+    for (img, oh) in (0..count).flat_map(|i| (0..h).map(move |oh| (i, oh))) {
+        for (ow, n) in balanced_tiles(wd, MAX_ROWS) {
+            let at = ((img * hp + oh) * wp + ow) * c + base;
+            let out = &mut out[((img * h + oh) * wd + ow) * cout..];
+            forward_row_tile(input, at, (wp * c, c), cpg, weights, out, cout, (n, width));
+        }
+    }
 }
 
-/// One row tile of `forward_by_rows`: `n` outputs side by side (`stride` apart in `out`) of a
+/// One row tile of `forward_panel_by_rows`: `n` outputs side by side (`stride` apart in `out`) of a
 /// panel's `width` output channels; output r reads input channel k at kernel row kh and
 /// column kw from input[at + kh * row_pitch + (r + kw) * pixel_pitch + k].
 #[allow(clippy::too_many_arguments)]
@@ -896,8 +894,8 @@ mod tests {
     fn the_kernels_agree_with_each_other() {
         // `forward_tile` and the weight tiles sum in the same order with every instruction set:
         // only FMA's single rounding separates them from portable, and nothing separates
-        // AVX-512 from AVX2. AVX-512's row tiles (`forward_by_rows`, the 9x9 layer) add each
-        // kernel row's three taps channel by channel, so they differ from AVX2 by rounding.
+        // AVX-512 from AVX2. AVX-512's row tiles (`forward_panel_by_rows`, the 9x9 layer) add
+        // each kernel row's three taps channel by channel, so they differ from AVX2 by rounding.
         let p = |stride| Conv2dParams { stride, padding: 1, groups: 10 };
         for (xs, ws, p) in [([4, 9, 9, 160], [160, 16, 3, 3], p(1)), ([4, 9, 9, 160], [160, 16, 3, 3], p(2))]
         {

@@ -88,18 +88,20 @@ fn weight_1d(tile: Tile, [a, b, c]: [f32; 3]) -> [f32; MAX_SIDE] {
     }
 }
 
-/// `weight_1d` of 16 kernels at once (lane j of each value holds kernel j's): a loop over the
-/// lanes that becomes vector instructions.
+/// A 1-D transform (`weight_1d`, `weight_gradient_1d`) of 16 columns at once, lane j of each
+/// value holding column j's: a loop over the lanes that becomes vector instructions.
 #[inline(always)]
-fn weight_1d_lanes(tile: Tile, k: [[f32; LANES]; 3]) -> [[f32; LANES]; MAX_SIDE] {
-    let mut u = [[0.0f32; LANES]; MAX_SIDE];
+fn by_lanes<const I: usize, const O: usize>(
+    transform: impl Fn([f32; I]) -> [f32; O],
+    x: [[f32; LANES]; I],
+) -> [[f32; LANES]; O] {
+    let mut y = [[0.0f32; LANES]; O];
     for j in 0..LANES {
-        let column = weight_1d(tile, [k[0][j], k[1][j], k[2][j]]);
-        for (r, value) in column.into_iter().enumerate() {
-            u[r][j] = value;
+        for (r, value) in transform(std::array::from_fn(|i| x[i][j])).into_iter().enumerate() {
+            y[r][j] = value;
         }
     }
-    u
+    y
 }
 
 /// G^T u for one column (or row) u of a transformed weight gradient: the transpose of
@@ -152,10 +154,10 @@ impl WinogradWeights {
                 // G k: the transform of the kernel's three columns; then (G k) G^T: of each of
                 // its rows.
                 let columns: [[[f32; LANES]; MAX_SIDE]; 3] =
-                    std::array::from_fn(|s| weight_1d_lanes(tile, [k[s], k[3 + s], k[6 + s]]));
+                    std::array::from_fn(|s| by_lanes(|v| weight_1d(tile, v), [k[s], k[3 + s], k[6 + s]]));
                 let mut u = [[0.0f32; LANES]; MAX_POINTS];
                 for r in 0..side {
-                    let row = weight_1d_lanes(tile, [columns[0][r], columns[1][r], columns[2][r]]);
+                    let row = by_lanes(|v| weight_1d(tile, v), [columns[0][r], columns[1][r], columns[2][r]]);
                     u[r * side..][..side].copy_from_slice(&row[..side]);
                 }
                 for (xi, lanes) in u.iter().enumerate().take(side * side) {
@@ -472,10 +474,10 @@ fn weight_gradient(du: &[f32], g: &ConvGeometry, tile: Tile) -> Vec<f32> {
                     std::array::from_fn(
                         |r| if r < side && s < side { u[r * side + s] } else { [0.0; LANES] },
                     );
-                weight_gradient_1d_lanes(tile, column)
+                by_lanes(|v| weight_gradient_1d(tile, v), column)
             });
             for a in 0..3 {
-                let row = weight_gradient_1d_lanes(tile, std::array::from_fn(|s| columns[s][a]));
+                let row = by_lanes(|v| weight_gradient_1d(tile, v), std::array::from_fn(|s| columns[s][a]));
                 for (j, k) in dw[c0 * 9..].chunks_exact_mut(9).take(width).enumerate() {
                     for b in 0..3 {
                         k[a * 3 + b] = row[b][j];
@@ -540,19 +542,6 @@ macro_rules! channel_blocks {
             $ch += 1;
         }
     }};
-}
-
-/// `weight_gradient_1d` of 16 columns at once (lane j of each value holds column j's).
-#[inline(always)]
-fn weight_gradient_1d_lanes(tile: Tile, u: [[f32; LANES]; MAX_SIDE]) -> [[f32; LANES]; 3] {
-    let mut k = [[0.0f32; LANES]; 3];
-    for j in 0..LANES {
-        let values = weight_gradient_1d(tile, std::array::from_fn(|r| u[r][j]));
-        for (a, value) in values.into_iter().enumerate() {
-            k[a][j] = value;
-        }
-    }
-    k
 }
 
 /// V[xi][t][k] = (B^T d B)[xi] for the input window d of every tile t at `places`, channel
