@@ -11,7 +11,7 @@ use anyhow::Result;
 
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
-use crate::ops::batchnorm::Activation;
+use crate::ops::batchnorm::{Activation, BatchStats};
 use crate::ops::conv::Conv2dParams;
 use crate::ops::elementwise::lerp;
 use crate::rng::{Philox, Purpose};
@@ -250,9 +250,39 @@ impl PreActResNet {
             );
         }
         let (y, stats) = tape.batch_norm_train(x, w, b, BN_EPS, Activation::Relu)?;
+        Self::update_running(buffers, bn, &stats)?;
+        Ok(y)
+    }
+
+    /// conv(relu(batch_norm(x))), for a batch norm whose output feeds this one convolution: in
+    /// training mode one op (`Tape::bn_relu_conv2d`, which never stores the activation on the
+    /// cpu).
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_conv(
+        &self,
+        tape: &Tape,
+        p: &[Var],
+        buffers: &mut [Tensor],
+        bn: &BnLayer,
+        x: &Var,
+        conv: &ConvLayer,
+        train: bool,
+    ) -> Result<Var> {
+        if !train {
+            let a = self.bn_relu(tape, p, buffers, bn, x, train)?;
+            return tape.conv2d(&a, &p[conv.weight], conv.p);
+        }
+        let (w, b) = (&p[bn.weight], &p[bn.bias]);
+        let (y, stats) = tape.bn_relu_conv2d(x, w, b, BN_EPS, &p[conv.weight], conv.p)?;
+        Self::update_running(buffers, bn, &stats)?;
+        Ok(y)
+    }
+
+    /// The running statistics moved towards a training batch's.
+    fn update_running(buffers: &mut [Tensor], bn: &BnLayer, stats: &BatchStats) -> Result<()> {
         buffers[bn.running_mean] = lerp(&buffers[bn.running_mean], &stats.mean, BN_MOMENTUM)?;
         buffers[bn.running_var] = lerp(&buffers[bn.running_var], &stats.var_unbiased, BN_MOMENTUM)?;
-        Ok(y)
+        Ok(())
     }
 
     /// Images [B, 32, 32, 3] in [0, 1] to logits [B, groups * outputs]. `params` are the tape
@@ -270,14 +300,16 @@ impl PreActResNet {
         let x = tape.normalize(images, &buffers[self.norm_mean], &buffers[self.norm_std])?;
         let mut out = tape.conv2d(&x, &p[self.stem.weight], self.stem.p)?;
         for block in &self.blocks {
-            let pre = self.bn_relu(tape, p, buffers, &block.bn1, &out, train)?;
-            let shortcut = match &block.shortcut {
-                Some(sc) => tape.conv2d(&pre, &p[sc.weight], sc.p)?,
-                None => out,
+            let (h, shortcut) = match &block.shortcut {
+                // relu(bn1(out)) feeds two convolutions here, so it is stored once.
+                Some(sc) => {
+                    let pre = self.bn_relu(tape, p, buffers, &block.bn1, &out, train)?;
+                    let shortcut = tape.conv2d(&pre, &p[sc.weight], sc.p)?;
+                    (tape.conv2d(&pre, &p[block.conv1.weight], block.conv1.p)?, shortcut)
+                }
+                None => (self.bn_relu_conv(tape, p, buffers, &block.bn1, &out, &block.conv1, train)?, out),
             };
-            let h = tape.conv2d(&pre, &p[block.conv1.weight], block.conv1.p)?;
-            let h = self.bn_relu(tape, p, buffers, &block.bn2, &h, train)?;
-            let h = tape.conv2d(&h, &p[block.conv2.weight], block.conv2.p)?;
+            let h = self.bn_relu_conv(tape, p, buffers, &block.bn2, &h, &block.conv2, train)?;
             out = tape.add_consuming(h, &shortcut)?;
         }
         let out = self.bn_relu(tape, p, buffers, &self.bn, &out, train)?;

@@ -7,7 +7,7 @@
 
 use std::mem::MaybeUninit;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use rayon::prelude::*;
 
 use crate::autograd::{Tape, Var};
@@ -100,7 +100,7 @@ fn channel_sums(
 /// of the rows, in f64.
 fn partial_sums_gpu(
     x: &Tensor,
-    dy_and_relu_out: Option<(&Tensor, Option<&Tensor>)>,
+    dy_and_relu_out: Option<(&Tensor, Arg)>,
     mean: Option<&Tensor>,
     inv_std: Option<&Tensor>,
 ) -> Result<(GpuBuffer, usize)> {
@@ -114,7 +114,7 @@ fn partial_sums_gpu(
         partial.arg(),
         x.arg(),
         dy_and_relu_out.map_or(null, |(dy, _)| dy.arg()),
-        dy_and_relu_out.and_then(|(_, z)| z).map_or(null, Tensor::arg),
+        dy_and_relu_out.map_or(null, |(_, out)| out),
         mean.map_or(null, Tensor::arg),
         inv_std.map_or(null, Tensor::arg),
         int(rows),
@@ -199,11 +199,26 @@ pub enum Activation {
 
 /// A relu after batch norm, as the backward pass needs it. The kernel devices read its output;
 /// the cpu recomputes its mask from x and the affine map, bit for bit as `bn_apply` made it, so
-/// each backward pass reads one tensor fewer.
+/// each backward pass reads one tensor fewer (and `out` may be None there: the output of a
+/// `Tape::bn_relu_conv2d` is never stored).
 pub struct ReluAfter {
-    pub out: Tensor,
+    pub out: Option<Tensor>,
     pub gamma: Tensor,
     pub beta: Tensor,
+}
+
+impl ReluAfter {
+    /// The relu's output, which the kernel devices read.
+    fn kernel_out(relu: Option<&ReluAfter>) -> Result<Arg> {
+        Ok(match relu {
+            None => Arg::Ptr(0),
+            Some(r) => r
+                .out
+                .as_ref()
+                .context("batch norm's backward on a kernel device needs the relu's output")?
+                .arg(),
+        })
+    }
 }
 
 /// The affine map `bn_apply` runs per channel (`normalised`).
@@ -276,17 +291,65 @@ pub fn bn_apply(
     }
 }
 
-/// x * scale + shift per channel, then a relu when RELU (`v < 0`, so that a NaN propagates;
-/// `through_relu` passes a gradient exactly where this gives a value > 0).
+/// x * scale + shift, then a relu when RELU (`v < 0`, so that a NaN propagates; `through_relu`
+/// passes a gradient exactly where this gives a value > 0).
+#[inline(always)]
+fn activated<const RELU: bool>(x: f32, scale: f32, shift: f32) -> f32 {
+    let v = normalised(x, scale, shift);
+    if RELU && v < 0.0 { 0.0 } else { v }
+}
+
+/// `activated` per channel over rows of `scale.len()` channels.
 fn affine<const RELU: bool>(x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
     let c = scale.len();
     rows_into(x.len(), c, |out, r| {
         // Zipped iterators: no bounds checks, so the loop vectorises.
         for (((y, x), a), b) in out.iter_mut().zip(&x[r * c..][..c]).zip(scale).zip(shift) {
-            let v = normalised(*x, *a, *b);
-            y.write(if RELU && v < 0.0 { 0.0 } else { v });
+            y.write(activated::<RELU>(*x, *a, *b));
         }
     })
+}
+
+/// relu(batch_norm(x)) as a per-channel map, for a consumer that applies it where it reads its
+/// input: the cpu convolutions (`Tape::bn_relu_conv2d`), so that the activation is never
+/// stored. Gives the same bits as `bn_apply` with `Activation::Relu`.
+pub struct ReluAffine {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+}
+
+impl ReluAffine {
+    /// The map of batch norm with these statistics and affine parameters (cpu tensors).
+    pub fn new(mean: &Tensor, inv_std: &Tensor, gamma: &Tensor, beta: &Tensor) -> Self {
+        let (scale, shift) = affine_coefficients(mean, inv_std, gamma, beta);
+        ReluAffine { scale, shift }
+    }
+
+    pub fn channels(&self) -> usize {
+        self.scale.len()
+    }
+
+    /// `dst[i]` = the map of `src[i]`, whose channel is `first + i`.
+    #[inline(always)]
+    pub fn channels_into(&self, src: &[f32], dst: &mut [f32], first: usize) {
+        let (scale, shift) = (&self.scale[first..][..src.len()], &self.shift[first..][..src.len()]);
+        for (((d, x), a), b) in dst.iter_mut().zip(src).zip(scale).zip(shift) {
+            *d = activated::<true>(*x, *a, *b);
+        }
+    }
+
+    /// The map of whole pixels: `src` and `dst` hold pixels of every channel, in order.
+    pub fn pixels_into(&self, src: &[f32], dst: &mut [f32]) {
+        let c = self.channels();
+        for (s, d) in src.chunks_exact(c).zip(dst.chunks_exact_mut(c)) {
+            self.channels_into(s, d, 0);
+        }
+    }
+
+    /// The map of a whole tensor, stored: for the algorithms that do not apply it as they read.
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        affine::<true>(x, &self.scale, &self.shift)
+    }
 }
 
 /// (sum dy, sum dy * xhat) per channel, xhat = (x - mean) * inv_std: dbeta and dgamma. With
@@ -313,7 +376,7 @@ pub fn bn_grad_sums(
             Ok((to(a), to(b)))
         }
         d => {
-            let relu_out = relu.map(|r| &r.out);
+            let relu_out = ReluAfter::kernel_out(relu)?;
             let (partial, parts) = partial_sums_gpu(x, Some((dy, relu_out)), Some(mean), Some(inv_std))?;
             let (sum_dy, sum_dy_xhat) = (Tensor::output_on(d, &[c])?, Tensor::output_on(d, &[c])?);
             let args = [sum_dy.arg(), sum_dy_xhat.arg(), partial.arg(), int(parts), int(c)];
@@ -389,7 +452,7 @@ pub fn bn_train_backward_data(
             x,
             &[
                 dy.arg(),
-                relu.map_or(Arg::Ptr(0), |r| r.out.arg()),
+                ReluAfter::kernel_out(relu)?,
                 x.arg(),
                 mean.arg(),
                 inv_std.arg(),
@@ -466,7 +529,7 @@ pub fn bn_eval_backward_data(
         _ => elementwise_kernel(
             "bn_eval_bwd_dx_f32",
             dy,
-            &[dy.arg(), relu.map_or(Arg::Ptr(0), |r| r.out.arg()), inv_std.arg(), gamma.arg()],
+            &[dy.arg(), ReluAfter::kernel_out(relu)?, inv_std.arg(), gamma.arg()],
             &[int(c)],
         ),
     }
@@ -489,10 +552,28 @@ fn eval_dx<const RELU: bool>(ds: &[f32], xs: &[f32], a: &[f32], scale: &[f32], s
 /// What the backward pass keeps of a relu after batch norm with output `y`.
 fn relu_after(activation: Activation, y: &Tensor, gamma: &Var, beta: &Var) -> Option<ReluAfter> {
     (activation == Activation::Relu).then(|| ReluAfter {
-        out: y.clone(),
+        out: Some(y.clone()),
         gamma: gamma.value().clone(),
         beta: beta.value().clone(),
     })
+}
+
+/// The batch statistics of training mode (`batch_statistics`), once the affine parameters are
+/// checked against x's channels.
+pub(crate) fn train_statistics(
+    x: &Var,
+    gamma: &Var,
+    beta: &Var,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let c = channels_of(x.value());
+    ensure!(
+        gamma.value().len() == c && beta.value().len() == c,
+        "batch norm: {c} channels but affine parameters of {:?}",
+        gamma.shape()
+    );
+    ensure!(x.value().len() / c > 1, "batch norm in training mode needs more than one value per channel");
+    batch_statistics(x.value(), eps)
 }
 
 impl Tape {
@@ -506,14 +587,7 @@ impl Tape {
         eps: f32,
         activation: Activation,
     ) -> Result<(Var, BatchStats)> {
-        let c = channels_of(x.value());
-        ensure!(
-            gamma.value().len() == c && beta.value().len() == c,
-            "batch norm: {c} channels but affine parameters of {:?}",
-            gamma.shape()
-        );
-        ensure!(x.value().len() / c > 1, "batch norm in training mode needs more than one value per channel");
-        let (mean, inv_std, var_unbiased) = batch_statistics(x.value(), eps)?;
+        let (mean, inv_std, var_unbiased) = train_statistics(x, gamma, beta, eps)?;
         let y = bn_apply(x.value(), &mean, &inv_std, gamma.value(), beta.value(), activation)?;
         let stats = BatchStats { mean: mean.clone(), var_unbiased };
         if !self.needs_grad(&[x, gamma, beta]) {
@@ -634,7 +708,7 @@ mod tests {
             let (x, dy) = (random_tensor(&[37, c], 20), random_tensor(&[37, c], 21));
             let (gamma, beta) = (random_tensor(&[c], 22), random_tensor(&[c], 23));
             let (mean, inv_std, _) = super::batch_statistics(&x, 1e-5).unwrap();
-            let relu = super::ReluAfter { out: x.clone(), gamma: gamma.clone(), beta: beta.clone() };
+            let relu = super::ReluAfter { out: None, gamma: gamma.clone(), beta: beta.clone() };
             let (sum_dy, sum_dy_xhat) = super::bn_grad_sums(&x, &dy, Some(&relu), &mean, &inv_std).unwrap();
             let (xs, ds) = (x.as_slice(), dy.as_slice());
             for ch in 0..c {

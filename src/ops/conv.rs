@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
+use crate::ops::batchnorm::ReluAffine;
 use crate::ops::{conv_direct, conv_winograd};
 use crate::parallel;
 use crate::tensor::{Storage, Tensor};
@@ -532,14 +533,27 @@ impl CpuConv {
     /// the output from (x, w), the input gradient from (dy, w), or the weight gradient from
     /// (x, dy). Weights are packed or transformed inside, as every call must.
     pub fn run(self, direction: Direction, a: &[f32], b: &[f32], g: &ConvGeometry) -> Vec<f32> {
+        self.run_mapped(direction, a, None, b, g)
+    }
+
+    /// `run` with the input x (forward, weight gradient) taken through `map` first, as the
+    /// algorithm reads it.
+    pub fn run_mapped(
+        self,
+        direction: Direction,
+        a: &[f32],
+        map: Option<&ReluAffine>,
+        b: &[f32],
+        g: &ConvGeometry,
+    ) -> Vec<f32> {
         assert!(self.computes(direction, g), "{self:?} does not compute {direction:?} of {g:?}");
         match (self, direction) {
-            (CpuConv::Direct, Direction::BackwardWeight) => conv_direct::backward_weight(a, b, g),
+            (CpuConv::Direct, Direction::BackwardWeight) => conv_direct::backward_weight(a, map, b, g),
             (CpuConv::Winograd(tile), Direction::BackwardWeight) => {
-                conv_winograd::backward_weight(a, b, g, tile)
+                conv_winograd::backward_weight(&mapped(a, map), b, g, tile)
             }
-            (CpuConv::Gemm, Direction::BackwardWeight) => backward_weight_cpu(a, b, g),
-            _ => self.prepare(direction, b, g).run(direction, a, g),
+            (CpuConv::Gemm, Direction::BackwardWeight) => backward_weight_cpu(&mapped(a, map), b, g),
+            _ => self.prepare(direction, b, g).run(direction, a, map, g),
         }
     }
 
@@ -562,6 +576,16 @@ impl CpuConv {
     }
 }
 
+/// x through `map`, stored, for the algorithms that do not apply it as they read (Winograd
+/// would compute every input 2.25 times in its overlapping windows, and the GEMM unfolds them
+/// 9 times); x itself without a map.
+fn mapped<'a>(x: &'a [f32], map: Option<&ReluAffine>) -> std::borrow::Cow<'a, [f32]> {
+    match map {
+        Some(map) => std::borrow::Cow::Owned(map.apply(x)),
+        None => std::borrow::Cow::Borrowed(x),
+    }
+}
+
 /// Weights in the layout an algorithm reads in the forward pass or backward data: packed
 /// panels, Winograd-transformed panels, or OHWI for the GEMM.
 enum PreparedWeights {
@@ -571,20 +595,21 @@ enum PreparedWeights {
 }
 
 impl PreparedWeights {
-    /// The output from x (forward) or the input gradient from dy (backward data).
-    fn run(&self, direction: Direction, a: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    /// The output from map(x) (forward) or the input gradient from dy (backward data, no map).
+    fn run(&self, direction: Direction, a: &[f32], map: Option<&ReluAffine>, g: &ConvGeometry) -> Vec<f32> {
         let backward = direction == Direction::BackwardData;
+        assert!(!(backward && map.is_some()), "backward data maps no input");
         match self {
             PreparedWeights::Direct(p) if backward => {
-                conv_direct::forward(a, p, &conv_direct::backward_data_geometry(g))
+                conv_direct::forward(a, None, p, &conv_direct::backward_data_geometry(g))
             }
-            PreparedWeights::Direct(p) => conv_direct::forward(a, p, g),
+            PreparedWeights::Direct(p) => conv_direct::forward(a, map, p, g),
             PreparedWeights::Winograd(t) if backward => {
                 conv_winograd::forward(a, t, &conv_direct::backward_data_geometry(g))
             }
-            PreparedWeights::Winograd(t) => conv_winograd::forward(a, t, g),
+            PreparedWeights::Winograd(t) => conv_winograd::forward(&mapped(a, map), t, g),
             PreparedWeights::Gemm(ohwi) if backward => backward_data_cpu(a, ohwi, g),
-            PreparedWeights::Gemm(ohwi) => forward_cpu(a, ohwi, g),
+            PreparedWeights::Gemm(ohwi) => forward_cpu(&mapped(a, map), ohwi, g),
         }
     }
 }
@@ -619,12 +644,13 @@ fn run_with_weights(
     algorithm: CpuConv,
     direction: Direction,
     a: &[f32],
+    map: Option<&ReluAffine>,
     w: &Tensor,
     g: &ConvGeometry,
     keep_prepared: bool,
 ) -> Vec<f32> {
     if !keep_prepared {
-        return algorithm.run(direction, a, w.as_slice(), g);
+        return algorithm.run_mapped(direction, a, map, w.as_slice(), g);
     }
     assert!(algorithm.computes(direction, g), "{algorithm:?} does not compute {direction:?} of {g:?}");
     let key = w.storage_ref();
@@ -654,7 +680,7 @@ fn run_with_weights(
         });
         prepared
     });
-    prepared.run(direction, a, g)
+    prepared.run(direction, a, map, g)
 }
 
 fn forced_cpu_conv() -> Option<CpuConv> {
@@ -723,7 +749,7 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bo
     match x.device() {
         Device::Cpu => {
             let algorithm = cpu_conv(&g, Direction::Forward);
-            let y = run_with_weights(algorithm, Direction::Forward, x.as_slice(), w, &g, keep_prepared);
+            let y = run_with_weights(algorithm, Direction::Forward, x.as_slice(), None, w, &g, keep_prepared);
             Ok(Tensor::from_vec(&g.output_shape(), y))
         }
         Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::forward(x, w, &g),
@@ -739,6 +765,45 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bo
     }
 }
 
+/// y = conv(map(x), w) on the cpu: `map` (batch norm and a relu) is applied where the
+/// algorithm reads x, so that map(x) is never stored, where the algorithm is the direct kernels
+/// (in their padded copy); the others store it first. The same bits as `conv2d_forward` of
+/// `bn_apply`'s output.
+pub fn conv2d_forward_mapped(x: &Tensor, map: &ReluAffine, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+    let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
+    ensure_mappable(x, map, &g)?;
+    let algorithm = cpu_conv(&g, Direction::Forward);
+    let y = run_with_weights(algorithm, Direction::Forward, x.as_slice(), Some(map), w, &g, false);
+    Ok(Tensor::from_vec(&g.output_shape(), y))
+}
+
+/// dL/dw of `conv2d_forward_mapped`, from x and dL/dy.
+pub fn conv2d_backward_weight_mapped(
+    x: &Tensor,
+    map: &ReluAffine,
+    dy: &Tensor,
+    g: &ConvGeometry,
+) -> Result<Tensor> {
+    BACKWARD_WEIGHT_CALLS.with(|c| c.set(c.get() + 1));
+    ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
+    ensure_mappable(x, map, g)?;
+    let direction = Direction::BackwardWeight;
+    let dw = cpu_conv(g, direction).run_mapped(direction, x.as_slice(), Some(map), dy.as_slice(), g);
+    Ok(Tensor::from_vec(&g.weight_shape(), dw))
+}
+
+/// A mapped convolution's input is on the cpu and has the map's channels.
+fn ensure_mappable(x: &Tensor, map: &ReluAffine, g: &ConvGeometry) -> Result<()> {
+    ensure!(x.device() == Device::Cpu, "a convolution of mapped inputs runs on the cpu, not {}", x.device());
+    ensure!(
+        map.channels() == g.in_channels,
+        "a map of {} channels for a convolution of {} input channels",
+        map.channels(),
+        g.in_channels
+    );
+    Ok(())
+}
+
 /// dL/dx from dL/dy; `keep_prepared` as in `conv2d_forward`.
 pub fn conv2d_backward_data(
     dy: &Tensor,
@@ -751,7 +816,15 @@ pub fn conv2d_backward_data(
     match dy.device() {
         Device::Cpu => {
             let algorithm = cpu_conv(g, Direction::BackwardData);
-            let dx = run_with_weights(algorithm, Direction::BackwardData, dy.as_slice(), w, g, keep_prepared);
+            let dx = run_with_weights(
+                algorithm,
+                Direction::BackwardData,
+                dy.as_slice(),
+                None,
+                w,
+                g,
+                keep_prepared,
+            );
             Ok(Tensor::from_vec(&x_shape, dx))
         }
         Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::backward_data(dy, w, g),
@@ -957,6 +1030,40 @@ mod tests {
         drop(w);
         conv2d_forward(&x, &same_values, p, true).unwrap();
         assert!(PREPARED.lock().unwrap().entries.iter().all(|entry| !Weak::ptr_eq(&entry.weights, &key)));
+    }
+
+    /// An input through a map (batch norm + relu) gives the same bits as the mapped input
+    /// stored, in every algorithm that computes the layer, forward and weight gradient; the
+    /// shapes include unpadded ones (no padded copy to map in).
+    #[test]
+    fn mapped_inputs_give_the_same_bits_as_mapped_tensors() {
+        let algorithms = [
+            CpuConv::Direct,
+            CpuConv::Gemm,
+            CpuConv::Winograd(conv_winograd::Tile::F2),
+            CpuConv::Winograd(conv_winograd::Tile::F4),
+        ];
+        for (n, (xs, ws, p)) in check_shapes().into_iter().enumerate() {
+            let g = ConvGeometry::new(&xs, &ws, p).unwrap();
+            let (x, w) = (random_tensor(&xs, n as u64), random_tensor(&ws, 50 + n as u64));
+            let dy = random_tensor(&g.output_shape(), 70 + n as u64);
+            let c = g.in_channels;
+            let (mean, inv_std) = (random_tensor(&[c], 80), random_tensor(&[c], 81));
+            let map = ReluAffine::new(&mean, &inv_std, &random_tensor(&[c], 82), &random_tensor(&[c], 83));
+            let stored = map.apply(x.as_slice());
+            for algorithm in algorithms {
+                for (direction, b) in [(Direction::Forward, &w), (Direction::BackwardWeight, &dy)] {
+                    if !algorithm.computes(direction, &g) {
+                        continue;
+                    }
+                    let b = b.as_slice();
+                    let mapped = algorithm.run_mapped(direction, x.as_slice(), Some(&map), b, &g);
+                    let plain = algorithm.run(direction, &stored, b, &g);
+                    let same = mapped.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same && mapped.len() == plain.len(), "case {n}: {algorithm:?} {direction:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::batchnorm::ReluAffine;
 use super::conv::{ConvGeometry, ohwi_to_oihw};
 use crate::parallel;
 
@@ -196,13 +197,22 @@ thread_local! {
     static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Calls `f` with images [first, first + count) of `x` as the kernels read them: with
-/// `g.padding` zeros around each (in a per-thread buffer), or `x` itself when unpadded.
-fn with_input<R>(x: &[f32], g: &ConvGeometry, first: usize, count: usize, f: impl FnOnce(&[f32]) -> R) -> R {
+/// Calls `f` with images [first, first + count) of `x` as the kernels read them: through `map`
+/// when given, with `g.padding` zeros around each (in a per-thread buffer), or `x` itself when
+/// neither.
+fn with_input<R>(
+    x: &[f32],
+    map: Option<&ReluAffine>,
+    g: &ConvGeometry,
+    first: usize,
+    count: usize,
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
     let (p, c) = (g.padding, g.in_channels);
     let image = g.height * g.width * c;
-    if p == 0 {
-        return f(&x[first * image..][..count * image]);
+    let x = &x[first * image..][..count * image];
+    if p == 0 && map.is_none() {
+        return f(x);
     }
     let (hp, wp) = (g.height + 2 * p, g.width + 2 * p);
     PADDED.with(|buffer| {
@@ -211,15 +221,26 @@ fn with_input<R>(x: &[f32], g: &ConvGeometry, first: usize, count: usize, f: imp
             buffer.resize(count * hp * wp * c, 0.0);
         }
         let out = &mut buffer[..count * hp * wp * c];
-        pad_images(&x[first * image..][..count * image], g.height, g.width, c, p, hp, wp, out);
+        pad_images(x, map, g.height, g.width, c, p, hp, wp, out);
         f(out)
     })
 }
 
-/// Copies the images of `x` ([N, h, w, c]) into `out` ([N, hp, wp, c]) at row and column
-/// `p`, zeroing only the border around them (every interior value is overwritten).
+/// Copies the images of `x` ([N, h, w, c]), through `map` when given, into `out` ([N, hp, wp,
+/// c]) at row and column `p`, zeroing only the border around them (every interior value is
+/// overwritten). The padding stays zero: it pads the map's output.
 #[allow(clippy::too_many_arguments)]
-fn pad_images(x: &[f32], h: usize, w: usize, c: usize, p: usize, hp: usize, wp: usize, out: &mut [f32]) {
+fn pad_images(
+    x: &[f32],
+    map: Option<&ReluAffine>,
+    h: usize,
+    w: usize,
+    c: usize,
+    p: usize,
+    hp: usize,
+    wp: usize,
+    out: &mut [f32],
+) {
     for (src, padded) in x.chunks_exact(h * w * c).zip(out.chunks_exact_mut(hp * wp * c)) {
         padded[..p * wp * c].fill(0.0);
         padded[(p + h) * wp * c..].fill(0.0);
@@ -227,7 +248,11 @@ fn pad_images(x: &[f32], h: usize, w: usize, c: usize, p: usize, hp: usize, wp: 
             let row = &mut padded[(r + p) * wp * c..][..wp * c];
             row[..p * c].fill(0.0);
             row[(p + w) * c..].fill(0.0);
-            row[p * c..(p + w) * c].copy_from_slice(&src[r * w * c..][..w * c]);
+            let (src, dst) = (&src[r * w * c..][..w * c], &mut row[p * c..(p + w) * c]);
+            match map {
+                Some(map) => map.pixels_into(src, dst),
+                None => dst.copy_from_slice(src),
+            }
         }
     }
 }
@@ -248,13 +273,19 @@ fn windows(g: &ConvGeometry, count: usize) -> (Vec<usize>, Vec<usize>) {
     (starts, taps)
 }
 
-/// y = conv(x, w) with weights packed by `PackedWeights::forward` (or, for backward data,
-/// `backward_data` with `backward_data_geometry`).
-pub fn forward(x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
-    forward_with(simd(), x, w, g)
+/// y = conv(map(x), w) (x itself without a map) with weights packed by `PackedWeights::forward`
+/// (or, for backward data, `backward_data` with `backward_data_geometry`).
+pub fn forward(x: &[f32], map: Option<&ReluAffine>, w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
+    forward_with(simd(), x, map, w, g)
 }
 
-fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
+fn forward_with(
+    simd: Simd,
+    x: &[f32],
+    map: Option<&ReluAffine>,
+    w: &PackedWeights,
+    g: &ConvGeometry,
+) -> Vec<f32> {
     let (cout, opg, cpg) = (g.out_channels, g.out_per_group(), g.in_per_group());
     let pixels = g.out_height * g.out_width;
     let per_chunk = g.images_per_chunk();
@@ -269,7 +300,7 @@ fn forward_with(simd: Simd, x: &[f32], w: &PackedWeights, g: &ConvGeometry) -> V
             let count = out.len() / (pixels * cout);
             // Row tiles find their windows from the row pitch; pixel tiles look them up.
             let (starts, taps) = if by_rows { Default::default() } else { windows(g, count) };
-            with_input(x, g, first, count, |input| {
+            with_input(x, map, g, first, count, |input| {
                 for grp in 0..g.groups {
                     for panel in 0..w.panels {
                         let (weights, col0) = (w.panel(grp, panel), grp * opg + panel * LANES);
@@ -480,11 +511,17 @@ fn forward_row_tile(
 }
 
 /// dL/dw (OIHW) from the input and dL/dy, any stride.
-pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    backward_weight_with(simd(), x, dy, g)
+pub fn backward_weight(x: &[f32], map: Option<&ReluAffine>, dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    backward_weight_with(simd(), x, map, dy, g)
 }
 
-fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+fn backward_weight_with(
+    simd: Simd,
+    x: &[f32],
+    map: Option<&ReluAffine>,
+    dy: &[f32],
+    g: &ConvGeometry,
+) -> Vec<f32> {
     let (cout, cpg, kk) = (g.out_channels, g.in_per_group(), g.kernel * g.kernel);
     let pixels = g.out_height * g.out_width;
     let per_chunk = g.images_per_chunk();
@@ -497,7 +534,7 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry) -> 
             let count = per_chunk.min(g.batch - first);
             let grads = &dy[first * pixels * cout..][..count * pixels * cout];
             let (starts, taps) = windows(g, count);
-            with_input(x, g, first, count, |input| {
+            with_input(x, map, g, first, count, |input| {
                 weight_chunk(simd, input, grads, &starts, &taps, g, &mut acc);
             });
         }
@@ -863,9 +900,9 @@ mod tests {
                 let g = ConvGeometry::new(&xs, &ws, p).unwrap();
                 let dy = random_tensor(&g.output_shape(), 600 + n as u64);
                 let (x, w, dy) = (x.as_slice(), w.as_slice(), dy.as_slice());
-                let y = forward_with(simd, x, &PackedWeights::forward(w, &g), &g);
+                let y = forward_with(simd, x, None, &PackedWeights::forward(w, &g), &g);
                 assert_close(n, &format!("{simd:?} forward"), &y, &reference::forward(x, w, &g));
-                let dw = backward_weight_with(simd, x, dy, &g);
+                let dw = backward_weight_with(simd, x, None, dy, &g);
                 assert_close(
                     n,
                     &format!("{simd:?} weight gradient"),
@@ -876,6 +913,7 @@ mod tests {
                     let dx = forward_with(
                         simd,
                         dy,
+                        None,
                         &PackedWeights::backward_data(w, &g),
                         &backward_data_geometry(&g),
                     );
@@ -903,13 +941,13 @@ mod tests {
             let (x, w) = (random_tensor(&xs, 1), random_tensor(&ws, 2));
             let dy = random_tensor(&g.output_shape(), 3);
             let packed = PackedWeights::forward(w.as_slice(), &g);
-            let portable = forward_with(Simd::Portable, x.as_slice(), &packed, &g);
+            let portable = forward_with(Simd::Portable, x.as_slice(), None, &packed, &g);
             let fused: Vec<_> = available()
                 .into_iter()
                 .filter(|s| *s != Simd::Portable)
                 .map(|s| {
-                    let y = forward_with(s, x.as_slice(), &packed, &g);
-                    (y, backward_weight_with(s, x.as_slice(), dy.as_slice(), &g), by_output_rows(s, &g))
+                    let y = forward_with(s, x.as_slice(), None, &packed, &g);
+                    (y, backward_weight_with(s, x.as_slice(), None, dy.as_slice(), &g), by_output_rows(s, &g))
                 })
                 .collect();
             for (y, dw, by_rows) in &fused {

@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod batchnorm;
+pub mod bn_relu_conv;
 pub mod conv;
 pub mod conv_direct;
 pub mod conv_winograd;

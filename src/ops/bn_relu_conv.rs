@@ -1,0 +1,151 @@
+//! conv(relu(batch_norm(x))) in training mode as one op, the pre-activation network's pattern.
+//! Where the cpu runs the convolution with the direct kernels, the normalised, rectified
+//! activation is computed in the padded copy of its input they make anyway and never stored, in
+//! the forward pass and again for the weight gradient, while batch norm's backward recomputes its
+//! relu mask from x as it always does: the activation is neither written nor read back. Every
+//! value is the same, bit for bit, as the two ops one after the other, which the kernel devices
+//! and the other layers run.
+
+use anyhow::Result;
+
+use crate::autograd::{Tape, Var};
+use crate::device::Device;
+use crate::ops::batchnorm::{
+    Activation, BatchStats, ReluAffine, ReluAfter, bn_grad_sums, bn_train_backward_data, train_statistics,
+};
+use crate::ops::conv::{
+    Conv2dParams, ConvGeometry, CpuConv, Direction, conv2d_backward_data, conv2d_backward_weight_mapped,
+    conv2d_forward_mapped, cpu_conv,
+};
+
+/// Whether the cpu computes `g`'s forward pass and weight gradient with the direct kernels,
+/// which apply the map in the padded copy they make anyway. Winograd and the GEMM would store
+/// map(x) first (`conv2d_forward_mapped`), once in the forward pass and again for the weight
+/// gradient, which costs more than storing it once: those layers run the two ops.
+fn maps_as_it_reads(g: &ConvGeometry) -> bool {
+    [Direction::Forward, Direction::BackwardWeight].iter().all(|d| cpu_conv(g, *d) == CpuConv::Direct)
+}
+
+impl Tape {
+    /// conv(relu(batch_norm(x)), w) with batch norm in training mode (the batch's own
+    /// statistics, returned for the running averages).
+    pub fn bn_relu_conv2d(
+        &self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        eps: f32,
+        w: &Var,
+        p: Conv2dParams,
+    ) -> Result<(Var, BatchStats)> {
+        let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
+        if !(x.value().device() == Device::Cpu
+            && self.needs_grad(&[x, gamma, beta, w])
+            && maps_as_it_reads(&g))
+        {
+            let (a, stats) = self.batch_norm_train(x, gamma, beta, eps, Activation::Relu)?;
+            return Ok((self.conv2d(&a, w, p)?, stats));
+        }
+        let (mean, inv_std, var_unbiased) = train_statistics(x, gamma, beta, eps)?;
+        let map = ReluAffine::new(&mean, &inv_std, gamma.value(), beta.value());
+        let y = conv2d_forward_mapped(x.value(), &map, w.value(), p)?;
+        let stats = BatchStats { mean: mean.clone(), var_unbiased };
+        let (x_saved, w_saved) = (x.value().clone(), w.value().clone());
+        let relu = ReluAfter { out: None, gamma: gamma.value().clone(), beta: beta.value().clone() };
+        let var = self.record(
+            y,
+            &[x, gamma, beta, w],
+            Box::new(move |dy, needs| {
+                let dw = match needs[3] {
+                    true => Some(conv2d_backward_weight_mapped(&x_saved, &map, dy, &g)?),
+                    false => None,
+                };
+                if !(needs[0] || needs[1] || needs[2]) {
+                    return Ok(vec![None, None, None, dw]);
+                }
+                // The gradient at batch norm's output (the relu's, which its backward masks).
+                let da = conv2d_backward_data(dy, &w_saved, &g, false)?;
+                let sums = bn_grad_sums(&x_saved, &da, Some(&relu), &mean, &inv_std)?;
+                let dx = match needs[0] {
+                    true => Some(bn_train_backward_data(
+                        &da,
+                        Some(&relu),
+                        &x_saved,
+                        &mean,
+                        &inv_std,
+                        &relu.gamma,
+                        &sums,
+                    )?),
+                    false => None,
+                };
+                let (dbeta, dgamma) = sums;
+                Ok(vec![dx, needs[1].then_some(dgamma), needs[2].then_some(dbeta), dw])
+            }),
+        );
+        Ok((var, stats))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::random_tensor;
+    use crate::tensor::Tensor;
+
+    /// One training step's values through `bn_relu_conv2d` or through batch norm + relu and
+    /// the convolution as two ops: y, the batch statistics, then dx, dgamma, dbeta and dw.
+    fn step(inputs: &[Tensor; 4], p: Conv2dParams, fused: bool) -> Vec<Vec<f32>> {
+        let t = Tape::new();
+        let v: Vec<Var> = inputs.iter().map(|x| t.leaf(x.clone(), true)).collect();
+        let (y, stats) = if fused {
+            t.bn_relu_conv2d(&v[0], &v[1], &v[2], 1e-5, &v[3], p).unwrap()
+        } else {
+            let (a, stats) = t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5, Activation::Relu).unwrap();
+            (t.conv2d(&a, &v[3], p).unwrap(), stats)
+        };
+        let dy = random_tensor(y.shape(), 7);
+        let mut out = vec![y.value().to_vec(), stats.mean.to_vec(), stats.var_unbiased.to_vec()];
+        let grads = t.backward_from(&y, dy).unwrap();
+        out.extend(v.iter().map(|v| grads.get(v).unwrap().to_vec()));
+        out
+    }
+
+    /// Fused and as two ops give the same bits, on layers the direct kernels run (where the
+    /// activation is never stored: 16 channels as in both models' first stage, grouped ones,
+    /// a batch of 1, odd sizes) and on layers that run the two ops (Winograd's, stride 2).
+    #[test]
+    fn equals_batch_norm_relu_then_conv_bit_for_bit() {
+        let p = |stride, groups| Conv2dParams { stride, padding: 1, groups };
+        let layers = [
+            ([3, 8, 8, 16], [16, 16, 3, 3], p(1, 1), true),
+            ([1, 7, 9, 16], [16, 16, 3, 3], p(1, 1), true),
+            ([2, 6, 6, 40], [40, 4, 3, 3], p(1, 10), true),
+            ([2, 9, 9, 32], [32, 32, 3, 3], p(1, 1), false),
+            ([2, 8, 8, 16], [32, 16, 3, 3], p(2, 1), false),
+        ];
+        for (n, (xs, ws, p, direct)) in layers.into_iter().enumerate() {
+            let g = ConvGeometry::new(&xs, &ws, p).unwrap();
+            if !conv_forced() {
+                assert_eq!(maps_as_it_reads(&g), direct, "layer {n}");
+            }
+            let c = xs[3];
+            let n = n as u64;
+            let inputs = [
+                random_tensor(&xs, n),
+                random_tensor(&[c], 10 + n),
+                random_tensor(&[c], 20 + n),
+                random_tensor(&ws, 30 + n),
+            ];
+            let (fused, apart) = (step(&inputs, p, true), step(&inputs, p, false));
+            for (i, (a, b)) in fused.iter().zip(&apart).enumerate() {
+                let same = a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "layer {n}, value {i} (y, mean, var, dx, dgamma, dbeta, dw) differs");
+            }
+        }
+    }
+
+    /// Whether MOCSE_CPU_CONV forces an algorithm (then any layer may be direct, or none).
+    fn conv_forced() -> bool {
+        std::env::var_os("MOCSE_CPU_CONV").is_some()
+    }
+}
