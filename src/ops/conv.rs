@@ -722,16 +722,21 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // where its fewer multiplications outweigh the transforms (`cargo bench --bench cpu_conv`,
     // BENCHMARKS.md): for groups of 32 or more channels, forward and backward data on every image
     // size (1.2-2x the direct kernels; 1.2-1.5x on 4x4 images) and weight gradients on 8x8 and
-    // larger ones (1.2-1.6x the GEMM; on 4x4 images the GEMM keeps them, whose chunks hold too few
-    // tiles to reduce over); groups of 16 stay direct (forward and backward data 1.3-1.4x faster on
-    // MoCSE's first stage, weight gradients about even). F(4x4, 3x3), 4x fewer multiplications, on
-    // 8x8 and larger images (1.1-1.55x F(2x2) on the 16x16 and 32x32 layers of both models, about
-    // even on 8x8 ones); F(2x2), 2.25x fewer, on 4x4 ones, where F(4x4)'s tile is the whole image
-    // and it loses.
+    // larger ones (1.2-1.6x the GEMM), and on 4x4 ones for groups of up to 256 channels (1.05-1.35x
+    // the GEMM; on w64's 512 the GEMM is 1.25x faster: Winograd's partial weight gradients, 16
+    // points x 512 x 512 per thread, outgrow the caches); groups of 16 stay direct (forward and
+    // backward data 1.3-1.4x faster on MoCSE's first stage, weight gradients about even).
+    // F(4x4, 3x3), 4x fewer multiplications, on 8x8 and larger images (1.1-1.55x F(2x2) on the
+    // 16x16 and 32x32 layers of both models, about even on 8x8 ones); F(2x2), 2.25x fewer, on 4x4
+    // ones, where F(4x4)'s tile is the whole image and it loses, except for weight gradients of
+    // batches of 128 and more (1.1-1.25x F(2x2)), which reduce over at least 32 such tiles per
+    // chunk.
     let winograd = conv_winograd::applies(g);
+    let weights_pay = g.height >= 8 || cpg.max(opg) <= 256;
     let winograd_pays =
-        winograd && cpg.min(opg) >= 32 && (direction != Direction::BackwardWeight || g.height >= 8);
-    let tile = if g.height >= 8 { conv_winograd::Tile::F4 } else { conv_winograd::Tile::F2 };
+        winograd && cpg.min(opg) >= 32 && (direction != Direction::BackwardWeight || weights_pay);
+    let f4 = g.height >= 8 || (direction == Direction::BackwardWeight && g.batch >= 128);
+    let tile = if f4 { conv_winograd::Tile::F4 } else { conv_winograd::Tile::F2 };
     match forced_cpu_conv() {
         _ if !possible => CpuConv::Gemm,
         Some(CpuConv::Winograd(_)) if !winograd => CpuConv::Direct,
