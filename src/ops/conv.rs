@@ -710,13 +710,19 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // 1.1-1.5x on the 1x1 stride-2 shortcuts) and for 3x3 backward data producing 8 or more
     // channels per group; for weight gradients where groups are at most 16 channels wide in and out
     // (1.5x the GEMM on the width-16 stem, 3 -> 16), and for grouped ones of up to 16 input
-    // channels per group. The GEMM keeps the 1x1 shortcuts' backward data and the wider weight
+    // channels per group, and with AVX-512 for groups of up to 4 input channels (MoCSE's stem,
+    // 3 -> 160: 1.25x the GEMM; `conv_direct::weights_by_outputs`). The GEMM keeps the 1x1
+    // shortcuts' backward data and the wider weight
     // gradients (1.2-1.5x the direct kernels on MoCSE's stride-2 layers of 32 and more channels per
     // group).
     let faster = match direction {
         Direction::Forward => true,
         Direction::BackwardData => g.kernel == 3 && cpg >= 8,
-        Direction::BackwardWeight => (g.kernel == 3 && cpg <= 16 && opg <= 16) || (g.groups > 1 && cpg <= 16),
+        Direction::BackwardWeight => {
+            (g.kernel == 3 && cpg <= 16 && opg <= 16)
+                || (g.groups > 1 && cpg <= 16)
+                || conv_direct::weights_by_outputs(conv_direct::simd(), g)
+        }
     };
     // Winograd computes 3x3, stride-1, padding-1 convolutions in all three directions. It pays
     // where its fewer multiplications outweigh the transforms (`cargo bench --bench cpu_conv`,

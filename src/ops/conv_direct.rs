@@ -534,13 +534,98 @@ fn backward_weight_with(
             let count = per_chunk.min(g.batch - first);
             let grads = &dy[first * pixels * cout..][..count * pixels * cout];
             let (starts, taps) = windows(g, count);
-            with_input(x, map, g, first, count, |input| {
-                weight_chunk(simd, input, grads, &starts, &taps, g, &mut acc);
+            with_input(x, map, g, first, count, |input| match weights_by_outputs(simd, g) {
+                true => weight_chunk_by_outputs(simd, input, grads, &starts, &taps, g, &mut acc),
+                false => weight_chunk(simd, input, grads, &starts, &taps, g, &mut acc),
             });
         }
         acc
     });
     ohwi_to_oihw(&parallel::sum_in_order(parts), g)
+}
+
+/// Whether a weight gradient runs with output channels in the vector lanes
+/// (`weight_chunk_by_outputs`): groups of at most 4 input channels (the stems' 3), which leave
+/// most of the 16 input-channel lanes of the usual tiles empty, and AVX-512.
+pub(crate) fn weights_by_outputs(simd: Simd, g: &ConvGeometry) -> bool {
+    simd == Simd::Avx512 && g.in_per_group() <= 4
+}
+
+/// `weight_chunk` with output channels in the vector lanes and (tap, input channel) pairs in
+/// the tile rows: each gradient row is loaded once per pixel for all of them. The same products
+/// added in the same order as `weight_chunk`'s AVX-512 tiles, so the same bits.
+fn weight_chunk_by_outputs(
+    simd: Simd,
+    input: &[f32],
+    grads: &[f32],
+    starts: &[usize],
+    taps: &[usize],
+    g: &ConvGeometry,
+    acc: &mut [f32],
+) {
+    let (cout, opg, cpg, kk) = (g.out_channels, g.out_per_group(), g.in_per_group(), taps.len());
+    let pairs = kk * cpg;
+    let mut tile = [[0.0f32; LANES]; MAX_ROWS];
+    for (block, starts) in starts.chunks(PIXEL_BLOCK).enumerate() {
+        let grads = &grads[block * PIXEL_BLOCK * cout..];
+        for grp in 0..g.groups {
+            // Where each (tap, channel) pair of the group reads, from a pixel's window start.
+            let offsets: Vec<usize> = (0..pairs).map(|q| taps[q / cpg] + grp * cpg + q % cpg).collect();
+            for o0 in (0..opg).step_by(LANES) {
+                let outs = LANES.min(opg - o0);
+                for (q0, rows) in balanced_tiles(pairs, simd.weight_rows()) {
+                    let offsets = &offsets[q0..][..rows];
+                    weight_tile_by_outputs(
+                        simd,
+                        input,
+                        starts,
+                        offsets,
+                        grads,
+                        cout,
+                        grp * opg + o0,
+                        outs,
+                        &mut tile,
+                    );
+                    for (r, row) in tile.iter().enumerate().take(rows) {
+                        let (tap, c) = ((q0 + r) / cpg, (q0 + r) % cpg);
+                        for (j, v) in row.iter().enumerate().take(outs) {
+                            acc[((grp * opg + o0 + j) * kk + tap) * cpg + c] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One weight-gradient tile with output channels in the lanes: `tile[r][j]` (overwritten) =
+/// sum over output pixels p of input[starts[p] + offsets[r]] * dy[p * cout + dy_at + j], for
+/// r < offsets.len() and j < outs. AVX-512 only (`weights_by_outputs`).
+#[allow(clippy::too_many_arguments)]
+fn weight_tile_by_outputs(
+    simd: Simd,
+    input: &[f32],
+    starts: &[usize],
+    offsets: &[usize],
+    dy: &[f32],
+    cout: usize,
+    dy_at: usize,
+    outs: usize,
+    tile: &mut [[f32; LANES]; MAX_ROWS],
+) {
+    let last_x = starts.iter().max().copied().unwrap_or(0) + offsets.iter().max().copied().unwrap_or(0) + 1;
+    let last_dy = (starts.len().max(1) - 1) * cout + dy_at + outs;
+    assert!(last_x <= input.len() && last_dy <= dy.len() && outs <= LANES && offsets.len() <= MAX_ROWS);
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 is present; reads stay within the bounds checked above (the gradient
+        // loads are masked to `outs` lanes).
+        Simd::Avx512 => unsafe {
+            let (x, d) = (input.as_ptr(), dy.as_ptr().add(dy_at));
+            by_rows!(offsets.len(), avx512::weight_by_outputs, x, starts, offsets, d, cout, outs, tile)
+        },
+        _ => unreachable!("the by-outputs tiles run with AVX-512 only (`weights_by_outputs`)"),
+    }
 }
 
 /// Adds one chunk's weight gradient to `acc` ([O, taps, C / groups]).
@@ -852,6 +937,37 @@ mod avx512 {
             }
         }
     }
+
+    /// See `weight_tile_by_outputs`; `dy` already points at the panel's first channel.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weight_by_outputs<const R: usize>(
+        x: *const f32,
+        starts: &[usize],
+        offsets: &[usize],
+        dy: *const f32,
+        cout: usize,
+        outs: usize,
+        out: &mut [[f32; LANES]; MAX_ROWS],
+    ) {
+        // SAFETY: the caller checked every extent; masked loads read only `outs` lanes.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); R];
+            let mask: __mmask16 = if outs >= LANES { !0 } else { (1u16 << outs) - 1 };
+            let off: [usize; R] = std::array::from_fn(|r| offsets[r]);
+            let mut d = dy;
+            for &start in starts {
+                let g = _mm512_maskz_loadu_ps(mask, d);
+                let px = x.add(start);
+                for r in 0..R {
+                    acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(*px.add(off[r])), g, acc[r]);
+                }
+                d = d.add(cout);
+            }
+            for r in 0..R {
+                _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -934,9 +1050,15 @@ mod tests {
         // only FMA's single rounding separates them from portable, and nothing separates
         // AVX-512 from AVX2. AVX-512's row tiles (`forward_panel_by_rows`, the 9x9 layer) add
         // each kernel row's three taps channel by channel, so they differ from AVX2 by rounding.
-        let p = |stride| Conv2dParams { stride, padding: 1, groups: 10 };
-        for (xs, ws, p) in [([4, 9, 9, 160], [160, 16, 3, 3], p(1)), ([4, 9, 9, 160], [160, 16, 3, 3], p(2))]
-        {
+        // AVX-512's weight tiles by output channels (groups of 3 and 2 input channels below) add
+        // the same products in the same order as the others.
+        let p = |stride, groups| Conv2dParams { stride, padding: 1, groups };
+        for (xs, ws, p) in [
+            ([4, 9, 9, 160], [160, 16, 3, 3], p(1, 10)),
+            ([4, 9, 9, 160], [160, 16, 3, 3], p(2, 10)),
+            ([4, 9, 9, 3], [20, 3, 3, 3], p(1, 1)),
+            ([3, 7, 7, 20], [30, 2, 3, 3], p(2, 10)),
+        ] {
             let g = ConvGeometry::new(&xs, &ws, p).unwrap();
             let (x, w) = (random_tensor(&xs, 1), random_tensor(&ws, 2));
             let dy = random_tensor(&g.output_shape(), 3);
