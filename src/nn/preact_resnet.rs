@@ -254,9 +254,9 @@ impl PreActResNet {
         Ok(y)
     }
 
-    /// conv(relu(batch_norm(x))), for a batch norm whose output feeds this one convolution: in
-    /// training mode one op (`Tape::bn_relu_conv2d`, which never stores the activation on the
-    /// cpu).
+    /// conv(relu(batch_norm(x))), for a batch norm whose output feeds this one convolution: one
+    /// op (`Tape::bn_relu_conv2d` and `bn_relu_conv2d_eval`, which do not store the activation
+    /// where the cpu's direct kernels run the convolution).
     #[allow(clippy::too_many_arguments)]
     fn bn_relu_conv(
         &self,
@@ -268,11 +268,11 @@ impl PreActResNet {
         conv: &ConvLayer,
         train: bool,
     ) -> Result<Var> {
-        if !train {
-            let a = self.bn_relu(tape, p, buffers, bn, x, train)?;
-            return tape.conv2d(&a, &p[conv.weight], conv.p);
-        }
         let (w, b) = (&p[bn.weight], &p[bn.bias]);
+        if !train {
+            let (mean, var) = (&buffers[bn.running_mean], &buffers[bn.running_var]);
+            return tape.bn_relu_conv2d_eval(x, w, b, mean, var, BN_EPS, &p[conv.weight], conv.p);
+        }
         let (y, stats) = tape.bn_relu_conv2d(x, w, b, BN_EPS, &p[conv.weight], conv.p)?;
         Self::update_running(buffers, bn, &stats)?;
         Ok(y)

@@ -576,6 +576,25 @@ pub(crate) fn train_statistics(
     batch_statistics(x.value(), eps)
 }
 
+/// Evaluation mode's parameters and running statistics have x's channels.
+pub(crate) fn check_eval_parameters(
+    x: &Var,
+    gamma: &Var,
+    beta: &Var,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+) -> Result<()> {
+    let c = channels_of(x.value());
+    ensure!(
+        gamma.value().len() == c
+            && beta.value().len() == c
+            && running_mean.len() == c
+            && running_var.len() == c,
+        "batch norm: parameters do not match {c} channels"
+    );
+    Ok(())
+}
+
 impl Tape {
     /// Training mode: normalises with the batch's own statistics, then `activation`, and
     /// returns the statistics.
@@ -633,14 +652,7 @@ impl Tape {
         eps: f32,
         activation: Activation,
     ) -> Result<Var> {
-        let c = channels_of(x.value());
-        ensure!(
-            gamma.value().len() == c
-                && beta.value().len() == c
-                && running_mean.len() == c
-                && running_var.len() == c,
-            "batch norm: parameters do not match {c} channels"
-        );
+        check_eval_parameters(x, gamma, beta, running_mean, running_var)?;
         let inv_std = inv_std_of(running_var, eps)?;
         let y = bn_apply(x.value(), running_mean, &inv_std, gamma.value(), beta.value(), activation)?;
         if !self.needs_grad(&[x, gamma, beta]) {

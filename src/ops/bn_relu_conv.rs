@@ -11,12 +11,20 @@ use anyhow::Result;
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::ops::batchnorm::{
-    Activation, BatchStats, ReluAffine, ReluAfter, bn_grad_sums, bn_train_backward_data, train_statistics,
+    Activation, BatchStats, ReluAffine, ReluAfter, bn_grad_sums, bn_train_backward_data,
+    check_eval_parameters, inv_std_of, train_statistics,
 };
 use crate::ops::conv::{
     Conv2dParams, ConvGeometry, CpuConv, Direction, conv2d_backward_data, conv2d_backward_weight_mapped,
     conv2d_forward_mapped, cpu_conv,
 };
+use crate::tensor::Tensor;
+
+/// Whether the cpu computes `g`'s forward pass with the direct kernels (which apply the map in
+/// their padded copy).
+fn forward_maps_as_it_reads(g: &ConvGeometry) -> bool {
+    cpu_conv(g, Direction::Forward) == CpuConv::Direct
+}
 
 /// Whether the cpu computes `g`'s forward pass and weight gradient with the direct kernels,
 /// which apply the map in the padded copy they make anyway. Winograd and the GEMM would store
@@ -48,7 +56,7 @@ impl Tape {
         }
         let (mean, inv_std, var_unbiased) = train_statistics(x, gamma, beta, eps)?;
         let map = ReluAffine::new(&mean, &inv_std, gamma.value(), beta.value());
-        let y = conv2d_forward_mapped(x.value(), &map, w.value(), p)?;
+        let y = conv2d_forward_mapped(x.value(), &map, w.value(), p, false)?;
         let stats = BatchStats { mean: mean.clone(), var_unbiased };
         let (x_saved, w_saved) = (x.value().clone(), w.value().clone());
         let relu = ReluAfter { out: None, gamma: gamma.value().clone(), beta: beta.value().clone() };
@@ -83,6 +91,34 @@ impl Tape {
             }),
         );
         Ok((var, stats))
+    }
+
+    /// conv(relu(batch_norm(x)), w) with batch norm in evaluation mode (the running
+    /// statistics). Without gradients (inference, the corruption evaluation) the cpu's direct
+    /// kernels apply batch norm in their padded copy, as in training; with them (attacks) this is
+    /// the two ops.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_relu_conv2d_eval(
+        &self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        eps: f32,
+        w: &Var,
+        p: Conv2dParams,
+    ) -> Result<Var> {
+        let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
+        let cpu = x.value().device() == Device::Cpu;
+        if !(cpu && !self.needs_grad(&[x, gamma, beta, w]) && forward_maps_as_it_reads(&g)) {
+            let a = self.batch_norm_eval(x, gamma, beta, running_mean, running_var, eps, Activation::Relu)?;
+            return self.conv2d(&a, w, p);
+        }
+        check_eval_parameters(x, gamma, beta, running_mean, running_var)?;
+        let map = ReluAffine::new(running_mean, &inv_std_of(running_var, eps)?, gamma.value(), beta.value());
+        // The weights are constants used again on the next batch: prepared once, as `conv2d` does.
+        Ok(Var::constant(conv2d_forward_mapped(x.value(), &map, w.value(), p, true)?))
     }
 }
 
@@ -141,6 +177,42 @@ mod tests {
                 let same = a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "layer {n}, value {i} (y, mean, var, dx, dgamma, dbeta, dw) differs");
             }
+        }
+    }
+
+    /// In evaluation mode without gradients (inference), fused and as two ops give the same
+    /// bits, on a direct layer and a Winograd one.
+    #[test]
+    fn evaluation_equals_batch_norm_relu_then_conv_bit_for_bit() {
+        let p = Conv2dParams { stride: 1, padding: 1, groups: 1 };
+        for (n, (xs, ws)) in
+            [([3, 8, 8, 16], [16, 16, 3, 3]), ([2, 9, 9, 32], [32, 32, 3, 3])].into_iter().enumerate()
+        {
+            let n = n as u64;
+            let c = xs[3];
+            let t = Tape::no_grad();
+            let leaf = |v: Tensor| t.leaf(v, false);
+            let (x, gamma, beta, w) = (
+                leaf(random_tensor(&xs, n)),
+                leaf(random_tensor(&[c], 10 + n)),
+                leaf(random_tensor(&[c], 20 + n)),
+                leaf(random_tensor(&ws, 30 + n)),
+            );
+            let mean = random_tensor(&[c], 40 + n);
+            let var = Tensor::from_vec(
+                &[c],
+                random_tensor(&[c], 50 + n).to_vec().iter().map(|v| v.abs() + 0.1).collect(),
+            );
+            let fused = t.bn_relu_conv2d_eval(&x, &gamma, &beta, &mean, &var, 1e-5, &w, p).unwrap();
+            let a = t.batch_norm_eval(&x, &gamma, &beta, &mean, &var, 1e-5, Activation::Relu).unwrap();
+            let apart = t.conv2d(&a, &w, p).unwrap();
+            let same = fused
+                .value()
+                .to_vec()
+                .iter()
+                .zip(&apart.value().to_vec())
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same && fused.shape() == apart.shape(), "layer {n}");
         }
     }
 

@@ -779,12 +779,18 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bo
 /// y = conv(map(x), w) on the cpu: `map` (batch norm and a relu) is applied where the
 /// algorithm reads x, so that map(x) is never stored, where the algorithm is the direct kernels
 /// (in their padded copy); the others store it first. The same bits as `conv2d_forward` of
-/// `bn_apply`'s output.
-pub fn conv2d_forward_mapped(x: &Tensor, map: &ReluAffine, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+/// `bn_apply`'s output. `keep_prepared` as in `conv2d_forward`.
+pub fn conv2d_forward_mapped(
+    x: &Tensor,
+    map: &ReluAffine,
+    w: &Tensor,
+    p: Conv2dParams,
+    keep_prepared: bool,
+) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     ensure_mappable(x, map, &g)?;
     let algorithm = cpu_conv(&g, Direction::Forward);
-    let y = run_with_weights(algorithm, Direction::Forward, x.as_slice(), Some(map), w, &g, false);
+    let y = run_with_weights(algorithm, Direction::Forward, x.as_slice(), Some(map), w, &g, keep_prepared);
     Ok(Tensor::from_vec(&g.output_shape(), y))
 }
 
