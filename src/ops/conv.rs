@@ -517,13 +517,16 @@ pub enum Direction {
 
 impl CpuConv {
     /// Whether this algorithm computes `direction` of the convolution `g`: the GEMM every one,
-    /// the direct kernels backward data only at stride 1 (as a forward convolution), Winograd
+    /// the direct kernels backward data only at stride 1 (as a forward convolution) and of
+    /// strided 1x1 convolutions without padding, Winograd
     /// only 3x3 convolutions at stride 1 with padding 1.
     pub fn computes(self, direction: Direction, g: &ConvGeometry) -> bool {
         match self {
             CpuConv::Gemm => true,
             CpuConv::Direct => {
-                direction != Direction::BackwardData || (g.stride == 1 && g.padding < g.kernel)
+                direction != Direction::BackwardData
+                    || (g.stride == 1 && g.padding < g.kernel)
+                    || conv_direct::strided_pointwise(g)
             }
             CpuConv::Winograd(_) => conv_winograd::applies(g),
         }
@@ -600,6 +603,9 @@ impl PreparedWeights {
         let backward = direction == Direction::BackwardData;
         assert!(!(backward && map.is_some()), "backward data maps no input");
         match self {
+            PreparedWeights::Direct(p) if backward && conv_direct::strided_pointwise(g) => {
+                conv_direct::backward_data_strided_pointwise(a, p, g)
+            }
             PreparedWeights::Direct(p) if backward => {
                 conv_direct::forward(a, None, p, &conv_direct::backward_data_geometry(g))
             }
@@ -707,17 +713,17 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // Measured per layer (`mocse bench --what conv-layers`, `cargo bench --bench cpu_conv`,
     // BENCHMARKS.md), with AVX-512 and with AVX2 alike: the direct kernels win for every forward
     // (up to 2x where groups are 16 channels wide: no packing of a 16-column GEMM's operands;
-    // 1.1-1.5x on the 1x1 stride-2 shortcuts) and for 3x3 backward data producing 8 or more
-    // channels per group; for weight gradients where groups are at most 16 channels wide in and out
-    // (1.5x the GEMM on the width-16 stem, 3 -> 16), and for grouped ones of up to 16 input
-    // channels per group, and with AVX-512 for groups of up to 4 input channels (MoCSE's stem,
-    // 3 -> 160: 1.25x the GEMM; `conv_direct::weights_by_outputs`). The GEMM keeps the 1x1
-    // shortcuts' backward data and the wider weight
-    // gradients (1.2-1.5x the direct kernels on MoCSE's stride-2 layers of 32 and more channels per
-    // group).
+    // 1.1-1.5x on the 1x1 stride-2 shortcuts); for 3x3 backward data producing 8 or more channels
+    // per group, and the shortcuts' backward data (1.2-1.7x: one pass writes the input gradient,
+    // where the GEMM's col2im adds into a zeroed one); for weight gradients where groups are at
+    // most 16 channels wide in and out (1.5x the GEMM on the width-16 stem, 3 -> 16), grouped ones
+    // of up to 16 input channels per group, and with AVX-512 ones of up to 4 input channels per
+    // group (MoCSE's stem, 3 -> 160: 1.25x the GEMM; `conv_direct::weights_by_outputs`). The GEMM
+    // keeps the wider weight gradients (1.2-1.5x the direct kernels on MoCSE's stride-2 layers of
+    // 32 and more channels per group).
     let faster = match direction {
         Direction::Forward => true,
-        Direction::BackwardData => g.kernel == 3 && cpg >= 8,
+        Direction::BackwardData => (g.kernel == 3 && cpg >= 8) || conv_direct::strided_pointwise(g),
         Direction::BackwardWeight => {
             (g.kernel == 3 && cpg <= 16 && opg <= 16)
                 || (g.groups > 1 && cpg <= 16)

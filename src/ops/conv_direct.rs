@@ -191,6 +191,51 @@ pub fn backward_data_geometry(g: &ConvGeometry) -> ConvGeometry {
     }
 }
 
+/// Whether backward data of `g` is a 1x1 convolution at a stride above 1 without padding
+/// (the shortcuts of both models): `backward_data_strided_pointwise` computes it.
+pub fn strided_pointwise(g: &ConvGeometry) -> bool {
+    g.kernel == 1 && g.stride > 1 && g.padding == 0
+}
+
+/// dL/dx of a strided 1x1 convolution (`strided_pointwise`) with weights packed by
+/// `PackedWeights::backward_data`: at every `stride`-th pixel of every `stride`-th row, the
+/// output gradient there times the transposed weights (a 1x1 forward convolution of dy, whose
+/// pixels are consecutive), and zero at the pixels the convolution skipped. Each input row is
+/// written once, whole: no zeroed buffer to add into, as the GEMM's col2im needs.
+pub fn backward_data_strided_pointwise(dy: &[f32], w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
+    assert!(strided_pointwise(g), "not a strided 1x1 convolution: {g:?}");
+    // The products, one row of C values per output pixel.
+    let compact_geometry = ConvGeometry {
+        height: g.out_height,
+        width: g.out_width,
+        in_channels: g.out_channels,
+        out_channels: g.in_channels,
+        stride: 1,
+        ..*g
+    };
+    let products = forward(dy, None, w, &compact_geometry);
+    let (c, s) = (g.in_channels, g.stride);
+    let len = g.batch * g.height * g.width * c;
+    let mut dx: Vec<f32> = Vec::with_capacity(len);
+    dx.spare_capacity_mut()[..len].par_chunks_mut(g.width * c).enumerate().for_each(|(row, out)| {
+        let (image, h) = (row / g.height, row % g.height);
+        if h % s != 0 || h / s >= g.out_height {
+            out.fill(MaybeUninit::new(0.0));
+            return;
+        }
+        let src = &products[(image * g.out_height + h / s) * g.out_width * c..][..g.out_width * c];
+        for (x, pixel) in out.chunks_exact_mut(c).enumerate() {
+            match (x % s == 0 && x / s < g.out_width).then(|| &src[x / s * c..][..c]) {
+                Some(values) => pixel.iter_mut().zip(values).for_each(|(p, v)| *p = MaybeUninit::new(*v)),
+                None => pixel.fill(MaybeUninit::new(0.0)),
+            }
+        }
+    });
+    // SAFETY: every element of every row was written above.
+    unsafe { dx.set_len(len) };
+    dx
+}
+
 thread_local! {
     // The padded copy is reused between chunks and calls: a fresh zeroed buffer per chunk
     // cost as much as the copy itself.
@@ -1025,6 +1070,10 @@ mod tests {
                     &dw,
                     &reference::weight_gradient(x, dy, &g),
                 );
+                if strided_pointwise(&g) {
+                    let dx = backward_data_strided_pointwise(dy, &PackedWeights::backward_data(w, &g), &g);
+                    assert_close(n, "strided 1x1 input gradient", &dx, &reference::input_gradient(dy, w, &g));
+                }
                 if g.stride == 1 {
                     let dx = forward_with(
                         simd,
