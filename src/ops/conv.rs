@@ -718,9 +718,11 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // where the GEMM's col2im adds into a zeroed one); for weight gradients where groups are at
     // most 16 channels wide in and out (1.5x the GEMM on the width-16 stem, 3 -> 16), grouped ones
     // of up to 16 input channels per group, and with AVX-512 ones of up to 4 input channels per
-    // group (MoCSE's stem, 3 -> 160: 1.25x the GEMM; `conv_direct::weights_by_outputs`). The GEMM
-    // keeps the wider weight gradients (1.2-1.5x the direct kernels on MoCSE's stride-2 layers of
-    // 32 and more channels per group).
+    // group (MoCSE's stem, 3 -> 160: 1.25x the GEMM; `conv_direct::weights_by_outputs`) and 3x3
+    // ones of up to 32 (by kernel rows, `conv_direct::weights_by_kernel_rows`: 1.1-1.5x the GEMM
+    // on the stride-2 layers of w16 and MoCSE's second one). The GEMM keeps the wider weight
+    // gradients (up to 1.15x the kernel rows on 64 and more input channels per group, 1.2-1.5x
+    // the other direct tiles from 32).
     let faster = match direction {
         Direction::Forward => true,
         Direction::BackwardData => (g.kernel == 3 && cpg >= 8) || conv_direct::strided_pointwise(g),
@@ -728,6 +730,7 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
             (g.kernel == 3 && cpg <= 16 && opg <= 16)
                 || (g.groups > 1 && cpg <= 16)
                 || conv_direct::weights_by_outputs(conv_direct::simd(), g)
+                || (conv_direct::weights_by_kernel_rows(conv_direct::simd(), g) && cpg <= 32)
         }
     };
     // Winograd computes 3x3, stride-1, padding-1 convolutions in all three directions. It pays

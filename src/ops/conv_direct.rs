@@ -579,9 +579,14 @@ fn backward_weight_with(
             let count = per_chunk.min(g.batch - first);
             let grads = &dy[first * pixels * cout..][..count * pixels * cout];
             let (starts, taps) = windows(g, count);
-            with_input(x, map, g, first, count, |input| match weights_by_outputs(simd, g) {
-                true => weight_chunk_by_outputs(simd, input, grads, &starts, &taps, g, &mut acc),
-                false => weight_chunk(simd, input, grads, &starts, &taps, g, &mut acc),
+            with_input(x, map, g, first, count, |input| {
+                if weights_by_outputs(simd, g) {
+                    weight_chunk_by_outputs(simd, input, grads, &starts, &taps, g, &mut acc)
+                } else if weights_by_kernel_rows(simd, g) {
+                    weight_chunk_by_kernel_rows(input, grads, &starts, &taps, g, &mut acc)
+                } else {
+                    weight_chunk(simd, input, grads, &starts, &taps, g, &mut acc)
+                }
             });
         }
         acc
@@ -671,6 +676,98 @@ fn weight_tile_by_outputs(
         },
         _ => unreachable!("the by-outputs tiles run with AVX-512 only (`weights_by_outputs`)"),
     }
+}
+
+/// Output channels per tile of `weight_chunk_by_kernel_rows`: its 3 x 8 accumulators, three
+/// input vectors and a broadcast gradient fill 28 of AVX-512's 32 vector registers.
+const ROW_TILE_OUTS: usize = 8;
+
+/// Whether a weight gradient runs by kernel rows (`weight_chunk_by_kernel_rows`): 3x3 kernels
+/// with AVX-512.
+pub(crate) fn weights_by_kernel_rows(simd: Simd, g: &ConvGeometry) -> bool {
+    simd == Simd::Avx512 && g.kernel == 3
+}
+
+/// `weight_chunk` a kernel row at a time: each tile holds the three taps of one kernel row for
+/// up to 8 output channels x 16 input channels, so every gradient value broadcast from memory
+/// serves three multiply-adds (one in `weight_chunk`'s tiles), which frees the load ports. The
+/// same products added in the same order as `weight_chunk`, so the same bits.
+fn weight_chunk_by_kernel_rows(
+    input: &[f32],
+    grads: &[f32],
+    starts: &[usize],
+    taps: &[usize],
+    g: &ConvGeometry,
+    acc: &mut [f32],
+) {
+    let (cout, opg, cpg, kk) = (g.out_channels, g.out_per_group(), g.in_per_group(), taps.len());
+    let mut tile = [[[0.0f32; LANES]; ROW_TILE_OUTS]; 3];
+    for (block, starts) in starts.chunks(PIXEL_BLOCK).enumerate() {
+        let grads = &grads[block * PIXEL_BLOCK * cout..];
+        for grp in 0..g.groups {
+            for kh in 0..3 {
+                let row_taps = [taps[3 * kh], taps[3 * kh + 1], taps[3 * kh + 2]];
+                for (o0, outs) in balanced_tiles(opg, ROW_TILE_OUTS) {
+                    for c0 in (0..cpg).step_by(LANES) {
+                        let ins = LANES.min(cpg - c0);
+                        let (x_at, dy_at) = (grp * cpg + c0, grp * opg + o0);
+                        weight_kernel_row(
+                            input, starts, row_taps, x_at, ins, grads, cout, dy_at, outs, &mut tile,
+                        );
+                        for (t, tap_tile) in tile.iter().enumerate() {
+                            for (r, row) in tap_tile.iter().enumerate().take(outs) {
+                                let dst =
+                                    &mut acc[((grp * opg + o0 + r) * kk + 3 * kh + t) * cpg + c0..][..ins];
+                                for (d, v) in dst.iter_mut().zip(row) {
+                                    *d += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One kernel-row tile: `tile[t][r][j]` (overwritten) = sum over output pixels p of
+/// dy[p * cout + dy_at + r] * input[starts[p] + taps[t] + x_at + j], for r < outs and j < ins.
+/// AVX-512 only (`weights_by_kernel_rows`).
+#[allow(clippy::too_many_arguments)]
+fn weight_kernel_row(
+    input: &[f32],
+    starts: &[usize],
+    taps: [usize; 3],
+    x_at: usize,
+    ins: usize,
+    dy: &[f32],
+    cout: usize,
+    dy_at: usize,
+    outs: usize,
+    tile: &mut [[[f32; LANES]; ROW_TILE_OUTS]; 3],
+) {
+    let last_x =
+        starts.iter().max().copied().unwrap_or(0) + taps.iter().max().copied().unwrap_or(0) + x_at + ins;
+    let last_dy = (starts.len().max(1) - 1) * cout + dy_at + outs;
+    assert!(last_x <= input.len() && last_dy <= dy.len() && ins <= LANES && outs <= ROW_TILE_OUTS);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 is present (`weights_by_kernel_rows`); reads stay within the bounds
+    // checked above (the input loads are masked to `ins` lanes).
+    unsafe {
+        let (x, d) = (input.as_ptr().add(x_at), dy.as_ptr().add(dy_at));
+        match outs {
+            8 => avx512::weight_row::<8>(x, starts, taps, ins, d, cout, tile),
+            7 => avx512::weight_row::<7>(x, starts, taps, ins, d, cout, tile),
+            6 => avx512::weight_row::<6>(x, starts, taps, ins, d, cout, tile),
+            5 => avx512::weight_row::<5>(x, starts, taps, ins, d, cout, tile),
+            4 => avx512::weight_row::<4>(x, starts, taps, ins, d, cout, tile),
+            3 => avx512::weight_row::<3>(x, starts, taps, ins, d, cout, tile),
+            2 => avx512::weight_row::<2>(x, starts, taps, ins, d, cout, tile),
+            _ => avx512::weight_row::<1>(x, starts, taps, ins, d, cout, tile),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the kernel-row tiles run with AVX-512 only");
 }
 
 /// Adds one chunk's weight gradient to `acc` ([O, taps, C / groups]).
@@ -866,7 +963,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{LANES, MAX_ROWS};
+    use super::{LANES, MAX_ROWS, ROW_TILE_OUTS};
 
     /// See `forward_tile`; `x` already points at the group's first channel. One vector of 16
     /// output channels per row; each input value is broadcast from memory into its FMA.
@@ -979,6 +1076,41 @@ mod avx512 {
             }
             for r in 0..R {
                 _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+            }
+        }
+    }
+
+    /// See `weight_kernel_row`; `x` and `dy` already point at the tile's first channels.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weight_row<const R: usize>(
+        x: *const f32,
+        starts: &[usize],
+        taps: [usize; 3],
+        ins: usize,
+        dy: *const f32,
+        cout: usize,
+        out: &mut [[[f32; LANES]; ROW_TILE_OUTS]; 3],
+    ) {
+        // SAFETY: the caller checked every extent; masked loads read only `ins` lanes.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); R]; 3];
+            let mask: __mmask16 = if ins >= LANES { !0 } else { (1u16 << ins) - 1 };
+            let mut d = dy;
+            for &start in starts {
+                let px = x.add(start);
+                let v = taps.map(|t| _mm512_maskz_loadu_ps(mask, px.add(t)));
+                for r in 0..R {
+                    let g = _mm512_set1_ps(*d.add(r));
+                    for t in 0..3 {
+                        acc[t][r] = _mm512_fmadd_ps(g, v[t], acc[t][r]);
+                    }
+                }
+                d = d.add(cout);
+            }
+            for t in 0..3 {
+                for r in 0..R {
+                    _mm512_storeu_ps(out[t][r].as_mut_ptr(), acc[t][r]);
+                }
             }
         }
     }
