@@ -148,22 +148,26 @@ mod tests {
 
     /// Fused and as two ops give the same bits, on layers the direct kernels run (where the
     /// activation is never stored: 16 channels as in both models' first stage, grouped ones,
-    /// a batch of 1, odd sizes) and on layers that run the two ops (Winograd's, stride 2).
+    /// a batch of 1, odd sizes, stride 2 where AVX-512 makes its weight gradient direct) and on
+    /// layers that run the two ops (Winograd's).
     #[test]
     fn equals_batch_norm_relu_then_conv_bit_for_bit() {
         let p = |stride, groups| Conv2dParams { stride, padding: 1, groups };
         let layers = [
-            ([3, 8, 8, 16], [16, 16, 3, 3], p(1, 1), true),
-            ([1, 7, 9, 16], [16, 16, 3, 3], p(1, 1), true),
-            ([2, 6, 6, 40], [40, 4, 3, 3], p(1, 10), true),
-            ([2, 9, 9, 32], [32, 32, 3, 3], p(1, 1), false),
-            ([2, 8, 8, 16], [32, 16, 3, 3], p(2, 1), false),
+            ([3, 8, 8, 16], [16, 16, 3, 3], p(1, 1)),
+            ([1, 7, 9, 16], [16, 16, 3, 3], p(1, 1)),
+            ([2, 6, 6, 40], [40, 4, 3, 3], p(1, 10)),
+            ([2, 9, 9, 32], [32, 32, 3, 3], p(1, 1)),
+            ([2, 8, 8, 16], [32, 16, 3, 3], p(2, 1)),
         ];
-        for (n, (xs, ws, p, direct)) in layers.into_iter().enumerate() {
-            let g = ConvGeometry::new(&xs, &ws, p).unwrap();
-            if !conv_forced() {
-                assert_eq!(maps_as_it_reads(&g), direct, "layer {n}");
-            }
+        let mapped: Vec<bool> = layers
+            .iter()
+            .map(|(xs, ws, p)| maps_as_it_reads(&ConvGeometry::new(xs, ws, *p).unwrap()))
+            .collect();
+        if !conv_forced() {
+            assert!(mapped[0] && !mapped[3], "both kinds of layer are covered: {mapped:?}");
+        }
+        for (n, (xs, ws, p)) in layers.into_iter().enumerate() {
             let c = xs[3];
             let n = n as u64;
             let inputs = [
