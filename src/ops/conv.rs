@@ -517,8 +517,8 @@ pub enum Direction {
 
 impl CpuConv {
     /// Whether this algorithm computes `direction` of the convolution `g`: the GEMM every one,
-    /// the direct kernels backward data only at stride 1 (as a forward convolution) and of
-    /// strided 1x1 convolutions without padding, Winograd
+    /// the direct kernels backward data only at stride 1 (as a forward convolution), of strided
+    /// 1x1 convolutions without padding and of 3x3 ones at stride 2 with padding 1, Winograd
     /// only 3x3 convolutions at stride 1 with padding 1.
     pub fn computes(self, direction: Direction, g: &ConvGeometry) -> bool {
         match self {
@@ -527,6 +527,7 @@ impl CpuConv {
                 direction != Direction::BackwardData
                     || (g.stride == 1 && g.padding < g.kernel)
                     || conv_direct::strided_pointwise(g)
+                    || conv_direct::stride2_3x3(g)
             }
             CpuConv::Winograd(_) => conv_winograd::applies(g),
         }
@@ -564,6 +565,9 @@ impl CpuConv {
     fn prepare(self, direction: Direction, w: &[f32], g: &ConvGeometry) -> PreparedWeights {
         let backward = direction == Direction::BackwardData;
         match self {
+            CpuConv::Direct if backward && conv_direct::stride2_3x3(g) => {
+                PreparedWeights::Phases(conv_direct::PhaseWeights::new(w, g))
+            }
             CpuConv::Direct if backward => {
                 PreparedWeights::Direct(conv_direct::PackedWeights::backward_data(w, g))
             }
@@ -593,6 +597,8 @@ fn mapped<'a>(x: &'a [f32], map: Option<&ReluAffine>) -> std::borrow::Cow<'a, [f
 /// panels, Winograd-transformed panels, or OHWI for the GEMM.
 enum PreparedWeights {
     Direct(conv_direct::PackedWeights),
+    /// Backward data of a 3x3 stride-2 convolution by the direct kernels, phase by phase.
+    Phases(conv_direct::PhaseWeights),
     Winograd(conv_winograd::WinogradWeights),
     Gemm(Vec<f32>),
 }
@@ -603,6 +609,7 @@ impl PreparedWeights {
         let backward = direction == Direction::BackwardData;
         assert!(!(backward && map.is_some()), "backward data maps no input");
         match self {
+            PreparedWeights::Phases(p) => conv_direct::backward_data_by_phases(a, p, g),
             PreparedWeights::Direct(p) if backward && conv_direct::strided_pointwise(g) => {
                 conv_direct::backward_data_strided_pointwise(a, p, g)
             }
@@ -714,18 +721,27 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
     // BENCHMARKS.md), with AVX-512 and with AVX2 alike: the direct kernels win for every forward
     // (up to 2x where groups are 16 channels wide: no packing of a 16-column GEMM's operands;
     // 1.1-1.5x on the 1x1 stride-2 shortcuts); for 3x3 backward data producing 8 or more channels
-    // per group, and the shortcuts' backward data (1.2-1.7x: one pass writes the input gradient,
-    // where the GEMM's col2im adds into a zeroed one); for weight gradients where groups are at
-    // most 16 channels wide in and out (1.5x the GEMM on the width-16 stem, 3 -> 16), grouped ones
-    // of up to 16 input channels per group, and with AVX-512 ones of up to 4 input channels per
-    // group (MoCSE's stem, 3 -> 160: 1.25x the GEMM; `conv_direct::weights_by_outputs`) and 3x3
-    // ones of up to 32 (by kernel rows, `conv_direct::weights_by_kernel_rows`: 1.1-1.5x the GEMM
-    // on the stride-2 layers of w16 and MoCSE's second one). The GEMM keeps the wider weight
-    // gradients (up to 1.15x the kernel rows on 64 and more input channels per group, 1.2-1.5x
-    // the other direct tiles from 32).
+    // per group at stride 1; at stride 2 by phases, on images of 16 and more pixels across (8 and
+    // more per tile row; 32 with AVX2, whose 16x16 layers are 1.25x slower) producing up to 32
+    // channels per group (1.1-1.6x the GEMM; on 8x8 images the phases' rows of 4 pixels reload
+    // the weights too often, up to 3x slower, and w64's 64 channels are 1.1x slower); and the
+    // shortcuts' backward data (1.2-1.7x). The direct kernels
+    // write the input gradient in one pass where the GEMM's col2im adds into a zeroed one. They
+    // win for weight gradients where groups are at most 16 channels wide in and out (1.5x the
+    // GEMM on the width-16 stem, 3 -> 16), grouped ones of up to 16 input channels per group, and
+    // with AVX-512 ones of up to 4 input channels per group (MoCSE's stem, 3 -> 160: 1.25x the
+    // GEMM; `conv_direct::weights_by_outputs`) and 3x3 ones of up to 32 (by kernel rows,
+    // `conv_direct::weights_by_kernel_rows`: 1.1-1.5x the GEMM on the stride-2 layers of w16 and
+    // MoCSE's second one). The GEMM keeps the wider weight gradients (up to 1.15x the kernel rows
+    // on 64 and more input channels per group, 1.2-1.5x the other direct tiles from 32).
+    let phases_from = if conv_direct::simd() == conv_direct::Simd::Avx512 { 16 } else { 32 };
     let faster = match direction {
         Direction::Forward => true,
-        Direction::BackwardData => (g.kernel == 3 && cpg >= 8) || conv_direct::strided_pointwise(g),
+        Direction::BackwardData => {
+            (g.kernel == 3 && g.stride == 1 && cpg >= 8)
+                || conv_direct::strided_pointwise(g)
+                || (conv_direct::stride2_3x3(g) && g.width >= phases_from && cpg <= 32)
+        }
         Direction::BackwardWeight => {
             (g.kernel == 3 && cpg <= 16 && opg <= 16)
                 || (g.groups > 1 && cpg <= 16)

@@ -236,6 +236,131 @@ pub fn backward_data_strided_pointwise(dy: &[f32], w: &PackedWeights, g: &ConvGe
     dx
 }
 
+/// Whether backward data of `g` is a 3x3 convolution at stride 2 with padding 1 (the first
+/// convolution of every later stage of both models): `backward_data_by_phases` computes it.
+pub fn stride2_3x3(g: &ConvGeometry) -> bool {
+    g.kernel == 3 && g.stride == 2 && g.padding == 1
+}
+
+/// The input gradient of a 3x3, stride-2, padding-1 convolution splits into four phases by the
+/// parity of the input pixel (row y, column x): each is a small forward convolution of the
+/// output gradient (`stride2_3x3`). An even y takes kernel row 1 from dy row y / 2, an odd one
+/// rows 2 and 0 from dy rows (y - 1) / 2 and (y + 1) / 2; columns alike. One phase's taps:
+/// (kernel row, kernel column, dy row offset, dy column offset), in increasing dy offset.
+fn phase_taps(py: usize, px: usize) -> Vec<(usize, usize, usize, usize)> {
+    let along = |parity: usize| if parity == 0 { vec![(1, 0)] } else { vec![(2, 0), (0, 1)] };
+    let mut taps = Vec::new();
+    for (kh, dr) in along(py) {
+        for &(kw, dc) in &along(px) {
+            taps.push((kh, kw, dr, dc));
+        }
+    }
+    taps
+}
+
+/// The weights of the four phases of `backward_data_by_phases`, packed as forward weights from
+/// the output gradient's channels to the input's: phase 2 * py + px.
+pub struct PhaseWeights {
+    phases: Vec<PackedWeights>,
+}
+
+impl PhaseWeights {
+    pub fn new(w: &[f32], g: &ConvGeometry) -> Self {
+        assert!(stride2_3x3(g), "not a 3x3 stride-2 convolution: {g:?}");
+        let (opg, cpg) = (g.out_per_group(), g.in_per_group());
+        let phases = (0..4)
+            .map(|phase| {
+                let taps = phase_taps(phase / 2, phase % 2);
+                PackedWeights::pack(g.groups, cpg, opg, taps.len(), |grp, c, t, o| {
+                    let (kh, kw, _, _) = taps[t];
+                    w[((grp * opg + o) * cpg + c) * 9 + kh * 3 + kw]
+                })
+            })
+            .collect();
+        PhaseWeights { phases }
+    }
+}
+
+/// dL/dx of a 3x3, stride-2, padding-1 convolution (`stride2_3x3`), phase by phase: each input
+/// pixel's gradient is the forward tiles' sum over its phase's taps, written once (no zeroed
+/// buffer to add into, as the GEMM's col2im needs). Tiles run along one input row's pixels of
+/// one phase, every second pixel.
+pub fn backward_data_by_phases(dy: &[f32], w: &PhaseWeights, g: &ConvGeometry) -> Vec<f32> {
+    assert!(stride2_3x3(g), "not a 3x3 stride-2 convolution: {g:?}");
+    let simd = simd();
+    let (c, cpg, opg) = (g.in_channels, g.in_per_group(), g.out_per_group());
+    // The output gradient as the input of a convolution padded by one: the phases read one row
+    // and one column past its end where the input has an even size.
+    let dy_geometry = ConvGeometry {
+        height: g.out_height,
+        width: g.out_width,
+        in_channels: g.out_channels,
+        out_channels: g.in_channels,
+        stride: 1,
+        padding: 1,
+        ..*g
+    };
+    let wp = g.out_width + 2;
+    let image = g.height * g.width * c;
+    let per_chunk = dy_geometry.images_per_chunk();
+    let phases: Vec<(Vec<usize>, &PackedWeights)> = (0..4)
+        .map(|phase| {
+            let taps = phase_taps(phase / 2, phase % 2)
+                .iter()
+                .map(|&(_, _, dr, dc)| (dr * wp + dc) * opg * g.groups)
+                .collect();
+            (taps, &w.phases[phase])
+        })
+        .collect();
+    let len = g.batch * image;
+    let mut dx: Vec<f32> = Vec::with_capacity(len);
+    dx.spare_capacity_mut()[..len].par_chunks_mut(per_chunk * image).enumerate().for_each(|(chunk, dx)| {
+        let count = dx.len() / image;
+        with_input(dy, None, &dy_geometry, chunk * per_chunk, count, |input| {
+            let mut starts = Vec::with_capacity(g.width.div_ceil(2));
+            for n in 0..count {
+                for y in 0..g.height {
+                    for px in 0..2 {
+                        let (taps, weights) = &phases[2 * (y % 2) + px];
+                        // Window starts of the row's pixels of this phase: dy row y / 2 and
+                        // column x / 2 of the padded copy (one pixel in from its corner).
+                        starts.clear();
+                        starts.extend((px..g.width).step_by(2).map(|x| {
+                            ((n * (g.out_height + 2) + y / 2 + 1) * wp + x / 2 + 1) * g.out_channels
+                        }));
+                        for grp in 0..g.groups {
+                            for panel in 0..weights.panels {
+                                let width = LANES.min(cpg - panel * LANES);
+                                let col0 = grp * cpg + panel * LANES;
+                                for (tile, rows) in starts.chunks(simd.forward_rows()).enumerate() {
+                                    let x0 = px + 2 * tile * simd.forward_rows();
+                                    let out = &mut dx[((n * g.height + y) * g.width + x0) * c + col0..];
+                                    let panel_weights = weights.panel(grp, panel);
+                                    forward_tile(
+                                        simd,
+                                        input,
+                                        rows,
+                                        grp * opg,
+                                        taps,
+                                        opg,
+                                        panel_weights,
+                                        out,
+                                        2 * c,
+                                        width,
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    });
+    // SAFETY: every input pixel is in one phase, and its tiles wrote every channel of it.
+    unsafe { dx.set_len(len) };
+    dx
+}
+
 thread_local! {
     // The padded copy is reused between chunks and calls: a fresh zeroed buffer per chunk
     // cost as much as the copy itself.
@@ -1202,6 +1327,15 @@ mod tests {
                     &dw,
                     &reference::weight_gradient(x, dy, &g),
                 );
+                if stride2_3x3(&g) {
+                    let dx = backward_data_by_phases(dy, &PhaseWeights::new(w, &g), &g);
+                    assert_close(
+                        n,
+                        "stride-2 3x3 input gradient",
+                        &dx,
+                        &reference::input_gradient(dy, w, &g),
+                    );
+                }
                 if strided_pointwise(&g) {
                     let dx = backward_data_strided_pointwise(dy, &PackedWeights::backward_data(w, &g), &g);
                     assert_close(n, "strided 1x1 input gradient", &dx, &reference::input_gradient(dy, w, &g));
