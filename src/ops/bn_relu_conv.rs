@@ -1,10 +1,10 @@
-//! conv(relu(batch_norm(x))) in training mode as one op, the pre-activation network's pattern.
-//! Where the cpu runs the convolution with the direct kernels, the normalised, rectified
-//! activation is computed in the padded copy of its input they make anyway and never stored, in
-//! the forward pass and again for the weight gradient, while batch norm's backward recomputes its
-//! relu mask from x as it always does: the activation is neither written nor read back. Every
-//! value is the same, bit for bit, as the two ops one after the other, which the kernel devices
-//! and the other layers run.
+//! conv(relu(batch_norm(x))) as one op, the pre-activation network's pattern, in training and in
+//! inference. Where the cpu runs the convolution with the direct kernels, the normalised,
+//! rectified activation is computed in the padded copy of its input they make anyway and never
+//! stored, in the forward pass and again for the weight gradient, while batch norm's backward
+//! recomputes its relu mask from x as it always does: the activation is neither written nor read
+//! back. Every value is the same, bit for bit, as the two ops one after the other, which the
+//! kernel devices and the other layers run.
 
 use anyhow::Result;
 
