@@ -390,6 +390,37 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry, til
     let slice = slices(g).next().map_or(1, |s| s.len());
     let (block, points) = (tiling.block(slice * (cpg + opg), 32), tile.points());
     let chunks = g.batch.div_ceil(per_chunk);
+    // Adds the products of `chunks` for the slices of groups `slice_set` into `du`, which holds
+    // the output channels of the groups from `first_group` on.
+    let add_chunks = |chunks: std::ops::Range<usize>,
+                      slice_set: &[std::ops::Range<usize>],
+                      du: &mut [f32],
+                      first_group: usize| {
+        BUFFERS.with(|buffers| {
+            let ([v, m], places) = &mut *buffers.borrow_mut();
+            let (v, m) = (sized(v, points * block * slice * cpg), sized(m, points * block * slice * opg));
+            for chunk in chunks {
+                let first = chunk * per_chunk;
+                let count = per_chunk.min(g.batch - first);
+                let x = &x[first * h * wd * c..][..count * h * wd * c];
+                let dy = &dy[first * h * wd * cout..][..count * h * wd * cout];
+                let tiles = count * tiles_per_image;
+                for first in (0..tiles).step_by(block) {
+                    let n = block.min(tiles - first);
+                    tiling.places(first..first + n, places);
+                    for groups in slice_set {
+                        let v = &mut v[..points * n * groups.len() * cpg];
+                        let m = &mut m[..points * n * groups.len() * opg];
+                        let (ins, outs) =
+                            (groups.start * cpg..groups.end * cpg, groups.start * opg..groups.end * opg);
+                        transform_input(simd, tile, x, places, c, ins, v);
+                        transform_gradient(simd, tile, dy, places, cout, outs, m);
+                        accumulate(simd, v, m, g, groups.clone(), n, points, du, first_group);
+                    }
+                }
+            }
+        })
+    };
     let slice_list: Vec<_> = slices(g).collect();
     if slice_list.len() >= 8 {
         // Many slices of groups (MoCSE's 8x8 and 4x4 stages: 10): they run in parallel, each
@@ -401,29 +432,7 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry, til
             .par_iter()
             .map(|groups| {
                 let mut du = vec![0.0f32; points * groups.len() * opg * cpg];
-                BUFFERS.with(|buffers| {
-                    let ([v, m], places) = &mut *buffers.borrow_mut();
-                    let (v, m) =
-                        (sized(v, points * block * slice * cpg), sized(m, points * block * slice * opg));
-                    for chunk in 0..chunks {
-                        let first = chunk * per_chunk;
-                        let count = per_chunk.min(g.batch - first);
-                        let x = &x[first * h * wd * c..][..count * h * wd * c];
-                        let dy = &dy[first * h * wd * cout..][..count * h * wd * cout];
-                        let tiles = count * tiles_per_image;
-                        for first in (0..tiles).step_by(block) {
-                            let n = block.min(tiles - first);
-                            let v = &mut v[..points * n * groups.len() * cpg];
-                            let m = &mut m[..points * n * groups.len() * opg];
-                            tiling.places(first..first + n, places);
-                            let (ins, outs) =
-                                (groups.start * cpg..groups.end * cpg, groups.start * opg..groups.end * opg);
-                            transform_input(simd, tile, x, places, c, ins, v);
-                            transform_gradient(simd, tile, dy, places, cout, outs, m);
-                            accumulate(simd, v, m, g, groups.clone(), n, points, &mut du, groups.start);
-                        }
-                    }
-                });
+                add_chunks(0..chunks, std::slice::from_ref(groups), &mut du, groups.start);
                 du
             })
             .collect();
@@ -440,29 +449,7 @@ fn backward_weight_with(simd: Simd, x: &[f32], dy: &[f32], g: &ConvGeometry, til
     }
     let parts = parallel::map_parts(chunks, |chunks| {
         let mut du = vec![0.0f32; points * cout * cpg];
-        BUFFERS.with(|buffers| {
-            let ([v, m], places) = &mut *buffers.borrow_mut();
-            let (v, m) = (sized(v, points * block * slice * cpg), sized(m, points * block * slice * opg));
-            for chunk in chunks {
-                let first = chunk * per_chunk;
-                let count = per_chunk.min(g.batch - first);
-                let x = &x[first * h * wd * c..][..count * h * wd * c];
-                let dy = &dy[first * h * wd * cout..][..count * h * wd * cout];
-                let tiles = count * tiles_per_image;
-                for first in (0..tiles).step_by(block) {
-                    let n = block.min(tiles - first);
-                    let (v, m) = (&mut v[..points * n * slice * cpg], &mut m[..points * n * slice * opg]);
-                    tiling.places(first..first + n, places);
-                    for groups in slices(g) {
-                        let (ins, outs) =
-                            (groups.start * cpg..groups.end * cpg, groups.start * opg..groups.end * opg);
-                        transform_input(simd, tile, x, places, c, ins, v);
-                        transform_gradient(simd, tile, dy, places, cout, outs, m);
-                        accumulate(simd, v, m, g, groups, n, points, &mut du, 0);
-                    }
-                }
-            }
-        });
+        add_chunks(chunks, &slice_list, &mut du, 0);
         du
     });
     weight_gradient(&parallel::sum_in_order(parts), g, tile)
