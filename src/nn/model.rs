@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
+use crate::nn::expert_slices;
 use crate::nn::preact_resnet::{NetShape, PreActResNet, Weights};
 use crate::ops::aggregate::Aggregate;
 use crate::tensor::Tensor;
@@ -207,7 +208,10 @@ impl Model {
         let b = images.shape()[0];
         match &self.network {
             Network::Fused(net) => {
-                let out = net.forward(tape, params, buffers, images, train)?;
+                let out = match expert_slices::applies(net, tape, params, images, train) {
+                    true => expert_slices::forward_by_slices(net, tape, params, buffers, images)?,
+                    false => net.forward(tape, params, buffers, images, train)?,
+                };
                 match self.config.kind {
                     ModelKind::Preact18 => Ok(out),
                     ModelKind::Mocse => tape.reshape(&out, &[b, self.config.num_classes, 2]),
@@ -255,30 +259,11 @@ impl Model {
     }
 }
 
-/// Splits fused MoCSE tensors into the N experts' tensors: every fused parameter and buffer
-/// holds the experts' slices one after another along its first axis, except the input
-/// normalisation, which every expert shares.
+/// Splits fused MoCSE tensors into the N experts' tensors (`expert_slices::split_groups` with
+/// slices of one expert).
 pub fn split_experts(net: &PreActResNet, fused: &Weights) -> Vec<Weights> {
-    let n = net.shape.groups;
-    let split = |specs: &[crate::nn::preact_resnet::TensorSpec], tensors: &[Tensor]| -> Vec<Vec<Tensor>> {
-        let mut per_expert = vec![Vec::with_capacity(tensors.len()); n];
-        for (spec, t) in specs.iter().zip(tensors) {
-            let shared = spec.name.starts_with("normalize.");
-            let chunk = if shared { t.len() } else { t.len() / n };
-            let mut shape = t.shape().to_vec();
-            if !shared {
-                shape[0] /= n;
-            }
-            for (e, out) in per_expert.iter_mut().enumerate() {
-                let start = if shared { 0 } else { e * chunk };
-                out.push(Tensor::from_vec(&shape, t.as_slice()[start..start + chunk].to_vec()));
-            }
-        }
-        per_expert
-    };
-    let params = split(net.param_specs(), &fused.params);
-    let buffers = split(net.buffer_specs(), &fused.buffers);
-    params.into_iter().zip(buffers).map(|(params, buffers)| Weights { params, buffers }).collect()
+    let experts: Vec<_> = (0..net.shape.groups).map(|e| e..e + 1).collect();
+    expert_slices::split_groups(net, fused, &experts)
 }
 
 /// The inverse of `split_experts` for parameters (or their gradients).
