@@ -254,9 +254,10 @@ impl PreActResNet {
         Ok(y)
     }
 
-    /// conv(relu(batch_norm(x))), for a batch norm whose output feeds this one convolution: one
-    /// op (`Tape::bn_relu_conv2d` and `bn_relu_conv2d_eval`, which do not store the activation
-    /// where the cpu's direct kernels run the convolution).
+    /// conv(relu(batch_norm(x))) + residual, for a batch norm whose output feeds this one
+    /// convolution: one op (`Tape::bn_relu_conv2d` and `bn_relu_conv2d_eval`, which do not
+    /// store the activation where the cpu's direct kernels run the convolution; in inference the
+    /// cpu also adds the residual as it writes the output).
     #[allow(clippy::too_many_arguments)]
     fn bn_relu_conv(
         &self,
@@ -266,16 +267,20 @@ impl PreActResNet {
         bn: &BnLayer,
         x: &Var,
         conv: &ConvLayer,
+        residual: Option<&Var>,
         train: bool,
     ) -> Result<Var> {
         let (w, b) = (&p[bn.weight], &p[bn.bias]);
         if !train {
             let (mean, var) = (&buffers[bn.running_mean], &buffers[bn.running_var]);
-            return tape.bn_relu_conv2d_eval(x, w, b, mean, var, BN_EPS, &p[conv.weight], conv.p);
+            return tape.bn_relu_conv2d_eval(x, w, b, mean, var, BN_EPS, &p[conv.weight], conv.p, residual);
         }
         let (y, stats) = tape.bn_relu_conv2d(x, w, b, BN_EPS, &p[conv.weight], conv.p)?;
         Self::update_running(buffers, bn, &stats)?;
-        Ok(y)
+        match residual {
+            Some(r) => tape.add_consuming(y, r),
+            None => Ok(y),
+        }
     }
 
     /// The running statistics moved towards a training batch's.
@@ -307,10 +312,12 @@ impl PreActResNet {
                     let shortcut = tape.conv2d(&pre, &p[sc.weight], sc.p)?;
                     (tape.conv2d(&pre, &p[block.conv1.weight], block.conv1.p)?, shortcut)
                 }
-                None => (self.bn_relu_conv(tape, p, buffers, &block.bn1, &out, &block.conv1, train)?, out),
+                None => {
+                    (self.bn_relu_conv(tape, p, buffers, &block.bn1, &out, &block.conv1, None, train)?, out)
+                }
             };
-            let h = self.bn_relu_conv(tape, p, buffers, &block.bn2, &h, &block.conv2, train)?;
-            out = tape.add_consuming(h, &shortcut)?;
+            out =
+                self.bn_relu_conv(tape, p, buffers, &block.bn2, &h, &block.conv2, Some(&shortcut), train)?;
         }
         let out = self.bn_relu(tape, p, buffers, &self.bn, &out, train)?;
         let pooled = tape.global_avg_pool(&out)?;

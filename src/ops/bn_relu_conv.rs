@@ -20,12 +20,6 @@ use crate::ops::conv::{
 };
 use crate::tensor::Tensor;
 
-/// Whether the cpu computes `g`'s forward pass with the direct kernels (which apply the map in
-/// their padded copy).
-fn forward_maps_as_it_reads(g: &ConvGeometry) -> bool {
-    cpu_conv(g, Direction::Forward) == CpuConv::Direct
-}
-
 /// Whether the cpu computes `g`'s forward pass and weight gradient with the direct kernels,
 /// which apply the map in the padded copy they make anyway. Winograd and the GEMM would store
 /// map(x) first (`conv2d_forward_mapped`), once in the forward pass and again for the weight
@@ -56,7 +50,7 @@ impl Tape {
         }
         let (mean, inv_std, var_unbiased) = train_statistics(x, gamma, beta, eps)?;
         let map = ReluAffine::new(&mean, &inv_std, gamma.value(), beta.value());
-        let y = conv2d_forward_mapped(x.value(), &map, w.value(), p, false)?;
+        let y = conv2d_forward_mapped(x.value(), &map, w.value(), p, None, false)?;
         let stats = BatchStats { mean: mean.clone(), var_unbiased };
         let (x_saved, w_saved) = (x.value().clone(), w.value().clone());
         let relu = ReluAfter { out: None, gamma: gamma.value().clone(), beta: beta.value().clone() };
@@ -93,10 +87,11 @@ impl Tape {
         Ok((var, stats))
     }
 
-    /// conv(relu(batch_norm(x)), w) with batch norm in evaluation mode (the running
-    /// statistics). Without gradients (inference, the corruption evaluation) the cpu's direct
-    /// kernels apply batch norm in their padded copy, as in training; with them (attacks) this is
-    /// the two ops.
+    /// conv(relu(batch_norm(x)), w) + residual (nothing added without one) with batch norm in
+    /// evaluation mode (the running statistics). Without gradients (inference, the corruption
+    /// evaluation) the cpu's direct kernels apply batch norm in their padded copy, as in
+    /// training, and every cpu algorithm adds the residual as it writes y, chunk by chunk, so
+    /// the sum without it is not stored; with gradients (attacks) these are the ops one by one.
     #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_conv2d_eval(
         &self,
@@ -108,17 +103,24 @@ impl Tape {
         eps: f32,
         w: &Var,
         p: Conv2dParams,
+        residual: Option<&Var>,
     ) -> Result<Var> {
-        let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
-        let cpu = x.value().device() == Device::Cpu;
-        if !(cpu && !self.needs_grad(&[x, gamma, beta, w]) && forward_maps_as_it_reads(&g)) {
+        let mut inputs = vec![x, gamma, beta, w];
+        inputs.extend(residual);
+        let on_cpu = inputs.iter().all(|v| v.value().device() == Device::Cpu);
+        if !on_cpu || self.needs_grad(&inputs) {
             let a = self.batch_norm_eval(x, gamma, beta, running_mean, running_var, eps, Activation::Relu)?;
-            return self.conv2d(&a, w, p);
+            let y = self.conv2d(&a, w, p)?;
+            return match residual {
+                Some(r) => self.add_consuming(y, r),
+                None => Ok(y),
+            };
         }
         check_eval_parameters(x, gamma, beta, running_mean, running_var)?;
         let map = ReluAffine::new(running_mean, &inv_std_of(running_var, eps)?, gamma.value(), beta.value());
         // The weights are constants used again on the next batch: prepared once, as `conv2d` does.
-        Ok(Var::constant(conv2d_forward_mapped(x.value(), &map, w.value(), p, true)?))
+        let y = conv2d_forward_mapped(x.value(), &map, w.value(), p, residual.map(Var::value), true)?;
+        Ok(Var::constant(y))
     }
 }
 
@@ -184,14 +186,22 @@ mod tests {
         }
     }
 
-    /// In evaluation mode without gradients (inference), fused and as two ops give the same
-    /// bits, on a direct layer and a Winograd one.
+    /// In evaluation mode without gradients (inference), one op and the ops one by one (batch
+    /// norm + relu, the convolution, the residual's add) give the same bits, with and without a
+    /// residual, on layers of each algorithm: direct (16 channels, a grouped one, stride 2),
+    /// Winograd F(4x4) (32 channels on 9x9 images, odd sizes) and F(2x2) (4x4 images).
     #[test]
-    fn evaluation_equals_batch_norm_relu_then_conv_bit_for_bit() {
-        let p = Conv2dParams { stride: 1, padding: 1, groups: 1 };
-        for (n, (xs, ws)) in
-            [([3, 8, 8, 16], [16, 16, 3, 3]), ([2, 9, 9, 32], [32, 32, 3, 3])].into_iter().enumerate()
-        {
+    fn evaluation_equals_batch_norm_relu_conv_then_add_bit_for_bit() {
+        let p = |stride, groups| Conv2dParams { stride, padding: 1, groups };
+        let layers = [
+            ([3, 8, 8, 16], [16, 16, 3, 3], p(1, 1)),
+            ([2, 6, 6, 40], [40, 4, 3, 3], p(1, 10)),
+            ([2, 8, 8, 16], [32, 16, 3, 3], p(2, 1)),
+            ([2, 9, 9, 32], [32, 32, 3, 3], p(1, 1)),
+            ([2, 7, 5, 64], [64, 32, 3, 3], p(1, 2)),
+            ([3, 4, 4, 32], [32, 32, 3, 3], p(1, 1)),
+        ];
+        for (n, (xs, ws, p)) in layers.into_iter().enumerate() {
             let n = n as u64;
             let c = xs[3];
             let t = Tape::no_grad();
@@ -207,16 +217,18 @@ mod tests {
                 &[c],
                 random_tensor(&[c], 50 + n).to_vec().iter().map(|v| v.abs() + 0.1).collect(),
             );
-            let fused = t.bn_relu_conv2d_eval(&x, &gamma, &beta, &mean, &var, 1e-5, &w, p).unwrap();
             let a = t.batch_norm_eval(&x, &gamma, &beta, &mean, &var, 1e-5, Activation::Relu).unwrap();
             let apart = t.conv2d(&a, &w, p).unwrap();
-            let same = fused
-                .value()
-                .to_vec()
-                .iter()
-                .zip(&apart.value().to_vec())
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same && fused.shape() == apart.shape(), "layer {n}");
+            let residual = leaf(random_tensor(apart.shape(), 60 + n));
+            let summed = t.add_consuming(t.conv2d(&a, &w, p).unwrap(), &residual).unwrap();
+            for (with_residual, expected) in [(None, &apart), (Some(&residual), &summed)] {
+                let one_op = t
+                    .bn_relu_conv2d_eval(&x, &gamma, &beta, &mean, &var, 1e-5, &w, p, with_residual)
+                    .unwrap();
+                let bits = |v: &Var| v.value().to_vec().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(one_op.shape(), expected.shape());
+                assert!(bits(&one_op) == bits(expected), "layer {n}, residual {}", with_residual.is_some());
+            }
         }
     }
 

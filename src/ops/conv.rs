@@ -557,7 +557,7 @@ impl CpuConv {
                 conv_winograd::backward_weight(&mapped(a, map), b, g, tile)
             }
             (CpuConv::Gemm, Direction::BackwardWeight) => backward_weight_cpu(&mapped(a, map), b, g),
-            _ => self.prepare(direction, b, g).run(direction, a, map, g),
+            _ => self.prepare(direction, b, g).run(direction, a, map, None, g),
         }
     }
 
@@ -604,25 +604,39 @@ enum PreparedWeights {
 }
 
 impl PreparedWeights {
-    /// The output from map(x) (forward) or the input gradient from dy (backward data, no map).
-    fn run(&self, direction: Direction, a: &[f32], map: Option<&ReluAffine>, g: &ConvGeometry) -> Vec<f32> {
+    /// The output from map(x) (forward) plus `residual` when given, or the input gradient from
+    /// dy (backward data, no map and no residual).
+    fn run(
+        &self,
+        direction: Direction,
+        a: &[f32],
+        map: Option<&ReluAffine>,
+        residual: Option<&[f32]>,
+        g: &ConvGeometry,
+    ) -> Vec<f32> {
         let backward = direction == Direction::BackwardData;
-        assert!(!(backward && map.is_some()), "backward data maps no input");
+        assert!(!(backward && (map.is_some() || residual.is_some())), "backward data maps and adds nothing");
         match self {
             PreparedWeights::Phases(p) => conv_direct::backward_data_by_phases(a, p, g),
             PreparedWeights::Direct(p) if backward && conv_direct::strided_pointwise(g) => {
                 conv_direct::backward_data_strided_pointwise(a, p, g)
             }
             PreparedWeights::Direct(p) if backward => {
-                conv_direct::forward(a, None, p, &conv_direct::backward_data_geometry(g))
+                conv_direct::forward(a, None, None, p, &conv_direct::backward_data_geometry(g))
             }
-            PreparedWeights::Direct(p) => conv_direct::forward(a, map, p, g),
+            PreparedWeights::Direct(p) => conv_direct::forward(a, map, residual, p, g),
             PreparedWeights::Winograd(t) if backward => {
-                conv_winograd::forward(a, t, &conv_direct::backward_data_geometry(g))
+                conv_winograd::forward(a, None, t, &conv_direct::backward_data_geometry(g))
             }
-            PreparedWeights::Winograd(t) => conv_winograd::forward(&mapped(a, map), t, g),
+            PreparedWeights::Winograd(t) => conv_winograd::forward(&mapped(a, map), residual, t, g),
             PreparedWeights::Gemm(ohwi) if backward => backward_data_cpu(a, ohwi, g),
-            PreparedWeights::Gemm(ohwi) => forward_cpu(&mapped(a, map), ohwi, g),
+            PreparedWeights::Gemm(ohwi) => {
+                let mut y = forward_cpu(&mapped(a, map), ohwi, g);
+                if let Some(residual) = residual {
+                    y.par_iter_mut().zip(residual).for_each(|(y, r)| *y += r);
+                }
+                y
+            }
         }
     }
 }
@@ -657,13 +671,14 @@ fn run_with_weights(
     algorithm: CpuConv,
     direction: Direction,
     a: &[f32],
-    map: Option<&ReluAffine>,
+    (map, residual): (Option<&ReluAffine>, Option<&[f32]>),
     w: &Tensor,
     g: &ConvGeometry,
     keep_prepared: bool,
 ) -> Vec<f32> {
     if !keep_prepared {
-        return algorithm.run_mapped(direction, a, map, w.as_slice(), g);
+        assert!(algorithm.computes(direction, g), "{algorithm:?} does not compute {direction:?} of {g:?}");
+        return algorithm.prepare(direction, w.as_slice(), g).run(direction, a, map, residual, g);
     }
     assert!(algorithm.computes(direction, g), "{algorithm:?} does not compute {direction:?} of {g:?}");
     let key = w.storage_ref();
@@ -693,7 +708,7 @@ fn run_with_weights(
         });
         prepared
     });
-    prepared.run(direction, a, map, g)
+    prepared.run(direction, a, map, residual, g)
 }
 
 fn forced_cpu_conv() -> Option<CpuConv> {
@@ -785,7 +800,15 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bo
     match x.device() {
         Device::Cpu => {
             let algorithm = cpu_conv(&g, Direction::Forward);
-            let y = run_with_weights(algorithm, Direction::Forward, x.as_slice(), None, w, &g, keep_prepared);
+            let y = run_with_weights(
+                algorithm,
+                Direction::Forward,
+                x.as_slice(),
+                (None, None),
+                w,
+                &g,
+                keep_prepared,
+            );
             Ok(Tensor::from_vec(&g.output_shape(), y))
         }
         Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::forward(x, w, &g),
@@ -801,22 +824,39 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bo
     }
 }
 
-/// y = conv(map(x), w) on the cpu: `map` (batch norm and a relu) is applied where the
-/// algorithm reads x, so that map(x) is never stored, where the algorithm is the direct kernels
-/// (in their padded copy); the others store it first. The same bits as `conv2d_forward` of
-/// `bn_apply`'s output. `keep_prepared` as in `conv2d_forward`.
+/// y = conv(map(x), w) + residual on the cpu (nothing added without a residual): `map` (batch
+/// norm and a relu) is applied where the algorithm reads x, so that map(x) is never stored, where
+/// the algorithm is the direct kernels (in their padded copy); the others store it first. The
+/// residual is added chunk by chunk as the direct kernels and Winograd write y, while the chunk
+/// is in the cache. The same bits as `conv2d_forward` of `bn_apply`'s output, then an add.
+/// `keep_prepared` as in `conv2d_forward`.
 pub fn conv2d_forward_mapped(
     x: &Tensor,
     map: &ReluAffine,
     w: &Tensor,
     p: Conv2dParams,
+    residual: Option<&Tensor>,
     keep_prepared: bool,
 ) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     ensure_mappable(x, map, &g)?;
+    let output_shape = g.output_shape();
+    if let Some(r) = residual {
+        ensure!(
+            r.device() == Device::Cpu,
+            "a convolution's residual on {}, its input on the cpu",
+            r.device()
+        );
+        ensure!(
+            r.shape() == output_shape,
+            "a residual of shape {:?} for an output of {output_shape:?}",
+            r.shape()
+        );
+    }
     let algorithm = cpu_conv(&g, Direction::Forward);
-    let y = run_with_weights(algorithm, Direction::Forward, x.as_slice(), Some(map), w, &g, keep_prepared);
-    Ok(Tensor::from_vec(&g.output_shape(), y))
+    let around = (Some(map), residual.map(Tensor::as_slice));
+    let y = run_with_weights(algorithm, Direction::Forward, x.as_slice(), around, w, &g, keep_prepared);
+    Ok(Tensor::from_vec(&output_shape, y))
 }
 
 /// dL/dw of `conv2d_forward_mapped`, from x and dL/dy.
@@ -862,7 +902,7 @@ pub fn conv2d_backward_data(
                 algorithm,
                 Direction::BackwardData,
                 dy.as_slice(),
-                None,
+                (None, None),
                 w,
                 g,
                 keep_prepared,
@@ -1078,7 +1118,7 @@ mod tests {
     /// stored, in every algorithm that computes the layer, forward and weight gradient; the
     /// shapes include unpadded ones (no padded copy to map in).
     #[test]
-    fn mapped_inputs_give_the_same_bits_as_mapped_tensors() {
+    fn mapped_inputs_and_residuals_give_the_same_bits_as_separate_ops() {
         let algorithms = [
             CpuConv::Direct,
             CpuConv::Gemm,
@@ -1103,6 +1143,22 @@ mod tests {
                     let plain = algorithm.run(direction, &stored, b, &g);
                     let same = mapped.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same && mapped.len() == plain.len(), "case {n}: {algorithm:?} {direction:?}");
+                    if direction == Direction::Forward {
+                        // With a residual added as the output is written: plain + residual.
+                        let residual = random_tensor(&g.output_shape(), 90 + n as u64);
+                        let prepared = algorithm.prepare(direction, b, &g);
+                        let summed =
+                            prepared.run(direction, x.as_slice(), Some(&map), Some(residual.as_slice()), &g);
+                        let same = summed
+                            .iter()
+                            .zip(&plain)
+                            .zip(residual.as_slice())
+                            .all(|((s, p), r)| s.to_bits() == (p + r).to_bits());
+                        assert!(
+                            same && summed.len() == plain.len(),
+                            "case {n}: {algorithm:?} with a residual"
+                        );
+                    }
                 }
             }
         }

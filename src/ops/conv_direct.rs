@@ -213,7 +213,7 @@ pub fn backward_data_strided_pointwise(dy: &[f32], w: &PackedWeights, g: &ConvGe
         stride: 1,
         ..*g
     };
-    let products = forward(dy, None, w, &compact_geometry);
+    let products = forward(dy, None, None, w, &compact_geometry);
     let (c, s) = (g.in_channels, g.stride);
     let len = g.batch * g.height * g.width * c;
     let mut dx: Vec<f32> = Vec::with_capacity(len);
@@ -443,16 +443,25 @@ fn windows(g: &ConvGeometry, count: usize) -> (Vec<usize>, Vec<usize>) {
     (starts, taps)
 }
 
-/// y = conv(map(x), w) (x itself without a map) with weights packed by `PackedWeights::forward`
-/// (or, for backward data, `backward_data` with `backward_data_geometry`).
-pub fn forward(x: &[f32], map: Option<&ReluAffine>, w: &PackedWeights, g: &ConvGeometry) -> Vec<f32> {
-    forward_with(simd(), x, map, w, g)
+/// y = conv(map(x), w) + residual (x itself without a map, nothing added without a residual)
+/// with weights packed by `PackedWeights::forward` (or, for backward data, `backward_data` with
+/// `backward_data_geometry`). The residual is added chunk by chunk while the chunk's outputs
+/// are still in the cache.
+pub fn forward(
+    x: &[f32],
+    map: Option<&ReluAffine>,
+    residual: Option<&[f32]>,
+    w: &PackedWeights,
+    g: &ConvGeometry,
+) -> Vec<f32> {
+    forward_with(simd(), x, map, residual, w, g)
 }
 
 fn forward_with(
     simd: Simd,
     x: &[f32],
     map: Option<&ReluAffine>,
+    residual: Option<&[f32]>,
     w: &PackedWeights,
     g: &ConvGeometry,
 ) -> Vec<f32> {
@@ -463,6 +472,7 @@ fn forward_with(
     // Every element is written exactly once below (each tile row covers a panel's columns,
     // the panels cover each group's), so the output is not zeroed first.
     let len = g.batch * pixels * cout;
+    assert!(residual.is_none_or(|r| r.len() == len), "a residual of another shape than the output");
     let mut out: Vec<f32> = Vec::with_capacity(len);
     out.spare_capacity_mut()[..len].par_chunks_mut(per_chunk * pixels * cout).enumerate().for_each(
         |(chunk, out)| {
@@ -504,12 +514,24 @@ fn forward_with(
                         }
                     }
                 }
-            })
+            });
+            if let Some(residual) = residual {
+                add_residual(out, &residual[first * pixels * cout..]);
+            }
         },
     );
     // SAFETY: all `len` elements were initialised above.
     unsafe { out.set_len(len) };
     out
+}
+
+/// out[i] += residual[i] over `out`, every element of which has been written.
+pub(crate) fn add_residual(out: &mut [MaybeUninit<f32>], residual: &[f32]) {
+    // SAFETY: f32 and MaybeUninit<f32> have the same layout, and the caller wrote every element.
+    let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    for (y, r) in out.iter_mut().zip(residual) {
+        *y += r;
+    }
 }
 
 /// Calls `$kernel::<R>(args)` with the const R equal to `$rows` (1 to `MAX_ROWS`).
@@ -1318,7 +1340,7 @@ mod tests {
                 let g = ConvGeometry::new(&xs, &ws, p).unwrap();
                 let dy = random_tensor(&g.output_shape(), 600 + n as u64);
                 let (x, w, dy) = (x.as_slice(), w.as_slice(), dy.as_slice());
-                let y = forward_with(simd, x, None, &PackedWeights::forward(w, &g), &g);
+                let y = forward_with(simd, x, None, None, &PackedWeights::forward(w, &g), &g);
                 assert_close(n, &format!("{simd:?} forward"), &y, &reference::forward(x, w, &g));
                 let dw = backward_weight_with(simd, x, None, dy, &g);
                 assert_close(
@@ -1344,6 +1366,7 @@ mod tests {
                     let dx = forward_with(
                         simd,
                         dy,
+                        None,
                         None,
                         &PackedWeights::backward_data(w, &g),
                         &backward_data_geometry(&g),
@@ -1378,12 +1401,12 @@ mod tests {
             let (x, w) = (random_tensor(&xs, 1), random_tensor(&ws, 2));
             let dy = random_tensor(&g.output_shape(), 3);
             let packed = PackedWeights::forward(w.as_slice(), &g);
-            let portable = forward_with(Simd::Portable, x.as_slice(), None, &packed, &g);
+            let portable = forward_with(Simd::Portable, x.as_slice(), None, None, &packed, &g);
             let fused: Vec<_> = available()
                 .into_iter()
                 .filter(|s| *s != Simd::Portable)
                 .map(|s| {
-                    let y = forward_with(s, x.as_slice(), None, &packed, &g);
+                    let y = forward_with(s, x.as_slice(), None, None, &packed, &g);
                     (y, backward_weight_with(s, x.as_slice(), None, dy.as_slice(), &g), by_output_rows(s, &g))
                 })
                 .collect();

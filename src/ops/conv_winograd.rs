@@ -30,7 +30,7 @@ use rayon::prelude::*;
 
 use super::conv::ConvGeometry;
 use super::conv_direct::{
-    LANES, MAX_ROWS, PackedWeights, Simd, balanced_tiles, forward_tile, simd, weight_tile,
+    LANES, MAX_ROWS, PackedWeights, Simd, add_residual, balanced_tiles, forward_tile, simd, weight_tile,
 };
 use crate::parallel;
 
@@ -197,9 +197,11 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut v[..len]
 }
 
-/// y = conv(x, w) for a 3x3, stride-1, padding-1 geometry (`applies`), with `w`'s transform.
-pub fn forward(x: &[f32], w: &WinogradWeights, g: &ConvGeometry) -> Vec<f32> {
-    forward_with(simd(), x, w, g)
+/// y = conv(x, w) + residual (nothing added without one) for a 3x3, stride-1, padding-1
+/// geometry (`applies`), with `w`'s transform. The residual is added chunk by chunk while the
+/// chunk's outputs are still in the cache.
+pub fn forward(x: &[f32], residual: Option<&[f32]>, w: &WinogradWeights, g: &ConvGeometry) -> Vec<f32> {
+    forward_with(simd(), x, residual, w, g)
 }
 
 /// Where the tiles lie: images of `height` x `width` pixels of `channels` (NHWC), cut into
@@ -280,7 +282,13 @@ impl Tiling {
     }
 }
 
-fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) -> Vec<f32> {
+fn forward_with(
+    simd: Simd,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    w: &WinogradWeights,
+    g: &ConvGeometry,
+) -> Vec<f32> {
     assert!(applies(g));
     let (c, cout) = (g.in_channels, g.out_channels);
     let (h, wd) = (g.height, g.width);
@@ -291,6 +299,7 @@ fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) ->
     let (block, points) = (tiling.block(slice * (cpg + opg), 24), w.tile.points());
     let image_out = h * wd * cout;
     let len = g.batch * image_out;
+    assert!(residual.is_none_or(|r| r.len() == len), "a residual of another shape than the output");
     // Every output is written exactly once: each pixel belongs to one tile, and every group's
     // channels are computed for it.
     let mut out: Vec<f32> = Vec::with_capacity(len);
@@ -316,6 +325,9 @@ fn forward_with(simd: Simd, x: &[f32], w: &WinogradWeights, g: &ConvGeometry) ->
                     }
                 }
             });
+            if let Some(residual) = residual {
+                add_residual(out, &residual[chunk * per_chunk * image_out..]);
+            }
         },
     );
     // SAFETY: all `len` elements were initialised above.
@@ -909,10 +921,11 @@ mod tests {
                     let (x, w) = (random_tensor(&xs, n as u64), random_tensor(&ws, 40 + n as u64));
                     let dy = random_tensor(&g.output_shape(), 80 + n as u64);
                     let (x, w, dy) = (x.as_slice(), w.as_slice(), dy.as_slice());
-                    let y = forward_with(simd, x, &WinogradWeights::forward(w, &g, tile), &g);
+                    let y = forward_with(simd, x, None, &WinogradWeights::forward(w, &g, tile), &g);
                     let dx = forward_with(
                         simd,
                         dy,
+                        None,
                         &WinogradWeights::backward_data(w, &g, tile),
                         &backward_data_geometry(&g),
                     );
