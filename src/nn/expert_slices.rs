@@ -113,11 +113,13 @@ pub fn forward_by_slices(
     images: &Var,
 ) -> Result<Var> {
     let sliced = sliced_weights(net, params, buffers);
+    // Every expert normalises the same images the same way: once for all slices.
+    let x = net.normalize(tape, buffers, images)?;
     let mut logits = Vec::with_capacity(sliced.slices.len());
     for (range, weights) in &sliced.slices {
         let slice_net = PreActResNet::new(NetShape { groups: range.len(), ..net.shape });
         let params: Vec<Var> = weights.params.iter().map(|p| tape.leaf(p.clone(), false)).collect();
-        logits.push(slice_net.forward(tape, &params, &mut weights.buffers.clone(), images, false)?);
+        logits.push(slice_net.forward_normalized(tape, &params, &mut weights.buffers.clone(), &x, false)?);
     }
     tape.concat_last(&logits)
 }

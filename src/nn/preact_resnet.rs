@@ -301,9 +301,26 @@ impl PreActResNet {
         images: &Var,
         train: bool,
     ) -> Result<Var> {
+        let x = self.normalize(tape, buffers, images)?;
+        self.forward_normalized(tape, params, buffers, &x, train)
+    }
+
+    /// The input normalisation, (images - mean) / std with the statistics stored as buffers.
+    pub fn normalize(&self, tape: &Tape, buffers: &[Tensor], images: &Var) -> Result<Var> {
+        tape.normalize(images, &buffers[self.norm_mean], &buffers[self.norm_std])
+    }
+
+    /// `forward` from normalised images (`normalize`).
+    pub fn forward_normalized(
+        &self,
+        tape: &Tape,
+        params: &[Var],
+        buffers: &mut [Tensor],
+        x: &Var,
+        train: bool,
+    ) -> Result<Var> {
         let p = params;
-        let x = tape.normalize(images, &buffers[self.norm_mean], &buffers[self.norm_std])?;
-        let mut out = tape.conv2d(&x, &p[self.stem.weight], self.stem.p)?;
+        let mut out = tape.conv2d(x, &p[self.stem.weight], self.stem.p)?;
         for block in &self.blocks {
             let (h, shortcut) = match &block.shortcut {
                 // relu(bn1(out)) feeds two convolutions here, so it is stored once.
