@@ -189,7 +189,8 @@ mod tests {
     /// In evaluation mode without gradients (inference), one op and the ops one by one (batch
     /// norm + relu, the convolution, the residual's add) give the same bits, with and without a
     /// residual, on layers of each algorithm: direct (16 channels, a grouped one, stride 2),
-    /// Winograd F(4x4) (32 channels on 9x9 images, odd sizes) and F(2x2) (4x4 images).
+    /// Winograd F(4x4) (32 channels per group on 9x9 images) and F(2x2) (on 7x5 images, grouped,
+    /// and on 4x4 ones).
     #[test]
     fn evaluation_equals_batch_norm_relu_conv_then_add_bit_for_bit() {
         let p = |stride, groups| Conv2dParams { stride, padding: 1, groups };
