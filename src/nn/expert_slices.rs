@@ -59,7 +59,9 @@ pub fn split_groups(net: &PreActResNet, fused: &Weights, slices: &[Range<usize>]
 /// One fused network's weights split into slices, kept while the fused tensors live (which
 /// never change: a new step's weights are new tensors), so that repeated inference (evaluation
 /// batches, the corruptions) splits them once and the convolutions' prepared weights, cached per
-/// tensor, are prepared once per slice.
+/// tensor, are prepared once per slice. An entry whose fused tensors are gone is dropped at the
+/// next sliced inference (until then it holds a copy of the weights, as the prepared-weights
+/// cache holds their packed forms).
 struct SlicedWeights {
     of: Vec<Weak<Storage>>,
     slices: Vec<(Range<usize>, Weights)>,
