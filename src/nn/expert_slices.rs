@@ -3,8 +3,8 @@
 //! for a few experts, then every layer for the next few. Layer by layer over all N experts, each
 //! activation of the first stage (N x width x 32 x 32 per image) leaves the caches before the
 //! next layer reads it; in slices of 32 channels it does not. Measured on a 2-core AVX-512 Xeon
-//! (BENCHMARKS.md): 10 experts of width 16 infer 1.18-1.27x faster in slices of 2 than all at once,
-//! and the bits are the same (each output channel is the same sums in the same order).
+//! (BENCHMARKS.md): 10 experts of width 16 infer 1.18-1.27x faster in slices of 2 than all at
+//! once, and the bits are the same (each output channel is the same sums in the same order).
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex, Weak};
