@@ -676,11 +676,10 @@ fn run_with_weights(
     g: &ConvGeometry,
     keep_prepared: bool,
 ) -> Vec<f32> {
+    assert!(algorithm.computes(direction, g), "{algorithm:?} does not compute {direction:?} of {g:?}");
     if !keep_prepared {
-        assert!(algorithm.computes(direction, g), "{algorithm:?} does not compute {direction:?} of {g:?}");
         return algorithm.prepare(direction, w.as_slice(), g).run(direction, a, map, residual, g);
     }
-    assert!(algorithm.computes(direction, g), "{algorithm:?} does not compute {direction:?} of {g:?}");
     let key = w.storage_ref();
     let found = {
         let mut cache = PREPARED.lock().unwrap_or_else(|e| e.into_inner());

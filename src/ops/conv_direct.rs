@@ -763,36 +763,33 @@ fn weight_chunk_by_outputs(
     let (cout, opg, cpg, kk) = (g.out_channels, g.out_per_group(), g.in_per_group(), taps.len());
     let pairs = kk * cpg;
     let mut tile = [[0.0f32; LANES]; MAX_ROWS];
-    for (block, starts) in starts.chunks(PIXEL_BLOCK).enumerate() {
-        let grads = &grads[block * PIXEL_BLOCK * cout..];
-        for grp in 0..g.groups {
-            // Where each (tap, channel) pair of the group reads, from a pixel's window start.
-            let offsets: Vec<usize> = (0..pairs).map(|q| taps[q / cpg] + grp * cpg + q % cpg).collect();
-            for o0 in (0..opg).step_by(LANES) {
-                let outs = LANES.min(opg - o0);
-                for (q0, rows) in balanced_tiles(pairs, simd.weight_rows()) {
-                    let offsets = &offsets[q0..][..rows];
-                    weight_tile_by_outputs(
-                        simd,
-                        input,
-                        starts,
-                        offsets,
-                        grads,
-                        cout,
-                        grp * opg + o0,
-                        outs,
-                        &mut tile,
-                    );
-                    for (r, row) in tile.iter().enumerate().take(rows) {
-                        let (tap, c) = ((q0 + r) / cpg, (q0 + r) % cpg);
-                        for (j, v) in row.iter().enumerate().take(outs) {
-                            acc[((grp * opg + o0 + j) * kk + tap) * cpg + c] += v;
-                        }
+    each_block_and_group(starts, grads, g, |starts, grads, grp| {
+        // Where each (tap, channel) pair of the group reads, from a pixel's window start.
+        let offsets: Vec<usize> = (0..pairs).map(|q| taps[q / cpg] + grp * cpg + q % cpg).collect();
+        for o0 in (0..opg).step_by(LANES) {
+            let outs = LANES.min(opg - o0);
+            for (q0, rows) in balanced_tiles(pairs, simd.weight_rows()) {
+                let offsets = &offsets[q0..][..rows];
+                weight_tile_by_outputs(
+                    simd,
+                    input,
+                    starts,
+                    offsets,
+                    grads,
+                    cout,
+                    grp * opg + o0,
+                    outs,
+                    &mut tile,
+                );
+                for (r, row) in tile.iter().enumerate().take(rows) {
+                    let (tap, c) = ((q0 + r) / cpg, (q0 + r) % cpg);
+                    for (j, v) in row.iter().enumerate().take(outs) {
+                        acc[((grp * opg + o0 + j) * kk + tap) * cpg + c] += v;
                     }
                 }
             }
         }
-    }
+    });
 }
 
 /// One weight-gradient tile with output channels in the lanes: `tile[r][j]` (overwritten) =
@@ -849,32 +846,28 @@ fn weight_chunk_by_kernel_rows(
 ) {
     let (cout, opg, cpg, kk) = (g.out_channels, g.out_per_group(), g.in_per_group(), taps.len());
     let mut tile = [[[0.0f32; LANES]; ROW_TILE_OUTS]; 3];
-    for (block, starts) in starts.chunks(PIXEL_BLOCK).enumerate() {
-        let grads = &grads[block * PIXEL_BLOCK * cout..];
-        for grp in 0..g.groups {
-            for kh in 0..3 {
-                let row_taps = [taps[3 * kh], taps[3 * kh + 1], taps[3 * kh + 2]];
-                for (o0, outs) in balanced_tiles(opg, ROW_TILE_OUTS) {
-                    for c0 in (0..cpg).step_by(LANES) {
-                        let ins = LANES.min(cpg - c0);
-                        let (x_at, dy_at) = (grp * cpg + c0, grp * opg + o0);
-                        weight_kernel_row(
-                            input, starts, row_taps, x_at, ins, grads, cout, dy_at, outs, &mut tile,
-                        );
-                        for (t, tap_tile) in tile.iter().enumerate() {
-                            for (r, row) in tap_tile.iter().enumerate().take(outs) {
-                                let dst =
-                                    &mut acc[((grp * opg + o0 + r) * kk + 3 * kh + t) * cpg + c0..][..ins];
-                                for (d, v) in dst.iter_mut().zip(row) {
-                                    *d += v;
-                                }
+    each_block_and_group(starts, grads, g, |starts, grads, grp| {
+        for kh in 0..3 {
+            let row_taps = [taps[3 * kh], taps[3 * kh + 1], taps[3 * kh + 2]];
+            for (o0, outs) in balanced_tiles(opg, ROW_TILE_OUTS) {
+                for c0 in (0..cpg).step_by(LANES) {
+                    let ins = LANES.min(cpg - c0);
+                    let (x_at, dy_at) = (grp * cpg + c0, grp * opg + o0);
+                    weight_kernel_row(
+                        input, starts, row_taps, x_at, ins, grads, cout, dy_at, outs, &mut tile,
+                    );
+                    for (t, tap_tile) in tile.iter().enumerate() {
+                        for (r, row) in tap_tile.iter().enumerate().take(outs) {
+                            let dst = &mut acc[((grp * opg + o0 + r) * kk + 3 * kh + t) * cpg + c0..][..ins];
+                            for (d, v) in dst.iter_mut().zip(row) {
+                                *d += v;
                             }
                         }
                     }
                 }
             }
         }
-    }
+    });
 }
 
 /// One kernel-row tile: `tile[t][r][j]` (overwritten) = sum over output pixels p of
@@ -928,27 +921,41 @@ fn weight_chunk(
     acc: &mut [f32],
 ) {
     let (cout, opg, cpg, kk) = (g.out_channels, g.out_per_group(), g.in_per_group(), taps.len());
-    // A block of pixels at a time, so that the inputs and gradients every tile of the block
-    // reads stay in the L1 cache.
     let mut tile = [[0.0f32; LANES]; MAX_ROWS];
-    for (block, starts) in starts.chunks(PIXEL_BLOCK).enumerate() {
-        let grads = &grads[block * PIXEL_BLOCK * cout..];
-        for grp in 0..g.groups {
-            for (tap, &t) in taps.iter().enumerate() {
-                for (o0, outs) in balanced_tiles(opg, simd.weight_rows()) {
-                    for c0 in (0..cpg).step_by(LANES) {
-                        let ins = LANES.min(cpg - c0);
-                        let (x_at, dy_at) = (grp * cpg + c0 + t, grp * opg + o0);
-                        weight_tile(simd, input, starts, x_at, ins, grads, cout, dy_at, outs, &mut tile);
-                        for (r, row) in tile.iter().enumerate().take(outs) {
-                            let dst = &mut acc[((grp * opg + o0 + r) * kk + tap) * cpg + c0..][..ins];
-                            for (d, v) in dst.iter_mut().zip(row) {
-                                *d += v;
-                            }
+    each_block_and_group(starts, grads, g, |starts, grads, grp| {
+        for (tap, &t) in taps.iter().enumerate() {
+            for (o0, outs) in balanced_tiles(opg, simd.weight_rows()) {
+                for c0 in (0..cpg).step_by(LANES) {
+                    let ins = LANES.min(cpg - c0);
+                    let (x_at, dy_at) = (grp * cpg + c0 + t, grp * opg + o0);
+                    weight_tile(simd, input, starts, x_at, ins, grads, cout, dy_at, outs, &mut tile);
+                    for (r, row) in tile.iter().enumerate().take(outs) {
+                        let dst = &mut acc[((grp * opg + o0 + r) * kk + tap) * cpg + c0..][..ins];
+                        for (d, v) in dst.iter_mut().zip(row) {
+                            *d += v;
                         }
                     }
                 }
             }
+        }
+    });
+}
+
+/// The weight-gradient chunks' common loop: `f(starts, grads, grp)` for every block of
+/// `PIXEL_BLOCK` output pixels (their window starts and their rows of dy) and every group. A
+/// block of pixels at a time, so that the inputs and gradients every tile of the block reads
+/// stay in the L1 cache.
+#[inline(always)]
+fn each_block_and_group(
+    starts: &[usize],
+    grads: &[f32],
+    g: &ConvGeometry,
+    mut f: impl FnMut(&[usize], &[f32], usize),
+) {
+    for (block, starts) in starts.chunks(PIXEL_BLOCK).enumerate() {
+        let grads = &grads[block * PIXEL_BLOCK * g.out_channels..];
+        for grp in 0..g.groups {
+            f(starts, grads, grp);
         }
     }
 }
