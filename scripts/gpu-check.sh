@@ -1,17 +1,45 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call, on a machine with a GPU (run scripts/gpu-bundle.sh first,
-# where cargo is, and carry .gpu/): environment, selftest, the GPU tests, the benchmarks
-# (kernels and cuDNN), Table 1's quick reproduction and the paper preset's time estimate, and
-# the PyTorch reference. Everything is written under $OUT.
+# where cargo is, and carry .gpu/): environment, selftest, the GPU tests, mocse's output and
+# loss on cuda against its PyTorch twin, the benchmarks (the project's kernels and cuDNN), the
+# PyTorch reference, Table 1's quick reproduction and compute-sanitizer over the selftest.
+#
+# Every stage runs under a time limit and the whole check under a deadline (GPU_CHECK_SECONDS,
+# default 480), so a lease's short call still returns what ran. Results go to $OUT in at most
+# eight files: log.txt (progress and the summary), env.txt, tests.txt, bench.jsonl,
+# bench_log.txt, pytorch.jsonl, reproduce.txt and more.tar.gz (per-layer JSON, Table 1's run).
+#
+#     scripts/gpu-check.sh [STAGE ...]    # stages: env selftest tests twin bench pytorch
+#                                         #         reproduce sanitizer (default: all, in order)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mocse-gpu-check}
 mkdir -p "$OUT"
-{
-    date -u
-    nvidia-smi
-    ldconfig -p | grep -E 'libcuda|nvrtc|cudnn'
-} > "$OUT/env.txt" 2>&1
+MORE=$(mktemp -d)
+START=$(date +%s)
+DEADLINE=$((START + ${GPU_CHECK_SECONDS:-480}))
+LOG="$OUT/log.txt"
+
+say() { echo "[$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
+
+# run_for LIMIT OUTFILE CMD...: runs CMD for at most LIMIT seconds (less if the deadline is
+# nearer, 10 s kept for packing up), appending to OUTFILE; skips it when no time is left.
+run_for() {
+    local limit=$1 file=$2 left
+    shift 2
+    left=$((DEADLINE - $(date +%s) - 10))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -le 5 ]; then
+        say "skipped (deadline): $*"
+        return 1
+    fi
+    local t0=$(date +%s)
+    echo "== $*" >> "$file"
+    timeout "$limit" "$@" >> "$file" 2>&1
+    local rc=$?
+    say "rc=$rc in $(($(date +%s) - t0))s (limit ${limit}s): $*"
+    return $rc
+}
 
 # NVRTC and cuDNN may live only in the Python environment's nvidia wheels.
 site=$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null || true)
@@ -21,50 +49,106 @@ if [ -n "$site" ]; then
     done
     export LD_LIBRARY_PATH
 fi
-echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" >> "$OUT/env.txt"
-
 M=.gpu/mocse
 export MOCSE_CACHE=$PWD/.gpu/cache MOCSE_TESTDATA=$PWD/.gpu
-{
-    $M selftest --device cuda
-    echo "== tests"
-    .gpu/devices --nocapture --test-threads 1
-    .gpu/fused_unfused --nocapture --test-threads 1
-    .gpu/corruptions --test-threads 1
-    .gpu/corruption_reference --nocapture --test-threads 1
-    # The attack kernels and whole PGD and APGD-T attacks on cuda against cpu (the CLI tests need cargo's paths).
-    .gpu/attack every_device --nocapture --test-threads 1
-    .gpu/attack pgd_and_apgd_accuracy --nocapture --test-threads 1
-} > "$OUT/selftest_and_tests.txt" 2>&1
 
-: > "$OUT/train_step.jsonl"
-for impl in kernels cudnn; do
-    for cfg in "preact18 --width 16 --batch-size 128" "preact18 --width 64 --batch-size 128" \
-               "mocse --expert-width 16 --batch-size 128" "mocse --expert-width 16 --batch-size 128 --unfused"; do
+stage_env() {
+    {
+        date -u
+        nvidia-smi
+        ldconfig -p | grep -E 'libcuda|nvrtc|cudnn'
+        echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+        python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
+        nproc
+    } > "$OUT/env.txt" 2>&1
+    say "env: $(grep -m1 -o 'NVIDIA H[0-9]*[^|]*' "$OUT/env.txt" | head -1)"
+}
+
+stage_selftest() {
+    run_for 120 "$OUT/tests.txt" $M selftest --device cuda
+    grep -ciE "fail|error" "$OUT/tests.txt" | sed 's/^/selftest lines with fail or error: /' | tee -a "$LOG"
+    tail -n 2 "$OUT/tests.txt" | tee -a "$LOG"
+}
+
+stage_tests() {
+    local T="$OUT/tests.txt"
+    run_for 90 "$T" .gpu/devices --nocapture --test-threads 1
+    run_for 90 "$T" .gpu/fused_unfused --nocapture --test-threads 1
+    run_for 60 "$T" .gpu/corruptions --test-threads 1
+    run_for 90 "$T" .gpu/corruption_reference --nocapture --test-threads 1
+    # The attack kernels and whole PGD and APGD-T attacks on cuda against cpu.
+    run_for 60 "$T" .gpu/attack every_device --nocapture --test-threads 1
+    run_for 90 "$T" .gpu/attack pgd_and_apgd_accuracy --nocapture --test-threads 1
+    grep -E "^test result|FAILED|panicked" "$T" | sort | uniq -c | tee -a "$LOG"
+}
+
+# mocse's training-mode output and loss on cuda against its PyTorch twin on the same weights.
+stage_twin() {
+    local model
+    for model in "preact18 --width 16" "mocse --expert-width 16"; do
         # shellcheck disable=SC2086
-        $M bench --what train-step --model $cfg --device cuda --conv-impl $impl --warmup 3 --steps 10 \
-            --json "$OUT/one.json" >> "$OUT/bench_log.txt" 2>&1 && cat "$OUT/one.json" >> "$OUT/train_step.jsonl"
+        run_for 60 "$OUT/tests.txt" $M bench --what train-step --model $model --batch-size 32 --device cuda \
+            --warmup 0 --steps 1 --twin "$MORE/twin" &&
+            run_for 60 "$OUT/tests.txt" python3 benches/pytorch_peer.py --twin "$MORE/twin" --device cuda \
+                --steps 1 --warmup 0
+        rm -rf "$MORE/twin"
     done
-done
-rm -f "$OUT/one.json"
-$M bench --what conv-layers --model mocse --expert-width 16 --batch-size 128 --device cuda --warmup 3 --steps 10 \
-    --json "$OUT/conv_layers_mocse.json" >> "$OUT/bench_log.txt" 2>&1
-$M bench --what conv-layers --model preact18 --width 64 --batch-size 128 --device cuda --warmup 3 --steps 10 \
-    --json "$OUT/conv_layers_preact18.json" >> "$OUT/bench_log.txt" 2>&1
-$M bench --what corrupt --batch-size 10000 --device cuda --warmup 1 --steps 3 --json "$OUT/corrupt.json" \
-    >> "$OUT/bench_log.txt" 2>&1
-: > "$OUT/pgd.jsonl"
-for cfg in "preact18 --width 64 --batch-size 128" "mocse --expert-width 16 --batch-size 128"; do
-    # shellcheck disable=SC2086
-    $M bench --what pgd --model $cfg --device cuda --warmup 2 --steps 5 --json "$OUT/one.json" \
-        >> "$OUT/bench_log.txt" 2>&1 && cat "$OUT/one.json" >> "$OUT/pgd.jsonl"
-done
+}
+
+stage_bench() {
+    local impl cfg
+    for impl in kernels cudnn; do
+        for cfg in "preact18 --width 16 --batch-size 128" "preact18 --width 64 --batch-size 128" \
+                   "mocse --expert-width 16 --batch-size 128" "mocse --expert-width 16 --batch-size 128 --unfused"; do
+            # shellcheck disable=SC2086
+            run_for 60 "$OUT/bench_log.txt" $M bench --what train-step --model $cfg --device cuda \
+                --conv-impl $impl --warmup 3 --steps 10 --json "$MORE/one.json" &&
+                cat "$MORE/one.json" >> "$OUT/bench.jsonl" && echo >> "$OUT/bench.jsonl"
+        done
+    done
+    grep -E "^(train|infer|all) " "$OUT/bench_log.txt" | tee -a "$LOG"
+    run_for 60 "$OUT/bench_log.txt" $M bench --what conv-layers --model mocse --expert-width 16 --batch-size 128 \
+        --device cuda --warmup 3 --steps 10 --json "$MORE/conv_layers_mocse.json"
+    run_for 60 "$OUT/bench_log.txt" $M bench --what conv-layers --model preact18 --width 64 --batch-size 128 \
+        --device cuda --warmup 3 --steps 10 --json "$MORE/conv_layers_preact18.json"
+    run_for 90 "$OUT/bench_log.txt" $M bench --what corrupt --batch-size 10000 --device cuda --warmup 1 \
+        --steps 3 --json "$MORE/corrupt.json"
+    for cfg in "preact18 --width 64 --batch-size 128" "mocse --expert-width 16 --batch-size 128"; do
+        # shellcheck disable=SC2086
+        run_for 60 "$OUT/bench_log.txt" $M bench --what pgd --model $cfg --device cuda --warmup 2 --steps 5 \
+            --json "$MORE/one.json" && cat "$MORE/one.json" >> "$OUT/bench.jsonl" && echo >> "$OUT/bench.jsonl"
+    done
+    rm -f "$MORE/one.json"
+}
+
+stage_pytorch() {
+    run_for 150 "$OUT/pytorch.jsonl" python3 benches/pytorch_peer.py --all --device cuda
+    grep -v '^==' "$OUT/pytorch.jsonl" | tee -a "$LOG"
+}
+
 # Table 1's pipeline on the GPU (the quick preset, 1 epoch) and the paper preset's estimate there.
-$M reproduce --preset quick --epochs 1 --device cuda --out "$OUT/table1-quick" > "$OUT/reproduce.txt" 2>&1
-timeout 120 $M reproduce --preset paper --device cuda --out "$OUT/table1-paper-estimate" 2>&1 \
-    | grep -m 1 "estimated time" >> "$OUT/reproduce.txt"
-python3 benches/pytorch_peer.py --all --device cuda > "$OUT/pytorch.jsonl" 2>> "$OUT/bench_log.txt"
-tail -n 3 "$OUT/selftest_and_tests.txt"
-tail -n 12 "$OUT/reproduce.txt"
-cat "$OUT/train_step.jsonl" "$OUT/pytorch.jsonl"
-grep -E "^all " "$OUT/bench_log.txt"
+stage_reproduce() {
+    run_for 150 "$OUT/reproduce.txt" $M reproduce --preset quick --epochs 1 --device cuda --out "$MORE/table1-quick"
+    run_for 60 "$MORE/paper-estimate.txt" $M reproduce --preset paper --device cuda --out "$MORE/table1-paper"
+    grep -m 1 "estimated time" "$MORE/paper-estimate.txt" >> "$OUT/reproduce.txt"
+    tail -n 12 "$OUT/reproduce.txt" | tee -a "$LOG"
+}
+
+# Out-of-bounds accesses and races in the kernels, over the selftest's launches.
+stage_sanitizer() {
+    local tool
+    for tool in memcheck racecheck; do
+        run_for 120 "$OUT/tests.txt" compute-sanitizer --tool $tool --print-limit 20 $M selftest --device cuda
+        grep -E "ERROR SUMMARY" "$OUT/tests.txt" | tail -1 | tee -a "$LOG"
+    done
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(env selftest tests twin bench pytorch reproduce sanitizer)
+for s in "${stages[@]}"; do
+    say "stage $s"
+    "stage_$s"
+done
+rm -rf "$MORE/table1-paper"
+tar -czf "$OUT/more.tar.gz" -C "$MORE" . && rm -rf "$MORE"
+say "done; results in $OUT"
