@@ -15,9 +15,9 @@ weights and batch and checks that its training-mode output and loss equal mocse'
 times that very network. It exits with status 1 when they differ.
 
     python3 benches/pytorch_peer.py --model mocse --width 16 --batch-size 64 [--unfused]
-        [--layout nchw|channels_last|channels_last+amp] [--device cpu|cuda] [--threads 2]
+        [--layout nchw|channels_last|channels_last+tf32|channels_last+amp] [--device cpu|cuda] [--threads 2]
         [--steps 3] [--warmup 1] [--twin DIR]
-    python3 benches/pytorch_peer.py --all --device cuda     # the GPU table of scripts/gpu-check.sh
+    python3 benches/pytorch_peer.py --all --device cuda --batch-size 128   # scripts/gpu-check.sh's
 
 Needs torch, numpy and safetensors.
 """
@@ -102,6 +102,8 @@ def timer(device):
 def measure(net, cfg, x, y, device, layout, steps, warmup):
     """Median seconds of a training step and of an inference pass."""
     amp = layout == "channels_last+amp"
+    # PyTorch lets cuDNN use TF32 for f32 convolutions by default; strict f32 unless asked.
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = layout.endswith("+tf32")
     net, x, y = net.to(device), x.to(device), y.to(device)
     if layout.startswith("channels_last"):
         net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -170,7 +172,10 @@ def main():
     parser.add_argument("--width", type=int, default=64, help="preact18's width or each expert's")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--unfused", action="store_true")
-    parser.add_argument("--layout", choices=["nchw", "channels_last", "channels_last+amp"], default="channels_last")
+    parser.add_argument("--layout", choices=["nchw", "channels_last", "channels_last+tf32", "channels_last+amp"],
+                        default="channels_last",
+                        help="memory format and arithmetic: strict f32 (TF32 off, like mocse's kernels), +tf32 "
+                             "(PyTorch's default for convolutions on a GPU) or +amp (bf16 autocast)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads [default: PyTorch's]")
     parser.add_argument("--steps", type=int, default=3)
@@ -178,15 +183,17 @@ def main():
     parser.add_argument("--twin", metavar="DIR", help="check against (and time) mocse's benchmark network in DIR")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="relative, for --twin")
     parser.add_argument("--all", action="store_true",
-                        help="every configuration in f32 NCHW and channels_last+amp, batch --batch-size")
+                        help="every configuration (PreAct-18 widths 16 and 64, MoCSE fused and unfused) in "
+                             "channels_last strict f32, +tf32 and +amp, batch --batch-size")
     a = parser.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     if not a.all:
         run(a)
         return
-    for layout in ["nchw", "channels_last+amp"]:
-        for model, width, unfused in [("preact18", 16, False), ("preact18", 64, False), ("mocse", 16, False)]:
+    for layout in ["channels_last", "channels_last+tf32", "channels_last+amp"]:
+        for model, width, unfused in [("preact18", 16, False), ("preact18", 64, False), ("mocse", 16, False),
+                                      ("mocse", 16, True)]:
             run(argparse.Namespace(**{**vars(a), "model": model, "width": width, "unfused": unfused,
                                       "layout": layout, "twin": None}))
 

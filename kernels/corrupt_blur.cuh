@@ -99,12 +99,15 @@ __device__ void gaussian_filter_32(const double* w, int radius, double* tmp, Loa
 
 // 2 * ceil(radius) + 1 taps; snow's largest radius (14) gives 29.
 constexpr int kMaxMotionTaps = 29;
+// Room for 32 taps: NVRTC 13.0 reads the last 1-3 taps' offsets with one 16-byte load, which
+// for 29 taps reached past dy[28] and out of the block's shared memory (compute-sanitizer, H200).
+constexpr int kMotionTapSlots = 32;
 
 struct MotionTaps {
   int width;
-  double weight[kMaxMotionTaps];
-  int dx[kMaxMotionTaps];  // column offset of tap i
-  int dy[kMaxMotionTaps];  // row offset of tap i (+y is down)
+  double weight[kMotionTapSlots];
+  int dx[kMotionTapSlots];  // column offset of tap i
+  int dy[kMotionTapSlots];  // row offset of tap i (+y is down)
 };
 
 // Fills the taps for (radius, sigma, angle in degrees) the way ImageMagick computes them: one-

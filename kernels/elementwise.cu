@@ -45,6 +45,17 @@ extern "C" __global__ void copy_columns_f32(float* __restrict__ dst, int dst_str
     }
 }
 
+// y[b, c, r] = x[b, r, c] for b < batches, r < rows, c < cols: the filter layouts OIHW <-> OHWI
+// (b = O; rows x cols = I x HW one way, HW x I back) for cuDNN's NHWC filters.
+extern "C" __global__ void transpose_batched_f32(float* __restrict__ y, const float* __restrict__ x,
+                                                 int batches, int rows, int cols) {
+    const int per = rows * cols, n = batches * per;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        const int b = i / per, k = i % per, r = k / cols, c = k % cols;
+        y[b * per + c * rows + r] = x[i];
+    }
+}
+
 // flag[0] becomes nonzero when any of x[0, n) is infinite or NaN (exponent bits all ones).
 extern "C" __global__ void flag_nonfinite_f32(unsigned* __restrict__ flag, const float* __restrict__ x, int n) {
     bool bad = false;

@@ -530,6 +530,10 @@ struct SelftestArgs {
     /// With --compile-only: target architectures, comma-separated
     #[arg(long, default_value = "sm_90,sm_80", value_delimiter = ',')]
     arch: Vec<String>,
+    /// Only the cases whose names contain one of these words, comma-separated (e.g. `conv2d` or
+    /// `snow,frost`, for a slow checker such as compute-sanitizer) [default: every case]
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -1479,13 +1483,17 @@ fn selftest(a: SelftestArgs) -> Result<()> {
     };
     println!("selftest: kernels on {device} against the cpu device");
     println!("{:<52} {:>14} {:>10}  result", "case", "max rel error", "tolerance");
-    let results = mocse::selftest::run(device, |r| {
+    let wanted = |name: &str| a.only.is_empty() || a.only.iter().any(|w| name.contains(w.as_str()));
+    let results = mocse::selftest::run(device, wanted, |r| {
         let verdict = if r.passed() { "pass" } else { "FAIL" };
         println!("{:<52} {:>14.3e} {:>10.0e}  {verdict}", r.name, r.max_relative_error, r.tolerance);
         if let Some(e) = &r.error {
             println!("    {e}");
         }
     });
+    if results.is_empty() {
+        bail!("no selftest case name contains any of {:?}", a.only);
+    }
     let failed = results.iter().filter(|r| !r.passed()).count();
     println!("{} passed, {} failed", results.len() - failed, failed);
     if failed > 0 {

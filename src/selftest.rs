@@ -14,7 +14,10 @@ use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
 use crate::nn::model::{Model, ModelConfig, ModelKind};
 use crate::ops::aggregate::Aggregate;
 use crate::ops::batchnorm::Activation;
-use crate::ops::conv::check_shapes;
+use crate::ops::conv::{
+    Conv2dParams, ConvGeometry, ConvImpl, check_shapes, conv2d_backward_data, conv2d_backward_weight,
+    conv2d_forward, set_conv_impl,
+};
 use crate::ops::sgd::{SgdConfig, sgd_step};
 use crate::rng::{Philox, Purpose};
 use crate::tensor::Tensor;
@@ -215,14 +218,18 @@ pub fn cases() -> Vec<Case> {
         }));
     }
     for (i, (xs, ws, cp)) in check_shapes().into_iter().enumerate() {
-        let name = format!(
-            "conv2d x{}x{}x{}x{} w{}x{}x{}x{} s{} p{} g{}",
-            xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2], ws[3], cp.stride, cp.padding, cp.groups
-        );
+        let name = format!("conv2d {}", conv_label(xs, ws, cp));
         let inputs = vec![random(&xs, 100 + i as u64, -1.0, 1.0), random(&ws, 200 + i as u64, -0.5, 0.5)];
         out.push(case(name, inputs, move |t, v| t.conv2d(&v[0], &v[1], cp)));
     }
     out
+}
+
+/// "x2x5x7x3 w4x3x3x3 s1 p1 g1": a convolution case's shapes in its name.
+fn conv_label(x: [usize; 4], w: [usize; 4], p: Conv2dParams) -> String {
+    let [b, h, wd, c] = x;
+    let [o, i, k, l] = w;
+    format!("x{b}x{h}x{wd}x{c} w{o}x{i}x{k}x{l} s{} p{} g{}", p.stride, p.padding, p.groups)
 }
 
 /// Output and input gradients of a case on `device`, copied back to the host.
@@ -322,11 +329,54 @@ fn philox_case(device: Device) -> Result<f64> {
     Ok(differing as f64)
 }
 
-/// Runs every case on `device` (anything but cpu).
-pub fn run(device: Device, mut progress: impl FnMut(&CaseResult)) -> Vec<CaseResult> {
+/// cuDNN (`--conv-impl cudnn`) against the project's kernels on the cuda device, in all three
+/// directions of one convolution.
+fn cudnn_case(x_shape: [usize; 4], w_shape: [usize; 4], p: Conv2dParams) -> Result<f64> {
+    let d = Device::Cuda;
+    let g = ConvGeometry::new(&x_shape, &w_shape, p)?;
+    let x = random(&x_shape, 41, -1.0, 1.0).to_device(d)?;
+    let w = random(&w_shape, 42, -0.5, 0.5).to_device(d)?;
+    let dy = random(&g.output_shape(), 43, -1.0, 1.0).to_device(d)?;
+    let all = |choice: ConvImpl| -> Result<[Vec<f32>; 3]> {
+        set_conv_impl(choice);
+        let out = (|| {
+            Ok([
+                conv2d_forward(&x, &w, p, false)?.to_host()?,
+                conv2d_backward_data(&dy, &w, &g, false)?.to_host()?,
+                conv2d_backward_weight(&x, &dy, &g)?.to_host()?,
+            ])
+        })();
+        set_conv_impl(ConvImpl::Kernels);
+        out
+    };
+    let (ours, cudnn) = (all(ConvImpl::Kernels)?, all(ConvImpl::Cudnn)?);
+    Ok(ours.iter().zip(&cudnn).map(|(a, b)| relative_error(b, a)).fold(0.0, f64::max))
+}
+
+/// The filter layouts cuDNN's NHWC path uses: OIHW -> OHWI -> OIHW must give the cpu device's
+/// bits and the input back.
+fn transpose_case(device: Device) -> Result<f64> {
+    let (o, i, hw) = (5, 7, 9);
+    let x = random(&[o, i, 3, 3], 21, -1.0, 1.0);
+    let ohwi = crate::ops::elementwise::transpose_batched(&x.to_device(device)?, o, i, hw, &[o, 3, 3, i])?;
+    let expected = crate::ops::elementwise::transpose_batched(&x, o, i, hw, &[o, 3, 3, i])?;
+    let back = crate::ops::elementwise::transpose_batched(&ohwi, o, hw, i, &[o, i, 3, 3])?;
+    Ok(relative_error(&ohwi.to_host()?, expected.as_slice())
+        .max(relative_error(&back.to_host()?, x.as_slice())))
+}
+
+/// Runs every case whose name `wanted` accepts on `device` (anything but cpu).
+pub fn run(
+    device: Device,
+    wanted: impl Fn(&str) -> bool,
+    mut progress: impl FnMut(&CaseResult),
+) -> Vec<CaseResult> {
     let mut results = Vec::new();
-    let mut record = |name: String, tolerance: f64, outcome: Result<f64>| {
-        let r = match outcome {
+    let mut check = |name: String, tolerance: f64, outcome: &dyn Fn() -> Result<f64>| {
+        if !wanted(&name) {
+            return;
+        }
+        let r = match outcome() {
             Ok(e) => CaseResult { name, max_relative_error: e, tolerance, error: None },
             Err(e) => {
                 CaseResult { name, max_relative_error: f64::NAN, tolerance, error: Some(format!("{e:#}")) }
@@ -336,31 +386,38 @@ pub fn run(device: Device, mut progress: impl FnMut(&CaseResult)) -> Vec<CaseRes
         results.push(r);
     };
     for c in cases() {
-        let outcome = compare(&c, device);
-        record(c.name.clone(), c.tolerance, outcome);
+        check(c.name.clone(), c.tolerance, &|| compare(&c, device));
     }
-    record("sgd_update".into(), 1e-5, sgd_case(device));
-    record("philox streams (differing words)".into(), 0.0, philox_case(device));
+    check("transpose_batched".into(), 0.0, &|| transpose_case(device));
+    if device == Device::Cuda && gpu::cudnn::available() {
+        for (x, w, p) in check_shapes() {
+            check(format!("cudnn conv2d {}", conv_label(x, w, p)), 1e-4, &|| cudnn_case(x, w, p));
+        }
+    }
+    check("sgd_update".into(), 1e-5, &|| sgd_case(device));
+    check("philox streams (differing words)".into(), 0.0, &|| philox_case(device));
     // A whole step chains ~60 ops through batch norm, and rounding differences reach a few 1e-6
     // by the last stage: one value that batch norm puts within that of zero (this case has one
     // at -3e-6 in the last stage) then falls on the other side of its relu with another
     // summation order, and moves that layer's update by up to 2e-2. A wrong kernel is off by
     // order 1.
-    let standard = train_step_case(device, ModelKind::Mocse, &TrainingMode::Standard);
-    record("training step, mocse width 8".into(), 5e-2, standard);
+    check("training step, mocse width 8".into(), 5e-2, &|| {
+        train_step_case(device, ModelKind::Mocse, &TrainingMode::Standard)
+    });
     // The adversarial steps on the standard network: an attack with batch statistics on an
     // untrained MoCSE of 4 images turns last-bit differences into percent-level input gradient
     // differences (near-constant expert channels), which the attack then follows. Even so an
     // attack amplifies summation-order differences (TRADES's KL between nearby predictions
     // most: a few 1e-3); a wrong kernel would be off by order 1.
     for (name, mode) in adversarial_modes() {
-        let outcome = train_step_case(device, ModelKind::Preact18, &mode);
-        record(format!("{name} training step, preact18 width 8"), 1e-2, outcome);
+        check(format!("{name} training step, preact18 width 8"), 1e-2, &|| {
+            train_step_case(device, ModelKind::Preact18, &mode)
+        });
     }
     for c in crate::corrupt::Corruption::ALL {
         // A uint8 truncation may flip by one level where a transcendental function differs in
         // its last bit between the GPU and the host; more is a bug.
-        record(format!("corruption {c}, severities 1-5"), 1.0 / 255.0, corruption_case(device, c));
+        check(format!("corruption {c}, severities 1-5"), 1.0 / 255.0, &|| corruption_case(device, c));
     }
     results
 }

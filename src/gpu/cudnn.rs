@@ -1,23 +1,26 @@
-//! The cuDNN baseline (`--conv-impl cudnn`): the same convolutions, grouped included, through
-//! cuDNN on the `cuda` device, so the project's kernels can be compared with it in one process.
-//! Strict f32 (FMA math, no TF32), NHWC activations and OIHW filters like the kernels,
-//! algorithms chosen by cuDNN's heuristics.
+//! The cuDNN baseline (`--conv-impl cudnn`): the same convolutions, grouped included, in all
+//! three directions, through cuDNN on the `cuda` device, so the project's kernels can be compared
+//! with it in one process. Strict f32 (FMA math, no TF32) and NHWC activations like the kernels.
+//!
+//! Filters go to cuDNN as the kernels keep them (OIHW) where cuDNN supports that beside NHWC
+//! activations; where it has no algorithm for a direction with them (an H200 with cuDNN 9 has
+//! none for backward data), that direction takes cuDNN's NHWC filters (OHWI), transposed on the
+//! device for the call. Per geometry and direction the plan (descriptors, the first algorithm
+//! cuDNN's heuristics rank that it reports supported, its workspace) is made once and kept.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::rc::Rc;
 
 use anyhow::{Result, anyhow, bail};
-use cudarc::cudnn::{ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn, sys};
-use cudarc::driver::CudaSlice;
+use cudarc::cudnn::{result, sys};
 
-use super::GpuBuffer;
-use crate::ops::conv::ConvGeometry;
+use super::{Arg, GpuBuffer};
+use crate::device::Device;
+use crate::ops::conv::{ConvGeometry, Direction};
+use crate::ops::elementwise::transpose_batched;
 use crate::tensor::Tensor;
-
-thread_local! {
-    // A cuDNN handle is bound to the thread that created it.
-    static HANDLE: RefCell<Option<Arc<Cudnn>>> = const { RefCell::new(None) };
-}
 
 /// Whether the cuDNN library can be loaded.
 pub fn available() -> bool {
@@ -25,7 +28,62 @@ pub fn available() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
-fn handle() -> Result<Arc<Cudnn>> {
+fn check(what: &str, status: Result<(), result::CudnnError>) -> Result<()> {
+    status.map_err(|e| anyhow!("cuDNN {what}: {e:?}"))
+}
+
+/// A cuDNN handle on the stream the kernels use (bound to the thread that created it).
+struct Handle(sys::cudnnHandle_t);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: created by `handle` and destroyed once.
+        unsafe { result::destroy_handle(self.0) }.ok();
+    }
+}
+
+struct Descriptors {
+    x: sys::cudnnTensorDescriptor_t,
+    y: sys::cudnnTensorDescriptor_t,
+    w: sys::cudnnFilterDescriptor_t,
+    conv: sys::cudnnConvolutionDescriptor_t,
+}
+
+impl Drop for Descriptors {
+    fn drop(&mut self) {
+        // SAFETY: each was created by `descriptors` and is destroyed once.
+        unsafe {
+            result::destroy_tensor_descriptor(self.x).ok();
+            result::destroy_tensor_descriptor(self.y).ok();
+            result::destroy_filter_descriptor(self.w).ok();
+            result::destroy_convolution_descriptor(self.conv).ok();
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Algorithm {
+    Forward(sys::cudnnConvolutionFwdAlgo_t),
+    BackwardData(sys::cudnnConvolutionBwdDataAlgo_t),
+    BackwardFilter(sys::cudnnConvolutionBwdFilterAlgo_t),
+}
+
+/// One geometry's setup for one direction.
+struct Plan {
+    d: Descriptors,
+    /// The filter in cuDNN's NHWC format (OHWI), transposed for the call.
+    filter_ohwi: bool,
+    algorithm: Algorithm,
+    workspace_bytes: usize,
+}
+
+thread_local! {
+    static HANDLE: RefCell<Option<Rc<Handle>>> = const { RefCell::new(None) };
+    static PLANS: RefCell<HashMap<(ConvGeometry, Direction), Rc<Plan>>> = RefCell::new(HashMap::new());
+    static WORKSPACE: RefCell<Option<GpuBuffer>> = const { RefCell::new(None) };
+}
+
+fn handle() -> Result<Rc<Handle>> {
     if !available() {
         bail!("cuDNN (libcudnn.so.9) was not found on the loader path; --conv-impl cudnn needs it");
     }
@@ -33,8 +91,12 @@ fn handle() -> Result<Arc<Cudnn>> {
         if let Some(handle) = h.borrow().as_ref() {
             return Ok(handle.clone());
         }
-        let stream = super::cuda::backend()?.stream.clone();
-        let handle = Cudnn::new(stream).map_err(|e| anyhow!("cuDNN: {e:?}"))?;
+        let stream = &super::cuda::backend()?.stream;
+        stream.context().bind_to_thread()?;
+        let handle = Handle(result::create_handle().map_err(|e| anyhow!("cuDNN: {e:?}"))?);
+        // SAFETY: both are live; the stream outlives the process's use of cuDNN (a static backend).
+        check("stream", unsafe { result::set_stream(handle.0, stream.cu_stream() as *mut _) })?;
+        let handle = Rc::new(handle);
         *h.borrow_mut() = Some(handle.clone());
         Ok(handle)
     })
@@ -44,103 +106,218 @@ fn dims(v: [usize; 4]) -> [i32; 4] {
     v.map(|d| d as i32)
 }
 
-struct Descriptors {
-    x: cudarc::cudnn::TensorDescriptor<f32>,
-    w: cudarc::cudnn::FilterDescriptor<f32>,
-    y: cudarc::cudnn::TensorDescriptor<f32>,
-    conv: cudarc::cudnn::ConvDescriptor<f32>,
-}
-
-fn descriptors(cudnn: &Arc<Cudnn>, g: &ConvGeometry) -> Result<Descriptors> {
+fn descriptors(g: &ConvGeometry, filter_ohwi: bool) -> Result<Descriptors> {
     let nhwc = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC;
+    let f32_type = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
     let e = |e| anyhow!("cuDNN descriptor: {e:?}");
-    let x =
-        cudnn.create_4d_tensor::<f32>(nhwc, dims([g.batch, g.in_channels, g.height, g.width])).map_err(e)?;
-    let y = cudnn
-        .create_4d_tensor::<f32>(nhwc, dims([g.batch, g.out_channels, g.out_height, g.out_width]))
-        .map_err(e)?;
-    let w = cudnn
-        .create_4d_filter::<f32>(sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW, dims(g.weight_shape()))
-        .map_err(e)?;
+    let d = Descriptors {
+        x: result::create_tensor_descriptor().map_err(e)?,
+        y: result::create_tensor_descriptor().map_err(e)?,
+        w: result::create_filter_descriptor().map_err(e)?,
+        conv: result::create_convolution_descriptor().map_err(e)?,
+    };
+    let filter_format = if filter_ohwi { nhwc } else { sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW };
     let (p, s) = (g.padding as i32, g.stride as i32);
-    let mut conv = cudnn
-        .create_conv2d::<f32>([p, p], [s, s], [1, 1], sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION)
-        .map_err(e)?;
-    conv.set_group_count(g.groups as i32).map_err(e)?;
-    conv.set_math_type(sys::cudnnMathType_t::CUDNN_FMA_MATH).map_err(e)?;
-    Ok(Descriptors { x, w, y, conv })
+    // SAFETY: the descriptors were created above; dims are given in cuDNN's NCHW order whatever
+    // the memory format.
+    unsafe {
+        check(
+            "x",
+            result::set_tensor4d_descriptor(
+                d.x,
+                nhwc,
+                f32_type,
+                dims([g.batch, g.in_channels, g.height, g.width]),
+            ),
+        )?;
+        let y = dims([g.batch, g.out_channels, g.out_height, g.out_width]);
+        check("y", result::set_tensor4d_descriptor(d.y, nhwc, f32_type, y))?;
+        check("w", result::set_filter4d_descriptor(d.w, f32_type, filter_format, dims(g.weight_shape())))?;
+        let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
+        check("conv", result::set_convolution2d_descriptor(d.conv, p, p, s, s, 1, 1, mode, f32_type))?;
+        check("groups", result::set_convolution_group_count(d.conv, g.groups as i32))?;
+        check("math", result::set_convolution_math_type(d.conv, sys::cudnnMathType_t::CUDNN_FMA_MATH))?;
+    }
+    Ok(d)
 }
 
-fn slice(t: &Tensor) -> Result<&CudaSlice<u8>> {
-    t.gpu_buffer()
-        .and_then(GpuBuffer::cuda_slice)
-        .ok_or_else(|| anyhow!("cuDNN needs tensors on the cuda device"))
+/// The first algorithm of cuDNN's heuristic ranking that it reports supported, with its
+/// workspace, or None; `statuses` collects what each candidate reported.
+fn pick(
+    h: &Handle,
+    d: &Descriptors,
+    direction: Direction,
+    statuses: &mut Vec<String>,
+) -> Option<(Algorithm, usize)> {
+    let mut count = 0;
+    macro_rules! first_supported {
+        ($perf:ty, $query:ident, $size:ident, $wrap:ident, ($($args:expr),*)) => {{
+            // SAFETY: plain-data structs that cuDNN fills; the handle and descriptors are live.
+            let mut perf: [$perf; 16] = unsafe { std::mem::zeroed() };
+            unsafe { result::$query(h.0, $($args),*, 16, &mut count, perf.as_mut_ptr()) }.ok()?;
+            perf[..count.max(0) as usize].iter().find_map(|p| {
+                statuses.push(format!("{:?}: {:?}", p.algo, p.status));
+                if p.status != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+                    return None;
+                }
+                let bytes = unsafe { result::$size(h.0, $($args),*, p.algo) }.ok()?;
+                Some((Algorithm::$wrap(p.algo), bytes))
+            })
+        }};
+    }
+    match direction {
+        Direction::Forward => first_supported!(
+            sys::cudnnConvolutionFwdAlgoPerf_t,
+            get_convolution_forward_algorithm,
+            get_convolution_forward_workspace_size,
+            Forward,
+            (d.x, d.w, d.conv, d.y)
+        ),
+        Direction::BackwardData => first_supported!(
+            sys::cudnnConvolutionBwdDataAlgoPerf_t,
+            get_convolution_backward_data_algorithm,
+            get_convolution_backward_data_workspace_size,
+            BackwardData,
+            (d.w, d.y, d.conv, d.x)
+        ),
+        Direction::BackwardWeight => first_supported!(
+            sys::cudnnConvolutionBwdFilterAlgoPerf_t,
+            get_convolution_backward_filter_algorithm,
+            get_convolution_backward_filter_workspace_size,
+            BackwardFilter,
+            (d.x, d.y, d.conv, d.w)
+        ),
+    }
 }
 
-fn workspace(bytes: usize) -> Result<Option<CudaSlice<u8>>> {
-    let stream = &super::cuda::backend()?.stream;
-    Ok(if bytes == 0 { None } else { Some(stream.alloc_zeros::<u8>(bytes)?) })
+/// Whether the switch to OHWI filters was reported (once per process).
+static SAID_OHWI: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn plan(h: &Handle, g: &ConvGeometry, direction: Direction) -> Result<Rc<Plan>> {
+    if let Some(p) = PLANS.with(|p| p.borrow().get(&(*g, direction)).cloned()) {
+        return Ok(p);
+    }
+    let mut statuses = Vec::new();
+    for filter_ohwi in [false, true] {
+        let d = descriptors(g, filter_ohwi)?;
+        if let Some((algorithm, workspace_bytes)) = pick(h, &d, direction, &mut statuses) {
+            if filter_ohwi && !SAID_OHWI.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                eprintln!(
+                    "cuDNN has no {direction:?} algorithm for OIHW filters beside NHWC activations \
+                     ({}); it gets the filters transposed to OHWI instead",
+                    statuses.join(", ")
+                );
+            }
+            let p = Rc::new(Plan { d, filter_ohwi, algorithm, workspace_bytes });
+            PLANS.with(|plans| plans.borrow_mut().insert((*g, direction), p.clone()));
+            return Ok(p);
+        }
+    }
+    bail!(
+        "cuDNN supports no {direction:?} algorithm for {g:?} (OIHW or OHWI filters): {}",
+        statuses.join(", ")
+    )
 }
 
-/// An output of `n` floats: cuDNN writes into it, then it becomes a tensor.
-fn output(n: usize) -> Result<CudaSlice<u8>> {
-    Ok(super::cuda::backend()?.stream.alloc_zeros::<u8>(n * 4)?)
+fn ptr(t: &Tensor) -> Result<*mut c_void> {
+    match (t.device(), t.arg()) {
+        (Device::Cuda, Arg::Ptr(p)) => Ok(p as *mut c_void),
+        (d, _) => bail!("cuDNN needs tensors on the cuda device, not {d}"),
+    }
+}
+
+/// A device buffer of at least `bytes`, kept for the next call (null for none).
+fn workspace(bytes: usize) -> Result<*mut c_void> {
+    if bytes == 0 {
+        return Ok(std::ptr::null_mut());
+    }
+    WORKSPACE.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.as_ref().is_none_or(|b| b.len_bytes() < bytes) {
+            *w = Some(GpuBuffer::for_output(Device::Cuda, bytes)?);
+        }
+        match w.as_ref().map(GpuBuffer::arg) {
+            Some(Arg::Ptr(p)) => Ok(p as *mut c_void),
+            _ => bail!("cuDNN workspace"),
+        }
+    })
+}
+
+/// OIHW -> OHWI (or back, `to_oihw`) on the device.
+fn filter_layout(w: &Tensor, g: &ConvGeometry, to_oihw: bool) -> Result<Tensor> {
+    let [o, i, k, _] = g.weight_shape();
+    if to_oihw {
+        transpose_batched(w, o, k * k, i, &[o, i, k, k])
+    } else {
+        transpose_batched(w, o, i, k * k, &[o, k, k, i])
+    }
+}
+
+/// Runs one direction: `a` and `b` are its two operands in cuDNN's argument order (x and w, w
+/// and dy, x and dy); the output has `out_shape`.
+fn run(
+    direction: Direction,
+    a: &Tensor,
+    b: &Tensor,
+    g: &ConvGeometry,
+    out_shape: &[usize],
+) -> Result<Tensor> {
+    let h = handle()?;
+    let p = plan(&h, g, direction)?;
+    let ohwi;
+    let (a, b) = match (p.filter_ohwi, direction) {
+        (true, Direction::Forward) => (a, {
+            ohwi = filter_layout(b, g, false)?;
+            &ohwi
+        }),
+        (true, Direction::BackwardData) => (
+            {
+                ohwi = filter_layout(a, g, false)?;
+                &ohwi
+            },
+            b,
+        ),
+        _ => (a, b),
+    };
+    let out = Tensor::output_on(Device::Cuda, out_shape)?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (alpha, beta) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);
+    let ws = workspace(p.workspace_bytes)?;
+    let (pa, pb, po, d) = (ptr(a)?, ptr(b)?, ptr(&out)?, &p.d);
+    let n = p.workspace_bytes;
+    // SAFETY: the pointers are live device buffers of the descriptors' sizes, on the stream the
+    // handle uses; the workspace has at least the bytes cuDNN asked for.
+    let status = unsafe {
+        match p.algorithm {
+            Algorithm::Forward(algo) => {
+                result::convolution_forward(h.0, alpha, d.x, pa, d.w, pb, d.conv, algo, ws, n, beta, d.y, po)
+            }
+            Algorithm::BackwardData(algo) => result::convolution_backward_data(
+                h.0, alpha, d.w, pa, d.y, pb, d.conv, algo, ws, n, beta, d.x, po,
+            ),
+            Algorithm::BackwardFilter(algo) => result::convolution_backward_filter(
+                h.0, alpha, d.x, pa, d.y, pb, d.conv, algo, ws, n, beta, d.w, po,
+            ),
+        }
+    };
+    check(&format!("{direction:?}"), status)?;
+    if p.filter_ohwi && direction == Direction::BackwardWeight {
+        return filter_layout(&out, g, true);
+    }
+    Ok(out)
 }
 
 pub fn forward(x: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    let cudnn = handle()?;
-    let d = descriptors(&cudnn, g)?;
-    let op = ConvForward { conv: &d.conv, x: &d.x, w: &d.w, y: &d.y };
-    let e = |e| anyhow!("cuDNN forward: {e:?}");
-    let algo = op.pick_algorithm().map_err(e)?;
-    let mut ws = workspace(op.get_workspace_size(algo).map_err(e)?)?;
-    let mut y = output(g.output_shape().iter().product())?;
-    // SAFETY: the views cover exactly the descriptors' tensors; all live on the stream cuDNN uses.
-    unsafe {
-        let (xv, wv) = (slice(x)?.transmute::<f32>(x.len()), slice(w)?.transmute::<f32>(w.len()));
-        let n = y.len() / 4;
-        let mut yv = y.transmute_mut::<f32>(n).ok_or_else(|| anyhow!("output view"))?;
-        op.launch(algo, ws.as_mut(), (1.0, 0.0), &xv.expect("x view"), &wv.expect("w view"), &mut yv)
-            .map_err(e)?;
-    }
-    Ok(Tensor::from_gpu(&g.output_shape(), GpuBuffer::from_cuda_slice(y)))
+    run(Direction::Forward, x, w, g, &g.output_shape())
 }
 
 pub fn backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    let cudnn = handle()?;
-    let d = descriptors(&cudnn, g)?;
-    let op = ConvBackwardData { conv: &d.conv, dx: &d.x, w: &d.w, dy: &d.y };
-    let e = |e| anyhow!("cuDNN backward data: {e:?}");
-    let algo = op.pick_algorithm().map_err(e)?;
-    let mut ws = workspace(op.get_workspace_size(algo).map_err(e)?)?;
-    let shape = [g.batch, g.height, g.width, g.in_channels];
-    let mut dx = output(shape.iter().product())?;
-    // SAFETY: as in `forward`.
-    unsafe {
-        let (dyv, wv) = (slice(dy)?.transmute::<f32>(dy.len()), slice(w)?.transmute::<f32>(w.len()));
-        let n = dx.len() / 4;
-        let mut dxv = dx.transmute_mut::<f32>(n).ok_or_else(|| anyhow!("output view"))?;
-        op.launch(algo, ws.as_mut(), (1.0, 0.0), &mut dxv, &wv.expect("w view"), &dyv.expect("dy view"))
-            .map_err(e)?;
-    }
-    Ok(Tensor::from_gpu(&shape, GpuBuffer::from_cuda_slice(dx)))
+    run(Direction::BackwardData, w, dy, g, &[g.batch, g.height, g.width, g.in_channels])
 }
 
 pub fn backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    let cudnn = handle()?;
-    let d = descriptors(&cudnn, g)?;
-    let op = ConvBackwardFilter { conv: &d.conv, x: &d.x, dw: &d.w, dy: &d.y };
-    let e = |e| anyhow!("cuDNN backward filter: {e:?}");
-    let algo = op.pick_algorithm().map_err(e)?;
-    let mut ws = workspace(op.get_workspace_size(algo).map_err(e)?)?;
-    let mut dw = output(g.weight_shape().iter().product())?;
-    // SAFETY: as in `forward`.
-    unsafe {
-        let (xv, dyv) = (slice(x)?.transmute::<f32>(x.len()), slice(dy)?.transmute::<f32>(dy.len()));
-        let n = dw.len() / 4;
-        let mut dwv = dw.transmute_mut::<f32>(n).ok_or_else(|| anyhow!("output view"))?;
-        op.launch(algo, ws.as_mut(), (1.0, 0.0), &xv.expect("x view"), &mut dwv, &dyv.expect("dy view"))
-            .map_err(e)?;
-    }
-    Ok(Tensor::from_gpu(&g.weight_shape(), GpuBuffer::from_cuda_slice(dw)))
+    let [o, i, k, _] = g.weight_shape();
+    let p = plan(&*handle()?, g, Direction::BackwardWeight)?;
+    let shape = if p.filter_ohwi { [o, k, k, i] } else { [o, i, k, k] };
+    run(Direction::BackwardWeight, x, dy, g, &shape)
 }

@@ -61,7 +61,7 @@ pub struct Conv2dParams {
 }
 
 /// Every size of one convolution, derived from the input and weight shapes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvGeometry {
     pub batch: usize,
     pub height: usize,
@@ -508,7 +508,7 @@ pub enum CpuConv {
 }
 
 /// One of the three computations a convolution layer needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
     Forward,
     BackwardData,
@@ -945,6 +945,7 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
             );
             Ok(Tensor::from_vec(&g.weight_shape(), dw))
         }
+        Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::backward_weight(x, dy, g),
         d => {
             // Split the reduction over output pixels so that small weight tensors still fill the
             // GPU; the splits' partial sums are added in order by a second kernel.

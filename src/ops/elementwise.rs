@@ -125,6 +125,40 @@ pub fn all_finite(tensors: &[Tensor]) -> Result<bool> {
     }
 }
 
+/// y[b, c, r] = x[b, r, c]: `batches` matrices of `rows` x `cols` each transposed, into a tensor
+/// of shape `shape` (the filter layouts OIHW <-> OHWI for cuDNN's NHWC filters).
+pub fn transpose_batched(
+    x: &Tensor,
+    batches: usize,
+    rows: usize,
+    cols: usize,
+    shape: &[usize],
+) -> Result<Tensor> {
+    ensure!(
+        x.len() == batches * rows * cols && shape.iter().product::<usize>() == x.len(),
+        "transpose: {batches} x {rows} x {cols} does not fit {:?} -> {shape:?}",
+        x.shape()
+    );
+    match x.device() {
+        Device::Cpu => {
+            let src = x.as_slice();
+            let mut y = vec![0.0; src.len()];
+            for (from, to) in src.chunks_exact(rows * cols).zip(y.chunks_exact_mut(rows * cols)) {
+                for (r, row) in from.chunks_exact(cols).enumerate() {
+                    row.iter().enumerate().for_each(|(c, v)| to[c * rows + r] = *v);
+                }
+            }
+            Ok(Tensor::from_vec(shape, y))
+        }
+        d => {
+            let out = Tensor::output_on(d, shape)?;
+            let args = [out.arg(), x.arg(), int(batches), int(rows), int(cols)];
+            gpu::launch(d, "transpose_batched_f32", LaunchConfig::for_elements(x.len()), &args)?;
+            Ok(out)
+        }
+    }
+}
+
 /// dst[r, dst_offset..dst_offset + width] = src[r, src_offset..src_offset + width] for every row,
 /// into a new [rows, dst_width] tensor assembled from several sources.
 fn copy_columns(
