@@ -200,12 +200,13 @@ fn plan(h: &Handle, g: &ConvGeometry, direction: Direction) -> Result<Rc<Plan>> 
     let mut statuses = Vec::new();
     for filter_ohwi in [false, true] {
         let d = descriptors(g, filter_ohwi)?;
+        let tried_oihw = statuses.len();
         if let Some((algorithm, workspace_bytes)) = pick(h, &d, direction, &mut statuses) {
             if filter_ohwi && !SAID_OHWI.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 eprintln!(
                     "cuDNN has no {direction:?} algorithm for OIHW filters beside NHWC activations \
                      ({}); it gets the filters transposed to OHWI instead",
-                    statuses.join(", ")
+                    statuses[..tried_oihw].join(", ")
                 );
             }
             let p = Rc::new(Plan { d, filter_ohwi, algorithm, workspace_bytes });
