@@ -20,6 +20,7 @@ use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
 use crate::ops::batchnorm::ReluAffine;
+use crate::ops::elementwise::transpose_matrices;
 use crate::ops::{conv_direct, conv_winograd};
 use crate::parallel;
 use crate::tensor::{Storage, Tensor};
@@ -300,29 +301,11 @@ fn col2im(col: &[f32], g: &ConvGeometry, count: usize, dx: &mut [f32]) {
 
 /// [O, I, K, K] -> [O, K, K, I]: each output channel's taps in unfolded-row order.
 fn oihw_to_ohwi(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    let (i_n, kk) = (g.in_per_group(), g.kernel * g.kernel);
-    let mut out = vec![0.0; w.len()];
-    out.par_chunks_mut(kk * i_n).enumerate().for_each(|(o, out)| {
-        for i in 0..i_n {
-            for t in 0..kk {
-                out[t * i_n + i] = w[(o * i_n + i) * kk + t];
-            }
-        }
-    });
-    out
+    transpose_matrices(w, g.in_per_group(), g.kernel * g.kernel)
 }
 
 pub(crate) fn ohwi_to_oihw(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    let (i_n, kk) = (g.in_per_group(), g.kernel * g.kernel);
-    let mut out = vec![0.0; w.len()];
-    out.par_chunks_mut(i_n * kk).enumerate().for_each(|(o, out)| {
-        for i in 0..i_n {
-            for t in 0..kk {
-                out[i * kk + t] = w[(o * kk + t) * i_n + i];
-            }
-        }
-    });
-    out
+    transpose_matrices(w, g.kernel * g.kernel, g.in_per_group())
 }
 
 /// The GEMM operand for images [first, first + count): the input itself for a pointwise conv,

@@ -125,6 +125,18 @@ pub fn all_finite(tensors: &[Tensor]) -> Result<bool> {
     }
 }
 
+/// The cpu side of `transpose_batched`: each `rows` x `cols` matrix of `x` transposed, in
+/// parallel over the matrices.
+pub(crate) fn transpose_matrices(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut y = vec![0.0; x.len()];
+    y.par_chunks_mut(rows * cols).zip(x.par_chunks(rows * cols)).for_each(|(to, from)| {
+        for (r, row) in from.chunks_exact(cols).enumerate() {
+            row.iter().enumerate().for_each(|(c, v)| to[c * rows + r] = *v);
+        }
+    });
+    y
+}
+
 /// y[b, c, r] = x[b, r, c]: `batches` matrices of `rows` x `cols` each transposed, into a tensor
 /// of shape `shape` (the filter layouts OIHW <-> OHWI for cuDNN's NHWC filters).
 pub fn transpose_batched(
@@ -140,16 +152,7 @@ pub fn transpose_batched(
         x.shape()
     );
     match x.device() {
-        Device::Cpu => {
-            let src = x.as_slice();
-            let mut y = vec![0.0; src.len()];
-            for (from, to) in src.chunks_exact(rows * cols).zip(y.chunks_exact_mut(rows * cols)) {
-                for (r, row) in from.chunks_exact(cols).enumerate() {
-                    row.iter().enumerate().for_each(|(c, v)| to[c * rows + r] = *v);
-                }
-            }
-            Ok(Tensor::from_vec(shape, y))
-        }
+        Device::Cpu => Ok(Tensor::from_vec(shape, transpose_matrices(x.as_slice(), rows, cols))),
         d => {
             let out = Tensor::output_on(d, shape)?;
             let args = [out.arg(), x.arg(), int(batches), int(rows), int(cols)];
