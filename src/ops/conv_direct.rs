@@ -28,6 +28,11 @@ pub(crate) const LANES: usize = 16;
 pub(crate) const MAX_ROWS: usize = 16;
 /// Output pixels per block of the weight gradient.
 const PIXEL_BLOCK: usize = 256;
+/// How many pixels ahead the weight-gradient kernels prefetch their input and gradient lines:
+/// every pixel's group of channels is a new cache line (the channels of the other groups lie
+/// between), and without it the kernels wait on those loads (first-stage MoCSE layers: 10.8 ->
+/// 9.5 ms; 4, 8 and 32 ahead were slower).
+const PREFETCH_AHEAD: usize = 16;
 
 /// Which microkernels run, widest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -1221,7 +1226,12 @@ mod avx512 {
             let mut acc = [_mm512_setzero_ps(); R];
             let mask: __mmask16 = if ins >= LANES { !0 } else { (1u16 << ins) - 1 };
             let mut d = dy;
-            for &start in starts {
+            const AHEAD: usize = super::PREFETCH_AHEAD;
+            for (i, &start) in starts.iter().enumerate() {
+                if let Some(&next) = starts.get(i + AHEAD) {
+                    _mm_prefetch::<_MM_HINT_T0>(x.add(next) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(d.add(AHEAD * cout) as *const i8);
+                }
                 let v = _mm512_maskz_loadu_ps(mask, x.add(start));
                 for r in 0..R {
                     acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(*d.add(r)), v, acc[r]);
@@ -1250,7 +1260,12 @@ mod avx512 {
             let mut acc = [[_mm512_setzero_ps(); R]; 3];
             let mask: __mmask16 = if ins >= LANES { !0 } else { (1u16 << ins) - 1 };
             let mut d = dy;
-            for &start in starts {
+            const AHEAD: usize = super::PREFETCH_AHEAD;
+            for (i, &start) in starts.iter().enumerate() {
+                if let Some(&next) = starts.get(i + AHEAD) {
+                    _mm_prefetch::<_MM_HINT_T0>(x.add(next + taps[0]) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(d.add(AHEAD * cout) as *const i8);
+                }
                 let px = x.add(start);
                 let v = taps.map(|t| _mm512_maskz_loadu_ps(mask, px.add(t)));
                 for r in 0..R {
