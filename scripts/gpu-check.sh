@@ -62,10 +62,12 @@ stage_env() {
         nproc
     } > "$OUT/env.txt" 2>&1
     say "env: $(grep -m1 -o 'NVIDIA H[0-9]*[^|]*' "$OUT/env.txt" | head -1)"
+    $M selftest --device cuda --only transpose 2>&1 | head -1 | tee -a "$LOG"  # driver and NVRTC versions
 }
 
 stage_selftest() {
-    run_for 120 "$OUT/tests.txt" $M selftest --device cuda
+    # Every launch checked as it ends, so a fault names its kernel.
+    MOCSE_CUDA_SYNC=1 run_for 120 "$OUT/tests.txt" $M selftest --device cuda
     grep -ciE "fail|error" "$OUT/tests.txt" | sed 's/^/selftest lines with fail or error: /' | tee -a "$LOG"
     tail -n 2 "$OUT/tests.txt" | tee -a "$LOG"
 }

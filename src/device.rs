@@ -25,13 +25,13 @@ impl DeviceChoice {
         match self {
             DeviceChoice::Exact(Device::Cuda) => {
                 let b = crate::gpu::cuda::backend()?;
-                Ok((Device::Cuda, format!("device cuda: {} ({}) (requested)", b.name, b.arch)))
+                Ok((Device::Cuda, format!("device cuda: {} (requested)", b.describe())))
             }
             DeviceChoice::Exact(d) => Ok((d, format!("device {d} (requested)"))),
             DeviceChoice::Auto => match crate::gpu::cuda::probe() {
                 Ok(_) => {
                     let b = crate::gpu::cuda::backend()?;
-                    Ok((Device::Cuda, format!("device cuda: {} ({}) (auto)", b.name, b.arch)))
+                    Ok((Device::Cuda, format!("device cuda: {} (auto)", b.describe())))
                 }
                 Err(why) => Ok((Device::Cpu, format!("device cpu (auto: {why:#})"))),
             },

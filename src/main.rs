@@ -541,6 +541,10 @@ fn main() -> ExitCode {
     // faulting fresh zeroed pages in cost a quarter of a training step.
     // SAFETY: sets a global allocator option before any other thread exists.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // Output into a closed pipe (`mocse ... | head`) ends the process quietly, as for other
+    // command-line tools, instead of a panic in println!.
+    // SAFETY: restores the default disposition of one signal before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -1471,17 +1475,17 @@ fn selftest(a: SelftestArgs) -> Result<()> {
     if a.compile_only {
         return compile_kernels(&a.arch);
     }
-    let device = match a.device {
+    let (device, description) = match a.device {
         Some(DeviceChoice::Exact(Device::Cpu)) => {
             bail!("selftest compares a kernel device with the cpu device; use --device cuda or emu")
         }
-        Some(choice) => choice.resolve()?.0,
-        None => match DeviceChoice::Auto.resolve()?.0 {
-            Device::Cpu => Device::Emu,
-            d => d,
+        Some(choice) => choice.resolve()?,
+        None => match DeviceChoice::Auto.resolve()? {
+            (Device::Cpu, _) => (Device::Emu, "device emu (auto: no GPU)".to_string()),
+            found => found,
         },
     };
-    println!("selftest: kernels on {device} against the cpu device");
+    println!("selftest: kernels on {device} against the cpu device ({description})");
     println!("{:<52} {:>14} {:>10}  result", "case", "max rel error", "tolerance");
     let wanted = |name: &str| a.only.is_empty() || a.only.iter().any(|w| name.contains(w.as_str()));
     let results = mocse::selftest::run(device, wanted, |r| {

@@ -427,3 +427,20 @@ fn own_test_sets_and_per_image_predictions() {
     ]);
     assert_clean_failure(&r, "test set only");
 }
+
+/// Output into a pipe whose reader has gone (`mocse ... | head -1`) ends mocse quietly, as for
+/// other command-line tools: no panic message.
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mocse"))
+        .args(["selftest", "--device", "emu", "--only", "conv2d"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the mocse binary runs");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

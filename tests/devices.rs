@@ -46,3 +46,18 @@ fn emu_reports_a_deadlock_by_kernel_name_and_recovers() {
     assert!(err.contains("16 threads at __syncthreads"), "{err}");
     check_device(Device::Emu);
 }
+
+/// Both kernel devices refuse more dynamic shared memory than a CUDA launch gets by default,
+/// so a kernel that passes on the emulator cannot fail to launch on a GPU for it.
+#[test]
+fn dynamic_shared_memory_over_the_launch_default_is_refused_by_name() {
+    use mocse::gpu::{self, GpuBuffer, LaunchConfig, MAX_DYNAMIC_SHARED_BYTES};
+    let out = GpuBuffer::zeros(Device::Emu, 32 * 4).unwrap();
+    let mut cfg = LaunchConfig::new([1, 1, 1], [32, 1, 1]);
+    cfg.shared_bytes = MAX_DYNAMIC_SHARED_BYTES as u32 + 4;
+    let err =
+        gpu::launch(Device::Emu, "relu_fwd_f32", cfg, &[out.arg(), out.arg(), gpu::int(32)]).unwrap_err();
+    assert!(err.to_string().contains("relu_fwd_f32") && err.to_string().contains("shared memory"), "{err}");
+    cfg.shared_bytes = MAX_DYNAMIC_SHARED_BYTES as u32;
+    gpu::launch(Device::Emu, "relu_fwd_f32", cfg, &[out.arg(), out.arg(), gpu::int(32)]).unwrap();
+}

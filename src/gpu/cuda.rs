@@ -18,7 +18,19 @@ pub struct CudaBackend {
     pub stream: Arc<CudaStream>,
     pub name: String,
     pub arch: String,
+    /// "driver CUDA 13.0, NVRTC 13.0": what compiled and runs the kernels, said at start.
+    pub versions: String,
     functions: HashMap<&'static str, CudaFunction>,
+    /// `MOCSE_CUDA_SYNC=1`: wait for every kernel and check it right after its launch, so a fault
+    /// is reported against the kernel that made it (slow; for debugging and the GPU check).
+    sync_each_launch: bool,
+}
+
+impl CudaBackend {
+    /// "NVIDIA H200 (sm_90; driver CUDA 13.0, NVRTC 13.0)".
+    pub fn describe(&self) -> String {
+        format!("{} ({}; {})", self.name, self.arch, self.versions)
+    }
 }
 
 static BACKEND: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
@@ -52,7 +64,21 @@ fn init() -> Result<CudaBackend> {
             functions.insert(*k, module.load_function(k).with_context(|| format!("kernel {k} in {file}"))?);
         }
     }
-    Ok(CudaBackend { ctx, stream, name, arch, functions })
+    let sync_each_launch = std::env::var("MOCSE_CUDA_SYNC").is_ok_and(|v| v == "1");
+    Ok(CudaBackend { ctx, stream, name, arch, versions: versions(), functions, sync_each_launch })
+}
+
+/// The driver's CUDA version and NVRTC's, as "driver CUDA 13.0, NVRTC 13.0".
+fn versions() -> String {
+    let (mut driver, mut major, mut minor) = (0, 0, 0);
+    // SAFETY: plain out-parameters; both libraries are loaded by now (the device and NVRTC ran).
+    let driver_ok = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) }
+        == cudarc::driver::sys::CUresult::CUDA_SUCCESS;
+    let nvrtc_ok = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS;
+    let driver = if driver_ok { format!("{}.{}", driver / 1000, driver % 1000 / 10) } else { "?".into() };
+    let nvrtc = if nvrtc_ok { format!("{major}.{minor}") } else { "?".into() };
+    format!("driver CUDA {driver}, NVRTC {nvrtc}")
 }
 
 pub fn backend() -> Result<&'static CudaBackend> {
@@ -120,6 +146,11 @@ pub fn launch(name: &str, cfg: LaunchConfig, params: &mut [*mut c_void]) -> Resu
         )
     }
     .with_context(|| format!("launching {name}"))?;
+    if b.sync_each_launch {
+        b.stream
+            .synchronize()
+            .with_context(|| format!("{name} failed (MOCSE_CUDA_SYNC=1: checked after its launch)"))?;
+    }
     Ok(())
 }
 

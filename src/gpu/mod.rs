@@ -11,7 +11,7 @@ pub mod nvrtc;
 
 use std::ffi::c_void;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 
 use crate::device::Device;
 
@@ -158,9 +158,19 @@ impl GpuBuffer {
     }
 }
 
+/// Dynamic shared memory a launch may ask for on either device.
+pub const MAX_DYNAMIC_SHARED_BYTES: usize = 48 * 1024;
+
 /// Launches kernel `name` on `device`. The argument array is built once here, exactly as
 /// `cuLaunchKernel` takes it, and handed to the device's launch primitive.
 pub fn launch(device: Device, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    // One rule for both devices: a CUDA launch gets 48 KB of dynamic shared memory unless the
+    // kernel opts in to more (cuFuncSetAttribute), which none does; the emulator would allow 227 KB.
+    ensure!(
+        cfg.shared_bytes as usize <= MAX_DYNAMIC_SHARED_BYTES,
+        "{name}: {} bytes of dynamic shared memory, more than the {MAX_DYNAMIC_SHARED_BYTES} a launch gets",
+        cfg.shared_bytes
+    );
     // Every argument lives in an 8-byte slot; `params[i]` points at slot i. Little-endian:
     // a 4-byte parameter reads the first four bytes of its slot.
     let mut slots: Vec<[u8; 8]> = args
