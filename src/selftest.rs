@@ -365,6 +365,33 @@ fn transpose_case(device: Device) -> Result<f64> {
         .max(relative_error(&back.to_host()?, x.as_slice())))
 }
 
+/// The tensor-core wrapper (`kernels/mma.cuh`): one warp's 16x16 by 16x8 bf16 product plus a
+/// 16x8 f32 tile, against the same sums in f64. On cuda this checks the emulator's twin (and the
+/// fragment tables both follow) against the hardware: a misplaced element is off by order 1.
+fn mma_case(device: Device) -> Result<f64> {
+    let to_bf16 =
+        |t: Tensor| -> Vec<u16> { t.as_slice().iter().map(|v| half::bf16::from_f32(*v).to_bits()).collect() };
+    let (a, b) = (to_bf16(random(&[16, 16], 51, -1.0, 1.0)), to_bf16(random(&[16, 8], 52, -1.0, 1.0)));
+    let c = random(&[16, 8], 53, -1.0, 1.0);
+    let value = |bits: u16| half::bf16::from_bits(bits).to_f64();
+    let expected: Vec<f32> = (0..16 * 8)
+        .map(|at| {
+            let (row, col) = (at / 8, at % 8);
+            let sum: f64 = (0..16).map(|k| value(a[row * 16 + k]) * value(b[k * 8 + col])).sum();
+            (c.as_slice()[at] as f64 + sum) as f32
+        })
+        .collect();
+    let d = GpuBuffer::zeros(device, 16 * 8 * 4)?;
+    let (ga, gb, gc) = (
+        GpuBuffer::upload(device, &a)?,
+        GpuBuffer::upload(device, &b)?,
+        GpuBuffer::upload(device, c.as_slice())?,
+    );
+    let args = [d.arg(), ga.arg(), gb.arg(), gc.arg()];
+    gpu::launch(device, "mma_bf16_m16n8k16_check", LaunchConfig::new([1, 1, 1], [32, 1, 1]), &args)?;
+    Ok(relative_error(&d.download::<f32>()?, &expected))
+}
+
 /// Runs every case whose name `wanted` accepts on `device` (anything but cpu).
 pub fn run(
     device: Device,
@@ -389,6 +416,9 @@ pub fn run(
         check(c.name.clone(), c.tolerance, &|| compare(&c, device));
     }
     check("transpose_batched".into(), 0.0, &|| transpose_case(device));
+    // bf16 products are exact in f32; tensor cores may round the 16-term sums differently (a
+    // misplaced element is off by order 1).
+    check("mma.sync bf16 m16n8k16 (PTX fragment tables)".into(), 1e-4, &|| mma_case(device));
     if device == Device::Cuda && gpu::cudnn::available() {
         for (x, w, p) in check_shapes() {
             check(format!("cudnn conv2d {}", conv_label(x, w, p)), 1e-4, &|| cudnn_case(x, w, p));
