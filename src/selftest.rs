@@ -349,7 +349,12 @@ fn cudnn_case(x_shape: [usize; 4], w_shape: [usize; 4], p: Conv2dParams) -> Resu
         set_conv_impl(ConvImpl::Kernels);
         out
     };
-    let (ours, cudnn) = (all(ConvImpl::Kernels)?, all(ConvImpl::Cudnn)?);
+    let ours = all(ConvImpl::Kernels)?;
+    let before = gpu::cudnn::calls();
+    let cudnn = all(ConvImpl::Cudnn)?;
+    // Else the kernels would be compared with themselves.
+    let reached = gpu::cudnn::calls() - before;
+    anyhow::ensure!(reached == 3, "--conv-impl cudnn reached cuDNN in {reached} of the 3 directions");
     Ok(ours.iter().zip(&cudnn).map(|(a, b)| relative_error(b, a)).fold(0.0, f64::max))
 }
 

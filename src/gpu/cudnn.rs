@@ -22,6 +22,11 @@ use crate::ops::conv::{ConvGeometry, Direction};
 use crate::ops::elementwise::transpose_batched;
 use crate::tensor::Tensor;
 
+/// How many convolutions the calling thread has run through cuDNN so far.
+pub fn calls() -> usize {
+    CALLS.with(|c| c.get())
+}
+
 /// Whether the cuDNN library can be loaded.
 pub fn available() -> bool {
     // SAFETY: only tries to load the library; cudarc panics on first use without it.
@@ -78,6 +83,8 @@ struct Plan {
 }
 
 thread_local! {
+    /// Convolutions this thread has run through cuDNN (the selftest checks the switch reaches it).
+    static CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     static HANDLE: RefCell<Option<Rc<Handle>>> = const { RefCell::new(None) };
     static PLANS: RefCell<HashMap<(ConvGeometry, Direction), Rc<Plan>>> = RefCell::new(HashMap::new());
     static WORKSPACE: RefCell<Option<GpuBuffer>> = const { RefCell::new(None) };
@@ -302,6 +309,7 @@ fn run(
         }
     };
     check(&format!("{direction:?}"), status)?;
+    CALLS.with(|c| c.set(c.get() + 1));
     if p.filter_ohwi && direction == Direction::BackwardWeight {
         return filter_layout(&out, g, true);
     }
