@@ -262,16 +262,18 @@ fn filter_layout(w: &Tensor, g: &ConvGeometry, to_oihw: bool) -> Result<Tensor> 
 }
 
 /// Runs one direction: `a` and `b` are its two operands in cuDNN's argument order (x and w, w
-/// and dy, x and dy); the output has `out_shape`.
-fn run(
-    direction: Direction,
-    a: &Tensor,
-    b: &Tensor,
-    g: &ConvGeometry,
-    out_shape: &[usize],
-) -> Result<Tensor> {
+/// and dy, x and dy).
+fn run(direction: Direction, a: &Tensor, b: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
     let h = handle()?;
     let p = plan(&h, g, direction)?;
+    let [o, i, k, _] = g.weight_shape();
+    let out_shape = match direction {
+        Direction::Forward => g.output_shape(),
+        Direction::BackwardData => [g.batch, g.height, g.width, g.in_channels],
+        // In the plan's filter layout; turned back to OIHW below.
+        Direction::BackwardWeight if p.filter_ohwi => [o, k, k, i],
+        Direction::BackwardWeight => [o, i, k, k],
+    };
     let ohwi;
     let (a, b) = match (p.filter_ohwi, direction) {
         (true, Direction::Forward) => (a, {
@@ -287,7 +289,7 @@ fn run(
         ),
         _ => (a, b),
     };
-    let out = Tensor::output_on(Device::Cuda, out_shape)?;
+    let out = Tensor::output_on(Device::Cuda, &out_shape)?;
     let (alpha, beta) = (1.0f32, 0.0f32);
     let (alpha, beta) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);
     let ws = workspace(p.workspace_bytes)?;
@@ -317,16 +319,13 @@ fn run(
 }
 
 pub fn forward(x: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    run(Direction::Forward, x, w, g, &g.output_shape())
+    run(Direction::Forward, x, w, g)
 }
 
 pub fn backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    run(Direction::BackwardData, w, dy, g, &[g.batch, g.height, g.width, g.in_channels])
+    run(Direction::BackwardData, w, dy, g)
 }
 
 pub fn backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    let [o, i, k, _] = g.weight_shape();
-    let p = plan(&*handle()?, g, Direction::BackwardWeight)?;
-    let shape = if p.filter_ohwi { [o, k, k, i] } else { [o, i, k, k] };
-    run(Direction::BackwardWeight, x, dy, g, &shape)
+    run(Direction::BackwardWeight, x, dy, g)
 }
