@@ -15,15 +15,7 @@
 // groups of 16 channels or fewer (a width-16 expert's first stage), so small groups waste no
 // threads.
 #include "common.cuh"
-
-// Everything about one convolution, passed by value.
-struct ConvShape {
-    int batch, height, width, in_channels, out_channels, kernel, stride, padding, groups, out_height,
-        out_width;
-    __device__ int in_per_group() const { return in_channels / groups; }
-    __device__ int out_per_group() const { return out_channels / groups; }
-    __device__ int taps() const { return kernel * kernel; }
-};
+#include "conv2d.cuh"
 
 static constexpr int BK = 16;
 
@@ -88,45 +80,6 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
     }
 }
 
-// An output pixel: where its receptive field starts in the input.
-struct PixelRow {
-    long long image;  // offset of the image in the input
-    int ih0, iw0;     // top-left input position of the window (may be negative: padding)
-};
-
-// A reduction index k = (kh, kw, ci) of the forward pass.
-struct TapColumn {
-    int kh, kw, channel;  // channel includes the group offset
-};
-
-__device__ __forceinline__ PixelRow pixel_row(const ConvShape& s, int m) {
-    const int ow = m % s.out_width, oh = (m / s.out_width) % s.out_height, b = m / (s.out_width * s.out_height);
-    return PixelRow{(long long)b * s.height * s.width * s.in_channels, oh * s.stride - s.padding,
-                    ow * s.stride - s.padding};
-}
-
-__device__ __forceinline__ TapColumn tap_column(const ConvShape& s, int g, int k) {
-    const int ipg = s.in_per_group(), tap = k / ipg;
-    return TapColumn{tap / s.kernel, tap % s.kernel, g * ipg + k % ipg};
-}
-
-__device__ __forceinline__ float input_at(const float* __restrict__ x, const ConvShape& s, const PixelRow& r,
-                                          const TapColumn& c) {
-    const int ih = r.ih0 + c.kh, iw = r.iw0 + c.kw;
-    if (ih < 0 || iw < 0 || ih >= s.height || iw >= s.width) return 0.0f;
-    return x[r.image + ((long long)ih * s.width + iw) * s.in_channels + c.channel];
-}
-
-// Forward A: the input gathered under each output pixel's window.
-struct ForwardInput {
-    const float* x;
-    ConvShape s;
-    int g;
-    __device__ __forceinline__ PixelRow row(int m) const { return pixel_row(s, m); }
-    __device__ __forceinline__ TapColumn col(int k) const { return tap_column(s, g, k); }
-    __device__ __forceinline__ float at(const PixelRow& r, const TapColumn& c) const { return input_at(x, s, r, c); }
-};
-
 // Forward B: W[k = (kh, kw, ci), n = o] of group g (OIHW storage).
 struct ForwardWeight {
     const float* w;
@@ -136,37 +89,6 @@ struct ForwardWeight {
     __device__ __forceinline__ float at(int k, long long col) const {
         const int ipg = s.in_per_group();
         return w[col + (long long)(k % ipg) * s.taps() + k / ipg];
-    }
-};
-
-// Backward data A: dY gathered for input pixel m through tap (kh, kw) from output channel o:
-// input (ih, iw) receives from output (oh, ow) when oh * stride - padding + kh == ih.
-struct InputPixel {
-    int b, ih, iw;
-};
-
-struct TapOutput {
-    int kh, kw, o;
-};
-
-struct BackwardGradOut {
-    const float* dy;
-    ConvShape s;
-    int g;
-    __device__ __forceinline__ InputPixel row(int m) const {
-        return InputPixel{m / (s.width * s.height), (m / s.width) % s.height, m % s.width};
-    }
-    __device__ __forceinline__ TapOutput col(int k) const {
-        const int opg = s.out_per_group(), tap = k / opg;
-        return TapOutput{tap / s.kernel, tap % s.kernel, k % opg};
-    }
-    __device__ __forceinline__ float at(const InputPixel& r, const TapOutput& c) const {
-        const int th = r.ih + s.padding - c.kh, tw = r.iw + s.padding - c.kw;
-        if (th < 0 || tw < 0 || th % s.stride != 0 || tw % s.stride != 0) return 0.0f;
-        const int oh = th / s.stride, ow = tw / s.stride;
-        if (oh >= s.out_height || ow >= s.out_width) return 0.0f;
-        return dy[(((long long)r.b * s.out_height + oh) * s.out_width + ow) * s.out_channels +
-                  g * s.out_per_group() + c.o];
     }
 };
 
@@ -180,16 +102,6 @@ struct BackwardWeight {
         const int opg = s.out_per_group();
         return w[((long long)(g * opg + k % opg) * s.in_per_group() + ci) * s.taps() + k / opg];
     }
-};
-
-// Backward weight A: dY transposed, rows = output channels of group g, reduction = pixels.
-struct GradOutChannel {
-    const float* dy;
-    ConvShape s;
-    int g;
-    __device__ __forceinline__ int row(int o) const { return g * s.out_per_group() + o; }
-    __device__ __forceinline__ long long col(int p) const { return (long long)p * s.out_channels; }
-    __device__ __forceinline__ float at(int channel, long long pixel) const { return dy[pixel + channel]; }
 };
 
 // Backward weight B: the forward input gathered at pixel p (the reduction) for column (kh, kw, ci).
@@ -234,13 +146,6 @@ __device__ void conv_backward_weight(float* __restrict__ partial, const float* _
                       InputByPixel{x, s, g},
                       [&](int o, int k, float v) { out[(long long)(g * opg + o) * K + k] = v; });
 }
-
-#define CONV_SHAPE_PARAMS                                                                                 \
-    int batch, int height, int width, int in_channels, int out_channels, int kernel, int stride,         \
-        int padding, int groups, int out_height, int out_width
-#define CONV_SHAPE                                                                                        \
-    ConvShape { batch, height, width, in_channels, out_channels, kernel, stride, padding, groups,         \
-                out_height, out_width }
 
 extern "C" __global__ void __launch_bounds__(256) conv2d_fwd_f32(float* y, const float* x, const float* w,
                                                                  CONV_SHAPE_PARAMS) {

@@ -1,5 +1,6 @@
 // Element-wise ops: relu, add, scale, linear interpolation, and column copies (concatenation
 // along the last axis and its inverse). One thread per element, grid-stride loops.
+#include "bf16.cuh"
 #include "common.cuh"
 
 extern "C" __global__ void relu_fwd_f32(float* __restrict__ y, const float* __restrict__ x, int n) {
@@ -54,6 +55,17 @@ extern "C" __global__ void transpose_batched_f32(float* __restrict__ y, const fl
         const int b = i / per, k = i % per, r = k / cols, c = k % cols;
         y[b * per + c * rows + r] = x[i];
     }
+}
+
+// y = x rounded to bf16 (its bits), and back: the operands and results of cuDNN's bf16 mode.
+extern "C" __global__ void round_to_bf16(unsigned short* __restrict__ y, const float* __restrict__ x, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        y[i] = static_cast<unsigned short>(bf16_bits(x[i]));
+}
+
+extern "C" __global__ void widen_bf16(float* __restrict__ y, const unsigned short* __restrict__ x, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        y[i] = bf16_bits_to_float(x[i]);
 }
 
 // flag[0] becomes nonzero when any of x[0, n) is infinite or NaN (exponent bits all ones).

@@ -14,6 +14,8 @@
 // All 32 lanes of the warp call it together.
 #pragma once
 
+#include "bf16.cuh"
+
 namespace mma {
 
 // Where fragment element i of each operand sits in its matrix, for this lane.
@@ -23,38 +25,57 @@ __device__ __forceinline__ int b_row(int tig, int i) { return 2 * tig + (i & 1) 
 __device__ __forceinline__ int c_row(int group, int i) { return group + ((i & 2) ? 8 : 0); }
 __device__ __forceinline__ int c_col(int tig, int i) { return 2 * tig + (i & 1); }
 
-__device__ __forceinline__ float bf16_bits_to_float(unsigned bits) { return __uint_as_float((bits & 0xffffu) << 16); }
+// acc[i][j] += A_i * B_j over one k16 step for a warp's grid of MI x NI 16x8 tiles: A_i is the
+// 16x16 tile of fragment a[i], B_j the 16x8 tile of fragment b[j]. All 32 lanes call it together.
+template <int MI, int NI>
+__device__ __forceinline__ void mma_bf16_grid(float (&acc)[MI][NI][4], const unsigned (&a)[MI][4],
+                                              const unsigned (&b)[NI][2]) {
+#ifdef CUEMU
+  // The twin: every lane puts its fragment elements into the warp's whole tiles (one pair of
+  // warp barriers per grid, not per tile: the emulator switches fibers at each), then computes
+  // its own outputs.
+  __shared__ float tile_a[32][MI][16][16];
+  __shared__ float tile_b[32][NI][16][8];
+  const unsigned linear = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  const unsigned warp = linear / 32, lane = linear % 32;
+  const int group = static_cast<int>(lane >> 2), tig = static_cast<int>(lane & 3);
+  for (int t = 0; t < MI; ++t)
+    for (int i = 0; i < 8; ++i)
+      tile_a[warp][t][a_row(group, i)][a_col(tig, i)] = bf16_bits_to_float(a[t][i / 2] >> (16 * (i & 1)));
+  for (int t = 0; t < NI; ++t)
+    for (int i = 0; i < 4; ++i)
+      tile_b[warp][t][b_row(tig, i)][group] = bf16_bits_to_float(b[t][i / 2] >> (16 * (i & 1)));
+  __syncwarp();
+  for (int ti = 0; ti < MI; ++ti)
+    for (int tj = 0; tj < NI; ++tj)
+      for (int i = 0; i < 4; ++i) {
+        float sum = acc[ti][tj][i];
+        for (int k = 0; k < 16; ++k)
+          sum = fmaf(tile_a[warp][ti][c_row(group, i)][k], tile_b[warp][tj][k][c_col(tig, i)], sum);
+        acc[ti][tj][i] = sum;
+      }
+  __syncwarp();  // the tiles are rewritten by the warp's next call
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  for (int i = 0; i < MI; ++i)
+    for (int j = 0; j < NI; ++j)
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+          "{%0, %1, %2, %3};\n"
+          : "+f"(acc[i][j][0]), "+f"(acc[i][j][1]), "+f"(acc[i][j][2]), "+f"(acc[i][j][3])
+          : "r"(a[i][0]), "r"(a[i][1]), "r"(a[i][2]), "r"(a[i][3]), "r"(b[j][0]), "r"(b[j][1]));
+#else
+  __trap();  // tensor cores with bf16 need sm_80 or later
+#endif
+}
 
 // d = a * b + c for one warp's 16x8x16 tile (bf16 inputs, f32 accumulation).
 __device__ __forceinline__ void mma_bf16_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2],
                                                   const float c[4]) {
-#ifdef CUEMU
-  // Every lane puts its elements into the warp's whole tiles, then computes its own outputs.
-  __shared__ float tile_a[32][16][16];
-  __shared__ float tile_b[32][16][8];
-  const unsigned linear = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
-  const unsigned warp = linear / 32, lane = linear % 32;
-  const int group = static_cast<int>(lane >> 2), tig = static_cast<int>(lane & 3);
-  for (int i = 0; i < 8; ++i)
-    tile_a[warp][a_row(group, i)][a_col(tig, i)] = bf16_bits_to_float(a[i / 2] >> (16 * (i & 1)));
-  for (int i = 0; i < 4; ++i) tile_b[warp][b_row(tig, i)][group] = bf16_bits_to_float(b[i / 2] >> (16 * (i & 1)));
-  __syncwarp();
-  for (int i = 0; i < 4; ++i) {
-    float acc = c[i];
-    for (int k = 0; k < 16; ++k) acc = fmaf(tile_a[warp][c_row(group, i)][k], tile_b[warp][k][c_col(tig, i)], acc);
-    d[i] = acc;
-  }
-  __syncwarp();  // the tiles are rewritten by the warp's next call
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%10, %11, %12, %13};\n"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
-        "f"(c[3]));
-#else
-  __trap();  // tensor cores with bf16 need sm_80 or later
-#endif
+  float acc[1][1][4] = {{{c[0], c[1], c[2], c[3]}}};
+  const unsigned fa[1][4] = {{a[0], a[1], a[2], a[3]}};
+  const unsigned fb[1][2] = {{b[0], b[1]}};
+  mma_bf16_grid<1, 1>(acc, fa, fb);
+  for (int i = 0; i < 4; ++i) d[i] = acc[0][0][i];
 }
 
 }  // namespace mma

@@ -24,6 +24,7 @@ pub mod npy;
 pub mod ops;
 pub mod output_paths;
 pub mod parallel;
+pub mod precision;
 pub mod predictions;
 pub mod progress;
 pub mod raster;

@@ -16,9 +16,10 @@ use crate::ops::aggregate::Aggregate;
 use crate::ops::batchnorm::Activation;
 use crate::ops::conv::{
     Conv2dParams, ConvGeometry, ConvImpl, check_shapes, conv2d_backward_data, conv2d_backward_weight,
-    conv2d_forward, set_conv_impl,
+    conv2d_forward, reference, set_conv_impl,
 };
 use crate::ops::sgd::{SgdConfig, sgd_step};
+use crate::precision::{self, Precision};
 use crate::rng::{Philox, Purpose};
 use crate::tensor::Tensor;
 use crate::train::{AdversarialTraining, TrainBatch, TrainingMode, train_step};
@@ -358,6 +359,107 @@ fn cudnn_case(x_shape: [usize; 4], w_shape: [usize; 4], p: Conv2dParams) -> Resu
     Ok(ours.iter().zip(&cudnn).map(|(a, b)| relative_error(b, a)).fold(0.0, f64::max))
 }
 
+/// The convolutions the bf16 cases run: `check_shapes` and every distinct convolution of both
+/// models (PreAct-18 at width 64, the fused MoCSE at width 16) on one image.
+pub fn bf16_check_shapes() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
+    let mut shapes = check_shapes();
+    for (kind, width) in [(ModelKind::Preact18, 64), (ModelKind::Mocse, 16)] {
+        let config =
+            ModelConfig { kind, num_classes: 10, width, aggregate: Aggregate::Prob, bce_weight: 1.0 };
+        for layer in Model::new(config).fused().conv_layers() {
+            let [o, i, k, l]: [usize; 4] = layer.weight_shape.try_into().expect("OIHW");
+            let shape = (
+                [1, layer.input_size, layer.input_size, i * layer.params.groups],
+                [o, i, k, l],
+                layer.params,
+            );
+            if !shapes.contains(&shape) {
+                shapes.push(shape);
+            }
+        }
+    }
+    shapes
+}
+
+/// A convolution's three directions in bf16 (`--precision bf16`) on `device` against the f64
+/// reference of the same products: the reference takes the inputs rounded to bf16 on the host
+/// (half::bf16, to nearest even, as the kernels round), so the products agree exactly and only
+/// the f32 accumulation differs. For a reduction of length K (forward: taps x input channels
+/// per group; backward data: taps x output channels per group; backward weight: output pixels)
+/// that error is at most (2K + 16) * 2^-24 * sum_k |a_k b_k|: 2^-23 per addition (tensor cores
+/// may truncate instead of rounding), and the same again inside each 16-term mma. Returns the
+/// largest error as a fraction of its bound; a misplaced or missing term is off by far more.
+fn conv_bf16_case(device: Device, x_shape: [usize; 4], w_shape: [usize; 4], p: Conv2dParams) -> Result<f64> {
+    let g = ConvGeometry::new(&x_shape, &w_shape, p)?;
+    let x = random(&x_shape, 61, -1.0, 1.0);
+    let w = random(&w_shape, 62, -0.5, 0.5);
+    let dy = random(&g.output_shape(), 63, -1.0, 1.0);
+    let [y_dev, dx_dev, dw_dev] = precision::scoped(Precision::Bf16, || -> Result<[Vec<f32>; 3]> {
+        let (xd, wd, dyd) = (x.to_device(device)?, w.to_device(device)?, dy.to_device(device)?);
+        Ok([
+            conv2d_forward(&xd, &wd, p, false)?.to_host()?,
+            conv2d_backward_data(&dyd, &wd, &g, false)?.to_host()?,
+            conv2d_backward_weight(&xd, &dyd, &g)?.to_host()?,
+        ])
+    })?;
+    let rounded =
+        |t: &Tensor| -> Vec<f32> { t.as_slice().iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect() };
+    let exact = reference::all_directions(&rounded(&x), &rounded(&w), &rounded(&dy), &g);
+    let taps = g.kernel * g.kernel;
+    let reductions =
+        [taps * g.in_per_group(), taps * g.out_per_group(), g.batch * g.out_height * g.out_width];
+    let mut worst = 0.0f64;
+    for ((got, e), k) in [y_dev, dx_dev, dw_dev].iter().zip(&exact).zip(reductions) {
+        if got.len() != e.value.len() {
+            return Ok(f64::INFINITY);
+        }
+        let per_magnitude = (2 * k + 16) as f64 * 2f64.powi(-24);
+        for ((v, exact), magnitude) in got.iter().zip(&e.value).zip(&e.magnitude) {
+            let error = (*v as f64 - exact).abs();
+            let fraction = if error == 0.0 { 0.0 } else { error / (per_magnitude * magnitude) };
+            // A NaN fraction (a NaN result) must fail: f64::max would skip it.
+            worst = if fraction.is_nan() { f64::INFINITY } else { worst.max(fraction) };
+        }
+    }
+    Ok(worst)
+}
+
+/// The bf16 conversions (`round_to_bf16`, `widen_bf16`) against half::bf16 bit for bit, over
+/// values that round up, down, to even, overflow to infinity, and NaN: the number of differing
+/// values.
+fn bf16_rounding_case(device: Device) -> Result<f64> {
+    let mut values: Vec<f32> = random(&[4096], 71, -1e4, 1e4).to_vec();
+    let tie = f32::from_bits(0x3f80_8000); // exactly between two bf16: rounds to the even one
+    values.extend([
+        tie,
+        -tie,
+        f32::from_bits(0x3f81_8000),
+        f32::MAX,
+        -f32::MAX,
+        f32::INFINITY,
+        f32::NAN,
+        0.0,
+        -0.0,
+    ]);
+    values.extend([1e-40, -1e-40, f32::from_bits(0x3f80_7fff), f32::from_bits(0x3f80_8001)]);
+    let x = Tensor::from_vec(&[values.len()], values.clone());
+    let bits = crate::ops::elementwise::round_to_bf16(&x.to_device(device)?)?;
+    let widened = crate::ops::elementwise::widen_bf16(&bits, x.shape())?.to_host()?;
+    let got = bits.download::<u16>()?;
+    let differing = values
+        .iter()
+        .zip(got.iter().zip(&widened))
+        .filter(|(v, (b, w))| {
+            let expected = half::bf16::from_f32(**v);
+            let same_bits =
+                expected.is_nan() && half::bf16::from_bits(**b).is_nan() || expected.to_bits() == **b;
+            let same_value = expected.to_f32().to_bits() == w.to_bits() || expected.is_nan() && w.is_nan();
+            !(same_bits && same_value)
+        })
+        .count();
+    Ok(differing as f64)
+}
+
 /// The filter layouts cuDNN's NHWC path uses: OIHW -> OHWI -> OIHW must give the cpu device's
 /// bits and the input back.
 fn transpose_case(device: Device) -> Result<f64> {
@@ -421,6 +523,11 @@ pub fn run(
         check(c.name.clone(), c.tolerance, &|| compare(&c, device));
     }
     check("transpose_batched".into(), 0.0, &|| transpose_case(device));
+    check("bf16 rounding (differing values)".into(), 0.0, &|| bf16_rounding_case(device));
+    for (x, w, p) in bf16_check_shapes() {
+        // The error as a fraction of its bound (see conv_bf16_case).
+        check(format!("conv2d bf16 {}", conv_label(x, w, p)), 1.0, &|| conv_bf16_case(device, x, w, p));
+    }
     // bf16 products are exact in f32; tensor cores may round the 16-term sums differently (a
     // misplaced element is off by order 1).
     check("mma.sync bf16 m16n8k16 (PTX fragment tables)".into(), 1e-4, &|| mma_case(device));

@@ -1,6 +1,8 @@
 //! The cuDNN baseline (`--conv-impl cudnn`): the same convolutions, grouped included, in all
 //! three directions, through cuDNN on the `cuda` device, so the project's kernels can be compared
-//! with it in one process. Strict f32 (FMA math, no TF32) and NHWC activations like the kernels.
+//! with it in one process. NHWC activations like the kernels, and their precision: strict f32
+//! (FMA math, no TF32), or bf16 tensors with f32 accumulation on the tensor cores (operands
+//! rounded to bf16 for the call, the result widened back, as PyTorch's autocast does).
 //!
 //! Filters go to cuDNN as the kernels keep them (OIHW) where cuDNN supports that beside NHWC
 //! activations; where it has no algorithm for a direction with them (an H200 with cuDNN 9 has
@@ -19,7 +21,8 @@ use cudarc::cudnn::{result, sys};
 use super::{Arg, GpuBuffer};
 use crate::device::Device;
 use crate::ops::conv::{ConvGeometry, Direction};
-use crate::ops::elementwise::transpose_batched;
+use crate::ops::elementwise::{round_to_bf16, transpose_batched, widen_bf16};
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 
 /// How many convolutions the calling thread has run through cuDNN so far.
@@ -86,7 +89,7 @@ thread_local! {
     /// Convolutions this thread has run through cuDNN (the selftest checks the switch reaches it).
     static CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     static HANDLE: RefCell<Option<Rc<Handle>>> = const { RefCell::new(None) };
-    static PLANS: RefCell<HashMap<(ConvGeometry, Direction), Rc<Plan>>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<HashMap<(ConvGeometry, Direction, Precision), Rc<Plan>>> = RefCell::new(HashMap::new());
     static WORKSPACE: RefCell<Option<GpuBuffer>> = const { RefCell::new(None) };
 }
 
@@ -113,9 +116,15 @@ fn dims(v: [usize; 4]) -> [i32; 4] {
     v.map(|d| d as i32)
 }
 
-fn descriptors(g: &ConvGeometry, filter_ohwi: bool) -> Result<Descriptors> {
+fn descriptors(g: &ConvGeometry, filter_ohwi: bool, precision: Precision) -> Result<Descriptors> {
     let nhwc = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC;
     let f32_type = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+    let (data_type, math) = match precision {
+        Precision::F32 => (f32_type, sys::cudnnMathType_t::CUDNN_FMA_MATH),
+        Precision::Bf16 => {
+            (sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16, sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH)
+        }
+    };
     let e = |e| anyhow!("cuDNN descriptor: {e:?}");
     let d = Descriptors {
         x: result::create_tensor_descriptor().map_err(e)?,
@@ -133,17 +142,18 @@ fn descriptors(g: &ConvGeometry, filter_ohwi: bool) -> Result<Descriptors> {
             result::set_tensor4d_descriptor(
                 d.x,
                 nhwc,
-                f32_type,
+                data_type,
                 dims([g.batch, g.in_channels, g.height, g.width]),
             ),
         )?;
         let y = dims([g.batch, g.out_channels, g.out_height, g.out_width]);
-        check("y", result::set_tensor4d_descriptor(d.y, nhwc, f32_type, y))?;
-        check("w", result::set_filter4d_descriptor(d.w, f32_type, filter_format, dims(g.weight_shape())))?;
+        check("y", result::set_tensor4d_descriptor(d.y, nhwc, data_type, y))?;
+        check("w", result::set_filter4d_descriptor(d.w, data_type, filter_format, dims(g.weight_shape())))?;
         let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
+        // f32 accumulation in both precisions.
         check("conv", result::set_convolution2d_descriptor(d.conv, p, p, s, s, 1, 1, mode, f32_type))?;
         check("groups", result::set_convolution_group_count(d.conv, g.groups as i32))?;
-        check("math", result::set_convolution_math_type(d.conv, sys::cudnnMathType_t::CUDNN_FMA_MATH))?;
+        check("math", result::set_convolution_math_type(d.conv, math))?;
     }
     Ok(d)
 }
@@ -200,13 +210,14 @@ fn pick(
 /// Whether the switch to OHWI filters was reported (once per process).
 static SAID_OHWI: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-fn plan(h: &Handle, g: &ConvGeometry, direction: Direction) -> Result<Rc<Plan>> {
-    if let Some(p) = PLANS.with(|p| p.borrow().get(&(*g, direction)).cloned()) {
+fn plan(h: &Handle, g: &ConvGeometry, direction: Direction, precision: Precision) -> Result<Rc<Plan>> {
+    let key = (*g, direction, precision);
+    if let Some(p) = PLANS.with(|p| p.borrow().get(&key).cloned()) {
         return Ok(p);
     }
     let mut statuses = Vec::new();
     for filter_ohwi in [false, true] {
-        let d = descriptors(g, filter_ohwi)?;
+        let d = descriptors(g, filter_ohwi, precision)?;
         let tried_oihw = statuses.len();
         if let Some((algorithm, workspace_bytes)) = pick(h, &d, direction, &mut statuses) {
             if filter_ohwi && !SAID_OHWI.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -217,20 +228,43 @@ fn plan(h: &Handle, g: &ConvGeometry, direction: Direction) -> Result<Rc<Plan>> 
                 );
             }
             let p = Rc::new(Plan { d, filter_ohwi, algorithm, workspace_bytes });
-            PLANS.with(|plans| plans.borrow_mut().insert((*g, direction), p.clone()));
+            PLANS.with(|plans| plans.borrow_mut().insert(key, p.clone()));
             return Ok(p);
         }
     }
     bail!(
-        "cuDNN supports no {direction:?} algorithm for {g:?} (OIHW or OHWI filters): {}",
+        "cuDNN supports no {direction:?} algorithm for {g:?} in {precision} (OIHW or OHWI filters): {}",
         statuses.join(", ")
     )
 }
 
-fn ptr(t: &Tensor) -> Result<*mut c_void> {
-    match (t.device(), t.arg()) {
+/// The device address of a tensor or buffer (`arg()`) on the cuda device.
+fn ptr(device: Device, arg: Arg) -> Result<*mut c_void> {
+    match (device, arg) {
         (Device::Cuda, Arg::Ptr(p)) => Ok(p as *mut c_void),
         (d, _) => bail!("cuDNN needs tensors on the cuda device, not {d}"),
+    }
+}
+
+/// An operand or result as cuDNN sees it: the f32 tensor itself, or a bf16 copy.
+enum Operand<'a> {
+    F32(&'a Tensor),
+    Bf16(GpuBuffer),
+}
+
+impl Operand<'_> {
+    fn of(t: &Tensor, precision: Precision) -> Result<Operand<'_>> {
+        Ok(match precision {
+            Precision::F32 => Operand::F32(t),
+            Precision::Bf16 => Operand::Bf16(round_to_bf16(t)?),
+        })
+    }
+
+    fn ptr(&self) -> Result<*mut c_void> {
+        match self {
+            Operand::F32(t) => ptr(t.device(), t.arg()),
+            Operand::Bf16(b) => ptr(b.device(), b.arg()),
+        }
     }
 }
 
@@ -263,9 +297,15 @@ fn filter_layout(w: &Tensor, g: &ConvGeometry, to_oihw: bool) -> Result<Tensor> 
 
 /// Runs one direction: `a` and `b` are its two operands in cuDNN's argument order (x and w, w
 /// and dy, x and dy).
-fn run(direction: Direction, a: &Tensor, b: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
+fn run(
+    direction: Direction,
+    a: &Tensor,
+    b: &Tensor,
+    g: &ConvGeometry,
+    precision: Precision,
+) -> Result<Tensor> {
     let h = handle()?;
-    let p = plan(&h, g, direction)?;
+    let p = plan(&h, g, direction, precision)?;
     let [o, i, k, _] = g.weight_shape();
     let out_shape = match direction {
         Direction::Forward => g.output_shape(),
@@ -289,11 +329,21 @@ fn run(direction: Direction, a: &Tensor, b: &Tensor, g: &ConvGeometry) -> Result
         ),
         _ => (a, b),
     };
-    let out = Tensor::output_on(Device::Cuda, &out_shape)?;
+    let (a, b) = (Operand::of(a, precision)?, Operand::of(b, precision)?);
+    let out_len: usize = out_shape.iter().product();
+    let (out_f32, out_bf16) = match precision {
+        Precision::F32 => (Some(Tensor::output_on(Device::Cuda, &out_shape)?), None),
+        Precision::Bf16 => (None, Some(GpuBuffer::for_output(Device::Cuda, out_len * 2)?)),
+    };
+    let out = match (&out_f32, out_bf16) {
+        (Some(t), _) => Operand::F32(t),
+        (None, Some(buffer)) => Operand::Bf16(buffer),
+        (None, None) => unreachable!("one of the two is made above"),
+    };
     let (alpha, beta) = (1.0f32, 0.0f32);
     let (alpha, beta) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);
     let ws = workspace(p.workspace_bytes)?;
-    let (pa, pb, po, d) = (ptr(a)?, ptr(b)?, ptr(&out)?, &p.d);
+    let (pa, pb, po, d) = (a.ptr()?, b.ptr()?, out.ptr()?, &p.d);
     let n = p.workspace_bytes;
     // SAFETY: the pointers are live device buffers of the descriptors' sizes, on the stream the
     // handle uses; the workspace has at least the bytes cuDNN asked for.
@@ -312,20 +362,24 @@ fn run(direction: Direction, a: &Tensor, b: &Tensor, g: &ConvGeometry) -> Result
     };
     check(&format!("{direction:?}"), status)?;
     CALLS.with(|c| c.set(c.get() + 1));
+    let out = match out {
+        Operand::F32(_) => out_f32.expect("the f32 result"),
+        Operand::Bf16(buffer) => widen_bf16(&buffer, &out_shape)?,
+    };
     if p.filter_ohwi && direction == Direction::BackwardWeight {
         return filter_layout(&out, g, true);
     }
     Ok(out)
 }
 
-pub fn forward(x: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    run(Direction::Forward, x, w, g)
+pub fn forward(x: &Tensor, w: &Tensor, g: &ConvGeometry, precision: Precision) -> Result<Tensor> {
+    run(Direction::Forward, x, w, g, precision)
 }
 
-pub fn backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    run(Direction::BackwardData, w, dy, g)
+pub fn backward_data(dy: &Tensor, w: &Tensor, g: &ConvGeometry, precision: Precision) -> Result<Tensor> {
+    run(Direction::BackwardData, w, dy, g, precision)
 }
 
-pub fn backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
-    run(Direction::BackwardWeight, x, dy, g)
+pub fn backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry, precision: Precision) -> Result<Tensor> {
+    run(Direction::BackwardWeight, x, dy, g, precision)
 }

@@ -23,6 +23,7 @@ use crate::ops::batchnorm::ReluAffine;
 use crate::ops::elementwise::transpose_matrices;
 use crate::ops::{conv_direct, conv_winograd};
 use crate::parallel;
+use crate::precision::{self, Precision};
 use crate::tensor::{Storage, Tensor};
 
 /// Which implementation runs convolutions on the `cuda` device: the project's kernels, or cuDNN
@@ -52,6 +53,28 @@ impl std::str::FromStr for ConvImpl {
             _ => Err(format!("unknown conv implementation '{s}'; expected kernels or cudnn")),
         }
     }
+}
+
+/// How the convolutions of a device run: the one place that chooses, for all three directions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvEngine {
+    /// The cpu device, f32 (its algorithm chosen per shape and direction by `cpu_conv`).
+    Cpu,
+    /// The project's kernels: f32 on the SIMT cores, or bf16 on the tensor cores.
+    Kernels(Precision),
+    /// cuDNN on the cuda device (`--conv-impl cudnn`), in the same precision.
+    Cudnn(Precision),
+}
+
+/// The engine for convolutions on `device` in the calling thread's precision.
+pub fn conv_engine(device: Device) -> Result<ConvEngine> {
+    let precision = precision::current();
+    precision.check_device(device)?;
+    Ok(match device {
+        Device::Cpu => ConvEngine::Cpu,
+        Device::Cuda if conv_impl() == ConvImpl::Cudnn => ConvEngine::Cudnn(precision),
+        _ => ConvEngine::Kernels(precision),
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -469,11 +492,16 @@ fn shape_args(g: &ConvGeometry) -> [Arg; 11] {
     ]
 }
 
-/// The kernel variant and grid of a tiled GEMM of `rows` x `cols` per group: the narrow tile
-/// (256 x 16) when the groups have 16 columns or fewer, else 64 x 64.
-fn tiled(name: &str, rows: usize, cols: usize, z: usize) -> (String, LaunchConfig) {
-    let (bm, bn, kernel) =
-        if cols <= 16 { (256, 16, format!("{name}_narrow_f32")) } else { (64, 64, format!("{name}_f32")) };
+/// The kernel variant and grid of a tiled GEMM of `rows` x `cols` per group: for groups of 16
+/// columns or fewer the narrow tile (f32: 256 x 16, bf16: 256 x 16), else the wide one (f32:
+/// 64 x 64, bf16: 128 x 64).
+fn tiled(name: &str, precision: Precision, rows: usize, cols: usize, z: usize) -> (String, LaunchConfig) {
+    let suffix = precision.kernel_suffix();
+    let (bm, bn, kernel) = match (cols <= 16, precision) {
+        (true, _) => (256, 16, format!("{name}_narrow_{suffix}")),
+        (false, Precision::F32) => (64, 64, format!("{name}_{suffix}")),
+        (false, Precision::Bf16) => (128, 64, format!("{name}_{suffix}")),
+    };
     let grid = [rows.div_ceil(bm) as u32, cols.div_ceil(bn) as u32, z as u32];
     (kernel, LaunchConfig::new(grid, [256, 1, 1]))
 }
@@ -779,8 +807,8 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
 /// attacks), so the cpu device keeps its packed form between calls.
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bool) -> Result<Tensor> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
-    match x.device() {
-        Device::Cpu => {
+    match conv_engine(x.device())? {
+        ConvEngine::Cpu => {
             let algorithm = cpu_conv(&g, Direction::Forward);
             let y = run_with_weights(
                 algorithm,
@@ -793,11 +821,12 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bo
             );
             Ok(Tensor::from_vec(&g.output_shape(), y))
         }
-        Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::forward(x, w, &g),
-        d => {
+        ConvEngine::Cudnn(precision) => gpu::cudnn::forward(x, w, &g, precision),
+        ConvEngine::Kernels(precision) => {
+            let d = x.device();
             let y = Tensor::output_on(d, &g.output_shape())?;
             let rows = g.batch * g.pixels_out();
-            let (kernel, cfg) = tiled("conv2d_fwd", rows, g.out_per_group(), g.groups);
+            let (kernel, cfg) = tiled("conv2d_fwd", precision, rows, g.out_per_group(), g.groups);
             let mut args = vec![y.arg(), x.arg(), w.arg()];
             args.extend(shape_args(&g));
             gpu::launch(d, &kernel, cfg, &args)?;
@@ -877,8 +906,8 @@ pub fn conv2d_backward_data(
 ) -> Result<Tensor> {
     ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
     let x_shape = [g.batch, g.height, g.width, g.in_channels];
-    match dy.device() {
-        Device::Cpu => {
+    match conv_engine(dy.device())? {
+        ConvEngine::Cpu => {
             let algorithm = cpu_conv(g, Direction::BackwardData);
             let dx = run_with_weights(
                 algorithm,
@@ -891,11 +920,12 @@ pub fn conv2d_backward_data(
             );
             Ok(Tensor::from_vec(&x_shape, dx))
         }
-        Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::backward_data(dy, w, g),
-        d => {
+        ConvEngine::Cudnn(precision) => gpu::cudnn::backward_data(dy, w, g, precision),
+        ConvEngine::Kernels(precision) => {
+            let d = dy.device();
             let dx = Tensor::output_on(d, &x_shape)?;
             let rows = g.batch * g.pixels_in();
-            let (kernel, cfg) = tiled("conv2d_bwd_data", rows, g.in_per_group(), g.groups);
+            let (kernel, cfg) = tiled("conv2d_bwd_data", precision, rows, g.in_per_group(), g.groups);
             let mut args = vec![dx.arg(), dy.arg(), w.arg()];
             args.extend(shape_args(g));
             gpu::launch(d, &kernel, cfg, &args)?;
@@ -918,8 +948,8 @@ pub fn backward_weight_calls() -> usize {
 pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Result<Tensor> {
     BACKWARD_WEIGHT_CALLS.with(|c| c.set(c.get() + 1));
     ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
-    match x.device() {
-        Device::Cpu => {
+    match conv_engine(x.device())? {
+        ConvEngine::Cpu => {
             let dw = cpu_conv(g, Direction::BackwardWeight).run(
                 Direction::BackwardWeight,
                 x.as_slice(),
@@ -928,8 +958,9 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
             );
             Ok(Tensor::from_vec(&g.weight_shape(), dw))
         }
-        Device::Cuda if conv_impl() == ConvImpl::Cudnn => gpu::cudnn::backward_weight(x, dy, g),
-        d => {
+        ConvEngine::Cudnn(precision) => gpu::cudnn::backward_weight(x, dy, g, precision),
+        ConvEngine::Kernels(precision) => {
+            let d = x.device();
             // Split the reduction over output pixels so that small weight tensors still fill the
             // GPU; the splits' partial sums are added in order by a second kernel.
             let pixels = g.batch * g.pixels_out();
@@ -937,10 +968,11 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
             let chunk = pixels.div_ceil(splits);
             let depth = g.group_depth();
             let partial = GpuBuffer::for_output(d, splits * g.out_channels * depth * 4)?;
-            let (bm, bn, kernel) = if g.out_per_group() <= 16 {
-                (16, 256, "conv2d_bwd_weight_narrow_f32")
-            } else {
-                (64, 64, "conv2d_bwd_weight_f32")
+            let suffix = precision.kernel_suffix();
+            let (bm, bn, kernel) = match (g.out_per_group() <= 16, precision) {
+                (true, _) => (16, 256, format!("conv2d_bwd_weight_narrow_{suffix}")),
+                (false, Precision::F32) => (64, 64, format!("conv2d_bwd_weight_{suffix}")),
+                (false, Precision::Bf16) => (128, 64, format!("conv2d_bwd_weight_{suffix}")),
             };
             let grid = [
                 g.out_per_group().div_ceil(bm) as u32,
@@ -950,7 +982,7 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
             let mut args = vec![partial.arg(), x.arg(), dy.arg()];
             args.extend(shape_args(g));
             args.push(int(chunk));
-            gpu::launch(d, kernel, LaunchConfig::new(grid, [256, 1, 1]), &args)?;
+            gpu::launch(d, &kernel, LaunchConfig::new(grid, [256, 1, 1]), &args)?;
             let dw = Tensor::output_on(d, &g.weight_shape())?;
             let args = [
                 dw.arg(),
@@ -999,9 +1031,8 @@ impl Tape {
 
 /// The independent reference: the convolution's six loops in f64, visiting every (output
 /// pixel, output channel, input channel, tap) once; each direction accumulates the same products
-/// into its own result.
-#[cfg(test)]
-pub(crate) mod reference {
+/// into its own result. The cpu tests and the selftest's bf16 cases check against it.
+pub mod reference {
     use super::ConvGeometry;
 
     /// Calls `f(x index, w index, y index)` for every product of the convolution.
@@ -1053,6 +1084,32 @@ pub(crate) mod reference {
         let mut dw = vec![0.0; g.weight_shape().iter().product()];
         products(g, |xi, wi, yi| dw[wi] += x[xi] as f64 * dy[yi] as f64);
         dw
+    }
+
+    /// One direction's exact result and, per value, the sum of its products' magnitudes (what
+    /// a rounding error bound scales with).
+    pub struct Exact {
+        pub value: Vec<f64>,
+        pub magnitude: Vec<f64>,
+    }
+
+    /// y, dx and dw in one pass over the products.
+    pub fn all_directions(x: &[f32], w: &[f32], dy: &[f32], g: &ConvGeometry) -> [Exact; 3] {
+        let zeros = |n: usize| Exact { value: vec![0.0; n], magnitude: vec![0.0; n] };
+        let len = |shape: [usize; 4]| shape.iter().product();
+        let (mut y, mut dx, mut dw) =
+            (zeros(len(g.output_shape())), zeros(g.input_len()), zeros(len(g.weight_shape())));
+        let add = |e: &mut Exact, at: usize, a: f32, b: f32| {
+            let p = a as f64 * b as f64;
+            e.value[at] += p;
+            e.magnitude[at] += p.abs();
+        };
+        products(g, |xi, wi, yi| {
+            add(&mut y, yi, x[xi], w[wi]);
+            add(&mut dx, xi, dy[yi], w[wi]);
+            add(&mut dw, wi, x[xi], dy[yi]);
+        });
+        [y, dx, dw]
     }
 }
 

@@ -162,6 +162,30 @@ pub fn transpose_batched(
     }
 }
 
+/// x rounded to bf16, as a device buffer of bf16 bits (2 bytes per element): the operands of
+/// cuDNN's bf16 mode. Rounds to nearest even, as `half::bf16::from_f32`.
+pub fn round_to_bf16(x: &Tensor) -> Result<GpuBuffer> {
+    let d = x.device();
+    ensure!(d != Device::Cpu, "bf16 buffers live on the kernel devices, not the cpu");
+    let out = GpuBuffer::for_output(d, x.len() * 2)?;
+    gpu::launch(
+        d,
+        "round_to_bf16",
+        LaunchConfig::for_elements(x.len()),
+        &[out.arg(), x.arg(), int(x.len())],
+    )?;
+    Ok(out)
+}
+
+/// The f32 tensor of shape `shape` holding the values of a buffer of bf16 bits.
+pub fn widen_bf16(x: &GpuBuffer, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    ensure!(x.len_bytes() == 2 * n, "{} bytes of bf16 for a tensor of shape {shape:?}", x.len_bytes());
+    let out = Tensor::output_on(x.device(), shape)?;
+    gpu::launch(x.device(), "widen_bf16", LaunchConfig::for_elements(n), &[out.arg(), x.arg(), int(n)])?;
+    Ok(out)
+}
+
 /// dst[r, dst_offset..dst_offset + width] = src[r, src_offset..src_offset + width] for every row,
 /// into a new [rows, dst_width] tensor assembled from several sources.
 fn copy_columns(

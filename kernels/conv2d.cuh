@@ -1,0 +1,109 @@
+// What both convolution kernel files share (conv2d.cu: f32 on the SIMT cores; conv2d_bf16.cu:
+// bf16 on the tensor cores): the convolution's sizes and the index arithmetic that gathers the
+// implicit GEMM's operands from NHWC activations.
+#pragma once
+
+// Everything about one convolution, passed by value.
+struct ConvShape {
+    int batch, height, width, in_channels, out_channels, kernel, stride, padding, groups, out_height,
+        out_width;
+    __device__ int in_per_group() const { return in_channels / groups; }
+    __device__ int out_per_group() const { return out_channels / groups; }
+    __device__ int taps() const { return kernel * kernel; }
+};
+
+// An output pixel: where its receptive field starts in the input.
+struct PixelRow {
+    long long image;  // offset of the image in the input
+    int ih0, iw0;     // top-left input position of the window (may be negative: padding)
+};
+
+// A reduction index k = (kh, kw, ci) of the forward pass.
+struct TapColumn {
+    int kh, kw, channel;  // channel includes the group offset
+};
+
+__device__ __forceinline__ PixelRow pixel_row(const ConvShape& s, int m) {
+    const int ow = m % s.out_width, oh = (m / s.out_width) % s.out_height, b = m / (s.out_width * s.out_height);
+    return PixelRow{(long long)b * s.height * s.width * s.in_channels, oh * s.stride - s.padding,
+                    ow * s.stride - s.padding};
+}
+
+__device__ __forceinline__ TapColumn tap_column(const ConvShape& s, int g, int k) {
+    const int ipg = s.in_per_group(), tap = k / ipg;
+    return TapColumn{tap / s.kernel, tap % s.kernel, g * ipg + k % ipg};
+}
+
+__device__ __forceinline__ float input_at(const float* __restrict__ x, const ConvShape& s, const PixelRow& r,
+                                          const TapColumn& c) {
+    const int ih = r.ih0 + c.kh, iw = r.iw0 + c.kw;
+    if (ih < 0 || iw < 0 || ih >= s.height || iw >= s.width) return 0.0f;
+    return x[r.image + ((long long)ih * s.width + iw) * s.in_channels + c.channel];
+}
+
+// The A operands (rows x reduction) of the three directions. Each gathers through three calls,
+// so that index arithmetic is not redone per element: row(r) decomposes a row index once,
+// col(k) a reduction index once, and at(row, col) is then a few adds and one load. Loads
+// outside the input are never made (padding reads as 0). `k_contiguous`: whether consecutive
+// reduction indices are adjacent in memory (the tensor-core kernels stage those along k).
+
+// Forward A: the input gathered under each output pixel's window.
+struct ForwardInput {
+    static constexpr bool k_contiguous = true;  // channels
+    const float* x;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ PixelRow row(int m) const { return pixel_row(s, m); }
+    __device__ __forceinline__ TapColumn col(int k) const { return tap_column(s, g, k); }
+    __device__ __forceinline__ float at(const PixelRow& r, const TapColumn& c) const { return input_at(x, s, r, c); }
+};
+
+// Backward data A: dY gathered for input pixel m through tap (kh, kw) from output channel o:
+// input (ih, iw) receives from output (oh, ow) when oh * stride - padding + kh == ih.
+struct InputPixel {
+    int b, ih, iw;
+};
+
+struct TapOutput {
+    int kh, kw, o;
+};
+
+struct BackwardGradOut {
+    static constexpr bool k_contiguous = true;  // output channels
+    const float* dy;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ InputPixel row(int m) const {
+        return InputPixel{m / (s.width * s.height), (m / s.width) % s.height, m % s.width};
+    }
+    __device__ __forceinline__ TapOutput col(int k) const {
+        const int opg = s.out_per_group(), tap = k / opg;
+        return TapOutput{tap / s.kernel, tap % s.kernel, k % opg};
+    }
+    __device__ __forceinline__ float at(const InputPixel& r, const TapOutput& c) const {
+        const int th = r.ih + s.padding - c.kh, tw = r.iw + s.padding - c.kw;
+        if (th < 0 || tw < 0 || th % s.stride != 0 || tw % s.stride != 0) return 0.0f;
+        const int oh = th / s.stride, ow = tw / s.stride;
+        if (oh >= s.out_height || ow >= s.out_width) return 0.0f;
+        return dy[(((long long)r.b * s.out_height + oh) * s.out_width + ow) * s.out_channels +
+                  g * s.out_per_group() + c.o];
+    }
+};
+
+// Backward weight A: dY transposed, rows = output channels of group g, reduction = pixels.
+struct GradOutChannel {
+    static constexpr bool k_contiguous = false;  // pixels, out_channels apart
+    const float* dy;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ int row(int o) const { return g * s.out_per_group() + o; }
+    __device__ __forceinline__ long long col(int p) const { return (long long)p * s.out_channels; }
+    __device__ __forceinline__ float at(int channel, long long pixel) const { return dy[pixel + channel]; }
+};
+
+#define CONV_SHAPE_PARAMS                                                                                 \
+    int batch, int height, int width, int in_channels, int out_channels, int kernel, int stride,         \
+        int padding, int groups, int out_height, int out_width
+#define CONV_SHAPE                                                                                        \
+    ConvShape { batch, height, width, in_channels, out_channels, kernel, stride, padding, groups,         \
+                out_height, out_width }

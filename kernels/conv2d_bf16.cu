@@ -1,0 +1,259 @@
+// 2-D convolution on the tensor cores: the implicit GEMMs of conv2d.cu (the same operands
+// gathered from the same layouts, the same grid with blockIdx.z the group, so all experts run
+// in one launch) with bf16 operands and f32 accumulation, through mma.sync m16n8k16 (mma.cuh).
+// Activations and weights stay f32 in memory; a thread rounds what it gathers to bf16.
+//
+// A block of 256 threads (8 warps) owns a BM x BN tile of the result, each warp a WM x WN part
+// of it: (WM / 16) x (WN / 8) mma tiles accumulated in registers. The reduction runs in slices
+// of BK = 32. While the warps multiply the current slice out of shared memory, each thread has
+// the loads of its share of the next slice in flight (into registers, then stored as bf16
+// pairs into the other of two shared buffers): one barrier per slice.
+//
+// A shared slice is rows of 16 words (32 bf16 along k); the 4-word chunks of row r are permuted
+// by chunk ^ ((r >> 1) & 3). The fragment loads (8 rows x 4 words per instruction) and both
+// staging patterns below (2 rows x 16 words, or 8 rows x 4 words) then each touch 32 distinct
+// banks: no bank conflicts, by construction.
+#include "conv2d.cuh"
+#include "mma.cuh"
+
+namespace tc {
+
+constexpr int THREADS = 256;
+constexpr int BK = 32;         // a slice of the reduction, in elements
+constexpr int WORDS = BK / 2;  // 32-bit words (bf16 pairs) per shared row
+
+__device__ __forceinline__ int swizzled(int row, int word) {
+    return row * WORDS + ((((word >> 2) ^ (row >> 1)) & 3) << 2) + (word & 3);
+}
+
+// Which ROWS x BK part of a slice thread `tid` stages: the same word column (k pair) at every
+// slice, in rows row(tid, p) for p < PASSES. An operand whose consecutive k are adjacent in
+// memory goes 16 threads along each row (a warp reads 2 rows x 32 k); any other 8 lanes down 8
+// consecutive rows (a warp reads 8 rows x 8 k), so that neighbouring lanes read neighbours.
+template <int ROWS, bool K_CONTIGUOUS>
+struct Staging {
+    static_assert(ROWS % 16 == 0, "a pass covers 16 rows");
+    static constexpr int PASSES = ROWS * WORDS / THREADS;
+    __device__ static int word(int tid) { return K_CONTIGUOUS ? tid % WORDS : (tid / 32 % 4) * 4 + tid % 32 / 8; }
+    __device__ static int row(int tid, int p) {
+        return K_CONTIGUOUS ? tid / WORDS + p * (THREADS / WORDS) : (2 * p + tid / 128) * 8 + tid % 8;
+    }
+};
+
+// One operand of the GEMM as ROWS rows of the block's tile: its row infos (decomposed once per
+// block into shared memory) and this thread's staged words of the next slice.
+template <int ROWS, class Op>
+struct Operand {
+    using S = Staging<ROWS, Op::k_contiguous>;
+    using RowInfo = decltype(Op{}.row(0));
+    Op op;
+    int count;  // rows [0, count) of the tile exist
+    unsigned staged[S::PASSES];
+
+    // Gathers slice [k0, k0 + BK) of the reduction [k_begin, k_end); what lies outside is 0.
+    __device__ __forceinline__ void gather(const RowInfo* rows, int k0, int k_begin, int k_end) {
+        const int tid = threadIdx.x, k = k0 + 2 * S::word(tid);
+        const bool lo_in = k < k_end, hi_in = k + 1 < k_end;
+        const auto lo = op.col(lo_in ? k : k_begin);
+        const auto hi = op.col(hi_in ? k + 1 : k_begin);
+        for (int p = 0; p < S::PASSES; ++p) {
+            const int r = S::row(tid, p);
+            const bool in = r < count;
+            const float a = in && lo_in ? op.at(rows[r], lo) : 0.0f;
+            const float b = in && hi_in ? op.at(rows[r], hi) : 0.0f;
+            staged[p] = pack_bf16x2(a, b);
+        }
+    }
+
+    __device__ __forceinline__ void store(unsigned* slice) const {
+        const int tid = threadIdx.x;
+        for (int p = 0; p < S::PASSES; ++p) slice[swizzled(S::row(tid, p), S::word(tid))] = staged[p];
+    }
+};
+
+// C[m0.., n0..] = sum over k in [k_begin, k_end) of A(m, k) * B(n, k), stored with
+// store(m, n, v); both operands are given by rows (A: m, B: n) and gathered as in conv2d.cuh.
+template <int BM, int BN, int WM, int WN, class A, class B, class Store>
+__device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, const A& a, const B& b,
+                          Store store) {
+    static_assert((BM / WM) * (BN / WN) == THREADS / 32, "one warp per WM x WN part");
+    static_assert(WM % 16 == 0 && WN % 8 == 0, "whole mma tiles");
+    constexpr int MI = WM / 16, NI = WN / 8, WARPS_N = BN / WN;
+    __shared__ unsigned a_slices[2][BM * WORDS];
+    __shared__ unsigned b_slices[2][BN * WORDS];
+    __shared__ typename Operand<BM, A>::RowInfo a_rows[BM];
+    __shared__ typename Operand<BN, B>::RowInfo b_rows[BN];
+    const int tid = threadIdx.x;
+    for (int i = tid; i < BM; i += THREADS) a_rows[i] = a.row(m0 + i);
+    for (int i = tid; i < BN; i += THREADS) b_rows[i] = b.row(n0 + i);
+    Operand<BM, A> sa{a, M - m0, {}};
+    Operand<BN, B> sb{b, N - n0, {}};
+    __syncthreads();
+    sa.gather(a_rows, k_begin, k_begin, k_end);
+    sb.gather(b_rows, k_begin, k_begin, k_end);
+    sa.store(a_slices[0]);
+    sb.store(b_slices[0]);
+    __syncthreads();
+
+    const int warp = tid / 32, lane = tid % 32, group = lane >> 2, tig = lane & 3;
+    const int wm = (warp / WARPS_N) * WM, wn = (warp % WARPS_N) * WN;
+    float acc[MI][NI][4];
+    for (int i = 0; i < MI; ++i)
+        for (int j = 0; j < NI; ++j)
+            for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+    int buffer = 0;
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        const bool more = k0 + BK < k_end;
+        if (more) {
+            sa.gather(a_rows, k0 + BK, k_begin, k_end);
+            sb.gather(b_rows, k0 + BK, k_begin, k_end);
+        }
+        const unsigned* as = a_slices[buffer];
+        const unsigned* bs = b_slices[buffer];
+        for (int half = 0; half < 2; ++half) {
+            const int w = half * 8 + tig;  // the word of k = 16 * half + 2 * tig (+8 at w + 4)
+            unsigned fa[MI][4], fb[NI][2];
+            for (int i = 0; i < MI; ++i) {
+                const int r = wm + i * 16 + group;
+                fa[i][0] = as[swizzled(r, w)];
+                fa[i][1] = as[swizzled(r + 8, w)];
+                fa[i][2] = as[swizzled(r, w + 4)];
+                fa[i][3] = as[swizzled(r + 8, w + 4)];
+            }
+            for (int j = 0; j < NI; ++j) {
+                const int r = wn + j * 8 + group;
+                fb[j][0] = bs[swizzled(r, w)];
+                fb[j][1] = bs[swizzled(r, w + 4)];
+            }
+            mma::mma_bf16_grid<MI, NI>(acc, fa, fb);
+        }
+        if (more) {
+            sa.store(a_slices[buffer ^ 1]);
+            sb.store(b_slices[buffer ^ 1]);
+        }
+        __syncthreads();
+        buffer ^= 1;
+    }
+    for (int i = 0; i < MI; ++i)
+        for (int j = 0; j < NI; ++j)
+            for (int c = 0; c < 4; ++c) {
+                const int m = m0 + wm + i * 16 + mma::c_row(group, c);
+                const int n = n0 + wn + j * 8 + mma::c_col(tig, c);
+                if (m < M && n < N) store(m, n, acc[i][j][c]);
+            }
+}
+
+// The B operands by rows (n), reduction along k.
+
+// Forward: W[n = o][k = (kh, kw, ci)] of group g, from OIHW.
+struct ForwardWeightRows {
+    static constexpr bool k_contiguous = true;  // taps apart: the nearer of the two
+    const float* w;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ long long row(int n) const {
+        return (long long)(g * s.out_per_group() + n) * s.in_per_group() * s.taps();
+    }
+    __device__ __forceinline__ int col(int k) const {
+        const int ipg = s.in_per_group();
+        return (k % ipg) * s.taps() + k / ipg;
+    }
+    __device__ __forceinline__ float at(long long r, int c) const { return w[r + c]; }
+};
+
+// Backward data: W'[n = ci][k = (kh, kw, o)] of group g, from OIHW.
+struct BackwardWeightRows {
+    static constexpr bool k_contiguous = false;  // along n: taps apart; along k: a filter apart
+    const float* w;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ int row(int ci) const { return ci * s.taps(); }
+    __device__ __forceinline__ long long col(int k) const {
+        const int opg = s.out_per_group();
+        return (long long)(g * opg + k % opg) * s.in_per_group() * s.taps() + k / opg;
+    }
+    __device__ __forceinline__ float at(int r, long long c) const { return w[c + r]; }
+};
+
+// Backward weight: the forward input at pixel k for column n = (kh, kw, ci).
+struct InputByPixelRows {
+    static constexpr bool k_contiguous = false;  // along n: channels
+    const float* x;
+    ConvShape s;
+    int g;
+    __device__ __forceinline__ TapColumn row(int n) const { return tap_column(s, g, n); }
+    __device__ __forceinline__ PixelRow col(int p) const { return pixel_row(s, p); }
+    __device__ __forceinline__ float at(const TapColumn& r, const PixelRow& c) const { return input_at(x, s, c, r); }
+};
+
+template <int BM, int BN, int WM, int WN>
+__device__ void forward(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
+                        const ConvShape& s) {
+    const int g = blockIdx.z, opg = s.out_per_group();
+    const int M = s.batch * s.out_height * s.out_width, K = s.taps() * s.in_per_group();
+    tile_gemm<BM, BN, WM, WN>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, s, g},
+                              ForwardWeightRows{w, s, g},
+                              [&](int m, int n, float v) { y[(long long)m * s.out_channels + g * opg + n] = v; });
+}
+
+template <int BM, int BN, int WM, int WN>
+__device__ void backward_data(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
+                              const ConvShape& s) {
+    const int g = blockIdx.z, ipg = s.in_per_group();
+    const int M = s.batch * s.height * s.width, K = s.taps() * s.out_per_group();
+    tile_gemm<BM, BN, WM, WN>(M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, BackwardGradOut{dy, s, g},
+                              BackwardWeightRows{w, s, g},
+                              [&](int m, int n, float v) { dx[(long long)m * s.in_channels + g * ipg + n] = v; });
+}
+
+// As conv2d.cu's: blockIdx.z = split * groups + g, partial sums per split, reduced in order by
+// conv2d_bwd_weight_reduce_f32.
+template <int BM, int BN, int WM, int WN>
+__device__ void backward_weight(float* __restrict__ partial, const float* __restrict__ x,
+                                const float* __restrict__ dy, const ConvShape& s, int chunk) {
+    const int g = blockIdx.z % s.groups, split = blockIdx.z / s.groups;
+    const int opg = s.out_per_group(), K = s.taps() * s.in_per_group();
+    const int pixels = s.batch * s.out_height * s.out_width;
+    const int begin = split * chunk, end = min(pixels, begin + chunk);
+    float* out = partial + (long long)split * s.out_channels * K;
+    tile_gemm<BM, BN, WM, WN>(opg, K, begin, end, blockIdx.x * BM, blockIdx.y * BN, GradOutChannel{dy, s, g},
+                              InputByPixelRows{x, s, g},
+                              [&](int o, int k, float v) { out[(long long)(g * opg + o) * K + k] = v; });
+}
+
+}  // namespace tc
+
+// Tiles: 128 x 64 (warps of 32 x 32), and for groups of 16 columns or fewer 256 x 16 (warps of
+// 32 x 16); backward weight's narrow tile is 16 x 256 (16 output channels, warps of 16 x 32).
+extern "C" __global__ void __launch_bounds__(256, 1) conv2d_fwd_bf16(float* y, const float* x, const float* w,
+                                                                  CONV_SHAPE_PARAMS) {
+    tc::forward<128, 64, 32, 32>(y, x, w, CONV_SHAPE);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) conv2d_fwd_narrow_bf16(float* y, const float* x, const float* w,
+                                                                         CONV_SHAPE_PARAMS) {
+    tc::forward<256, 16, 32, 16>(y, x, w, CONV_SHAPE);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_data_bf16(float* dx, const float* dy, const float* w,
+                                                                       CONV_SHAPE_PARAMS) {
+    tc::backward_data<128, 64, 32, 32>(dx, dy, w, CONV_SHAPE);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_data_narrow_bf16(float* dx, const float* dy,
+                                                                              const float* w,
+                                                                              CONV_SHAPE_PARAMS) {
+    tc::backward_data<256, 16, 32, 16>(dx, dy, w, CONV_SHAPE);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_weight_bf16(float* partial, const float* x,
+                                                                         const float* dy, CONV_SHAPE_PARAMS,
+                                                                         int chunk) {
+    tc::backward_weight<128, 64, 32, 32>(partial, x, dy, CONV_SHAPE, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_weight_narrow_bf16(float* partial, const float* x,
+                                                                                const float* dy,
+                                                                                CONV_SHAPE_PARAMS, int chunk) {
+    tc::backward_weight<16, 256, 16, 32>(partial, x, dy, CONV_SHAPE, chunk);
+}
