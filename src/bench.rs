@@ -24,6 +24,7 @@ use crate::ops::conv::{
     set_conv_impl,
 };
 use crate::ops::sgd::SgdConfig;
+use crate::precision::{self, Precision};
 use crate::rng::{Philox, Purpose};
 use crate::tensor::Tensor;
 use crate::train::{AdversarialTraining, TrainBatch, TrainingMode, train_step};
@@ -37,6 +38,8 @@ pub struct TrainStepBench {
     pub width: usize,
     pub batch_size: usize,
     pub device: String,
+    /// The arithmetic of the convolutions and the head (`--precision`).
+    pub precision: Precision,
     pub threads: usize,
     pub timed_steps: usize,
     pub train_images_per_s: f64,
@@ -189,6 +192,7 @@ pub fn bench_train_step(
         width: config.width,
         batch_size,
         device: device.to_string(),
+        precision: precision::current(),
         threads: rayon::current_num_threads(),
         timed_steps: steps,
         train_images_per_s: b / train,
@@ -209,6 +213,8 @@ pub struct PgdBench {
     pub model_description: String,
     pub batch_size: usize,
     pub device: String,
+    /// The arithmetic of the convolutions and the head (`--precision`).
+    pub precision: Precision,
     pub threads: usize,
     pub timed_steps: usize,
     /// A standard training step (forward, backward with weight gradients, SGD), seconds.
@@ -273,6 +279,7 @@ pub fn bench_pgd(
         model_description: config.describe(),
         batch_size,
         device: device.to_string(),
+        precision: precision::current(),
         threads: rayon::current_num_threads(),
         timed_steps: steps,
         train_step_seconds: train,
@@ -292,6 +299,8 @@ pub struct ConvBenchRow {
     pub count: usize,
     pub direction: &'static str,
     pub implementation: &'static str,
+    /// The arithmetic (`--precision`) of the kernels and of cuDNN alike.
+    pub precision: Precision,
     pub input: [usize; 4],
     pub weight: [usize; 4],
     pub stride: usize,
@@ -449,6 +458,7 @@ pub fn bench_conv_layers(
                     count,
                     direction,
                     implementation,
+                    precision: precision::current(),
                     input: [batch, layer.input_size, layer.input_size, job.xs[0].shape()[3]],
                     weight: job.ws[0].shape().try_into().expect("4-D"),
                     stride: p.stride,

@@ -71,6 +71,7 @@ mod tests {
             images_per_s: None,
             robust_test_accuracy: robust,
             first_batch_robust_accuracy: None,
+            precision: None,
         }
     }
 

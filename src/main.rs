@@ -34,6 +34,7 @@ use mocse::ops::aggregate::Aggregate;
 use mocse::ops::conv::{ConvImpl, set_conv_impl};
 use mocse::ops::sgd::SgdConfig;
 use mocse::output_paths::check_outputs;
+use mocse::precision::{self, Precision};
 use mocse::progress;
 use mocse::raster::{bar_chart_png, gallery_png, line_chart_png};
 use mocse::reproduce::{
@@ -215,6 +216,24 @@ struct DeviceArgs {
     /// Convolutions on the cuda device: kernels (the project's) or cudnn (the baseline)
     #[arg(long, default_value = "kernels")]
     conv_impl: ConvImpl,
+    /// Arithmetic of the convolutions and the classifier head: f32, or bf16 operands with f32
+    /// accumulation (tensor cores; batch norm, loss and SGD stay f32) [default: bf16 on cuda,
+    /// f32 on cpu and emu]
+    #[arg(long)]
+    precision: Option<Precision>,
+}
+
+impl DeviceArgs {
+    /// The device, a line that says which and why, and the precision: the choices applied to
+    /// this thread (`--conv-impl`, `--precision`).
+    fn apply(&self) -> Result<(Device, String, Precision)> {
+        let (device, why) = self.device.resolve()?;
+        use_conv_impl(self.conv_impl, device)?;
+        let precision = self.precision.unwrap_or_else(|| Precision::default_for(device));
+        precision.check_device(device)?;
+        precision::set(precision);
+        Ok((device, format!("{why}, {precision} arithmetic"), precision))
+    }
 }
 
 #[derive(Args)]
@@ -663,8 +682,7 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.stop_after == Some(0) {
         bail!("--stop-after must be at least 1 (it counts epochs to train before stopping)");
     }
-    let (device, why) = a.run_on.device.resolve()?;
-    use_conv_impl(a.run_on.conv_impl, device)?;
+    let (device, why, _) = a.run_on.apply()?;
     let mut trainer = if a.resume {
         Trainer::resume(&a.out, device)?
     } else {
@@ -745,8 +763,7 @@ fn eval_target(a: &EvalArgs) -> Result<EvalTarget> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    let (device, why) = a.run_on.device.resolve()?;
-    use_conv_impl(a.run_on.conv_impl, device)?;
+    let (device, why, _) = a.run_on.apply()?;
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -1200,8 +1217,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         Some(list) => Cell::parse_list(list)?,
         None => Cell::ALL.to_vec(),
     };
-    let (device, why) = a.run_on.device.resolve()?;
-    use_conv_impl(a.run_on.conv_impl, device)?;
+    let (device, why, _) = a.run_on.apply()?;
     let repro = Reproduction::open(&a.out, settings)?;
     repro.check_inputs()?;
     let s = &repro.settings;
@@ -1324,12 +1340,10 @@ fn bench(a: BenchArgs) -> Result<()> {
     if a.unfused && (model != ModelKind::Mocse || a.what != "train-step") {
         bail!("--unfused applies to --model mocse --what train-step only");
     }
-    let (device, why) = a.run_on.device.resolve()?;
-    if a.what == "train-step" || a.what == "pgd" {
-        use_conv_impl(a.run_on.conv_impl, device)?;
-    } else if a.run_on.conv_impl == ConvImpl::Cudnn {
+    if a.what == "conv-layers" && a.run_on.conv_impl == ConvImpl::Cudnn {
         bail!("--what conv-layers measures cuDNN beside the kernels by itself; leave out --conv-impl");
     }
+    let (device, why, _) = a.run_on.apply()?;
     let config = ModelConfig {
         kind: model,
         num_classes: 10,
@@ -1369,6 +1383,7 @@ fn bench(a: BenchArgs) -> Result<()> {
                 "what": "conv-layers",
                 "model": config.describe(),
                 "device": device.to_string(),
+                "precision": precision::current(),
                 "batch_size": batch_size,
                 "mocse": mocse::BUILD,
                 "rows": rows,

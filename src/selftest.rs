@@ -41,6 +41,12 @@ pub struct CaseResult {
     pub tolerance: f64,
     /// Set when the case could not run at all.
     pub error: Option<String>,
+    /// The kernels the case launched.
+    pub kernels: std::collections::BTreeSet<String>,
+    /// Whether what the device is compared with is an independent implementation (the cpu
+    /// device's Rust, f64 sums, src/rng.rs); not so for the corruptions, whose cpu side runs
+    /// the same kernels through the emulator.
+    pub independent: bool,
 }
 
 impl CaseResult {
@@ -318,6 +324,29 @@ fn train_step_case(device: Device, kind: ModelKind, mode: &TrainingMode) -> Resu
     Ok(worst)
 }
 
+/// APGD's step (both norms) and the per-image select of the attacks, on the device against
+/// the cpu device's twins. The gradient stays away from zero, so no sign depends on rounding.
+fn apgd_and_select_case(device: Device) -> Result<f64> {
+    use crate::attack::step::{apgd_step, select_images};
+    let shape = [3, 4, 4, 3];
+    let x = random(&shape, 91, 0.0, 1.0);
+    let x_adv = random(&shape, 92, 0.0, 1.0);
+    let x_prev = random(&shape, 93, 0.0, 1.0);
+    let grad = away_from_zero(&shape, 94);
+    let steps = [0.05f32, 0.2, 0.0];
+    let on = |t: &Tensor| t.to_device(device);
+    let mut worst = 0.0f64;
+    for norm in [Norm::Linf, Norm::L2] {
+        let eps = if norm == Norm::Linf { 8.0 / 255.0 } else { 0.5 };
+        let got = apgd_step(&on(&x_adv)?, &on(&x_prev)?, &on(&grad)?, &on(&x)?, &steps, 0.75, eps, norm)?;
+        let expected = apgd_step(&x_adv, &x_prev, &grad, &x, &steps, 0.75, eps, norm)?;
+        worst = worst.max(relative_error(&got.to_host()?, expected.as_slice()));
+    }
+    let take = [true, false, true];
+    let got = select_images(&take, &on(&x)?, &on(&x_adv)?)?.to_host()?;
+    Ok(worst.max(relative_error(&got, select_images(&take, &x, &x_adv)?.as_slice())))
+}
+
 /// The device's Philox streams against src/rng.rs: the number of differing words.
 fn philox_case(device: Device) -> Result<f64> {
     let (seed, index, blocks) = (0x0123_4567_89ab_cdef_u64, 0x1_0000_0007_u64, 1000usize);
@@ -424,6 +453,48 @@ fn conv_bf16_case(device: Device, x_shape: [usize; 4], w_shape: [usize; 4], p: C
     Ok(worst)
 }
 
+/// The grouped linear layer (the classifier head) in bf16 on `device`, through the tape,
+/// against f64 sums of the same products: x and w rounded to bf16 on the host for the
+/// reference (the kernels round them as they read), the bias not (it is added in f32), and an
+/// output gradient that is bf16 already, so that the bias gradient (its plain sum) agrees too.
+/// Reductions of at most 12 terms: the f32 sums are within 1e-6 of the reference; a missed
+/// rounding is off by up to 2^-9.
+fn linear_bf16_case(device: Device, batch: usize, groups: usize, ins: usize, outs: usize) -> Result<f64> {
+    let x = random(&[batch, groups * ins], 81, -1.0, 1.0);
+    let w = random(&[groups * outs, ins], 82, -1.0, 1.0);
+    let bias = random(&[groups * outs], 83, -1.0, 1.0);
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect() };
+    let dy = round(random(&[batch, groups * outs], 84, -1.0, 1.0).as_slice());
+    let got = precision::scoped(Precision::Bf16, || -> Result<[Vec<f32>; 4]> {
+        let tape = Tape::new();
+        let leaf = |t: &Tensor| -> Result<Var> { Ok(tape.leaf(t.to_device(device)?, true)) };
+        let (xv, wv, bv) = (leaf(&x)?, leaf(&w)?, leaf(&bias)?);
+        let y = tape.grouped_linear(&xv, &wv, &bv, groups)?;
+        let seed = Tensor::from_vec(y.shape(), dy.clone()).to_device(device)?;
+        let grads = tape.backward_from(&y, seed)?;
+        let grad = |v: &Var| -> Result<Vec<f32>> { grads.get(v).map_or(Ok(Vec::new()), Tensor::to_host) };
+        Ok([y.value().to_host()?, grad(&xv)?, grad(&wv)?, grad(&bv)?])
+    })?;
+    let (xr, wr) = (round(x.as_slice()), round(w.as_slice()));
+    let (mut y, mut dx) = (vec![0.0f64; batch * groups * outs], vec![0.0f64; batch * groups * ins]);
+    let (mut dw, mut db) = (vec![0.0f64; groups * outs * ins], vec![0.0f64; groups * outs]);
+    for b in 0..batch {
+        for row in 0..groups * outs {
+            let (g, d) = (row / outs, dy[b * groups * outs + row] as f64);
+            y[b * groups * outs + row] += bias.as_slice()[row] as f64;
+            db[row] += d;
+            for i in 0..ins {
+                let (xi, wi) = (b * groups * ins + g * ins + i, row * ins + i);
+                y[b * groups * outs + row] += xr[xi] as f64 * wr[wi] as f64;
+                dx[xi] += d * wr[wi] as f64;
+                dw[wi] += d * xr[xi] as f64;
+            }
+        }
+    }
+    let exact = [y, dx, dw, db].map(|v| v.into_iter().map(|e| e as f32).collect::<Vec<f32>>());
+    Ok(got.iter().zip(&exact).map(|(a, b)| relative_error(a, b)).fold(0.0, f64::max))
+}
+
 /// The bf16 conversions (`round_to_bf16`, `widen_bf16`) against half::bf16 bit for bit, over
 /// values that round up, down, to even, overflow to infinity, and NaN: the number of differing
 /// values.
@@ -499,6 +570,28 @@ fn mma_case(device: Device) -> Result<f64> {
     Ok(relative_error(&d.download::<f32>()?, &expected))
 }
 
+/// Kernel files whose independent checks are the outputs of other programs rather than a
+/// selftest case (the cpu device runs these kernels through the emulator), and where.
+pub const CHECKED_AGAINST_REFERENCE_OUTPUTS: &[(&str, &str)] = &[
+    ("corrupt_", "tests/corruption_reference.rs: make_cifar_c.py's outputs, shipped in tests/data"),
+    ("augmix.cu", "tests/augmix.rs: Pillow's outputs of the nine operations, shipped in tests/data"),
+];
+
+/// The kernels of kernels/ that no independent case of `results` launched (a run of every
+/// case), leaving out the files of `CHECKED_AGAINST_REFERENCE_OUTPUTS`.
+pub fn kernels_without_a_case(results: &[CaseResult]) -> Vec<&'static str> {
+    let covered: std::collections::BTreeSet<&str> =
+        results.iter().filter(|r| r.independent).flat_map(|r| r.kernels.iter().map(String::as_str)).collect();
+    gpu::sources::KERNEL_SOURCES
+        .iter()
+        .filter(|(file, _, _)| {
+            !CHECKED_AGAINST_REFERENCE_OUTPUTS.iter().any(|(prefix, _)| file.starts_with(prefix))
+        })
+        .flat_map(|(_, _, kernels)| kernels.iter().copied())
+        .filter(|k| !covered.contains(k))
+        .collect()
+}
+
 /// Runs every case whose name `wanted` accepts on `device` (anything but cpu).
 pub fn run(
     device: Device,
@@ -506,15 +599,23 @@ pub fn run(
     mut progress: impl FnMut(&CaseResult),
 ) -> Vec<CaseResult> {
     let mut results = Vec::new();
+    let independent = std::cell::Cell::new(true);
     let mut check = |name: String, tolerance: f64, outcome: &dyn Fn() -> Result<f64>| {
         if !wanted(&name) {
             return;
         }
-        let r = match outcome() {
-            Ok(e) => CaseResult { name, max_relative_error: e, tolerance, error: None },
-            Err(e) => {
-                CaseResult { name, max_relative_error: f64::NAN, tolerance, error: Some(format!("{e:#}")) }
-            }
+        let (outcome, kernels) = gpu::launches_of(outcome);
+        let (max_relative_error, error) = match outcome {
+            Ok(e) => (e, None),
+            Err(e) => (f64::NAN, Some(format!("{e:#}"))),
+        };
+        let r = CaseResult {
+            name,
+            max_relative_error,
+            tolerance,
+            error,
+            kernels,
+            independent: independent.get(),
         };
         progress(&r);
         results.push(r);
@@ -524,6 +625,11 @@ pub fn run(
     }
     check("transpose_batched".into(), 0.0, &|| transpose_case(device));
     check("bf16 rounding (differing values)".into(), 0.0, &|| bf16_rounding_case(device));
+    for (batch, groups, ins, outs) in [(5, 1, 7, 5), (5, 4, 3, 2), (3, 10, 12, 2)] {
+        check(format!("grouped_linear bf16 b{batch} g{groups} {ins}->{outs}"), 1e-5, &|| {
+            linear_bf16_case(device, batch, groups, ins, outs)
+        });
+    }
     for (x, w, p) in bf16_check_shapes() {
         // The error as a fraction of its bound (see conv_bf16_case).
         check(format!("conv2d bf16 {}", conv_label(x, w, p)), 1.0, &|| conv_bf16_case(device, x, w, p));
@@ -537,6 +643,7 @@ pub fn run(
         }
     }
     check("sgd_update".into(), 1e-5, &|| sgd_case(device));
+    check("apgd_step (L-inf, L2) and select_images".into(), 1e-5, &|| apgd_and_select_case(device));
     check("philox streams (differing words)".into(), 0.0, &|| philox_case(device));
     // A whole step chains ~60 ops through batch norm, and rounding differences reach a few 1e-6
     // by the last stage: one value that batch norm puts within that of zero (this case has one
@@ -556,6 +663,10 @@ pub fn run(
             train_step_case(device, ModelKind::Preact18, &mode)
         });
     }
+    // The corruptions' cpu side is their kernels run by the emulator: on emu these cases show
+    // that the kernels run, on cuda that the GPU agrees with the emulator. Their independent
+    // checks are the reference generator's outputs (tests/corruption_reference.rs).
+    independent.set(false);
     for c in crate::corrupt::Corruption::ALL {
         // A uint8 truncation may flip by one level where a transcendental function differs in
         // its last bit between the GPU and the host; more is a bug.

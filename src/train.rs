@@ -28,6 +28,7 @@ use crate::nn::preact_resnet::Weights;
 use crate::ops::elementwise::all_finite;
 use crate::ops::loss::count_correct;
 use crate::ops::sgd::{SgdConfig, sgd_step};
+use crate::precision::{self, Precision};
 use crate::progress;
 use crate::tensor::Tensor;
 
@@ -395,6 +396,9 @@ pub struct EpochLog {
     /// FGSM-RS with `--early-stop`: accuracy under PGD-5 on the epoch's first training batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_batch_robust_accuracy: Option<f64>,
+    /// The arithmetic the epoch trained in (`--precision`; absent in logs of older builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
 }
 
 /// Why and where `--early-stop` ended a run (RUN_DIR/early-stop.json).
@@ -759,6 +763,7 @@ impl Trainer {
             images_per_s: Some(seen as f64 / train_seconds),
             robust_test_accuracy,
             first_batch_robust_accuracy,
+            precision: Some(precision::current()),
         };
         // Whether this epoch is the most robust so far, against the earlier lines of the log
         // (read before this epoch's line is appended; only adversarial runs have such lines).

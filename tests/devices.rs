@@ -6,7 +6,7 @@
 use mocse::device::Device;
 use mocse::selftest;
 
-fn check_device(device: Device) {
+fn check_device(device: Device) -> Vec<selftest::CaseResult> {
     let results = selftest::run(
         device,
         |_| true,
@@ -18,19 +18,23 @@ fn check_device(device: Device) {
         .map(|r| format!("{}: {:e} {}", r.name, r.max_relative_error, r.error.clone().unwrap_or_default()))
         .collect();
     assert!(failed.is_empty(), "kernels disagree with the cpu device on {device}:\n{}", failed.join("\n"));
+    results
 }
 
+/// Also: every kernel in kernels/ is launched by a case that compares it with an independent
+/// implementation, except those whose independent checks are reference outputs of other
+/// programs (`selftest::CHECKED_AGAINST_REFERENCE_OUTPUTS`).
 #[test]
 fn every_kernel_matches_the_cpu_device_on_emu() {
-    check_device(Device::Emu);
+    let results = check_device(Device::Emu);
+    let uncovered = selftest::kernels_without_a_case(&results);
+    assert!(uncovered.is_empty(), "kernels no selftest case compares with the cpu device: {uncovered:?}");
 }
 
 #[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
 fn every_kernel_matches_the_cpu_device_on_cuda() {
-    if let Err(why) = mocse::gpu::cuda::probe() {
-        println!("SKIPPED: no GPU here ({why:#}); the cuda device is checked on a GPU machine");
-        return;
-    }
+    mocse::gpu::cuda::probe().expect("a usable GPU");
     check_device(Device::Cuda);
 }
 

@@ -154,11 +154,9 @@ fn split_and_join_are_inverse() {
 }
 
 #[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
 fn fused_equals_unfused_on_cuda() {
-    if let Err(why) = mocse::gpu::cuda::probe() {
-        println!("SKIPPED: no GPU here ({why:#})");
-        return;
-    }
+    mocse::gpu::cuda::probe().expect("a usable GPU");
     check(Device::Cuda, Aggregate::Prob, true);
     check(Device::Cuda, Aggregate::LogOdds, false);
 }

@@ -161,9 +161,34 @@ impl GpuBuffer {
 /// Dynamic shared memory a launch may ask for on either device.
 pub const MAX_DYNAMIC_SHARED_BYTES: usize = 48 * 1024;
 
+thread_local! {
+    /// The kernels launched on this thread inside `launches_of`.
+    static LAUNCHED: std::cell::RefCell<Option<std::collections::BTreeSet<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns, with its result, the names of the kernels it launched on this thread
+/// (the selftest's record of which case checks which kernel).
+pub fn launches_of<R>(f: impl FnOnce() -> R) -> (R, std::collections::BTreeSet<String>) {
+    let outer = LAUNCHED.with(|l| l.borrow_mut().replace(Default::default()));
+    let result = f();
+    let inner = LAUNCHED.with(|l| l.replace(outer)).unwrap_or_default();
+    LAUNCHED.with(|l| {
+        if let Some(outer) = l.borrow_mut().as_mut() {
+            outer.extend(inner.iter().cloned());
+        }
+    });
+    (result, inner)
+}
+
 /// Launches kernel `name` on `device`. The argument array is built once here, exactly as
 /// `cuLaunchKernel` takes it, and handed to the device's launch primitive.
 pub fn launch(device: Device, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    LAUNCHED.with(|l| {
+        if let Some(set) = l.borrow_mut().as_mut() {
+            set.insert(name.to_string());
+        }
+    });
     // One rule for both devices: a CUDA launch gets 48 KB of dynamic shared memory unless the
     // kernel opts in to more (cuFuncSetAttribute), which none does; the emulator would allow 227 KB.
     ensure!(

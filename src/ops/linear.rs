@@ -7,6 +7,7 @@ use anyhow::{Result, ensure};
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::gpu::{self, LaunchConfig, int};
+use crate::precision;
 use crate::tensor::Tensor;
 
 /// Sizes of one grouped linear layer.
@@ -32,9 +33,20 @@ impl LinearShape {
     }
 }
 
+/// The kernel of the calling thread's precision (`--precision`; checked by `on`).
+fn kernel_name(family: &str) -> String {
+    format!("{family}_{}", precision::current().kernel_suffix())
+}
+
+/// The device of an op's operand, which must compute in the thread's precision.
+fn on(t: &Tensor) -> Result<Device> {
+    precision::current().check_device(t.device())?;
+    Ok(t.device())
+}
+
 pub fn linear_forward(x: &Tensor, w: &Tensor, bias: &Tensor, s: LinearShape) -> Result<Tensor> {
     let (ins, outs, i_n) = (s.ins(), s.outs(), s.in_per_group);
-    match x.device() {
+    match on(x)? {
         Device::Cpu => {
             let (xv, wv, bv) = (x.as_slice(), w.as_slice(), bias.as_slice());
             let mut y = vec![0.0f32; s.batch * outs];
@@ -52,7 +64,7 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, bias: &Tensor, s: LinearShape) -> 
             let y = Tensor::output_on(d, &[s.batch, outs])?;
             let mut args = vec![y.arg(), x.arg(), w.arg(), bias.arg()];
             args.extend(s.args());
-            gpu::launch(d, "grouped_linear_fwd_f32", LaunchConfig::for_elements(y.len()), &args)?;
+            gpu::launch(d, &kernel_name("grouped_linear_fwd"), LaunchConfig::for_elements(y.len()), &args)?;
             Ok(y)
         }
     }
@@ -60,7 +72,7 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, bias: &Tensor, s: LinearShape) -> 
 
 pub fn linear_backward_data(dy: &Tensor, w: &Tensor, s: LinearShape) -> Result<Tensor> {
     let (ins, outs, i_n) = (s.ins(), s.outs(), s.in_per_group);
-    match dy.device() {
+    match on(dy)? {
         Device::Cpu => {
             let (dyv, wv) = (dy.as_slice(), w.as_slice());
             let mut dx = vec![0.0f32; s.batch * ins];
@@ -81,7 +93,12 @@ pub fn linear_backward_data(dy: &Tensor, w: &Tensor, s: LinearShape) -> Result<T
             let dx = Tensor::output_on(d, &[s.batch, ins])?;
             let mut args = vec![dx.arg(), dy.arg(), w.arg()];
             args.extend(s.args());
-            gpu::launch(d, "grouped_linear_bwd_data_f32", LaunchConfig::for_elements(dx.len()), &args)?;
+            gpu::launch(
+                d,
+                &kernel_name("grouped_linear_bwd_data"),
+                LaunchConfig::for_elements(dx.len()),
+                &args,
+            )?;
             Ok(dx)
         }
     }
@@ -90,7 +107,7 @@ pub fn linear_backward_data(dy: &Tensor, w: &Tensor, s: LinearShape) -> Result<T
 /// (dw, dbias).
 pub fn linear_backward_weight(dy: &Tensor, x: &Tensor, s: LinearShape) -> Result<(Tensor, Tensor)> {
     let (ins, outs, i_n) = (s.ins(), s.outs(), s.in_per_group);
-    match dy.device() {
+    match on(dy)? {
         Device::Cpu => {
             let (dyv, xv) = (dy.as_slice(), x.as_slice());
             let mut dw = vec![0.0f32; outs * i_n];
@@ -113,7 +130,12 @@ pub fn linear_backward_weight(dy: &Tensor, x: &Tensor, s: LinearShape) -> Result
             let (dw, db) = (Tensor::output_on(d, &[outs, i_n])?, Tensor::output_on(d, &[outs])?);
             let mut args = vec![dw.arg(), db.arg(), dy.arg(), x.arg()];
             args.extend(s.args());
-            gpu::launch(d, "grouped_linear_bwd_weight_f32", LaunchConfig::for_elements(dw.len()), &args)?;
+            gpu::launch(
+                d,
+                &kernel_name("grouped_linear_bwd_weight"),
+                LaunchConfig::for_elements(dw.len()),
+                &args,
+            )?;
             Ok((dw, db))
         }
     }
