@@ -18,11 +18,12 @@ constexpr int kDefocusSide = 2 * kDefocusHalf + 1;
 }  // namespace corrupt_blur_kernels
 
 // gaussian_blur (§3.5): clip(skimage gaussian(x / 255., sigma, mode 'nearest'), 0, 1) * 255, uint8.
-extern "C" __global__ void corrupt_gaussian_blur(float* out, const float* in, double sigma) {
+// weights[0..radius]: scipy's one-sided Gaussian weights for sigma, from the host.
+extern "C" __global__ void corrupt_gaussian_blur(float* out, const float* in, const double* weights, int radius) {
   using namespace corrupt_blur_kernels;
   __shared__ double row_pass[CORRUPT_LEN];
   double w[corrupt_blur::kMaxGaussRadius + 1];
-  const int radius = corrupt_blur::gaussian_weights(sigma, w);
+  corrupt_blur::load_gaussian_weights(weights, radius, w);
   const float* src = in + (size_t)blockIdx.x * CORRUPT_LEN;
   float* dst = out + (size_t)blockIdx.x * CORRUPT_LEN;
   corrupt_blur::gaussian_filter_32<3>(
@@ -37,14 +38,14 @@ extern "C" __global__ void corrupt_gaussian_blur(float* out, const float* in, do
 // before they are read, so each iteration is a parallel gather from the previous state.
 // Random draws: block (iteration << 10 | h * 32 + w) of the image's stream, word 0 for dx, word 1
 // for dy.
-extern "C" __global__ void corrupt_glass_blur(float* out, const float* in, double sigma,
+extern "C" __global__ void corrupt_glass_blur(float* out, const float* in, const double* weights, int radius,
                                               int iterations, unsigned long long seed,
                                               unsigned long long first_image, int corruption, int severity) {
   using namespace corrupt_blur_kernels;
   __shared__ double row_pass[CORRUPT_LEN];
   __shared__ unsigned char state[2][CORRUPT_LEN];
   double w[corrupt_blur::kMaxGaussRadius + 1];
-  const int radius = corrupt_blur::gaussian_weights(sigma, w);
+  corrupt_blur::load_gaussian_weights(weights, radius, w);
   const CorruptionKey key = corruption_key(seed, first_image + blockIdx.x, corruption, severity);
   const float* src = in + (size_t)blockIdx.x * CORRUPT_LEN;
   float* dst = out + (size_t)blockIdx.x * CORRUPT_LEN;

@@ -22,43 +22,12 @@ namespace corrupt_blur {
 // parameters: at most 1.0).
 constexpr int kMaxGaussRadius = 8;
 
-// numpy's sum of a float64 array of n values (n <= 128): the first value plus the pairwise sum
-// of the rest, which for fewer than 8 values is a plain loop and otherwise 8 strided partial
-// sums combined as ((0+1)+(2+3))+((4+5)+(6+7)), then the leftovers.
-__device__ __forceinline__ double numpy_sum_small(const double* v, int n) {
-  const double* rest = v + 1;
-  const int m = n - 1;
-  double s;
-  if (m < 8) {
-    s = 0.0;
-    for (int i = 0; i < m; ++i) s = __dadd_rn(s, rest[i]);
-  } else {
-    double r[8];
-    for (int j = 0; j < 8; ++j) r[j] = rest[j];
-    int i = 8;
-    for (; i + 8 <= m; i += 8)
-      for (int j = 0; j < 8; ++j) r[j] = __dadd_rn(r[j], rest[i + j]);
-    s = __dadd_rn(__dadd_rn(__dadd_rn(r[0], r[1]), __dadd_rn(r[2], r[3])), __dadd_rn(__dadd_rn(r[4], r[5]), __dadd_rn(r[6], r[7])));
-    for (; i < m; ++i) s = __dadd_rn(s, rest[i]);
-  }
-  return __dadd_rn(v[0], s);
-}
-
-// scipy's kernel radius for truncate 4.
-__device__ __forceinline__ int gaussian_radius(double sigma) { return (int)(4.0 * sigma + 0.5); }
-
-// scipy _gaussian_kernel1d(sigma, 0, radius): exp(-0.5 / sigma^2 * x^2) for x = -r..r,
-// divided by its numpy sum. Writes the one-sided weights w[0..r] (w[0] is the centre) and
-// returns r. Any thread may call it (e.g. each into its own registers).
-__device__ __forceinline__ int gaussian_weights(double sigma, double* w) {
-  int radius = gaussian_radius(sigma);
-  if (radius > kMaxGaussRadius) radius = kMaxGaussRadius;  // outside the supported range
-  const double scale = -0.5 / __dmul_rn(sigma, sigma);
-  double full[2 * kMaxGaussRadius + 1];
-  for (int x = -radius; x <= radius; ++x) full[x + radius] = exp(__dmul_rn(scale, (double)(x * x)));
-  const double total = numpy_sum_small(full, 2 * radius + 1);
-  for (int k = 0; k <= radius; ++k) w[k] = full[radius + k] / total;
-  return radius;
+// The weights come from the host (src/corrupt/blur.rs, gaussian_weights: scipy's
+// _gaussian_kernel1d with glibc's exp, as the reference generator computes them; a GPU's exp may
+// differ in the last bit, enough to move a flat region by one level). A kernel copies them into
+// its registers: w[0..radius], w[0] the centre.
+__device__ __forceinline__ void load_gaussian_weights(const double* __restrict__ from, int radius, double* w) {
+  for (int k = 0; k <= radius && k <= kMaxGaussRadius; ++k) w[k] = from[k];
 }
 
 // One output of scipy correlate1d with a symmetric kernel: centre * w0, then the mirrored pairs
@@ -71,7 +40,7 @@ __device__ __forceinline__ double correlate_symmetric(const double* w, int radiu
 }
 
 // Gaussian filter of a 32x32 image with C channels, mode 'nearest' (edge replicate).
-//   w, radius: from gaussian_weights;
+//   w, radius: from load_gaussian_weights;
 //   tmp: 32*32*C doubles of shared memory (the row pass's result);
 //   load(y, x, c) -> double: the input (already in its final scale, e.g. uint8 / 255.);
 //   store(y, x, c, double): receives each output once.

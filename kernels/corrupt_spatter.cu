@@ -156,16 +156,18 @@ __constant__ int kEmboss[9] = {-2, -1, 0, -1, 1, 1, 0, 1, 2};
 }  // namespace corrupt_spatter_detail
 
 // out, in: (n, 32, 32, 3). The severity's tuple (mean, std, sigma, threshold,
-// intensity_or_mud_sigma) is a double; mode 0 = water, 1 = mud.
+// intensity_or_mud_sigma) is a double; mode 0 = water, 1 = mud. The Gaussian weights come from
+// the host: for sigma, and (mud) for the mud sigma.
 extern "C" __global__ void corrupt_spatter(float* __restrict__ out, const float* __restrict__ in,
-                                          double mean, double stddev,
-                                          double sigma, double threshold,
-                                          double intensity_or_mud_sigma, int mode, unsigned long long seed,
+                                          double mean, double stddev, const double* sigma_weights,
+                                          int sigma_radius, double threshold, double intensity_or_mud_sigma,
+                                          const double* mud_weights, int mud_radius, int mode,
+                                          unsigned long long seed,
                                           unsigned long long first_image, int corruption, int severity) {
     using namespace corrupt_spatter_detail;
     using corrupt_blur::gaussian_filter_32;
-    using corrupt_blur::gaussian_weights;
     using corrupt_blur::kMaxGaussRadius;
+    using corrupt_blur::load_gaussian_weights;
 
     __shared__ double layer[kPixels];    // the normal field, then (mud) the mask above threshold
     __shared__ double gauss_tmp[kPixels];
@@ -195,7 +197,8 @@ extern "C" __global__ void corrupt_spatter(float* __restrict__ out, const float*
     __syncthreads();
 
     double weights[kMaxGaussRadius + 1];
-    int radius = gaussian_weights(sigma, weights);
+    int radius = sigma_radius;
+    load_gaussian_weights(sigma_weights, radius, weights);
     const auto load_layer = [&](int y, int x, int) { return layer[y * N + x]; };
 
     if (mode == 1) {
@@ -203,7 +206,8 @@ extern "C" __global__ void corrupt_spatter(float* __restrict__ out, const float*
         gaussian_filter_32<1>(weights, radius, gauss_tmp, load_layer,
                               [&](int y, int x, int, double v) { layer[y * N + x] = v > threshold ? 1.0 : 0.0; });
         __syncthreads();
-        radius = gaussian_weights(intensity_or_mud_sigma, weights);
+        radius = mud_radius;
+        load_gaussian_weights(mud_weights, radius, weights);
         const float brown[3] = {(float)(63 / 255.0), (float)(42 / 255.0), (float)(20 / 255.0)};
         gaussian_filter_32<1>(weights, radius, gauss_tmp, load_layer, [&](int y, int x, int, double v) {
             float m = (float)v;  // skimage keeps the float32 mask float32

@@ -159,4 +159,15 @@ fn fused_equals_unfused_on_cuda() {
     mocse::gpu::cuda::probe().expect("a usable GPU");
     check(Device::Cuda, Aggregate::Prob, true);
     check(Device::Cuda, Aggregate::LogOdds, false);
+    mocse::precision::scoped(mocse::precision::Precision::Bf16, || check(Device::Cuda, Aggregate::Prob, true));
+}
+
+/// And in bf16 (`--precision bf16`): both forms round the same values to bf16, so they still
+/// differ only in the order of f32 additions.
+#[test]
+fn fused_equals_unfused_in_bf16_on_emu() {
+    mocse::precision::scoped(mocse::precision::Precision::Bf16, || {
+        check(Device::Emu, Aggregate::Prob, true);
+        check(Device::Emu, Aggregate::LogOdds, false);
+    });
 }

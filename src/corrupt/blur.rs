@@ -6,6 +6,7 @@
 use anyhow::{Result, ensure};
 
 use super::{Corruption, StreamKey, per_image};
+use crate::device::Device;
 use crate::gpu::{self, Arg, GpuBuffer, int};
 use crate::tensor::Tensor;
 
@@ -31,11 +32,13 @@ pub(super) fn apply(corruption: Corruption, input: &Tensor, severity: u8, key: S
     let stream = |c: Corruption| [seed, first, Arg::I32(c.id()), Arg::I32(i32::from(severity))];
     match corruption {
         Corruption::GaussianBlur => {
-            gpu::launch(device, "corrupt_gaussian_blur", cfg, &[o, i, Arg::F64(GAUSSIAN_SIGMA[s])])?
+            let (weights, radius) = gaussian_weights_on(device, GAUSSIAN_SIGMA[s])?;
+            gpu::launch(device, "corrupt_gaussian_blur", cfg, &[o, i, weights.arg(), radius])?
         }
         Corruption::GlassBlur => {
             let (sigma, iterations) = GLASS[s];
-            let mut args = vec![o, i, Arg::F64(sigma), Arg::I32(iterations)];
+            let (weights, radius) = gaussian_weights_on(device, sigma)?;
+            let mut args = vec![o, i, weights.arg(), radius, Arg::I32(iterations)];
             args.extend(stream(corruption));
             gpu::launch(device, "corrupt_glass_blur", cfg, &args)?
         }
@@ -57,6 +60,42 @@ pub(super) fn apply(corruption: Corruption, input: &Tensor, severity: u8, key: S
         _ => unreachable!("{corruption} is not a blur"),
     }
     Ok(out)
+}
+
+/// Largest radius the kernels take (`kMaxGaussRadius` in corrupt_blur.cuh): sigma < 1.9375.
+const MAX_GAUSS_RADIUS: usize = 8;
+
+/// scipy's one-sided Gaussian weights for `sigma` (truncate 4), w[0] the centre: as
+/// `_gaussian_kernel1d`, exp(-0.5 / sigma^2 * x^2) for x = -r..r divided by numpy's sum of
+/// them (the first value plus the pairwise sum of the rest: for fewer than 8 a plain loop,
+/// else 8 strided partial sums combined as ((0+1)+(2+3))+((4+5)+(6+7)), then the leftovers).
+/// Computed on the host with glibc's exp, as the reference generator computes them: a GPU's exp
+/// may differ in the last bit, which moves a flat region by one level.
+pub(super) fn gaussian_weights(sigma: f64) -> Result<Vec<f64>> {
+    let radius = (4.0 * sigma + 0.5) as usize;
+    ensure!(radius <= MAX_GAUSS_RADIUS, "a Gaussian of sigma {sigma} is wider than the kernels take");
+    let scale = -0.5 / (sigma * sigma);
+    let full: Vec<f64> = (-(radius as i64)..=radius as i64).map(|x| (scale * (x * x) as f64).exp()).collect();
+    let rest = &full[1..];
+    let pairwise = if rest.len() < 8 {
+        rest.iter().fold(0.0, |s, v| s + v)
+    } else {
+        let mut r: [f64; 8] = rest[..8].try_into().expect("8 values");
+        let whole = rest.len() / 8 * 8;
+        for chunk in rest[8..whole].chunks_exact(8) {
+            r.iter_mut().zip(chunk).for_each(|(a, v)| *a += v);
+        }
+        let s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        rest[whole..].iter().fold(s, |s, v| s + v)
+    };
+    let total = full[0] + pairwise;
+    Ok(full[radius..].iter().map(|w| w / total).collect())
+}
+
+/// `gaussian_weights` on the device, and its radius as a kernel argument.
+pub(super) fn gaussian_weights_on(device: Device, sigma: f64) -> Result<(GpuBuffer, Arg)> {
+    let weights = gaussian_weights(sigma)?;
+    Ok((GpuBuffer::upload(device, &weights)?, int(weights.len() - 1)))
 }
 
 /// The length of np.arange(start, stop, step): ceil((stop - start) / step) in float64, which

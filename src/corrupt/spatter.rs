@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 
+use super::blur::gaussian_weights_on;
 use super::{Corruption, StreamKey, per_image};
 use crate::gpu::{self, Arg};
 use crate::tensor::Tensor;
@@ -24,6 +25,10 @@ pub(super) fn apply(input: &Tensor, severity: u8, key: StreamKey) -> Result<Tens
     let out = Tensor::output_on(device, input.shape())?;
     let (mean, std, sigma, threshold, intensity, mode) = PARAMS[usize::from(severity - 1)];
     let [seed, first_image] = key.args();
+    let (sigma_weights, sigma_radius) = gaussian_weights_on(device, sigma)?;
+    // Water reads no mud weights; the intensity then is no sigma.
+    let mud_sigma = if mode == 1 { intensity } else { sigma };
+    let (mud_weights, mud_radius) = gaussian_weights_on(device, mud_sigma)?;
     gpu::launch(
         device,
         "corrupt_spatter",
@@ -33,9 +38,12 @@ pub(super) fn apply(input: &Tensor, severity: u8, key: StreamKey) -> Result<Tens
             input.arg(),
             Arg::F64(mean),
             Arg::F64(std),
-            Arg::F64(sigma),
+            sigma_weights.arg(),
+            sigma_radius,
             Arg::F64(threshold),
             Arg::F64(intensity),
+            mud_weights.arg(),
+            mud_radius,
             Arg::I32(mode),
             seed,
             first_image,
