@@ -54,7 +54,7 @@ impl Tensor {
 
     /// A zero tensor on `device`.
     pub fn zeros_on(device: Device, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = device_len(device, shape)?;
         let storage = match device {
             Device::Cpu => Storage::Cpu(vec![0.0; n]),
             d => Storage::Gpu(GpuBuffer::zeros(d, n * 4)?),
@@ -85,7 +85,7 @@ impl Tensor {
     pub fn output_on(device: Device, shape: &[usize]) -> Result<Tensor> {
         match device {
             Device::Cpu => Tensor::zeros_on(device, shape),
-            d => Ok(Tensor::from_gpu(shape, GpuBuffer::for_output(d, shape.iter().product::<usize>() * 4)?)),
+            d => Ok(Tensor::from_gpu(shape, GpuBuffer::for_output(d, device_len(d, shape)? * 4)?)),
         }
     }
 
@@ -108,7 +108,10 @@ impl Tensor {
         }
         let storage = match device {
             Device::Cpu => Storage::Cpu(self.to_host()?),
-            d => Storage::Gpu(GpuBuffer::upload(d, &self.to_host()?)?),
+            d => {
+                device_len(d, &self.shape)?;
+                Storage::Gpu(GpuBuffer::upload(d, &self.to_host()?)?)
+            }
         };
         Ok(Tensor { shape: self.shape.clone(), storage: Arc::new(storage) })
     }
@@ -204,3 +207,17 @@ impl fmt::Debug for Tensor {
         write!(f, "Tensor{:?} on {}", self.shape, self.device())
     }
 }
+/// The number of elements of `shape`, which a tensor on `device` may hold (at most
+/// `gpu::MAX_ELEMENTS` on the kernel devices).
+fn device_len(device: Device, shape: &[usize]) -> Result<usize> {
+    let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    match n {
+        Some(n) if device == Device::Cpu || n <= crate::gpu::MAX_ELEMENTS => Ok(n),
+        _ => anyhow::bail!(
+            "a tensor of shape {shape:?} is larger than the {device} device's kernels index (at most {} elements); \
+             use a smaller batch or width",
+            crate::gpu::MAX_ELEMENTS
+        ),
+    }
+}
+

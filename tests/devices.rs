@@ -65,3 +65,15 @@ fn dynamic_shared_memory_over_the_launch_default_is_refused_by_name() {
     cfg.shared_bytes = MAX_DYNAMIC_SHARED_BYTES as u32;
     gpu::launch(Device::Emu, "relu_fwd_f32", cfg, &[out.arg(), out.arg(), gpu::int(32)]).unwrap();
 }
+
+/// A device tensor with more elements than the kernels' int indexing (and a grid-stride loop's
+/// last step) allows is refused with a clear error before anything is allocated.
+#[test]
+fn tensors_past_the_kernels_index_range_are_refused() {
+    let too_many = mocse::gpu::MAX_ELEMENTS + 1;
+    let err = mocse::tensor::Tensor::output_on(Device::Emu, &[too_many]).err().expect("refused");
+    assert!(format!("{err:#}").contains("larger than the emu device's kernels index"), "{err:#}");
+    let err = mocse::tensor::Tensor::zeros_on(Device::Emu, &[usize::MAX, 2]).err().expect("refused");
+    assert!(format!("{err:#}").contains("use a smaller batch"), "{err:#}");
+    assert!(mocse::tensor::Tensor::output_on(Device::Emu, &[1 << 20]).is_ok());
+}

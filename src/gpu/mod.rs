@@ -44,7 +44,12 @@ impl From<f32> for Arg {
     }
 }
 
-/// `usize` sizes are passed as `int`: every tensor of this project has fewer than 2^31 elements.
+/// The most elements a tensor on a kernel device may have: kernels index with `int`, and a
+/// grid-stride loop's index (below the count) plus its stride (at most 4096 x 256 = 2^20,
+/// `LaunchConfig::for_elements`) must not overflow.
+pub const MAX_ELEMENTS: usize = i32::MAX as usize - (1 << 20);
+
+/// `usize` sizes are passed as `int`: no device tensor has more than `MAX_ELEMENTS` elements.
 pub fn int(v: usize) -> Arg {
     assert!(v <= i32::MAX as usize, "size {v} does not fit a kernel's int parameter");
     Arg::I32(v as i32)

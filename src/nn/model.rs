@@ -101,11 +101,11 @@ impl ModelConfig {
         let largest_activation = b * 32 * 32 * g * w;
         let largest_weight = g * 8 * w * 8 * w * 9;
         if device != Device::Cpu {
-            let limit = i32::MAX as u128;
+            let limit = crate::gpu::MAX_ELEMENTS as u128;
             ensure!(
                 largest_activation <= limit && largest_weight <= limit,
                 "{} at batch {batch_size} has a tensor of {} elements; the {device} device's kernels index \
-                 tensors with 32-bit integers (at most {limit}); use a smaller width or batch",
+                 tensors with 32-bit integers (at most {limit} elements); use a smaller width or batch",
                 self.describe(),
                 largest_activation.max(largest_weight)
             );
