@@ -400,18 +400,9 @@ pub fn bench_conv_layers(
     warmup: usize,
     steps: usize,
 ) -> Result<Vec<ConvBenchRow>> {
-    let net = Model::new(config);
-    let layers = net.fused().conv_layers();
     let experts = if config.kind == ModelKind::Mocse { config.num_classes } else { 1 };
     let mut rows = Vec::new();
-    let mut seen: Vec<(Vec<usize>, Conv2dParams, usize)> = Vec::new();
-    for layer in &layers {
-        let key = (layer.weight_shape.clone(), layer.params, layer.input_size);
-        if seen.contains(&key) {
-            continue;
-        }
-        seen.push(key.clone());
-        let count = layers.iter().filter(|l| (l.weight_shape.clone(), l.params, l.input_size) == key).count();
+    for (layer, count) in distinct_conv_layers(config) {
         let w: [usize; 4] = layer.weight_shape.clone().try_into().expect("conv weights are 4-D");
         let p = layer.params;
         let mut jobs: Vec<(&'static str, ConvJob)> = vec![(
@@ -520,6 +511,160 @@ pub fn bench_corruptions(
         };
         progress(&row);
         rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The card a `--plan` designs for: an NVIDIA H200 SXM (Hopper, sm_90), dense peaks.
+pub struct Card {
+    pub name: &'static str,
+    pub sms: usize,
+    pub registers_per_sm: usize,
+    pub shared_bytes_per_sm: usize,
+    /// Shared memory the runtime reserves per block on sm_90.
+    pub reserved_shared_per_block: usize,
+    pub max_threads_per_sm: usize,
+    pub max_blocks_per_sm: usize,
+    pub f32_tflops: f64,
+    pub bf16_tflops: f64,
+    pub memory_tb_per_s: f64,
+}
+
+pub const H200: Card = Card {
+    name: "NVIDIA H200 SXM (sm_90)",
+    sms: 132,
+    registers_per_sm: 65536,
+    shared_bytes_per_sm: 228 * 1024,
+    reserved_shared_per_block: 1024,
+    max_threads_per_sm: 2048,
+    max_blocks_per_sm: 32,
+    f32_tflops: 67.0,
+    bf16_tflops: 989.0,
+    memory_tb_per_s: 4.8,
+};
+
+/// One direction of one layer on paper: what `--plan` prints.
+#[derive(Debug, Serialize)]
+pub struct PlanRow {
+    pub layer: String,
+    pub count: usize,
+    pub direction: &'static str,
+    pub precision: Precision,
+    pub kernel: String,
+    pub tile: [usize; 2],
+    pub blocks: usize,
+    pub registers: u32,
+    pub shared_bytes: u32,
+    pub blocks_per_sm: usize,
+    /// Resident warps over the SM's 64.
+    pub occupancy: f64,
+    pub waves: usize,
+    /// Blocks over the waves' slots: the last wave's idle SMs.
+    pub wave_efficiency: f64,
+    pub gflop: f64,
+    /// Each operand read once and the result written once (f32 in memory), plus backward
+    /// weight's partial sums written and read back.
+    pub megabytes: f64,
+    pub flop_per_byte: f64,
+    /// max(FLOPs at the precision's peak, bytes at the memory bandwidth).
+    pub microseconds_at_peak: f64,
+    pub bound: &'static str,
+}
+
+/// The distinct convolutions of a model (weight shape, parameters, input size) with how many
+/// layers share each, in execution order.
+fn distinct_conv_layers(config: ModelConfig) -> Vec<(crate::nn::preact_resnet::ConvSpec, usize)> {
+    let layers = Model::new(config).fused().conv_layers();
+    let key = |l: &crate::nn::preact_resnet::ConvSpec| (l.weight_shape.clone(), l.params, l.input_size);
+    let mut out: Vec<(crate::nn::preact_resnet::ConvSpec, usize)> = Vec::new();
+    for layer in layers {
+        match out.iter_mut().find(|(l, _)| key(l) == key(&layer)) {
+            Some((_, count)) => *count += 1,
+            None => out.push((layer, 1)),
+        }
+    }
+    out
+}
+
+/// The performance design of a model's convolutions on `card`, without a GPU: per distinct
+/// layer and direction the kernel and tile `ConvLaunch` picks, its FLOPs and bytes, the
+/// occupancy that NVRTC's register and shared-memory report for `arch` implies, and the time
+/// at the card's peak.
+pub fn conv_plan(
+    config: ModelConfig,
+    batch: usize,
+    precision: Precision,
+    arch: &str,
+    card: &Card,
+) -> Result<Vec<PlanRow>> {
+    use crate::gpu::{nvrtc, sources::KERNEL_SOURCES};
+    use crate::ops::conv::{ConvLaunch, Direction};
+    anyhow::ensure!(nvrtc::available(), "{}", nvrtc::missing_message());
+    let file = match precision {
+        Precision::F32 => "conv2d.cu",
+        Precision::Bf16 => "conv2d_bf16.cu",
+    };
+    let (_, source, _) =
+        KERNEL_SOURCES.iter().find(|(f, _, _)| *f == file).context("the convolution kernels are indexed")?;
+    let resources = nvrtc::parse_resources(&nvrtc::compile(file, source, arch)?.log);
+    let peak = match precision {
+        Precision::F32 => card.f32_tflops,
+        Precision::Bf16 => card.bf16_tflops,
+    } * 1e12;
+    let mut rows = Vec::new();
+    for (layer, count) in distinct_conv_layers(config) {
+        let w: [usize; 4] = layer.weight_shape.clone().try_into().expect("conv weights are 4-D");
+        let x = [batch, layer.input_size, layer.input_size, w[1] * layer.params.groups];
+        let g = ConvGeometry::new(&x, &w, layer.params)?;
+        let [input, weight, output] =
+            [g.input_len(), w.iter().product(), g.output_shape().iter().product::<usize>()];
+        for (direction, name) in [
+            (Direction::Forward, "forward"),
+            (Direction::BackwardData, "backward-data"),
+            (Direction::BackwardWeight, "backward-weight"),
+        ] {
+            let launch = ConvLaunch::of(direction, precision, &g);
+            let r = resources
+                .iter()
+                .find(|r| r.name == launch.kernel)
+                .with_context(|| format!("ptxas reported no {} for {arch}", launch.kernel))?;
+            let threads = 256;
+            let by_registers =
+                card.registers_per_sm / ((r.registers as usize).div_ceil(8) * 8 * threads).max(1);
+            let by_shared =
+                card.shared_bytes_per_sm / (r.shared_bytes as usize + card.reserved_shared_per_block);
+            let blocks_per_sm = by_registers
+                .min(by_shared)
+                .min(card.max_threads_per_sm / threads)
+                .min(card.max_blocks_per_sm);
+            let blocks = launch.grid.iter().map(|&d| d as usize).product::<usize>();
+            let slots = (card.sms * blocks_per_sm).max(1);
+            let waves = blocks.div_ceil(slots);
+            let partials = if launch.splits > 1 { 2 * launch.splits * weight } else { 0 };
+            let bytes = 4.0 * (input + weight + output + partials) as f64;
+            let flops = g.flops();
+            let (compute, memory) = (flops / peak, bytes / (card.memory_tb_per_s * 1e12));
+            rows.push(PlanRow {
+                layer: layer.name.clone(),
+                count,
+                direction: name,
+                precision,
+                kernel: launch.kernel,
+                tile: launch.tile,
+                blocks,
+                registers: r.registers,
+                shared_bytes: r.shared_bytes,
+                blocks_per_sm,
+                occupancy: (blocks_per_sm * threads) as f64 / card.max_threads_per_sm as f64,
+                waves,
+                wave_efficiency: blocks as f64 / (waves * slots) as f64,
+                gflop: flops / 1e9,
+                megabytes: bytes / 1e6,
+                flop_per_byte: flops / bytes,
+                microseconds_at_peak: compute.max(memory) * 1e6,
+                bound: if compute >= memory { "compute" } else { "memory" },
+            });
+        }
     }
     Ok(rows)
 }

@@ -531,6 +531,15 @@ struct BenchArgs {
     /// twin network elsewhere (benches/pytorch_peer.py) to check that it computes the same
     #[arg(long, value_name = "DIR")]
     twin: Option<PathBuf>,
+    /// conv-layers: instead of measuring, print the design on paper for an NVIDIA H200 (no GPU
+    /// needed, NVRTC is): per layer and direction the kernel and tile, FLOPs, bytes, arithmetic
+    /// intensity, the occupancy ptxas's registers and shared memory imply, and the time at the
+    /// card's peak. Precision: --precision (default bf16, the GPU's)
+    #[arg(long)]
+    plan: bool,
+    /// With --plan: the architecture NVRTC compiles for
+    #[arg(long, default_value = "sm_90", requires = "plan")]
+    arch: String,
 }
 
 /// `mi_option_purge_delay` in mimalloc.h (v2): how long freed memory stays committed.
@@ -727,6 +736,90 @@ fn train(a: TrainArgs) -> Result<()> {
             trainer.progress.epoch,
             a.out.display()
         );
+    }
+    Ok(())
+}
+
+/// `bench --what conv-layers --plan`: the kernels' design for the GPU, on paper.
+fn conv_plan(a: &BenchArgs, model: ModelKind, batch_size: usize) -> Result<()> {
+    let config = ModelConfig {
+        kind: model,
+        num_classes: 10,
+        width: if model == ModelKind::Mocse { a.expert_width } else { a.width },
+        aggregate: Aggregate::Prob,
+        bce_weight: 1.0,
+    };
+    config.validate()?;
+    let precision = a.run_on.precision.unwrap_or(Precision::Bf16);
+    let card = &mocse::bench::H200;
+    let rows = mocse::bench::conv_plan(config, batch_size, precision, &a.arch, card)?;
+    println!(
+        "{} at batch {batch_size}, {precision}, kernels compiled for {}, on paper for an {} ({} SMs, {} TFLOP/s \
+         f32 and {} bf16 dense, {} TB/s)",
+        config.describe(),
+        a.arch,
+        card.name,
+        card.sms,
+        card.f32_tflops,
+        card.bf16_tflops,
+        card.memory_tb_per_s
+    );
+    println!(
+        "{:<20} {:>2} {:<15} {:<30} {:>8} {:>6} {:>4} {:>6} {:>3} {:>5} {:>9} {:>7} {:>7} {:>6} {:>8} {:<7}",
+        "layer",
+        "n",
+        "direction",
+        "kernel",
+        "tile",
+        "blocks",
+        "regs",
+        "smem",
+        "b/SM",
+        "occ",
+        "waves",
+        "GFLOP",
+        "MB",
+        "FLOP/B",
+        "us@peak",
+        "bound"
+    );
+    for r in &rows {
+        println!(
+            "{:<20} {:>2} {:<15} {:<30} {:>8} {:>6} {:>4} {:>5}K {:>3} {:>4.0}% {:>3} ({:>3.0}%) {:>7.2} {:>7.1} {:>6.1} \
+             {:>8.1} {:<7}",
+            r.layer,
+            r.count,
+            r.direction,
+            r.kernel,
+            format!("{}x{}", r.tile[0], r.tile[1]),
+            r.blocks,
+            r.registers,
+            r.shared_bytes.div_ceil(1024),
+            r.blocks_per_sm,
+            100.0 * r.occupancy,
+            r.waves,
+            100.0 * r.wave_efficiency,
+            r.gflop,
+            r.megabytes,
+            r.flop_per_byte,
+            r.microseconds_at_peak,
+            r.bound
+        );
+    }
+    let at_peak: f64 = rows.iter().map(|r| r.microseconds_at_peak * r.count as f64).sum();
+    println!("all convolutions of a training step at the card's peak: {:.0} us", at_peak);
+    if let Some(path) = &a.json {
+        let report = serde_json::json!({
+            "what": "conv-layers-plan",
+            "model": config.describe(),
+            "batch_size": batch_size,
+            "precision": precision,
+            "arch": a.arch,
+            "card": card.name,
+            "mocse": mocse::BUILD,
+            "rows": rows,
+        });
+        write_json(path, &report)?;
     }
     Ok(())
 }
@@ -1342,6 +1435,12 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     if a.what == "conv-layers" && a.run_on.conv_impl == ConvImpl::Cudnn {
         bail!("--what conv-layers measures cuDNN beside the kernels by itself; leave out --conv-impl");
+    }
+    if a.plan {
+        if a.what != "conv-layers" {
+            bail!("--plan applies to --what conv-layers only");
+        }
+        return conv_plan(&a, model, batch_size);
     }
     let (device, why, _) = a.run_on.apply()?;
     let config = ModelConfig {

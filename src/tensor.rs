@@ -220,4 +220,3 @@ fn device_len(device: Device, shape: &[usize]) -> Result<usize> {
         ),
     }
 }
-

@@ -71,9 +71,9 @@ fn dynamic_shared_memory_over_the_launch_default_is_refused_by_name() {
 #[test]
 fn tensors_past_the_kernels_index_range_are_refused() {
     let too_many = mocse::gpu::MAX_ELEMENTS + 1;
-    let err = mocse::tensor::Tensor::output_on(Device::Emu, &[too_many]).err().expect("refused");
+    let err = mocse::tensor::Tensor::output_on(Device::Emu, &[too_many]).expect_err("refused");
     assert!(format!("{err:#}").contains("larger than the emu device's kernels index"), "{err:#}");
-    let err = mocse::tensor::Tensor::zeros_on(Device::Emu, &[usize::MAX, 2]).err().expect("refused");
+    let err = mocse::tensor::Tensor::zeros_on(Device::Emu, &[usize::MAX, 2]).expect_err("refused");
     assert!(format!("{err:#}").contains("use a smaller batch"), "{err:#}");
     assert!(mocse::tensor::Tensor::output_on(Device::Emu, &[1 << 20]).is_ok());
 }

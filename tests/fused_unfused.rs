@@ -159,7 +159,9 @@ fn fused_equals_unfused_on_cuda() {
     mocse::gpu::cuda::probe().expect("a usable GPU");
     check(Device::Cuda, Aggregate::Prob, true);
     check(Device::Cuda, Aggregate::LogOdds, false);
-    mocse::precision::scoped(mocse::precision::Precision::Bf16, || check(Device::Cuda, Aggregate::Prob, true));
+    mocse::precision::scoped(mocse::precision::Precision::Bf16, || {
+        check(Device::Cuda, Aggregate::Prob, true)
+    });
 }
 
 /// And in bf16 (`--precision bf16`): both forms round the same values to bf16, so they still

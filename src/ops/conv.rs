@@ -492,18 +492,52 @@ fn shape_args(g: &ConvGeometry) -> [Arg; 11] {
     ]
 }
 
-/// The kernel variant and grid of a tiled GEMM of `rows` x `cols` per group: for groups of 16
-/// columns or fewer the narrow tile (f32: 256 x 16, bf16: 256 x 16), else the wide one (f32:
-/// 64 x 64, bf16: 128 x 64).
-fn tiled(name: &str, precision: Precision, rows: usize, cols: usize, z: usize) -> (String, LaunchConfig) {
-    let suffix = precision.kernel_suffix();
-    let (bm, bn, kernel) = match (cols <= 16, precision) {
-        (true, _) => (256, 16, format!("{name}_narrow_{suffix}")),
-        (false, Precision::F32) => (64, 64, format!("{name}_{suffix}")),
-        (false, Precision::Bf16) => (128, 64, format!("{name}_{suffix}")),
-    };
-    let grid = [rows.div_ceil(bm) as u32, cols.div_ceil(bn) as u32, z as u32];
-    (kernel, LaunchConfig::new(grid, [256, 1, 1]))
+/// What the kernel devices launch for one direction of a convolution: the kernel, the tile of
+/// the per-group GEMM one block of 256 threads computes (rows x columns), the grid (z: groups,
+/// times the splits of backward weight's pixel reduction) and those splits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvLaunch {
+    pub kernel: String,
+    pub tile: [usize; 2],
+    pub grid: [u32; 3],
+    pub splits: usize,
+}
+
+impl ConvLaunch {
+    /// Forward: rows = output pixels, columns = output channels of a group. Backward data:
+    /// rows = input pixels, columns = input channels. Backward weight: rows = output channels,
+    /// columns = (kh, kw, input channel), the pixels split so that small weights fill the GPU.
+    /// Tiles: for 16 columns or fewer (rows for backward weight) the narrow ones (256 x 16,
+    /// 16 x 256), else 64 x 64 (f32) or 128 x 64 (bf16).
+    pub fn of(direction: Direction, precision: Precision, g: &ConvGeometry) -> ConvLaunch {
+        let suffix = precision.kernel_suffix();
+        let wide = match precision {
+            Precision::F32 => [64, 64],
+            Precision::Bf16 => [128, 64],
+        };
+        let (name, rows, cols, splits) = match direction {
+            Direction::Forward => ("conv2d_fwd", g.batch * g.pixels_out(), g.out_per_group(), 1),
+            Direction::BackwardData => ("conv2d_bwd_data", g.batch * g.pixels_in(), g.in_per_group(), 1),
+            Direction::BackwardWeight => {
+                let splits = (g.batch * g.pixels_out() / 2048).clamp(1, 32);
+                ("conv2d_bwd_weight", g.out_per_group(), g.group_depth(), splits)
+            }
+        };
+        let narrow = match direction {
+            Direction::BackwardWeight => (rows <= 16).then_some([16, 256]),
+            _ => (cols <= 16).then_some([256, 16]),
+        };
+        let (kernel, tile) = match narrow {
+            Some(tile) => (format!("{name}_narrow_{suffix}"), tile),
+            None => (format!("{name}_{suffix}"), wide),
+        };
+        let grid = [rows.div_ceil(tile[0]) as u32, cols.div_ceil(tile[1]) as u32, (g.groups * splits) as u32];
+        ConvLaunch { kernel, tile, grid, splits }
+    }
+
+    fn config(&self) -> LaunchConfig {
+        LaunchConfig::new(self.grid, [256, 1, 1])
+    }
 }
 
 /// Which CPU algorithm runs a convolution: the direct microkernels (`conv_direct`), Winograd
@@ -825,11 +859,10 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bo
         ConvEngine::Kernels(precision) => {
             let d = x.device();
             let y = Tensor::output_on(d, &g.output_shape())?;
-            let rows = g.batch * g.pixels_out();
-            let (kernel, cfg) = tiled("conv2d_fwd", precision, rows, g.out_per_group(), g.groups);
+            let launch = ConvLaunch::of(Direction::Forward, precision, &g);
             let mut args = vec![y.arg(), x.arg(), w.arg()];
             args.extend(shape_args(&g));
-            gpu::launch(d, &kernel, cfg, &args)?;
+            gpu::launch(d, &launch.kernel, launch.config(), &args)?;
             Ok(y)
         }
     }
@@ -924,11 +957,10 @@ pub fn conv2d_backward_data(
         ConvEngine::Kernels(precision) => {
             let d = dy.device();
             let dx = Tensor::output_on(d, &x_shape)?;
-            let rows = g.batch * g.pixels_in();
-            let (kernel, cfg) = tiled("conv2d_bwd_data", precision, rows, g.in_per_group(), g.groups);
+            let launch = ConvLaunch::of(Direction::BackwardData, precision, g);
             let mut args = vec![dx.arg(), dy.arg(), w.arg()];
             args.extend(shape_args(g));
-            gpu::launch(d, &kernel, cfg, &args)?;
+            gpu::launch(d, &launch.kernel, launch.config(), &args)?;
             Ok(dx)
         }
     }
@@ -961,28 +993,15 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
         ConvEngine::Cudnn(precision) => gpu::cudnn::backward_weight(x, dy, g, precision),
         ConvEngine::Kernels(precision) => {
             let d = x.device();
-            // Split the reduction over output pixels so that small weight tensors still fill the
-            // GPU; the splits' partial sums are added in order by a second kernel.
-            let pixels = g.batch * g.pixels_out();
-            let splits = (pixels / 2048).clamp(1, 32);
-            let chunk = pixels.div_ceil(splits);
-            let depth = g.group_depth();
-            let partial = GpuBuffer::for_output(d, splits * g.out_channels * depth * 4)?;
-            let suffix = precision.kernel_suffix();
-            let (bm, bn, kernel) = match (g.out_per_group() <= 16, precision) {
-                (true, _) => (16, 256, format!("conv2d_bwd_weight_narrow_{suffix}")),
-                (false, Precision::F32) => (64, 64, format!("conv2d_bwd_weight_{suffix}")),
-                (false, Precision::Bf16) => (128, 64, format!("conv2d_bwd_weight_{suffix}")),
-            };
-            let grid = [
-                g.out_per_group().div_ceil(bm) as u32,
-                depth.div_ceil(bn) as u32,
-                (g.groups * splits) as u32,
-            ];
+            // The splits' partial sums are added in order by a second kernel.
+            let launch = ConvLaunch::of(Direction::BackwardWeight, precision, g);
+            let splits = launch.splits;
+            let chunk = (g.batch * g.pixels_out()).div_ceil(splits);
+            let partial = GpuBuffer::for_output(d, splits * g.out_channels * g.group_depth() * 4)?;
             let mut args = vec![partial.arg(), x.arg(), dy.arg()];
             args.extend(shape_args(g));
             args.push(int(chunk));
-            gpu::launch(d, &kernel, LaunchConfig::new(grid, [256, 1, 1]), &args)?;
+            gpu::launch(d, &launch.kernel, launch.config(), &args)?;
             let dw = Tensor::output_on(d, &g.weight_shape())?;
             let args = [
                 dw.arg(),
