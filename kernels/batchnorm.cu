@@ -2,21 +2,25 @@
 //
 // Reductions are deterministic: bn_partial_sums_f64 writes one partial sum per part of the rows
 // (in double), and the finalize kernels add the parts in order, like the CPU device does.
+#include "bn_relu.cuh"
 #include "common.cuh"
 
-// The gradient that reaches batch norm's output: dy itself, or where a relu follows it (relu_out,
-// that relu's output, not null), dy where the relu passed its input and 0 where it clipped it.
-__device__ __forceinline__ float through_relu(const float* __restrict__ dy, const float* __restrict__ relu_out,
-                                              long long i) {
-    return (relu_out == nullptr || relu_out[i] > 0.0f) ? dy[i] : 0.0f;
+// The gradient that reaches batch norm's output: dy itself, or where a relu follows it (beta not
+// null: batch norm's shift), dy where the relu passed its input and 0 where it clipped it, the
+// decision recomputed from x (bn_relu.cuh) rather than read from the relu's output.
+__device__ __forceinline__ float through_relu(const float* __restrict__ dy, long long i, float x, int ch,
+                                              const float* __restrict__ mean, const float* __restrict__ inv_std,
+                                              const float* __restrict__ gamma, const float* __restrict__ beta) {
+    return (beta == nullptr || relu_passed(x, ch, mean, inv_std, gamma, beta)) ? dy[i] : 0.0f;
 }
 
 // grid (ceil(c / 32), parts), block (32, 8). partial: [parts][2][c].
 // Statistics (dy == nullptr): s0 = sum x, s1 = sum x^2.
-// Gradient: s0 = sum dy, s1 = sum dy * (x - mean) * inv_std, dy through the relu when relu_out is set.
+// Gradient: s0 = sum dy, s1 = sum dy * (x - mean) * inv_std, dy through the relu when
+// relu_beta is set (with relu_gamma: batch norm's affine parameters).
 extern "C" __global__ void bn_partial_sums_f64(double* __restrict__ partial, const float* __restrict__ x,
-                                               const float* __restrict__ dy, const float* __restrict__ relu_out,
-                                               const float* __restrict__ mean,
+                                               const float* __restrict__ dy, const float* __restrict__ relu_gamma,
+                                               const float* __restrict__ relu_beta, const float* __restrict__ mean,
                                                const float* __restrict__ inv_std, int rows, int c,
                                                int rows_per_part) {
     __shared__ double s0[8][32];
@@ -33,7 +37,7 @@ extern "C" __global__ void bn_partial_sums_f64(double* __restrict__ partial, con
                 a += v;
                 b += (double)v * v;
             } else {
-                const float g = through_relu(dy, relu_out, (long long)r * c + ch);
+                const float g = through_relu(dy, (long long)r * c + ch, v, ch, mean, inv_std, relu_gamma, relu_beta);
                 a += g;
                 b += (double)(g * ((v - mean[ch]) * inv_std[ch]));
             }
@@ -95,24 +99,24 @@ extern "C" __global__ void bn_inv_std_f32(float* __restrict__ inv_std, const flo
         inv_std[ch] = 1.0f / sqrtf(var[ch] + eps);
 }
 
-// y = (x - mean) * inv_std * gamma + beta, as one multiply-add per element, then relu(y) when
-// relu is set (a NaN propagates, as in relu_fwd_f32).
+// y = (x - mean) * inv_std * gamma + beta, as one multiply-add per element (bn_relu.cuh), then
+// relu(y) when relu is set (a NaN propagates, as in relu_fwd_f32).
 extern "C" __global__ void bn_apply_f32(float* __restrict__ y, const float* __restrict__ x,
                                         const float* __restrict__ mean, const float* __restrict__ inv_std,
                                         const float* __restrict__ gamma, const float* __restrict__ beta, int n,
                                         int c, int relu) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const int ch = i % c;
-        const float scale = gamma[ch] * inv_std[ch];
-        const float v = x[i] * scale + (beta[ch] - mean[ch] * scale);
-        y[i] = (relu && v < 0.0f) ? 0.0f : v;
+        const float scale = bn_scale(gamma[ch], inv_std[ch]);
+        const float v = bn_normalised(x[i], scale, bn_shift(beta[ch], mean[ch], scale));
+        y[i] = relu ? relu_of(v) : v;
     }
 }
 
 // Training mode: dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)), dy through
-// the relu when relu_out is set.
+// the relu when relu_beta is set.
 extern "C" __global__ void bn_train_bwd_dx_f32(float* __restrict__ dx, const float* __restrict__ dy,
-                                               const float* __restrict__ relu_out, const float* __restrict__ x,
+                                               const float* __restrict__ relu_beta, const float* __restrict__ x,
                                                const float* __restrict__ mean,
                                                const float* __restrict__ inv_std,
                                                const float* __restrict__ gamma,
@@ -122,19 +126,34 @@ extern "C" __global__ void bn_train_bwd_dx_f32(float* __restrict__ dx, const flo
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const int ch = i % c;
         const float xhat = (x[i] - mean[ch]) * inv_std[ch];
-        const float g = through_relu(dy, relu_out, i);
+        const float g = through_relu(dy, i, x[i], ch, mean, inv_std, gamma, relu_beta);
         dx[i] = gamma[ch] * inv_std[ch] * (g - sum_dy[ch] * inv_rows - xhat * (sum_dy_xhat[ch] * inv_rows));
     }
 }
 
-// Evaluation mode: a fixed affine map, dx = dy * gamma * inv_std, dy through the relu when
-// relu_out is set.
+// Evaluation mode: a fixed affine map (the running mean), dx = dy * gamma * inv_std, dy through
+// the relu when relu_beta is set (x and mean are read only then).
 extern "C" __global__ void bn_eval_bwd_dx_f32(float* __restrict__ dx, const float* __restrict__ dy,
-                                              const float* __restrict__ relu_out,
-                                              const float* __restrict__ inv_std,
+                                              const float* __restrict__ relu_beta, const float* __restrict__ x,
+                                              const float* __restrict__ mean, const float* __restrict__ inv_std,
                                               const float* __restrict__ gamma, int n, int c) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         const int ch = i % c;
-        dx[i] = through_relu(dy, relu_out, i) * (gamma[ch] * inv_std[ch]);
+        const float x_i = relu_beta == nullptr ? 0.0f : x[i];
+        dx[i] = through_relu(dy, i, x_i, ch, mean, inv_std, gamma, relu_beta) * (gamma[ch] * inv_std[ch]);
+    }
+}
+
+// The per-channel coefficients of relu(batch_norm(x)) that a convolution applies as it reads x
+// (ChannelMap): scale = gamma * inv_std, shift = beta - mean * scale.
+extern "C" __global__ void bn_relu_coefficients_f32(float* __restrict__ scale, float* __restrict__ shift,
+                                                    const float* __restrict__ mean,
+                                                    const float* __restrict__ inv_std,
+                                                    const float* __restrict__ gamma,
+                                                    const float* __restrict__ beta, int c) {
+    for (int ch = blockIdx.x * blockDim.x + threadIdx.x; ch < c; ch += blockDim.x * gridDim.x) {
+        const float s = bn_scale(gamma[ch], inv_std[ch]);
+        scale[ch] = s;
+        shift[ch] = bn_shift(beta[ch], mean[ch], s);
     }
 }

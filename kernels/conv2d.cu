@@ -107,19 +107,24 @@ struct BackwardWeight {
 // Backward weight B: the forward input gathered at pixel p (the reduction) for column (kh, kw, ci).
 struct InputByPixel {
     const float* x;
+    ChannelMap map;
     ConvShape s;
     int g;
     __device__ __forceinline__ TapColumn col(int k) const { return tap_column(s, g, k); }
-    __device__ __forceinline__ float at(int p, const TapColumn& c) const { return input_at(x, s, pixel_row(s, p), c); }
+    __device__ __forceinline__ float at(int p, const TapColumn& c) const {
+        return input_at(x, map, s, pixel_row(s, p), c);
+    }
 };
 
+// y = conv(map(x), w) + residual (map and residual optional).
 template <int BM, int BN>
 __device__ void conv_forward(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
-                             const ConvShape& s) {
+                             const ChannelMap& map, const float* __restrict__ residual, const ConvShape& s) {
     const int g = blockIdx.z, opg = s.out_per_group();
     const int M = s.batch * s.out_height * s.out_width, K = s.taps() * s.in_per_group();
-    tile_gemm<BM, BN>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, s, g}, ForwardWeight{w, s, g},
-                      [&](int m, int n, float v) { y[(long long)m * s.out_channels + g * opg + n] = v; });
+    tile_gemm<BM, BN>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, map, s, g},
+                      ForwardWeight{w, s, g},
+                      [&](int m, int n, float v) { store_output(y, residual, s, g, m, n, v); });
 }
 
 template <int BM, int BN>
@@ -136,25 +141,30 @@ __device__ void conv_backward_data(float* __restrict__ dx, const float* __restri
 // partial: [splits][out_channels][taps * in_per_group], reduction index order (kh, kw, ci).
 template <int BM, int BN>
 __device__ void conv_backward_weight(float* __restrict__ partial, const float* __restrict__ x,
-                                     const float* __restrict__ dy, const ConvShape& s, int chunk) {
+                                     const float* __restrict__ dy, const ChannelMap& map, const ConvShape& s,
+                                     int chunk) {
     const int g = blockIdx.z % s.groups, split = blockIdx.z / s.groups;
     const int opg = s.out_per_group(), K = s.taps() * s.in_per_group();
     const int pixels = s.batch * s.out_height * s.out_width;
     const int begin = split * chunk, end = min(pixels, begin + chunk);
     float* out = partial + (long long)split * s.out_channels * K;
     tile_gemm<BM, BN>(opg, K, begin, end, blockIdx.x * BM, blockIdx.y * BN, GradOutChannel{dy, s, g},
-                      InputByPixel{x, s, g},
+                      InputByPixel{x, map, s, g},
                       [&](int o, int k, float v) { out[(long long)(g * opg + o) * K + k] = v; });
 }
 
+// Forward kernels: scale and shift (ChannelMap; null: none) map x as it is read, residual (null:
+// none) is added as y is written.
 extern "C" __global__ void __launch_bounds__(256) conv2d_fwd_f32(float* y, const float* x, const float* w,
-                                                                 CONV_SHAPE_PARAMS) {
-    conv_forward<64, 64>(y, x, w, CONV_SHAPE);
+                                                                 const float* scale, const float* shift,
+                                                                 const float* residual, CONV_SHAPE_PARAMS) {
+    conv_forward<64, 64>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256) conv2d_fwd_narrow_f32(float* y, const float* x, const float* w,
-                                                                        CONV_SHAPE_PARAMS) {
-    conv_forward<256, 16>(y, x, w, CONV_SHAPE);
+                                                                        const float* scale, const float* shift,
+                                                                        const float* residual, CONV_SHAPE_PARAMS) {
+    conv_forward<256, 16>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256) conv2d_bwd_data_f32(float* dx, const float* dy, const float* w,
@@ -168,16 +178,19 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_bwd_data_narrow_f32(flo
     conv_backward_data<256, 16>(dx, dy, w, CONV_SHAPE);
 }
 
+// Backward weight kernels: x mapped as in the forward pass (scale null: not).
 extern "C" __global__ void __launch_bounds__(256) conv2d_bwd_weight_f32(float* partial, const float* x,
-                                                                        const float* dy, CONV_SHAPE_PARAMS,
+                                                                        const float* dy, const float* scale,
+                                                                        const float* shift, CONV_SHAPE_PARAMS,
                                                                         int chunk) {
-    conv_backward_weight<64, 64>(partial, x, dy, CONV_SHAPE, chunk);
+    conv_backward_weight<64, 64>(partial, x, dy, ChannelMap{scale, shift}, CONV_SHAPE, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(256) conv2d_bwd_weight_narrow_f32(float* partial, const float* x,
-                                                                               const float* dy,
+                                                                               const float* dy, const float* scale,
+                                                                               const float* shift,
                                                                                CONV_SHAPE_PARAMS, int chunk) {
-    conv_backward_weight<16, 256>(partial, x, dy, CONV_SHAPE, chunk);
+    conv_backward_weight<16, 256>(partial, x, dy, ChannelMap{scale, shift}, CONV_SHAPE, chunk);
 }
 
 // dw (OIHW) = sum over splits, in order, of the partial weight gradients ((kh, kw, ci) order).

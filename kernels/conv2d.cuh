@@ -3,6 +3,8 @@
 // implicit GEMM's operands from NHWC activations.
 #pragma once
 
+#include "bn_relu.cuh"
+
 // Everything about one convolution, passed by value.
 struct ConvShape {
     int batch, height, width, in_channels, out_channels, kernel, stride, padding, groups, out_height,
@@ -34,11 +36,13 @@ __device__ __forceinline__ TapColumn tap_column(const ConvShape& s, int g, int k
     return TapColumn{tap / s.kernel, tap % s.kernel, g * ipg + k % ipg};
 }
 
-__device__ __forceinline__ float input_at(const float* __restrict__ x, const ConvShape& s, const PixelRow& r,
-                                          const TapColumn& c) {
+// The input under a window's tap, through the map a mapped convolution applies (relu(bn(x)));
+// padding is 0 after the map, as it is for the stored activation.
+__device__ __forceinline__ float input_at(const float* __restrict__ x, const ChannelMap& map, const ConvShape& s,
+                                          const PixelRow& r, const TapColumn& c) {
     const int ih = r.ih0 + c.kh, iw = r.iw0 + c.kw;
     if (ih < 0 || iw < 0 || ih >= s.height || iw >= s.width) return 0.0f;
-    return x[r.image + ((long long)ih * s.width + iw) * s.in_channels + c.channel];
+    return map(x[r.image + ((long long)ih * s.width + iw) * s.in_channels + c.channel], c.channel);
 }
 
 // The A operands (rows x reduction) of the three directions. Each gathers through three calls,
@@ -51,11 +55,14 @@ __device__ __forceinline__ float input_at(const float* __restrict__ x, const Con
 struct ForwardInput {
     static constexpr bool k_contiguous = true;  // channels
     const float* x;
+    ChannelMap map;
     ConvShape s;
     int g;
     __device__ __forceinline__ PixelRow row(int m) const { return pixel_row(s, m); }
     __device__ __forceinline__ TapColumn col(int k) const { return tap_column(s, g, k); }
-    __device__ __forceinline__ float at(const PixelRow& r, const TapColumn& c) const { return input_at(x, s, r, c); }
+    __device__ __forceinline__ float at(const PixelRow& r, const TapColumn& c) const {
+        return input_at(x, map, s, r, c);
+    }
 };
 
 // Backward data A: dY gathered for input pixel m through tap (kh, kw) from output channel o:
@@ -100,6 +107,14 @@ struct GradOutChannel {
     __device__ __forceinline__ long long col(int p) const { return (long long)p * s.out_channels; }
     __device__ __forceinline__ float at(int channel, long long pixel) const { return dy[pixel + channel]; }
 };
+
+// y[m, n] of group g = v, plus the residual's element when there is one (the residual add of a
+// pre-activation block, done as the convolution writes).
+__device__ __forceinline__ void store_output(float* __restrict__ y, const float* __restrict__ residual,
+                                            const ConvShape& s, int g, int m, int n, float v) {
+    const long long at = (long long)m * s.out_channels + g * s.out_per_group() + n;
+    y[at] = residual == nullptr ? v : v + residual[at];
+}
 
 #define CONV_SHAPE_PARAMS                                                                                 \
     int batch, int height, int width, int in_channels, int out_channels, int kernel, int stride,         \

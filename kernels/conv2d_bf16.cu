@@ -179,21 +179,24 @@ struct BackwardWeightRows {
 struct InputByPixelRows {
     static constexpr bool k_contiguous = false;  // along n: channels
     const float* x;
+    ChannelMap map;
     ConvShape s;
     int g;
     __device__ __forceinline__ TapColumn row(int n) const { return tap_column(s, g, n); }
     __device__ __forceinline__ PixelRow col(int p) const { return pixel_row(s, p); }
-    __device__ __forceinline__ float at(const TapColumn& r, const PixelRow& c) const { return input_at(x, s, c, r); }
+    __device__ __forceinline__ float at(const TapColumn& r, const PixelRow& c) const {
+        return input_at(x, map, s, c, r);
+    }
 };
 
 template <int BM, int BN, int WM, int WN>
 __device__ void forward(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
-                        const ConvShape& s) {
+                        const ChannelMap& map, const float* __restrict__ residual, const ConvShape& s) {
     const int g = blockIdx.z, opg = s.out_per_group();
     const int M = s.batch * s.out_height * s.out_width, K = s.taps() * s.in_per_group();
-    tile_gemm<BM, BN, WM, WN>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, s, g},
+    tile_gemm<BM, BN, WM, WN>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, map, s, g},
                               ForwardWeightRows{w, s, g},
-                              [&](int m, int n, float v) { y[(long long)m * s.out_channels + g * opg + n] = v; });
+                              [&](int m, int n, float v) { store_output(y, residual, s, g, m, n, v); });
 }
 
 template <int BM, int BN, int WM, int WN>
@@ -210,14 +213,15 @@ __device__ void backward_data(float* __restrict__ dx, const float* __restrict__ 
 // conv2d_bwd_weight_reduce_f32.
 template <int BM, int BN, int WM, int WN>
 __device__ void backward_weight(float* __restrict__ partial, const float* __restrict__ x,
-                                const float* __restrict__ dy, const ConvShape& s, int chunk) {
+                                const float* __restrict__ dy, const ChannelMap& map, const ConvShape& s,
+                                int chunk) {
     const int g = blockIdx.z % s.groups, split = blockIdx.z / s.groups;
     const int opg = s.out_per_group(), K = s.taps() * s.in_per_group();
     const int pixels = s.batch * s.out_height * s.out_width;
     const int begin = split * chunk, end = min(pixels, begin + chunk);
     float* out = partial + (long long)split * s.out_channels * K;
     tile_gemm<BM, BN, WM, WN>(opg, K, begin, end, blockIdx.x * BM, blockIdx.y * BN, GradOutChannel{dy, s, g},
-                              InputByPixelRows{x, s, g},
+                              InputByPixelRows{x, map, s, g},
                               [&](int o, int k, float v) { out[(long long)(g * opg + o) * K + k] = v; });
 }
 
@@ -225,14 +229,17 @@ __device__ void backward_weight(float* __restrict__ partial, const float* __rest
 
 // Tiles: 128 x 64 (warps of 32 x 32), and for groups of 16 columns or fewer 256 x 16 (warps of
 // 32 x 16); backward weight's narrow tile is 16 x 256 (16 output channels, warps of 16 x 32).
+// The same arguments as conv2d.cu's kernels of the same names with _f32.
 extern "C" __global__ void __launch_bounds__(256, 1) conv2d_fwd_bf16(float* y, const float* x, const float* w,
-                                                                  CONV_SHAPE_PARAMS) {
-    tc::forward<128, 64, 32, 32>(y, x, w, CONV_SHAPE);
+                                                                  const float* scale, const float* shift,
+                                                                  const float* residual, CONV_SHAPE_PARAMS) {
+    tc::forward<128, 64, 32, 32>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1) conv2d_fwd_narrow_bf16(float* y, const float* x, const float* w,
-                                                                         CONV_SHAPE_PARAMS) {
-    tc::forward<256, 16, 32, 16>(y, x, w, CONV_SHAPE);
+                                                                         const float* scale, const float* shift,
+                                                                         const float* residual, CONV_SHAPE_PARAMS) {
+    tc::forward<256, 16, 32, 16>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_data_bf16(float* dx, const float* dy, const float* w,
@@ -247,13 +254,15 @@ extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_data_narrow_bf16
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_weight_bf16(float* partial, const float* x,
-                                                                         const float* dy, CONV_SHAPE_PARAMS,
+                                                                         const float* dy, const float* scale,
+                                                                         const float* shift, CONV_SHAPE_PARAMS,
                                                                          int chunk) {
-    tc::backward_weight<128, 64, 32, 32>(partial, x, dy, CONV_SHAPE, chunk);
+    tc::backward_weight<128, 64, 32, 32>(partial, x, dy, ChannelMap{scale, shift}, CONV_SHAPE, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_weight_narrow_bf16(float* partial, const float* x,
-                                                                                const float* dy,
+                                                                                const float* dy, const float* scale,
+                                                                                const float* shift,
                                                                                 CONV_SHAPE_PARAMS, int chunk) {
-    tc::backward_weight<16, 256, 16, 32>(partial, x, dy, CONV_SHAPE, chunk);
+    tc::backward_weight<16, 256, 16, 32>(partial, x, dy, ChannelMap{scale, shift}, CONV_SHAPE, chunk);
 }

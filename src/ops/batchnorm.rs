@@ -7,7 +7,7 @@
 
 use std::mem::MaybeUninit;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use rayon::prelude::*;
 
 use crate::autograd::{Tape, Var};
@@ -95,12 +95,11 @@ fn channel_sums(
     (a, b)
 }
 
-/// Kernel devices: the two per-channel sums (statistics when `dy_and_relu_out` is None,
-/// gradient sums otherwise, through the relu when its output is given) as partial sums per part
-/// of the rows, in f64.
+/// Kernel devices: the two per-channel sums (statistics when `dy` is None, gradient sums
+/// otherwise, through the relu when there is one) as partial sums per part of the rows, in f64.
 fn partial_sums_gpu(
     x: &Tensor,
-    dy_and_relu_out: Option<(&Tensor, Arg)>,
+    dy: Option<(&Tensor, Option<&ReluAfter>)>,
     mean: Option<&Tensor>,
     inv_std: Option<&Tensor>,
 ) -> Result<(GpuBuffer, usize)> {
@@ -110,11 +109,13 @@ fn partial_sums_gpu(
     let rows_per_part = rows.div_ceil(parts);
     let partial = GpuBuffer::for_output(x.device(), parts * 2 * c * 8)?;
     let null = Arg::Ptr(0);
+    let (relu_gamma, relu_beta) = ReluAfter::kernel_args(dy.and_then(|(_, relu)| relu));
     let args = [
         partial.arg(),
         x.arg(),
-        dy_and_relu_out.map_or(null, |(dy, _)| dy.arg()),
-        dy_and_relu_out.map_or(null, |(_, out)| out),
+        dy.map_or(null, |(dy, _)| dy.arg()),
+        relu_gamma,
+        relu_beta,
         mean.map_or(null, Tensor::arg),
         inv_std.map_or(null, Tensor::arg),
         int(rows),
@@ -197,27 +198,18 @@ pub enum Activation {
     Relu,
 }
 
-/// A relu after batch norm, as the backward pass needs it. The kernel devices read its output;
-/// the cpu recomputes its mask from x and the affine map, bit for bit as `bn_apply` made it, so
-/// each backward pass reads one tensor fewer (and `out` may be None there: the output of a
-/// `Tape::bn_relu_conv2d` is never stored).
+/// A relu after batch norm, as the backward pass needs it: every device recomputes its mask
+/// from x and the affine map, bit for bit as `bn_apply` made it (kernels/bn_relu.cuh), so the
+/// relu's output is never read back (the output of a `Tape::bn_relu_conv2d` is never stored).
 pub struct ReluAfter {
-    pub out: Option<Tensor>,
     pub gamma: Tensor,
     pub beta: Tensor,
 }
 
 impl ReluAfter {
-    /// The relu's output, which the kernel devices read.
-    fn kernel_out(relu: Option<&ReluAfter>) -> Result<Arg> {
-        Ok(match relu {
-            None => Arg::Ptr(0),
-            Some(r) => r
-                .out
-                .as_ref()
-                .context("batch norm's backward on a kernel device needs the relu's output")?
-                .arg(),
-        })
+    /// The kernels' (gamma, beta) arguments: null without a relu.
+    fn kernel_args(relu: Option<&ReluAfter>) -> (Arg, Arg) {
+        relu.map_or((Arg::Ptr(0), Arg::Ptr(0)), |r| (r.gamma.arg(), r.beta.arg()))
     }
 }
 
@@ -311,28 +303,51 @@ fn affine<const RELU: bool>(x: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32>
 }
 
 /// relu(batch_norm(x)) as a per-channel map, for a consumer that applies it where it reads its
-/// input: the cpu convolutions (`Tape::bn_relu_conv2d`), so that the activation is never
-/// stored. Gives the same bits as `bn_apply` with `Activation::Relu`.
+/// input: the convolutions (`Tape::bn_relu_conv2d`), so that the activation is never stored.
+/// Gives the same bits as `bn_apply` with `Activation::Relu` on the same device. The
+/// coefficients live on the device of the statistics.
 pub struct ReluAffine {
-    scale: Vec<f32>,
-    shift: Vec<f32>,
+    scale: Tensor,
+    shift: Tensor,
 }
 
 impl ReluAffine {
-    /// The map of batch norm with these statistics and affine parameters (cpu tensors).
-    pub fn new(mean: &Tensor, inv_std: &Tensor, gamma: &Tensor, beta: &Tensor) -> Self {
-        let (scale, shift) = affine_coefficients(mean, inv_std, gamma, beta);
-        ReluAffine { scale, shift }
+    /// The map of batch norm with these statistics and affine parameters (on one device).
+    pub fn new(mean: &Tensor, inv_std: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Self> {
+        let c = mean.len();
+        match mean.device() {
+            Device::Cpu => {
+                let (scale, shift) = affine_coefficients(mean, inv_std, gamma, beta);
+                Ok(ReluAffine { scale: Tensor::from_vec(&[c], scale), shift: Tensor::from_vec(&[c], shift) })
+            }
+            d => {
+                let (scale, shift) = (Tensor::output_on(d, &[c])?, Tensor::output_on(d, &[c])?);
+                let args =
+                    [scale.arg(), shift.arg(), mean.arg(), inv_std.arg(), gamma.arg(), beta.arg(), int(c)];
+                gpu::launch(d, "bn_relu_coefficients_f32", LaunchConfig::for_elements(c), &args)?;
+                Ok(ReluAffine { scale, shift })
+            }
+        }
     }
 
     pub fn channels(&self) -> usize {
         self.scale.len()
     }
 
-    /// `dst[i]` = the map of `src[i]`, whose channel is `first + i`.
+    pub fn device(&self) -> Device {
+        self.scale.device()
+    }
+
+    /// The kernels' (scale, shift) arguments (`ChannelMap` in kernels/bn_relu.cuh).
+    pub fn kernel_args(&self) -> [Arg; 2] {
+        [self.scale.arg(), self.shift.arg()]
+    }
+
+    /// `dst[i]` = the map of `src[i]`, whose channel is `first + i` (cpu).
     #[inline(always)]
     pub fn channels_into(&self, src: &[f32], dst: &mut [f32], first: usize) {
-        let (scale, shift) = (&self.scale[first..][..src.len()], &self.shift[first..][..src.len()]);
+        let (scale, shift) =
+            (&self.scale.as_slice()[first..][..src.len()], &self.shift.as_slice()[first..][..src.len()]);
         for (((d, x), a), b) in dst.iter_mut().zip(src).zip(scale).zip(shift) {
             *d = activated::<true>(*x, *a, *b);
         }
@@ -346,9 +361,9 @@ impl ReluAffine {
         }
     }
 
-    /// The map of a whole tensor, stored: for the algorithms that do not apply it as they read.
+    /// The map of a whole tensor, stored: for the cpu algorithms that do not apply it as they read.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
-        affine::<true>(x, &self.scale, &self.shift)
+        affine::<true>(x, self.scale.as_slice(), self.shift.as_slice())
     }
 }
 
@@ -376,8 +391,7 @@ pub fn bn_grad_sums(
             Ok((to(a), to(b)))
         }
         d => {
-            let relu_out = ReluAfter::kernel_out(relu)?;
-            let (partial, parts) = partial_sums_gpu(x, Some((dy, relu_out)), Some(mean), Some(inv_std))?;
+            let (partial, parts) = partial_sums_gpu(x, Some((dy, relu)), Some(mean), Some(inv_std))?;
             let (sum_dy, sum_dy_xhat) = (Tensor::output_on(d, &[c])?, Tensor::output_on(d, &[c])?);
             let args = [sum_dy.arg(), sum_dy_xhat.arg(), partial.arg(), int(parts), int(c)];
             gpu::launch(d, "bn_grad_finalize_f32", LaunchConfig::for_elements(c), &args)?;
@@ -452,7 +466,7 @@ pub fn bn_train_backward_data(
             x,
             &[
                 dy.arg(),
-                ReluAfter::kernel_out(relu)?,
+                ReluAfter::kernel_args(relu).1,
                 x.arg(),
                 mean.arg(),
                 inv_std.arg(),
@@ -529,7 +543,7 @@ pub fn bn_eval_backward_data(
         _ => elementwise_kernel(
             "bn_eval_bwd_dx_f32",
             dy,
-            &[dy.arg(), ReluAfter::kernel_out(relu)?, inv_std.arg(), gamma.arg()],
+            &[dy.arg(), ReluAfter::kernel_args(relu).1, x.arg(), mean.arg(), inv_std.arg(), gamma.arg()],
             &[int(c)],
         ),
     }
@@ -549,13 +563,10 @@ fn eval_dx<const RELU: bool>(ds: &[f32], xs: &[f32], a: &[f32], scale: &[f32], s
     })
 }
 
-/// What the backward pass keeps of a relu after batch norm with output `y`.
-fn relu_after(activation: Activation, y: &Tensor, gamma: &Var, beta: &Var) -> Option<ReluAfter> {
-    (activation == Activation::Relu).then(|| ReluAfter {
-        out: Some(y.clone()),
-        gamma: gamma.value().clone(),
-        beta: beta.value().clone(),
-    })
+/// What the backward pass keeps of a relu after batch norm.
+fn relu_after(activation: Activation, gamma: &Var, beta: &Var) -> Option<ReluAfter> {
+    (activation == Activation::Relu)
+        .then(|| ReluAfter { gamma: gamma.value().clone(), beta: beta.value().clone() })
 }
 
 /// The batch statistics of training mode (`batch_statistics`), once the affine parameters are
@@ -613,7 +624,7 @@ impl Tape {
             return Ok((Var::constant(y), stats));
         }
         let (x_saved, gamma_saved) = (x.value().clone(), gamma.value().clone());
-        let relu = relu_after(activation, &y, gamma, beta);
+        let relu = relu_after(activation, gamma, beta);
         let var = self.record(
             y,
             &[x, gamma, beta],
@@ -659,7 +670,7 @@ impl Tape {
             return Ok(Var::constant(y));
         }
         let (x_saved, gamma_saved, mean) = (x.value().clone(), gamma.value().clone(), running_mean.clone());
-        let relu = relu_after(activation, &y, gamma, beta);
+        let relu = relu_after(activation, gamma, beta);
         Ok(self.record(
             y,
             &[x, gamma, beta],
@@ -720,7 +731,7 @@ mod tests {
             let (x, dy) = (random_tensor(&[37, c], 20), random_tensor(&[37, c], 21));
             let (gamma, beta) = (random_tensor(&[c], 22), random_tensor(&[c], 23));
             let (mean, inv_std, _) = super::batch_statistics(&x, 1e-5).unwrap();
-            let relu = super::ReluAfter { out: None, gamma: gamma.clone(), beta: beta.clone() };
+            let relu = super::ReluAfter { gamma: gamma.clone(), beta: beta.clone() };
             let (sum_dy, sum_dy_xhat) = super::bn_grad_sums(&x, &dy, Some(&relu), &mean, &inv_std).unwrap();
             let (xs, ds) = (x.as_slice(), dy.as_slice());
             for ch in 0..c {

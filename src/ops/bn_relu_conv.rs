@@ -1,10 +1,12 @@
 //! conv(relu(batch_norm(x))) as one op, the pre-activation network's pattern, in training and in
-//! inference. Where the cpu runs the convolution with the direct kernels, the normalised,
-//! rectified activation is computed in the padded copy of its input they make anyway and never
-//! stored, in the forward pass and again for the weight gradient, while batch norm's backward
-//! recomputes its relu mask from x as it always does: the activation is neither written nor read
-//! back. Every value is the same, bit for bit, as the two ops one after the other, which the
-//! kernel devices and the other layers run.
+//! inference. The normalised, rectified activation is computed where the convolution reads its
+//! input and never stored, in the forward pass and again for the weight gradient, while batch
+//! norm's backward recomputes its relu mask from x as it always does: the activation is neither
+//! written nor read back. The kernel devices do so in every layer (the convolution kernels'
+//! gathers apply the map, `ChannelMap`, and add the residual as they write); the cpu where it
+//! runs the convolution with the direct kernels (in the padded copy of the input they make
+//! anyway). Every value is the same, bit for bit, as the two ops one after the other, which
+//! cuDNN and the cpu's other layers run.
 
 use anyhow::Result;
 
@@ -15,17 +17,24 @@ use crate::ops::batchnorm::{
     check_eval_parameters, inv_std_of, train_statistics,
 };
 use crate::ops::conv::{
-    Conv2dParams, ConvGeometry, CpuConv, Direction, conv2d_backward_data, conv2d_backward_weight_mapped,
-    conv2d_forward_mapped, cpu_conv,
+    Conv2dParams, ConvEngine, ConvGeometry, CpuConv, Direction, conv_engine, conv2d_backward_data,
+    conv2d_backward_weight_mapped, conv2d_forward_mapped, cpu_conv,
 };
 use crate::tensor::Tensor;
 
-/// Whether the cpu computes `g`'s forward pass and weight gradient with the direct kernels,
-/// which apply the map in the padded copy they make anyway. Winograd and the GEMM would store
-/// map(x) first (`conv2d_forward_mapped`), once in the forward pass and again for the weight
-/// gradient, which costs more than storing it once: those layers run the two ops.
-fn maps_as_it_reads(g: &ConvGeometry) -> bool {
-    [Direction::Forward, Direction::BackwardWeight].iter().all(|d| cpu_conv(g, *d) == CpuConv::Direct)
+/// Whether `device` applies the map as it reads in `g`'s forward pass and weight gradient: the
+/// kernel devices always; the cpu where it computes both with the direct kernels, which apply
+/// it in the padded copy they make anyway (Winograd and the GEMM would store map(x) first, once
+/// in the forward pass and again for the weight gradient, which costs more than storing it
+/// once: those layers run the two ops); cuDNN never.
+fn maps_as_it_reads(device: Device, g: &ConvGeometry) -> Result<bool> {
+    Ok(match conv_engine(device)? {
+        ConvEngine::Cpu => {
+            [Direction::Forward, Direction::BackwardWeight].iter().all(|d| cpu_conv(g, *d) == CpuConv::Direct)
+        }
+        ConvEngine::Kernels(_) => true,
+        ConvEngine::Cudnn(_) => false,
+    })
 }
 
 impl Tape {
@@ -41,19 +50,16 @@ impl Tape {
         p: Conv2dParams,
     ) -> Result<(Var, BatchStats)> {
         let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
-        if !(x.value().device() == Device::Cpu
-            && self.needs_grad(&[x, gamma, beta, w])
-            && maps_as_it_reads(&g))
-        {
+        if !(self.needs_grad(&[x, gamma, beta, w]) && maps_as_it_reads(x.value().device(), &g)?) {
             let (a, stats) = self.batch_norm_train(x, gamma, beta, eps, Activation::Relu)?;
             return Ok((self.conv2d(&a, w, p)?, stats));
         }
         let (mean, inv_std, var_unbiased) = train_statistics(x, gamma, beta, eps)?;
-        let map = ReluAffine::new(&mean, &inv_std, gamma.value(), beta.value());
+        let map = ReluAffine::new(&mean, &inv_std, gamma.value(), beta.value())?;
         let y = conv2d_forward_mapped(x.value(), &map, w.value(), p, None, false)?;
         let stats = BatchStats { mean: mean.clone(), var_unbiased };
         let (x_saved, w_saved) = (x.value().clone(), w.value().clone());
-        let relu = ReluAfter { out: None, gamma: gamma.value().clone(), beta: beta.value().clone() };
+        let relu = ReluAfter { gamma: gamma.value().clone(), beta: beta.value().clone() };
         let var = self.record(
             y,
             &[x, gamma, beta, w],
@@ -89,9 +95,10 @@ impl Tape {
 
     /// conv(relu(batch_norm(x)), w) + residual (nothing added without one) with batch norm in
     /// evaluation mode (the running statistics). Without gradients (inference, the corruption
-    /// evaluation) the cpu's direct kernels apply batch norm in their padded copy, as in
-    /// training, and every cpu algorithm adds the residual as it writes y, chunk by chunk, so
-    /// the sum without it is not stored; with gradients (attacks) these are the ops one by one.
+    /// evaluation) the kernel devices and the cpu's direct kernels apply batch norm as they
+    /// read, as in training, and add the residual as they write y (every cpu algorithm does,
+    /// chunk by chunk), so the sum without it is not stored; with gradients (attacks), and on
+    /// cuDNN, these are the ops one by one.
     #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_conv2d_eval(
         &self,
@@ -107,8 +114,10 @@ impl Tape {
     ) -> Result<Var> {
         let mut inputs = vec![x, gamma, beta, w];
         inputs.extend(residual);
-        let on_cpu = inputs.iter().all(|v| v.value().device() == Device::Cpu);
-        if !on_cpu || self.needs_grad(&inputs) {
+        let device = x.value().device();
+        let one_device = inputs.iter().all(|v| v.value().device() == device);
+        let mapped = one_device && !matches!(conv_engine(device)?, ConvEngine::Cudnn(_));
+        if !mapped || self.needs_grad(&inputs) {
             let a = self.batch_norm_eval(x, gamma, beta, running_mean, running_var, eps, Activation::Relu)?;
             let y = self.conv2d(&a, w, p)?;
             return match residual {
@@ -117,7 +126,7 @@ impl Tape {
             };
         }
         check_eval_parameters(x, gamma, beta, running_mean, running_var)?;
-        let map = ReluAffine::new(running_mean, &inv_std_of(running_var, eps)?, gamma.value(), beta.value());
+        let map = ReluAffine::new(running_mean, &inv_std_of(running_var, eps)?, gamma.value(), beta.value())?;
         // The weights are constants used again on the next batch: prepared once, as `conv2d` does.
         let y = conv2d_forward_mapped(x.value(), &map, w.value(), p, residual.map(Var::value), true)?;
         Ok(Var::constant(y))
@@ -128,30 +137,38 @@ impl Tape {
 mod tests {
     use super::*;
     use crate::ops::gradcheck::random_tensor;
+    use crate::precision::{self, Precision};
     use crate::tensor::Tensor;
 
     /// One training step's values through `bn_relu_conv2d` or through batch norm + relu and
     /// the convolution as two ops: y, the batch statistics, then dx, dgamma, dbeta and dw.
-    fn step(inputs: &[Tensor; 4], p: Conv2dParams, fused: bool) -> Vec<Vec<f32>> {
+    fn step(device: Device, inputs: &[Tensor; 4], p: Conv2dParams, fused: bool) -> Vec<Vec<f32>> {
         let t = Tape::new();
-        let v: Vec<Var> = inputs.iter().map(|x| t.leaf(x.clone(), true)).collect();
+        let v: Vec<Var> = inputs.iter().map(|x| t.leaf(x.to_device(device).unwrap(), true)).collect();
         let (y, stats) = if fused {
             t.bn_relu_conv2d(&v[0], &v[1], &v[2], 1e-5, &v[3], p).unwrap()
         } else {
             let (a, stats) = t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5, Activation::Relu).unwrap();
             (t.conv2d(&a, &v[3], p).unwrap(), stats)
         };
-        let dy = random_tensor(y.shape(), 7);
-        let mut out = vec![y.value().to_vec(), stats.mean.to_vec(), stats.var_unbiased.to_vec()];
+        let dy = random_tensor(y.shape(), 7).to_device(device).unwrap();
+        let host = |t: &Tensor| t.to_host().unwrap();
+        let mut out = vec![host(y.value()), host(&stats.mean), host(&stats.var_unbiased)];
         let grads = t.backward_from(&y, dy).unwrap();
-        out.extend(v.iter().map(|v| grads.get(v).unwrap().to_vec()));
+        out.extend(v.iter().map(|v| host(grads.get(v).unwrap())));
         out
     }
 
-    /// Fused and as two ops give the same bits, on layers the direct kernels run (where the
-    /// activation is never stored: 16 channels as in both models' first stage, grouped ones,
-    /// a batch of 1, odd sizes, stride 2 where AVX-512 makes its weight gradient direct) and on
-    /// layers that run the two ops (Winograd's).
+    /// The devices and precisions the identities hold on: the cpu, and the kernels through the
+    /// emulator in f32 and in bf16 (both forms round the same mapped values).
+    fn settings() -> [(Device, Precision); 3] {
+        [(Device::Cpu, Precision::F32), (Device::Emu, Precision::F32), (Device::Emu, Precision::Bf16)]
+    }
+
+    /// Fused and as two ops give the same bits, on the cpu on layers the direct kernels run
+    /// (where the activation is never stored: 16 channels as in both models' first stage, grouped
+    /// ones, a batch of 1, odd sizes, stride 2 where AVX-512 makes its weight gradient direct)
+    /// and on layers that run the two ops (Winograd's); on the kernel devices on all of them.
     #[test]
     fn equals_batch_norm_relu_then_conv_bit_for_bit() {
         let p = |stride, groups| Conv2dParams { stride, padding: 1, groups };
@@ -164,7 +181,9 @@ mod tests {
         ];
         let mapped: Vec<bool> = layers
             .iter()
-            .map(|(xs, ws, p)| maps_as_it_reads(&ConvGeometry::new(xs, ws, *p).unwrap()))
+            .map(|(xs, ws, p)| {
+                maps_as_it_reads(Device::Cpu, &ConvGeometry::new(xs, ws, *p).unwrap()).unwrap()
+            })
             .collect();
         if !conv_forced() {
             assert!(mapped[0] && !mapped[3], "both kinds of layer are covered: {mapped:?}");
@@ -178,10 +197,17 @@ mod tests {
                 random_tensor(&[c], 20 + n),
                 random_tensor(&ws, 30 + n),
             ];
-            let (fused, apart) = (step(&inputs, p, true), step(&inputs, p, false));
-            for (i, (a, b)) in fused.iter().zip(&apart).enumerate() {
-                let same = a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "layer {n}, value {i} (y, mean, var, dx, dgamma, dbeta, dw) differs");
+            for (device, precision) in settings() {
+                let (fused, apart) = precision::scoped(precision, || {
+                    (step(device, &inputs, p, true), step(device, &inputs, p, false))
+                });
+                for (i, (a, b)) in fused.iter().zip(&apart).enumerate() {
+                    let same = a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{device} {precision} layer {n}, value {i} (y, mean, var, dx, dgamma, dbeta, dw)"
+                    );
+                }
             }
         }
     }
@@ -202,22 +228,27 @@ mod tests {
             ([2, 7, 5, 64], [64, 32, 3, 3], p(1, 2)),
             ([3, 4, 4, 32], [32, 32, 3, 3], p(1, 1)),
         ];
-        for (n, (xs, ws, p)) in layers.into_iter().enumerate() {
+        for ((n, (xs, ws, p)), (device, precision)) in
+            layers.into_iter().enumerate().flat_map(|layer| settings().map(|s| (layer, s)))
+        {
+            precision::set(precision);
             let n = n as u64;
             let c = xs[3];
             let t = Tape::no_grad();
-            let leaf = |v: Tensor| t.leaf(v, false);
+            let leaf = |v: Tensor| t.leaf(v.to_device(device).unwrap(), false);
             let (x, gamma, beta, w) = (
                 leaf(random_tensor(&xs, n)),
                 leaf(random_tensor(&[c], 10 + n)),
                 leaf(random_tensor(&[c], 20 + n)),
                 leaf(random_tensor(&ws, 30 + n)),
             );
-            let mean = random_tensor(&[c], 40 + n);
+            let mean = random_tensor(&[c], 40 + n).to_device(device).unwrap();
             let var = Tensor::from_vec(
                 &[c],
                 random_tensor(&[c], 50 + n).to_vec().iter().map(|v| v.abs() + 0.1).collect(),
-            );
+            )
+            .to_device(device)
+            .unwrap();
             let a = t.batch_norm_eval(&x, &gamma, &beta, &mean, &var, 1e-5, Activation::Relu).unwrap();
             let apart = t.conv2d(&a, &w, p).unwrap();
             let residual = leaf(random_tensor(apart.shape(), 60 + n));
@@ -226,11 +257,14 @@ mod tests {
                 let one_op = t
                     .bn_relu_conv2d_eval(&x, &gamma, &beta, &mean, &var, 1e-5, &w, p, with_residual)
                     .unwrap();
-                let bits = |v: &Var| v.value().to_vec().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let bits =
+                    |v: &Var| v.value().to_host().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(one_op.shape(), expected.shape());
-                assert!(bits(&one_op) == bits(expected), "layer {n}, residual {}", with_residual.is_some());
+                let what = format!("{device} {precision} layer {n}, residual {}", with_residual.is_some());
+                assert!(bits(&one_op) == bits(expected), "{what}");
             }
         }
+        precision::set(Precision::F32);
     }
 
     /// Whether MOCSE_CPU_CONV forces an algorithm (then any layer may be direct, or none).

@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -856,24 +856,37 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bo
             Ok(Tensor::from_vec(&g.output_shape(), y))
         }
         ConvEngine::Cudnn(precision) => gpu::cudnn::forward(x, w, &g, precision),
-        ConvEngine::Kernels(precision) => {
-            let d = x.device();
-            let y = Tensor::output_on(d, &g.output_shape())?;
-            let launch = ConvLaunch::of(Direction::Forward, precision, &g);
-            let mut args = vec![y.arg(), x.arg(), w.arg()];
-            args.extend(shape_args(&g));
-            gpu::launch(d, &launch.kernel, launch.config(), &args)?;
-            Ok(y)
-        }
+        ConvEngine::Kernels(precision) => forward_kernels(x, None, w, None, &g, precision),
     }
 }
 
-/// y = conv(map(x), w) + residual on the cpu (nothing added without a residual): `map` (batch
-/// norm and a relu) is applied where the algorithm reads x, so that map(x) is never stored, where
-/// the algorithm is the direct kernels (in their padded copy); the others store it first. The
-/// residual is added chunk by chunk as the direct kernels and Winograd write y, while the chunk
-/// is in the cache. The same bits as `conv2d_forward` of `bn_apply`'s output, then an add.
-/// `keep_prepared` as in `conv2d_forward`.
+/// conv(map(x), w) + residual on a kernel device (map and residual optional).
+fn forward_kernels(
+    x: &Tensor,
+    map: Option<&ReluAffine>,
+    w: &Tensor,
+    residual: Option<&Tensor>,
+    g: &ConvGeometry,
+    precision: Precision,
+) -> Result<Tensor> {
+    let d = x.device();
+    let y = Tensor::output_on(d, &g.output_shape())?;
+    let launch = ConvLaunch::of(Direction::Forward, precision, g);
+    let mut args = vec![y.arg(), x.arg(), w.arg()];
+    args.extend(map.map_or([Arg::Ptr(0), Arg::Ptr(0)], ReluAffine::kernel_args));
+    args.push(residual.map_or(Arg::Ptr(0), Tensor::arg));
+    args.extend(shape_args(g));
+    gpu::launch(d, &launch.kernel, launch.config(), &args)?;
+    Ok(y)
+}
+
+/// y = conv(map(x), w) + residual (nothing added without a residual), with map(x) (batch norm
+/// and a relu) never stored. The cpu applies it where the algorithm reads x, where the algorithm
+/// is the direct kernels (in their padded copy; the others store it first), and adds the
+/// residual chunk by chunk as the direct kernels and Winograd write y, while the chunk is in the
+/// cache; the kernel devices apply the map as they gather x and add the residual as they write
+/// y. The same bits as `conv2d_forward` of `bn_apply`'s output, then an add, on each device.
+/// `keep_prepared` as in `conv2d_forward`. Not for cuDNN, which takes the ops one by one.
 pub fn conv2d_forward_mapped(
     x: &Tensor,
     map: &ReluAffine,
@@ -887,9 +900,10 @@ pub fn conv2d_forward_mapped(
     let output_shape = g.output_shape();
     if let Some(r) = residual {
         ensure!(
-            r.device() == Device::Cpu,
-            "a convolution's residual on {}, its input on the cpu",
-            r.device()
+            r.device() == x.device(),
+            "a convolution's residual on {}, its input on {}",
+            r.device(),
+            x.device()
         );
         ensure!(
             r.shape() == output_shape,
@@ -897,10 +911,17 @@ pub fn conv2d_forward_mapped(
             r.shape()
         );
     }
-    let algorithm = cpu_conv(&g, Direction::Forward);
-    let around = (Some(map), residual.map(Tensor::as_slice));
-    let y = run_with_weights(algorithm, Direction::Forward, x.as_slice(), around, w, &g, keep_prepared);
-    Ok(Tensor::from_vec(&output_shape, y))
+    match conv_engine(x.device())? {
+        ConvEngine::Cpu => {
+            let algorithm = cpu_conv(&g, Direction::Forward);
+            let around = (Some(map), residual.map(Tensor::as_slice));
+            let y =
+                run_with_weights(algorithm, Direction::Forward, x.as_slice(), around, w, &g, keep_prepared);
+            Ok(Tensor::from_vec(&output_shape, y))
+        }
+        ConvEngine::Kernels(precision) => forward_kernels(x, Some(map), w, residual, &g, precision),
+        ConvEngine::Cudnn(_) => bail!("cuDNN applies no map as it reads; run batch norm and the convolution"),
+    }
 }
 
 /// dL/dw of `conv2d_forward_mapped`, from x and dL/dy.
@@ -913,14 +934,25 @@ pub fn conv2d_backward_weight_mapped(
     BACKWARD_WEIGHT_CALLS.with(|c| c.set(c.get() + 1));
     ensure!(dy.shape() == g.output_shape(), "conv2d backward: gradient shape {:?}", dy.shape());
     ensure_mappable(x, map, g)?;
-    let direction = Direction::BackwardWeight;
-    let dw = cpu_conv(g, direction).run_mapped(direction, x.as_slice(), Some(map), dy.as_slice(), g);
-    Ok(Tensor::from_vec(&g.weight_shape(), dw))
+    match conv_engine(x.device())? {
+        ConvEngine::Cpu => {
+            let direction = Direction::BackwardWeight;
+            let dw = cpu_conv(g, direction).run_mapped(direction, x.as_slice(), Some(map), dy.as_slice(), g);
+            Ok(Tensor::from_vec(&g.weight_shape(), dw))
+        }
+        ConvEngine::Kernels(precision) => backward_weight_kernels(x, Some(map), dy, g, precision),
+        ConvEngine::Cudnn(_) => bail!("cuDNN applies no map as it reads; run batch norm and the convolution"),
+    }
 }
 
-/// A mapped convolution's input is on the cpu and has the map's channels.
+/// A mapped convolution's input is on the map's device and has the map's channels.
 fn ensure_mappable(x: &Tensor, map: &ReluAffine, g: &ConvGeometry) -> Result<()> {
-    ensure!(x.device() == Device::Cpu, "a convolution of mapped inputs runs on the cpu, not {}", x.device());
+    ensure!(
+        x.device() == map.device(),
+        "a convolution's input on {}, the map of its batch norm on {}",
+        x.device(),
+        map.device()
+    );
     ensure!(
         map.channels() == g.in_channels,
         "a map of {} channels for a convolution of {} input channels",
@@ -991,30 +1023,40 @@ pub fn conv2d_backward_weight(x: &Tensor, dy: &Tensor, g: &ConvGeometry) -> Resu
             Ok(Tensor::from_vec(&g.weight_shape(), dw))
         }
         ConvEngine::Cudnn(precision) => gpu::cudnn::backward_weight(x, dy, g, precision),
-        ConvEngine::Kernels(precision) => {
-            let d = x.device();
-            // The splits' partial sums are added in order by a second kernel.
-            let launch = ConvLaunch::of(Direction::BackwardWeight, precision, g);
-            let splits = launch.splits;
-            let chunk = (g.batch * g.pixels_out()).div_ceil(splits);
-            let partial = GpuBuffer::for_output(d, splits * g.out_channels * g.group_depth() * 4)?;
-            let mut args = vec![partial.arg(), x.arg(), dy.arg()];
-            args.extend(shape_args(g));
-            args.push(int(chunk));
-            gpu::launch(d, &launch.kernel, launch.config(), &args)?;
-            let dw = Tensor::output_on(d, &g.weight_shape())?;
-            let args = [
-                dw.arg(),
-                partial.arg(),
-                int(splits),
-                int(g.out_channels),
-                int(g.in_per_group()),
-                int(g.kernel * g.kernel),
-            ];
-            gpu::launch(d, "conv2d_bwd_weight_reduce_f32", LaunchConfig::for_elements(dw.len()), &args)?;
-            Ok(dw)
-        }
+        ConvEngine::Kernels(precision) => backward_weight_kernels(x, None, dy, g, precision),
     }
+}
+
+/// dL/dw of conv(map(x), w) on a kernel device (map optional): partial sums per split of the
+/// pixels, added in order by a second kernel.
+fn backward_weight_kernels(
+    x: &Tensor,
+    map: Option<&ReluAffine>,
+    dy: &Tensor,
+    g: &ConvGeometry,
+    precision: Precision,
+) -> Result<Tensor> {
+    let d = x.device();
+    let launch = ConvLaunch::of(Direction::BackwardWeight, precision, g);
+    let splits = launch.splits;
+    let chunk = (g.batch * g.pixels_out()).div_ceil(splits);
+    let partial = GpuBuffer::for_output(d, splits * g.out_channels * g.group_depth() * 4)?;
+    let mut args = vec![partial.arg(), x.arg(), dy.arg()];
+    args.extend(map.map_or([Arg::Ptr(0), Arg::Ptr(0)], ReluAffine::kernel_args));
+    args.extend(shape_args(g));
+    args.push(int(chunk));
+    gpu::launch(d, &launch.kernel, launch.config(), &args)?;
+    let dw = Tensor::output_on(d, &g.weight_shape())?;
+    let args = [
+        dw.arg(),
+        partial.arg(),
+        int(splits),
+        int(g.out_channels),
+        int(g.in_per_group()),
+        int(g.kernel * g.kernel),
+    ];
+    gpu::launch(d, "conv2d_bwd_weight_reduce_f32", LaunchConfig::for_elements(dw.len()), &args)?;
+    Ok(dw)
 }
 
 impl Tape {
@@ -1190,7 +1232,8 @@ mod tests {
             let dy = random_tensor(&g.output_shape(), 70 + n as u64);
             let c = g.in_channels;
             let (mean, inv_std) = (random_tensor(&[c], 80), random_tensor(&[c], 81));
-            let map = ReluAffine::new(&mean, &inv_std, &random_tensor(&[c], 82), &random_tensor(&[c], 83));
+            let map =
+                ReluAffine::new(&mean, &inv_std, &random_tensor(&[c], 82), &random_tensor(&[c], 83)).unwrap();
             let stored = map.apply(x.as_slice());
             for algorithm in algorithms {
                 for (direction, b) in [(Direction::Forward, &w), (Direction::BackwardWeight, &dy)] {
