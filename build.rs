@@ -141,12 +141,14 @@ fn main() {
         .warnings(true)
         .extra_warnings(true);
     // MOCSE_EMU_SANITIZE=1: kernels and emulator under AddressSanitizer and UBSan (run the
-    // tests with the ASan runtime preloaded; see .ci/run).
+    // tests with the ASan runtime preloaded; see .ci/run), with float-cast-overflow, which
+    // -fsanitize=undefined leaves out: a float-to-int cast of a NaN or an out-of-range value
+    // gives INT_MIN on the host but 0 or a saturated value on a GPU, so it must fail here.
     println!("cargo:rerun-if-env-changed=MOCSE_EMU_SANITIZE");
     if env::var("MOCSE_EMU_SANITIZE").is_ok_and(|v| !v.is_empty() && v != "0") {
         build
-            .flag("-fsanitize=address,undefined")
-            .flag("-fno-sanitize-recover=undefined")
+            .flag("-fsanitize=address,undefined,float-cast-overflow")
+            .flag("-fno-sanitize-recover=undefined,float-cast-overflow")
             .flag("-fno-omit-frame-pointer");
         println!("cargo:rustc-link-lib=dylib=asan");
         println!("cargo:rustc-link-lib=dylib=ubsan");

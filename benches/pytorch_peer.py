@@ -4,7 +4,8 @@ measured the same way in PyTorch, as one JSON line on stdout.
 
 The network and loss are mocse's own twin (scripts/mocse_torch.py): PreAct ResNet-18 with the
 input normalisation inside, or MoCSE (N experts fused into one grouped network, or with
---unfused N separate networks run one after another), trained with CE (plus, for MoCSE, the
+--unfused N separate networks run one after another, or with --stacked the N networks
+vectorised by torch.func), trained with CE (plus, for MoCSE, the
 experts' BCE) and SGD (lr 1e-3, momentum 0.9, weight decay 5e-4) on the same random batch.
 A training step is forward, backward and the update; inference is a forward pass in eval
 mode without gradients. Each is the median of --steps timed steps after --warmup untimed
@@ -14,7 +15,7 @@ With --twin DIR (written by `mocse bench --what train-step --twin DIR`) it first
 weights and batch and checks that its training-mode output and loss equal mocse's; it then
 times that very network. It exits with status 1 when they differ.
 
-    python3 benches/pytorch_peer.py --model mocse --width 16 --batch-size 64 [--unfused]
+    python3 benches/pytorch_peer.py --model mocse --width 16 --batch-size 64 [--unfused | --stacked]
         [--layout nchw|channels_last|channels_last+tf32|channels_last+amp] [--device cpu|cuda] [--threads 2]
         [--steps 3] [--warmup 1] [--twin DIR]
     python3 benches/pytorch_peer.py --all --device cuda --batch-size 128   # scripts/gpu-check.sh's
@@ -47,6 +48,40 @@ class Unfused(nn.Module):
 
     def forward(self, x):
         return torch.cat([e(x) for e in self.experts], 1)
+
+
+class Stacked(nn.Module):
+    """N binary experts as one network vectorised over the experts: torch.func's
+    stack_module_state and vmap of functional_call, PyTorch's idiom for batching identical models.
+    Under vmap batch norm can keep no running statistics (torch.func.replace_all_batch_norm_modules_),
+    so evaluation mode normalises with the batch's statistics too; the arithmetic is otherwise
+    the unfused experts'. Outputs side by side, as Unfused's."""
+
+    def __init__(self, width, experts):
+        super().__init__()
+        from torch.func import functional_call, replace_all_batch_norm_modules_, stack_module_state
+
+        nets = [mocse_torch.PreActResNet18(width, 1, 2) for _ in range(experts)]
+        for net in nets:
+            replace_all_batch_norm_modules_(net)
+        params, buffers = stack_module_state(nets)
+        self.names = list(params)
+        self.stacked = nn.ParameterList(nn.Parameter(params[k].detach().clone()) for k in self.names)
+        self.buffer_names = list(buffers)
+        for i, k in enumerate(self.buffer_names):
+            self.register_buffer(f"stacked_buffer_{i}", buffers[k])
+        base = nets[0]
+
+        def one(p, b, x):
+            return functional_call(base, (p, b), (x,))
+
+        self.call = torch.vmap(one, in_dims=(0, 0, None))
+
+    def forward(self, x):
+        params = dict(zip(self.names, self.stacked))
+        buffers = {k: getattr(self, f"stacked_buffer_{i}") for i, k in enumerate(self.buffer_names)}
+        out = self.call(params, buffers, x)  # [experts, batch, 2]
+        return out.permute(1, 0, 2).reshape(x.shape[0], -1)
 
 
 def twin_check(directory, tolerance):
@@ -106,7 +141,9 @@ def measure(net, cfg, x, y, device, layout, steps, warmup):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = layout.endswith("+tf32")
     net, x, y = net.to(device), x.to(device), y.to(device)
     if layout.startswith("channels_last"):
-        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        if not isinstance(net, Stacked):  # its weights are stacked 5-D tensors
+            net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     clock = timer(device)
 
@@ -137,12 +174,16 @@ def run(a):
         kind, width, batch = cfg["kind"], cfg["width"], x.shape[0]
         if a.unfused:
             net = Unfused(width, cfg["num_classes"])
+        elif a.stacked:
+            net = Stacked(width, cfg["num_classes"])
     else:
         width, batch = a.width, a.batch_size
         cfg = {"kind": kind, "aggregate": "prob", "bce_weight": 1.0}
         torch.manual_seed(0)
         if kind == "mocse" and a.unfused:
             net = Unfused(width, CLASSES)
+        elif kind == "mocse" and a.stacked:
+            net = Stacked(width, CLASSES)
         elif kind == "mocse":
             net = mocse_torch.PreActResNet18(width, CLASSES, 2)
         else:
@@ -153,7 +194,8 @@ def run(a):
     print(json.dumps({
         "model": kind,
         "width": width,
-        "fused": not a.unfused,
+        "fused": not a.unfused and not a.stacked,
+        "experts": "unfused" if a.unfused else "stacked (torch.func vmap)" if a.stacked else "fused (grouped)",
         "batch_size": batch,
         "layout": a.layout,
         "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
@@ -172,6 +214,8 @@ def main():
     parser.add_argument("--width", type=int, default=64, help="preact18's width or each expert's")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--unfused", action="store_true")
+    parser.add_argument("--stacked", action="store_true",
+                        help="mocse: the experts as one torch.func-vectorised network (vmap over stacked weights)")
     parser.add_argument("--layout", choices=["nchw", "channels_last", "channels_last+tf32", "channels_last+amp"],
                         default="channels_last",
                         help="memory format and arithmetic: strict f32 (TF32 off, like mocse's kernels), +tf32 "
@@ -192,10 +236,10 @@ def main():
         run(a)
         return
     for layout in ["channels_last", "channels_last+tf32", "channels_last+amp"]:
-        for model, width, unfused in [("preact18", 16, False), ("preact18", 64, False), ("mocse", 16, False),
-                                      ("mocse", 16, True)]:
-            run(argparse.Namespace(**{**vars(a), "model": model, "width": width, "unfused": unfused,
-                                      "layout": layout, "twin": None}))
+        for model, width, experts in [("preact18", 16, "fused"), ("preact18", 64, "fused"), ("mocse", 16, "fused"),
+                                      ("mocse", 16, "unfused"), ("mocse", 16, "stacked")]:
+            run(argparse.Namespace(**{**vars(a), "model": model, "width": width, "unfused": experts == "unfused",
+                                      "stacked": experts == "stacked", "layout": layout, "twin": None}))
 
 
 if __name__ == "__main__":

@@ -399,12 +399,30 @@ inline double __dsub_rn(double a, double b) {
 }
 inline double __dmul_rn(double a, double b) { return cuemu::detail::opaque(a * b); }
 inline float __fdiv_rn(float a, float b) { return a / b; }
-inline int __float2int_rn(float x) { return static_cast<int>(nearbyintf(x)); }
-inline int __float2int_rz(float x) { return static_cast<int>(truncf(x)); }
-inline int __float2int_rd(float x) { return static_cast<int>(floorf(x)); }
-inline int __float2int_ru(float x) { return static_cast<int>(ceilf(x)); }
-inline unsigned __float2uint_rn(float x) { return static_cast<unsigned>(nearbyintf(x)); }
-inline unsigned __float2uint_rz(float x) { return static_cast<unsigned>(truncf(x)); }
+// The conversion intrinsics as the GPU defines them (cvt.rni/rzi/rmi/rpi.s32.f32 and .u32): a
+// NaN gives 0 and values out of range saturate, where a host cast would give INT_MIN (x86) or
+// be undefined. Plain (int) casts in kernels are host casts here; the sanitizer build adds
+// -fsanitize=float-cast-overflow, so a kernel whose cast meets a NaN or an out-of-range value
+// fails under the emulator instead of silently differing from the GPU.
+namespace cuemu::detail {
+inline int saturating_int(float v) {
+  if (v != v) return 0;
+  if (v >= 2147483648.0f) return 2147483647;
+  if (v < -2147483648.0f) return -2147483647 - 1;
+  return static_cast<int>(v);
+}
+inline unsigned saturating_uint(float v) {
+  if (!(v > 0.0f)) return 0u;  // NaN and negatives
+  if (v >= 4294967296.0f) return 4294967295u;
+  return static_cast<unsigned>(v);
+}
+}  // namespace cuemu::detail
+inline int __float2int_rn(float x) { return cuemu::detail::saturating_int(nearbyintf(x)); }
+inline int __float2int_rz(float x) { return cuemu::detail::saturating_int(truncf(x)); }
+inline int __float2int_rd(float x) { return cuemu::detail::saturating_int(floorf(x)); }
+inline int __float2int_ru(float x) { return cuemu::detail::saturating_int(ceilf(x)); }
+inline unsigned __float2uint_rn(float x) { return cuemu::detail::saturating_uint(nearbyintf(x)); }
+inline unsigned __float2uint_rz(float x) { return cuemu::detail::saturating_uint(truncf(x)); }
 inline float __int2float_rn(int x) { return static_cast<float>(x); }
 inline float __uint2float_rn(unsigned x) { return static_cast<float>(x); }
 inline float __double2float_rn(double x) { return static_cast<float>(x); }

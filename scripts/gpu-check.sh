@@ -9,7 +9,7 @@
 # eight files: log.txt (progress and the summary), env.txt, tests.txt, bench.jsonl,
 # bench_log.txt, pytorch.jsonl, reproduce.txt and more.tar.gz (per-layer JSON, Table 1's run).
 #
-#     scripts/gpu-check.sh [STAGE ...]    # stages: env selftest tests twin bench pytorch
+#     scripts/gpu-check.sh [STAGE ...]    # stages: env selftest tests twin bench pytorch summary
 #                                         #         reproduce sanitizer (default: all, in order)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -155,8 +155,13 @@ stage_sanitizer() {
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/tests.txt" | tail -1 | tee -a "$LOG"
 }
 
+# One table of everything measured: images/s, achieved TFLOP/s and the fraction of the bf16 peak.
+stage_summary() {
+    python3 scripts/gpu_summary.py "$OUT" "$MORE" | tee -a "$LOG"
+}
+
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(env selftest tests twin bench pytorch reproduce sanitizer)
+[ ${#stages[@]} -eq 0 ] && stages=(env selftest tests twin bench pytorch summary reproduce sanitizer)
 for s in "${stages[@]}"; do
     say "stage $s"
     "stage_$s"

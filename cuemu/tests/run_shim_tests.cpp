@@ -202,6 +202,14 @@ void test_sync_count() {
   check(ok, "__syncthreads_count/and/or, 100 threads");
 }
 
+void test_float2int() {
+  std::vector<int> out(7, 12345);
+  int* po = out.data();
+  bool ok = launch("cuemu_test_float2int", {{1, 1, 1}}, {{32, 1, 1}}, 0, {&po}) == 0;
+  ok = ok && out == std::vector<int>{0, 2147483647, -2147483647 - 1, 2, 0, 0, 0};
+  check(ok, "__float2int/__float2uint: NaN gives 0, out of range saturates (as on a GPU)");
+}
+
 void test_half() {
   int n = 300;
   std::vector<float> x(static_cast<size_t>(n));
@@ -354,6 +362,7 @@ void functional_suite() {
   test_index3d();
   test_sync_count();
   test_half();
+  test_float2int();
 }
 
 double seconds_of(const char* name, Dim grid, Dim block, std::vector<void*> args, int reps) {

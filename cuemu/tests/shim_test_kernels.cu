@@ -147,6 +147,19 @@ extern "C" __global__ void cuemu_test_half(const float* __restrict__ x, float* _
   }
 }
 
+// ---- float-to-int intrinsics with the GPU's semantics: NaN -> 0, out of range saturates
+extern "C" __global__ void cuemu_test_float2int(int* out) {
+  if (threadIdx.x != 0) return;
+  const float nan = __int_as_float(0x7fc00000);
+  out[0] = __float2int_rz(nan);
+  out[1] = __float2int_rn(3.0e9f);
+  out[2] = __float2int_rd(-3.0e9f);
+  out[3] = __float2int_rn(2.5f);
+  out[4] = static_cast<int>(__float2uint_rz(-1.0f));
+  out[5] = static_cast<int>(__float2uint_rn(nan));
+  out[6] = __float2int_ru(-0.5f);
+}
+
 // ---- benchmarks
 extern "C" __global__ void cuemu_test_noop() {}
 

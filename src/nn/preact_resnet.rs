@@ -275,12 +275,9 @@ impl PreActResNet {
             let (mean, var) = (&buffers[bn.running_mean], &buffers[bn.running_var]);
             return tape.bn_relu_conv2d_eval(x, w, b, mean, var, BN_EPS, &p[conv.weight], conv.p, residual);
         }
-        let (y, stats) = tape.bn_relu_conv2d(x, w, b, BN_EPS, &p[conv.weight], conv.p)?;
+        let (y, stats) = tape.bn_relu_conv2d(x, w, b, BN_EPS, &p[conv.weight], conv.p, residual)?;
         Self::update_running(buffers, bn, &stats)?;
-        match residual {
-            Some(r) => tape.add_consuming(y, r),
-            None => Ok(y),
-        }
+        Ok(y)
     }
 
     /// The running statistics moved towards a training batch's.

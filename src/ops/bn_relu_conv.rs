@@ -38,8 +38,10 @@ fn maps_as_it_reads(device: Device, g: &ConvGeometry) -> Result<bool> {
 }
 
 impl Tape {
-    /// conv(relu(batch_norm(x)), w) with batch norm in training mode (the batch's own
-    /// statistics, returned for the running averages).
+    /// conv(relu(batch_norm(x)), w) + residual (nothing added without one) with batch norm in
+    /// training mode (the batch's own statistics, returned for the running averages). Where the
+    /// map is applied as the convolution reads, the residual is added as it writes y.
+    #[allow(clippy::too_many_arguments)]
     pub fn bn_relu_conv2d(
         &self,
         x: &Var,
@@ -48,46 +50,60 @@ impl Tape {
         eps: f32,
         w: &Var,
         p: Conv2dParams,
+        residual: Option<&Var>,
     ) -> Result<(Var, BatchStats)> {
         let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
-        if !(self.needs_grad(&[x, gamma, beta, w]) && maps_as_it_reads(x.value().device(), &g)?) {
+        let mut inputs = vec![x, gamma, beta, w];
+        inputs.extend(residual);
+        let one_device = inputs.iter().all(|v| v.value().device() == x.value().device());
+        if !(one_device && self.needs_grad(&inputs) && maps_as_it_reads(x.value().device(), &g)?) {
             let (a, stats) = self.batch_norm_train(x, gamma, beta, eps, Activation::Relu)?;
-            return Ok((self.conv2d(&a, w, p)?, stats));
+            let y = self.conv2d(&a, w, p)?;
+            let y = match residual {
+                Some(r) => self.add_consuming(y, r)?,
+                None => y,
+            };
+            return Ok((y, stats));
         }
         let (mean, inv_std, var_unbiased) = train_statistics(x, gamma, beta, eps)?;
         let map = ReluAffine::new(&mean, &inv_std, gamma.value(), beta.value())?;
-        let y = conv2d_forward_mapped(x.value(), &map, w.value(), p, None, false)?;
+        let y = conv2d_forward_mapped(x.value(), &map, w.value(), p, residual.map(Var::value), false)?;
         let stats = BatchStats { mean: mean.clone(), var_unbiased };
         let (x_saved, w_saved) = (x.value().clone(), w.value().clone());
         let relu = ReluAfter { gamma: gamma.value().clone(), beta: beta.value().clone() };
         let var = self.record(
             y,
-            &[x, gamma, beta, w],
+            &inputs,
             Box::new(move |dy, needs| {
-                let dw = match needs[3] {
-                    true => Some(conv2d_backward_weight_mapped(&x_saved, &map, dy, &g)?),
-                    false => None,
+                let dw =
+                    needs[3].then(|| conv2d_backward_weight_mapped(&x_saved, &map, dy, &g)).transpose()?;
+                let (dx, dgamma, dbeta) = if needs[0] || needs[1] || needs[2] {
+                    // The gradient at batch norm's output (the relu's, which its backward masks).
+                    let da = conv2d_backward_data(dy, &w_saved, &g, false)?;
+                    let sums = bn_grad_sums(&x_saved, &da, Some(&relu), &mean, &inv_std)?;
+                    let dx = match needs[0] {
+                        true => Some(bn_train_backward_data(
+                            &da,
+                            Some(&relu),
+                            &x_saved,
+                            &mean,
+                            &inv_std,
+                            &relu.gamma,
+                            &sums,
+                        )?),
+                        false => None,
+                    };
+                    let (dbeta, dgamma) = sums;
+                    (dx, needs[1].then_some(dgamma), needs[2].then_some(dbeta))
+                } else {
+                    (None, None, None)
                 };
-                if !(needs[0] || needs[1] || needs[2]) {
-                    return Ok(vec![None, None, None, dw]);
+                let mut out = vec![dx, dgamma, dbeta, dw];
+                // The residual's gradient is dy itself.
+                if let Some(&wanted) = needs.get(4) {
+                    out.push(wanted.then(|| dy.clone()));
                 }
-                // The gradient at batch norm's output (the relu's, which its backward masks).
-                let da = conv2d_backward_data(dy, &w_saved, &g, false)?;
-                let sums = bn_grad_sums(&x_saved, &da, Some(&relu), &mean, &inv_std)?;
-                let dx = match needs[0] {
-                    true => Some(bn_train_backward_data(
-                        &da,
-                        Some(&relu),
-                        &x_saved,
-                        &mean,
-                        &inv_std,
-                        &relu.gamma,
-                        &sums,
-                    )?),
-                    false => None,
-                };
-                let (dbeta, dgamma) = sums;
-                Ok(vec![dx, needs[1].then_some(dgamma), needs[2].then_some(dbeta), dw])
+                Ok(out)
             }),
         );
         Ok((var, stats))
@@ -140,16 +156,18 @@ mod tests {
     use crate::precision::{self, Precision};
     use crate::tensor::Tensor;
 
-    /// One training step's values through `bn_relu_conv2d` or through batch norm + relu and
-    /// the convolution as two ops: y, the batch statistics, then dx, dgamma, dbeta and dw.
-    fn step(device: Device, inputs: &[Tensor; 4], p: Conv2dParams, fused: bool) -> Vec<Vec<f32>> {
+    /// One training step's values through `bn_relu_conv2d` or through batch norm + relu, the
+    /// convolution and the residual's add as ops one by one: y, the batch statistics, then dx,
+    /// dgamma, dbeta, dw and (with a fifth input, the residual) its gradient.
+    fn step(device: Device, inputs: &[Tensor], p: Conv2dParams, fused: bool) -> Vec<Vec<f32>> {
         let t = Tape::new();
         let v: Vec<Var> = inputs.iter().map(|x| t.leaf(x.to_device(device).unwrap(), true)).collect();
         let (y, stats) = if fused {
-            t.bn_relu_conv2d(&v[0], &v[1], &v[2], 1e-5, &v[3], p).unwrap()
+            t.bn_relu_conv2d(&v[0], &v[1], &v[2], 1e-5, &v[3], p, v.get(4)).unwrap()
         } else {
             let (a, stats) = t.batch_norm_train(&v[0], &v[1], &v[2], 1e-5, Activation::Relu).unwrap();
-            (t.conv2d(&a, &v[3], p).unwrap(), stats)
+            let y = t.conv2d(&a, &v[3], p).unwrap();
+            (v.get(4).map_or(y.clone(), |r| t.add(&y, r).unwrap()), stats)
         };
         let dy = random_tensor(y.shape(), 7).to_device(device).unwrap();
         let host = |t: &Tensor| t.to_host().unwrap();
