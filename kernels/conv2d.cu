@@ -137,20 +137,15 @@ __device__ void conv_backward_data(float* __restrict__ dx, const float* __restri
                       [&](int m, int n, float v) { dx[(long long)m * s.in_channels + g * ipg + n] = v; });
 }
 
-// blockIdx.z = split * groups + g; split covers output pixels [split * chunk, (split + 1) * chunk).
-// partial: [splits][out_channels][taps * in_per_group], reduction index order (kh, kw, ci).
+// One split of the pixel reduction (WeightGradientSplit) of group g.
 template <int BM, int BN>
 __device__ void conv_backward_weight(float* __restrict__ partial, const float* __restrict__ x,
                                      const float* __restrict__ dy, const ChannelMap& map, const ConvShape& s,
                                      int chunk) {
-    const int g = blockIdx.z % s.groups, split = blockIdx.z / s.groups;
-    const int opg = s.out_per_group(), K = s.taps() * s.in_per_group();
-    const int pixels = s.batch * s.out_height * s.out_width;
-    const int begin = split * chunk, end = min(pixels, begin + chunk);
-    float* out = partial + (long long)split * s.out_channels * K;
-    tile_gemm<BM, BN>(opg, K, begin, end, blockIdx.x * BM, blockIdx.y * BN, GradOutChannel{dy, s, g},
-                      InputByPixel{x, map, s, g},
-                      [&](int o, int k, float v) { out[(long long)(g * opg + o) * K + k] = v; });
+    const WeightGradientSplit w(partial, s, chunk);
+    tile_gemm<BM, BN>(s.out_per_group(), w.K, w.begin, w.end, blockIdx.x * BM, blockIdx.y * BN,
+                      GradOutChannel{dy, s, w.g}, InputByPixel{x, map, s, w.g},
+                      [&](int o, int k, float v) { w.store(s, o, k, v); });
 }
 
 // Forward kernels: scale and shift (ChannelMap; null: none) map x as it is read, residual (null:

@@ -116,6 +116,26 @@ __device__ __forceinline__ void store_output(float* __restrict__ y, const float*
     y[at] = residual == nullptr ? v : v + residual[at];
 }
 
+// Backward weight's share of one block: blockIdx.z = split * groups + g covers the output pixels
+// [begin, end) (the reduction), and its partial sums go to split's slice of `partial`
+// ([splits][out_channels][taps * in_per_group], reduction index order (kh, kw, ci)), added in
+// order by conv2d_bwd_weight_reduce_f32.
+struct WeightGradientSplit {
+    int g, begin, end, K;
+    float* out;
+    __device__ WeightGradientSplit(float* partial, const ConvShape& s, int chunk) {
+        g = blockIdx.z % s.groups;
+        const int split = blockIdx.z / s.groups;
+        K = s.taps() * s.in_per_group();
+        begin = split * chunk;
+        end = min(s.batch * s.out_height * s.out_width, begin + chunk);
+        out = partial + (long long)split * s.out_channels * K;
+    }
+    __device__ __forceinline__ void store(const ConvShape& s, int o, int k, float v) const {
+        out[(long long)(g * s.out_per_group() + o) * K + k] = v;
+    }
+};
+
 #define CONV_SHAPE_PARAMS                                                                                 \
     int batch, int height, int width, int in_channels, int out_channels, int kernel, int stride,         \
         int padding, int groups, int out_height, int out_width

@@ -209,20 +209,15 @@ __device__ void backward_data(float* __restrict__ dx, const float* __restrict__ 
                               [&](int m, int n, float v) { dx[(long long)m * s.in_channels + g * ipg + n] = v; });
 }
 
-// As conv2d.cu's: blockIdx.z = split * groups + g, partial sums per split, reduced in order by
-// conv2d_bwd_weight_reduce_f32.
+// One split of the pixel reduction (WeightGradientSplit) of group g, as conv2d.cu's.
 template <int BM, int BN, int WM, int WN>
 __device__ void backward_weight(float* __restrict__ partial, const float* __restrict__ x,
                                 const float* __restrict__ dy, const ChannelMap& map, const ConvShape& s,
                                 int chunk) {
-    const int g = blockIdx.z % s.groups, split = blockIdx.z / s.groups;
-    const int opg = s.out_per_group(), K = s.taps() * s.in_per_group();
-    const int pixels = s.batch * s.out_height * s.out_width;
-    const int begin = split * chunk, end = min(pixels, begin + chunk);
-    float* out = partial + (long long)split * s.out_channels * K;
-    tile_gemm<BM, BN, WM, WN>(opg, K, begin, end, blockIdx.x * BM, blockIdx.y * BN, GradOutChannel{dy, s, g},
-                              InputByPixelRows{x, map, s, g},
-                              [&](int o, int k, float v) { out[(long long)(g * opg + o) * K + k] = v; });
+    const WeightGradientSplit w(partial, s, chunk);
+    tile_gemm<BM, BN, WM, WN>(s.out_per_group(), w.K, w.begin, w.end, blockIdx.x * BM, blockIdx.y * BN,
+                              GradOutChannel{dy, s, w.g}, InputByPixelRows{x, map, s, w.g},
+                              [&](int o, int k, float v) { w.store(s, o, k, v); });
 }
 
 }  // namespace tc

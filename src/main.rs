@@ -740,15 +740,20 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// `bench --what conv-layers --plan`: the kernels' design for the GPU, on paper.
-fn conv_plan(a: &BenchArgs, model: ModelKind, batch_size: usize) -> Result<()> {
-    let config = ModelConfig {
+/// The model `bench` measures: --width for preact18, --expert-width for mocse.
+fn bench_model_config(a: &BenchArgs, model: ModelKind) -> ModelConfig {
+    ModelConfig {
         kind: model,
         num_classes: 10,
         width: if model == ModelKind::Mocse { a.expert_width } else { a.width },
         aggregate: Aggregate::Prob,
         bce_weight: 1.0,
-    };
+    }
+}
+
+/// `bench --what conv-layers --plan`: the kernels' design for the GPU, on paper.
+fn conv_plan(a: &BenchArgs, model: ModelKind, batch_size: usize) -> Result<()> {
+    let config = bench_model_config(a, model);
     config.validate()?;
     let precision = a.run_on.precision.unwrap_or(Precision::Bf16);
     let card = &mocse::bench::H200;
@@ -1443,13 +1448,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         return conv_plan(&a, model, batch_size);
     }
     let (device, why, _) = a.run_on.apply()?;
-    let config = ModelConfig {
-        kind: model,
-        num_classes: 10,
-        width: if model == ModelKind::Mocse { a.expert_width } else { a.width },
-        aggregate: Aggregate::Prob,
-        bce_weight: 1.0,
-    };
+    let config = bench_model_config(&a, model);
     config.check_fits(batch_size, device)?;
     eprintln!(
         "{why}; measuring {} of {} at batch {} ({} warm-up + {} timed runs, median)",
