@@ -38,3 +38,33 @@ __device__ __forceinline__ Philox4 philox_block(unsigned long long seed, unsigne
 
 // Uniform in [0, 1) from the top 24 bits, as Philox::uniform in Rust.
 __device__ __forceinline__ float philox_uniform(unsigned x) { return (float)(x >> 8) * (1.0f / 16777216.0f); }
+
+// A stream's words in order, as Philox::next_u32 in src/rng.rs (four per block, blocks 0, 1, ...).
+struct PhiloxStream {
+    unsigned long long seed, index;
+    unsigned purpose, block;
+    int pos;
+    Philox4 buffer;
+
+    __device__ PhiloxStream(unsigned long long seed_, unsigned purpose_, unsigned long long index_)
+        : seed(seed_), index(index_), purpose(purpose_), block(0), pos(4), buffer() {}
+
+    __device__ unsigned next_u32() {
+        if (pos == 4) {
+            buffer = philox_block(seed, purpose, index, block++);
+            pos = 0;
+        }
+        return buffer.v[pos++];
+    }
+
+    // Uniform on [0, n), n > 0, as Philox::below: the high word of a 64-bit product, rejecting
+    // the few low products that would over-represent some values.
+    __device__ unsigned below(unsigned n) {
+        unsigned long long m = (unsigned long long)next_u32() * n;
+        if ((unsigned)m < n) {
+            const unsigned threshold = (0u - n) % n;
+            while ((unsigned)m < threshold) m = (unsigned long long)next_u32() * n;
+        }
+        return (unsigned)(m >> 32);
+    }
+};

@@ -347,6 +347,31 @@ fn apgd_and_select_case(device: Device) -> Result<f64> {
     Ok(worst.max(relative_error(&got, select_images(&take, &x, &x_adv)?.as_slice())))
 }
 
+/// Batches assembled on the device from a resident data set (`assemble_batch_f32`) against
+/// the host's `make_batch`, with and without the standard augmentation, two batches of an
+/// epoch's shuffled order, each repeated twice: the number of differing values.
+fn resident_batch_case(device: Device) -> Result<f64> {
+    use crate::data::resident::ResidentSet;
+    use crate::data::{Augment, DataSpec, Dataset, Split, epoch_order, make_batch};
+    let ds = Dataset::load(&DataSpec::Synthetic, Split::Train, Some(64), crate::train::SYNTHETIC_SET_SEED)?;
+    let set = ResidentSet::upload(&ds, device)?;
+    let (seed, epoch) = (7, 3);
+    let order = epoch_order(ds.len(), true, seed, epoch);
+    let on_device = set.order(order.clone(), seed, epoch)?;
+    let mut differing = 0usize;
+    for augment in [Augment::None, Augment::Standard] {
+        for (first, count) in [(0, 20), (20, 44)] {
+            let got = set.batch(&on_device, first, count, 2, augment)?.to_host()?;
+            let expected = make_batch(&ds, &order[first..first + count], augment, seed, epoch).images;
+            differing += got.len().abs_diff(2 * expected.len());
+            for copy in got.chunks(expected.len()) {
+                differing += copy.iter().zip(&expected).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            }
+        }
+    }
+    Ok(differing as f64)
+}
+
 /// The device's Philox streams against src/rng.rs: the number of differing words.
 fn philox_case(device: Device) -> Result<f64> {
     let (seed, index, blocks) = (0x0123_4567_89ab_cdef_u64, 0x1_0000_0007_u64, 1000usize);
@@ -645,6 +670,7 @@ pub fn run(
     check("sgd_update".into(), 1e-5, &|| sgd_case(device));
     check("apgd_step (L-inf, L2) and select_images".into(), 1e-5, &|| apgd_and_select_case(device));
     check("philox streams (differing words)".into(), 0.0, &|| philox_case(device));
+    check("batches from a resident data set (differing values)".into(), 0.0, &|| resident_batch_case(device));
     // A whole step chains ~60 ops through batch norm, and rounding differences reach a few 1e-6
     // by the last stage: one value that batch norm puts within that of zero (this case has one
     // at -3e-6 in the last stage) then falls on the other side of its relu with another

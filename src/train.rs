@@ -17,6 +17,7 @@ use crate::attack::step::gaussian_start;
 use crate::attack::{AttackKind, BnMode, Norm, PgdConfig};
 use crate::autograd::{Tape, Var};
 use crate::checkpoint::{self, MODEL_FILE, Progress, RunRecord};
+use crate::data::resident::ResidentSet;
 use crate::data::{Augment, DataSpec, Dataset, Split, augmix, batches, epoch_order, make_batch};
 use crate::device::Device;
 use crate::dir_lock::DirLock;
@@ -434,6 +435,16 @@ impl EarlyStop {
     }
 }
 
+/// The training set resident on a kernel device (none on the cpu).
+fn resident_set(train: &Dataset, device: Device) -> Result<Option<ResidentSet>> {
+    if device == Device::Cpu {
+        return Ok(None);
+    }
+    let set = ResidentSet::upload(train, device)
+        .with_context(|| format!("uploading the {} training images to the {device} device", train.len()))?;
+    Ok(Some(set))
+}
+
 /// Loads the split a config names, with the config's subset.
 pub fn load_split(config: &TrainConfig, split: Split, subset: Option<usize>) -> Result<Dataset> {
     let spec = config.data_spec()?;
@@ -465,6 +476,8 @@ pub struct Trainer {
     /// Set when `--early-stop` ended the run.
     pub early_stop: Option<EarlyStop>,
     train: Dataset,
+    /// On a kernel device: the training set uploaded there, batches assembled there.
+    resident: Option<ResidentSet>,
     test: Dataset,
     _lock: DirLock,
 }
@@ -538,6 +551,7 @@ impl Trainer {
             velocity,
             progress: Progress { epoch: 0, step: 0 },
             early_stop: None,
+            resident: resident_set(&train, device)?,
             train,
             test,
             _lock: lock,
@@ -592,6 +606,7 @@ impl Trainer {
             velocity: saved.velocity.iter().map(|v| v.to_device(device)).collect::<Result<Vec<_>>>()?,
             progress: saved.progress,
             early_stop: EarlyStop::read(run_dir)?,
+            resident: resident_set(&train, device)?,
             train,
             test,
             _lock: lock,
@@ -651,6 +666,11 @@ impl Trainer {
         let (epochs, spe) = (self.config.epochs, self.steps_per_epoch());
         let augment = self.config.augment()?;
         let order = epoch_order(self.train.len(), true, self.config.seed, epoch as u64);
+        let resident_order = self
+            .resident
+            .as_ref()
+            .map(|r| r.order(order.clone(), self.config.seed, epoch as u64))
+            .transpose()?;
         let bar = if show_progress {
             progress::bar(self.train.len() as u64, "images")
         } else {
@@ -661,25 +681,33 @@ impl Trainer {
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut lr = self.config.lr;
         let mut first_batch: Option<(Tensor, Vec<u32>, Vec<u32>)> = None;
-        for idx in batches(&order, self.config.batch_size) {
+        for (nth, idx) in batches(&order, self.config.batch_size).enumerate() {
             lr = self.config.schedule.lr(self.config.lr, epoch, self.progress.step, epochs, spe);
-            let batch = make_batch(&self.train, idx, augment, self.config.seed, epoch as u64);
             let index: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+            let labels: Vec<u32> = idx.iter().map(|&i| u32::from(self.train.label(i))).collect();
             let (seed, jsd) = (self.config.seed, self.config.jsd);
-            let images = match (augment, jsd) {
-                (Augment::AugMix, None) => {
-                    let images = Tensor::from_vec_on(self.device, &[batch.size, 32, 32, 3], batch.images)?;
-                    augmix::augment_batch(&images, &index, seed, epoch as u64)?
+            // The crops (and the JSD's copies of them), assembled on the device where the set
+            // is resident there, else on the host and uploaded.
+            let copies = if augment == Augment::AugMix && jsd.is_some() { JSD_VIEWS } else { 1 };
+            let crops = match (&self.resident, &resident_order) {
+                (Some(set), Some(on_device)) => {
+                    let first = nth * self.config.batch_size;
+                    set.batch(on_device, first, idx.len(), copies, augment)?
                 }
-                (Augment::AugMix, Some(_)) => {
-                    let views = batch.images.repeat(JSD_VIEWS);
-                    let views =
-                        Tensor::from_vec_on(self.device, &[JSD_VIEWS * batch.size, 32, 32, 3], views)?;
-                    augmix::clean_and_augmented_views(&views, &index, seed, epoch as u64)?
+                _ => {
+                    let batch = make_batch(&self.train, idx, augment, seed, epoch as u64);
+                    let images = batch.images.repeat(copies);
+                    Tensor::from_vec_on(self.device, &[copies * batch.size, 32, 32, 3], images)?
                 }
-                _ => Tensor::from_vec_on(self.device, &[batch.size, 32, 32, 3], batch.images)?,
             };
-            let batch = TrainBatch { images, labels: batch.labels, index, epoch: epoch as u32, jsd };
+            let images = match (augment, jsd) {
+                (Augment::AugMix, None) => augmix::augment_batch(&crops, &index, seed, epoch as u64)?,
+                (Augment::AugMix, Some(_)) => {
+                    augmix::clean_and_augmented_views(&crops, &index, seed, epoch as u64)?
+                }
+                _ => crops,
+            };
+            let batch = TrainBatch { images, labels, index, epoch: epoch as u32, jsd };
             if first_batch.is_none() {
                 first_batch = Some((batch.images.clone(), batch.labels.clone(), batch.index.clone()));
             }

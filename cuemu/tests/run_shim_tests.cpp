@@ -412,7 +412,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--no-bench") == 0) bench = false;
 
   std::printf("cuemu: %d kernels registered\n", cuemu_kernel_count());
-  check(cuemu_kernel_count() == 15 && cuemu_kernel_name(0) && cuemu_kernel_name(15) == nullptr, "registry");
+  check(cuemu_kernel_count() == 16 && cuemu_kernel_name(0) && cuemu_kernel_name(16) == nullptr, "registry");
 
   const struct {
     int order;

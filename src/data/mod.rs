@@ -9,6 +9,7 @@ mod augment;
 pub mod augmix;
 mod cifar10;
 pub mod cifar10c;
+pub mod resident;
 mod synthetic;
 
 use std::fmt;
