@@ -224,38 +224,40 @@ __device__ void backward_weight(float* __restrict__ partial, const float* __rest
 
 // Tiles: 128 x 64 (warps of 32 x 32), and for groups of 16 columns or fewer 256 x 16 (warps of
 // 32 x 16); backward weight's narrow tile is 16 x 256 (16 output channels, warps of 16 x 32).
+// Two blocks per SM (__launch_bounds__(256, 2): at most 128 registers, which NVRTC 12.9 and 13.0
+// meet without spilling on sm_90 and sm_80), so one block's loads overlap the other's mma.
 // The same arguments as conv2d.cu's kernels of the same names with _f32.
-extern "C" __global__ void __launch_bounds__(256, 1) conv2d_fwd_bf16(float* y, const float* x, const float* w,
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_bf16(float* y, const float* x, const float* w,
                                                                   const float* scale, const float* shift,
                                                                   const float* residual, CONV_SHAPE_PARAMS) {
     tc::forward<128, 64, 32, 32>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) conv2d_fwd_narrow_bf16(float* y, const float* x, const float* w,
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_narrow_bf16(float* y, const float* x, const float* w,
                                                                          const float* scale, const float* shift,
                                                                          const float* residual, CONV_SHAPE_PARAMS) {
     tc::forward<256, 16, 32, 16>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_data_bf16(float* dx, const float* dy, const float* w,
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_bf16(float* dx, const float* dy, const float* w,
                                                                        CONV_SHAPE_PARAMS) {
     tc::backward_data<128, 64, 32, 32>(dx, dy, w, CONV_SHAPE);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_data_narrow_bf16(float* dx, const float* dy,
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_narrow_bf16(float* dx, const float* dy,
                                                                               const float* w,
                                                                               CONV_SHAPE_PARAMS) {
     tc::backward_data<256, 16, 32, 16>(dx, dy, w, CONV_SHAPE);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_weight_bf16(float* partial, const float* x,
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_weight_bf16(float* partial, const float* x,
                                                                          const float* dy, const float* scale,
                                                                          const float* shift, CONV_SHAPE_PARAMS,
                                                                          int chunk) {
     tc::backward_weight<128, 64, 32, 32>(partial, x, dy, ChannelMap{scale, shift}, CONV_SHAPE, chunk);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1) conv2d_bwd_weight_narrow_bf16(float* partial, const float* x,
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_weight_narrow_bf16(float* partial, const float* x,
                                                                                 const float* dy, const float* scale,
                                                                                 const float* shift,
                                                                                 CONV_SHAPE_PARAMS, int chunk) {
