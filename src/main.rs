@@ -1620,7 +1620,7 @@ fn selftest(a: SelftestArgs) -> Result<()> {
 }
 
 fn compile_kernels(archs: &[String]) -> Result<()> {
-    use mocse::gpu::{nvrtc, sources::KERNEL_SOURCES};
+    use mocse::gpu::nvrtc;
     if !nvrtc::available() {
         bail!("{}", nvrtc::missing_message());
     }
@@ -1628,8 +1628,8 @@ fn compile_kernels(archs: &[String]) -> Result<()> {
     for arch in archs {
         println!("NVRTC, {arch}:");
         println!("  {:<34} {:>5} {:>9} {:>7} {:>13}", "kernel", "regs", "smem B", "stack B", "spill st/ld B");
-        for (file, source, _) in KERNEL_SOURCES {
-            match nvrtc::compile(file, source, arch) {
+        for (_, _, compiled) in nvrtc::compile_all(arch) {
+            match compiled {
                 Ok(compiled) => {
                     for k in nvrtc::parse_resources(&compiled.log) {
                         println!(

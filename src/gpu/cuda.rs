@@ -11,7 +11,6 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 
 use super::LaunchConfig;
 use super::nvrtc;
-use super::sources::KERNEL_SOURCES;
 
 pub struct CudaBackend {
     pub ctx: Arc<CudaContext>,
@@ -55,12 +54,12 @@ fn init() -> Result<CudaBackend> {
     let arch = format!("sm_{major}{minor}");
     let stream = ctx.default_stream();
     let mut functions = HashMap::new();
-    for (file, source, kernels) in KERNEL_SOURCES {
-        let compiled = nvrtc::compile(file, source, &arch)?;
+    for (file, kernels, compiled) in nvrtc::compile_all(&arch) {
+        let compiled = compiled?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
             .with_context(|| format!("loading {file} for {arch}"))?;
-        for k in *kernels {
+        for k in kernels {
             functions.insert(*k, module.load_function(k).with_context(|| format!("kernel {k} in {file}"))?);
         }
     }

@@ -108,6 +108,16 @@ pub fn compile(file: &str, source: &str, arch: &str) -> Result<Compiled> {
     }
 }
 
+/// Every kernel file of `kernels/` compiled for `arch`, in parallel (NVRTC compiles separate
+/// programs concurrently), in the index's order: (file, its kernels, the result).
+pub fn compile_all(arch: &str) -> Vec<(&'static str, &'static [&'static str], Result<Compiled>)> {
+    use rayon::prelude::*;
+    super::sources::KERNEL_SOURCES
+        .par_iter()
+        .map(|(file, source, kernels)| (*file, *kernels, compile(file, source, arch)))
+        .collect()
+}
+
 /// Parses ptxas's `-v` report: one entry per kernel, in the order ptxas lists them.
 pub fn parse_resources(log: &str) -> Vec<KernelResources> {
     let mut out: Vec<KernelResources> = Vec::new();
