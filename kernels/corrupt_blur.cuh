@@ -18,7 +18,7 @@ namespace corrupt_blur {
 // over the two image axes (rows first, then columns; the channel axis has sigma 0 and is skipped).
 // ---------------------------------------------------------------------------------------------
 
-// Largest radius the helpers take: int(4 * sigma + 0.5) <= 8, i.e. sigma < 1.9375 (all CIFAR
+// Largest radius the helpers take: int(4 * sigma + 0.5) <= 8, i.e. sigma < 2.125 (all CIFAR
 // parameters: at most 1.0).
 constexpr int kMaxGaussRadius = 8;
 

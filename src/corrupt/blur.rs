@@ -62,7 +62,7 @@ pub(super) fn apply(corruption: Corruption, input: &Tensor, severity: u8, key: S
     Ok(out)
 }
 
-/// Largest radius the kernels take (`kMaxGaussRadius` in corrupt_blur.cuh): sigma < 1.9375.
+/// Largest radius the kernels take (`kMaxGaussRadius` in corrupt_blur.cuh): sigma < 2.125.
 const MAX_GAUSS_RADIUS: usize = 8;
 
 /// scipy's one-sided Gaussian weights for `sigma` (truncate 4), w[0] the centre: as
@@ -178,6 +178,23 @@ fn defocus_window(kernel: &[f32]) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// scipy's weights: radius int(4 sigma + 0.5), w[k] proportional to exp(-k^2 / (2 sigma^2)),
+    /// the whole symmetric kernel summing to 1; a sigma past the kernels' radius is refused.
+    #[test]
+    fn gaussian_weights_are_scipys() {
+        for sigma in GAUSSIAN_SIGMA.iter().chain(&[0.05, 0.25, 0.5]) {
+            let w = gaussian_weights(*sigma).unwrap();
+            assert_eq!(w.len() - 1, (4.0 * sigma + 0.5) as usize);
+            let total = w[0] + 2.0 * w[1..].iter().sum::<f64>();
+            assert!((total - 1.0).abs() < 1e-15, "sigma {sigma}: sum {total}");
+            for (k, v) in w.iter().enumerate() {
+                let expected = w[0] * (-((k * k) as f64) / (2.0 * sigma * sigma)).exp();
+                assert!((v - expected).abs() <= 1e-15, "sigma {sigma}, tap {k}");
+            }
+        }
+        assert!(gaussian_weights(2.1).is_ok() && gaussian_weights(2.125).is_err());
+    }
 
     #[test]
     fn zoom_factor_counts_follow_numpy_arange() {

@@ -1349,4 +1349,31 @@ mod tests {
         let p = Conv2dParams { stride: 1, padding: 1, groups: 2 };
         assert!(conv2d_forward(&x, &w, p, false).is_err());
     }
+
+    /// The launches of a MoCSE first-stage layer (16 channels per group: the narrow tiles) and a
+    /// wide dense one: kernels, tiles, grids (groups and splits in z) and splits.
+    #[test]
+    fn launches_pick_tiles_by_group_width_and_precision() {
+        let p = |groups| Conv2dParams { stride: 1, padding: 1, groups };
+        let grouped = ConvGeometry::new(&[8, 32, 32, 160], &[160, 16, 3, 3], p(10)).unwrap();
+        let dense = ConvGeometry::new(&[8, 8, 8, 256], &[256, 256, 3, 3], p(1)).unwrap();
+        let of = ConvLaunch::of;
+        let f = of(Direction::Forward, Precision::Bf16, &grouped);
+        assert_eq!(
+            (f.kernel.as_str(), f.tile, f.grid, f.splits),
+            ("conv2d_fwd_narrow_bf16", [256, 16], [32, 1, 10], 1)
+        );
+        let w = of(Direction::BackwardWeight, Precision::F32, &grouped);
+        // 8 * 32 * 32 pixels / 2048 = 4 splits of the reduction, each of the 10 groups.
+        assert_eq!(
+            (w.kernel.as_str(), w.tile, w.grid, w.splits),
+            ("conv2d_bwd_weight_narrow_f32", [16, 256], [1, 1, 40], 4)
+        );
+        let d = of(Direction::BackwardData, Precision::Bf16, &dense);
+        assert_eq!((d.kernel.as_str(), d.tile, d.grid), ("conv2d_bwd_data_bf16", [128, 64], [4, 4, 1]));
+        let f32 = of(Direction::Forward, Precision::F32, &dense);
+        assert_eq!((f32.kernel.as_str(), f32.tile, f32.grid), ("conv2d_fwd_f32", [64, 64], [8, 4, 1]));
+        let w = of(Direction::BackwardWeight, Precision::Bf16, &dense);
+        assert_eq!((w.kernel.as_str(), w.grid, w.splits), ("conv2d_bwd_weight_bf16", [2, 36, 1], 1));
+    }
 }
