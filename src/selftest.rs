@@ -413,6 +413,11 @@ fn cudnn_case(x_shape: [usize; 4], w_shape: [usize; 4], p: Conv2dParams) -> Resu
     Ok(ours.iter().zip(&cudnn).map(|(a, b)| relative_error(b, a)).fold(0.0, f64::max))
 }
 
+/// Values rounded to bf16 (to nearest even, as the kernels round their operands), back in f32.
+fn bf16_rounded(values: &[f32]) -> Vec<f32> {
+    values.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect()
+}
+
 /// The convolutions the bf16 cases run: `check_shapes` and every distinct convolution of both
 /// models (PreAct-18 at width 64, the fused MoCSE at width 16) on one image.
 pub fn bf16_check_shapes() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
@@ -456,8 +461,7 @@ fn conv_bf16_case(device: Device, x_shape: [usize; 4], w_shape: [usize; 4], p: C
             conv2d_backward_weight(&xd, &dyd, &g)?.to_host()?,
         ])
     })?;
-    let rounded =
-        |t: &Tensor| -> Vec<f32> { t.as_slice().iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect() };
+    let rounded = |t: &Tensor| bf16_rounded(t.as_slice());
     let exact = reference::all_directions(&rounded(&x), &rounded(&w), &rounded(&dy), &g);
     let taps = g.kernel * g.kernel;
     let reductions =
@@ -488,8 +492,7 @@ fn linear_bf16_case(device: Device, batch: usize, groups: usize, ins: usize, out
     let x = random(&[batch, groups * ins], 81, -1.0, 1.0);
     let w = random(&[groups * outs, ins], 82, -1.0, 1.0);
     let bias = random(&[groups * outs], 83, -1.0, 1.0);
-    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect() };
-    let dy = round(random(&[batch, groups * outs], 84, -1.0, 1.0).as_slice());
+    let dy = bf16_rounded(random(&[batch, groups * outs], 84, -1.0, 1.0).as_slice());
     let got = precision::scoped(Precision::Bf16, || -> Result<[Vec<f32>; 4]> {
         let tape = Tape::new();
         let leaf = |t: &Tensor| -> Result<Var> { Ok(tape.leaf(t.to_device(device)?, true)) };
@@ -500,7 +503,7 @@ fn linear_bf16_case(device: Device, batch: usize, groups: usize, ins: usize, out
         let grad = |v: &Var| -> Result<Vec<f32>> { grads.get(v).map_or(Ok(Vec::new()), Tensor::to_host) };
         Ok([y.value().to_host()?, grad(&xv)?, grad(&wv)?, grad(&bv)?])
     })?;
-    let (xr, wr) = (round(x.as_slice()), round(w.as_slice()));
+    let (xr, wr) = (bf16_rounded(x.as_slice()), bf16_rounded(w.as_slice()));
     let (mut y, mut dx) = (vec![0.0f64; batch * groups * outs], vec![0.0f64; batch * groups * ins]);
     let (mut dw, mut db) = (vec![0.0f64; groups * outs * ins], vec![0.0f64; groups * outs]);
     for b in 0..batch {

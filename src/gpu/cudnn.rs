@@ -246,7 +246,7 @@ fn ptr(device: Device, arg: Arg) -> Result<*mut c_void> {
     }
 }
 
-/// An operand or result as cuDNN sees it: the f32 tensor itself, or a bf16 copy.
+/// An operand as cuDNN reads it: the f32 tensor itself, or a bf16 copy.
 enum Operand<'a> {
     F32(&'a Tensor),
     Bf16(GpuBuffer),
@@ -264,6 +264,37 @@ impl Operand<'_> {
         match self {
             Operand::F32(t) => ptr(t.device(), t.arg()),
             Operand::Bf16(b) => ptr(b.device(), b.arg()),
+        }
+    }
+}
+
+/// The result cuDNN writes: an f32 tensor, or bf16 widened to one after the call.
+enum Output {
+    F32(Tensor),
+    Bf16(GpuBuffer),
+}
+
+impl Output {
+    fn new(shape: &[usize], precision: Precision) -> Result<Output> {
+        Ok(match precision {
+            Precision::F32 => Output::F32(Tensor::output_on(Device::Cuda, shape)?),
+            Precision::Bf16 => {
+                Output::Bf16(GpuBuffer::for_output(Device::Cuda, shape.iter().product::<usize>() * 2)?)
+            }
+        })
+    }
+
+    fn ptr(&self) -> Result<*mut c_void> {
+        match self {
+            Output::F32(t) => ptr(t.device(), t.arg()),
+            Output::Bf16(b) => ptr(b.device(), b.arg()),
+        }
+    }
+
+    fn into_f32(self, shape: &[usize]) -> Result<Tensor> {
+        match self {
+            Output::F32(t) => Ok(t),
+            Output::Bf16(b) => widen_bf16(&b, shape),
         }
     }
 }
@@ -330,16 +361,7 @@ fn run(
         _ => (a, b),
     };
     let (a, b) = (Operand::of(a, precision)?, Operand::of(b, precision)?);
-    let out_len: usize = out_shape.iter().product();
-    let (out_f32, out_bf16) = match precision {
-        Precision::F32 => (Some(Tensor::output_on(Device::Cuda, &out_shape)?), None),
-        Precision::Bf16 => (None, Some(GpuBuffer::for_output(Device::Cuda, out_len * 2)?)),
-    };
-    let out = match (&out_f32, out_bf16) {
-        (Some(t), _) => Operand::F32(t),
-        (None, Some(buffer)) => Operand::Bf16(buffer),
-        (None, None) => unreachable!("one of the two is made above"),
-    };
+    let out = Output::new(&out_shape, precision)?;
     let (alpha, beta) = (1.0f32, 0.0f32);
     let (alpha, beta) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);
     let ws = workspace(p.workspace_bytes)?;
@@ -362,10 +384,7 @@ fn run(
     };
     check(&format!("{direction:?}"), status)?;
     CALLS.with(|c| c.set(c.get() + 1));
-    let out = match out {
-        Operand::F32(_) => out_f32.expect("the f32 result"),
-        Operand::Bf16(buffer) => widen_bf16(&buffer, &out_shape)?,
-    };
+    let out = out.into_f32(&out_shape)?;
     if p.filter_ohwi && direction == Direction::BackwardWeight {
         return filter_layout(&out, g, true);
     }
