@@ -9,8 +9,8 @@
 # eight files: log.txt (progress and the summary), env.txt, tests.txt, bench.jsonl,
 # bench_log.txt, pytorch.jsonl, reproduce.txt and more.tar.gz (per-layer JSON, Table 1's run).
 #
-#     scripts/gpu-check.sh [STAGE ...]    # stages: env selftest tests twin bench pytorch summary
-#                                         #         reproduce sanitizer (default: all, in order)
+#     scripts/gpu-check.sh [STAGE ...]    # stages: env selftest bench pytorch summary twin tests
+#                                         #         sanitizer layers reproduce (default: all, in order)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mocse-gpu-check}
@@ -107,11 +107,20 @@ stage_bench() {
             for cfg in "preact18 --width 64 --batch-size 128" "mocse --expert-width 16 --batch-size 128" \
                        "mocse --expert-width 16 --batch-size 128 --unfused"; do
                 # shellcheck disable=SC2086
-                run_for 60 "$OUT/bench_log.txt" $M bench --what train-step --model $cfg --device cuda \
+                run_for 40 "$OUT/bench_log.txt" $M bench --what train-step --model $cfg --device cuda \
                     --conv-impl $impl --precision $precision --warmup 2 --steps 5 --json "$MORE/one.json" &&
                     cat "$MORE/one.json" >> "$OUT/bench.jsonl" && echo >> "$OUT/bench.jsonl"
             done
         done
+    done
+    grep -E "^(train|infer|all) " "$OUT/bench_log.txt" | tee -a "$LOG"
+    rm -f "$MORE/one.json"
+}
+
+# Every convolution of both models timed alone (kernels and cuDNN), the corruptions and PGD.
+stage_layers() {
+    local precision cfg
+    for precision in bf16 f32; do
         for cfg in "mocse --expert-width 16" "preact18 --width 64"; do
             # shellcheck disable=SC2086
             run_for 60 "$OUT/bench_log.txt" $M bench --what conv-layers --model $cfg --batch-size 128 \
@@ -119,7 +128,6 @@ stage_bench() {
                 --json "$MORE/conv_layers_${cfg%% *}_$precision.json"
         done
     done
-    grep -E "^(train|infer|all) " "$OUT/bench_log.txt" | tee -a "$LOG"
     run_for 90 "$OUT/bench_log.txt" $M bench --what corrupt --batch-size 10000 --device cuda --warmup 1 \
         --steps 3 --json "$MORE/corrupt.json"
     for cfg in "preact18 --width 64 --batch-size 128" "mocse --expert-width 16 --batch-size 128"; do
@@ -161,7 +169,8 @@ stage_summary() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(env selftest tests twin bench pytorch summary reproduce sanitizer)
+# The most telling first: kernels right on the hardware, then the speed against cuDNN and PyTorch.
+[ ${#stages[@]} -eq 0 ] && stages=(env selftest bench pytorch summary twin tests sanitizer layers summary reproduce)
 for s in "${stages[@]}"; do
     say "stage $s"
     "stage_$s"

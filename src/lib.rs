@@ -5,6 +5,7 @@ pub mod atomic_file;
 pub mod attack;
 pub mod autograd;
 pub mod bench;
+pub mod cache_dir;
 pub mod checkpoint;
 pub mod compare;
 pub mod corrupt;

@@ -95,17 +95,7 @@ pub struct Texture {
 /// Where the photographs are kept: `$MOCSE_CACHE/frost`, else `$XDG_CACHE_HOME/mocse/frost`,
 /// else `~/.cache/mocse/frost`.
 pub fn texture_dir() -> Result<PathBuf> {
-    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let root = if let Some(dir) = set("MOCSE_CACHE") {
-        dir
-    } else if let Some(dir) = set("XDG_CACHE_HOME").filter(|d| d.is_absolute()) {
-        dir.join("mocse")
-    } else if let Some(home) = set("HOME") {
-        home.join(".cache").join("mocse")
-    } else {
-        bail!("no cache directory for the frost textures: set MOCSE_CACHE (or HOME)");
-    };
-    Ok(root.join("frost"))
+    crate::cache_dir::cache_dir("frost")
 }
 
 /// Makes sure the five photographs are in [`texture_dir`], fetching them on first use (see the

@@ -1,6 +1,6 @@
-//! The `cuda` device: cudarc over the CUDA driver, kernels compiled once per process with
-//! NVRTC for the card's architecture (a cubin, so the driver never has to JIT newer PTX than it
-//! knows), one stream, plain device allocations.
+//! The `cuda` device: cudarc over the CUDA driver, kernels compiled with NVRTC for the card's
+//! architecture (a cubin, so the driver never has to JIT newer PTX than it knows; kept in the
+//! cache directory for the next process), one stream, plain device allocations.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -54,10 +54,11 @@ fn init() -> Result<CudaBackend> {
     let arch = format!("sm_{major}{minor}");
     let stream = ctx.default_stream();
     let mut functions = HashMap::new();
-    for (file, kernels, compiled) in nvrtc::compile_all(&arch) {
-        let compiled = compiled?;
+    for (file, kernels, cubin) in
+        nvrtc::cubins_cached(&arch, crate::cache_dir::cache_dir("kernels").ok().as_deref())
+    {
         let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))
+            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin?))
             .with_context(|| format!("loading {file} for {arch}"))?;
         for k in kernels {
             functions.insert(*k, module.load_function(k).with_context(|| format!("kernel {k} in {file}"))?);
@@ -69,15 +70,12 @@ fn init() -> Result<CudaBackend> {
 
 /// The driver's CUDA version and NVRTC's, as "driver CUDA 13.0, NVRTC 13.0".
 fn versions() -> String {
-    let (mut driver, mut major, mut minor) = (0, 0, 0);
-    // SAFETY: plain out-parameters; both libraries are loaded by now (the device and NVRTC ran).
+    let mut driver = 0;
+    // SAFETY: a plain out-parameter; the driver is loaded by now (the device was opened).
     let driver_ok = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) }
         == cudarc::driver::sys::CUresult::CUDA_SUCCESS;
-    let nvrtc_ok = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
-        == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS;
     let driver = if driver_ok { format!("{}.{}", driver / 1000, driver % 1000 / 10) } else { "?".into() };
-    let nvrtc = if nvrtc_ok { format!("{major}.{minor}") } else { "?".into() };
-    format!("driver CUDA {driver}, NVRTC {nvrtc}")
+    format!("driver CUDA {driver}, NVRTC {}", nvrtc::version())
 }
 
 pub fn backend() -> Result<&'static CudaBackend> {

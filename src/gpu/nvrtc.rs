@@ -6,6 +6,7 @@ use std::ffi::CString;
 
 use anyhow::{Context, Result, bail};
 use cudarc::nvrtc::{result, sys};
+use sha2::{Digest, Sha256};
 
 use super::sources::{KERNEL_HEADERS, NVRTC_PRELUDE};
 
@@ -66,6 +67,15 @@ pub struct Compiled {
     pub log: String,
 }
 
+fn options(arch: &str) -> [String; 4] {
+    [
+        format!("--gpu-architecture={arch}"),
+        "-std=c++17".to_string(),
+        "--ptxas-options=-v".to_string(),
+        "-DMOCSE_NVRTC".to_string(),
+    ]
+}
+
 /// Compiles one kernel file for `arch` (e.g. "sm_90") to a cubin, with the ptxas report.
 pub fn compile(file: &str, source: &str, arch: &str) -> Result<Compiled> {
     if !available() {
@@ -75,12 +85,7 @@ pub fn compile(file: &str, source: &str, arch: &str) -> Result<Compiled> {
     let name = CString::new(file)?;
     let prog =
         result::create_program(&src, Some(&name)).with_context(|| format!("NVRTC: creating {file}"))?;
-    let options = [
-        format!("--gpu-architecture={arch}"),
-        "-std=c++17".to_string(),
-        "--ptxas-options=-v".to_string(),
-        "-DMOCSE_NVRTC".to_string(),
-    ];
+    let options = options(arch);
     // SAFETY: `prog` was created above and is destroyed exactly once below.
     let compiled = unsafe { result::compile_program(prog, &options) };
     let log = unsafe { result::get_program_log(prog) }
@@ -118,6 +123,48 @@ pub fn compile_all(arch: &str) -> Vec<(&'static str, &'static [&'static str], Re
         .collect()
 }
 
+/// Every kernel file's cubin for `arch`, read from `cache` (named by the SHA-256 of NVRTC's
+/// version, the options and the expanded source) or compiled and then kept there: a process on
+/// the cuda device starts in well under a second instead of seconds. A cache that cannot be
+/// read or written only costs the compile.
+pub type Cubins = Vec<(&'static str, &'static [&'static str], Result<Vec<u8>>)>;
+
+pub fn cubins_cached(arch: &str, cache: Option<&std::path::Path>) -> Cubins {
+    use rayon::prelude::*;
+    let version = version();
+    super::sources::KERNEL_SOURCES
+        .par_iter()
+        .map(|(file, source, kernels)| {
+            let mut hash = Sha256::new();
+            for part in [version.as_str(), &options(arch).join(" "), &expand_source(source)] {
+                hash.update(part.as_bytes());
+                hash.update([0u8]);
+            }
+            let key: String = hash.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+            let path = cache.map(|d| d.join(format!("{}-{arch}-{key}.cubin", file.trim_end_matches(".cu"))));
+            if let Some(cubin) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+                return (*file, *kernels, Ok(cubin));
+            }
+            let compiled = compile(file, source, arch).map(|c| c.cubin);
+            if let (Ok(cubin), Some(path)) = (&compiled, &path) {
+                let _ = std::fs::create_dir_all(path.parent().unwrap_or(path))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| crate::atomic_file::write_atomic(path, cubin));
+            }
+            (*file, *kernels, compiled)
+        })
+        .collect()
+}
+
+/// NVRTC's version, "13.0" ("?" when it cannot say).
+pub fn version() -> String {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: plain out-parameters.
+    let ok = available()
+        && unsafe { sys::nvrtcVersion(&mut major, &mut minor) } == sys::nvrtcResult::NVRTC_SUCCESS;
+    if ok { format!("{major}.{minor}") } else { "?".into() }
+}
+
 /// Parses ptxas's `-v` report: one entry per kernel, in the order ptxas lists them.
 pub fn parse_resources(log: &str) -> Vec<KernelResources> {
     let mut out: Vec<KernelResources> = Vec::new();
@@ -148,6 +195,31 @@ pub fn parse_resources(log: &str) -> Vec<KernelResources> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cubins_are_kept_and_read_back_from_the_cache() {
+        if !available() {
+            eprintln!("NVRTC is not on the loader path; CI's compile check covers it");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let first = cubins_cached("sm_80", Some(dir.path()));
+        let kept = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(kept, super::super::sources::KERNEL_SOURCES.len());
+        // A cached file is what is returned, not a fresh compile.
+        let (file, _, _) = &first[0];
+        let path = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(file.trim_end_matches(".cu")))
+            .unwrap();
+        std::fs::write(&path, b"marked").unwrap();
+        let second = cubins_cached("sm_80", Some(dir.path()));
+        assert_eq!(second[0].2.as_ref().unwrap(), b"marked");
+        for ((_, _, a), (_, _, b)) in first.iter().zip(&second).skip(1) {
+            assert_eq!(a.as_ref().unwrap(), b.as_ref().unwrap());
+        }
+    }
 
     #[test]
     fn parses_a_ptxas_report() {
