@@ -110,6 +110,7 @@ def twin_check(directory, tolerance):
     if not (output_diff <= tolerance and loss_diff <= tolerance):
         print(f"twin check failed in {directory}: {report}", file=sys.stderr)
         sys.exit(1)
+    print(f"twin check passed (tolerance {tolerance}) in {directory}: {report}", file=sys.stderr)
     return net, cfg, x, y, report
 
 

@@ -43,7 +43,8 @@ def main():
         if r.get("what") != "train-step":
             continue
         tflops = r["train_gflop_per_s"] / 1e3
-        impl = "mocse " + ("fused" if r.get("fused") else "unfused")
+        impl = "mocse " + ("fused" if r.get("fused") else "unfused") + (
+            ", cuDNN convolutions" if r.get("conv_impl") == "cudnn" else "")
         print(f"| {impl} | {r['model_description']} | {r.get('precision', 'f32')} | {r['train_images_per_s']:.0f} | "
               f"{tflops:.1f} | {100 * tflops / peak:.1f}% |")
     for r in records(os.path.join(a.out, "pytorch.jsonl")):

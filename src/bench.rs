@@ -40,6 +40,8 @@ pub struct TrainStepBench {
     pub device: String,
     /// The arithmetic of the convolutions and the head (`--precision`).
     pub precision: Precision,
+    /// Who ran the convolutions on a GPU device: "kernels" (the project's) or "cudnn".
+    pub conv_impl: &'static str,
     pub threads: usize,
     pub timed_steps: usize,
     pub train_images_per_s: f64,
@@ -193,6 +195,7 @@ pub fn bench_train_step(
         batch_size,
         device: device.to_string(),
         precision: precision::current(),
+        conv_impl: crate::ops::conv::conv_impl().name(),
         threads: rayon::current_num_threads(),
         timed_steps: steps,
         train_images_per_s: b / train,

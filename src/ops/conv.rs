@@ -44,6 +44,16 @@ pub fn conv_impl() -> ConvImpl {
     if USE_CUDNN.load(Ordering::Relaxed) { ConvImpl::Cudnn } else { ConvImpl::Kernels }
 }
 
+impl ConvImpl {
+    /// The name `--conv-impl` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvImpl::Kernels => "kernels",
+            ConvImpl::Cudnn => "cudnn",
+        }
+    }
+}
+
 impl std::str::FromStr for ConvImpl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
