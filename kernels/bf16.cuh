@@ -10,5 +10,16 @@ __device__ __forceinline__ unsigned bf16_bits(float v) {
 
 __device__ __forceinline__ float bf16_bits_to_float(unsigned bits) { return __uint_as_float((bits & 0xffffu) << 16); }
 
-// Two values as one 32-bit word (a tensor-core fragment register): lo in the low half.
-__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+// Two values as one 32-bit word (a tensor-core fragment register): lo in the low half. On the
+// GPU one cvt.rn.bf16x2.f32 (the same rounding; its first source goes to the high half), which
+// differs from bf16_bits only in a NaN's payload (canonical 0x7fff there); the emulator keeps
+// the integer twin.
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(CUEMU)
+    unsigned packed;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(hi), "f"(lo));
+    return packed;
+#else
+    return bf16_bits(lo) | (bf16_bits(hi) << 16);
+#endif
+}

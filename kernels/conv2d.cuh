@@ -45,15 +45,28 @@ __device__ __forceinline__ float input_at(const float* __restrict__ x, const Cha
     return map(x[r.image + ((long long)ih * s.width + iw) * s.in_channels + c.channel], c.channel);
 }
 
+// Eight consecutive channels [channel, channel + 8) of one pixel through the map, as two 16-byte
+// loads (the caller guarantees 8-channel alignment of the row and the channel).
+__device__ __forceinline__ void mapped8(const float* __restrict__ at, const ChannelMap& map, int channel,
+                                        float (&v)[8]) {
+    const float4 lo = reinterpret_cast<const float4*>(at)[0], hi = reinterpret_cast<const float4*>(at)[1];
+    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+    map.apply8(v, channel);
+}
+
 // The A operands (rows x reduction) of the three directions. Each gathers through three calls,
 // so that index arithmetic is not redone per element: row(r) decomposes a row index once,
 // col(k) a reduction index once, and at(row, col) is then a few adds and one load. Loads
 // outside the input are never made (padding reads as 0). `k_contiguous`: whether consecutive
 // reduction indices are adjacent in memory (the tensor-core kernels stage those along k).
+// `by8`: at8(row, col, v) gives reduction indices col..col + 7 at once (one address, one bounds
+// test, two 16-byte loads) when the channels reduced over per group are a multiple of 8, so that
+// eight consecutive k are eight aligned channels of one tap (the kernel's launcher checks).
 
 // Forward A: the input gathered under each output pixel's window.
 struct ForwardInput {
     static constexpr bool k_contiguous = true;  // channels
+    static constexpr bool by8 = true;
     const float* x;
     ChannelMap map;
     ConvShape s;
@@ -62,6 +75,14 @@ struct ForwardInput {
     __device__ __forceinline__ TapColumn col(int k) const { return tap_column(s, g, k); }
     __device__ __forceinline__ float at(const PixelRow& r, const TapColumn& c) const {
         return input_at(x, map, s, r, c);
+    }
+    __device__ __forceinline__ void at8(const PixelRow& r, const TapColumn& c, float (&v)[8]) const {
+        const int ih = r.ih0 + c.kh, iw = r.iw0 + c.kw;
+        if (ih < 0 || iw < 0 || ih >= s.height || iw >= s.width) {
+            for (int i = 0; i < 8; ++i) v[i] = 0.0f;
+            return;
+        }
+        mapped8(x + r.image + ((long long)ih * s.width + iw) * s.in_channels + c.channel, map, c.channel, v);
     }
 };
 
@@ -77,6 +98,7 @@ struct TapOutput {
 
 struct BackwardGradOut {
     static constexpr bool k_contiguous = true;  // output channels
+    static constexpr bool by8 = true;
     const float* dy;
     ConvShape s;
     int g;
@@ -87,19 +109,33 @@ struct BackwardGradOut {
         const int opg = s.out_per_group(), tap = k / opg;
         return TapOutput{tap / s.kernel, tap % s.kernel, k % opg};
     }
-    __device__ __forceinline__ float at(const InputPixel& r, const TapOutput& c) const {
+    // Where dY's element for (r, c) is, or -1 where the tap reaches no output pixel.
+    __device__ __forceinline__ long long offset(const InputPixel& r, const TapOutput& c) const {
         const int th = r.ih + s.padding - c.kh, tw = r.iw + s.padding - c.kw;
-        if (th < 0 || tw < 0 || th % s.stride != 0 || tw % s.stride != 0) return 0.0f;
+        if (th < 0 || tw < 0 || th % s.stride != 0 || tw % s.stride != 0) return -1;
         const int oh = th / s.stride, ow = tw / s.stride;
-        if (oh >= s.out_height || ow >= s.out_width) return 0.0f;
-        return dy[(((long long)r.b * s.out_height + oh) * s.out_width + ow) * s.out_channels +
-                  g * s.out_per_group() + c.o];
+        if (oh >= s.out_height || ow >= s.out_width) return -1;
+        return (((long long)r.b * s.out_height + oh) * s.out_width + ow) * s.out_channels + g * s.out_per_group() +
+               c.o;
+    }
+    __device__ __forceinline__ float at(const InputPixel& r, const TapOutput& c) const {
+        const long long at = offset(r, c);
+        return at < 0 ? 0.0f : dy[at];
+    }
+    __device__ __forceinline__ void at8(const InputPixel& r, const TapOutput& c, float (&v)[8]) const {
+        const long long at = offset(r, c);
+        if (at < 0) {
+            for (int i = 0; i < 8; ++i) v[i] = 0.0f;
+            return;
+        }
+        mapped8(dy + at, ChannelMap{nullptr, nullptr}, 0, v);
     }
 };
 
 // Backward weight A: dY transposed, rows = output channels of group g, reduction = pixels.
 struct GradOutChannel {
     static constexpr bool k_contiguous = false;  // pixels, out_channels apart
+    static constexpr bool by8 = false;
     const float* dy;
     ConvShape s;
     int g;

@@ -42,7 +42,7 @@ struct Staging {
 
 // One operand of the GEMM as ROWS rows of the block's tile: its row infos (decomposed once per
 // block into shared memory) and this thread's staged words of the next slice.
-template <int ROWS, class Op>
+template <int ROWS, class Op, bool BY8 = Op::by8>
 struct Operand {
     using S = Staging<ROWS, Op::k_contiguous>;
     using RowInfo = decltype(Op{}.row(0));
@@ -71,9 +71,51 @@ struct Operand {
     }
 };
 
+// The same for an operand that gathers eight consecutive k at once (Op::by8): each thread stages
+// whole 4-word chunks (8 bf16, one 16-byte shared store), 4 threads along each row, so a warp
+// reads 8 rows x 32 k.
+template <int ROWS, class Op>
+struct Operand<ROWS, Op, true> {
+    static constexpr int CHUNKS = BK / 8, PASSES = ROWS * CHUNKS / THREADS;
+    static_assert(ROWS * CHUNKS % THREADS == 0, "whole passes");
+    using RowInfo = decltype(Op{}.row(0));
+    Op op;
+    int count;  // rows [0, count) of the tile exist
+    uint4 staged[PASSES];
+
+    __device__ static int chunk(int tid) { return tid % CHUNKS; }
+    __device__ static int row(int tid, int p) { return tid / CHUNKS + p * (THREADS / CHUNKS); }
+
+    // Eight consecutive k are eight aligned channels of one tap (the host launches these kernels
+    // only for channels per group a multiple of 8), so K is a multiple of 8 too and a chunk lies
+    // wholly inside the reduction or wholly past it.
+    __device__ __forceinline__ void gather(const RowInfo* rows, int k0, int k_begin, int k_end) {
+        const int tid = threadIdx.x, k = k0 + 8 * chunk(tid);
+        const bool k_in = k < k_end;
+        const auto c = op.col(k_in ? k : k_begin);
+        for (int p = 0; p < PASSES; ++p) {
+            const int r = row(tid, p);
+            float v[8];
+            if (k_in && r < count) {
+                op.at8(rows[r], c, v);
+            } else {
+                for (int i = 0; i < 8; ++i) v[i] = 0.0f;
+            }
+            staged[p] = uint4{pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]),
+                              pack_bf16x2(v[6], v[7])};
+        }
+    }
+
+    __device__ __forceinline__ void store(unsigned* slice) const {
+        const int tid = threadIdx.x;
+        for (int p = 0; p < PASSES; ++p)
+            *reinterpret_cast<uint4*>(&slice[swizzled(row(tid, p), 4 * chunk(tid))]) = staged[p];
+    }
+};
+
 // C[m0.., n0..] = sum over k in [k_begin, k_end) of A(m, k) * B(n, k), stored with
 // store(m, n, v); both operands are given by rows (A: m, B: n) and gathered as in conv2d.cuh.
-template <int BM, int BN, int WM, int WN, class A, class B, class Store>
+template <int BM, int BN, int WM, int WN, bool BY8, class A, class B, class Store>
 __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, const A& a, const B& b,
                           Store store) {
     static_assert((BM / WM) * (BN / WN) == THREADS / 32, "one warp per WM x WN part");
@@ -81,13 +123,15 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
     constexpr int MI = WM / 16, NI = WN / 8, WARPS_N = BN / WN;
     __shared__ unsigned a_slices[2][BM * WORDS];
     __shared__ unsigned b_slices[2][BN * WORDS];
-    __shared__ typename Operand<BM, A>::RowInfo a_rows[BM];
-    __shared__ typename Operand<BN, B>::RowInfo b_rows[BN];
+    using OperandA = Operand<BM, A, BY8 && A::by8>;
+    using OperandB = Operand<BN, B, BY8 && B::by8>;
+    __shared__ typename OperandA::RowInfo a_rows[BM];
+    __shared__ typename OperandB::RowInfo b_rows[BN];
     const int tid = threadIdx.x;
     for (int i = tid; i < BM; i += THREADS) a_rows[i] = a.row(m0 + i);
     for (int i = tid; i < BN; i += THREADS) b_rows[i] = b.row(n0 + i);
-    Operand<BM, A> sa{a, M - m0, {}};
-    Operand<BN, B> sb{b, N - n0, {}};
+    OperandA sa{a, M - m0, {}};
+    OperandB sb{b, N - n0, {}};
     __syncthreads();
     sa.gather(a_rows, k_begin, k_begin, k_end);
     sb.gather(b_rows, k_begin, k_begin, k_end);
@@ -148,6 +192,7 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
 // Forward: W[n = o][k = (kh, kw, ci)] of group g, from OIHW.
 struct ForwardWeightRows {
     static constexpr bool k_contiguous = true;  // taps apart: the nearer of the two
+    static constexpr bool by8 = false;
     const float* w;
     ConvShape s;
     int g;
@@ -164,6 +209,7 @@ struct ForwardWeightRows {
 // Backward data: W'[n = ci][k = (kh, kw, o)] of group g, from OIHW.
 struct BackwardWeightRows {
     static constexpr bool k_contiguous = false;  // along n: taps apart; along k: a filter apart
+    static constexpr bool by8 = false;
     const float* w;
     ConvShape s;
     int g;
@@ -178,6 +224,7 @@ struct BackwardWeightRows {
 // Backward weight: the forward input at pixel k for column n = (kh, kw, ci).
 struct InputByPixelRows {
     static constexpr bool k_contiguous = false;  // along n: channels
+    static constexpr bool by8 = false;
     const float* x;
     ChannelMap map;
     ConvShape s;
@@ -189,22 +236,23 @@ struct InputByPixelRows {
     }
 };
 
-template <int BM, int BN, int WM, int WN>
+// BY8: gather A eight channels at a time (channels per group a multiple of 8), else one by one.
+template <int BM, int BN, int WM, int WN, bool BY8>
 __device__ void forward(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
                         const ChannelMap& map, const float* __restrict__ residual, const ConvShape& s) {
     const int g = blockIdx.z, opg = s.out_per_group();
     const int M = s.batch * s.out_height * s.out_width, K = s.taps() * s.in_per_group();
-    tile_gemm<BM, BN, WM, WN>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, map, s, g},
+    tile_gemm<BM, BN, WM, WN, BY8>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, map, s, g},
                               ForwardWeightRows{w, s, g},
                               [&](int m, int n, float v) { store_output(y, residual, s, g, m, n, v); });
 }
 
-template <int BM, int BN, int WM, int WN>
+template <int BM, int BN, int WM, int WN, bool BY8>
 __device__ void backward_data(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
                               const ConvShape& s) {
     const int g = blockIdx.z, ipg = s.in_per_group();
     const int M = s.batch * s.height * s.width, K = s.taps() * s.out_per_group();
-    tile_gemm<BM, BN, WM, WN>(M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, BackwardGradOut{dy, s, g},
+    tile_gemm<BM, BN, WM, WN, BY8>(M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, BackwardGradOut{dy, s, g},
                               BackwardWeightRows{w, s, g},
                               [&](int m, int n, float v) { dx[(long long)m * s.in_channels + g * ipg + n] = v; });
 }
@@ -215,7 +263,7 @@ __device__ void backward_weight(float* __restrict__ partial, const float* __rest
                                 const float* __restrict__ dy, const ChannelMap& map, const ConvShape& s,
                                 int chunk) {
     const WeightGradientSplit w(partial, s, chunk);
-    tile_gemm<BM, BN, WM, WN>(s.out_per_group(), w.K, w.begin, w.end, blockIdx.x * BM, blockIdx.y * BN,
+    tile_gemm<BM, BN, WM, WN, false>(s.out_per_group(), w.K, w.begin, w.end, blockIdx.x * BM, blockIdx.y * BN,
                               GradOutChannel{dy, s, w.g}, InputByPixelRows{x, map, s, w.g},
                               [&](int o, int k, float v) { w.store(s, o, k, v); });
 }
@@ -224,30 +272,44 @@ __device__ void backward_weight(float* __restrict__ partial, const float* __rest
 
 // Tiles: 128 x 64 (warps of 32 x 32), and for groups of 16 columns or fewer 256 x 16 (warps of
 // 32 x 16); backward weight's narrow tile is 16 x 256 (16 output channels, warps of 16 x 32).
+// Forward and backward data gather their activations eight channels at a time; the _any kernels
+// gather them one by one, for reductions over channel counts that are not multiples of 8 (the
+// stem's 3 input channels).
 // Two blocks per SM (__launch_bounds__(256, 2): at most 128 registers, which NVRTC 12.9 and 13.0
 // meet without spilling on sm_90 and sm_80), so one block's loads overlap the other's mma.
 // The same arguments as conv2d.cu's kernels of the same names with _f32.
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_bf16(float* y, const float* x, const float* w,
                                                                   const float* scale, const float* shift,
                                                                   const float* residual, CONV_SHAPE_PARAMS) {
-    tc::forward<128, 64, 32, 32>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
+    tc::forward<128, 64, 32, 32, true>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_any_bf16(float* y, const float* x, const float* w,
+                                                                      const float* scale, const float* shift,
+                                                                      const float* residual, CONV_SHAPE_PARAMS) {
+    tc::forward<128, 64, 32, 32, false>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_narrow_bf16(float* y, const float* x, const float* w,
                                                                          const float* scale, const float* shift,
                                                                          const float* residual, CONV_SHAPE_PARAMS) {
-    tc::forward<256, 16, 32, 16>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
+    tc::forward<256, 16, 32, 16, true>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_bf16(float* dx, const float* dy, const float* w,
                                                                        CONV_SHAPE_PARAMS) {
-    tc::backward_data<128, 64, 32, 32>(dx, dy, w, CONV_SHAPE);
+    tc::backward_data<128, 64, 32, 32, true>(dx, dy, w, CONV_SHAPE);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_any_bf16(float* dx, const float* dy,
+                                                                           const float* w, CONV_SHAPE_PARAMS) {
+    tc::backward_data<128, 64, 32, 32, false>(dx, dy, w, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_narrow_bf16(float* dx, const float* dy,
                                                                               const float* w,
                                                                               CONV_SHAPE_PARAMS) {
-    tc::backward_data<256, 16, 32, 16>(dx, dy, w, CONV_SHAPE);
+    tc::backward_data<256, 16, 32, 16, true>(dx, dy, w, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_weight_bf16(float* partial, const float* x,
