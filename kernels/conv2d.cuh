@@ -59,6 +59,8 @@ __device__ __forceinline__ void mapped8(const float* __restrict__ at, const Chan
 // col(k) a reduction index once, and at(row, col) is then a few adds and one load. Loads
 // outside the input are never made (padding reads as 0). `k_contiguous`: whether consecutive
 // reduction indices are adjacent in memory (the tensor-core kernels stage those along k).
+// `rows8`: rows8_at(row, col, v) gives rows row..row + 7 at one reduction index (8 aligned
+// channels, the launcher checks), for operands whose reduction runs over pixels.
 // `by8`: at8(row, col, v) gives reduction indices col..col + 7 at once (one address, one bounds
 // test, two 16-byte loads) when the channels reduced over per group are a multiple of 8, so that
 // eight consecutive k are eight aligned channels of one tap (the kernel's launcher checks).
@@ -67,6 +69,7 @@ __device__ __forceinline__ void mapped8(const float* __restrict__ at, const Chan
 struct ForwardInput {
     static constexpr bool k_contiguous = true;  // channels
     static constexpr bool by8 = true;
+    static constexpr bool rows8 = false;
     const float* x;
     ChannelMap map;
     ConvShape s;
@@ -99,6 +102,7 @@ struct TapOutput {
 struct BackwardGradOut {
     static constexpr bool k_contiguous = true;  // output channels
     static constexpr bool by8 = true;
+    static constexpr bool rows8 = false;
     const float* dy;
     ConvShape s;
     int g;
@@ -136,12 +140,17 @@ struct BackwardGradOut {
 struct GradOutChannel {
     static constexpr bool k_contiguous = false;  // pixels, out_channels apart
     static constexpr bool by8 = false;
+    static constexpr bool rows8 = true;
     const float* dy;
     ConvShape s;
     int g;
     __device__ __forceinline__ int row(int o) const { return g * s.out_per_group() + o; }
     __device__ __forceinline__ long long col(int p) const { return (long long)p * s.out_channels; }
     __device__ __forceinline__ float at(int channel, long long pixel) const { return dy[pixel + channel]; }
+    // Rows channel..channel + 7 at one pixel (out_per_group a multiple of 8: two 16-byte loads).
+    __device__ __forceinline__ void rows8_at(int channel, long long pixel, float (&v)[8]) const {
+        mapped8(dy + pixel + channel, ChannelMap{nullptr, nullptr}, 0, v);
+    }
 };
 
 // y[m, n] of group g = v, plus the residual's element when there is one (the residual add of a

@@ -42,8 +42,21 @@ struct Staging {
 
 // One operand of the GEMM as ROWS rows of the block's tile: its row infos (decomposed once per
 // block into shared memory) and this thread's staged words of the next slice.
-template <int ROWS, class Op, bool BY8 = Op::by8>
-struct Operand {
+// How an operand is staged: element pairs (any shape), chunks of 8 consecutive k (Op::by8), or
+// blocks of 8 consecutive rows at a pair of k (Op::rows8).
+enum class Gather { Pairs, ChunksOfK, BlocksOfRows };
+
+template <class Op, bool WIDE>
+struct GatherOf {
+    static constexpr Gather value =
+        !WIDE ? Gather::Pairs : Op::by8 ? Gather::ChunksOfK : Op::rows8 ? Gather::BlocksOfRows : Gather::Pairs;
+};
+
+template <int ROWS, class Op, Gather HOW>
+struct Operand;
+
+template <int ROWS, class Op>
+struct Operand<ROWS, Op, Gather::Pairs> {
     using S = Staging<ROWS, Op::k_contiguous>;
     using RowInfo = decltype(Op{}.row(0));
     Op op;
@@ -75,7 +88,7 @@ struct Operand {
 // whole 4-word chunks (8 bf16, one 16-byte shared store), 4 threads along each row, so a warp
 // reads 8 rows x 32 k.
 template <int ROWS, class Op>
-struct Operand<ROWS, Op, true> {
+struct Operand<ROWS, Op, Gather::ChunksOfK> {
     static constexpr int CHUNKS = BK / 8, PASSES = ROWS * CHUNKS / THREADS;
     static_assert(ROWS * CHUNKS % THREADS == 0, "whole passes");
     using RowInfo = decltype(Op{}.row(0));
@@ -113,9 +126,60 @@ struct Operand<ROWS, Op, true> {
     }
 };
 
+// The same for an operand whose reduction runs over pixels (backward weight's, Op::rows8): each
+// thread stages a block of 8 rows (8 aligned channels, two 16-byte loads) at a pair of k, as 8
+// words, one per row. A warp's lanes take 2 neighbouring blocks at 16 pairs of k: at each pixel
+// 64 contiguous bytes, whole 32-byte sectors. The odd block keeps its words with adjacent rows
+// swapped (word j is row j ^ 1), so that at each of the 8 stores the two blocks write rows of
+// opposite parity: with the swizzle, 32 distinct banks.
+template <int ROWS, class Op>
+struct Operand<ROWS, Op, Gather::BlocksOfRows> {
+    static constexpr int BLOCKS = ROWS / 8, PAIRS = BK / 2;
+    static constexpr int UNITS = BLOCKS * PAIRS, PASSES = (UNITS + THREADS - 1) / THREADS;
+    static_assert(BLOCKS % 2 == 0, "blocks of rows in pairs");
+    using RowInfo = decltype(Op{}.row(0));
+    Op op;
+    int count;  // rows [0, count) of the tile exist
+    unsigned staged[PASSES][8];
+
+    __device__ static int block(int unit) { return unit % 2 + 2 * (unit / (2 * PAIRS)); }
+    __device__ static int pair(int unit) { return unit / 2 % PAIRS; }
+
+    __device__ __forceinline__ void gather(const RowInfo* rows, int k0, int /*k_begin*/, int k_end) {
+        for (int p = 0; p < PASSES; ++p) {
+            const int unit = threadIdx.x + p * THREADS, b = block(unit), k = k0 + 2 * pair(unit);
+            float lo[8], hi[8];
+            // count is a multiple of 8 here (channels per group are), so a block exists wholly or not.
+            const bool in = unit < UNITS && 8 * b < count;
+            if (in && k < k_end) {
+                op.rows8_at(rows[8 * b], op.col(k), lo);
+            } else {
+                for (int i = 0; i < 8; ++i) lo[i] = 0.0f;
+            }
+            if (in && k + 1 < k_end) {
+                op.rows8_at(rows[8 * b], op.col(k + 1), hi);
+            } else {
+                for (int i = 0; i < 8; ++i) hi[i] = 0.0f;
+            }
+            const bool odd = b & 1;
+            for (int i = 0; i < 8; ++i)
+                staged[p][i] = odd ? pack_bf16x2(lo[i ^ 1], hi[i ^ 1]) : pack_bf16x2(lo[i], hi[i]);
+        }
+    }
+
+    __device__ __forceinline__ void store(unsigned* slice) const {
+        for (int p = 0; p < PASSES; ++p) {
+            const int unit = threadIdx.x + p * THREADS;
+            if (unit >= UNITS) continue;
+            const int b = block(unit), w = pair(unit);
+            for (int i = 0; i < 8; ++i) slice[swizzled(8 * b + (i ^ (b & 1)), w)] = staged[p][i];
+        }
+    }
+};
+
 // C[m0.., n0..] = sum over k in [k_begin, k_end) of A(m, k) * B(n, k), stored with
 // store(m, n, v); both operands are given by rows (A: m, B: n) and gathered as in conv2d.cuh.
-template <int BM, int BN, int WM, int WN, bool BY8, class A, class B, class Store>
+template <int BM, int BN, int WM, int WN, bool WIDE, class A, class B, class Store>
 __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, const A& a, const B& b,
                           Store store) {
     static_assert((BM / WM) * (BN / WN) == THREADS / 32, "one warp per WM x WN part");
@@ -123,8 +187,8 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
     constexpr int MI = WM / 16, NI = WN / 8, WARPS_N = BN / WN;
     __shared__ unsigned a_slices[2][BM * WORDS];
     __shared__ unsigned b_slices[2][BN * WORDS];
-    using OperandA = Operand<BM, A, BY8 && A::by8>;
-    using OperandB = Operand<BN, B, BY8 && B::by8>;
+    using OperandA = Operand<BM, A, GatherOf<A, WIDE>::value>;
+    using OperandB = Operand<BN, B, GatherOf<B, WIDE>::value>;
     __shared__ typename OperandA::RowInfo a_rows[BM];
     __shared__ typename OperandB::RowInfo b_rows[BN];
     const int tid = threadIdx.x;
@@ -193,6 +257,7 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
 struct ForwardWeightRows {
     static constexpr bool k_contiguous = true;  // taps apart: the nearer of the two
     static constexpr bool by8 = false;
+    static constexpr bool rows8 = false;
     const float* w;
     ConvShape s;
     int g;
@@ -210,6 +275,7 @@ struct ForwardWeightRows {
 struct BackwardWeightRows {
     static constexpr bool k_contiguous = false;  // along n: taps apart; along k: a filter apart
     static constexpr bool by8 = false;
+    static constexpr bool rows8 = false;
     const float* w;
     ConvShape s;
     int g;
@@ -225,6 +291,7 @@ struct BackwardWeightRows {
 struct InputByPixelRows {
     static constexpr bool k_contiguous = false;  // along n: channels
     static constexpr bool by8 = false;
+    static constexpr bool rows8 = true;
     const float* x;
     ChannelMap map;
     ConvShape s;
@@ -234,36 +301,41 @@ struct InputByPixelRows {
     __device__ __forceinline__ float at(const TapColumn& r, const PixelRow& c) const {
         return input_at(x, map, s, c, r);
     }
+    // Rows n..n + 7 (channels of one tap, in_per_group a multiple of 8) at pixel c.
+    __device__ __forceinline__ void rows8_at(const TapColumn& r, const PixelRow& c, float (&v)[8]) const {
+        ForwardInput{x, map, s, g}.at8(c, r, v);
+    }
 };
 
-// BY8: gather A eight channels at a time (channels per group a multiple of 8), else one by one.
-template <int BM, int BN, int WM, int WN, bool BY8>
+// WIDE: gather activations eight channels at a time (the channels reduced over, or those of a
+// block of rows in backward weight, a multiple of 8 per group), else one by one.
+template <int BM, int BN, int WM, int WN, bool WIDE>
 __device__ void forward(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
                         const ChannelMap& map, const float* __restrict__ residual, const ConvShape& s) {
     const int g = blockIdx.z, opg = s.out_per_group();
     const int M = s.batch * s.out_height * s.out_width, K = s.taps() * s.in_per_group();
-    tile_gemm<BM, BN, WM, WN, BY8>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, map, s, g},
+    tile_gemm<BM, BN, WM, WN, WIDE>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, map, s, g},
                               ForwardWeightRows{w, s, g},
                               [&](int m, int n, float v) { store_output(y, residual, s, g, m, n, v); });
 }
 
-template <int BM, int BN, int WM, int WN, bool BY8>
+template <int BM, int BN, int WM, int WN, bool WIDE>
 __device__ void backward_data(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
                               const ConvShape& s) {
     const int g = blockIdx.z, ipg = s.in_per_group();
     const int M = s.batch * s.height * s.width, K = s.taps() * s.out_per_group();
-    tile_gemm<BM, BN, WM, WN, BY8>(M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, BackwardGradOut{dy, s, g},
+    tile_gemm<BM, BN, WM, WN, WIDE>(M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, BackwardGradOut{dy, s, g},
                               BackwardWeightRows{w, s, g},
                               [&](int m, int n, float v) { dx[(long long)m * s.in_channels + g * ipg + n] = v; });
 }
 
 // One split of the pixel reduction (WeightGradientSplit) of group g, as conv2d.cu's.
-template <int BM, int BN, int WM, int WN>
+template <int BM, int BN, int WM, int WN, bool WIDE>
 __device__ void backward_weight(float* __restrict__ partial, const float* __restrict__ x,
                                 const float* __restrict__ dy, const ChannelMap& map, const ConvShape& s,
                                 int chunk) {
     const WeightGradientSplit w(partial, s, chunk);
-    tile_gemm<BM, BN, WM, WN, false>(s.out_per_group(), w.K, w.begin, w.end, blockIdx.x * BM, blockIdx.y * BN,
+    tile_gemm<BM, BN, WM, WN, WIDE>(s.out_per_group(), w.K, w.begin, w.end, blockIdx.x * BM, blockIdx.y * BN,
                               GradOutChannel{dy, s, w.g}, InputByPixelRows{x, map, s, w.g},
                               [&](int o, int k, float v) { w.store(s, o, k, v); });
 }
@@ -272,9 +344,8 @@ __device__ void backward_weight(float* __restrict__ partial, const float* __rest
 
 // Tiles: 128 x 64 (warps of 32 x 32), and for groups of 16 columns or fewer 256 x 16 (warps of
 // 32 x 16); backward weight's narrow tile is 16 x 256 (16 output channels, warps of 16 x 32).
-// Forward and backward data gather their activations eight channels at a time; the _any kernels
-// gather them one by one, for reductions over channel counts that are not multiples of 8 (the
-// stem's 3 input channels).
+// All gather activations eight channels at a time; the _any kernels gather them one by one, for
+// channel counts per group that are not multiples of 8 (the stem's 3 input channels).
 // Two blocks per SM (__launch_bounds__(256, 2): at most 128 registers, which NVRTC 12.9 and 13.0
 // meet without spilling on sm_90 and sm_80), so one block's loads overlap the other's mma.
 // The same arguments as conv2d.cu's kernels of the same names with _f32.
@@ -316,12 +387,19 @@ extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_weight_bf16(floa
                                                                          const float* dy, const float* scale,
                                                                          const float* shift, CONV_SHAPE_PARAMS,
                                                                          int chunk) {
-    tc::backward_weight<128, 64, 32, 32>(partial, x, dy, ChannelMap{scale, shift}, CONV_SHAPE, chunk);
+    tc::backward_weight<128, 64, 32, 32, true>(partial, x, dy, ChannelMap{scale, shift}, CONV_SHAPE, chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_weight_any_bf16(float* partial, const float* x,
+                                                                             const float* dy, const float* scale,
+                                                                             const float* shift, CONV_SHAPE_PARAMS,
+                                                                             int chunk) {
+    tc::backward_weight<128, 64, 32, 32, false>(partial, x, dy, ChannelMap{scale, shift}, CONV_SHAPE, chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_weight_narrow_bf16(float* partial, const float* x,
                                                                                 const float* dy, const float* scale,
                                                                                 const float* shift,
                                                                                 CONV_SHAPE_PARAMS, int chunk) {
-    tc::backward_weight<16, 256, 16, 32>(partial, x, dy, ChannelMap{scale, shift}, CONV_SHAPE, chunk);
+    tc::backward_weight<16, 256, 16, 32, true>(partial, x, dy, ChannelMap{scale, shift}, CONV_SHAPE, chunk);
 }

@@ -519,7 +519,7 @@ impl ConvLaunch {
     /// columns = (kh, kw, input channel), the pixels split so that small weights fill the GPU.
     /// Tiles: for 16 columns or fewer (rows for backward weight) the narrow ones (256 x 16,
     /// 16 x 256), else 64 x 64 (f32) or 128 x 64 (bf16); in bf16, 128 x 64 element by element
-    /// (`_any`) where forward or backward data reduce over a channel count not a multiple of 8.
+    /// (`_any`) where the channels it gathers per group are not a multiple of 8.
     pub fn of(direction: Direction, precision: Precision, g: &ConvGeometry) -> ConvLaunch {
         let suffix = precision.kernel_suffix();
         let wide = match precision {
@@ -538,17 +538,16 @@ impl ConvLaunch {
             Direction::BackwardWeight => (rows <= 16).then_some([16, 256]),
             _ => (cols <= 16).then_some([256, 16]),
         };
-        // The bf16 forward and backward-data kernels gather eight channels at a time; reductions
-        // over channel counts that are not multiples of 8 (the stem's 3) take `_any`, one by one.
-        let reduced_channels = match direction {
-            Direction::Forward => g.in_per_group(),
-            Direction::BackwardData => g.out_per_group(),
-            Direction::BackwardWeight => 8,
+        // The bf16 kernels gather eight channels at a time: those reduced over (forward, backward
+        // data), or both operands' (backward weight). Other channel counts (the stem's 3) take
+        // `_any`, which gathers one by one.
+        let by8 = match direction {
+            Direction::Forward => g.in_per_group() % 8 == 0,
+            Direction::BackwardData => g.out_per_group() % 8 == 0,
+            Direction::BackwardWeight => g.in_per_group() % 8 == 0 && g.out_per_group() % 8 == 0,
         };
         let (kernel, tile) = match narrow {
-            _ if precision == Precision::Bf16 && reduced_channels % 8 != 0 => {
-                (format!("{name}_any_{suffix}"), wide)
-            }
+            _ if precision == Precision::Bf16 && !by8 => (format!("{name}_any_{suffix}"), wide),
             Some(tile) => (format!("{name}_narrow_{suffix}"), tile),
             None => (format!("{name}_{suffix}"), wide),
         };
@@ -1403,6 +1402,8 @@ mod tests {
         assert_eq!((f.kernel.as_str(), f.tile, f.grid), ("conv2d_fwd_any_bf16", [128, 64], [64, 3, 1]));
         let d = of(Direction::BackwardData, Precision::Bf16, &stem);
         assert_eq!((d.kernel.as_str(), d.tile), ("conv2d_bwd_data_narrow_bf16", [256, 16]));
+        let w = of(Direction::BackwardWeight, Precision::Bf16, &stem);
+        assert_eq!((w.kernel.as_str(), w.tile), ("conv2d_bwd_weight_any_bf16", [128, 64]));
         let f32 = of(Direction::Forward, Precision::F32, &stem);
         assert_eq!(f32.kernel.as_str(), "conv2d_fwd_f32");
     }
