@@ -69,7 +69,7 @@ __device__ __forceinline__ void mapped8(const float* __restrict__ at, const Chan
 struct ForwardInput {
     static constexpr bool k_contiguous = true;  // channels
     static constexpr bool by8 = true;
-    static constexpr bool rows8 = false;
+    static constexpr bool rows8 = false, packed = false;
     const float* x;
     ChannelMap map;
     ConvShape s;
@@ -102,7 +102,7 @@ struct TapOutput {
 struct BackwardGradOut {
     static constexpr bool k_contiguous = true;  // output channels
     static constexpr bool by8 = true;
-    static constexpr bool rows8 = false;
+    static constexpr bool rows8 = false, packed = false;
     const float* dy;
     ConvShape s;
     int g;
@@ -140,7 +140,7 @@ struct BackwardGradOut {
 struct GradOutChannel {
     static constexpr bool k_contiguous = false;  // pixels, out_channels apart
     static constexpr bool by8 = false;
-    static constexpr bool rows8 = true;
+    static constexpr bool rows8 = true, packed = false;
     const float* dy;
     ConvShape s;
     int g;

@@ -42,14 +42,18 @@ struct Staging {
 
 // One operand of the GEMM as ROWS rows of the block's tile: its row infos (decomposed once per
 // block into shared memory) and this thread's staged words of the next slice.
-// How an operand is staged: element pairs (any shape), chunks of 8 consecutive k (Op::by8), or
-// blocks of 8 consecutive rows at a pair of k (Op::rows8).
-enum class Gather { Pairs, ChunksOfK, BlocksOfRows };
+// How an operand is staged: element pairs (any shape), chunks of 8 consecutive k (Op::by8),
+// blocks of 8 consecutive rows at a pair of k (Op::rows8), or 16-byte copies of weights already
+// in bf16 and in the GEMM's order (Op::packed).
+enum class Gather { Pairs, ChunksOfK, BlocksOfRows, Packed };
 
 template <class Op, bool WIDE>
 struct GatherOf {
-    static constexpr Gather value =
-        !WIDE ? Gather::Pairs : Op::by8 ? Gather::ChunksOfK : Op::rows8 ? Gather::BlocksOfRows : Gather::Pairs;
+    static constexpr Gather value = Op::packed ? Gather::Packed
+                                    : !WIDE    ? Gather::Pairs
+                                    : Op::by8  ? Gather::ChunksOfK
+                                    : Op::rows8 ? Gather::BlocksOfRows
+                                                : Gather::Pairs;
 };
 
 template <int ROWS, class Op, Gather HOW>
@@ -177,6 +181,42 @@ struct Operand<ROWS, Op, Gather::BlocksOfRows> {
     }
 };
 
+// Weights packed by pack_conv_weights_bf16: row n of the GEMM is K bf16 values, contiguous and
+// 16-byte aligned (K is a multiple of 8), so a thread stages a 4-word chunk with one 16-byte load
+// and one 16-byte store, no conversion, no index arithmetic beyond the row's start.
+struct PackedWeightRows {
+    static constexpr bool k_contiguous = true, by8 = false, rows8 = false, packed = true;
+    const unsigned short* w;
+    int K, first_row;  // the group's first row among all groups' rows
+    __device__ __forceinline__ long long row(int n) const { return (long long)(first_row + n) * K; }
+};
+
+template <int ROWS, class Op>
+struct Operand<ROWS, Op, Gather::Packed> {
+    static constexpr int CHUNKS = BK / 8, UNITS = ROWS * CHUNKS, PASSES = (UNITS + THREADS - 1) / THREADS;
+    using RowInfo = long long;
+    Op op;
+    int count;  // rows [0, count) of the tile exist
+    uint4 staged[PASSES];
+
+    __device__ __forceinline__ void gather(const RowInfo* rows, int k0, int /*k_begin*/, int k_end) {
+        for (int p = 0; p < PASSES; ++p) {
+            const int unit = threadIdx.x + p * THREADS, r = unit / CHUNKS, k = k0 + 8 * (unit % CHUNKS);
+            staged[p] = unit < UNITS && r < count && k < k_end
+                            ? *reinterpret_cast<const uint4*>(op.w + rows[r] + k)
+                            : uint4{0u, 0u, 0u, 0u};
+        }
+    }
+
+    __device__ __forceinline__ void store(unsigned* slice) const {
+        for (int p = 0; p < PASSES; ++p) {
+            const int unit = threadIdx.x + p * THREADS;
+            if (unit < UNITS)
+                *reinterpret_cast<uint4*>(&slice[swizzled(unit / CHUNKS, 4 * (unit % CHUNKS))]) = staged[p];
+        }
+    }
+};
+
 // C[m0.., n0..] = sum over k in [k_begin, k_end) of A(m, k) * B(n, k), stored with
 // store(m, n, v); both operands are given by rows (A: m, B: n) and gathered as in conv2d.cuh.
 template <int BM, int BN, int WM, int WN, bool WIDE, class A, class B, class Store>
@@ -256,8 +296,7 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
 // Forward: W[n = o][k = (kh, kw, ci)] of group g, from OIHW.
 struct ForwardWeightRows {
     static constexpr bool k_contiguous = true;  // taps apart: the nearer of the two
-    static constexpr bool by8 = false;
-    static constexpr bool rows8 = false;
+    static constexpr bool by8 = false, rows8 = false, packed = false;
     const float* w;
     ConvShape s;
     int g;
@@ -274,8 +313,7 @@ struct ForwardWeightRows {
 // Backward data: W'[n = ci][k = (kh, kw, o)] of group g, from OIHW.
 struct BackwardWeightRows {
     static constexpr bool k_contiguous = false;  // along n: taps apart; along k: a filter apart
-    static constexpr bool by8 = false;
-    static constexpr bool rows8 = false;
+    static constexpr bool by8 = false, rows8 = false, packed = false;
     const float* w;
     ConvShape s;
     int g;
@@ -290,8 +328,7 @@ struct BackwardWeightRows {
 // Backward weight: the forward input at pixel k for column n = (kh, kw, ci).
 struct InputByPixelRows {
     static constexpr bool k_contiguous = false;  // along n: channels
-    static constexpr bool by8 = false;
-    static constexpr bool rows8 = true;
+    static constexpr bool by8 = false, rows8 = true, packed = false;
     const float* x;
     ChannelMap map;
     ConvShape s;
@@ -309,23 +346,37 @@ struct InputByPixelRows {
 
 // WIDE: gather activations eight channels at a time (the channels reduced over, or those of a
 // block of rows in backward weight, a multiple of 8 per group), else one by one.
-template <int BM, int BN, int WM, int WN, bool WIDE>
-__device__ void forward(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
+// The weights: f32 gathered from OIHW (the _any kernels), or packed (pack_conv_weights_bf16).
+__device__ __forceinline__ ForwardWeightRows forward_weights(const float* w, const ConvShape& s) {
+    return ForwardWeightRows{w, s, (int)blockIdx.z};
+}
+__device__ __forceinline__ PackedWeightRows forward_weights(const unsigned short* w, const ConvShape& s) {
+    return PackedWeightRows{w, s.taps() * s.in_per_group(), (int)blockIdx.z * s.out_per_group()};
+}
+__device__ __forceinline__ BackwardWeightRows backward_data_weights(const float* w, const ConvShape& s) {
+    return BackwardWeightRows{w, s, (int)blockIdx.z};
+}
+__device__ __forceinline__ PackedWeightRows backward_data_weights(const unsigned short* w, const ConvShape& s) {
+    return PackedWeightRows{w, s.taps() * s.out_per_group(), (int)blockIdx.z * s.in_per_group()};
+}
+
+template <int BM, int BN, int WM, int WN, bool WIDE, class W>
+__device__ void forward(float* __restrict__ y, const float* __restrict__ x, const W* __restrict__ w,
                         const ChannelMap& map, const float* __restrict__ residual, const ConvShape& s) {
     const int g = blockIdx.z, opg = s.out_per_group();
     const int M = s.batch * s.out_height * s.out_width, K = s.taps() * s.in_per_group();
     tile_gemm<BM, BN, WM, WN, WIDE>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, map, s, g},
-                              ForwardWeightRows{w, s, g},
-                              [&](int m, int n, float v) { store_output(y, residual, s, g, m, n, v); });
+                                    forward_weights(w, s),
+                                    [&](int m, int n, float v) { store_output(y, residual, s, g, m, n, v); });
 }
 
-template <int BM, int BN, int WM, int WN, bool WIDE>
-__device__ void backward_data(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
+template <int BM, int BN, int WM, int WN, bool WIDE, class W>
+__device__ void backward_data(float* __restrict__ dx, const float* __restrict__ dy, const W* __restrict__ w,
                               const ConvShape& s) {
     const int g = blockIdx.z, ipg = s.in_per_group();
     const int M = s.batch * s.height * s.width, K = s.taps() * s.out_per_group();
     tile_gemm<BM, BN, WM, WN, WIDE>(M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, BackwardGradOut{dy, s, g},
-                              BackwardWeightRows{w, s, g},
+                              backward_data_weights(w, s),
                               [&](int m, int n, float v) { dx[(long long)m * s.in_channels + g * ipg + n] = v; });
 }
 
@@ -344,12 +395,15 @@ __device__ void backward_weight(float* __restrict__ partial, const float* __rest
 
 // Tiles: 128 x 64 (warps of 32 x 32), and for groups of 16 columns or fewer 256 x 16 (warps of
 // 32 x 16); backward weight's narrow tile is 16 x 256 (16 output channels, warps of 16 x 32).
-// All gather activations eight channels at a time; the _any kernels gather them one by one, for
-// channel counts per group that are not multiples of 8 (the stem's 3 input channels).
+// All gather activations eight channels at a time, and forward and backward data take their
+// weights packed (pack_conv_weights_bf16, below); the _any kernels gather activations one by one
+// and weights from OIHW, for channel counts per group that are not multiples of 8 (the stem's 3
+// input channels).
 // Two blocks per SM (__launch_bounds__(256, 2): at most 128 registers, which NVRTC 12.9 and 13.0
 // meet without spilling on sm_90 and sm_80), so one block's loads overlap the other's mma.
-// The same arguments as conv2d.cu's kernels of the same names with _f32.
-extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_bf16(float* y, const float* x, const float* w,
+// Otherwise the same arguments as conv2d.cu's kernels of the same names with _f32.
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_bf16(float* y, const float* x,
+                                                                  const unsigned short* w,
                                                                   const float* scale, const float* shift,
                                                                   const float* residual, CONV_SHAPE_PARAMS) {
     tc::forward<128, 64, 32, 32, true>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
@@ -361,13 +415,15 @@ extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_any_bf16(float* 
     tc::forward<128, 64, 32, 32, false>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_narrow_bf16(float* y, const float* x, const float* w,
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_narrow_bf16(float* y, const float* x,
+                                                                         const unsigned short* w,
                                                                          const float* scale, const float* shift,
                                                                          const float* residual, CONV_SHAPE_PARAMS) {
     tc::forward<256, 16, 32, 16, true>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_bf16(float* dx, const float* dy, const float* w,
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_bf16(float* dx, const float* dy,
+                                                                       const unsigned short* w,
                                                                        CONV_SHAPE_PARAMS) {
     tc::backward_data<128, 64, 32, 32, true>(dx, dy, w, CONV_SHAPE);
 }
@@ -378,7 +434,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_any_bf16(fl
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_narrow_bf16(float* dx, const float* dy,
-                                                                              const float* w,
+                                                                              const unsigned short* w,
                                                                               CONV_SHAPE_PARAMS) {
     tc::backward_data<256, 16, 32, 16, true>(dx, dy, w, CONV_SHAPE);
 }
@@ -402,4 +458,21 @@ extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_weight_narrow_bf
                                                                                 const float* shift,
                                                                                 CONV_SHAPE_PARAMS, int chunk) {
     tc::backward_weight<16, 256, 16, 32, true>(partial, x, dy, ChannelMap{scale, shift}, CONV_SHAPE, chunk);
+}
+
+// The weights of a convolution in bf16, in the order its forward (backward_data = 0) or backward
+// data (1) GEMM reads them: forward row o = (tap, ci) of filter o (OHWI); backward data, row ci of
+// group g = (tap, o) over the group's filters. One thread per weight.
+extern "C" __global__ void pack_conv_weights_bf16(unsigned short* packed, const float* w, int out_channels,
+                                                  int in_per_group, int taps, int groups, int backward_data) {
+    const long long n = (long long)out_channels * in_per_group * taps;
+    const int opg = out_channels / groups;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int tap = (int)(i % taps), ci = (int)(i / taps % in_per_group), o = (int)(i / taps / in_per_group);
+        const long long at = backward_data
+                                 ? (((long long)(o / opg) * in_per_group + ci) * taps + tap) * opg + o % opg
+                                 : ((long long)o * taps + tap) * in_per_group + ci;
+        packed[at] = (unsigned short)bf16_bits(w[i]);
+    }
 }

@@ -504,13 +504,15 @@ fn shape_args(g: &ConvGeometry) -> [Arg; 11] {
 
 /// What the kernel devices launch for one direction of a convolution: the kernel, the tile of
 /// the per-group GEMM one block of 256 threads computes (rows x columns), the grid (z: groups,
-/// times the splits of backward weight's pixel reduction) and those splits.
+/// times the splits of backward weight's pixel reduction) and those splits; whether the kernel
+/// takes its weights packed in bf16 (`pack_weights`) rather than as the f32 tensor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConvLaunch {
     pub kernel: String,
     pub tile: [usize; 2],
     pub grid: [u32; 3],
     pub splits: usize,
+    pub packed_weights: bool,
 }
 
 impl ConvLaunch {
@@ -546,13 +548,44 @@ impl ConvLaunch {
             Direction::BackwardData => g.out_per_group() % 8 == 0,
             Direction::BackwardWeight => g.in_per_group() % 8 == 0 && g.out_per_group() % 8 == 0,
         };
+        let any = precision == Precision::Bf16 && !by8;
         let (kernel, tile) = match narrow {
-            _ if precision == Precision::Bf16 && !by8 => (format!("{name}_any_{suffix}"), wide),
+            _ if any => (format!("{name}_any_{suffix}"), wide),
             Some(tile) => (format!("{name}_narrow_{suffix}"), tile),
             None => (format!("{name}_{suffix}"), wide),
         };
         let grid = [rows.div_ceil(tile[0]) as u32, cols.div_ceil(tile[1]) as u32, (g.groups * splits) as u32];
-        ConvLaunch { kernel, tile, grid, splits }
+        let packed_weights = precision == Precision::Bf16 && !any && direction != Direction::BackwardWeight;
+        ConvLaunch { kernel, tile, grid, splits, packed_weights }
+    }
+
+    /// The weights argument: `w` itself, or its bf16 packing (kept alive by the returned buffer
+    /// until the launch is queued; the stream orders the launches).
+    fn weights(
+        &self,
+        w: &Tensor,
+        direction: Direction,
+        g: &ConvGeometry,
+    ) -> Result<(Arg, Option<GpuBuffer>)> {
+        if !self.packed_weights {
+            return Ok((w.arg(), None));
+        }
+        let packed = GpuBuffer::for_output(w.device(), w.len() * 2)?;
+        gpu::launch(
+            w.device(),
+            "pack_conv_weights_bf16",
+            LaunchConfig::for_elements(w.len()),
+            &[
+                packed.arg(),
+                w.arg(),
+                int(g.out_channels),
+                int(g.in_per_group()),
+                int(g.kernel * g.kernel),
+                int(g.groups),
+                int(usize::from(direction == Direction::BackwardData)),
+            ],
+        )?;
+        Ok((packed.arg(), Some(packed)))
     }
 
     fn config(&self) -> LaunchConfig {
@@ -892,7 +925,8 @@ fn forward_kernels(
     let d = x.device();
     let y = Tensor::output_on(d, &g.output_shape())?;
     let launch = ConvLaunch::of(Direction::Forward, precision, g);
-    let mut args = vec![y.arg(), x.arg(), w.arg()];
+    let (weights, _packed) = launch.weights(w, Direction::Forward, g)?;
+    let mut args = vec![y.arg(), x.arg(), weights];
     args.extend(map.map_or([Arg::Ptr(0), Arg::Ptr(0)], ReluAffine::kernel_args));
     args.push(residual.map_or(Arg::Ptr(0), Tensor::arg));
     args.extend(shape_args(g));
@@ -1010,7 +1044,8 @@ pub fn conv2d_backward_data(
             let d = dy.device();
             let dx = Tensor::output_on(d, &x_shape)?;
             let launch = ConvLaunch::of(Direction::BackwardData, precision, g);
-            let mut args = vec![dx.arg(), dy.arg(), w.arg()];
+            let (weights, _packed) = launch.weights(w, Direction::BackwardData, g)?;
+            let mut args = vec![dx.arg(), dy.arg(), weights];
             args.extend(shape_args(g));
             gpu::launch(d, &launch.kernel, launch.config(), &args)?;
             Ok(dx)
