@@ -544,9 +544,11 @@ impl ConvLaunch {
         // data), or both operands' (backward weight). Other channel counts (the stem's 3) take
         // `_any`, which gathers one by one.
         let by8 = match direction {
-            Direction::Forward => g.in_per_group() % 8 == 0,
-            Direction::BackwardData => g.out_per_group() % 8 == 0,
-            Direction::BackwardWeight => g.in_per_group() % 8 == 0 && g.out_per_group() % 8 == 0,
+            Direction::Forward => g.in_per_group().is_multiple_of(8),
+            Direction::BackwardData => g.out_per_group().is_multiple_of(8),
+            Direction::BackwardWeight => {
+                g.in_per_group().is_multiple_of(8) && g.out_per_group().is_multiple_of(8)
+            }
         };
         let any = precision == Precision::Bf16 && !by8;
         let (kernel, tile) = match narrow {
