@@ -10,7 +10,7 @@
 # bench_log.txt, pytorch.jsonl, reproduce.txt and more.tar.gz (per-layer JSON, Table 1's run).
 #
 #     scripts/gpu-check.sh [STAGE ...]    # stages: env selftest bench pytorch summary twin tests
-#                                         #         sanitizer layers reproduce (default: all, in order)
+#                                         #         sanitizer layers profile reproduce (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/mocse-gpu-check}
@@ -170,6 +170,17 @@ stage_sanitizer() {
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/tests.txt" | tail -1 | tee -a "$LOG"
 }
 
+# Nsight Compute over the bf16 convolution kernels of MoCSE's first layers (speed of light,
+# occupancy, warp stalls; clocks left alone), into more.tar.gz's ncu.txt; its first lines in the log.
+stage_profile() {
+    run_for 120 "$MORE/ncu.txt" ncu --clock-control none --kernel-name regex:"conv2d_.*bf16|pack_conv" \
+        --launch-count 24 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+        --section MemoryWorkloadAnalysis $M bench --what conv-layers --model mocse --expert-width 16 \
+        --batch-size 128 --device cuda --precision bf16 --warmup 0 --steps 1
+    grep -E "^  [a-z_0-9]+bf16|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy" \
+        "$MORE/ncu.txt" | head -60 | tee -a "$LOG"
+}
+
 # One table of everything measured: images/s, achieved TFLOP/s and the fraction of the bf16 peak.
 stage_summary() {
     python3 scripts/gpu_summary.py "$OUT" "$MORE" | tee -a "$LOG"
@@ -177,7 +188,7 @@ stage_summary() {
 
 stages=("$@")
 # The most telling first: kernels right on the hardware, then the speed against cuDNN and PyTorch.
-[ ${#stages[@]} -eq 0 ] && stages=(env selftest bench pytorch summary twin tests sanitizer layers summary reproduce)
+[ ${#stages[@]} -eq 0 ] && stages=(env selftest bench pytorch summary twin tests sanitizer layers summary profile reproduce)
 for s in "${stages[@]}"; do
     say "stage $s"
     "stage_$s"
