@@ -26,8 +26,11 @@ __device__ double block_sum(double v, double* scratch) {
 
 // Before a loop that the GPU compiler must not unroll (register pressure); the host compiler of
 // the emulator has no such pragma.
+// MOCSE_UNROLL: before a loop that must be unrolled whole (it indexes a register array).
 #ifdef CUEMU
 #define MOCSE_NO_UNROLL
+#define MOCSE_UNROLL
 #else
 #define MOCSE_NO_UNROLL _Pragma("unroll 1")
+#define MOCSE_UNROLL _Pragma("unroll")
 #endif

@@ -1,7 +1,8 @@
 // 2-D convolution on the tensor cores: the implicit GEMMs of conv2d.cu (the same operands
 // gathered from the same layouts, the same grid with blockIdx.z the group, so all experts run
 // in one launch) with bf16 operands and f32 accumulation, through mma.sync m16n8k16 (mma.cuh).
-// Activations and weights stay f32 in memory; a thread rounds what it gathers to bf16.
+// Activations stay f32 in memory (a thread rounds what it gathers to bf16); forward and backward
+// data read their weights packed in bf16 (pack_conv_weights_bf16, at the end).
 //
 // A block of 256 threads (8 warps) owns a BM x BN tile of the result, each warp a WM x WN part
 // of it: (WM / 16) x (WN / 8) mma tiles accumulated in registers. The reduction runs in slices
@@ -10,9 +11,10 @@
 // pairs into the other of two shared buffers): one barrier per slice.
 //
 // A shared slice is rows of 16 words (32 bf16 along k); the 4-word chunks of row r are permuted
-// by chunk ^ ((r >> 1) & 3). The fragment loads (8 rows x 4 words per instruction) and both
-// staging patterns below (2 rows x 16 words, or 8 rows x 4 words) then each touch 32 distinct
-// banks: no bank conflicts, by construction.
+// by chunk ^ ((r >> 1) & 3). The fragment loads (8 rows x 4 words per instruction) and every
+// staging pattern below (Gather) then touch 32 distinct banks per instruction (16-byte stores:
+// per quarter warp): no bank conflicts, by construction.
+#include "common.cuh"
 #include "conv2d.cuh"
 #include "mma.cuh"
 
@@ -189,6 +191,7 @@ struct PackedWeightRows {
     const unsigned short* w;
     int K, first_row;  // the group's first row among all groups' rows
     __device__ __forceinline__ long long row(int n) const { return (long long)(first_row + n) * K; }
+    __device__ __forceinline__ int col(int k) const { return k; }
 };
 
 template <int ROWS, class Op>
@@ -199,11 +202,12 @@ struct Operand<ROWS, Op, Gather::Packed> {
     int count;  // rows [0, count) of the tile exist
     uint4 staged[PASSES];
 
-    __device__ __forceinline__ void gather(const RowInfo* rows, int k0, int /*k_begin*/, int k_end) {
+    __device__ __forceinline__ void gather(const RowInfo* rows, int k0, int k_begin, int k_end) {
+        const int k = k0 + 8 * (threadIdx.x % CHUNKS), c = op.col(k < k_end ? k : k_begin);
         for (int p = 0; p < PASSES; ++p) {
-            const int unit = threadIdx.x + p * THREADS, r = unit / CHUNKS, k = k0 + 8 * (unit % CHUNKS);
+            const int unit = threadIdx.x + p * THREADS, r = unit / CHUNKS;
             staged[p] = unit < UNITS && r < count && k < k_end
-                            ? *reinterpret_cast<const uint4*>(op.w + rows[r] + k)
+                            ? *reinterpret_cast<const uint4*>(op.w + rows[r] + c)
                             : uint4{0u, 0u, 0u, 0u};
         }
     }
@@ -282,8 +286,12 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
         __syncthreads();
         buffer ^= 1;
     }
+    // Unrolled whole: acc stays in registers however heavy store is.
+    MOCSE_UNROLL
     for (int i = 0; i < MI; ++i)
+        MOCSE_UNROLL
         for (int j = 0; j < NI; ++j)
+            MOCSE_UNROLL
             for (int c = 0; c < 4; ++c) {
                 const int m = m0 + wm + i * 16 + mma::c_row(group, c);
                 const int n = n0 + wn + j * 8 + mma::c_col(tig, c);
@@ -346,6 +354,61 @@ struct InputByPixelRows {
 
 // WIDE: gather activations eight channels at a time (the channels reduced over, or those of a
 // block of rows in backward weight, a multiple of 8 per group), else one by one.
+// Backward data at stride s > 1, one phase (ph, pw) of the input at a time: the input pixels
+// (ph + s i, pw + s j) receive only from the taps kh = kh0 + s t with kh0 = (ph + padding) % s
+// (likewise kw), the others never reaching an output pixel. So each phase is its own GEMM with
+// K = taps of the phase x out_per_group, blockIdx.z = phase * groups + g, and no product of the
+// zeros the whole-input GEMM would gather: at stride 2, a quarter of its work for a 3x3 kernel.
+struct StridePhase {
+    int stride, ph, pw, rows_h, rows_w, kh0, kw0, taps_h, taps_w;
+    StridePhase() = default;
+    __device__ StridePhase(const ConvShape& s, int phase) {
+        stride = s.stride, ph = phase / stride, pw = phase % stride;
+        rows_h = (s.height - ph + stride - 1) / stride, rows_w = (s.width - pw + stride - 1) / stride;
+        kh0 = (ph + s.padding) % stride, kw0 = (pw + s.padding) % stride;
+        taps_h = kh0 < s.kernel ? (s.kernel - kh0 + stride - 1) / stride : 0;
+        taps_w = kw0 < s.kernel ? (s.kernel - kw0 + stride - 1) / stride : 0;
+    }
+    __device__ __forceinline__ int rows(int batch) const { return batch * rows_h * rows_w; }
+    __device__ __forceinline__ int taps() const { return taps_h * taps_w; }
+    // Row m of the phase as an input pixel.
+    __device__ __forceinline__ InputPixel pixel(int m) const {
+        const int j = m % rows_w, i = (m / rows_w) % rows_h;
+        return InputPixel{m / (rows_w * rows_h), ph + stride * i, pw + stride * j};
+    }
+    // The phase's tap t (in (kh, kw) order) as (kh, kw).
+    __device__ __forceinline__ int kh(int t) const { return kh0 + stride * (t / max(taps_w, 1)); }
+    __device__ __forceinline__ int kw(int t) const { return kw0 + stride * (t % max(taps_w, 1)); }
+};
+
+struct PhaseGradOut {
+    static constexpr bool k_contiguous = true, by8 = true, rows8 = false, packed = false;
+    BackwardGradOut whole;
+    StridePhase phase;
+    __device__ __forceinline__ InputPixel row(int m) const { return phase.pixel(m); }
+    __device__ __forceinline__ TapOutput col(int k) const {
+        const int opg = whole.s.out_per_group(), t = k / opg;
+        return TapOutput{phase.kh(t), phase.kw(t), k % opg};
+    }
+    __device__ __forceinline__ float at(const InputPixel& r, const TapOutput& c) const { return whole.at(r, c); }
+    __device__ __forceinline__ void at8(const InputPixel& r, const TapOutput& c, float (&v)[8]) const {
+        whole.at8(r, c, v);
+    }
+};
+
+// The packed backward-data weights (row ci: (tap, o)) read at the phase's taps.
+struct PhaseWeightRows {
+    static constexpr bool k_contiguous = true, by8 = false, rows8 = false, packed = true;
+    const unsigned short* w;
+    int K, first_row, out_per_group, kernel;
+    StridePhase phase;
+    __device__ __forceinline__ long long row(int n) const { return (long long)(first_row + n) * K; }
+    __device__ __forceinline__ int col(int k) const {
+        const int t = k / out_per_group;
+        return (phase.kh(t) * kernel + phase.kw(t)) * out_per_group + k % out_per_group;
+    }
+};
+
 // The weights: f32 gathered from OIHW (the _any kernels), or packed (pack_conv_weights_bf16).
 __device__ __forceinline__ ForwardWeightRows forward_weights(const float* w, const ConvShape& s) {
     return ForwardWeightRows{w, s, (int)blockIdx.z};
@@ -380,6 +443,22 @@ __device__ void backward_data(float* __restrict__ dx, const float* __restrict__ 
                               [&](int m, int n, float v) { dx[(long long)m * s.in_channels + g * ipg + n] = v; });
 }
 
+// Backward data at stride > 1, phase by phase (StridePhase); weights packed.
+template <int BM, int BN, int WM, int WN>
+__device__ void backward_data_strided(float* __restrict__ dx, const float* __restrict__ dy,
+                                      const unsigned short* __restrict__ w, const ConvShape& s) {
+    const int g = blockIdx.z % s.groups, ipg = s.in_per_group(), opg = s.out_per_group();
+    const StridePhase phase(s, blockIdx.z / s.groups);
+    const int M = phase.rows(s.batch), K = phase.taps() * opg;
+    if ((int)blockIdx.x * BM >= M) return;  // the grid covers the largest phase
+    tile_gemm<BM, BN, WM, WN, true>(
+        M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, PhaseGradOut{BackwardGradOut{dy, s, g}, phase},
+        PhaseWeightRows{w, s.taps() * opg, g * ipg, opg, s.kernel, phase}, [&](int m, int n, float v) {
+            const InputPixel p = phase.pixel(m);
+            dx[(((long long)p.b * s.height + p.ih) * s.width + p.iw) * s.in_channels + g * ipg + n] = v;
+        });
+}
+
 // One split of the pixel reduction (WeightGradientSplit) of group g, as conv2d.cu's.
 template <int BM, int BN, int WM, int WN, bool WIDE>
 __device__ void backward_weight(float* __restrict__ partial, const float* __restrict__ x,
@@ -396,7 +475,8 @@ __device__ void backward_weight(float* __restrict__ partial, const float* __rest
 // Tiles: 128 x 64 (warps of 32 x 32), and for groups of 16 columns or fewer 256 x 16 (warps of
 // 32 x 16); backward weight's narrow tile is 16 x 256 (16 output channels, warps of 16 x 32).
 // All gather activations eight channels at a time, and forward and backward data take their
-// weights packed (pack_conv_weights_bf16, below); the _any kernels gather activations one by one
+// weights packed (pack_conv_weights_bf16, below); backward data at stride > 1 runs phase by
+// phase (_strided); the _any kernels gather activations one by one
 // and weights from OIHW, for channel counts per group that are not multiples of 8 (the stem's 3
 // input channels).
 // Two blocks per SM (__launch_bounds__(256, 2): at most 128 registers, which NVRTC 12.9 and 13.0
@@ -437,6 +517,18 @@ extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_narrow_bf16
                                                                               const unsigned short* w,
                                                                               CONV_SHAPE_PARAMS) {
     tc::backward_data<256, 16, 32, 16, true>(dx, dy, w, CONV_SHAPE);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_strided_bf16(float* dx, const float* dy,
+                                                                               const unsigned short* w,
+                                                                               CONV_SHAPE_PARAMS) {
+    tc::backward_data_strided<128, 64, 32, 32>(dx, dy, w, CONV_SHAPE);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_strided_narrow_bf16(float* dx, const float* dy,
+                                                                                      const unsigned short* w,
+                                                                                      CONV_SHAPE_PARAMS) {
+    tc::backward_data_strided<256, 16, 32, 16>(dx, dy, w, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_weight_bf16(float* partial, const float* x,

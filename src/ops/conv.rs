@@ -482,6 +482,10 @@ pub fn check_shapes() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
         ([2, 6, 6, 160], [320, 16, 3, 3], p(2, 1, 10)),
         ([3, 32, 32, 3], [160, 3, 3, 3], p(1, 1, 1)),
         ([5, 32, 32, 20], [20, 2, 3, 3], p(1, 1, 10)),
+        // Strided backward data by phases (bf16): odd sizes, a 4x4 kernel, stride 3.
+        ([2, 7, 9, 16], [16, 8, 3, 3], p(2, 1, 2)),
+        ([1, 9, 8, 8], [16, 8, 4, 4], p(2, 1, 1)),
+        ([2, 10, 11, 8], [8, 8, 3, 3], p(3, 1, 1)),
     ]
 }
 
@@ -521,7 +525,8 @@ impl ConvLaunch {
     /// columns = (kh, kw, input channel), the pixels split so that small weights fill the GPU.
     /// Tiles: for 16 columns or fewer (rows for backward weight) the narrow ones (256 x 16,
     /// 16 x 256), else 64 x 64 (f32) or 128 x 64 (bf16); in bf16, 128 x 64 element by element
-    /// (`_any`) where the channels it gathers per group are not a multiple of 8.
+    /// (`_any`) where the channels it gathers per group are not a multiple of 8, and backward
+    /// data at stride > 1 phase by phase (`_strided`).
     pub fn of(direction: Direction, precision: Precision, g: &ConvGeometry) -> ConvLaunch {
         let suffix = precision.kernel_suffix();
         let wide = match precision {
@@ -551,12 +556,31 @@ impl ConvLaunch {
             }
         };
         let any = precision == Precision::Bf16 && !by8;
+        // bf16 backward data at stride > 1 runs the input's stride x stride phases as separate
+        // GEMMs over the taps that reach each (grid z: phases x groups; rows: the largest phase).
+        let phases = match direction {
+            Direction::BackwardData if precision == Precision::Bf16 && !any && g.stride > 1 => {
+                g.stride * g.stride
+            }
+            _ => 1,
+        };
+        let (name, rows) = match phases {
+            1 => (name.to_string(), rows),
+            _ => (
+                "conv2d_bwd_data_strided".to_string(),
+                g.batch * g.height.div_ceil(g.stride) * g.width.div_ceil(g.stride),
+            ),
+        };
         let (kernel, tile) = match narrow {
             _ if any => (format!("{name}_any_{suffix}"), wide),
             Some(tile) => (format!("{name}_narrow_{suffix}"), tile),
             None => (format!("{name}_{suffix}"), wide),
         };
-        let grid = [rows.div_ceil(tile[0]) as u32, cols.div_ceil(tile[1]) as u32, (g.groups * splits) as u32];
+        let grid = [
+            rows.div_ceil(tile[0]) as u32,
+            cols.div_ceil(tile[1]) as u32,
+            (g.groups * splits * phases) as u32,
+        ];
         let packed_weights = precision == Precision::Bf16 && !any && direction != Direction::BackwardWeight;
         ConvLaunch { kernel, tile, grid, splits, packed_weights }
     }
@@ -1441,6 +1465,17 @@ mod tests {
         assert_eq!((d.kernel.as_str(), d.tile), ("conv2d_bwd_data_narrow_bf16", [256, 16]));
         let w = of(Direction::BackwardWeight, Precision::Bf16, &stem);
         assert_eq!((w.kernel.as_str(), w.tile), ("conv2d_bwd_weight_any_bf16", [128, 64]));
+        // Backward data at stride 2: the 4 phases of the input in z, rows for the largest
+        // (8 images x 16 x 16 of a 32 x 32 input).
+        let down =
+            ConvGeometry::new(&[8, 32, 32, 160], &[320, 16, 3, 3], Conv2dParams { stride: 2, ..p(10) })
+                .unwrap();
+        let d = of(Direction::BackwardData, Precision::Bf16, &down);
+        assert_eq!(
+            (d.kernel.as_str(), d.tile, d.grid),
+            ("conv2d_bwd_data_strided_narrow_bf16", [256, 16], [8, 1, 40])
+        );
+        assert_eq!(of(Direction::BackwardData, Precision::F32, &down).kernel, "conv2d_bwd_data_narrow_f32");
         let f32 = of(Direction::Forward, Precision::F32, &stem);
         assert_eq!(f32.kernel.as_str(), "conv2d_fwd_f32");
     }
