@@ -161,6 +161,23 @@ __device__ __forceinline__ void store_output(float* __restrict__ y, const float*
     y[at] = residual == nullptr ? v : v + residual[at];
 }
 
+// The tensor-core kernels' stores, two columns at a time (an mma fragment's neighbours):
+// dst[at] = v0 and, when both, dst[at + 1] = v1, each plus the residual's element when there is
+// one; one 8-byte store (and residual load) where `at` is even.
+__device__ __forceinline__ void store_two(float* __restrict__ dst, const float* __restrict__ residual,
+                                         long long at, float v0, float v1, bool both) {
+    if (both && (at & 1) == 0) {
+        if (residual != nullptr) {
+            const float2 r = *reinterpret_cast<const float2*>(residual + at);
+            v0 += r.x, v1 += r.y;
+        }
+        *reinterpret_cast<float2*>(dst + at) = float2{v0, v1};
+        return;
+    }
+    dst[at] = residual == nullptr ? v0 : v0 + residual[at];
+    if (both) dst[at + 1] = residual == nullptr ? v1 : v1 + residual[at + 1];
+}
+
 // Backward weight's share of one block: blockIdx.z = split * groups + g covers the output pixels
 // [begin, end) (the reduction), and its partial sums go to split's slice of `partial`
 // ([splits][out_channels][taps * in_per_group], reduction index order (kh, kw, ci)), added in
@@ -178,6 +195,9 @@ struct WeightGradientSplit {
     }
     __device__ __forceinline__ void store(const ConvShape& s, int o, int k, float v) const {
         out[(long long)(g * s.out_per_group() + o) * K + k] = v;
+    }
+    __device__ __forceinline__ void store_two(const ConvShape& s, int o, int k, float v0, float v1, bool both) const {
+        ::store_two(out, nullptr, (long long)(g * s.out_per_group() + o) * K + k, v0, v1, both);
     }
 };
 

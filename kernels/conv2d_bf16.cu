@@ -222,7 +222,7 @@ struct Operand<ROWS, Op, Gather::Packed> {
 };
 
 // C[m0.., n0..] = sum over k in [k_begin, k_end) of A(m, k) * B(n, k), stored with
-// store(m, n, v); both operands are given by rows (A: m, B: n) and gathered as in conv2d.cuh.
+// store(m, n, C[m][n], C[m][n + 1], whether column n + 1 exists); both operands are given by rows (A: m, B: n) and gathered as in conv2d.cuh.
 template <int BM, int BN, int WM, int WN, bool WIDE, class A, class B, class Store>
 __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, const A& a, const B& b,
                           Store store) {
@@ -286,16 +286,17 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
         __syncthreads();
         buffer ^= 1;
     }
-    // Unrolled whole: acc stays in registers however heavy store is.
+    // Elements c and c + 1 of a fragment are neighbours in a row: stored as a pair. Unrolled
+    // whole, so that acc stays in registers however heavy the store is.
     MOCSE_UNROLL
     for (int i = 0; i < MI; ++i)
         MOCSE_UNROLL
         for (int j = 0; j < NI; ++j)
             MOCSE_UNROLL
-            for (int c = 0; c < 4; ++c) {
+            for (int c = 0; c < 4; c += 2) {
                 const int m = m0 + wm + i * 16 + mma::c_row(group, c);
                 const int n = n0 + wn + j * 8 + mma::c_col(tig, c);
-                if (m < M && n < N) store(m, n, acc[i][j][c]);
+                if (m < M && n < N) store(m, n, acc[i][j][c], acc[i][j][c + 1], n + 1 < N);
             }
 }
 
@@ -430,7 +431,10 @@ __device__ void forward(float* __restrict__ y, const float* __restrict__ x, cons
     const int M = s.batch * s.out_height * s.out_width, K = s.taps() * s.in_per_group();
     tile_gemm<BM, BN, WM, WN, WIDE>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, map, s, g},
                                     forward_weights(w, s),
-                                    [&](int m, int n, float v) { store_output(y, residual, s, g, m, n, v); });
+                                    [&](int m, int n, float v0, float v1, bool both) {
+                                        const long long at = (long long)m * s.out_channels + g * opg + n;
+                                        store_two(y, residual, at, v0, v1, both);
+                                    });
 }
 
 template <int BM, int BN, int WM, int WN, bool WIDE, class W>
@@ -440,7 +444,9 @@ __device__ void backward_data(float* __restrict__ dx, const float* __restrict__ 
     const int M = s.batch * s.height * s.width, K = s.taps() * s.out_per_group();
     tile_gemm<BM, BN, WM, WN, WIDE>(M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, BackwardGradOut{dy, s, g},
                               backward_data_weights(w, s),
-                              [&](int m, int n, float v) { dx[(long long)m * s.in_channels + g * ipg + n] = v; });
+                              [&](int m, int n, float v0, float v1, bool both) {
+                                  store_two(dx, nullptr, (long long)m * s.in_channels + g * ipg + n, v0, v1, both);
+                              });
 }
 
 // Backward data at stride > 1, phase by phase (StridePhase); weights packed.
@@ -453,9 +459,11 @@ __device__ void backward_data_strided(float* __restrict__ dx, const float* __res
     if ((int)blockIdx.x * BM >= M) return;  // the grid covers the largest phase
     tile_gemm<BM, BN, WM, WN, true>(
         M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, PhaseGradOut{BackwardGradOut{dy, s, g}, phase},
-        PhaseWeightRows{w, s.taps() * opg, g * ipg, opg, s.kernel, phase}, [&](int m, int n, float v) {
+        PhaseWeightRows{w, s.taps() * opg, g * ipg, opg, s.kernel, phase},
+        [&](int m, int n, float v0, float v1, bool both) {
             const InputPixel p = phase.pixel(m);
-            dx[(((long long)p.b * s.height + p.ih) * s.width + p.iw) * s.in_channels + g * ipg + n] = v;
+            const long long pixel = ((long long)p.b * s.height + p.ih) * s.width + p.iw;
+            store_two(dx, nullptr, pixel * s.in_channels + g * ipg + n, v0, v1, both);
         });
 }
 
@@ -466,8 +474,15 @@ __device__ void backward_weight(float* __restrict__ partial, const float* __rest
                                 int chunk) {
     const WeightGradientSplit w(partial, s, chunk);
     tile_gemm<BM, BN, WM, WN, WIDE>(s.out_per_group(), w.K, w.begin, w.end, blockIdx.x * BM, blockIdx.y * BN,
-                              GradOutChannel{dy, s, w.g}, InputByPixelRows{x, map, s, w.g},
-                              [&](int o, int k, float v) { w.store(s, o, k, v); });
+                                    GradOutChannel{dy, s, w.g}, InputByPixelRows{x, map, s, w.g},
+                                    [&](int o, int k, float v0, float v1, bool both) {
+                                        if (WIDE) {
+                                            w.store_two(s, o, k, v0, v1, both);
+                                        } else {  // one by one: the _any kernel has no register to spare
+                                            w.store(s, o, k, v0);
+                                            if (both) w.store(s, o, k + 1, v1);
+                                        }
+                                    });
 }
 
 }  // namespace tc
