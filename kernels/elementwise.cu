@@ -68,10 +68,18 @@ extern "C" __global__ void widen_bf16(float* __restrict__ y, const unsigned shor
         y[i] = bf16_bits_to_float(x[i]);
 }
 
-// flag[0] becomes nonzero when any of x[0, n) is infinite or NaN (exponent bits all ones).
-extern "C" __global__ void flag_nonfinite_f32(unsigned* __restrict__ flag, const float* __restrict__ x, int n) {
-    bool bad = false;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
-        bad |= (__float_as_uint(x[i]) & 0x7f800000u) == 0x7f800000u;
-    if (bad) atomicOr(flag, 1u);
+// flag[0] becomes nonzero when any element of the tensors is infinite or NaN (exponent bits all
+// ones). table holds (address, length) of each of `count` tensors; blockIdx.y is the tensor, so
+// one launch checks them all (a training step checks every parameter, gradient and buffer).
+extern "C" __global__ void flag_nonfinite_f32(unsigned* __restrict__ flag, const unsigned long long* __restrict__ table,
+                                              int count) {
+    for (int t = blockIdx.y; t < count; t += gridDim.y) {
+        const float* x = reinterpret_cast<const float*>(table[2 * t]);
+        const long long n = (long long)table[2 * t + 1];
+        bool bad = false;
+        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+             i += (long long)blockDim.x * gridDim.x)
+            bad |= (__float_as_uint(x[i]) & 0x7f800000u) == 0x7f800000u;
+        if (bad) atomicOr(flag, 1u);
+    }
 }

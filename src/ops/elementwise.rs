@@ -1,6 +1,6 @@
 //! Element-wise and shape ops: relu, add, scale, reshape, concatenation along the last axis.
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use rayon::prelude::*;
 
 use crate::autograd::{Tape, Var};
@@ -115,11 +115,22 @@ pub fn all_finite(tensors: &[Tensor]) -> Result<bool> {
             Ok(tensors.iter().all(|t| t.as_slice().par_chunks(PAR_MIN).all(finite)))
         }
         d => {
+            // One launch for all: a table of (address, length), blockIdx.y the tensor.
+            let table: Vec<u64> = tensors
+                .iter()
+                .map(|t| match t.arg() {
+                    Arg::Ptr(address) => Ok([address, t.len() as u64]),
+                    _ => bail!("a kernel device's tensor without an address"),
+                })
+                .collect::<Result<Vec<_>>>()?
+                .concat();
+            let table = GpuBuffer::upload(d, &table)?;
             let flag = GpuBuffer::zeros(d, 4)?;
-            for t in tensors {
-                let args = [flag.arg(), t.arg(), int(t.len())];
-                gpu::launch(d, "flag_nonfinite_f32", LaunchConfig::for_elements(t.len()), &args)?;
-            }
+            let longest = tensors.iter().map(Tensor::len).max().unwrap_or(1);
+            let mut config = LaunchConfig::for_elements(longest);
+            config.grid[0] = config.grid[0].min(256);
+            config.grid[1] = tensors.len().min(65_535) as u32;
+            gpu::launch(d, "flag_nonfinite_f32", config, &[flag.arg(), table.arg(), int(tensors.len())])?;
             Ok(flag.download::<u32>()?[0] == 0)
         }
     }
@@ -334,6 +345,41 @@ impl Tape {
 
 #[cfg(test)]
 mod tests {
+    use crate::device::Device;
+    use crate::tensor::Tensor;
+
+    /// One launch checks every tensor, each whole: a non-finite value anywhere in any of them
+    /// (past the first blocks of a long one, in the last of many) is found, on emu as on cpu.
+    #[test]
+    fn all_finite_finds_any_nonfinite_value_in_any_tensor() {
+        let sizes = [3usize, 70_000, 1, 513];
+        for device in [Device::Cpu, Device::Emu] {
+            let make = |bad: Option<(usize, usize, f32)>| -> Vec<Tensor> {
+                sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &n)| {
+                        let mut v: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
+                        if let Some((bt, bi, value)) = bad
+                            && bt == t
+                        {
+                            v[bi] = value;
+                        }
+                        Tensor::from_vec_on(device, &[n], v).unwrap()
+                    })
+                    .collect()
+            };
+            assert!(super::all_finite(&make(None)).unwrap(), "{device}");
+            for (t, i, value) in
+                [(1, 69_999, f32::NAN), (3, 512, f32::INFINITY), (0, 0, f32::NEG_INFINITY), (2, 0, f32::NAN)]
+            {
+                assert!(
+                    !super::all_finite(&make(Some((t, i, value)))).unwrap(),
+                    "{device}: {value} in tensor {t} at {i}"
+                );
+            }
+        }
+    }
 
     use crate::ops::gradcheck::{check_gradients, random_tensor, random_tensor_away_from_zero};
 
