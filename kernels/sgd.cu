@@ -2,15 +2,25 @@
 // g' = g + wd * w; v = momentum * v + g'; step = nesterov ? g' + momentum * v : v; w -= lr * step.
 #include "common.cuh"
 
-extern "C" __global__ void sgd_update_f32(float* __restrict__ w_out, float* __restrict__ v_out,
-                                          const float* __restrict__ w, const float* __restrict__ v,
-                                          const float* __restrict__ g, int n, float lr, float momentum,
-                                          float weight_decay, int nesterov) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        const float grad = g[i] + weight_decay * w[i];
-        const float vel = momentum * v[i] + grad;
-        const float step = nesterov ? grad + momentum * vel : vel;
-        v_out[i] = vel;
-        w_out[i] = w[i] - lr * step;
+// Every parameter of a model in one launch: table holds, per tensor, the addresses of w_out,
+// v_out, w, v, g and the length (six 64-bit words); blockIdx.y is the tensor.
+extern "C" __global__ void sgd_update_f32(const unsigned long long* __restrict__ table, int count, float lr,
+                                          float momentum, float weight_decay, int nesterov) {
+    for (int t = blockIdx.y; t < count; t += gridDim.y) {
+        const unsigned long long* e = table + 6 * t;
+        float* __restrict__ w_out = reinterpret_cast<float*>(e[0]);
+        float* __restrict__ v_out = reinterpret_cast<float*>(e[1]);
+        const float* __restrict__ w = reinterpret_cast<const float*>(e[2]);
+        const float* __restrict__ v = reinterpret_cast<const float*>(e[3]);
+        const float* __restrict__ g = reinterpret_cast<const float*>(e[4]);
+        const long long n = (long long)e[5];
+        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+             i += (long long)blockDim.x * gridDim.x) {
+            const float grad = g[i] + weight_decay * w[i];
+            const float vel = momentum * v[i] + grad;
+            const float step = nesterov ? grad + momentum * vel : vel;
+            v_out[i] = vel;
+            w_out[i] = w[i] - lr * step;
+        }
     }
 }

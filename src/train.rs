@@ -28,7 +28,7 @@ use crate::nn::model::{Model, ModelConfig};
 use crate::nn::preact_resnet::Weights;
 use crate::ops::elementwise::all_finite;
 use crate::ops::loss::count_correct;
-use crate::ops::sgd::{SgdConfig, sgd_step};
+use crate::ops::sgd::{SgdConfig, sgd_step_all};
 use crate::precision::{self, Precision};
 use crate::progress;
 use crate::tensor::Tensor;
@@ -924,9 +924,7 @@ pub fn train_step(
     ensure!(all_finite(&grads)?, "a gradient became infinite or NaN");
     // Dropping the tape's references lets the update run in place.
     drop((params, loss, tape));
-    for ((p, v), g) in weights.params.iter_mut().zip(velocity.iter_mut()).zip(&grads) {
-        sgd_step(p, v, g, lr, sgd)?;
-    }
+    sgd_step_all(&mut weights.params, velocity, &grads, lr, sgd)?;
     // Everything the step produced is checked before it is accepted: parameters, momentum
     // buffers and the batch-norm running statistics (which a huge learning rate can overflow
     // while the loss still looks finite). One check of everything (one read-back on a GPU);

@@ -2,12 +2,12 @@
 //! g' = g + wd * w;  v = momentum * v + g';  step = nesterov ? g' + momentum * v : v;
 //! w = w - lr * step. The velocity starts at zero, which makes the first step v = g'.
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::device::Device;
-use crate::gpu::{self, Arg, LaunchConfig, int};
+use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,53 +26,128 @@ pub fn sgd_step(
     lr: f32,
     cfg: &SgdConfig,
 ) -> Result<()> {
+    sgd_step_all(
+        std::slice::from_mut(param),
+        std::slice::from_mut(velocity),
+        std::slice::from_ref(grad),
+        lr,
+        cfg,
+    )
+}
+
+/// Updates every parameter and its velocity: on the cpu each in place (no copy when they are not
+/// shared), on the kernel devices all in one launch into new tensors.
+pub fn sgd_step_all(
+    params: &mut [Tensor],
+    velocity: &mut [Tensor],
+    grads: &[Tensor],
+    lr: f32,
+    cfg: &SgdConfig,
+) -> Result<()> {
     ensure!(
-        param.shape() == grad.shape() && param.shape() == velocity.shape(),
-        "sgd: parameter {:?}, gradient {:?} and velocity {:?} differ",
-        param.shape(),
-        grad.shape(),
-        velocity.shape()
+        params.len() == velocity.len() && params.len() == grads.len(),
+        "sgd: {} parameters, {} velocities and {} gradients",
+        params.len(),
+        velocity.len(),
+        grads.len()
     );
-    let shape = param.shape().to_vec();
+    for ((p, v), g) in params.iter().zip(velocity.iter()).zip(grads) {
+        ensure!(
+            p.shape() == g.shape() && p.shape() == v.shape(),
+            "sgd: parameter {:?}, gradient {:?} and velocity {:?} differ",
+            p.shape(),
+            g.shape(),
+            v.shape()
+        );
+    }
     let SgdConfig { momentum, weight_decay, nesterov } = *cfg;
-    if param.device() != Device::Cpu {
-        let d = param.device();
-        let (w_out, v_out) = (Tensor::output_on(d, &shape)?, Tensor::output_on(d, &shape)?);
+    let Some(first) = params.first() else { return Ok(()) };
+    let d = first.device();
+    if d != Device::Cpu {
+        let outputs: Vec<(Tensor, Tensor)> = params
+            .iter()
+            .map(|p| Ok((Tensor::output_on(d, p.shape())?, Tensor::output_on(d, p.shape())?)))
+            .collect::<Result<_>>()?;
+        let mut table = Vec::with_capacity(6 * params.len());
+        for (((p, v), g), (w_out, v_out)) in params.iter().zip(velocity.iter()).zip(grads).zip(&outputs) {
+            for t in [w_out, v_out, p, v, g] {
+                match t.arg() {
+                    Arg::Ptr(address) => table.push(address),
+                    _ => bail!("a kernel device's tensor without an address"),
+                }
+            }
+            table.push(p.len() as u64);
+        }
+        let table = GpuBuffer::upload(d, &table)?;
+        let longest = params.iter().map(Tensor::len).max().unwrap_or(1);
+        let mut config = LaunchConfig::for_elements(longest);
+        config.grid[0] = config.grid[0].min(512);
+        config.grid[1] = params.len().min(65_535) as u32;
         let args = [
-            w_out.arg(),
-            v_out.arg(),
-            param.arg(),
-            velocity.arg(),
-            grad.arg(),
-            int(param.len()),
+            table.arg(),
+            int(params.len()),
             Arg::F32(lr),
             Arg::F32(momentum),
             Arg::F32(weight_decay),
             Arg::I32(nesterov as i32),
         ];
-        gpu::launch(d, "sgd_update_f32", LaunchConfig::for_elements(param.len()), &args)?;
-        *param = w_out;
-        *velocity = v_out;
+        gpu::launch(d, "sgd_update_f32", config, &args)?;
+        for ((p, v), (w_out, v_out)) in params.iter_mut().zip(velocity.iter_mut()).zip(outputs) {
+            *p = w_out;
+            *v = v_out;
+        }
         return Ok(());
     }
-    let mut w = std::mem::replace(param, Tensor::scalar(0.0)).into_vec();
-    let mut v = std::mem::replace(velocity, Tensor::scalar(0.0)).into_vec();
-    w.par_iter_mut().zip(v.par_iter_mut()).zip(grad.as_slice().par_iter()).with_min_len(4096).for_each(
-        |((w, v), g)| {
-            let g = g + weight_decay * *w;
-            *v = momentum * *v + g;
-            let step = if nesterov { g + momentum * *v } else { *v };
-            *w -= lr * step;
-        },
-    );
-    *param = Tensor::from_vec(&shape, w);
-    *velocity = Tensor::from_vec(&shape, v);
+    for ((param, velocity), grad) in params.iter_mut().zip(velocity.iter_mut()).zip(grads) {
+        let shape = param.shape().to_vec();
+        let mut w = std::mem::replace(param, Tensor::scalar(0.0)).into_vec();
+        let mut v = std::mem::replace(velocity, Tensor::scalar(0.0)).into_vec();
+        w.par_iter_mut().zip(v.par_iter_mut()).zip(grad.as_slice().par_iter()).with_min_len(4096).for_each(
+            |((w, v), g)| {
+                let g = g + weight_decay * *w;
+                *v = momentum * *v + g;
+                let step = if nesterov { g + momentum * *v } else { *v };
+                *w -= lr * step;
+            },
+        );
+        *param = Tensor::from_vec(&shape, w);
+        *velocity = Tensor::from_vec(&shape, v);
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Several tensors of different lengths in one update on emu (one launch over a table)
+    /// against the cpu's, step after step.
+    #[test]
+    fn all_parameters_in_one_launch_match_the_cpu() {
+        let cfg = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+        let sizes = [5usize, 70_001, 1, 300];
+        let make = |device, salt: f32| -> Vec<Tensor> {
+            sizes
+                .iter()
+                .map(|&n| {
+                    let v = (0..n).map(|i| ((i as f32 * 0.37 + salt).sin() * 2.0)).collect();
+                    Tensor::from_vec_on(device, &[n], v).unwrap()
+                })
+                .collect()
+        };
+        let (mut wc, mut vc) = (make(Device::Cpu, 0.1), make(Device::Cpu, 0.0));
+        let (mut we, mut ve) = (make(Device::Emu, 0.1), make(Device::Emu, 0.0));
+        for step in 0..3 {
+            let (gc, ge) = (make(Device::Cpu, 1.0 + step as f32), make(Device::Emu, 1.0 + step as f32));
+            sgd_step_all(&mut wc, &mut vc, &gc, 0.05, &cfg).unwrap();
+            sgd_step_all(&mut we, &mut ve, &ge, 0.05, &cfg).unwrap();
+        }
+        for (cpu, emu) in wc.iter().chain(&vc).zip(we.iter().chain(&ve)) {
+            for (a, b) in cpu.to_vec().iter().zip(emu.to_host().unwrap().to_vec()) {
+                assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} against {b}");
+            }
+        }
+    }
 
     /// Two steps written out by hand in f64.
     #[test]
