@@ -130,7 +130,7 @@ mod tests {
             sizes
                 .iter()
                 .map(|&n| {
-                    let v = (0..n).map(|i| ((i as f32 * 0.37 + salt).sin() * 2.0)).collect();
+                    let v = (0..n).map(|i| (i as f32 * 0.37 + salt).sin() * 2.0).collect();
                     Tensor::from_vec_on(device, &[n], v).unwrap()
                 })
                 .collect()
