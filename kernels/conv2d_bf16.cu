@@ -222,7 +222,8 @@ struct Operand<ROWS, Op, Gather::Packed> {
 };
 
 // C[m0.., n0..] = sum over k in [k_begin, k_end) of A(m, k) * B(n, k), stored with
-// store(m, n, C[m][n], C[m][n + 1], whether column n + 1 exists); both operands are given by rows (A: m, B: n) and gathered as in conv2d.cuh.
+// store(m, n, C[m][n], C[m][n + 1], whether column n + 1 exists); both operands are given by
+// rows (A: m, B: n), each staged as GatherOf<Op, WIDE> says.
 template <int BM, int BN, int WM, int WN, bool WIDE, class A, class B, class Store>
 __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, const A& a, const B& b,
                           Store store) {
@@ -353,8 +354,6 @@ struct InputByPixelRows {
     }
 };
 
-// WIDE: gather activations eight channels at a time (the channels reduced over, or those of a
-// block of rows in backward weight, a multiple of 8 per group), else one by one.
 // Backward data at stride s > 1, one phase (ph, pw) of the input at a time: the input pixels
 // (ph + s i, pw + s j) receive only from the taps kh = kh0 + s t with kh0 = (ph + padding) % s
 // (likewise kw), the others never reaching an output pixel. So each phase is its own GEMM with
@@ -424,6 +423,9 @@ __device__ __forceinline__ PackedWeightRows backward_data_weights(const unsigned
     return PackedWeightRows{w, s.taps() * s.out_per_group(), (int)blockIdx.z * s.in_per_group()};
 }
 
+// WIDE: gather activations eight channels at a time (the channels reduced over, or those of a
+// block of rows in backward weight, a multiple of 8 per group), else one by one. W: the weights'
+// type, float (OIHW) or unsigned short (packed bf16).
 template <int BM, int BN, int WM, int WN, bool WIDE, class W>
 __device__ void forward(float* __restrict__ y, const float* __restrict__ x, const W* __restrict__ w,
                         const ChannelMap& map, const float* __restrict__ residual, const ConvShape& s) {
