@@ -170,15 +170,16 @@ stage_sanitizer() {
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/tests.txt" | tail -1 | tee -a "$LOG"
 }
 
-# Nsight Compute over the bf16 convolution kernels of MoCSE's first layers (speed of light,
-# occupancy, warp stalls; clocks left alone), into more.tar.gz's ncu.txt; its first lines in the log.
+# Nsight Compute over every bf16 convolution kernel of one MoCSE training step (forward, both
+# backward directions, the weight packing; speed of light, occupancy, warp stalls, memory;
+# clocks left alone), into more.tar.gz's ncu.txt; the headline numbers in the log.
 stage_profile() {
-    run_for 120 "$MORE/ncu.txt" ncu --clock-control none --kernel-name regex:"conv2d_.*bf16|pack_conv" \
-        --launch-count 24 --section SpeedOfLight --section Occupancy --section WarpStateStats \
-        --section MemoryWorkloadAnalysis $M bench --what conv-layers --model mocse --expert-width 16 \
+    run_for 150 "$MORE/ncu.txt" ncu --clock-control none --kernel-name regex:"conv2d_.*bf16|pack_conv" \
+        --launch-count 130 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+        --section MemoryWorkloadAnalysis $M bench --what train-step --model mocse --expert-width 16 \
         --batch-size 128 --device cuda --precision bf16 --warmup 0 --steps 1
     grep -E "^  [a-z_0-9]+bf16|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy" \
-        "$MORE/ncu.txt" | head -60 | tee -a "$LOG"
+        "$MORE/ncu.txt" | head -80 | tee -a "$LOG"
 }
 
 # One table of everything measured: images/s, achieved TFLOP/s and the fraction of the bf16 peak.
