@@ -228,7 +228,7 @@ template <int BM, int BN, int WM, int WN, bool WIDE, class A, class B, class Sto
 __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, const A& a, const B& b,
                           Store store) {
     static_assert((BM / WM) * (BN / WN) == THREADS / 32, "one warp per WM x WN part");
-    static_assert(WM % 16 == 0 && WN % 8 == 0, "whole mma tiles");
+    static_assert(WM % 16 == 0 && WN % 16 == 0, "whole mma tiles, B's in pairs (ldmatrix x4)");
     constexpr int MI = WM / 16, NI = WN / 8, WARPS_N = BN / WN;
     __shared__ unsigned a_slices[2][BM * WORDS];
     __shared__ unsigned b_slices[2][BN * WORDS];
@@ -264,19 +264,20 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
         const unsigned* as = a_slices[buffer];
         const unsigned* bs = b_slices[buffer];
         for (int half = 0; half < 2; ++half) {
-            const int w = half * 8 + tig;  // the word of k = 16 * half + 2 * tig (+8 at w + 4)
+            // The fragments by ldmatrix: an 8x8 matrix is 8 rows of one 4-word chunk (chunk
+            // 2 half holds k = 16 half .. + 7, chunk 2 half + 1 the next 8). A: rows 0-7 and
+            // 8-15 of the mma tile at each chunk; B: two neighbouring 8-row tiles at each chunk.
             unsigned fa[MI][4], fb[NI][2];
-            for (int i = 0; i < MI; ++i) {
-                const int r = wm + i * 16 + group;
-                fa[i][0] = as[swizzled(r, w)];
-                fa[i][1] = as[swizzled(r + 8, w)];
-                fa[i][2] = as[swizzled(r, w + 4)];
-                fa[i][3] = as[swizzled(r + 8, w + 4)];
-            }
-            for (int j = 0; j < NI; ++j) {
-                const int r = wn + j * 8 + group;
-                fb[j][0] = bs[swizzled(r, w)];
-                fb[j][1] = bs[swizzled(r, w + 4)];
+            for (int i = 0; i < MI; ++i)
+                mma::ldmatrix_x4(fa[i], [&](int m, int r) {
+                    return &as[swizzled(wm + i * 16 + 8 * (m & 1) + r, 4 * (2 * half + (m >> 1)))];
+                });
+            for (int j = 0; j < NI; j += 2) {
+                unsigned f[4];
+                mma::ldmatrix_x4(f, [&](int m, int r) {
+                    return &bs[swizzled(wn + (j + (m >> 1)) * 8 + r, 4 * (2 * half + (m & 1)))];
+                });
+                fb[j][0] = f[0], fb[j][1] = f[1], fb[j + 1][0] = f[2], fb[j + 1][1] = f[3];
             }
             mma::mma_bf16_grid<MI, NI>(acc, fa, fb);
         }

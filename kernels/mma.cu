@@ -25,3 +25,20 @@ extern "C" __global__ void mma_bf16_m16n8k16_check(float* __restrict__ d, const 
   mma::mma_bf16_m16n8k16(rd, ra, rb, rc);
   for (int i = 0; i < 4; ++i) d[mma::c_row(group, i) * 8 + mma::c_col(tig, i)] = rd[i];
 }
+
+// The selftest's check of ldmatrix_x4: one warp loads four 8x8 matrices of 16-bit pairs
+// (m: 4 matrices x 8 rows x 4 words) placed in shared memory with their rows scattered
+// (matrix j, row r at slot 5 (4 r + j) % 32, 4 words per slot), and writes what each lane
+// received: out[lane * 4 + j] = d[j].
+extern "C" __global__ void ldmatrix_x4_check(unsigned* __restrict__ out, const unsigned* __restrict__ m) {
+  __shared__ __align__(16) unsigned slots[32 * 4];
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  for (int i = lane; i < 128; i += 32) {
+    const int j = i / 32, r = i / 4 % 8, w = i % 4;
+    slots[(5 * (4 * r + j) % 32) * 4 + w] = m[i];
+  }
+  __syncwarp();
+  unsigned d[4];
+  mma::ldmatrix_x4(d, [&](int j, int r) { return &slots[(5 * (4 * r + j) % 32) * 4]; });
+  for (int j = 0; j < 4; ++j) out[lane * 4 + j] = d[j];
+}

@@ -68,6 +68,30 @@ __device__ __forceinline__ void mma_bf16_grid(float (&acc)[MI][NI][4], const uns
 #endif
 }
 
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: four 8x8 matrices of 16-bit elements from shared
+// memory, each row 16 contiguous bytes. Lane l gives the address of row l % 8 of matrix l / 8;
+// lane t receives in d[j] the word at row t / 4, word t % 4 of matrix j (its elements 2 (t % 4)
+// and 2 (t % 4) + 1): the mma fragments' layout. `row(j, r)` names the address of row r of
+// matrix j, so that the emulator's twin, from that table, reads the same rows the GPU does.
+template <class Row>
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&d)[4], Row row) {
+#ifdef CUEMU
+  const unsigned lane = (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
+  for (int j = 0; j < 4; ++j) d[j] = row(j, static_cast<int>(lane / 4))[lane % 4];
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const unsigned* mine = row(lane / 8, lane % 8);
+  unsigned address;
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(address) : "l"(mine));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+               : "r"(address)
+               : "memory");
+#else
+  __trap();  // the tensor-core path needs sm_80 or later
+#endif
+}
+
 // d = a * b + c for one warp's 16x8x16 tile (bf16 inputs, f32 accumulation).
 __device__ __forceinline__ void mma_bf16_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2],
                                                   const float c[4]) {

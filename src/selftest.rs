@@ -598,6 +598,28 @@ fn mma_case(device: Device) -> Result<f64> {
     Ok(relative_error(&d.download::<f32>()?, &expected))
 }
 
+/// ldmatrix_x4 against its table in the PTX ISA: lane t receives, from each of the four 8x8
+/// matrices, word t % 4 of row t / 4. The count of words that differ.
+fn ldmatrix_case(device: Device) -> Result<f64> {
+    // Distinct words: matrix j, row r, word w holds j << 16 | r << 8 | w, plus a marker.
+    let m: Vec<u32> =
+        (0..128u32).map(|i| 0xA000_0000 | (i / 32) << 16 | (i / 4 % 8) << 8 | (i % 4)).collect();
+    let out = GpuBuffer::zeros(device, 128 * 4)?;
+    let input = GpuBuffer::upload(device, &m)?;
+    gpu::launch(
+        device,
+        "ldmatrix_x4_check",
+        LaunchConfig::new([1, 1, 1], [32, 1, 1]),
+        &[out.arg(), input.arg()],
+    )?;
+    let got = out.download::<u32>()?;
+    let wrong = (0..32usize)
+        .flat_map(|t| (0..4usize).map(move |j| (t, j)))
+        .filter(|&(t, j)| got[t * 4 + j] != m[j * 32 + (t / 4) * 4 + t % 4])
+        .count();
+    Ok(wrong as f64)
+}
+
 /// Kernel files whose independent checks are the outputs of other programs rather than a
 /// selftest case (the cpu device runs these kernels through the emulator), and where.
 pub const CHECKED_AGAINST_REFERENCE_OUTPUTS: &[(&str, &str)] = &[
@@ -665,6 +687,7 @@ pub fn run(
     // bf16 products are exact in f32; tensor cores may round the 16-term sums differently (a
     // misplaced element is off by order 1).
     check("mma.sync bf16 m16n8k16 (PTX fragment tables)".into(), 1e-4, &|| mma_case(device));
+    check("ldmatrix x4 (PTX table; words that differ)".into(), 0.0, &|| ldmatrix_case(device));
     if device == Device::Cuda && gpu::cudnn::available() {
         for (x, w, p) in check_shapes() {
             check(format!("cudnn conv2d {}", conv_label(x, w, p)), 1e-4, &|| cudnn_case(x, w, p));
