@@ -45,12 +45,16 @@ __device__ __forceinline__ float input_at(const float* __restrict__ x, const Cha
     return map(x[r.image + ((long long)ih * s.width + iw) * s.in_channels + c.channel], c.channel);
 }
 
-// Eight consecutive channels [channel, channel + 8) of one pixel through the map, as two 16-byte
-// loads (the caller guarantees 8-channel alignment of the row and the channel).
-__device__ __forceinline__ void mapped8(const float* __restrict__ at, const ChannelMap& map, int channel,
-                                        float (&v)[8]) {
+// Eight consecutive floats as two 16-byte loads (`at` 32-byte aligned: 8 aligned channels).
+__device__ __forceinline__ void load8(const float* __restrict__ at, float (&v)[8]) {
     const float4 lo = reinterpret_cast<const float4*>(at)[0], hi = reinterpret_cast<const float4*>(at)[1];
     v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+}
+
+// Channels [channel, channel + 8) of one pixel through the map.
+__device__ __forceinline__ void mapped8(const float* __restrict__ at, const ChannelMap& map, int channel,
+                                        float (&v)[8]) {
+    load8(at, v);
     map.apply8(v, channel);
 }
 
@@ -132,7 +136,7 @@ struct BackwardGradOut {
             for (int i = 0; i < 8; ++i) v[i] = 0.0f;
             return;
         }
-        mapped8(dy + at, ChannelMap{nullptr, nullptr}, 0, v);
+        load8(dy + at, v);
     }
 };
 
@@ -149,7 +153,7 @@ struct GradOutChannel {
     __device__ __forceinline__ float at(int channel, long long pixel) const { return dy[pixel + channel]; }
     // Rows channel..channel + 7 at one pixel (out_per_group a multiple of 8: two 16-byte loads).
     __device__ __forceinline__ void rows8_at(int channel, long long pixel, float (&v)[8]) const {
-        mapped8(dy + pixel + channel, ChannelMap{nullptr, nullptr}, 0, v);
+        load8(dy + pixel + channel, v);
     }
 };
 

@@ -135,8 +135,13 @@ impl Tensor {
 
     /// The device address of a kernel device's tensor, as a kernel argument.
     pub fn arg(&self) -> Arg {
+        Arg::Ptr(self.address())
+    }
+
+    /// The device address of a kernel device's tensor (for tables of addresses a kernel reads).
+    pub fn address(&self) -> u64 {
         match &*self.storage {
-            Storage::Gpu(b) => b.arg(),
+            Storage::Gpu(b) => b.address(),
             Storage::Cpu(_) => panic!("a cpu tensor passed to a kernel"),
         }
     }

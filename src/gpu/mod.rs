@@ -63,6 +63,20 @@ pub struct LaunchConfig {
 }
 
 impl LaunchConfig {
+    /// For a kernel that walks a table of tensors: blockIdx.y the tensor (looping past 65,535),
+    /// at most `blocks` blocks of 256 along x over the longest.
+    pub fn per_tensor(lengths: impl Iterator<Item = usize>, blocks: u32) -> LaunchConfig {
+        let (mut count, mut longest) = (0usize, 1usize);
+        for n in lengths {
+            count += 1;
+            longest = longest.max(n);
+        }
+        let mut config = LaunchConfig::for_elements(longest);
+        config.grid[0] = config.grid[0].min(blocks);
+        config.grid[1] = count.clamp(1, 65_535) as u32;
+        config
+    }
+
     /// One thread per element in blocks of 256, at most 4096 blocks (kernels loop over the rest).
     pub fn for_elements(n: usize) -> LaunchConfig {
         let blocks = n.div_ceil(256).clamp(1, 4096) as u32;

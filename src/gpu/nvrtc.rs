@@ -123,12 +123,13 @@ pub fn compile_all(arch: &str) -> Vec<(&'static str, &'static [&'static str], Re
         .collect()
 }
 
+/// Each kernel file with its kernels and its cubin (or why it has none).
+pub type Cubins = Vec<(&'static str, &'static [&'static str], Result<Vec<u8>>)>;
+
 /// Every kernel file's cubin for `arch`, read from `cache` (named by the SHA-256 of NVRTC's
 /// version, the options and the expanded source) or compiled and then kept there: a process on
 /// the cuda device starts in well under a second instead of seconds. A cache that cannot be
 /// read or written only costs the compile.
-pub type Cubins = Vec<(&'static str, &'static [&'static str], Result<Vec<u8>>)>;
-
 pub fn cubins_cached(arch: &str, cache: Option<&std::path::Path>) -> Cubins {
     use rayon::prelude::*;
     let version = version();

@@ -1,6 +1,6 @@
 //! Element-wise and shape ops: relu, add, scale, reshape, concatenation along the last axis.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use rayon::prelude::*;
 
 use crate::autograd::{Tape, Var};
@@ -116,20 +116,10 @@ pub fn all_finite(tensors: &[Tensor]) -> Result<bool> {
         }
         d => {
             // One launch for all: a table of (address, length), blockIdx.y the tensor.
-            let table: Vec<u64> = tensors
-                .iter()
-                .map(|t| match t.arg() {
-                    Arg::Ptr(address) => Ok([address, t.len() as u64]),
-                    _ => bail!("a kernel device's tensor without an address"),
-                })
-                .collect::<Result<Vec<_>>>()?
-                .concat();
+            let table: Vec<u64> = tensors.iter().flat_map(|t| [t.address(), t.len() as u64]).collect();
             let table = GpuBuffer::upload(d, &table)?;
             let flag = GpuBuffer::zeros(d, 4)?;
-            let longest = tensors.iter().map(Tensor::len).max().unwrap_or(1);
-            let mut config = LaunchConfig::for_elements(longest);
-            config.grid[0] = config.grid[0].min(256);
-            config.grid[1] = tensors.len().min(65_535) as u32;
+            let config = LaunchConfig::per_tensor(tensors.iter().map(Tensor::len), 256);
             gpu::launch(d, "flag_nonfinite_f32", config, &[flag.arg(), table.arg(), int(tensors.len())])?;
             Ok(flag.download::<u32>()?[0] == 0)
         }

@@ -2,7 +2,7 @@
 //! g' = g + wd * w;  v = momentum * v + g';  step = nesterov ? g' + momentum * v : v;
 //! w = w - lr * step. The velocity starts at zero, which makes the first step v = g'.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -68,21 +68,17 @@ pub fn sgd_step_all(
             .iter()
             .map(|p| Ok((Tensor::output_on(d, p.shape())?, Tensor::output_on(d, p.shape())?)))
             .collect::<Result<_>>()?;
-        let mut table = Vec::with_capacity(6 * params.len());
-        for (((p, v), g), (w_out, v_out)) in params.iter().zip(velocity.iter()).zip(grads).zip(&outputs) {
-            for t in [w_out, v_out, p, v, g] {
-                match t.arg() {
-                    Arg::Ptr(address) => table.push(address),
-                    _ => bail!("a kernel device's tensor without an address"),
-                }
-            }
-            table.push(p.len() as u64);
-        }
+        let table: Vec<u64> = params
+            .iter()
+            .zip(velocity.iter())
+            .zip(grads)
+            .zip(&outputs)
+            .flat_map(|(((p, v), g), (w_out, v_out))| {
+                [w_out.address(), v_out.address(), p.address(), v.address(), g.address(), p.len() as u64]
+            })
+            .collect();
         let table = GpuBuffer::upload(d, &table)?;
-        let longest = params.iter().map(Tensor::len).max().unwrap_or(1);
-        let mut config = LaunchConfig::for_elements(longest);
-        config.grid[0] = config.grid[0].min(512);
-        config.grid[1] = params.len().min(65_535) as u32;
+        let config = LaunchConfig::per_tensor(params.iter().map(Tensor::len), 512);
         let args = [
             table.arg(),
             int(params.len()),
