@@ -57,17 +57,33 @@ extern "C" __global__ void bn_partial_sums_f64(double* __restrict__ partial, con
     }
 }
 
-// Batch statistics from the partial sums: mean, inv_std = 1/sqrt(var + eps) with the biased
-// variance, and the unbiased variance for the running average.
+// Batch statistics from the partial sums ([parts][2][c]: bn_partial_sums_f64's, or a forward
+// convolution's, which sums its output as it writes it): mean, inv_std = 1/sqrt(var + eps) with
+// the biased variance, and the unbiased variance for the running average. grid ceil(c / 32),
+// block (32, 16): thread row y adds parts y, y + 16, ... in order (a convolution writes one part
+// per tile of 128 or 256 rows, so up to thousands), then row 0 adds the 16 rows' sums in order.
 extern "C" __global__ void bn_stats_finalize_f32(float* __restrict__ mean, float* __restrict__ inv_std,
                                                  float* __restrict__ var_unbiased,
                                                  const double* __restrict__ partial, int parts, int rows,
                                                  int c, float eps) {
-    for (int ch = blockIdx.x * blockDim.x + threadIdx.x; ch < c; ch += blockDim.x * gridDim.x) {
+    __shared__ double s0[16][32];
+    __shared__ double s1[16][32];
+    const int ch = blockIdx.x * 32 + threadIdx.x;
+    double a = 0.0, b = 0.0;
+    if (ch < c) {
+        for (int p = threadIdx.y; p < parts; p += 16) {
+            a += partial[((long long)p * 2) * c + ch];
+            b += partial[((long long)p * 2 + 1) * c + ch];
+        }
+    }
+    s0[threadIdx.y][threadIdx.x] = a;
+    s1[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0 && ch < c) {
         double sum = 0.0, sum_sq = 0.0;
-        for (int p = 0; p < parts; ++p) {
-            sum += partial[(p * 2) * c + ch];
-            sum_sq += partial[(p * 2 + 1) * c + ch];
+        for (int k = 0; k < 16; ++k) {
+            sum += s0[k][threadIdx.x];
+            sum_sq += s1[k][threadIdx.x];
         }
         const double m = sum / rows;
         double var = sum_sq / rows - m * m;

@@ -19,7 +19,8 @@
 
 static constexpr int BK = 16;
 
-// C[m0.., n0..] = sum over k in [k_begin, k_end) of A(m, k) * B(k, n), stored with store(m, n, v).
+// C[m0.., n0..] = sum over k in [k_begin, k_end) of A(m, k) * B(k, n), stored with store(m, n, v),
+// which returns what it stored; that is summed per column into `sums` when sums.partial is set.
 //
 // The operands are gathered through small objects so that index arithmetic is not redone for
 // every staged element: with 256 threads, a thread stages the same BM-tile rows of A and the
@@ -29,9 +30,9 @@ static constexpr int BK = 16;
 //   a.at(r, c)   is then a few adds and one load;
 //   b.col(n)     decomposes column n once per thread, b.at(k, c) loads element (k, n).
 // Loads outside the matrix are never made: out-of-range rows, columns and k read as 0.
-template <int BM, int BN, class A, class B, class Store>
+template <int BM, int BN, class A, class B, class Store, class Sums = NoColumnSums>
 __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, const A& a, const B& b,
-                          Store store) {
+                          Store store, const Sums& sums = {}) {
     static_assert((BM / 4) * (BN / 4) == 256, "a tile is 256 threads of 4x4 results");
     static_assert(256 % BK == 0 && 256 % BN == 0, "each thread stages fixed columns");
     using RowInfo = decltype(a.row(0));
@@ -71,11 +72,25 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
         }
         __syncthreads();
     }
+    float col_sum[4] = {0.0f, 0.0f, 0.0f, 0.0f}, col_squares[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int i = 0; i < 4; ++i) {
         const int m = m0 + ty + i * (BM / 4);
         for (int j = 0; j < 4; ++j) {
             const int n = n0 + tx + j * TX;
-            if (m < M && n < N) store(m, n, acc[i][j]);
+            if (m < M && n < N) {
+                const float v = store(m, n, acc[i][j]);
+                col_sum[j] += v;
+                col_squares[j] += v * v;
+            }
+        }
+    }
+    if constexpr (Sums::wanted) {
+        if (sums.partial != nullptr) {  // the same for every thread: the barriers inside are safe
+            // The slots of a column: the BM / 4 threads along m (ty), 4 rows each.
+            __shared__ float scratch[2 * (BM / 4) * BN];
+            const TileColumnSums<BM / 4, BN> tile{sums, scratch};
+            for (int j = 0; j < 4; ++j) tile.put(ty, tx + j * TX, col_sum[j], col_squares[j]);
+            tile.write(N - n0);
         }
     }
 }
@@ -116,15 +131,18 @@ struct InputByPixel {
     }
 };
 
-// y = conv(map(x), w) + residual (map and residual optional).
+// y = conv(map(x), w) + residual (map and residual optional), summed per channel into
+// column_sums (ColumnSumsOut; null: not).
 template <int BM, int BN>
 __device__ void conv_forward(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
-                             const ChannelMap& map, const float* __restrict__ residual, const ConvShape& s) {
+                             const ChannelMap& map, const float* __restrict__ residual,
+                             double* __restrict__ column_sums, const ConvShape& s) {
     const int g = blockIdx.z, opg = s.out_per_group();
     const int M = s.batch * s.out_height * s.out_width, K = s.taps() * s.in_per_group();
     tile_gemm<BM, BN>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, map, s, g},
                       ForwardWeight{w, s, g},
-                      [&](int m, int n, float v) { store_output(y, residual, s, g, m, n, v); });
+                      [&](int m, int n, float v) { return store_output(y, residual, s, g, m, n, v); },
+                      ColumnSumsOut{column_sums, g * opg + (int)blockIdx.y * BN, s.out_channels});
 }
 
 template <int BM, int BN>
@@ -134,7 +152,7 @@ __device__ void conv_backward_data(float* __restrict__ dx, const float* __restri
     const int M = s.batch * s.height * s.width, K = s.taps() * s.out_per_group();
     tile_gemm<BM, BN>(M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, BackwardGradOut{dy, s, g},
                       BackwardWeight{w, s, g},
-                      [&](int m, int n, float v) { dx[(long long)m * s.in_channels + g * ipg + n] = v; });
+                      [&](int m, int n, float v) { return dx[(long long)m * s.in_channels + g * ipg + n] = v; });
 }
 
 // One split of the pixel reduction (WeightGradientSplit) of group g.
@@ -145,21 +163,27 @@ __device__ void conv_backward_weight(float* __restrict__ partial, const float* _
     const WeightGradientSplit w(partial, s, chunk);
     tile_gemm<BM, BN>(s.out_per_group(), w.K, w.begin, w.end, blockIdx.x * BM, blockIdx.y * BN,
                       GradOutChannel{dy, s, w.g}, InputByPixel{x, map, s, w.g},
-                      [&](int o, int k, float v) { w.store(s, o, k, v); });
+                      [&](int o, int k, float v) {
+                          w.store(s, o, k, v);
+                          return v;
+                      });
 }
 
 // Forward kernels: scale and shift (ChannelMap; null: none) map x as it is read, residual (null:
-// none) is added as y is written.
+// none) is added as y is written, and y is summed per channel into column_sums for batch norm's
+// statistics (null: not; [gridDim.x][2][out_channels] doubles, ColumnSumsOut).
 extern "C" __global__ void __launch_bounds__(256) conv2d_fwd_f32(float* y, const float* x, const float* w,
                                                                  const float* scale, const float* shift,
-                                                                 const float* residual, CONV_SHAPE_PARAMS) {
-    conv_forward<64, 64>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
+                                                                 const float* residual, double* column_sums,
+                                                                 CONV_SHAPE_PARAMS) {
+    conv_forward<64, 64>(y, x, w, ChannelMap{scale, shift}, residual, column_sums, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256) conv2d_fwd_narrow_f32(float* y, const float* x, const float* w,
                                                                         const float* scale, const float* shift,
-                                                                        const float* residual, CONV_SHAPE_PARAMS) {
-    conv_forward<256, 16>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
+                                                                        const float* residual,
+                                                                        double* column_sums, CONV_SHAPE_PARAMS) {
+    conv_forward<256, 16>(y, x, w, ChannelMap{scale, shift}, residual, column_sums, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256) conv2d_bwd_data_f32(float* dx, const float* dy, const float* w,

@@ -158,29 +158,76 @@ struct GradOutChannel {
 };
 
 // y[m, n] of group g = v, plus the residual's element when there is one (the residual add of a
-// pre-activation block, done as the convolution writes).
-__device__ __forceinline__ void store_output(float* __restrict__ y, const float* __restrict__ residual,
-                                            const ConvShape& s, int g, int m, int n, float v) {
+// pre-activation block, done as the convolution writes); returns what it stored.
+__device__ __forceinline__ float store_output(float* __restrict__ y, const float* __restrict__ residual,
+                                             const ConvShape& s, int g, int m, int n, float v) {
     const long long at = (long long)m * s.out_channels + g * s.out_per_group() + n;
-    y[at] = residual == nullptr ? v : v + residual[at];
+    if (residual != nullptr) v += residual[at];
+    y[at] = v;
+    return v;
 }
 
 // The tensor-core kernels' stores, two columns at a time (an mma fragment's neighbours):
 // dst[at] = v0 and, when both, dst[at + 1] = v1, each plus the residual's element when there is
-// one; one 8-byte store (and residual load) where `at` is even.
-__device__ __forceinline__ void store_two(float* __restrict__ dst, const float* __restrict__ residual,
-                                         long long at, float v0, float v1, bool both) {
+// one; one 8-byte store (and residual load) where `at` is even. Returns what it stored (0 for
+// the second value when not both).
+__device__ __forceinline__ float2 store_two(float* __restrict__ dst, const float* __restrict__ residual,
+                                           long long at, float v0, float v1, bool both) {
     if (both && (at & 1) == 0) {
         if (residual != nullptr) {
             const float2 r = *reinterpret_cast<const float2*>(residual + at);
             v0 += r.x, v1 += r.y;
         }
         *reinterpret_cast<float2*>(dst + at) = float2{v0, v1};
-        return;
+        return float2{v0, v1};
     }
-    dst[at] = residual == nullptr ? v0 : v0 + residual[at];
-    if (both) dst[at + 1] = residual == nullptr ? v1 : v1 + residual[at + 1];
+    if (residual != nullptr) v0 += residual[at];
+    dst[at] = v0;
+    if (!both) return float2{v0, 0.0f};
+    if (residual != nullptr) v1 += residual[at + 1];
+    dst[at + 1] = v1;
+    return float2{v0, v1};
 }
+
+// Where a forward convolution sums its output per channel as it writes it, for the batch norm
+// that follows (its statistics without another pass over the output): partial[part][0][c] = sum
+// and partial[part][1][c] = sum of squares of channel c over the rows of tile part = blockIdx.x,
+// in double, the layout bn_stats_finalize_f32 reads. Null: not summed (and the other directions).
+struct ColumnSumsOut {
+    static constexpr bool wanted = true;
+    double* partial;
+    int first_channel, channels;  // the tile's first column among all channels; all of them
+};
+
+// The other directions' (and a forward launch's without it: partial null) sums: none compiled.
+struct NoColumnSums {
+    static constexpr bool wanted = false;
+};
+
+// A block's share: every thread adds the values it stores into f32 sums of its columns (a few
+// rows each), puts them into its slot of each column, and write() adds each column's SLOTS
+// slots in order, in double: deterministic, as bn_partial_sums_f64 is. `scratch` is shared
+// memory of 2 * SLOTS * BN floats that nothing else uses by the first put().
+template <int SLOTS, int BN>
+struct TileColumnSums {
+    ColumnSumsOut out;
+    float* scratch;
+    __device__ __forceinline__ void put(int slot, int col, float sum, float squares) const {
+        scratch[slot * BN + col] = sum;
+        scratch[(SLOTS + slot) * BN + col] = squares;
+    }
+    // Columns [0, columns) of the tile exist. Every thread of the block calls it, after its puts.
+    __device__ void write(int columns) const {
+        __syncthreads();
+        for (int t = threadIdx.x; t < 2 * BN; t += blockDim.x) {
+            const int quantity = t / BN, col = t % BN;
+            if (col >= columns) continue;
+            double total = 0.0;
+            for (int slot = 0; slot < SLOTS; ++slot) total += scratch[(quantity * SLOTS + slot) * BN + col];
+            out.partial[((long long)blockIdx.x * 2 + quantity) * out.channels + out.first_channel + col] = total;
+        }
+    }
+};
 
 // Backward weight's share of one block: blockIdx.z = split * groups + g covers the output pixels
 // [begin, end) (the reduction), and its partial sums go to split's slice of `partial`
@@ -200,8 +247,9 @@ struct WeightGradientSplit {
     __device__ __forceinline__ void store(const ConvShape& s, int o, int k, float v) const {
         out[(long long)(g * s.out_per_group() + o) * K + k] = v;
     }
-    __device__ __forceinline__ void store_two(const ConvShape& s, int o, int k, float v0, float v1, bool both) const {
-        ::store_two(out, nullptr, (long long)(g * s.out_per_group() + o) * K + k, v0, v1, both);
+    __device__ __forceinline__ float2 store_two(const ConvShape& s, int o, int k, float v0, float v1,
+                                                bool both) const {
+        return ::store_two(out, nullptr, (long long)(g * s.out_per_group() + o) * K + k, v0, v1, both);
     }
 };
 

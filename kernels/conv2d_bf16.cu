@@ -222,11 +222,12 @@ struct Operand<ROWS, Op, Gather::Packed> {
 };
 
 // C[m0.., n0..] = sum over k in [k_begin, k_end) of A(m, k) * B(n, k), stored with
-// store(m, n, C[m][n], C[m][n + 1], whether column n + 1 exists); both operands are given by
-// rows (A: m, B: n), each staged as GatherOf<Op, WIDE> says.
-template <int BM, int BN, int WM, int WN, bool WIDE, class A, class B, class Store>
+// store(m, n, C[m][n], C[m][n + 1], whether column n + 1 exists), which returns what it stored
+// (a float2); that is summed per column into `sums` when sums.partial is set. Both operands are
+// given by rows (A: m, B: n), each staged as GatherOf<Op, WIDE> says.
+template <int BM, int BN, int WM, int WN, bool WIDE, class A, class B, class Store, class Sums = NoColumnSums>
 __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, const A& a, const B& b,
-                          Store store) {
+                          Store store, const Sums& sums = {}) {
     static_assert((BM / WM) * (BN / WN) == THREADS / 32, "one warp per WM x WN part");
     static_assert(WM % 16 == 0 && WN % 16 == 0, "whole mma tiles, B's in pairs (ldmatrix x4)");
     constexpr int MI = WM / 16, NI = WN / 8, WARPS_N = BN / WN;
@@ -289,7 +290,11 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
         buffer ^= 1;
     }
     // Elements c and c + 1 of a fragment are neighbours in a row: stored as a pair. Unrolled
-    // whole, so that acc stays in registers however heavy the store is.
+    // whole, so that acc stays in registers however heavy the store is. A thread's columns are
+    // wn + 8 j + 2 tig and the next, the same for c = 0 and 2 (rows group and group + 8).
+    float col_sum[NI][2], col_squares[NI][2];
+    MOCSE_UNROLL
+    for (int j = 0; j < NI; ++j) col_sum[j][0] = col_sum[j][1] = col_squares[j][0] = col_squares[j][1] = 0.0f;
     MOCSE_UNROLL
     for (int i = 0; i < MI; ++i)
         MOCSE_UNROLL
@@ -298,8 +303,28 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
             for (int c = 0; c < 4; c += 2) {
                 const int m = m0 + wm + i * 16 + mma::c_row(group, c);
                 const int n = n0 + wn + j * 8 + mma::c_col(tig, c);
-                if (m < M && n < N) store(m, n, acc[i][j][c], acc[i][j][c + 1], n + 1 < N);
+                if (m < M && n < N) {
+                    const float2 v = store(m, n, acc[i][j][c], acc[i][j][c + 1], n + 1 < N);
+                    col_sum[j][0] += v.x, col_squares[j][0] += v.x * v.x;
+                    col_sum[j][1] += v.y, col_squares[j][1] += v.y * v.y;
+                }
             }
+    if constexpr (Sums::wanted) {
+        if (sums.partial != nullptr) {  // the same for every thread: the barriers inside are safe
+            // The slots of a column: the 8 row groups of the WARPS_M warps along m. The slices
+            // are free since the loop's last barrier.
+            constexpr int SLOTS = 8 * (BM / WM);
+            static_assert(2 * SLOTS * BN <= 2 * BM * WORDS, "the column sums fit in the A slices");
+            const TileColumnSums<SLOTS, BN> tile{sums, reinterpret_cast<float*>(&a_slices[0][0])};
+            const int slot = (warp / WARPS_N) * 8 + group;
+            MOCSE_UNROLL
+            for (int j = 0; j < NI; ++j)
+                MOCSE_UNROLL
+                for (int e = 0; e < 2; ++e)
+                    tile.put(slot, wn + j * 8 + 2 * tig + e, col_sum[j][e], col_squares[j][e]);
+            tile.write(N - n0);
+        }
+    }
 }
 
 // The B operands by rows (n), reduction along k.
@@ -429,15 +454,17 @@ __device__ __forceinline__ PackedWeightRows backward_data_weights(const unsigned
 // type, float (OIHW) or unsigned short (packed bf16).
 template <int BM, int BN, int WM, int WN, bool WIDE, class W>
 __device__ void forward(float* __restrict__ y, const float* __restrict__ x, const W* __restrict__ w,
-                        const ChannelMap& map, const float* __restrict__ residual, const ConvShape& s) {
+                        const ChannelMap& map, const float* __restrict__ residual, double* __restrict__ column_sums,
+                        const ConvShape& s) {
     const int g = blockIdx.z, opg = s.out_per_group();
     const int M = s.batch * s.out_height * s.out_width, K = s.taps() * s.in_per_group();
     tile_gemm<BM, BN, WM, WN, WIDE>(M, opg, 0, K, blockIdx.x * BM, blockIdx.y * BN, ForwardInput{x, map, s, g},
                                     forward_weights(w, s),
                                     [&](int m, int n, float v0, float v1, bool both) {
                                         const long long at = (long long)m * s.out_channels + g * opg + n;
-                                        store_two(y, residual, at, v0, v1, both);
-                                    });
+                                        return store_two(y, residual, at, v0, v1, both);
+                                    },
+                                    ColumnSumsOut{column_sums, g * opg + (int)blockIdx.y * BN, s.out_channels});
 }
 
 template <int BM, int BN, int WM, int WN, bool WIDE, class W>
@@ -448,7 +475,8 @@ __device__ void backward_data(float* __restrict__ dx, const float* __restrict__ 
     tile_gemm<BM, BN, WM, WN, WIDE>(M, ipg, 0, K, blockIdx.x * BM, blockIdx.y * BN, BackwardGradOut{dy, s, g},
                               backward_data_weights(w, s),
                               [&](int m, int n, float v0, float v1, bool both) {
-                                  store_two(dx, nullptr, (long long)m * s.in_channels + g * ipg + n, v0, v1, both);
+                                  return store_two(dx, nullptr, (long long)m * s.in_channels + g * ipg + n, v0, v1,
+                                                   both);
                               });
 }
 
@@ -466,7 +494,7 @@ __device__ void backward_data_strided(float* __restrict__ dx, const float* __res
         [&](int m, int n, float v0, float v1, bool both) {
             const InputPixel p = phase.pixel(m);
             const long long pixel = ((long long)p.b * s.height + p.ih) * s.width + p.iw;
-            store_two(dx, nullptr, pixel * s.in_channels + g * ipg + n, v0, v1, both);
+            return store_two(dx, nullptr, pixel * s.in_channels + g * ipg + n, v0, v1, both);
         });
 }
 
@@ -479,12 +507,11 @@ __device__ void backward_weight(float* __restrict__ partial, const float* __rest
     tile_gemm<BM, BN, WM, WN, WIDE>(s.out_per_group(), w.K, w.begin, w.end, blockIdx.x * BM, blockIdx.y * BN,
                                     GradOutChannel{dy, s, w.g}, InputByPixelRows{x, map, s, w.g},
                                     [&](int o, int k, float v0, float v1, bool both) {
-                                        if (WIDE) {
-                                            w.store_two(s, o, k, v0, v1, both);
-                                        } else {  // one by one: the _any kernel has no register to spare
-                                            w.store(s, o, k, v0);
-                                            if (both) w.store(s, o, k + 1, v1);
-                                        }
+                                        if (WIDE) return w.store_two(s, o, k, v0, v1, both);
+                                        // One by one: the _any kernel has no register to spare.
+                                        w.store(s, o, k, v0);
+                                        if (both) w.store(s, o, k + 1, v1);
+                                        return float2{v0, v1};
                                     });
 }
 
@@ -503,21 +530,24 @@ __device__ void backward_weight(float* __restrict__ partial, const float* __rest
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_bf16(float* y, const float* x,
                                                                   const unsigned short* w,
                                                                   const float* scale, const float* shift,
-                                                                  const float* residual, CONV_SHAPE_PARAMS) {
-    tc::forward<128, 64, 32, 32, true>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
+                                                                  const float* residual, double* column_sums,
+                                                                  CONV_SHAPE_PARAMS) {
+    tc::forward<128, 64, 32, 32, true>(y, x, w, ChannelMap{scale, shift}, residual, column_sums, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_any_bf16(float* y, const float* x, const float* w,
                                                                       const float* scale, const float* shift,
-                                                                      const float* residual, CONV_SHAPE_PARAMS) {
-    tc::forward<128, 64, 32, 32, false>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
+                                                                      const float* residual, double* column_sums,
+                                                                  CONV_SHAPE_PARAMS) {
+    tc::forward<128, 64, 32, 32, false>(y, x, w, ChannelMap{scale, shift}, residual, column_sums, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_fwd_narrow_bf16(float* y, const float* x,
                                                                          const unsigned short* w,
                                                                          const float* scale, const float* shift,
-                                                                         const float* residual, CONV_SHAPE_PARAMS) {
-    tc::forward<256, 16, 32, 16, true>(y, x, w, ChannelMap{scale, shift}, residual, CONV_SHAPE);
+                                                                         const float* residual, double* column_sums,
+                                                                  CONV_SHAPE_PARAMS) {
+    tc::forward<256, 16, 32, 16, true>(y, x, w, ChannelMap{scale, shift}, residual, column_sums, CONV_SHAPE);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 2) conv2d_bwd_data_bf16(float* dx, const float* dy,

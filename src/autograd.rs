@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use anyhow::{Result, bail};
 
+use crate::ops::batchnorm::ChannelSums;
 use crate::tensor::Tensor;
 
 /// Maps the output gradient to one gradient per input; `needs[i]` says whether input i wants one.
@@ -62,6 +63,9 @@ impl Var {
 pub struct Tape {
     grad_enabled: bool,
     nodes: RefCell<Vec<Node>>,
+    /// Per-channel sums of recorded values, by node id, taken by the convolutions that wrote
+    /// them, for the batch norm that reads them (`Tape::train_statistics`).
+    channel_sums: RefCell<HashMap<usize, ChannelSums>>,
 }
 
 impl Default for Tape {
@@ -73,12 +77,12 @@ impl Default for Tape {
 impl Tape {
     /// A tape that records ops for a backward pass.
     pub fn new() -> Tape {
-        Tape { grad_enabled: true, nodes: RefCell::new(Vec::new()) }
+        Tape { grad_enabled: true, nodes: RefCell::default(), channel_sums: RefCell::default() }
     }
 
     /// A tape that records nothing: evaluation without gradients.
     pub fn no_grad() -> Tape {
-        Tape { grad_enabled: false, nodes: RefCell::new(Vec::new()) }
+        Tape { grad_enabled: false, nodes: RefCell::default(), channel_sums: RefCell::default() }
     }
 
     /// Nodes currently held: what a backward pass would still have to run.
@@ -114,6 +118,19 @@ impl Tape {
         let mut nodes = self.nodes.borrow_mut();
         nodes.push(Node::Op { inputs: inputs.iter().map(|v| v.id).collect(), backward });
         Var { value, id: Some(nodes.len() - 1) }
+    }
+
+    /// Keeps the per-channel sums of `y`'s value, which the op that made it took as it wrote it
+    /// (nothing is kept for a value that is not recorded).
+    pub(crate) fn offer_channel_sums(&self, y: &Var, sums: ChannelSums) {
+        if let Some(id) = y.id {
+            self.channel_sums.borrow_mut().insert(id, sums);
+        }
+    }
+
+    /// The per-channel sums of `x`'s value, where the op that made it offered them.
+    pub(crate) fn take_channel_sums(&self, x: &Var) -> Option<ChannelSums> {
+        self.channel_sums.borrow_mut().remove(&x.id?)
     }
 
     /// Runs backward from a scalar and returns the gradients of the leaves that required one.

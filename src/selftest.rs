@@ -5,7 +5,7 @@
 //! over the output and every input gradient. The same cases are the emulator tests of the test
 //! suite, so every device runs the same test body.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::attack::{BnMode, Norm};
 use crate::autograd::{Tape, Var};
@@ -230,6 +230,21 @@ pub fn cases() -> Vec<Case> {
         out.push(case(name, inputs, move |t, v| t.conv2d(&v[0], &v[1], cp)));
     }
     out
+}
+
+/// The convolutions whose output sums `conv_sums_case` checks: every forward tile (64 x 64 and
+/// 256 x 16 in f32; 128 x 64, 256 x 16 and `_any` in bf16), groups 1 and 10, stride 2, more
+/// than one tile of rows with the last one partial.
+fn conv_sums_shapes() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
+    let p = |stride, padding, groups| Conv2dParams { stride, padding, groups };
+    vec![
+        ([4, 9, 7, 8], [32, 8, 3, 3], p(1, 1, 1)),
+        ([3, 8, 8, 16], [80, 16, 3, 3], p(1, 1, 1)),
+        ([3, 12, 11, 160], [160, 16, 3, 3], p(1, 1, 10)),
+        ([6, 9, 9, 32], [64, 16, 3, 3], p(2, 1, 2)),
+        ([2, 11, 6, 3], [16, 3, 3, 3], p(1, 1, 1)),
+        ([4, 6, 6, 24], [24, 24, 1, 1], p(1, 0, 1)),
+    ]
 }
 
 /// "x2x5x7x3 w4x3x3x3 s1 p1 g1": a convolution case's shapes in its name.
@@ -620,6 +635,49 @@ fn ldmatrix_case(device: Device) -> Result<f64> {
     Ok(wrong as f64)
 }
 
+/// Batch norm's statistics from the sums a forward convolution takes as it writes its output
+/// (`Tape::conv2d_for_batch_norm`; with `residual`, `Tape::bn_relu_conv2d`, which maps its input
+/// and adds a residual as it writes) in `precision` on `device`, against two-pass f64 statistics
+/// of the same output on the host: the largest error of a channel's mean (relative to the
+/// channel's root mean square) or unbiased variance (relative to its mean square).
+fn conv_sums_case(
+    device: Device,
+    precision: Precision,
+    (x_shape, w_shape, p): ([usize; 4], [usize; 4], Conv2dParams),
+    residual: bool,
+) -> Result<f64> {
+    precision::scoped(precision, || {
+        let tape = Tape::new();
+        let c = w_shape[0];
+        let leaf = |t: Tensor| -> Result<Var> { Ok(tape.leaf(t.to_device(device)?, true)) };
+        let x = leaf(random(&x_shape, 61, -1.0, 1.5))?;
+        let w = leaf(random(&w_shape, 62, -0.5, 0.5))?;
+        let y = if residual {
+            let ci = x_shape[3];
+            let (gamma, beta) = (leaf(random(&[ci], 63, 0.5, 1.5))?, leaf(random(&[ci], 64, -0.5, 0.5))?);
+            let out = ConvGeometry::new(&x_shape, &w_shape, p)?.output_shape();
+            let r = leaf(random(&out, 65, -1.0, 2.0))?;
+            tape.bn_relu_conv2d(&x, &gamma, &beta, 1e-5, &w, p, Some(&r))?.0
+        } else {
+            tape.conv2d_for_batch_norm(&x, &w, p)?
+        };
+        let sums = tape.take_channel_sums(&y).context("the convolution took no sums of its output")?;
+        let (mean, _, var) = sums.statistics(device, 1e-5)?;
+        let (mean, var, y) = (mean.to_host()?, var.to_host()?, y.value().to_host()?);
+        let rows = y.len() / c;
+        let mut worst = 0.0f64;
+        for ch in 0..c {
+            let column = || y.iter().skip(ch).step_by(c).map(|&v| f64::from(v));
+            let m = column().sum::<f64>() / rows as f64;
+            let square = column().map(|v| v * v).sum::<f64>() / rows as f64;
+            let v = column().map(|v| (v - m) * (v - m)).sum::<f64>() / (rows - 1) as f64;
+            worst = worst.max((f64::from(mean[ch]) - m).abs() / square.sqrt().max(1e-30));
+            worst = worst.max((f64::from(var[ch]) - v).abs() / square.max(1e-30));
+        }
+        Ok(worst)
+    })
+}
+
 /// Kernel files whose independent checks are the outputs of other programs rather than a
 /// selftest case (the cpu device runs these kernels through the emulator), and where.
 pub const CHECKED_AGAINST_REFERENCE_OUTPUTS: &[(&str, &str)] = &[
@@ -683,6 +741,19 @@ pub fn run(
     for (x, w, p) in bf16_check_shapes() {
         // The error as a fraction of its bound (see conv_bf16_case).
         check(format!("conv2d bf16 {}", conv_label(x, w, p)), 1.0, &|| conv_bf16_case(device, x, w, p));
+    }
+    // Sums of f32 values in f32 over up to 32 rows, then in double: a few 1e-7 of the mean
+    // square; a misplaced or missing partial sum is off by percents.
+    for precision in [Precision::F32, Precision::Bf16] {
+        for (n, shapes) in conv_sums_shapes().into_iter().enumerate() {
+            let residual = n % 2 == 1;
+            let how = if residual { ", mapped, with a residual" } else { "" };
+            let name = format!(
+                "batch-norm sums in conv2d {precision} {}{how}",
+                conv_label(shapes.0, shapes.1, shapes.2)
+            );
+            check(name, 1e-5, &|| conv_sums_case(device, precision, shapes, residual));
+        }
     }
     // bf16 products are exact in f32; tensor cores may round the 16-term sums differently (a
     // misplaced element is off by order 1).

@@ -317,14 +317,20 @@ impl PreActResNet {
         train: bool,
     ) -> Result<Var> {
         let p = params;
-        let mut out = tape.conv2d(x, &p[self.stem.weight], self.stem.p)?;
+        // In training, a convolution whose output feeds a batch norm sums it per channel as it
+        // writes it, for that batch norm's statistics (`bn_relu_conv2d`'s always do).
+        let conv_to_bn = |x: &Var, layer: &ConvLayer| match train {
+            true => tape.conv2d_for_batch_norm(x, &p[layer.weight], layer.p),
+            false => tape.conv2d(x, &p[layer.weight], layer.p),
+        };
+        let mut out = conv_to_bn(x, &self.stem)?;
         for block in &self.blocks {
             let (h, shortcut) = match &block.shortcut {
                 // relu(bn1(out)) feeds two convolutions here, so it is stored once.
                 Some(sc) => {
                     let pre = self.bn_relu(tape, p, buffers, &block.bn1, &out, train)?;
                     let shortcut = tape.conv2d(&pre, &p[sc.weight], sc.p)?;
-                    (tape.conv2d(&pre, &p[block.conv1.weight], block.conv1.p)?, shortcut)
+                    (conv_to_bn(&pre, &block.conv1)?, shortcut)
                 }
                 None => {
                     (self.bn_relu_conv(tape, p, buffers, &block.bn1, &out, &block.conv1, None, train)?, out)

@@ -127,6 +127,50 @@ fn partial_sums_gpu(
     Ok((partial, parts))
 }
 
+/// The per-channel sums and sums of squares of a tensor [rows, channels] on a kernel device, in
+/// double, as partial sums of `parts` parts of the rows ([parts][2][channels]): what
+/// `bn_partial_sums_f64` computes in a pass over the tensor, or a forward convolution as it writes
+/// its output (`ColumnSumsOut` in kernels/conv2d.cuh), which saves batch norm that pass.
+pub struct ChannelSums {
+    pub partial: GpuBuffer,
+    pub parts: usize,
+    pub rows: usize,
+    pub channels: usize,
+}
+
+impl ChannelSums {
+    /// Space for the sums of `parts` parts of a [rows, channels] tensor on `device`.
+    pub fn for_output(device: Device, parts: usize, rows: usize, channels: usize) -> Result<ChannelSums> {
+        let partial = GpuBuffer::for_output(device, parts * 2 * channels * 8)?;
+        Ok(ChannelSums { partial, parts, rows, channels })
+    }
+
+    /// The batch statistics (mean, 1 / sqrt(biased var + eps), unbiased var), the parts added
+    /// in a fixed order.
+    pub(crate) fn statistics(&self, device: Device, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = self.channels;
+        let outs = [
+            Tensor::output_on(device, &[c])?,
+            Tensor::output_on(device, &[c])?,
+            Tensor::output_on(device, &[c])?,
+        ];
+        let args = [
+            outs[0].arg(),
+            outs[1].arg(),
+            outs[2].arg(),
+            self.partial.arg(),
+            int(self.parts),
+            int(self.rows),
+            int(c),
+            Arg::F32(eps),
+        ];
+        let cfg = LaunchConfig::new([c.div_ceil(32) as u32, 1, 1], [32, 16, 1]);
+        gpu::launch(device, "bn_stats_finalize_f32", cfg, &args)?;
+        let [mean, inv_std, unbiased] = outs;
+        Ok((mean, inv_std, unbiased))
+    }
+}
+
 /// Per-channel batch statistics of x [.., C]: (mean, 1 / sqrt(biased var + eps), unbiased var).
 pub fn batch_statistics(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
     let c = channels_of(x);
@@ -160,21 +204,7 @@ pub fn batch_statistics(x: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)
         }
         d => {
             let (partial, parts) = partial_sums_gpu(x, None, None, None)?;
-            let outs =
-                [Tensor::output_on(d, &[c])?, Tensor::output_on(d, &[c])?, Tensor::output_on(d, &[c])?];
-            let args = [
-                outs[0].arg(),
-                outs[1].arg(),
-                outs[2].arg(),
-                partial.arg(),
-                int(parts),
-                int(rows),
-                int(c),
-                Arg::F32(eps),
-            ];
-            gpu::launch(d, "bn_stats_finalize_f32", LaunchConfig::for_elements(c), &args)?;
-            let [mean, inv_std, unbiased] = outs;
-            Ok((mean, inv_std, unbiased))
+            ChannelSums { partial, parts, rows, channels: c }.statistics(d, eps)
         }
     }
 }
@@ -569,22 +599,31 @@ fn relu_after(activation: Activation, gamma: &Var, beta: &Var) -> Option<ReluAft
         .then(|| ReluAfter { gamma: gamma.value().clone(), beta: beta.value().clone() })
 }
 
-/// The batch statistics of training mode (`batch_statistics`), once the affine parameters are
-/// checked against x's channels.
-pub(crate) fn train_statistics(
-    x: &Var,
-    gamma: &Var,
-    beta: &Var,
-    eps: f32,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let c = channels_of(x.value());
-    ensure!(
-        gamma.value().len() == c && beta.value().len() == c,
-        "batch norm: {c} channels but affine parameters of {:?}",
-        gamma.shape()
-    );
-    ensure!(x.value().len() / c > 1, "batch norm in training mode needs more than one value per channel");
-    batch_statistics(x.value(), eps)
+impl Tape {
+    /// The batch statistics of training mode, once the affine parameters are checked against
+    /// x's channels: from the sums the convolution that produced x took as it wrote it
+    /// (`Tape::offer_channel_sums`) where it did, else by a pass over x (`batch_statistics`,
+    /// the unfused path the tests compare with).
+    pub(crate) fn train_statistics(
+        &self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = channels_of(x.value());
+        ensure!(
+            gamma.value().len() == c && beta.value().len() == c,
+            "batch norm: {c} channels but affine parameters of {:?}",
+            gamma.shape()
+        );
+        let rows = x.value().len() / c;
+        ensure!(rows > 1, "batch norm in training mode needs more than one value per channel");
+        match self.take_channel_sums(x) {
+            Some(sums) if sums.channels == c && sums.rows == rows => sums.statistics(x.value().device(), eps),
+            _ => batch_statistics(x.value(), eps),
+        }
+    }
 }
 
 /// Evaluation mode's parameters and running statistics have x's channels.
@@ -617,7 +656,7 @@ impl Tape {
         eps: f32,
         activation: Activation,
     ) -> Result<(Var, BatchStats)> {
-        let (mean, inv_std, var_unbiased) = train_statistics(x, gamma, beta, eps)?;
+        let (mean, inv_std, var_unbiased) = self.train_statistics(x, gamma, beta, eps)?;
         let y = bn_apply(x.value(), &mean, &inv_std, gamma.value(), beta.value(), activation)?;
         let stats = BatchStats { mean: mean.clone(), var_unbiased };
         if !self.needs_grad(&[x, gamma, beta]) {

@@ -14,7 +14,7 @@ use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::ops::batchnorm::{
     Activation, BatchStats, ReluAffine, ReluAfter, bn_grad_sums, bn_train_backward_data,
-    check_eval_parameters, inv_std_of, train_statistics,
+    check_eval_parameters, inv_std_of,
 };
 use crate::ops::conv::{
     Conv2dParams, ConvEngine, ConvGeometry, CpuConv, Direction, conv_engine, conv2d_backward_data,
@@ -65,9 +65,11 @@ impl Tape {
             };
             return Ok((y, stats));
         }
-        let (mean, inv_std, var_unbiased) = train_statistics(x, gamma, beta, eps)?;
+        let (mean, inv_std, var_unbiased) = self.train_statistics(x, gamma, beta, eps)?;
         let map = ReluAffine::new(&mean, &inv_std, gamma.value(), beta.value())?;
-        let y = conv2d_forward_mapped(x.value(), &map, w.value(), p, residual.map(Var::value), false)?;
+        // y is summed per channel as it is written, for the batch norm that reads it next.
+        let (y, sums) =
+            conv2d_forward_mapped(x.value(), &map, w.value(), p, residual.map(Var::value), false, true)?;
         let stats = BatchStats { mean: mean.clone(), var_unbiased };
         let (x_saved, w_saved) = (x.value().clone(), w.value().clone());
         let relu = ReluAfter { gamma: gamma.value().clone(), beta: beta.value().clone() };
@@ -106,6 +108,9 @@ impl Tape {
                 Ok(out)
             }),
         );
+        if let Some(sums) = sums {
+            self.offer_channel_sums(&var, sums);
+        }
         Ok((var, stats))
     }
 
@@ -144,7 +149,8 @@ impl Tape {
         check_eval_parameters(x, gamma, beta, running_mean, running_var)?;
         let map = ReluAffine::new(running_mean, &inv_std_of(running_var, eps)?, gamma.value(), beta.value())?;
         // The weights are constants used again on the next batch: prepared once, as `conv2d` does.
-        let y = conv2d_forward_mapped(x.value(), &map, w.value(), p, residual.map(Var::value), true)?;
+        let (y, _) =
+            conv2d_forward_mapped(x.value(), &map, w.value(), p, residual.map(Var::value), true, false)?;
         Ok(Var::constant(y))
     }
 }

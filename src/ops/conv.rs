@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
-use crate::ops::batchnorm::ReluAffine;
+use crate::ops::batchnorm::{ChannelSums, ReluAffine};
 use crate::ops::elementwise::transpose_matrices;
 use crate::ops::{conv_direct, conv_winograd};
 use crate::parallel;
@@ -919,6 +919,18 @@ pub fn cpu_conv(g: &ConvGeometry, direction: Direction) -> CpuConv {
 /// y = conv(x, w). `keep_prepared`: `w` is a constant that will be used again (evaluation,
 /// attacks), so the cpu device keeps its packed form between calls.
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bool) -> Result<Tensor> {
+    Ok(conv2d_forward_summed(x, w, p, keep_prepared, false)?.0)
+}
+
+/// `conv2d_forward`, and with `sum_channels` y's per-channel sums for the batch norm that reads
+/// it, where the device takes them as it writes y (the kernel devices; None elsewhere).
+pub fn conv2d_forward_summed(
+    x: &Tensor,
+    w: &Tensor,
+    p: Conv2dParams,
+    keep_prepared: bool,
+    sum_channels: bool,
+) -> Result<(Tensor, Option<ChannelSums>)> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     match conv_engine(x.device())? {
         ConvEngine::Cpu => {
@@ -932,14 +944,16 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, p: Conv2dParams, keep_prepared: bo
                 &g,
                 keep_prepared,
             );
-            Ok(Tensor::from_vec(&g.output_shape(), y))
+            Ok((Tensor::from_vec(&g.output_shape(), y), None))
         }
-        ConvEngine::Cudnn(precision) => gpu::cudnn::forward(x, w, &g, precision),
-        ConvEngine::Kernels(precision) => forward_kernels(x, None, w, None, &g, precision),
+        ConvEngine::Cudnn(precision) => Ok((gpu::cudnn::forward(x, w, &g, precision)?, None)),
+        ConvEngine::Kernels(precision) => forward_kernels(x, None, w, None, &g, precision, sum_channels),
     }
 }
 
-/// conv(map(x), w) + residual on a kernel device (map and residual optional).
+/// conv(map(x), w) + residual on a kernel device (map and residual optional); with
+/// `sum_channels`, also y's per-channel sums, one part per tile of output pixels (the launch's
+/// grid x), taken as the kernel writes y.
 fn forward_kernels(
     x: &Tensor,
     map: Option<&ReluAffine>,
@@ -947,17 +961,24 @@ fn forward_kernels(
     residual: Option<&Tensor>,
     g: &ConvGeometry,
     precision: Precision,
-) -> Result<Tensor> {
+    sum_channels: bool,
+) -> Result<(Tensor, Option<ChannelSums>)> {
     let d = x.device();
     let y = Tensor::output_on(d, &g.output_shape())?;
     let launch = ConvLaunch::of(Direction::Forward, precision, g);
+    let sums = sum_channels
+        .then(|| {
+            ChannelSums::for_output(d, launch.grid[0] as usize, g.batch * g.pixels_out(), g.out_channels)
+        })
+        .transpose()?;
     let (weights, _packed) = launch.weights(w, Direction::Forward, g)?;
     let mut args = vec![y.arg(), x.arg(), weights];
     args.extend(map.map_or([Arg::Ptr(0), Arg::Ptr(0)], ReluAffine::kernel_args));
     args.push(residual.map_or(Arg::Ptr(0), Tensor::arg));
+    args.push(sums.as_ref().map_or(Arg::Ptr(0), |s| s.partial.arg()));
     args.extend(shape_args(g));
     gpu::launch(d, &launch.kernel, launch.config(), &args)?;
-    Ok(y)
+    Ok((y, sums))
 }
 
 /// y = conv(map(x), w) + residual (nothing added without a residual), with map(x) (batch norm
@@ -966,7 +987,8 @@ fn forward_kernels(
 /// residual chunk by chunk as the direct kernels and Winograd write y, while the chunk is in the
 /// cache; the kernel devices apply the map as they gather x and add the residual as they write
 /// y. The same bits as `conv2d_forward` of `bn_apply`'s output, then an add, on each device.
-/// `keep_prepared` as in `conv2d_forward`. Not for cuDNN, which takes the ops one by one.
+/// `keep_prepared` and `sum_channels` as in `conv2d_forward_summed`. Not for cuDNN, which takes
+/// the ops one by one.
 pub fn conv2d_forward_mapped(
     x: &Tensor,
     map: &ReluAffine,
@@ -974,7 +996,8 @@ pub fn conv2d_forward_mapped(
     p: Conv2dParams,
     residual: Option<&Tensor>,
     keep_prepared: bool,
-) -> Result<Tensor> {
+    sum_channels: bool,
+) -> Result<(Tensor, Option<ChannelSums>)> {
     let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
     ensure_mappable(x, map, &g)?;
     let output_shape = g.output_shape();
@@ -997,9 +1020,11 @@ pub fn conv2d_forward_mapped(
             let around = (Some(map), residual.map(Tensor::as_slice));
             let y =
                 run_with_weights(algorithm, Direction::Forward, x.as_slice(), around, w, &g, keep_prepared);
-            Ok(Tensor::from_vec(&output_shape, y))
+            Ok((Tensor::from_vec(&output_shape, y), None))
         }
-        ConvEngine::Kernels(precision) => forward_kernels(x, Some(map), w, residual, &g, precision),
+        ConvEngine::Kernels(precision) => {
+            forward_kernels(x, Some(map), w, residual, &g, precision, sum_channels)
+        }
         ConvEngine::Cudnn(_) => bail!("cuDNN applies no map as it reads; run batch norm and the convolution"),
     }
 }
@@ -1142,18 +1167,30 @@ fn backward_weight_kernels(
 
 impl Tape {
     pub fn conv2d(&self, x: &Var, w: &Var, p: Conv2dParams) -> Result<Var> {
+        self.conv2d_summed(x, w, p, false)
+    }
+
+    /// `conv2d` whose output feeds a batch norm in training mode: the kernel devices sum y per
+    /// channel as they write it, and that batch norm takes its statistics from those sums
+    /// instead of another pass over y (`Tape::train_statistics`).
+    pub fn conv2d_for_batch_norm(&self, x: &Var, w: &Var, p: Conv2dParams) -> Result<Var> {
+        self.conv2d_summed(x, w, p, true)
+    }
+
+    fn conv2d_summed(&self, x: &Var, w: &Var, p: Conv2dParams, sum_channels: bool) -> Result<Var> {
         // Weights that get no gradient here are constants of an evaluation or an attack, used
         // again on the next batch or step.
         let constant = !self.needs_grad(&[w]);
-        let y = conv2d_forward(x.value(), w.value(), p, constant)?;
-        if !self.needs_grad(&[x, w]) {
+        let recorded = self.needs_grad(&[x, w]);
+        let (y, sums) = conv2d_forward_summed(x.value(), w.value(), p, constant, sum_channels && recorded)?;
+        if !recorded {
             return Ok(Var::constant(y));
         }
         let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
         // Keep only what each gradient needs: the weight for dx, the input for dw.
         let w_saved = x.requires_grad().then(|| w.value().clone());
         let x_saved = w.requires_grad().then(|| x.value().clone());
-        Ok(self.record(
+        let y = self.record(
             y,
             &[x, w],
             Box::new(move |dy, needs| {
@@ -1167,7 +1204,11 @@ impl Tape {
                 };
                 Ok(vec![dx, dw])
             }),
-        ))
+        );
+        if let Some(sums) = sums {
+            self.offer_channel_sums(&y, sums);
+        }
+        Ok(y)
     }
 }
 
