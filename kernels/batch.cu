@@ -41,3 +41,10 @@ extern "C" __global__ void assemble_batch_f32(float* __restrict__ out, const uns
         dst[i] = inside ? (float)src[(sy * kSize + sx) * kChannels + c] / 255.0f : 0.0f;
     }
 }
+
+// A batch's labels where its images are assembled: out[i] = labels[order[first + i]], i < count.
+extern "C" __global__ void batch_labels_u32(unsigned* __restrict__ out, const unsigned* __restrict__ labels,
+                                            const unsigned* __restrict__ order, int first, int count) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += blockDim.x * gridDim.x)
+        out[i] = labels[order[first + i]];
+}

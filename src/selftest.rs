@@ -364,7 +364,8 @@ fn apgd_and_select_case(device: Device) -> Result<f64> {
 
 /// Batches assembled on the device from a resident data set (`assemble_batch_f32`) against
 /// the host's `make_batch`, with and without the standard augmentation, two batches of an
-/// epoch's shuffled order, each repeated twice: the number of differing values.
+/// epoch's shuffled order, each repeated twice, and their labels gathered there
+/// (`batch_labels_u32`) against the set's: the number of differing values.
 fn resident_batch_case(device: Device) -> Result<f64> {
     use crate::data::resident::ResidentSet;
     use crate::data::{Augment, DataSpec, Dataset, Split, epoch_order, make_batch};
@@ -382,6 +383,10 @@ fn resident_batch_case(device: Device) -> Result<f64> {
             for copy in got.chunks(expected.len()) {
                 differing += copy.iter().zip(&expected).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
             }
+            let labels = set.batch_labels(&on_device, first, count)?.download::<u32>()?;
+            let expected = order[first..first + count].iter().map(|&i| u32::from(ds.label(i)));
+            differing += labels.len().abs_diff(count);
+            differing += labels.iter().zip(expected).filter(|(a, b)| **a != *b).count();
         }
     }
     Ok(differing as f64)

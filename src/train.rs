@@ -27,7 +27,7 @@ use crate::input_file::read_text;
 use crate::nn::model::{Model, ModelConfig};
 use crate::nn::preact_resnet::Weights;
 use crate::ops::elementwise::all_finite;
-use crate::ops::loss::count_correct;
+use crate::ops::loss::{Labels, count_correct};
 use crate::ops::sgd::{SgdConfig, sgd_step_all};
 use crate::precision::{self, Precision};
 use crate::progress;
@@ -241,7 +241,7 @@ impl TrainingMode {
         match self {
             TrainingMode::Trades(a) => {
                 let clean_out = forward(buffers, images.clone())?;
-                let natural = model.loss(tape, &clean_out, labels)?;
+                let natural = model.loss(tape, &clean_out, &batch.labels)?;
                 let clean_scores = model.scores(tape, &clean_out)?;
                 let adv_scores = model.scores(tape, &forward(buffers, adversarial)?)?;
                 let robust = tape.kl_divergence(&clean_scores, &adv_scores)?;
@@ -256,12 +256,12 @@ impl TrainingMode {
                 let consistency = tape.jensen_shannon(&model.scores(tape, &out)?, JSD_VIEWS)?;
                 let weight = batch.jsd.unwrap_or_default();
                 let loss =
-                    tape.add(&model.loss(tape, &clean, labels)?, &tape.scale(&consistency, weight)?)?;
+                    tape.add(&model.loss(tape, &clean, &batch.labels)?, &tape.scale(&consistency, weight)?)?;
                 Ok((loss, model.scores(tape, &clean)?))
             }
             _ => {
                 let out = forward(buffers, adversarial)?;
-                Ok((model.loss(tape, &out, labels)?, model.scores(tape, &out)?))
+                Ok((model.loss(tape, &out, &batch.labels)?, model.scores(tape, &out)?))
             }
         }
     }
@@ -274,7 +274,9 @@ pub const JSD_VIEWS: usize = 3;
 /// their indices in the training set and the epoch (which key adversarial random starts).
 pub struct TrainBatch {
     pub images: Tensor,
-    pub labels: Vec<u32>,
+    /// On the host and, once the loss reads them, on the device (gathered there from a resident
+    /// set, else uploaded once).
+    pub labels: Labels,
     pub index: Vec<u32>,
     pub epoch: u32,
     /// With AugMix's consistency loss, its weight: then `images` holds [3 B] images, the batch
@@ -287,7 +289,7 @@ impl TrainBatch {
     pub fn new(device: Device, images: Vec<f32>, labels: &[u32]) -> Result<TrainBatch> {
         Ok(TrainBatch {
             images: Tensor::from_vec_on(device, &[labels.len(), 32, 32, 3], images)?,
-            labels: labels.to_vec(),
+            labels: Labels::new(labels.to_vec()),
             index: (0..labels.len() as u32).collect(),
             epoch: 0,
             jsd: None,
@@ -707,9 +709,17 @@ impl Trainer {
                 }
                 _ => crops,
             };
+            // The labels gathered where the images were, or uploaded once for the step's losses.
+            let labels = match (&self.resident, &resident_order) {
+                (Some(set), Some(on_device)) => {
+                    let first = nth * self.config.batch_size;
+                    Labels::with_device_copy(labels, set.batch_labels(on_device, first, idx.len())?)?
+                }
+                _ => Labels::new(labels),
+            };
             let batch = TrainBatch { images, labels, index, epoch: epoch as u32, jsd };
             if first_batch.is_none() {
-                first_batch = Some((batch.images.clone(), batch.labels.clone(), batch.index.clone()));
+                first_batch = Some((batch.images.clone(), batch.labels.to_vec(), batch.index.clone()));
             }
             let (loss, c) = self.step(&batch, lr)?;
             loss_sum += loss as f64 * idx.len() as f64;

@@ -1,7 +1,8 @@
-//! A training set resident on a kernel device: its images uploaded once as uint8, each epoch's
-//! order uploaded once, and every batch assembled and augmented there (`assemble_batch_f32`,
-//! kernels/batch.cu), so a training step's host work is its launches. The batches are the same,
-//! bit for bit, as `make_batch` makes on the host.
+//! A training set resident on a kernel device: its images uploaded once as uint8 and its labels
+//! once, each epoch's order uploaded once, and every batch assembled and augmented there
+//! (`assemble_batch_f32`, kernels/batch.cu) and its labels gathered there (`batch_labels_u32`),
+//! so a training step's host work is its launches. The batches are the same, bit for bit, as
+//! `make_batch` makes on the host.
 
 use anyhow::{Result, ensure};
 
@@ -14,6 +15,7 @@ use crate::tensor::Tensor;
 pub struct ResidentSet {
     device: Device,
     images: GpuBuffer,
+    labels: GpuBuffer,
     len: usize,
 }
 
@@ -27,13 +29,28 @@ pub struct EpochOrder {
 }
 
 impl ResidentSet {
-    /// Uploads every image of `ds` to `device` (a kernel device), as uint8.
+    /// Uploads every image of `ds` to `device` (a kernel device), as uint8, and every label.
     pub fn upload(ds: &Dataset, device: Device) -> Result<ResidentSet> {
         ensure!(device != Device::Cpu, "a resident data set lives on a kernel device, not the cpu");
         let len = ds.len();
         let mut bytes = vec![0u8; len * IMAGE_LEN];
         ds.images_u8(0, &mut bytes);
-        Ok(ResidentSet { device, images: GpuBuffer::upload(device, &bytes)?, len })
+        let labels: Vec<u32> = (0..len).map(|i| u32::from(ds.label(i))).collect();
+        let (images, labels) = (GpuBuffer::upload(device, &bytes)?, GpuBuffer::upload(device, &labels)?);
+        Ok(ResidentSet { device, images, labels, len })
+    }
+
+    /// The labels of images `order[first..first + count]`, gathered on the device (u32).
+    pub fn batch_labels(&self, order: &EpochOrder, first: usize, count: usize) -> Result<GpuBuffer> {
+        ensure!(
+            count > 0 && first + count <= order.indices.len(),
+            "the labels of {count} images from {first} of an epoch of {}",
+            order.indices.len()
+        );
+        let out = GpuBuffer::for_output(self.device, count * 4)?;
+        let args = [out.arg(), self.labels.arg(), order.on_device.arg(), int(first), int(count)];
+        gpu::launch(self.device, "batch_labels_u32", LaunchConfig::for_elements(count), &args)?;
+        Ok(out)
     }
 
     /// Epoch `epoch`'s order (indices of this set) on the device, augmented from `seed`.

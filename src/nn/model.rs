@@ -13,6 +13,7 @@ use crate::device::Device;
 use crate::nn::expert_slices;
 use crate::nn::preact_resnet::{NetShape, PreActResNet, Weights};
 use crate::ops::aggregate::Aggregate;
+use crate::ops::loss::ClassLabels;
 use crate::tensor::Tensor;
 
 /// Bounds that keep every size computation far from overflow; real models are much smaller.
@@ -245,7 +246,7 @@ impl Model {
 
     /// The training loss: CE for the standard network; CE on the aggregated scores plus
     /// lambda times the experts' mean BCE for MoCSE.
-    pub fn loss(&self, tape: &Tape, output: &Var, labels: &[u32]) -> Result<Var> {
+    pub fn loss(&self, tape: &Tape, output: &Var, labels: &(impl ClassLabels + ?Sized)) -> Result<Var> {
         let scores = self.scores(tape, output)?;
         let ce = tape.softmax_cross_entropy(&scores, labels)?;
         match self.config.kind {

@@ -4,6 +4,9 @@
 //! two rows' softmax distributions (TRADES). The per-row functions below are the cpu device's
 //! arithmetic and the per-image losses attacks track on the host.
 
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+
 use anyhow::{Result, ensure};
 
 use crate::autograd::{Tape, Var};
@@ -29,6 +32,79 @@ fn check_labels(labels: &[u32], rows: usize, classes: usize) -> Result<()> {
     ensure!(labels.len() == rows, "{} labels for {rows} rows", labels.len());
     ensure!(labels.iter().all(|&y| (y as usize) < classes), "a label is not below {classes}");
     Ok(())
+}
+
+/// Class labels as the losses read them: on the host, where they are checked against the class
+/// count, and on a kernel device, uploaded for each op that reads them there, or once for all of
+/// them (`Labels`).
+pub trait ClassLabels {
+    fn host(&self) -> &[u32];
+
+    /// The labels on `device` (a kernel device).
+    fn on(&self, device: Device) -> Result<Arc<GpuBuffer>> {
+        Ok(Arc::new(GpuBuffer::upload(device, self.host())?))
+    }
+}
+
+impl ClassLabels for [u32] {
+    fn host(&self) -> &[u32] {
+        self
+    }
+}
+
+impl<const N: usize> ClassLabels for [u32; N] {
+    fn host(&self) -> &[u32] {
+        self
+    }
+}
+
+impl ClassLabels for Vec<u32> {
+    fn host(&self) -> &[u32] {
+        self
+    }
+}
+
+/// A batch's labels, kept on a kernel device once an op there reads them: uploaded once however
+/// many losses read them, or never where they were gathered there (`with_device_copy`).
+pub struct Labels {
+    host: Vec<u32>,
+    device: OnceLock<Arc<GpuBuffer>>,
+}
+
+impl Labels {
+    pub fn new(host: Vec<u32>) -> Labels {
+        Labels { host, device: OnceLock::new() }
+    }
+
+    /// Labels whose copy on a kernel device exists already, as u32 (the same values as `host`).
+    pub fn with_device_copy(host: Vec<u32>, on_device: GpuBuffer) -> Result<Labels> {
+        ensure!(on_device.len_bytes() == host.len() * 4, "a device copy of another length than the labels");
+        Ok(Labels { host, device: OnceLock::from(Arc::new(on_device)) })
+    }
+}
+
+impl ClassLabels for Labels {
+    fn host(&self) -> &[u32] {
+        &self.host
+    }
+
+    fn on(&self, device: Device) -> Result<Arc<GpuBuffer>> {
+        match self.device.get() {
+            Some(b) if b.device() == device => Ok(b.clone()),
+            Some(_) => Ok(Arc::new(GpuBuffer::upload(device, &self.host)?)),
+            None => {
+                let b = Arc::new(GpuBuffer::upload(device, &self.host)?);
+                Ok(self.device.get_or_init(|| b).clone())
+            }
+        }
+    }
+}
+
+impl Deref for Labels {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        &self.host
+    }
 }
 
 /// -log softmax(row)[label], in f64.
@@ -173,14 +249,15 @@ fn scaled_row_gradient(per_row: &Tensor, g: &Tensor, rows: usize) -> Result<Tens
 
 impl Tape {
     /// mean_b -log softmax(logits_b)[y_b]; `logits`: [B, K].
-    pub fn softmax_cross_entropy(&self, logits: &Var, labels: &[u32]) -> Result<Var> {
+    pub fn softmax_cross_entropy(&self, logits: &Var, class_labels: &(impl ClassLabels + ?Sized)) -> Result<Var> {
+        let labels = class_labels.host();
         let s = logits.shape();
         ensure!(s.len() == 2, "cross-entropy needs [B, K] scores, got {s:?}");
         let (b, k) = (s[0], s[1]);
         check_labels(labels, b, k)?;
         let device = logits.value().device();
         if device != Device::Cpu {
-            let labels = GpuBuffer::upload(device, labels)?;
+            let labels = class_labels.on(device)?;
             let (loss, probs) = (Tensor::output_on(device, &[])?, Tensor::output_on(device, &[b, k])?);
             let args = [loss.arg(), probs.arg(), logits.value().arg(), labels.arg(), int(b), int(k)];
             gpu::launch(device, "softmax_ce_fwd_f32", LaunchConfig::new([1, 1, 1], [256, 1, 1]), &args)?;
@@ -230,14 +307,15 @@ impl Tape {
 
     /// mean over b and n of BCE(sigmoid(l_True - l_False), [y_b == n]); `logits`: [B, N, 2].
     /// Equal to a 2-way softmax cross-entropy per expert.
-    pub fn expert_bce_with_logits(&self, logits: &Var, labels: &[u32]) -> Result<Var> {
+    pub fn expert_bce_with_logits(&self, logits: &Var, class_labels: &(impl ClassLabels + ?Sized)) -> Result<Var> {
+        let labels = class_labels.host();
         let s = logits.shape();
         ensure!(s.len() == 3 && s[2] == 2, "expert BCE needs [B, N, 2] logits, got {s:?}");
         let (b, n_exp) = (s[0], s[1]);
         check_labels(labels, b, n_exp)?;
         let device = logits.value().device();
         if device != Device::Cpu {
-            let labels = GpuBuffer::upload(device, labels)?;
+            let labels = class_labels.on(device)?;
             let loss = Tensor::output_on(device, &[])?;
             let saved = logits.value().clone();
             let args = [loss.arg(), saved.arg(), labels.arg(), int(b), int(n_exp)];
