@@ -223,3 +223,22 @@ extern "C" __global__ void jsd_fwd_f32(float* __restrict__ loss, float* __restri
     total = block_sum(total, scratch);
     if (threadIdx.x == 0) loss[0] = (float)(total / rows);
 }
+
+// *count = the number of rows of scores [b, k] whose largest score is at their label, the
+// largest as the host's argmax finds it (the first value strictly greater than all before it, so
+// ties go to the lowest index and a NaN never wins). One block of 256 threads; the count is read
+// back with the rest of a training step's checks.
+extern "C" __global__ void count_correct_f32(unsigned* __restrict__ count, const float* __restrict__ scores,
+                                             const unsigned* __restrict__ labels, int b, int k) {
+    __shared__ double scratch[32];
+    double correct = 0.0;
+    for (int n = threadIdx.x; n < b; n += blockDim.x) {
+        const float* row = scores + (long long)n * k;
+        int best = 0;
+        for (int c = 1; c < k; ++c)
+            if (row[c] > row[best]) best = c;
+        if ((unsigned)best == labels[n]) correct += 1.0;
+    }
+    correct = block_sum(correct, scratch);
+    if (threadIdx.x == 0) *count = (unsigned)correct;
+}

@@ -4,8 +4,12 @@
 
 // Every parameter of a model in one launch: table holds, per tensor, the addresses of w_out,
 // v_out, w, v, g and the length (six 64-bit words); blockIdx.y is the tensor.
+// When skip is set and *skip is nonzero (a non-finite loss or gradient was flagged there), w and
+// v are copied out unchanged instead: the step is refused on the device, without a read-back.
 extern "C" __global__ void sgd_update_f32(const unsigned long long* __restrict__ table, int count, float lr,
-                                          float momentum, float weight_decay, int nesterov) {
+                                          float momentum, float weight_decay, int nesterov,
+                                          const unsigned* __restrict__ skip) {
+    const bool refused = skip != nullptr && *skip != 0u;
     for (int t = blockIdx.y; t < count; t += gridDim.y) {
         const unsigned long long* e = table + 6 * t;
         float* __restrict__ w_out = reinterpret_cast<float*>(e[0]);
@@ -16,6 +20,11 @@ extern "C" __global__ void sgd_update_f32(const unsigned long long* __restrict__
         const long long n = (long long)e[5];
         for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
              i += (long long)blockDim.x * gridDim.x) {
+            if (refused) {
+                w_out[i] = w[i];
+                v_out[i] = v[i];
+                continue;
+            }
             const float grad = g[i] + weight_decay * w[i];
             const float vel = momentum * v[i] + grad;
             const float step = nesterov ? grad + momentum * vel : vel;

@@ -392,6 +392,28 @@ fn resident_batch_case(device: Device) -> Result<f64> {
     Ok(differing as f64)
 }
 
+/// The device's count of correctly classified rows (`count_correct_into`, as a training step
+/// counts) against the host's `count_correct`, on scores with ties and NaN rows: the difference.
+fn count_correct_case(device: Device) -> Result<f64> {
+    use crate::ops::loss::{count_correct, count_correct_into};
+    let (b, k) = (300, 10);
+    let mut scores = random(&[b, k], 95, -1.0, 1.0).into_vec();
+    let mut labels: Vec<u32> = (0..b).map(|n| ((n * 7 + n / 3) % k) as u32).collect();
+    for n in (0..b).step_by(7) {
+        // A tie for the largest score between columns 1 and 3 (column 1 wins), labelled either.
+        (scores[n * k + 1], scores[n * k + 3]) = (2.0, 2.0);
+        labels[n] = if n % 2 == 0 { 1 } else { 3 };
+    }
+    for n in (0..b).step_by(11) {
+        scores[n * k + (n % k)] = f32::NAN;
+    }
+    let scores = Tensor::from_vec(&[b, k], scores);
+    let expected = count_correct(&scores, &labels)?;
+    let out = GpuBuffer::zeros(device, 4)?;
+    count_correct_into(&scores.to_device(device)?, &labels, out.address())?;
+    Ok((out.download::<u32>()?[0] as f64 - expected as f64).abs())
+}
+
 /// The device's Philox streams against src/rng.rs: the number of differing words.
 fn philox_case(device: Device) -> Result<f64> {
     let (seed, index, blocks) = (0x0123_4567_89ab_cdef_u64, 0x1_0000_0007_u64, 1000usize);
@@ -772,6 +794,7 @@ pub fn run(
     check("sgd_update".into(), 1e-5, &|| sgd_case(device));
     check("apgd_step (L-inf, L2) and select_images".into(), 1e-5, &|| apgd_and_select_case(device));
     check("philox streams (differing words)".into(), 0.0, &|| philox_case(device));
+    check("count_correct (difference)".into(), 0.0, &|| count_correct_case(device));
     check("batches from a resident data set (differing values)".into(), 0.0, &|| resident_batch_case(device));
     // A whole step chains ~60 ops through batch norm, and rounding differences reach a few 1e-6
     // by the last stage: one value that batch norm puts within that of zero (this case has one

@@ -23,11 +23,12 @@ use crate::device::Device;
 use crate::dir_lock::DirLock;
 use crate::eval::confusion_on;
 use crate::fault;
+use crate::gpu::GpuBuffer;
 use crate::input_file::read_text;
 use crate::nn::model::{Model, ModelConfig};
 use crate::nn::preact_resnet::Weights;
-use crate::ops::elementwise::all_finite;
-use crate::ops::loss::{Labels, count_correct};
+use crate::ops::elementwise::{all_finite, flag_nonfinite};
+use crate::ops::loss::{Labels, count_correct, count_correct_into};
 use crate::ops::sgd::{SgdConfig, sgd_step_all};
 use crate::precision::{self, Precision};
 use crate::progress;
@@ -907,6 +908,11 @@ impl Trainer {
 /// classified). A non-finite loss or gradient is an error, and then nothing has been updated;
 /// so is a non-finite parameter, momentum buffer or running statistic after the update (the
 /// caller then must not save these weights).
+///
+/// On a kernel device the step's checks are made there and read back once, at its end (one
+/// wait for the device per step): the correct count, whether the loss or a gradient is not
+/// finite (then the update keeps every parameter as it was, on the device) and whether what
+/// the update produced is not finite. The cpu checks as it goes.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: &Model,
@@ -922,32 +928,65 @@ pub fn train_step(
     let params: Vec<Var> = weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
     let mut buffers = weights.buffers.clone();
     let (loss, scores) = mode.objective(model, weights, &tape, &params, &mut buffers, batch, seed)?;
-    let correct = count_correct(scores.value(), &batch.labels)?;
+    // On a kernel device, u32 slots there: [correct, loss or gradient not finite, product not finite].
+    let report = match loss.value().device() {
+        Device::Cpu => None,
+        d => Some(GpuBuffer::zeros(d, 12)?),
+    };
+    let slot = |i: u64| report.as_ref().map(|r| r.address() + 4 * i);
+    let correct_on_host = match slot(0) {
+        Some(out) => {
+            count_correct_into(scores.value(), &batch.labels, out)?;
+            None
+        }
+        None => {
+            let loss_value = loss.value().scalar_value()?;
+            if !loss_value.is_finite() {
+                bail!("the loss became {loss_value}");
+            }
+            Some((count_correct(scores.value(), &batch.labels)?, loss_value))
+        }
+    };
     drop(scores);
-    let loss_value = loss.value().scalar_value()?;
-    if !loss_value.is_finite() {
-        bail!("the loss became {loss_value}");
-    }
     let mut grads = tape.backward(&loss)?;
     let grads: Vec<Tensor> =
         params.iter().map(|p| grads.take(p).context("a parameter got no gradient")).collect::<Result<_>>()?;
-    ensure!(all_finite(&grads)?, "a gradient became infinite or NaN");
+    let loss = loss.value().clone();
+    match slot(1) {
+        Some(flag) => flag_nonfinite(&[grads.as_slice(), std::slice::from_ref(&loss)].concat(), flag)?,
+        None => ensure!(all_finite(&grads)?, "a gradient became infinite or NaN"),
+    }
     // Dropping the tape's references lets the update run in place.
-    drop((params, loss, tape));
-    sgd_step_all(&mut weights.params, velocity, &grads, lr, sgd)?;
+    drop((params, tape));
+    sgd_step_all(&mut weights.params, velocity, &grads, lr, sgd, slot(1))?;
     // Everything the step produced is checked before it is accepted: parameters, momentum
     // buffers and the batch-norm running statistics (which a huge learning rate can overflow
-    // while the loss still looks finite). One check of everything (one read-back on a GPU);
-    // which kind broke is looked up only when one did.
+    // while the loss still looks finite). One check of everything; which kind broke is looked
+    // up only when one did.
     let produced: Vec<Tensor> =
         weights.params.iter().chain(velocity.iter()).chain(&buffers).cloned().collect();
-    if !all_finite(&produced)? {
-        drop(produced);
+    let (loss_value, correct, produced_finite) = match &report {
+        Some(report) => {
+            flag_nonfinite(&produced, slot(2).context("a report slot")?)?;
+            let checks = report.download::<u32>()?;
+            let loss_value = loss.scalar_value()?;
+            if !loss_value.is_finite() {
+                bail!("the loss became {loss_value}");
+            }
+            ensure!(checks[1] == 0, "a gradient became infinite or NaN");
+            (loss_value, checks[0] as usize, checks[2] == 0)
+        }
+        None => {
+            let (correct, loss_value) = correct_on_host.context("the cpu counted on the host")?;
+            (loss_value, correct, all_finite(&produced)?)
+        }
+    };
+    drop(produced);
+    if !produced_finite {
         ensure!(all_finite(&weights.params)?, "the update made a parameter infinite or NaN");
         ensure!(all_finite(velocity)?, "the update made an SGD momentum buffer infinite or NaN");
         bail!("a batch-norm running statistic became infinite or NaN");
     }
-    drop(produced);
     weights.buffers = buffers;
     Ok((loss_value, correct))
 }

@@ -99,6 +99,8 @@ fn diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
     assert_eq!(mocse::train::read_log(&run).unwrap().len(), 1);
 }
 
+/// On every device: a NaN loss is an error and changes nothing (on a kernel device the update is
+/// refused there, from the flag the step reads back at its end).
 #[test]
 fn nan_loss_is_an_error_and_changes_nothing() {
     let config = ModelConfig {
@@ -109,19 +111,28 @@ fn nan_loss_is_an_error_and_changes_nothing() {
         bce_weight: 1.0,
     };
     let model = mocse::nn::model::Model::new(config);
-    let mut weights = model.fused().init_weights(0, [0.5; 3], [0.25; 3]);
-    let before: Vec<Vec<f32>> = weights.params.iter().chain(&weights.buffers).map(|t| t.to_vec()).collect();
-    let mut velocity: Vec<_> =
-        weights.params.iter().map(|p| mocse::tensor::Tensor::zeros(p.shape())).collect();
-    let mut images = vec![0.5f32; 2 * 32 * 32 * 3];
-    images[7] = f32::NAN;
-    let sgd = SgdConfig { momentum: 0.9, weight_decay: 0.0, nesterov: false };
-    let batch = mocse::train::TrainBatch::new(mocse::device::Device::Cpu, images, &[1, 2]).unwrap();
-    let standard = mocse::train::TrainingMode::Standard;
-    let err = mocse::train::train_step(&model, &mut weights, &mut velocity, &batch, 0.1, &sgd, &standard, 0)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("the loss became NaN"), "{err}");
-    let after: Vec<Vec<f32>> = weights.params.iter().chain(&weights.buffers).map(|t| t.to_vec()).collect();
-    assert_eq!(before, after);
+    for device in [Device::Cpu, Device::Emu] {
+        let mut weights = model.fused().init_weights(0, [0.5; 3], [0.25; 3]).to_device(device).unwrap();
+        let mut velocity: Vec<_> = weights
+            .params
+            .iter()
+            .map(|p| mocse::tensor::Tensor::full(p.shape(), 0.25).to_device(device).unwrap())
+            .collect();
+        let host = |ts: &[mocse::tensor::Tensor]| -> Vec<Vec<f32>> {
+            ts.iter().map(|t| t.to_host().unwrap()).collect()
+        };
+        let before = [host(&weights.params), host(&weights.buffers), host(&velocity)];
+        let mut images = vec![0.5f32; 2 * 32 * 32 * 3];
+        images[7] = f32::NAN;
+        let sgd = SgdConfig { momentum: 0.9, weight_decay: 0.0, nesterov: false };
+        let batch = mocse::train::TrainBatch::new(device, images, &[1, 2]).unwrap();
+        let standard = mocse::train::TrainingMode::Standard;
+        let err =
+            mocse::train::train_step(&model, &mut weights, &mut velocity, &batch, 0.1, &sgd, &standard, 0)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("the loss became NaN"), "{device}: {err}");
+        let after = [host(&weights.params), host(&weights.buffers), host(&velocity)];
+        assert_eq!(before, after, "{device}");
+    }
 }

@@ -115,15 +115,25 @@ pub fn all_finite(tensors: &[Tensor]) -> Result<bool> {
             Ok(tensors.iter().all(|t| t.as_slice().par_chunks(PAR_MIN).all(finite)))
         }
         d => {
-            // One launch for all: a table of (address, length), blockIdx.y the tensor.
-            let table: Vec<u64> = tensors.iter().flat_map(|t| [t.address(), t.len() as u64]).collect();
-            let table = GpuBuffer::upload(d, &table)?;
             let flag = GpuBuffer::zeros(d, 4)?;
-            let config = LaunchConfig::per_tensor(tensors.iter().map(Tensor::len), 256);
-            gpu::launch(d, "flag_nonfinite_f32", config, &[flag.arg(), table.arg(), int(tensors.len())])?;
+            flag_nonfinite(tensors, flag.address())?;
             Ok(flag.download::<u32>()?[0] == 0)
         }
     }
+}
+
+/// Sets the u32 at `flag`, an address on the tensors' kernel device, to nonzero where a value of
+/// a tensor is not finite (else leaves it): one launch over a table of (address, length),
+/// blockIdx.y the tensor, and nothing read back.
+pub fn flag_nonfinite(tensors: &[Tensor], flag: u64) -> Result<()> {
+    let Some(first) = tensors.first() else { return Ok(()) };
+    let d = first.device();
+    ensure!(d != Device::Cpu, "a device flag for tensors on the cpu");
+    ensure!(tensors.iter().all(|t| t.device() == d), "flagging tensors on several devices");
+    let table: Vec<u64> = tensors.iter().flat_map(|t| [t.address(), t.len() as u64]).collect();
+    let table = GpuBuffer::upload(d, &table)?;
+    let config = LaunchConfig::per_tensor(tensors.iter().map(Tensor::len), 256);
+    gpu::launch(d, "flag_nonfinite_f32", config, &[Arg::Ptr(flag), table.arg(), int(tensors.len())])
 }
 
 /// The cpu side of `transpose_batched`: each `rows` x `cols` matrix of `x` transposed, in

@@ -11,7 +11,7 @@ use anyhow::{Result, ensure};
 
 use crate::autograd::{Tape, Var};
 use crate::device::Device;
-use crate::gpu::{self, GpuBuffer, LaunchConfig, int};
+use crate::gpu::{self, Arg, GpuBuffer, LaunchConfig, int};
 use crate::tensor::Tensor;
 
 /// log(1 + e^z) without overflow.
@@ -249,7 +249,11 @@ fn scaled_row_gradient(per_row: &Tensor, g: &Tensor, rows: usize) -> Result<Tens
 
 impl Tape {
     /// mean_b -log softmax(logits_b)[y_b]; `logits`: [B, K].
-    pub fn softmax_cross_entropy(&self, logits: &Var, class_labels: &(impl ClassLabels + ?Sized)) -> Result<Var> {
+    pub fn softmax_cross_entropy(
+        &self,
+        logits: &Var,
+        class_labels: &(impl ClassLabels + ?Sized),
+    ) -> Result<Var> {
         let labels = class_labels.host();
         let s = logits.shape();
         ensure!(s.len() == 2, "cross-entropy needs [B, K] scores, got {s:?}");
@@ -307,7 +311,11 @@ impl Tape {
 
     /// mean over b and n of BCE(sigmoid(l_True - l_False), [y_b == n]); `logits`: [B, N, 2].
     /// Equal to a 2-way softmax cross-entropy per expert.
-    pub fn expert_bce_with_logits(&self, logits: &Var, class_labels: &(impl ClassLabels + ?Sized)) -> Result<Var> {
+    pub fn expert_bce_with_logits(
+        &self,
+        logits: &Var,
+        class_labels: &(impl ClassLabels + ?Sized),
+    ) -> Result<Var> {
         let labels = class_labels.host();
         let s = logits.shape();
         ensure!(s.len() == 3 && s[2] == 2, "expert BCE needs [B, N, 2] logits, got {s:?}");
@@ -498,6 +506,19 @@ pub fn predicted_classes(scores: &Tensor) -> Result<Vec<u32>> {
 /// Number of rows whose largest score is at the label (ties go to the lowest index).
 pub fn count_correct(scores: &Tensor, labels: &[u32]) -> Result<usize> {
     Ok(predicted_classes(scores)?.iter().zip(labels).filter(|(p, y)| p == y).count())
+}
+
+/// `count_correct` on a kernel device, written as a u32 to the address `out` there and not read
+/// back (a training step reads it with its other checks).
+pub fn count_correct_into(scores: &Tensor, labels: &(impl ClassLabels + ?Sized), out: u64) -> Result<()> {
+    let d = scores.device();
+    ensure!(d != Device::Cpu, "a device count for scores on the cpu");
+    let s = scores.shape();
+    ensure!(s.len() == 2, "counting correct rows needs [B, K] scores, got {s:?}");
+    check_labels(labels.host(), s[0], s[1])?;
+    let labels = labels.on(d)?;
+    let args = [Arg::Ptr(out), scores.arg(), labels.arg(), int(s[0]), int(s[1])];
+    gpu::launch(d, "count_correct_f32", LaunchConfig::new([1, 1, 1], [256, 1, 1]), &args)
 }
 
 pub fn argmax(row: &[f32]) -> usize {

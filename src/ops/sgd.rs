@@ -32,17 +32,21 @@ pub fn sgd_step(
         std::slice::from_ref(grad),
         lr,
         cfg,
+        None,
     )
 }
 
 /// Updates every parameter and its velocity: on the cpu each in place (no copy when they are not
-/// shared), on the kernel devices all in one launch into new tensors.
+/// shared), on the kernel devices all in one launch into new tensors. There `refuse_if`, the
+/// address of a u32 flag on the device, keeps them as they are when the flag is set by then
+/// (`flag_nonfinite` on the gradients), without reading it back; the cpu takes no flag.
 pub fn sgd_step_all(
     params: &mut [Tensor],
     velocity: &mut [Tensor],
     grads: &[Tensor],
     lr: f32,
     cfg: &SgdConfig,
+    refuse_if: Option<u64>,
 ) -> Result<()> {
     ensure!(
         params.len() == velocity.len() && params.len() == grads.len(),
@@ -63,6 +67,7 @@ pub fn sgd_step_all(
     let SgdConfig { momentum, weight_decay, nesterov } = *cfg;
     let Some(first) = params.first() else { return Ok(()) };
     let d = first.device();
+    ensure!(d != Device::Cpu || refuse_if.is_none(), "sgd: a device flag on the cpu");
     if d != Device::Cpu {
         let outputs: Vec<(Tensor, Tensor)> = params
             .iter()
@@ -86,6 +91,7 @@ pub fn sgd_step_all(
             Arg::F32(momentum),
             Arg::F32(weight_decay),
             Arg::I32(nesterov as i32),
+            Arg::Ptr(refuse_if.unwrap_or(0)),
         ];
         gpu::launch(d, "sgd_update_f32", config, &args)?;
         for ((p, v), (w_out, v_out)) in params.iter_mut().zip(velocity.iter_mut()).zip(outputs) {
@@ -135,14 +141,37 @@ mod tests {
         let (mut we, mut ve) = (make(Device::Emu, 0.1), make(Device::Emu, 0.0));
         for step in 0..3 {
             let (gc, ge) = (make(Device::Cpu, 1.0 + step as f32), make(Device::Emu, 1.0 + step as f32));
-            sgd_step_all(&mut wc, &mut vc, &gc, 0.05, &cfg).unwrap();
-            sgd_step_all(&mut we, &mut ve, &ge, 0.05, &cfg).unwrap();
+            sgd_step_all(&mut wc, &mut vc, &gc, 0.05, &cfg, None).unwrap();
+            sgd_step_all(&mut we, &mut ve, &ge, 0.05, &cfg, None).unwrap();
         }
         for (cpu, emu) in wc.iter().chain(&vc).zip(we.iter().chain(&ve)) {
             for (a, b) in cpu.to_vec().iter().zip(emu.to_host().unwrap().to_vec()) {
                 assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} against {b}");
             }
         }
+    }
+
+    /// A flag set on the device refuses the update there: parameters and velocities come out
+    /// as they went in; a clear flag lets it through.
+    #[test]
+    fn a_set_flag_refuses_the_update_on_the_device() {
+        let cfg = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
+        let on = |v: Vec<f32>| Tensor::from_vec_on(Device::Emu, &[v.len()], v).unwrap();
+        for set in [1u32, 0] {
+            let flag = GpuBuffer::upload(Device::Emu, &[set]).unwrap();
+            let (mut w, mut v) = (vec![on(vec![1.0, -2.0, 3.0])], vec![on(vec![0.5, 0.25, -1.0])]);
+            let g = [on(vec![0.1, 0.2, 0.3])];
+            sgd_step_all(&mut w, &mut v, &g, 0.1, &cfg, Some(flag.address())).unwrap();
+            let (w, v) = (w[0].to_host().unwrap(), v[0].to_host().unwrap());
+            if set == 1 {
+                assert_eq!((w, v), (vec![1.0, -2.0, 3.0], vec![0.5, 0.25, -1.0]));
+            } else {
+                assert_ne!(w, vec![1.0, -2.0, 3.0]);
+            }
+        }
+        let mut w = [Tensor::from_vec(&[1], vec![1.0])];
+        let mut v = [Tensor::zeros(&[1])];
+        assert!(sgd_step_all(&mut w, &mut v, &[Tensor::zeros(&[1])], 0.1, &cfg, Some(8)).is_err());
     }
 
     /// Two steps written out by hand in f64.
