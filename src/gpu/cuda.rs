@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, OnceLock};
 
-use anyhow::{Context, Result, anyhow, bail};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use cudarc::driver::{CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr};
 
 use super::LaunchConfig;
 use super::nvrtc;
@@ -52,7 +52,8 @@ fn init() -> Result<CudaBackend> {
     unsafe { ctx.disable_event_tracking() };
     let (major, minor) = ctx.compute_capability()?;
     let arch = format!("sm_{major}{minor}");
-    let stream = ctx.default_stream();
+    // A stream of its own rather than the legacy default one, which cannot be captured.
+    let stream = ctx.new_stream()?;
     let mut functions = HashMap::new();
     for (file, kernels, cubin) in
         nvrtc::cubins_cached(&arch, crate::cache_dir::cache_dir("kernels").ok().as_deref())
@@ -111,6 +112,36 @@ impl DeviceAllocation {
         &self.0
     }
 
+    /// An allocation filled from a pinned host copy of `data` (during a graph capture, where an
+    /// upload from pageable memory is refused); the copy must live as long as the graph.
+    pub fn from_pinned_copy(data: &[u8]) -> Result<(DeviceAllocation, PinnedCopy)> {
+        let copy = PinnedCopy::of(data)?;
+        let allocation = DeviceAllocation::uninit(data.len())?;
+        let stream = &backend()?.stream;
+        // SAFETY: the destination holds data.len() bytes; the pinned source lives with the graph
+        // that replays this copy.
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(allocation.address(), copy.bytes(), stream.cu_stream())
+        }?;
+        Ok((allocation, copy))
+    }
+
+    /// Overwrites the first bytes with `data` (then waits for the copy).
+    pub fn copy_from(&self, data: &[u8]) -> Result<()> {
+        ensure!(
+            data.len() <= self.0.len(),
+            "{} bytes copied into an allocation of {}",
+            data.len(),
+            self.0.len()
+        );
+        let stream = &backend()?.stream;
+        // SAFETY: the destination holds at least data.len() bytes; the wait below keeps `data`
+        // alive until the copy is done.
+        unsafe { cudarc::driver::result::memcpy_htod_async(self.address(), data, stream.cu_stream()) }?;
+        stream.synchronize()?;
+        Ok(())
+    }
+
     pub fn copy_to(&self, dst: &mut [u8]) -> Result<()> {
         let stream = &backend()?.stream;
         let view = self.0.slice(0..dst.len());
@@ -143,12 +174,62 @@ pub fn launch(name: &str, cfg: LaunchConfig, params: &mut [*mut c_void]) -> Resu
         )
     }
     .with_context(|| format!("launching {name}"))?;
-    if b.sync_each_launch {
+    if b.sync_each_launch && !super::graph::capturing() {
         b.stream
             .synchronize()
             .with_context(|| format!("{name} failed (MOCSE_CUDA_SYNC=1: checked after its launch)"))?;
     }
     Ok(())
+}
+
+/// Host memory the driver can copy from while a graph replays (cuMemHostAlloc).
+pub struct PinnedCopy {
+    ptr: *mut c_void,
+    len: usize,
+}
+
+impl PinnedCopy {
+    fn of(data: &[u8]) -> Result<PinnedCopy> {
+        backend()?.ctx.bind_to_thread()?;
+        // SAFETY: a fresh allocation of data.len() (at least 1) bytes, filled before use.
+        let ptr = unsafe { cudarc::driver::result::malloc_host(data.len().max(1), 0) }?;
+        // SAFETY: `ptr` holds data.len() bytes and does not overlap `data`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr as *mut u8, data.len()) };
+        Ok(PinnedCopy { ptr, len: data.len() })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` holds `len` initialised bytes for as long as self lives.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for PinnedCopy {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemHostAlloc in `of`; the graph that read it is gone first
+        // (`Graph` drops its cuda graph before its pinned copies).
+        let _ = unsafe { cudarc::driver::result::free_host(self.ptr) };
+    }
+}
+
+/// Starts capturing the kernels' stream (this thread's work only).
+pub fn begin_capture() -> Result<()> {
+    let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+    backend()?.stream.begin_capture(mode).context("starting a CUDA graph capture")
+}
+
+/// Ends the capture and instantiates what it recorded.
+pub fn end_capture() -> Result<CudaGraph> {
+    let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);
+    backend()?
+        .stream
+        .end_capture(flags)
+        .context("ending a CUDA graph capture")?
+        .context("the CUDA graph capture recorded nothing")
+}
+
+pub fn replay(graph: &CudaGraph) -> Result<()> {
+    graph.launch().context("replaying a CUDA graph")
 }
 
 /// Runs `work` and returns its result with the GPU time between two CUDA events around it.

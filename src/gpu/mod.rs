@@ -7,6 +7,7 @@
 pub mod cuda;
 pub mod cudnn;
 pub mod emu;
+pub mod graph;
 pub mod nvrtc;
 
 use std::ffi::c_void;
@@ -14,6 +15,7 @@ use std::ffi::c_void;
 use anyhow::{Result, bail, ensure};
 
 use crate::device::Device;
+use graph::Initial;
 
 /// Sources of `kernels/`, embedded at build time.
 pub mod sources {
@@ -92,6 +94,8 @@ impl LaunchConfig {
 pub struct GpuBuffer {
     bytes: usize,
     mem: Mem,
+    /// Allocated during a graph capture (`graph::Graph::capture`): the graph's memory.
+    in_capture: bool,
 }
 
 enum Mem {
@@ -106,32 +110,64 @@ impl GpuBuffer {
             Device::Cuda => Mem::Cuda(cuda::DeviceAllocation::zeros(bytes)?),
             Device::Cpu => bail!("GPU memory requested on the cpu device"),
         };
-        Ok(GpuBuffer { bytes, mem })
+        Ok(GpuBuffer::new(bytes, mem, Initial::Zeros))
+    }
+
+    fn new(bytes: usize, mem: Mem, initial: Initial) -> GpuBuffer {
+        let mut b = GpuBuffer { bytes, mem, in_capture: false };
+        b.in_capture = graph::on_allocate(b.device(), b.address(), bytes, initial);
+        b
     }
 
     /// An output buffer that the kernel writing it fills completely. Undefined contents on
     /// `cuda`; all bits set on `emu` (NaN as f32 and f64), so that an element a kernel misses
     /// shows up in every comparison with the cpu device instead of passing as a zero.
     pub fn for_output(device: Device, bytes: usize) -> Result<GpuBuffer> {
-        let mem = match device {
-            Device::Emu => Mem::Emu(emu::HostAllocation::from_bytes(&vec![0xFF; bytes])),
-            Device::Cuda => Mem::Cuda(cuda::DeviceAllocation::uninit(bytes)?),
+        let (mem, initial) = match device {
+            Device::Emu => {
+                (Mem::Emu(emu::HostAllocation::from_bytes(&vec![0xFF; bytes])), Initial::Fill(0xFF))
+            }
+            Device::Cuda => (Mem::Cuda(cuda::DeviceAllocation::uninit(bytes)?), Initial::Undefined),
             Device::Cpu => bail!("GPU memory requested on the cpu device"),
         };
-        Ok(GpuBuffer { bytes, mem })
+        Ok(GpuBuffer::new(bytes, mem, initial))
     }
 
     pub fn upload<T: bytemuck::Pod>(device: Device, data: &[T]) -> Result<GpuBuffer> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let mem = match device {
             Device::Emu => Mem::Emu(emu::HostAllocation::from_bytes(bytes)),
+            // During a capture from a pinned copy that the graph keeps (a pageable one is refused).
+            Device::Cuda if graph::capturing() => {
+                let (allocation, copy) = cuda::DeviceAllocation::from_pinned_copy(bytes)?;
+                graph::keep_pinned(copy);
+                Mem::Cuda(allocation)
+            }
             Device::Cuda => Mem::Cuda(cuda::DeviceAllocation::from_bytes(bytes)?),
             Device::Cpu => bail!("GPU memory requested on the cpu device"),
         };
-        Ok(GpuBuffer { bytes: bytes.len(), mem })
+        Ok(GpuBuffer::new(bytes.len(), mem, Initial::Bytes(bytes)))
+    }
+
+    /// Overwrites the buffer's first bytes with `data` (outside a graph capture: the inputs a
+    /// graph's replay reads are written this way before it).
+    pub fn write<T: bytemuck::Pod>(&self, data: &[T]) -> Result<()> {
+        graph::ensure_not_capturing("writing device memory from the host")?;
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        ensure!(bytes.len() <= self.bytes, "{} bytes written into a buffer of {}", bytes.len(), self.bytes);
+        match &self.mem {
+            // SAFETY: the allocation holds at least `self.bytes` bytes; no kernel runs (launches
+            // on the emulator are synchronous).
+            Mem::Emu(m) => unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), m.address() as *mut u8, bytes.len())
+            },
+            Mem::Cuda(m) => m.copy_from(bytes)?,
+        }
+        Ok(())
     }
 
     pub fn download<T: bytemuck::Pod>(&self) -> Result<Vec<T>> {
+        graph::ensure_not_capturing("reading device memory back")?;
         let mut out = vec![T::zeroed(); self.bytes / std::mem::size_of::<T>()];
         let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
         match &self.mem {
@@ -173,7 +209,22 @@ impl GpuBuffer {
     }
 
     pub fn from_cuda_slice(slice: cudarc::driver::CudaSlice<u8>) -> GpuBuffer {
-        GpuBuffer { bytes: slice.len(), mem: Mem::Cuda(cuda::DeviceAllocation::from_slice(slice)) }
+        GpuBuffer::new(slice.len(), Mem::Cuda(cuda::DeviceAllocation::from_slice(slice)), Initial::Undefined)
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        if !graph::capturing() {
+            return;
+        }
+        // Freed during a capture: the emulator's memory goes to the graph (cuda's free is a node
+        // of it); memory from before the capture is refused there.
+        let memory = match &mut self.mem {
+            Mem::Emu(m) => Some(std::mem::replace(m, emu::HostAllocation::zeros(0))),
+            Mem::Cuda(_) => None,
+        };
+        drop(graph::on_free(self.in_capture, memory));
     }
 }
 
@@ -200,8 +251,7 @@ pub fn launches_of<R>(f: impl FnOnce() -> R) -> (R, std::collections::BTreeSet<S
     (result, inner)
 }
 
-/// Launches kernel `name` on `device`. The argument array is built once here, exactly as
-/// `cuLaunchKernel` takes it, and handed to the device's launch primitive.
+/// Launches kernel `name` on `device` (during a graph capture on the emulator: records it).
 pub fn launch(device: Device, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
     LAUNCHED.with(|l| {
         if let Some(set) = l.borrow_mut().as_mut() {
@@ -215,6 +265,15 @@ pub fn launch(device: Device, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Re
         "{name}: {} bytes of dynamic shared memory, more than the {MAX_DYNAMIC_SHARED_BYTES} a launch gets",
         cfg.shared_bytes
     );
+    if graph::record_launch(device, name, cfg, args) {
+        return Ok(());
+    }
+    launch_now(device, name, cfg, args)
+}
+
+/// The launch itself. The argument array is built once here, exactly as `cuLaunchKernel` takes
+/// it, and handed to the device's launch primitive.
+fn launch_now(device: Device, name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
     // Every argument lives in an 8-byte slot; `params[i]` points at slot i. Little-endian:
     // a 4-byte parameter reads the first four bytes of its slot.
     let mut slots: Vec<[u8; 8]> = args
