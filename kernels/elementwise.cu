@@ -83,3 +83,11 @@ extern "C" __global__ void flag_nonfinite_f32(unsigned* __restrict__ flag, const
         if (bad) atomicOr(flag, 1u);
     }
 }
+
+// dst = src unless *flag is set: a training step's new running statistics, written over the
+// old ones in place unless the step was refused (a graph's replay keeps its tensors' addresses).
+extern "C" __global__ void copy_unless_flagged_f32(float* __restrict__ dst, const float* __restrict__ src,
+                                                   const unsigned* __restrict__ flag, int n) {
+    if (*flag != 0u) return;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) dst[i] = src[i];
+}

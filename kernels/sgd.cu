@@ -6,16 +6,19 @@
 // v_out, w, v, g and the length (six 64-bit words); blockIdx.y is the tensor.
 // When skip is set and *skip is nonzero (a non-finite loss or gradient was flagged there), w and
 // v are copied out unchanged instead: the step is refused on the device, without a read-back.
+// lr_at (null: lr) is where the learning rate is read on the device (a graph's replays change
+// it there). w_out and v_out may be w and v themselves (in place).
 extern "C" __global__ void sgd_update_f32(const unsigned long long* __restrict__ table, int count, float lr,
                                           float momentum, float weight_decay, int nesterov,
-                                          const unsigned* __restrict__ skip) {
+                                          const unsigned* __restrict__ skip, const float* __restrict__ lr_at) {
     const bool refused = skip != nullptr && *skip != 0u;
+    if (lr_at != nullptr) lr = *lr_at;
     for (int t = blockIdx.y; t < count; t += gridDim.y) {
         const unsigned long long* e = table + 6 * t;
-        float* __restrict__ w_out = reinterpret_cast<float*>(e[0]);
-        float* __restrict__ v_out = reinterpret_cast<float*>(e[1]);
-        const float* __restrict__ w = reinterpret_cast<const float*>(e[2]);
-        const float* __restrict__ v = reinterpret_cast<const float*>(e[3]);
+        float* w_out = reinterpret_cast<float*>(e[0]);  // not restrict: may be w (in place)
+        float* v_out = reinterpret_cast<float*>(e[1]);
+        const float* w = reinterpret_cast<const float*>(e[2]);
+        const float* v = reinterpret_cast<const float*>(e[3]);
         const float* __restrict__ g = reinterpret_cast<const float*>(e[4]);
         const long long n = (long long)e[5];
         for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;

@@ -33,6 +33,7 @@ pub mod reproduce;
 pub mod rng;
 pub mod robustness;
 pub mod selftest;
+pub mod step_graph;
 pub mod tensor;
 pub mod train;
 

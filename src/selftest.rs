@@ -339,6 +339,49 @@ fn train_step_case(device: Device, kind: ModelKind, mode: &TrainingMode) -> Resu
     Ok(worst)
 }
 
+/// Two training steps of a small MoCSE (width 8) replayed from a graph of the step on the
+/// device (`StepGraph`: on cuda a CUDA graph) against `train_step` on the cpu device, at two
+/// learning rates: the change of every parameter and running statistic, as `train_step_case`.
+fn step_graph_case(device: Device) -> Result<f64> {
+    use crate::step_graph::StepGraph;
+    let config = ModelConfig {
+        kind: ModelKind::Mocse,
+        num_classes: 10,
+        width: 8,
+        aggregate: Aggregate::Prob,
+        bce_weight: 1.0,
+    };
+    let model = Model::new(config);
+    let start = model.fused().init_weights(4, [0.5; 3], [0.25; 3]);
+    let cfg = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
+    let batches = [(41, [3, 0, 9, 3]), (42, [1, 1, 7, 2])];
+    let run = |d: Device| -> Result<Vec<Vec<f32>>> {
+        let mut w = start.to_device(d)?;
+        let mut v: Vec<Tensor> =
+            w.params.iter().map(|p| Tensor::zeros_on(d, p.shape())).collect::<Result<_>>()?;
+        let graph = match d {
+            Device::Cpu => None,
+            _ => Some(StepGraph::capture(&model, &mut w, &mut v, 4, &cfg, d)?),
+        };
+        for ((seed, labels), lr) in batches.iter().zip([0.1, 0.05]) {
+            let batch = TrainBatch::new(d, random(&[4, 32, 32, 3], *seed, 0.0, 1.0).to_vec(), labels)?;
+            match &graph {
+                Some(g) => g.step(&mut w, &mut v, &batch, lr)?,
+                None => train_step(&model, &mut w, &mut v, &batch, lr, &cfg, &TrainingMode::Standard, 0)?,
+            };
+        }
+        w.params.iter().chain(&w.buffers).map(Tensor::to_host).collect()
+    };
+    let (a, b) = (run(device)?, run(Device::Cpu)?);
+    let mut worst = 0.0f64;
+    for ((after_dev, after_cpu), before) in a.iter().zip(&b).zip(start.params.iter().chain(&start.buffers)) {
+        let delta =
+            |after: &[f32]| -> Vec<f32> { after.iter().zip(before.as_slice()).map(|(x, y)| x - y).collect() };
+        worst = worst.max(relative_error(&delta(after_dev), &delta(after_cpu)));
+    }
+    Ok(worst)
+}
+
 /// APGD's step (both norms) and the per-image select of the attacks, on the device against
 /// the cpu device's twins. The gradient stays away from zero, so no sign depends on rounding.
 fn apgd_and_select_case(device: Device) -> Result<f64> {
@@ -804,6 +847,7 @@ pub fn run(
     check("training step, mocse width 8".into(), 5e-2, &|| {
         train_step_case(device, ModelKind::Mocse, &TrainingMode::Standard)
     });
+    check("training step graph (two replays), mocse width 8".into(), 5e-2, &|| step_graph_case(device));
     // The adversarial steps on the standard network: an attack with batch statistics on an
     // untrained MoCSE of 4 images turns last-bit differences into percent-level input gradient
     // differences (near-constant expert channels), which the attack then follows. Even so an

@@ -32,6 +32,7 @@ use crate::ops::loss::{Labels, count_correct, count_correct_into};
 use crate::ops::sgd::{SgdConfig, sgd_step_all};
 use crate::precision::{self, Precision};
 use crate::progress;
+use crate::step_graph::{self, StepGraph};
 use crate::tensor::Tensor;
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -481,6 +482,11 @@ pub struct Trainer {
     train: Dataset,
     /// On a kernel device: the training set uploaded there, batches assembled there.
     resident: Option<ResidentSet>,
+    /// On a kernel device: the step as a graph, captured on the first full batch and replayed
+    /// for the others (`step_graph::fits` says which runs).
+    step_graph: Option<StepGraph>,
+    /// Whether full batches replay the step's graph where it fits (`step_graph::wanted`).
+    pub step_graphs: bool,
     test: Dataset,
     _lock: DirLock,
 }
@@ -546,6 +552,8 @@ impl Trainer {
         let velocity =
             weights.params.iter().map(|p| Tensor::zeros_on(device, p.shape())).collect::<Result<_>>()?;
         Ok(Trainer {
+            step_graph: None,
+            step_graphs: step_graph::wanted(),
             config,
             run_dir: run_dir.to_path_buf(),
             device,
@@ -601,6 +609,8 @@ impl Trainer {
         let train = load_split(&config, Split::Train, config.train_subset)?;
         let test = load_split(&config, Split::Test, config.test_subset)?;
         Ok(Trainer {
+            step_graph: None,
+            step_graphs: step_graph::wanted(),
             config,
             run_dir: run_dir.to_path_buf(),
             device,
@@ -648,8 +658,37 @@ impl Trainer {
             &self.config.sgd,
             &self.config.mode,
             self.config.seed,
-        )
-        .with_context(|| {
+        );
+        self.stepped(result, lr)
+    }
+
+    /// `step` replayed from the step's graph (captured first where there is none for this
+    /// batch size, device and precision): the same values.
+    fn graph_step(&mut self, batch: &TrainBatch, lr: f32) -> Result<(f32, usize)> {
+        let size = batch.labels.len();
+        if !self.step_graph.as_ref().is_some_and(|g| g.runs(size, self.device, &self.config.sgd)) {
+            self.step_graph = None;
+            let captured = StepGraph::capture(
+                &self.model,
+                &mut self.weights,
+                &mut self.velocity,
+                size,
+                &self.config.sgd,
+                self.device,
+            );
+            match captured {
+                Ok(g) => self.step_graph = Some(g),
+                Err(e) => return self.stepped(Err(e), lr),
+            }
+        }
+        let graph = self.step_graph.as_ref().context("a captured step graph")?;
+        let result = graph.step(&mut self.weights, &mut self.velocity, batch, lr);
+        self.stepped(result, lr)
+    }
+
+    /// A step's result, its failure explained; counts the step.
+    fn stepped(&mut self, result: Result<(f32, usize)>, lr: f32) -> Result<(f32, usize)> {
+        let result = result.with_context(|| {
             format!(
                 "training stopped at epoch {} step {} (lr {lr}); {}; try a lower --lr",
                 self.progress.epoch + 1,
@@ -682,6 +721,10 @@ impl Trainer {
         bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        // Full batches of the standard step replay a graph of it (the last, smaller one runs
+        // `train_step`).
+        let graph_fits =
+            self.step_graphs && step_graph::fits(self.device, &self.config.mode, self.config.jsd.is_some())?;
         let mut lr = self.config.lr;
         let mut first_batch: Option<(Tensor, Vec<u32>, Vec<u32>)> = None;
         for (nth, idx) in batches(&order, self.config.batch_size).enumerate() {
@@ -722,7 +765,10 @@ impl Trainer {
             if first_batch.is_none() {
                 first_batch = Some((batch.images.clone(), batch.labels.to_vec(), batch.index.clone()));
             }
-            let (loss, c) = self.step(&batch, lr)?;
+            let (loss, c) = match graph_fits && idx.len() == self.config.batch_size {
+                true => self.graph_step(&batch, lr)?,
+                false => self.step(&batch, lr)?,
+            };
             loss_sum += loss as f64 * idx.len() as f64;
             correct += c;
             seen += idx.len();

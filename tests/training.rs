@@ -136,3 +136,56 @@ fn nan_loss_is_an_error_and_changes_nothing() {
         assert_eq!(before, after, "{device}");
     }
 }
+
+/// On a kernel device (the emulator) full batches replay a graph of the step and the last,
+/// smaller one runs `train_step`: the same log, bit for bit, and the same checkpoint as every
+/// step run by `train_step` (`step_graphs` off), over two epochs with a changing learning rate.
+/// Then a diverging learning rate stops the graph's run with `train_step`'s error, keeping the
+/// last good checkpoint.
+#[test]
+fn graph_replayed_steps_train_as_train_step_does() {
+    let config = TrainConfig {
+        model: ModelConfig {
+            kind: ModelKind::Mocse,
+            num_classes: 10,
+            width: 2,
+            aggregate: Aggregate::Prob,
+            bce_weight: 1.0,
+        },
+        data: "synthetic".into(),
+        train_subset: Some(40),
+        test_subset: Some(16),
+        augment: "standard".into(),
+        jsd: None,
+        epochs: 3,
+        batch_size: 16,
+        lr: 0.05,
+        sgd: SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true },
+        schedule: Schedule::Cosine,
+        seed: 2,
+        save_every: None,
+        mode: Default::default(),
+        created_by: String::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut outcomes = Vec::new();
+    for graphs in [true, false] {
+        let run = dir.path().join(format!("graphs-{graphs}"));
+        let mut trainer = Trainer::create(config.clone(), &run, Device::Emu).unwrap();
+        trainer.step_graphs = graphs;
+        let logs = trainer.run(Some(2), false).unwrap();
+        let lines: Vec<_> =
+            logs.iter().map(|l| (l.train_loss.to_bits(), l.train_accuracy, l.test_accuracy)).collect();
+        outcomes.push((lines, std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap()));
+        if graphs {
+            let saved = std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap();
+            trainer.config.lr = f32::INFINITY;
+            let err = format!("{:#}", trainer.run(None, false).unwrap_err());
+            assert!(err.contains("infinite or NaN") || err.contains("the loss became"), "{err}");
+            assert!(err.contains("last good checkpoint (epoch 2)"), "{err}");
+            assert_eq!(std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap(), saved);
+        }
+    }
+    assert_eq!(outcomes[0].0, outcomes[1].0, "the epochs' logs");
+    assert!(outcomes[0].1 == outcomes[1].1, "the checkpoints differ");
+}

@@ -42,15 +42,27 @@ impl ResidentSet {
 
     /// The labels of images `order[first..first + count]`, gathered on the device (u32).
     pub fn batch_labels(&self, order: &EpochOrder, first: usize, count: usize) -> Result<GpuBuffer> {
-        ensure!(
-            count > 0 && first + count <= order.indices.len(),
-            "the labels of {count} images from {first} of an epoch of {}",
-            order.indices.len()
-        );
         let out = GpuBuffer::for_output(self.device, count * 4)?;
-        let args = [out.arg(), self.labels.arg(), order.on_device.arg(), int(first), int(count)];
-        gpu::launch(self.device, "batch_labels_u32", LaunchConfig::for_elements(count), &args)?;
+        self.batch_labels_into(&out, order, first, count)?;
         Ok(out)
+    }
+
+    /// `batch_labels` written into `out`.
+    pub fn batch_labels_into(
+        &self,
+        out: &GpuBuffer,
+        order: &EpochOrder,
+        first: usize,
+        count: usize,
+    ) -> Result<()> {
+        ensure!(
+            count > 0 && first + count <= order.indices.len() && out.len_bytes() >= count * 4,
+            "the labels of {count} images from {first} of an epoch of {} into {} bytes",
+            order.indices.len(),
+            out.len_bytes()
+        );
+        let args = [out.arg(), self.labels.arg(), order.on_device.arg(), int(first), int(count)];
+        gpu::launch(self.device, "batch_labels_u32", LaunchConfig::for_elements(count), &args)
     }
 
     /// Epoch `epoch`'s order (indices of this set) on the device, augmented from `seed`.

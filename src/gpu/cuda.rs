@@ -142,6 +142,16 @@ impl DeviceAllocation {
         Ok(())
     }
 
+    /// Copies `bytes` bytes from device address `src` to the start of this allocation, in the
+    /// stream's order (no wait).
+    pub fn copy_within_device(&self, src: u64, bytes: usize) -> Result<()> {
+        ensure!(bytes <= self.0.len(), "{bytes} bytes copied into an allocation of {}", self.0.len());
+        let stream = &backend()?.stream;
+        // SAFETY: both ranges are live allocations of at least `bytes` bytes of this context.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(self.address(), src, bytes, stream.cu_stream()) }?;
+        Ok(())
+    }
+
     pub fn copy_to(&self, dst: &mut [u8]) -> Result<()> {
         let stream = &backend()?.stream;
         let view = self.0.slice(0..dst.len());

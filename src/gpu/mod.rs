@@ -166,6 +166,21 @@ impl GpuBuffer {
         Ok(())
     }
 
+    /// Overwrites the buffer's first bytes with all of `src`, on the device (outside a capture).
+    pub fn copy_from(&self, src: &GpuBuffer) -> Result<()> {
+        graph::ensure_not_capturing("a copy outside the captured work")?;
+        ensure!(src.bytes <= self.bytes, "{} bytes copied into a buffer of {}", src.bytes, self.bytes);
+        match (&self.mem, &src.mem) {
+            // SAFETY: both allocations hold the bytes copied; distinct buffers never overlap.
+            (Mem::Emu(d), Mem::Emu(s)) => unsafe {
+                std::ptr::copy_nonoverlapping(s.address() as *const u8, d.address() as *mut u8, src.bytes)
+            },
+            (Mem::Cuda(d), Mem::Cuda(_)) => d.copy_within_device(src.address(), src.bytes)?,
+            _ => bail!("a copy between devices"),
+        }
+        Ok(())
+    }
+
     pub fn download<T: bytemuck::Pod>(&self) -> Result<Vec<T>> {
         graph::ensure_not_capturing("reading device memory back")?;
         let mut out = vec![T::zeroed(); self.bytes / std::mem::size_of::<T>()];

@@ -93,6 +93,15 @@ pub fn scale_tensor(x: &Tensor, s: f32) -> Result<Tensor> {
     }
 }
 
+/// s * x written at `out`, an address of x's length on x's kernel device (a result a graph's
+/// replay leaves there, such as its loss).
+pub fn scale_tensor_into(x: &Tensor, s: f32, out: u64) -> Result<()> {
+    let d = x.device();
+    ensure!(d != Device::Cpu, "a device address for a tensor on the cpu");
+    let args = [Arg::Ptr(out), x.arg(), Arg::F32(s), int(x.len())];
+    gpu::launch(d, "scale_f32", LaunchConfig::for_elements(x.len()), &args)
+}
+
 /// (1 - t) * a + t * b: the running averages of batch norm.
 pub fn lerp(a: &Tensor, b: &Tensor, t: f32) -> Result<Tensor> {
     ensure!(a.shape() == b.shape(), "lerp: shapes differ: {:?} vs {:?}", a.shape(), b.shape());
@@ -120,6 +129,15 @@ pub fn all_finite(tensors: &[Tensor]) -> Result<bool> {
             Ok(flag.download::<u32>()?[0] == 0)
         }
     }
+}
+
+/// dst = src in place on a kernel device, unless the u32 at `flag` there is set.
+pub fn copy_unless_flagged(dst: &Tensor, src: &Tensor, flag: u64) -> Result<()> {
+    ensure!(dst.shape() == src.shape(), "copy: shapes differ: {:?} vs {:?}", dst.shape(), src.shape());
+    let d = dst.device();
+    ensure!(d != Device::Cpu && src.device() == d, "a flagged copy on one kernel device");
+    let args = [dst.arg(), src.arg(), Arg::Ptr(flag), int(dst.len())];
+    gpu::launch(d, "copy_unless_flagged_f32", LaunchConfig::for_elements(dst.len()), &args)
 }
 
 /// Sets the u32 at `flag`, an address on the tensors' kernel device, to nonzero where a value of

@@ -78,8 +78,14 @@ impl Labels {
 
     /// Labels whose copy on a kernel device exists already, as u32 (the same values as `host`).
     pub fn with_device_copy(host: Vec<u32>, on_device: GpuBuffer) -> Result<Labels> {
+        Labels::sharing(host, Arc::new(on_device))
+    }
+
+    /// `with_device_copy` of a copy shared with others (a graph's input, rewritten between
+    /// its replays).
+    pub fn sharing(host: Vec<u32>, on_device: Arc<GpuBuffer>) -> Result<Labels> {
         ensure!(on_device.len_bytes() == host.len() * 4, "a device copy of another length than the labels");
-        Ok(Labels { host, device: OnceLock::from(Arc::new(on_device)) })
+        Ok(Labels { host, device: OnceLock::from(on_device) })
     }
 }
 

@@ -36,18 +36,7 @@ pub fn sgd_step(
     )
 }
 
-/// Updates every parameter and its velocity: on the cpu each in place (no copy when they are not
-/// shared), on the kernel devices all in one launch into new tensors. There `refuse_if`, the
-/// address of a u32 flag on the device, keeps them as they are when the flag is set by then
-/// (`flag_nonfinite` on the gradients), without reading it back; the cpu takes no flag.
-pub fn sgd_step_all(
-    params: &mut [Tensor],
-    velocity: &mut [Tensor],
-    grads: &[Tensor],
-    lr: f32,
-    cfg: &SgdConfig,
-    refuse_if: Option<u64>,
-) -> Result<()> {
+fn check_shapes(params: &[Tensor], velocity: &[Tensor], grads: &[Tensor]) -> Result<()> {
     ensure!(
         params.len() == velocity.len() && params.len() == grads.len(),
         "sgd: {} parameters, {} velocities and {} gradients",
@@ -64,7 +53,80 @@ pub fn sgd_step_all(
             v.shape()
         );
     }
-    let SgdConfig { momentum, weight_decay, nesterov } = *cfg;
+    Ok(())
+}
+
+/// One launch of `sgd_update_f32` over every tensor: parameter i and its velocity written to
+/// the addresses `into[i]` (themselves, for an update in place); the learning rate `lr` (an
+/// f32), or read from the device at `lr_at` (a pointer; null: `lr`).
+#[allow(clippy::too_many_arguments)]
+fn launch_update(
+    into: &[[u64; 2]],
+    params: &[Tensor],
+    velocity: &[Tensor],
+    grads: &[Tensor],
+    lr: Arg,
+    lr_at: Arg,
+    cfg: &SgdConfig,
+    refuse_if: Option<u64>,
+) -> Result<()> {
+    let Some(first) = params.first() else { return Ok(()) };
+    let d = first.device();
+    let table: Vec<u64> = params
+        .iter()
+        .zip(velocity)
+        .zip(grads)
+        .zip(into)
+        .flat_map(|(((p, v), g), [w_out, v_out])| {
+            [*w_out, *v_out, p.address(), v.address(), g.address(), p.len() as u64]
+        })
+        .collect();
+    let table = GpuBuffer::upload(d, &table)?;
+    let config = LaunchConfig::per_tensor(params.iter().map(Tensor::len), 512);
+    let args = [
+        table.arg(),
+        int(params.len()),
+        lr,
+        Arg::F32(cfg.momentum),
+        Arg::F32(cfg.weight_decay),
+        Arg::I32(cfg.nesterov as i32),
+        Arg::Ptr(refuse_if.unwrap_or(0)),
+        lr_at,
+    ];
+    gpu::launch(d, "sgd_update_f32", config, &args)
+}
+
+/// The update of `sgd_step_all` written over the parameters and velocities themselves, on a
+/// kernel device, with the learning rate read there at `lr_at` (an f32): what a graph of the
+/// training step replays, whose tensors must keep their addresses and whose learning rate
+/// changes between replays. Every other holder of these tensors sees the update.
+pub fn sgd_update_in_place(
+    params: &[Tensor],
+    velocity: &[Tensor],
+    grads: &[Tensor],
+    lr_at: u64,
+    cfg: &SgdConfig,
+    refuse_if: Option<u64>,
+) -> Result<()> {
+    check_shapes(params, velocity, grads)?;
+    ensure!(params.iter().all(|p| p.device() != Device::Cpu), "sgd in place is for a kernel device");
+    let into: Vec<[u64; 2]> = params.iter().zip(velocity).map(|(p, v)| [p.address(), v.address()]).collect();
+    launch_update(&into, params, velocity, grads, Arg::F32(0.0), Arg::Ptr(lr_at), cfg, refuse_if)
+}
+
+/// Updates every parameter and its velocity: on the cpu each in place (no copy when they are not
+/// shared), on the kernel devices all in one launch into new tensors. There `refuse_if`, the
+/// address of a u32 flag on the device, keeps them as they are when the flag is set by then
+/// (`flag_nonfinite` on the gradients), without reading it back; the cpu takes no flag.
+pub fn sgd_step_all(
+    params: &mut [Tensor],
+    velocity: &mut [Tensor],
+    grads: &[Tensor],
+    lr: f32,
+    cfg: &SgdConfig,
+    refuse_if: Option<u64>,
+) -> Result<()> {
+    check_shapes(params, velocity, grads)?;
     let Some(first) = params.first() else { return Ok(()) };
     let d = first.device();
     ensure!(d != Device::Cpu || refuse_if.is_none(), "sgd: a device flag on the cpu");
@@ -73,33 +135,15 @@ pub fn sgd_step_all(
             .iter()
             .map(|p| Ok((Tensor::output_on(d, p.shape())?, Tensor::output_on(d, p.shape())?)))
             .collect::<Result<_>>()?;
-        let table: Vec<u64> = params
-            .iter()
-            .zip(velocity.iter())
-            .zip(grads)
-            .zip(&outputs)
-            .flat_map(|(((p, v), g), (w_out, v_out))| {
-                [w_out.address(), v_out.address(), p.address(), v.address(), g.address(), p.len() as u64]
-            })
-            .collect();
-        let table = GpuBuffer::upload(d, &table)?;
-        let config = LaunchConfig::per_tensor(params.iter().map(Tensor::len), 512);
-        let args = [
-            table.arg(),
-            int(params.len()),
-            Arg::F32(lr),
-            Arg::F32(momentum),
-            Arg::F32(weight_decay),
-            Arg::I32(nesterov as i32),
-            Arg::Ptr(refuse_if.unwrap_or(0)),
-        ];
-        gpu::launch(d, "sgd_update_f32", config, &args)?;
+        let into: Vec<[u64; 2]> = outputs.iter().map(|(w, v)| [w.address(), v.address()]).collect();
+        launch_update(&into, params, velocity, grads, Arg::F32(lr), Arg::Ptr(0), cfg, refuse_if)?;
         for ((p, v), (w_out, v_out)) in params.iter_mut().zip(velocity.iter_mut()).zip(outputs) {
             *p = w_out;
             *v = v_out;
         }
         return Ok(());
     }
+    let SgdConfig { momentum, weight_decay, nesterov } = *cfg;
     for ((param, velocity), grad) in params.iter_mut().zip(velocity.iter_mut()).zip(grads) {
         let shape = param.shape().to_vec();
         let mut w = std::mem::replace(param, Tensor::scalar(0.0)).into_vec();

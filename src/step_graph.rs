@@ -1,0 +1,323 @@
+//! The standard training step on a kernel device as a graph (`gpu::graph`): captured once, on
+//! the first full batch, and replayed for every other, so a step costs the host one replay,
+//! one write of its inputs and one read of its results instead of some 600 launches, four
+//! uploads and its own bookkeeping. The cuda device replays a CUDA graph; the emulator replays
+//! the same launches, recorded (which tests that the step is fit for a graph at all).
+//!
+//! A graph replays fixed addresses, so everything the step reads or writes that outlives it
+//! stays in place: the parameters, their momentum buffers and the batch-norm running statistics
+//! are updated in place (the running statistics copied over unless the step was refused); the
+//! batch, its labels and a control block (the learning rate in, the step's checks out) are
+//! written before each replay. The checks are `train_step`'s, made on the device: a non-finite
+//! loss or gradient refuses the update there (nothing changes), a non-finite result is reported.
+//! The same values as `train_step`, bit for bit (tested on the emulator).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::autograd::{Tape, Var};
+use crate::device::Device;
+use crate::gpu::GpuBuffer;
+use crate::gpu::graph::Graph;
+use crate::nn::model::Model;
+use crate::nn::preact_resnet::Weights;
+use crate::ops::conv::{ConvEngine, conv_engine};
+use crate::ops::elementwise::{all_finite, copy_unless_flagged, flag_nonfinite, scale_tensor_into};
+use crate::ops::loss::{ClassLabels, Labels, count_correct_into};
+use crate::ops::sgd::{SgdConfig, sgd_update_in_place};
+use crate::precision::{self, Precision};
+use crate::tensor::Tensor;
+use crate::train::{TrainBatch, TrainingMode};
+
+/// The control block's u32 words: the learning rate (an f32) in; the step's results out.
+const LR: u64 = 0;
+const CORRECT: u64 = 1;
+const REFUSED: u64 = 2;
+const NOT_FINITE_AFTER: u64 = 3;
+const LOSS: u64 = 4;
+const WORDS: usize = 5;
+
+/// What a step's replay reads and writes in place, allocated before the capture.
+struct StepState {
+    weights: Weights,
+    velocity: Vec<Tensor>,
+    images: Tensor,
+    labels: Arc<GpuBuffer>,
+    control: GpuBuffer,
+}
+
+pub struct StepGraph {
+    state: StepState,
+    graph: Graph,
+    batch_size: usize,
+    precision: Precision,
+    sgd: SgdConfig,
+}
+
+/// Whether training replays graphs of its steps where they fit: unless `MOCSE_STEP_GRAPH=0`
+/// (every step then runs `train_step`, for comparisons).
+pub fn wanted() -> bool {
+    std::env::var("MOCSE_STEP_GRAPH").map_or(true, |v| v != "0")
+}
+
+/// Whether a training step of this kind can run as a graph on `device`: the standard objective
+/// without AugMix's consistency views (adversarial steps make their examples with host logic
+/// between launches), on the project's kernels (not cuDNN).
+pub fn fits(device: Device, mode: &TrainingMode, jsd: bool) -> Result<bool> {
+    Ok(device != Device::Cpu
+        && mode.is_standard()
+        && !jsd
+        && matches!(conv_engine(device)?, ConvEngine::Kernels(_)))
+}
+
+impl StepGraph {
+    /// Captures the step for batches of `batch_size` on `device`, on copies of `weights` and
+    /// `velocity` which then replace them (so the caller's tensors are the ones the replays
+    /// update).
+    pub fn capture(
+        model: &Model,
+        weights: &mut Weights,
+        velocity: &mut [Tensor],
+        batch_size: usize,
+        sgd: &SgdConfig,
+        device: Device,
+    ) -> Result<StepGraph> {
+        let copies =
+            |ts: &[Tensor]| -> Result<Vec<Tensor>> { ts.iter().map(|t| copy_on(t, device)).collect() };
+        let state = StepState {
+            weights: Weights { params: copies(&weights.params)?, buffers: copies(&weights.buffers)? },
+            velocity: copies(velocity)?,
+            images: Tensor::zeros_on(device, &[batch_size, 32, 32, 3])?,
+            labels: Arc::new(GpuBuffer::zeros(device, batch_size * 4)?),
+            control: GpuBuffer::zeros(device, WORDS * 4)?,
+        };
+        let (graph, ()) = Graph::capture(device, || step_launches(model, &state, batch_size, sgd))
+            .context("capturing the training step as a graph")?;
+        let g = StepGraph { state, graph, batch_size, precision: precision::current(), sgd: *sgd };
+        g.share_into(weights, velocity);
+        Ok(g)
+    }
+
+    /// Whether this graph runs `batch_size` batches on `device` with `sgd` at the current
+    /// precision.
+    pub fn runs(&self, batch_size: usize, device: Device, sgd: &SgdConfig) -> bool {
+        self.batch_size == batch_size
+            && self.state.images.device() == device
+            && self.precision == precision::current()
+            && self.sgd == *sgd
+    }
+
+    /// One training step on `batch` (of the captured size) at learning rate `lr`, updating
+    /// `weights` and `velocity` (the caller's, which a step run another way may have replaced:
+    /// their values are copied in first). Returns (loss, correctly classified), or
+    /// `train_step`'s errors.
+    pub fn step(
+        &self,
+        weights: &mut Weights,
+        velocity: &mut [Tensor],
+        batch: &TrainBatch,
+        lr: f32,
+    ) -> Result<(f32, usize)> {
+        let s = &self.state;
+        ensure!(
+            batch.labels.len() == self.batch_size,
+            "a batch of {} for a graph of {}",
+            batch.labels.len(),
+            self.batch_size
+        );
+        ensure!(
+            batch.images.shape() == s.images.shape(),
+            "a batch of images {:?} for a graph of {:?}",
+            batch.images.shape(),
+            s.images.shape()
+        );
+        ensure!(batch.jsd.is_none(), "the step graph has no AugMix consistency views");
+        for (mine, theirs) in
+            self.tensors().zip(weights.params.iter().chain(&weights.buffers).chain(velocity.iter()))
+        {
+            if mine.address() != theirs.address() {
+                buffer(mine)?.copy_from(buffer(theirs)?)?;
+            }
+        }
+        buffer(&s.images)?.copy_from(buffer(&batch.images)?)?;
+        s.labels.copy_from(&*batch.labels.on(s.labels.device())?)?;
+        let mut control = [0u32; WORDS];
+        control[LR as usize] = lr.to_bits();
+        s.control.write(&control)?;
+        self.graph.replay()?;
+        let control = s.control.download::<u32>()?;
+        // The caller's tensors are the ones replayed into (also after a refused step: unchanged).
+        self.share_into(weights, velocity);
+        let loss = f32::from_bits(control[LOSS as usize]);
+        if !loss.is_finite() {
+            bail!("the loss became {loss}");
+        }
+        ensure!(control[REFUSED as usize] == 0, "a gradient became infinite or NaN");
+        if control[NOT_FINITE_AFTER as usize] != 0 {
+            ensure!(all_finite(&s.weights.params)?, "the update made a parameter infinite or NaN");
+            ensure!(all_finite(&s.velocity)?, "the update made an SGD momentum buffer infinite or NaN");
+            bail!("a batch-norm running statistic became infinite or NaN");
+        }
+        Ok((loss, control[CORRECT as usize] as usize))
+    }
+
+    /// The step's parameters, running statistics and momentum buffers, in that order.
+    fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        let s = &self.state;
+        s.weights.params.iter().chain(&s.weights.buffers).chain(&s.velocity)
+    }
+
+    fn share_into(&self, weights: &mut Weights, velocity: &mut [Tensor]) {
+        weights.params.clone_from(&self.state.weights.params);
+        weights.buffers.clone_from(&self.state.weights.buffers);
+        velocity.clone_from_slice(&self.state.velocity);
+    }
+}
+
+fn buffer(t: &Tensor) -> Result<&GpuBuffer> {
+    t.gpu_buffer().context("a step graph's tensor is not on a kernel device")
+}
+
+/// A copy of `t` on `device` in memory of its own.
+fn copy_on(t: &Tensor, device: Device) -> Result<Tensor> {
+    let t = t.to_device(device)?;
+    let copy = Tensor::output_on(device, t.shape())?;
+    buffer(&copy)?.copy_from(buffer(&t)?)?;
+    Ok(copy)
+}
+
+/// The step's launches, on `state`'s tensors: `train_step`'s standard step with its checks
+/// written to the control block, its update and running statistics in place.
+fn step_launches(model: &Model, s: &StepState, batch_size: usize, sgd: &SgdConfig) -> Result<()> {
+    let word = |i: u64| s.control.address() + 4 * i;
+    let tape = Tape::new();
+    let params: Vec<Var> = s.weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
+    let mut buffers = s.weights.buffers.clone();
+    // The labels' values matter only on the device; the host's are checked against the classes.
+    let batch = TrainBatch {
+        images: s.images.clone(),
+        labels: Labels::sharing(vec![0; batch_size], s.labels.clone())?,
+        index: Vec::new(),
+        epoch: 0,
+        jsd: None,
+    };
+    let (loss, scores) =
+        TrainingMode::Standard.objective(model, &s.weights, &tape, &params, &mut buffers, &batch, 0)?;
+    count_correct_into(scores.value(), &batch.labels, word(CORRECT))?;
+    drop(scores);
+    let mut grads = tape.backward(&loss)?;
+    let grads: Vec<Tensor> =
+        params.iter().map(|p| grads.take(p).context("a parameter got no gradient")).collect::<Result<_>>()?;
+    let loss = loss.value().clone();
+    flag_nonfinite(&[grads.as_slice(), std::slice::from_ref(&loss)].concat(), word(REFUSED))?;
+    drop((params, tape));
+    sgd_update_in_place(&s.weights.params, &s.velocity, &grads, word(LR), sgd, Some(word(REFUSED)))?;
+    for (running, new) in s.weights.buffers.iter().zip(&buffers) {
+        if running.address() != new.address() {
+            copy_unless_flagged(running, new, word(REFUSED))?;
+        }
+    }
+    let after: Vec<Tensor> = s.tensors_after();
+    flag_nonfinite(&after, word(NOT_FINITE_AFTER))?;
+    scale_tensor_into(&loss, 1.0, word(LOSS))
+}
+
+impl StepState {
+    fn tensors_after(&self) -> Vec<Tensor> {
+        self.weights.params.iter().chain(&self.velocity).chain(&self.weights.buffers).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::model::{ModelConfig, ModelKind};
+    use crate::ops::aggregate::Aggregate;
+    use crate::rng::{Philox, Purpose};
+    use crate::train::train_step;
+
+    fn batch(device: Device, n: usize, seed: u64, nan: bool) -> TrainBatch {
+        let mut rng = Philox::new(seed, Purpose::Init, 5);
+        let mut images: Vec<f32> = (0..n * 32 * 32 * 3).map(|_| rng.range(0.0, 1.0)).collect();
+        if nan {
+            images[11] = f32::NAN;
+        }
+        let labels: Vec<u32> = (0..n as u32).map(|i| (i * 7 + seed as u32) % 10).collect();
+        TrainBatch::new(device, images, &labels).unwrap()
+    }
+
+    fn host(ts: &[Tensor]) -> Vec<Vec<u32>> {
+        ts.iter().map(|t| t.to_host().unwrap().iter().map(|v| v.to_bits()).collect()).collect()
+    }
+
+    /// The values whose bits differ between two lists of tensors.
+    fn differing(a: &[Tensor], b: &[Tensor]) -> usize {
+        let (a, b) = (host(a), host(b));
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| x.iter().zip(y).filter(|(p, q)| p != q).count() + x.len().abs_diff(y.len()))
+            .sum()
+    }
+
+    /// Replays of the captured step give `train_step`'s values bit for bit (loss, count,
+    /// parameters, momentum, running statistics), at a learning rate that changes between
+    /// them, after a step `train_step` made on the same tensors (the graph copies its result
+    /// in), and through a refused step (a NaN image: an error, and nothing changes).
+    #[test]
+    fn replays_equal_train_step_bit_for_bit() {
+        let d = Device::Emu;
+        let sgd = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+        let mode = TrainingMode::Standard;
+        for kind in [ModelKind::Mocse, ModelKind::Preact18] {
+            let model = Model::new(ModelConfig {
+                kind,
+                num_classes: 10,
+                width: 4,
+                aggregate: Aggregate::Prob,
+                bce_weight: 1.0,
+            });
+            let start = model.fused().init_weights(9, [0.5; 3], [0.25; 3]).to_device(d).unwrap();
+            let zeros = |w: &Weights| -> Vec<Tensor> {
+                w.params.iter().map(|p| Tensor::zeros_on(d, p.shape()).unwrap()).collect()
+            };
+            let (mut ew, mut gw) = (start.clone(), start.clone());
+            let (mut ev, mut gv) = (zeros(&start), zeros(&start));
+            let g = StepGraph::capture(&model, &mut gw, &mut gv, 6, &sgd, d).unwrap();
+            assert!(g.runs(6, d, &sgd));
+            for (step, lr) in [0.1f32, 0.05, 0.02, 0.07].into_iter().enumerate() {
+                let b = batch(d, 6, step as u64, false);
+                let expected = train_step(&model, &mut ew, &mut ev, &b, lr, &sgd, &mode, 0).unwrap();
+                let got = if step == 2 {
+                    train_step(&model, &mut gw, &mut gv, &b, lr, &sgd, &mode, 0).unwrap()
+                } else {
+                    g.step(&mut gw, &mut gv, &b, lr).unwrap()
+                };
+                assert_eq!(
+                    (got.0.to_bits(), got.1),
+                    (expected.0.to_bits(), expected.1),
+                    "{kind:?} step {step}"
+                );
+                assert_eq!(differing(&gw.params, &ew.params), 0, "{kind:?} step {step}: parameters");
+                assert_eq!(
+                    differing(&gw.buffers, &ew.buffers),
+                    0,
+                    "{kind:?} step {step}: running statistics"
+                );
+                assert_eq!(differing(&gv, &ev), 0, "{kind:?} step {step}: momentum");
+            }
+            let before = (host(&gw.params), host(&gw.buffers), host(&gv));
+            let err = g.step(&mut gw, &mut gv, &batch(d, 6, 9, true), 0.1).unwrap_err();
+            assert!(format!("{err:#}").contains("the loss became NaN"), "{err:#}");
+            assert!(
+                (host(&gw.params), host(&gw.buffers), host(&gv)) == before,
+                "{kind:?}: a refused step changed something"
+            );
+            assert!(
+                g.step(&mut gw, &mut gv, &batch(d, 5, 1, false), 0.1).is_err(),
+                "a batch of another size"
+            );
+        }
+    }
+}
