@@ -47,6 +47,11 @@ def main():
             ", cuDNN convolutions" if r.get("conv_impl") == "cudnn" else "")
         print(f"| {impl} | {r['model_description']} | {r.get('precision', 'f32')} | {r['train_images_per_s']:.0f} | "
               f"{tflops:.1f} | {100 * tflops / peak:.1f}% |")
+        if r.get("train_graph_images_per_s"):
+            g = r["train_graph_images_per_s"]
+            gt = tflops * g / r["train_images_per_s"]
+            print(f"| {impl}, step graph | {r['model_description']} | {r.get('precision', 'f32')} | {g:.0f} | "
+                  f"{gt:.1f} | {100 * gt / peak:.1f}% |")
     for r in records(os.path.join(a.out, "pytorch.jsonl")):
         print(f"| PyTorch {r.get('experts', 'fused')} | {r['model']} width {r['width']} | {r['layout']} | "
               f"{r['train_images_per_s']:.0f} | | |")

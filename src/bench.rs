@@ -26,6 +26,7 @@ use crate::ops::conv::{
 use crate::ops::sgd::SgdConfig;
 use crate::precision::{self, Precision};
 use crate::rng::{Philox, Purpose};
+use crate::step_graph::{self, StepGraph};
 use crate::tensor::Tensor;
 use crate::train::{AdversarialTraining, TrainBatch, TrainingMode, train_step};
 
@@ -45,6 +46,10 @@ pub struct TrainStepBench {
     pub threads: usize,
     pub timed_steps: usize,
     pub train_images_per_s: f64,
+    /// The same step replayed from its graph (`StepGraph`, as training runs full batches on a
+    /// kernel device); absent where the step runs no graph (the cpu, cuDNN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_graph_images_per_s: Option<f64>,
     pub infer_images_per_s: f64,
     /// Forward + backward counted as 3x the forward FLOPs.
     pub train_gflop_per_s: f64,
@@ -181,6 +186,18 @@ pub fn bench_train_step(
         train_step(&model, &mut weights, &mut velocity, &batch, 1e-3, &sgd, &TrainingMode::Standard, 0)?;
         Ok(())
     })?;
+    // The graph's step from the same batch made on the host: capture, then replays.
+    let graph = if step_graph::fits(device, &TrainingMode::Standard, false)? {
+        let g = StepGraph::capture(&model, &mut weights, &mut velocity, batch_size, &sgd, device)?;
+        let seconds = median_seconds(warmup, steps, || {
+            let batch = TrainBatch::new(device, images.clone(), &labels)?;
+            g.step(&mut weights, &mut velocity, &batch, 1e-3)?;
+            Ok(())
+        })?;
+        Some(seconds)
+    } else {
+        None
+    };
     let infer = median_seconds(warmup, steps, || {
         class_scores(&model, &weights, Tensor::from_vec(&[batch_size, 32, 32, 3], images.clone()))?;
         Ok(())
@@ -199,6 +216,7 @@ pub fn bench_train_step(
         threads: rayon::current_num_threads(),
         timed_steps: steps,
         train_images_per_s: b / train,
+        train_graph_images_per_s: graph.map(|t| b / t),
         infer_images_per_s: b / infer,
         train_gflop_per_s: 3.0 * flops * b / train / 1e9,
         infer_gflop_per_s: flops * b / infer / 1e9,

@@ -1527,6 +1527,9 @@ fn bench(a: BenchArgs) -> Result<()> {
         r.infer_gflop_per_s,
         r.threads
     );
+    if let Some(graph) = r.train_graph_images_per_s {
+        println!("  train, the step replayed from its graph: {graph:.1} images/s");
+    }
     if let Some(path) = &a.json {
         write_json(path, &r)?;
     }
