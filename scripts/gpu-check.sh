@@ -82,6 +82,8 @@ stage_tests() {
     # The attack kernels and whole PGD and APGD-T attacks on cuda against cpu.
     run_for 60 "$T" .gpu/attack every_device --nocapture --test-threads 1
     run_for 90 "$T" .gpu/attack pgd_and_apgd_accuracy --nocapture --test-threads 1
+    # Training that replays a CUDA graph of its step against training op by op, bit for bit.
+    run_for 60 "$T" .gpu/training graph_replayed --include-ignored --nocapture --test-threads 1
     grep -E "^test result|FAILED|panicked" "$T" | sort | uniq -c | tee -a "$LOG"
 }
 

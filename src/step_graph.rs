@@ -53,6 +53,7 @@ pub struct StepGraph {
     batch_size: usize,
     precision: Precision,
     sgd: SgdConfig,
+    classes: usize,
 }
 
 /// Whether training replays graphs of its steps where they fit: unless `MOCSE_STEP_GRAPH=0`
@@ -94,7 +95,8 @@ impl StepGraph {
         };
         let (graph, ()) = Graph::capture(device, || step_launches(model, &state, batch_size, sgd))
             .context("capturing the training step as a graph")?;
-        let g = StepGraph { state, graph, batch_size, precision: precision::current(), sgd: *sgd };
+        let classes = model.config.num_classes;
+        let g = StepGraph { state, graph, batch_size, precision: precision::current(), sgd: *sgd, classes };
         g.share_into(weights, velocity);
         Ok(g)
     }
@@ -133,9 +135,18 @@ impl StepGraph {
             s.images.shape()
         );
         ensure!(batch.jsd.is_none(), "the step graph has no AugMix consistency views");
-        for (mine, theirs) in
-            self.tensors().zip(weights.params.iter().chain(&weights.buffers).chain(velocity.iter()))
-        {
+        // The losses check labels as they are recorded, so the capture checked only its own.
+        ensure!(
+            batch.labels.iter().all(|&y| (y as usize) < self.classes),
+            "a label is not below {}",
+            self.classes
+        );
+        let theirs = weights.params.iter().chain(&weights.buffers).chain(velocity.iter());
+        ensure!(
+            self.tensors().map(Tensor::shape).eq(theirs.clone().map(Tensor::shape)),
+            "weights of another model than the graph's"
+        );
+        for (mine, theirs) in self.tensors().zip(theirs) {
             if mine.address() != theirs.address() {
                 buffer(mine)?.copy_from(buffer(theirs)?)?;
             }
@@ -318,6 +329,10 @@ mod tests {
                 g.step(&mut gw, &mut gv, &batch(d, 5, 1, false), 0.1).is_err(),
                 "a batch of another size"
             );
+            let mut bad = batch(d, 6, 1, false);
+            bad.labels = Labels::new(vec![0, 1, 2, 10, 4, 5]);
+            let err = g.step(&mut gw, &mut gv, &bad, 0.1).unwrap_err();
+            assert!(format!("{err:#}").contains("not below 10"), "{err:#}");
         }
     }
 }

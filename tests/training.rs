@@ -144,6 +144,16 @@ fn nan_loss_is_an_error_and_changes_nothing() {
 /// last good checkpoint.
 #[test]
 fn graph_replayed_steps_train_as_train_step_does() {
+    graph_replayed_steps_train_as_train_step_does_on(Device::Emu);
+}
+
+#[test]
+#[ignore = "needs a GPU: scripts/gpu-check.sh runs it (--include-ignored)"]
+fn graph_replayed_steps_train_as_train_step_does_on_cuda() {
+    graph_replayed_steps_train_as_train_step_does_on(Device::Cuda);
+}
+
+fn graph_replayed_steps_train_as_train_step_does_on(device: Device) {
     let config = TrainConfig {
         model: ModelConfig {
             kind: ModelKind::Mocse,
@@ -171,7 +181,7 @@ fn graph_replayed_steps_train_as_train_step_does() {
     let mut outcomes = Vec::new();
     for graphs in [true, false] {
         let run = dir.path().join(format!("graphs-{graphs}"));
-        let mut trainer = Trainer::create(config.clone(), &run, Device::Emu).unwrap();
+        let mut trainer = Trainer::create(config.clone(), &run, device).unwrap();
         trainer.step_graphs = graphs;
         let logs = trainer.run(Some(2), false).unwrap();
         let lines: Vec<_> =
