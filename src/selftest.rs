@@ -330,13 +330,19 @@ fn train_step_case(device: Device, kind: ModelKind, mode: &TrainingMode) -> Resu
         w.params.iter().map(Tensor::to_host).collect()
     };
     let (a, b) = (run(device)?, run(Device::Cpu)?);
+    Ok(largest_change_error(&a, &b, &start.params))
+}
+
+/// The largest relative error between two devices' changes of tensors from `before` (the
+/// tensors after, on the device and on the cpu, in the same order).
+fn largest_change_error(after_dev: &[Vec<f32>], after_cpu: &[Vec<f32>], before: &[Tensor]) -> f64 {
     let mut worst = 0.0f64;
-    for ((after_dev, after_cpu), before) in a.iter().zip(&b).zip(&start.params) {
+    for ((dev, cpu), before) in after_dev.iter().zip(after_cpu).zip(before) {
         let delta =
             |after: &[f32]| -> Vec<f32> { after.iter().zip(before.as_slice()).map(|(x, y)| x - y).collect() };
-        worst = worst.max(relative_error(&delta(after_dev), &delta(after_cpu)));
+        worst = worst.max(relative_error(&delta(dev), &delta(cpu)));
     }
-    Ok(worst)
+    worst
 }
 
 /// Two training steps of a small MoCSE (width 8) replayed from a graph of the step on the
@@ -373,13 +379,7 @@ fn step_graph_case(device: Device) -> Result<f64> {
         w.params.iter().chain(&w.buffers).map(Tensor::to_host).collect()
     };
     let (a, b) = (run(device)?, run(Device::Cpu)?);
-    let mut worst = 0.0f64;
-    for ((after_dev, after_cpu), before) in a.iter().zip(&b).zip(start.params.iter().chain(&start.buffers)) {
-        let delta =
-            |after: &[f32]| -> Vec<f32> { after.iter().zip(before.as_slice()).map(|(x, y)| x - y).collect() };
-        worst = worst.max(relative_error(&delta(after_dev), &delta(after_cpu)));
-    }
-    Ok(worst)
+    Ok(largest_change_error(&a, &b, &[start.params.as_slice(), start.buffers.as_slice()].concat()))
 }
 
 /// APGD's step (both norms) and the per-image select of the attacks, on the device against
