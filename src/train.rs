@@ -678,12 +678,25 @@ impl Trainer {
             );
             match captured {
                 Ok(g) => self.step_graph = Some(g),
-                Err(e) => return self.stepped(Err(e), lr),
+                // Training goes on op by op, saying why (a driver without stream-ordered
+                // allocation, say); the values are the same.
+                Err(e) => {
+                    eprintln!(
+                        "warning: the training step could not be captured as a graph ({e:#}); it runs op by op"
+                    );
+                    self.step_graphs = false;
+                    return self.step(batch, lr);
+                }
             }
         }
         let graph = self.step_graph.as_ref().context("a captured step graph")?;
         let result = graph.step(&mut self.weights, &mut self.velocity, batch, lr);
         self.stepped(result, lr)
+    }
+
+    /// Whether the last full batch was a replay of the step's graph.
+    pub fn replays_step_graph(&self) -> bool {
+        self.step_graphs && self.step_graph.is_some()
     }
 
     /// A step's result, its failure explained; counts the step.

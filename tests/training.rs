@@ -184,6 +184,7 @@ fn graph_replayed_steps_train_as_train_step_does_on(device: Device) {
         let mut trainer = Trainer::create(config.clone(), &run, device).unwrap();
         trainer.step_graphs = graphs;
         let logs = trainer.run(Some(2), false).unwrap();
+        assert_eq!(trainer.replays_step_graph(), graphs, "whether the steps replayed a graph");
         let lines: Vec<_> =
             logs.iter().map(|l| (l.train_loss.to_bits(), l.train_accuracy, l.test_accuracy)).collect();
         outcomes.push((lines, std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap()));

@@ -222,8 +222,13 @@ impl Drop for PinnedCopy {
     }
 }
 
-/// Starts capturing the kernels' stream (this thread's work only).
+/// Starts capturing the kernels' stream (this thread's work only). Allocations during the
+/// capture must be stream-ordered (cuMemAllocAsync: they become the graph's memory nodes).
 pub fn begin_capture() -> Result<()> {
+    ensure!(
+        backend()?.ctx.has_async_alloc(),
+        "this GPU or driver has no stream-ordered allocator (cuMemAllocAsync), which a graph capture needs"
+    );
     let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
     backend()?.stream.begin_capture(mode).context("starting a CUDA graph capture")
 }
