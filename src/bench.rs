@@ -187,8 +187,10 @@ pub fn bench_train_step(
         Ok(())
     })?;
     // The graph's step from the same batch made on the host: capture, then replays.
-    let graph = if step_graph::fits(device, &TrainingMode::Standard, false)? {
-        let g = StepGraph::capture(&model, &mut weights, &mut velocity, batch_size, &sgd, device)?;
+    let graph = if step_graph::fits(device, false)? {
+        let standard = TrainingMode::Standard;
+        let g =
+            StepGraph::capture(&model, &mut weights, &mut velocity, batch_size, &sgd, &standard, 0, device)?;
         let seconds = median_seconds(warmup, steps, || {
             let batch = TrainBatch::new(device, images.clone(), &labels)?;
             g.step(&mut weights, &mut velocity, &batch, 1e-3)?;

@@ -345,18 +345,13 @@ fn largest_change_error(after_dev: &[Vec<f32>], after_cpu: &[Vec<f32>], before: 
     worst
 }
 
-/// Two training steps of a small MoCSE (width 8) replayed from a graph of the step on the
-/// device (`StepGraph`: on cuda a CUDA graph) against `train_step` on the cpu device, at two
-/// learning rates: the change of every parameter and running statistic, as `train_step_case`.
-fn step_graph_case(device: Device) -> Result<f64> {
+/// Two training steps of a small model (width 8) in `mode` replayed from a graph of the step
+/// on the device (`StepGraph`: on cuda a CUDA graph) against `train_step` on the cpu device,
+/// at two learning rates and epochs: the change of every parameter and running statistic, as
+/// `train_step_case`.
+fn step_graph_case(device: Device, kind: ModelKind, mode: &TrainingMode) -> Result<f64> {
     use crate::step_graph::StepGraph;
-    let config = ModelConfig {
-        kind: ModelKind::Mocse,
-        num_classes: 10,
-        width: 8,
-        aggregate: Aggregate::Prob,
-        bce_weight: 1.0,
-    };
+    let config = ModelConfig { kind, num_classes: 10, width: 8, aggregate: Aggregate::Prob, bce_weight: 1.0 };
     let model = Model::new(config);
     let start = model.fused().init_weights(4, [0.5; 3], [0.25; 3]);
     let cfg = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
@@ -367,13 +362,14 @@ fn step_graph_case(device: Device) -> Result<f64> {
             w.params.iter().map(|p| Tensor::zeros_on(d, p.shape())).collect::<Result<_>>()?;
         let graph = match d {
             Device::Cpu => None,
-            _ => Some(StepGraph::capture(&model, &mut w, &mut v, 4, &cfg, d)?),
+            _ => Some(StepGraph::capture(&model, &mut w, &mut v, 4, &cfg, mode, 0, d)?),
         };
-        for ((seed, labels), lr) in batches.iter().zip([0.1, 0.05]) {
-            let batch = TrainBatch::new(d, random(&[4, 32, 32, 3], *seed, 0.0, 1.0).to_vec(), labels)?;
+        for (epoch, ((seed, labels), lr)) in batches.iter().zip([0.1, 0.05]).enumerate() {
+            let mut batch = TrainBatch::new(d, random(&[4, 32, 32, 3], *seed, 0.0, 1.0).to_vec(), labels)?;
+            batch.epoch = epoch as u32;
             match &graph {
                 Some(g) => g.step(&mut w, &mut v, &batch, lr)?,
-                None => train_step(&model, &mut w, &mut v, &batch, lr, &cfg, &TrainingMode::Standard, 0)?,
+                None => train_step(&model, &mut w, &mut v, &batch, lr, &cfg, mode, 0)?,
             };
         }
         w.params.iter().chain(&w.buffers).map(Tensor::to_host).collect()
@@ -847,7 +843,9 @@ pub fn run(
     check("training step, mocse width 8".into(), 5e-2, &|| {
         train_step_case(device, ModelKind::Mocse, &TrainingMode::Standard)
     });
-    check("training step graph (two replays), mocse width 8".into(), 5e-2, &|| step_graph_case(device));
+    check("training step graph (two replays), mocse width 8".into(), 5e-2, &|| {
+        step_graph_case(device, ModelKind::Mocse, &TrainingMode::Standard)
+    });
     // The adversarial steps on the standard network: an attack with batch statistics on an
     // untrained MoCSE of 4 images turns last-bit differences into percent-level input gradient
     // differences (near-constant expert channels), which the attack then follows. Even so an
@@ -858,6 +856,10 @@ pub fn run(
             train_step_case(device, ModelKind::Preact18, &mode)
         });
     }
+    let (name, pgd) = &adversarial_modes()[0];
+    check(format!("{name} training step graph (two replays), preact18 width 8"), 1e-2, &|| {
+        step_graph_case(device, ModelKind::Preact18, pgd)
+    });
     // The corruptions' cpu side is their kernels run by the emulator: on emu these cases show
     // that the kernels run, on cuda that the GPU agrees with the emulator. Their independent
     // checks are the reference generator's outputs (tests/corruption_reference.rs).

@@ -1,16 +1,18 @@
-//! The standard training step on a kernel device as a graph (`gpu::graph`): captured once, on
-//! the first full batch, and replayed for every other, so a step costs the host one replay,
-//! one write of its inputs and one read of its results instead of some 600 launches, four
-//! uploads and its own bookkeeping. The cuda device replays a CUDA graph; the emulator replays
-//! the same launches, recorded (which tests that the step is fit for a graph at all).
+//! A training step on a kernel device as a graph (`gpu::graph`): captured once, on the first
+//! full batch, and replayed for every other, so a step costs the host one replay, one write of
+//! its inputs and one read of its results instead of some 300 launches (many more with an
+//! attack), their uploads and their bookkeeping. The cuda device replays a CUDA graph; the
+//! emulator replays the same launches, recorded (which tests that the step is fit for a graph).
 //!
 //! A graph replays fixed addresses, so everything the step reads or writes that outlives it
 //! stays in place: the parameters, their momentum buffers and the batch-norm running statistics
 //! are updated in place (the running statistics copied over unless the step was refused); the
-//! batch, its labels and a control block (the learning rate in, the step's checks out) are
-//! written before each replay. The checks are `train_step`'s, made on the device: a non-finite
-//! loss or gradient refuses the update there (nothing changes), a non-finite result is reported.
-//! The same values as `train_step`, bit for bit (tested on the emulator).
+//! batch, its labels, an adversarial mode's attack start (random, keyed by the images' indices
+//! and the epoch, so made from the batch before each replay) and a control block (the learning
+//! rate in, the step's checks out) are written before each replay. The checks are
+//! `train_step`'s, made on the device: a non-finite loss or gradient refuses the update there
+//! (nothing changes), a non-finite result is reported. The same values as `train_step`, bit
+//! for bit (tested on the emulator in every training mode).
 
 use std::sync::Arc;
 
@@ -44,6 +46,8 @@ struct StepState {
     velocity: Vec<Tensor>,
     images: Tensor,
     labels: Arc<GpuBuffer>,
+    /// An adversarial mode's attack start (made from the batch before each replay).
+    start: Option<Tensor>,
     control: GpuBuffer,
 }
 
@@ -53,6 +57,8 @@ pub struct StepGraph {
     batch_size: usize,
     precision: Precision,
     sgd: SgdConfig,
+    mode: TrainingMode,
+    seed: u64,
     classes: usize,
 }
 
@@ -62,52 +68,69 @@ pub fn wanted() -> bool {
     std::env::var("MOCSE_STEP_GRAPH").map_or(true, |v| v != "0")
 }
 
-/// Whether a training step of this kind can run as a graph on `device`: the standard objective
-/// without AugMix's consistency views (adversarial steps make their examples with host logic
-/// between launches), on the project's kernels (not cuDNN).
-pub fn fits(device: Device, mode: &TrainingMode, jsd: bool) -> Result<bool> {
-    Ok(device != Device::Cpu
-        && mode.is_standard()
-        && !jsd
-        && matches!(conv_engine(device)?, ConvEngine::Kernels(_)))
+/// Whether a training step can run as a graph on `device`: any mode (an adversarial one's
+/// attack starts from a point made before each replay), without AugMix's consistency views
+/// (three times the batch), on the project's kernels (not cuDNN).
+pub fn fits(device: Device, jsd: bool) -> Result<bool> {
+    Ok(device != Device::Cpu && !jsd && matches!(conv_engine(device)?, ConvEngine::Kernels(_)))
 }
 
 impl StepGraph {
-    /// Captures the step for batches of `batch_size` on `device`, on copies of `weights` and
-    /// `velocity` which then replace them (so the caller's tensors are the ones the replays
-    /// update).
+    /// Captures the step of `mode` (its attacks keyed by `seed`) for batches of `batch_size` on
+    /// `device`, on copies of `weights` and `velocity` which then replace them (so the caller's
+    /// tensors are the ones the replays update).
+    #[allow(clippy::too_many_arguments)]
     pub fn capture(
         model: &Model,
         weights: &mut Weights,
         velocity: &mut [Tensor],
         batch_size: usize,
         sgd: &SgdConfig,
+        mode: &TrainingMode,
+        seed: u64,
         device: Device,
     ) -> Result<StepGraph> {
+        let batch_shape = [batch_size, 32, 32, 3];
         let copies =
             |ts: &[Tensor]| -> Result<Vec<Tensor>> { ts.iter().map(|t| copy_on(t, device)).collect() };
         let state = StepState {
             weights: Weights { params: copies(&weights.params)?, buffers: copies(&weights.buffers)? },
             velocity: copies(velocity)?,
-            images: Tensor::zeros_on(device, &[batch_size, 32, 32, 3])?,
+            images: Tensor::zeros_on(device, &batch_shape)?,
             labels: Arc::new(GpuBuffer::zeros(device, batch_size * 4)?),
+            start: match mode.is_standard() {
+                true => None,
+                false => Some(Tensor::zeros_on(device, &batch_shape)?),
+            },
             control: GpuBuffer::zeros(device, WORDS * 4)?,
         };
-        let (graph, ()) = Graph::capture(device, || step_launches(model, &state, batch_size, sgd))
-            .context("capturing the training step as a graph")?;
+        let (graph, ()) =
+            Graph::capture(device, || step_launches(model, &state, batch_size, sgd, mode, seed))
+                .context("capturing the training step as a graph")?;
         let classes = model.config.num_classes;
-        let g = StepGraph { state, graph, batch_size, precision: precision::current(), sgd: *sgd, classes };
+        let precision = precision::current();
+        let (sgd, mode) = (*sgd, *mode);
+        let g = StepGraph { state, graph, batch_size, precision, sgd, mode, seed, classes };
         g.share_into(weights, velocity);
         Ok(g)
     }
 
-    /// Whether this graph runs `batch_size` batches on `device` with `sgd` at the current
-    /// precision.
-    pub fn runs(&self, batch_size: usize, device: Device, sgd: &SgdConfig) -> bool {
+    /// Whether this graph runs `batch_size` batches of `mode` (keyed by `seed`) on `device`
+    /// with `sgd` at the current precision.
+    pub fn runs(
+        &self,
+        batch_size: usize,
+        device: Device,
+        sgd: &SgdConfig,
+        mode: &TrainingMode,
+        seed: u64,
+    ) -> bool {
         self.batch_size == batch_size
             && self.state.images.device() == device
             && self.precision == precision::current()
             && self.sgd == *sgd
+            && self.mode == *mode
+            && self.seed == seed
     }
 
     /// One training step on `batch` (of the captured size) at learning rate `lr`, updating
@@ -152,6 +175,10 @@ impl StepGraph {
             }
         }
         buffer(&s.images)?.copy_from(buffer(&batch.images)?)?;
+        if let Some(start) = &s.start {
+            let made = self.mode.attack_start(batch, self.seed)?.context("an adversarial mode's start")?;
+            buffer(start)?.copy_from(buffer(&made)?)?;
+        }
         s.labels.copy_from(&*batch.labels.on(s.labels.device())?)?;
         let mut control = [0u32; WORDS];
         control[LR as usize] = lr.to_bits();
@@ -200,7 +227,14 @@ fn copy_on(t: &Tensor, device: Device) -> Result<Tensor> {
 
 /// The step's launches, on `state`'s tensors: `train_step`'s standard step with its checks
 /// written to the control block, its update and running statistics in place.
-fn step_launches(model: &Model, s: &StepState, batch_size: usize, sgd: &SgdConfig) -> Result<()> {
+fn step_launches(
+    model: &Model,
+    s: &StepState,
+    batch_size: usize,
+    sgd: &SgdConfig,
+    mode: &TrainingMode,
+    seed: u64,
+) -> Result<()> {
     let word = |i: u64| s.control.address() + 4 * i;
     let tape = Tape::new();
     let params: Vec<Var> = s.weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
@@ -214,7 +248,7 @@ fn step_launches(model: &Model, s: &StepState, batch_size: usize, sgd: &SgdConfi
         jsd: None,
     };
     let (loss, scores) =
-        TrainingMode::Standard.objective(model, &s.weights, &tape, &params, &mut buffers, &batch, 0)?;
+        mode.objective_from(model, &s.weights, &tape, &params, &mut buffers, &batch, s.start.as_ref(), seed)?;
     count_correct_into(scores.value(), &batch.labels, word(CORRECT))?;
     drop(scores);
     let mut grads = tape.backward(&loss)?;
@@ -243,10 +277,11 @@ impl StepState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attack::{BnMode, Norm};
     use crate::nn::model::{ModelConfig, ModelKind};
     use crate::ops::aggregate::Aggregate;
     use crate::rng::{Philox, Purpose};
-    use crate::train::train_step;
+    use crate::train::{AdversarialTraining, train_step};
 
     fn batch(device: Device, n: usize, seed: u64, nan: bool) -> TrainBatch {
         let mut rng = Philox::new(seed, Purpose::Init, 5);
@@ -272,16 +307,39 @@ mod tests {
             .sum()
     }
 
+    /// The adversarial modes with a 2-step L-inf attack (batch norm in training mode for PGD).
+    fn adversarial_modes() -> [TrainingMode; 3] {
+        let attack = AdversarialTraining {
+            norm: Norm::Linf,
+            eps: 8.0 / 255.0,
+            alpha: 2.0 / 255.0,
+            steps: 2,
+            bn: BnMode::Train,
+            eval_subset: 0,
+            beta: None,
+            early_stop: false,
+        };
+        [
+            TrainingMode::Pgd(attack),
+            TrainingMode::Trades(AdversarialTraining { beta: Some(6.0), bn: BnMode::Eval, ..attack }),
+            TrainingMode::FgsmRs(AdversarialTraining { steps: 1, ..attack }),
+        ]
+    }
+
     /// Replays of the captured step give `train_step`'s values bit for bit (loss, count,
-    /// parameters, momentum, running statistics), at a learning rate that changes between
-    /// them, after a step `train_step` made on the same tensors (the graph copies its result
-    /// in), and through a refused step (a NaN image: an error, and nothing changes).
+    /// parameters, momentum, running statistics), in standard and adversarial training (whose
+    /// random starts change with the epoch), at a learning rate that changes between them,
+    /// after a step `train_step` made on the same tensors (the graph copies its result in), and
+    /// through a refused step (a NaN image: an error, and nothing changes).
     #[test]
     fn replays_equal_train_step_bit_for_bit() {
         let d = Device::Emu;
         let sgd = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true };
-        let mode = TrainingMode::Standard;
-        for kind in [ModelKind::Mocse, ModelKind::Preact18] {
+        let cases =
+            [(ModelKind::Mocse, TrainingMode::Standard), (ModelKind::Preact18, TrainingMode::Standard)]
+                .into_iter()
+                .chain(adversarial_modes().map(|m| (ModelKind::Preact18, m)));
+        for (kind, mode) in cases {
             let model = Model::new(ModelConfig {
                 kind,
                 num_classes: 10,
@@ -295,36 +353,41 @@ mod tests {
             };
             let (mut ew, mut gw) = (start.clone(), start.clone());
             let (mut ev, mut gv) = (zeros(&start), zeros(&start));
-            let g = StepGraph::capture(&model, &mut gw, &mut gv, 6, &sgd, d).unwrap();
-            assert!(g.runs(6, d, &sgd));
+            let seed = 3;
+            let g = StepGraph::capture(&model, &mut gw, &mut gv, 6, &sgd, &mode, seed, d).unwrap();
+            assert!(g.runs(6, d, &sgd, &mode, seed) && !g.runs(6, d, &sgd, &mode, seed + 1));
             for (step, lr) in [0.1f32, 0.05, 0.02, 0.07].into_iter().enumerate() {
-                let b = batch(d, 6, step as u64, false);
-                let expected = train_step(&model, &mut ew, &mut ev, &b, lr, &sgd, &mode, 0).unwrap();
+                let mut b = batch(d, 6, step as u64, false);
+                b.epoch = step as u32;
+                let expected = train_step(&model, &mut ew, &mut ev, &b, lr, &sgd, &mode, seed).unwrap();
                 let got = if step == 2 {
-                    train_step(&model, &mut gw, &mut gv, &b, lr, &sgd, &mode, 0).unwrap()
+                    train_step(&model, &mut gw, &mut gv, &b, lr, &sgd, &mode, seed).unwrap()
                 } else {
                     g.step(&mut gw, &mut gv, &b, lr).unwrap()
                 };
                 assert_eq!(
                     (got.0.to_bits(), got.1),
                     (expected.0.to_bits(), expected.1),
-                    "{kind:?} step {step}"
+                    "{kind:?} {mode:?} step {step}"
                 );
-                assert_eq!(differing(&gw.params, &ew.params), 0, "{kind:?} step {step}: parameters");
+                assert_eq!(differing(&gw.params, &ew.params), 0, "{kind:?} {mode:?} step {step}: parameters");
                 assert_eq!(
                     differing(&gw.buffers, &ew.buffers),
                     0,
-                    "{kind:?} step {step}: running statistics"
+                    "{kind:?} {mode:?} step {step}: running statistics"
                 );
-                assert_eq!(differing(&gv, &ev), 0, "{kind:?} step {step}: momentum");
+                assert_eq!(differing(&gv, &ev), 0, "{kind:?} {mode:?} step {step}: momentum");
             }
-            let before = (host(&gw.params), host(&gw.buffers), host(&gv));
-            let err = g.step(&mut gw, &mut gv, &batch(d, 6, 9, true), 0.1).unwrap_err();
-            assert!(format!("{err:#}").contains("the loss became NaN"), "{err:#}");
-            assert!(
-                (host(&gw.params), host(&gw.buffers), host(&gv)) == before,
-                "{kind:?}: a refused step changed something"
-            );
+            // (An attack's projection into the image range takes a NaN pixel out of its examples.)
+            if mode.is_standard() {
+                let before = (host(&gw.params), host(&gw.buffers), host(&gv));
+                let err = g.step(&mut gw, &mut gv, &batch(d, 6, 9, true), 0.1).unwrap_err();
+                assert!(format!("{err:#}").contains("the loss became NaN"), "{err:#}");
+                assert!(
+                    (host(&gw.params), host(&gw.buffers), host(&gv)) == before,
+                    "{kind:?} {mode:?}: a refused step changed something"
+                );
+            }
             assert!(
                 g.step(&mut gw, &mut gv, &batch(d, 5, 1, false), 0.1).is_err(),
                 "a batch of another size"

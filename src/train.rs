@@ -208,7 +208,7 @@ impl TrainingMode {
     /// The objective of one step: the loss on `tape` for `batch` with the current weights
     /// (`params` on the tape, `buffers` the batch-norm statistics the forward pass updates), and
     /// the class scores the step's accuracy counts. Adversarial examples are made first, off
-    /// the tape, from the same weights.
+    /// the tape, from the same weights, from `attack_start`'s point.
     #[allow(clippy::too_many_arguments)]
     pub fn objective(
         &self,
@@ -220,21 +220,53 @@ impl TrainingMode {
         batch: &TrainBatch,
         seed: u64,
     ) -> Result<(Var, Var)> {
-        let (images, labels) = (&batch.images, &batch.labels[..]);
+        let x_start = self.attack_start(batch, seed)?;
+        self.objective_from(model, weights, tape, params, buffers, batch, x_start.as_ref(), seed)
+    }
+
+    /// Where an adversarial mode's attack on `batch` starts (random, keyed by the images'
+    /// indices and the epoch); None for standard training.
+    pub fn attack_start(&self, batch: &TrainBatch, seed: u64) -> Result<Option<Tensor>> {
+        Ok(match self {
+            TrainingMode::Standard => None,
+            TrainingMode::Pgd(a) | TrainingMode::FgsmRs(a) => {
+                Some(start(&batch.images, &batch.index, &a.attack(seed), batch.epoch)?)
+            }
+            TrainingMode::Trades(_) => {
+                Some(gaussian_start(&batch.images, &batch.index, TRADES_START_SIGMA, seed, batch.epoch)?)
+            }
+        })
+    }
+
+    /// `objective` with the attack (if any) from `x_start`: every launch of it depends on the
+    /// batch only through device memory (a step graph replays it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn objective_from(
+        &self,
+        model: &Model,
+        weights: &Weights,
+        tape: &Tape,
+        params: &[Var],
+        buffers: &mut [Tensor],
+        batch: &TrainBatch,
+        x_start: Option<&Tensor>,
+        seed: u64,
+    ) -> Result<(Var, Var)> {
+        let images = &batch.images;
+        let labels = &batch.labels;
+        let start_point = || x_start.cloned().context("an adversarial step needs its start");
         let adversarial = match self {
             TrainingMode::Standard => images.clone(),
             TrainingMode::Pgd(a) | TrainingMode::FgsmRs(a) => {
                 let cfg = a.attack(seed);
-                let x_start = start(images, &batch.index, &cfg, batch.epoch)?;
-                pgd_examples(model, weights, images, x_start, labels, &cfg, AttackLoss::CrossEntropy)?
+                pgd_examples(model, weights, images, start_point()?, labels, &cfg, AttackLoss::CrossEntropy)?
             }
             TrainingMode::Trades(a) => {
                 let cfg = a.attack(seed);
                 // The KL from the clean prediction in the attack's batch-norm mode (evaluation by
                 // default, as Zhang et al.), a constant while attacking.
                 let clean = scores_in_mode(model, weights, images, cfg.bn)?;
-                let x_start = gaussian_start(images, &batch.index, TRADES_START_SIGMA, seed, batch.epoch)?;
-                pgd_examples(model, weights, images, x_start, labels, &cfg, AttackLoss::Kl(&clean))?
+                pgd_examples(model, weights, images, start_point()?, labels, &cfg, AttackLoss::Kl(&clean))?
             }
         };
         let forward = |buffers: &mut [Tensor], images: Tensor| -> Result<Var> {
@@ -243,7 +275,7 @@ impl TrainingMode {
         match self {
             TrainingMode::Trades(a) => {
                 let clean_out = forward(buffers, images.clone())?;
-                let natural = model.loss(tape, &clean_out, &batch.labels)?;
+                let natural = model.loss(tape, &clean_out, labels)?;
                 let clean_scores = model.scores(tape, &clean_out)?;
                 let adv_scores = model.scores(tape, &forward(buffers, adversarial)?)?;
                 let robust = tape.kl_divergence(&clean_scores, &adv_scores)?;
@@ -258,12 +290,12 @@ impl TrainingMode {
                 let consistency = tape.jensen_shannon(&model.scores(tape, &out)?, JSD_VIEWS)?;
                 let weight = batch.jsd.unwrap_or_default();
                 let loss =
-                    tape.add(&model.loss(tape, &clean, &batch.labels)?, &tape.scale(&consistency, weight)?)?;
+                    tape.add(&model.loss(tape, &clean, labels)?, &tape.scale(&consistency, weight)?)?;
                 Ok((loss, model.scores(tape, &clean)?))
             }
             _ => {
                 let out = forward(buffers, adversarial)?;
-                Ok((model.loss(tape, &out, &batch.labels)?, model.scores(tape, &out)?))
+                Ok((model.loss(tape, &out, labels)?, model.scores(tape, &out)?))
             }
         }
     }
@@ -666,7 +698,9 @@ impl Trainer {
     /// batch size, device and precision): the same values.
     fn graph_step(&mut self, batch: &TrainBatch, lr: f32) -> Result<(f32, usize)> {
         let size = batch.labels.len();
-        if !self.step_graph.as_ref().is_some_and(|g| g.runs(size, self.device, &self.config.sgd)) {
+        let (mode, seed) = (self.config.mode, self.config.seed);
+        if !self.step_graph.as_ref().is_some_and(|g| g.runs(size, self.device, &self.config.sgd, &mode, seed))
+        {
             self.step_graph = None;
             let captured = StepGraph::capture(
                 &self.model,
@@ -674,6 +708,8 @@ impl Trainer {
                 &mut self.velocity,
                 size,
                 &self.config.sgd,
+                &mode,
+                seed,
                 self.device,
             );
             match captured {
@@ -734,10 +770,8 @@ impl Trainer {
         bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        // Full batches of the standard step replay a graph of it (the last, smaller one runs
-        // `train_step`).
-        let graph_fits =
-            self.step_graphs && step_graph::fits(self.device, &self.config.mode, self.config.jsd.is_some())?;
+        // Full batches replay a graph of the step (the last, smaller one runs `train_step`).
+        let graph_fits = self.step_graphs && step_graph::fits(self.device, self.config.jsd.is_some())?;
         let mut lr = self.config.lr;
         let mut first_batch: Option<(Tensor, Vec<u32>, Vec<u32>)> = None;
         for (nth, idx) in batches(&order, self.config.batch_size).enumerate() {

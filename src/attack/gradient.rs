@@ -8,7 +8,7 @@ use crate::attack::BnMode;
 use crate::autograd::{Tape, Var};
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
-use crate::ops::loss::{cross_entropy_row, dlr_row, kl_row};
+use crate::ops::loss::{ClassLabels, cross_entropy_row, dlr_row, kl_row};
 use crate::tensor::Tensor;
 
 /// What an attack maximises, per image.
@@ -53,17 +53,18 @@ pub fn input_gradient(
     model: &Model,
     weights: &Weights,
     images: &Tensor,
-    labels: &[u32],
+    class_labels: &(impl ClassLabels + ?Sized),
     bn: BnMode,
     loss: AttackLoss,
 ) -> Result<(Tensor, Tensor)> {
+    let labels = class_labels.host();
     let tape = Tape::new();
     let params: Vec<Var> = weights.params.iter().map(|p| Var::constant(p.clone())).collect();
     let x = tape.leaf(images.clone(), true);
     let out = model.forward(&tape, &params, &mut weights.buffers.clone(), &x, bn == BnMode::Train)?;
     let scores = model.scores(&tape, &out)?;
     let mean = match loss {
-        AttackLoss::CrossEntropy => tape.softmax_cross_entropy(&scores, labels)?,
+        AttackLoss::CrossEntropy => tape.softmax_cross_entropy(&scores, class_labels)?,
         AttackLoss::Dlr => tape.dlr_loss(&scores, labels, None)?,
         AttackLoss::DlrTargeted(targets) => tape.dlr_loss(&scores, labels, Some(targets))?,
         AttackLoss::Kl(clean) => tape.kl_divergence(&Var::constant(clean.clone()), &scores)?,

@@ -9,7 +9,7 @@ use crate::attack::step::{pgd_step, random_start};
 use crate::eval::class_scores;
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
-use crate::ops::loss::predicted_classes;
+use crate::ops::loss::{ClassLabels, predicted_classes};
 use crate::tensor::Tensor;
 
 /// Where a run of the attack starts: a random point of the eps-ball (round `round` of each
@@ -85,7 +85,7 @@ pub fn pgd_examples(
     weights: &Weights,
     x: &Tensor,
     x_start: Tensor,
-    labels: &[u32],
+    labels: &(impl ClassLabels + ?Sized),
     cfg: &PgdConfig,
     loss: AttackLoss,
 ) -> Result<Tensor> {
