@@ -16,21 +16,20 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
-use crate::autograd::{Tape, Var};
 use crate::device::Device;
 use crate::gpu::GpuBuffer;
 use crate::gpu::graph::Graph;
 use crate::nn::model::Model;
 use crate::nn::preact_resnet::Weights;
 use crate::ops::conv::{ConvEngine, conv_engine};
-use crate::ops::elementwise::{all_finite, copy_unless_flagged, flag_nonfinite, scale_tensor_into};
+use crate::ops::elementwise::{copy_unless_flagged, flag_nonfinite, scale_tensor_into};
 use crate::ops::loss::{ClassLabels, Labels, count_correct_into};
 use crate::ops::sgd::{SgdConfig, sgd_update_in_place};
 use crate::precision::{self, Precision};
 use crate::tensor::Tensor;
-use crate::train::{TrainBatch, TrainingMode};
+use crate::train::{TrainBatch, TrainingMode, ensure_finite_step, ensure_finite_update, loss_and_gradients};
 
 /// The control block's u32 words: the learning rate (an f32) in; the step's results out.
 const LR: u64 = 0;
@@ -166,10 +165,10 @@ impl StepGraph {
         );
         let theirs = weights.params.iter().chain(&weights.buffers).chain(velocity.iter());
         ensure!(
-            self.tensors().map(Tensor::shape).eq(theirs.clone().map(Tensor::shape)),
+            s.tensors().map(Tensor::shape).eq(theirs.clone().map(Tensor::shape)),
             "weights of another model than the graph's"
         );
-        for (mine, theirs) in self.tensors().zip(theirs) {
+        for (mine, theirs) in s.tensors().zip(theirs) {
             if mine.address() != theirs.address() {
                 buffer(mine)?.copy_from(buffer(theirs)?)?;
             }
@@ -188,22 +187,9 @@ impl StepGraph {
         // The caller's tensors are the ones replayed into (also after a refused step: unchanged).
         self.share_into(weights, velocity);
         let loss = f32::from_bits(control[LOSS as usize]);
-        if !loss.is_finite() {
-            bail!("the loss became {loss}");
-        }
-        ensure!(control[REFUSED as usize] == 0, "a gradient became infinite or NaN");
-        if control[NOT_FINITE_AFTER as usize] != 0 {
-            ensure!(all_finite(&s.weights.params)?, "the update made a parameter infinite or NaN");
-            ensure!(all_finite(&s.velocity)?, "the update made an SGD momentum buffer infinite or NaN");
-            bail!("a batch-norm running statistic became infinite or NaN");
-        }
+        ensure_finite_step(loss, control[REFUSED as usize] == 0)?;
+        ensure_finite_update(control[NOT_FINITE_AFTER as usize] == 0, &s.weights.params, &s.velocity)?;
         Ok((loss, control[CORRECT as usize] as usize))
-    }
-
-    /// The step's parameters, running statistics and momentum buffers, in that order.
-    fn tensors(&self) -> impl Iterator<Item = &Tensor> {
-        let s = &self.state;
-        s.weights.params.iter().chain(&s.weights.buffers).chain(&s.velocity)
     }
 
     fn share_into(&self, weights: &mut Weights, velocity: &mut [Tensor]) {
@@ -225,8 +211,9 @@ fn copy_on(t: &Tensor, device: Device) -> Result<Tensor> {
     Ok(copy)
 }
 
-/// The step's launches, on `state`'s tensors: `train_step`'s standard step with its checks
-/// written to the control block, its update and running statistics in place.
+/// The step's launches, on `state`'s tensors: `train_step`'s loss and gradients
+/// (`loss_and_gradients`), its checks written to the control block, its update and running
+/// statistics in place.
 fn step_launches(
     model: &Model,
     s: &StepState,
@@ -236,8 +223,6 @@ fn step_launches(
     seed: u64,
 ) -> Result<()> {
     let word = |i: u64| s.control.address() + 4 * i;
-    let tape = Tape::new();
-    let params: Vec<Var> = s.weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
     let mut buffers = s.weights.buffers.clone();
     // The labels' values matter only on the device; the host's are checked against the classes.
     let batch = TrainBatch {
@@ -247,30 +232,24 @@ fn step_launches(
         epoch: 0,
         jsd: None,
     };
-    let (loss, scores) =
-        mode.objective_from(model, &s.weights, &tape, &params, &mut buffers, &batch, s.start.as_ref(), seed)?;
-    count_correct_into(scores.value(), &batch.labels, word(CORRECT))?;
-    drop(scores);
-    let mut grads = tape.backward(&loss)?;
-    let grads: Vec<Tensor> =
-        params.iter().map(|p| grads.take(p).context("a parameter got no gradient")).collect::<Result<_>>()?;
-    let loss = loss.value().clone();
+    let (loss, scores, grads) =
+        loss_and_gradients(model, &s.weights, &mut buffers, mode, &batch, s.start.as_ref(), seed)?;
+    count_correct_into(&scores, &batch.labels, word(CORRECT))?;
     flag_nonfinite(&[grads.as_slice(), std::slice::from_ref(&loss)].concat(), word(REFUSED))?;
-    drop((params, tape));
     sgd_update_in_place(&s.weights.params, &s.velocity, &grads, word(LR), sgd, Some(word(REFUSED)))?;
     for (running, new) in s.weights.buffers.iter().zip(&buffers) {
         if running.address() != new.address() {
             copy_unless_flagged(running, new, word(REFUSED))?;
         }
     }
-    let after: Vec<Tensor> = s.tensors_after();
-    flag_nonfinite(&after, word(NOT_FINITE_AFTER))?;
+    flag_nonfinite(&s.tensors().cloned().collect::<Vec<_>>(), word(NOT_FINITE_AFTER))?;
     scale_tensor_into(&loss, 1.0, word(LOSS))
 }
 
 impl StepState {
-    fn tensors_after(&self) -> Vec<Tensor> {
-        self.weights.params.iter().chain(&self.velocity).chain(&self.weights.buffers).cloned().collect()
+    /// The step's parameters, running statistics and momentum buffers, in that order.
+    fn tensors(&self) -> impl Iterator<Item = &Tensor> + Clone {
+        self.weights.params.iter().chain(&self.weights.buffers).chain(&self.velocity)
     }
 }
 

@@ -205,25 +205,6 @@ impl TrainingMode {
         Ok(())
     }
 
-    /// The objective of one step: the loss on `tape` for `batch` with the current weights
-    /// (`params` on the tape, `buffers` the batch-norm statistics the forward pass updates), and
-    /// the class scores the step's accuracy counts. Adversarial examples are made first, off
-    /// the tape, from the same weights, from `attack_start`'s point.
-    #[allow(clippy::too_many_arguments)]
-    pub fn objective(
-        &self,
-        model: &Model,
-        weights: &Weights,
-        tape: &Tape,
-        params: &[Var],
-        buffers: &mut [Tensor],
-        batch: &TrainBatch,
-        seed: u64,
-    ) -> Result<(Var, Var)> {
-        let x_start = self.attack_start(batch, seed)?;
-        self.objective_from(model, weights, tape, params, buffers, batch, x_start.as_ref(), seed)
-    }
-
     /// Where an adversarial mode's attack on `batch` starts (random, keyed by the images'
     /// indices and the epoch); None for standard training.
     pub fn attack_start(&self, batch: &TrainBatch, seed: u64) -> Result<Option<Tensor>> {
@@ -238,8 +219,11 @@ impl TrainingMode {
         })
     }
 
-    /// `objective` with the attack (if any) from `x_start`: every launch of it depends on the
-    /// batch only through device memory (a step graph replays it).
+    /// The objective of one step: the loss on `tape` for `batch` with the current weights
+    /// (`params` on the tape, `buffers` the batch-norm statistics the forward pass updates), and
+    /// the class scores the step's accuracy counts. Adversarial examples are made first, off
+    /// the tape, from the same weights, from `x_start` (`attack_start`'s point): every launch
+    /// depends on the batch only through device memory (a step graph replays it).
     #[allow(clippy::too_many_arguments)]
     pub fn objective_from(
         &self,
@@ -1017,71 +1001,93 @@ pub fn train_step(
     mode: &TrainingMode,
     seed: u64,
 ) -> Result<(f32, usize)> {
+    let mut buffers = weights.buffers.clone();
+    let x_start = mode.attack_start(batch, seed)?;
+    let (loss, scores, grads) =
+        loss_and_gradients(model, weights, &mut buffers, mode, batch, x_start.as_ref(), seed)?;
+    let (loss_value, correct) = match loss.device() {
+        Device::Cpu => {
+            let correct = count_correct(&scores, &batch.labels)?;
+            drop(scores);
+            let loss_value = loss.scalar_value()?;
+            ensure_finite_step(loss_value, all_finite(&grads)?)?;
+            sgd_step_all(&mut weights.params, velocity, &grads, lr, sgd, None)?;
+            let produced: Vec<Tensor> =
+                weights.params.iter().chain(velocity.iter()).chain(&buffers).cloned().collect();
+            let produced_finite = all_finite(&produced)?;
+            drop(produced);
+            ensure_finite_update(produced_finite, &weights.params, velocity)?;
+            (loss_value, correct)
+        }
+        d => {
+            // u32 slots there: [correct, loss or gradient not finite, product not finite].
+            let report = GpuBuffer::zeros(d, 12)?;
+            let slot = |i: u64| report.address() + 4 * i;
+            count_correct_into(&scores, &batch.labels, slot(0))?;
+            drop(scores);
+            flag_nonfinite(&[grads.as_slice(), std::slice::from_ref(&loss)].concat(), slot(1))?;
+            sgd_step_all(&mut weights.params, velocity, &grads, lr, sgd, Some(slot(1)))?;
+            let produced: Vec<Tensor> =
+                weights.params.iter().chain(velocity.iter()).chain(&buffers).cloned().collect();
+            flag_nonfinite(&produced, slot(2))?;
+            drop(produced);
+            let checks = report.download::<u32>()?;
+            let loss_value = loss.scalar_value()?;
+            ensure_finite_step(loss_value, checks[1] == 0)?;
+            ensure_finite_update(checks[2] == 0, &weights.params, velocity)?;
+            (loss_value, checks[0] as usize)
+        }
+    };
+    weights.buffers = buffers;
+    Ok((loss_value, correct))
+}
+
+/// The objective's loss and class scores on `batch` (its attack, if any, from `x_start`) and
+/// every parameter's gradient, in order; the tape is gone by then, so an update may write over
+/// the parameters. `buffers` get the batch-norm running statistics the forward pass updates.
+pub(crate) fn loss_and_gradients(
+    model: &Model,
+    weights: &Weights,
+    buffers: &mut [Tensor],
+    mode: &TrainingMode,
+    batch: &TrainBatch,
+    x_start: Option<&Tensor>,
+    seed: u64,
+) -> Result<(Tensor, Tensor, Vec<Tensor>)> {
     let tape = Tape::new();
     let params: Vec<Var> = weights.params.iter().map(|p| tape.leaf(p.clone(), true)).collect();
-    let mut buffers = weights.buffers.clone();
-    let (loss, scores) = mode.objective(model, weights, &tape, &params, &mut buffers, batch, seed)?;
-    // On a kernel device, u32 slots there: [correct, loss or gradient not finite, product not finite].
-    let report = match loss.value().device() {
-        Device::Cpu => None,
-        d => Some(GpuBuffer::zeros(d, 12)?),
-    };
-    let slot = |i: u64| report.as_ref().map(|r| r.address() + 4 * i);
-    let correct_on_host = match slot(0) {
-        Some(out) => {
-            count_correct_into(scores.value(), &batch.labels, out)?;
-            None
-        }
-        None => {
-            let loss_value = loss.value().scalar_value()?;
-            if !loss_value.is_finite() {
-                bail!("the loss became {loss_value}");
-            }
-            Some((count_correct(scores.value(), &batch.labels)?, loss_value))
-        }
-    };
-    drop(scores);
+    let (loss, scores) =
+        mode.objective_from(model, weights, &tape, &params, buffers, batch, x_start, seed)?;
     let mut grads = tape.backward(&loss)?;
     let grads: Vec<Tensor> =
         params.iter().map(|p| grads.take(p).context("a parameter got no gradient")).collect::<Result<_>>()?;
-    let loss = loss.value().clone();
-    match slot(1) {
-        Some(flag) => flag_nonfinite(&[grads.as_slice(), std::slice::from_ref(&loss)].concat(), flag)?,
-        None => ensure!(all_finite(&grads)?, "a gradient became infinite or NaN"),
+    Ok((loss.value().clone(), scores.value().clone(), grads))
+}
+
+/// A step's loss and gradients as its error where they are not finite (the update is then
+/// refused: nothing has changed).
+pub(crate) fn ensure_finite_step(loss: f32, gradients_finite: bool) -> Result<()> {
+    if !loss.is_finite() {
+        bail!("the loss became {loss}");
     }
-    // Dropping the tape's references lets the update run in place.
-    drop((params, tape));
-    sgd_step_all(&mut weights.params, velocity, &grads, lr, sgd, slot(1))?;
-    // Everything the step produced is checked before it is accepted: parameters, momentum
-    // buffers and the batch-norm running statistics (which a huge learning rate can overflow
-    // while the loss still looks finite). One check of everything; which kind broke is looked
-    // up only when one did.
-    let produced: Vec<Tensor> =
-        weights.params.iter().chain(velocity.iter()).chain(&buffers).cloned().collect();
-    let (loss_value, correct, produced_finite) = match &report {
-        Some(report) => {
-            flag_nonfinite(&produced, slot(2).context("a report slot")?)?;
-            let checks = report.download::<u32>()?;
-            let loss_value = loss.scalar_value()?;
-            if !loss_value.is_finite() {
-                bail!("the loss became {loss_value}");
-            }
-            ensure!(checks[1] == 0, "a gradient became infinite or NaN");
-            (loss_value, checks[0] as usize, checks[2] == 0)
-        }
-        None => {
-            let (correct, loss_value) = correct_on_host.context("the cpu counted on the host")?;
-            (loss_value, correct, all_finite(&produced)?)
-        }
-    };
-    drop(produced);
-    if !produced_finite {
-        ensure!(all_finite(&weights.params)?, "the update made a parameter infinite or NaN");
-        ensure!(all_finite(velocity)?, "the update made an SGD momentum buffer infinite or NaN");
-        bail!("a batch-norm running statistic became infinite or NaN");
+    ensure!(gradients_finite, "a gradient became infinite or NaN");
+    Ok(())
+}
+
+/// What an update made non-finite, as the step's error, its kind looked up only when something
+/// was (`produced_finite` false): the parameters, the momentum buffers, else the batch-norm
+/// running statistics.
+pub(crate) fn ensure_finite_update(
+    produced_finite: bool,
+    params: &[Tensor],
+    velocity: &[Tensor],
+) -> Result<()> {
+    if produced_finite {
+        return Ok(());
     }
-    weights.buffers = buffers;
-    Ok((loss_value, correct))
+    ensure!(all_finite(params)?, "the update made a parameter infinite or NaN");
+    ensure!(all_finite(velocity)?, "the update made an SGD momentum buffer infinite or NaN");
+    bail!("a batch-norm running statistic became infinite or NaN")
 }
 
 /// Every entry of RUN_DIR/log.jsonl, failing on a line that is not one.
