@@ -24,6 +24,12 @@ pub fn on_terminal() -> bool {
 /// `message` can be set later. `rate` is shown as a whole number per second, not indicatif's
 /// four decimals.
 pub fn bar(len: u64, unit: &str) -> ProgressBar {
+    bar_with_prefix(len, unit, "")
+}
+
+/// `bar` with its prefix set before it first draws (set afterwards, the steady tick of a log
+/// could print a first line without it).
+pub fn bar_with_prefix(len: u64, unit: &str, prefix: &str) -> ProgressBar {
     let (target, template) = if on_terminal() {
         (
             ProgressDrawTarget::stderr(),
@@ -45,7 +51,8 @@ pub fn bar(len: u64, unit: &str) -> ProgressBar {
             let _ = write!(w, "{:.0}/s", state.per_sec());
         })
         .progress_chars("=> ");
-    let bar = ProgressBar::with_draw_target(Some(len), target).with_style(style);
+    let bar =
+        ProgressBar::with_draw_target(Some(len), target).with_style(style).with_prefix(prefix.to_string());
     if !on_terminal() {
         // Without new positions (one long batch) there would be no redraw, and so no line.
         bar.enable_steady_tick(Duration::from_secs(1));

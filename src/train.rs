@@ -746,12 +746,12 @@ impl Trainer {
             .as_ref()
             .map(|r| r.order(order.clone(), self.config.seed, epoch as u64))
             .transpose()?;
+        let prefix = format!("epoch {}/{epochs}", epoch + 1);
         let bar = if show_progress {
-            progress::bar(self.train.len() as u64, "images")
+            progress::bar_with_prefix(self.train.len() as u64, "images", &prefix)
         } else {
-            ProgressBar::hidden()
+            ProgressBar::hidden().with_prefix(prefix)
         };
-        bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
         let start = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         // Full batches replay a graph of the step (the last, smaller one runs `train_step`).
