@@ -6,9 +6,12 @@
 //
 // A block of 256 threads (8 warps) owns a BM x BN tile of the result, each warp a WM x WN part
 // of it: (WM / 16) x (WN / 8) mma tiles accumulated in registers. The reduction runs in slices
-// of BK = 32. While the warps multiply the current slice out of shared memory, each thread has
-// the loads of its share of the next slice in flight (into registers, then stored as bf16
-// pairs into the other of two shared buffers): one barrier per slice.
+// of BK = 32, one barrier per slice, each operand through a ring of shared slices. Activations
+// (f32 in memory, rounded and perhaps mapped by batch norm + ReLU on the way) are staged through
+// registers: while the warps multiply slice s, each thread has its loads of slice s + 1 in
+// flight and stores them as bf16 pairs after (two slices). Weights already packed in bf16 go
+// straight to shared memory by cp.async (async_copy.cuh), slices s + 1 and s + 2 in flight while
+// s is multiplied (three slices), and take no registers.
 //
 // A shared slice is rows of 16 words (32 bf16 along k); the 4-word chunks of row r are permuted
 // by chunk ^ ((r >> 1) & 3). The fragment loads (8 rows x 4 words per instruction) and every
@@ -16,6 +19,7 @@
 // per quarter warp): no bank conflicts, by construction.
 #include "common.cuh"
 #include "conv2d.cuh"
+#include "async_copy.cuh"
 #include "mma.cuh"
 
 namespace tc {
@@ -63,6 +67,8 @@ struct Operand;
 
 template <int ROWS, class Op>
 struct Operand<ROWS, Op, Gather::Pairs> {
+    static constexpr bool ASYNC = false;
+    static constexpr int STAGES = 2;
     using S = Staging<ROWS, Op::k_contiguous>;
     using RowInfo = decltype(Op{}.row(0));
     Op op;
@@ -95,6 +101,8 @@ struct Operand<ROWS, Op, Gather::Pairs> {
 // reads 8 rows x 32 k.
 template <int ROWS, class Op>
 struct Operand<ROWS, Op, Gather::ChunksOfK> {
+    static constexpr bool ASYNC = false;
+    static constexpr int STAGES = 2;
     static constexpr int CHUNKS = BK / 8, PASSES = ROWS * CHUNKS / THREADS;
     static_assert(ROWS * CHUNKS % THREADS == 0, "whole passes");
     using RowInfo = decltype(Op{}.row(0));
@@ -140,6 +148,8 @@ struct Operand<ROWS, Op, Gather::ChunksOfK> {
 // opposite parity: with the swizzle, 32 distinct banks.
 template <int ROWS, class Op>
 struct Operand<ROWS, Op, Gather::BlocksOfRows> {
+    static constexpr bool ASYNC = false;
+    static constexpr int STAGES = 2;
     static constexpr int BLOCKS = ROWS / 8, PAIRS = BK / 2;
     static constexpr int UNITS = BLOCKS * PAIRS, PASSES = (UNITS + THREADS - 1) / THREADS;
     static_assert(BLOCKS % 2 == 0, "blocks of rows in pairs");
@@ -196,30 +206,59 @@ struct PackedWeightRows {
 
 template <int ROWS, class Op>
 struct Operand<ROWS, Op, Gather::Packed> {
+    static constexpr bool ASYNC = true;
+    static constexpr int STAGES = 3;  // slices in flight while one is multiplied: STAGES - 1
     static constexpr int CHUNKS = BK / 8, UNITS = ROWS * CHUNKS, PASSES = (UNITS + THREADS - 1) / THREADS;
     using RowInfo = long long;
     Op op;
     int count;  // rows [0, count) of the tile exist
-    uint4 staged[PASSES];
+    async_copy::Pipeline<STAGES * PASSES> copies;
 
-    __device__ __forceinline__ void gather(const RowInfo* rows, int k0, int k_begin, int k_end) {
+    // Issues the copies of slice [k0, k0 + BK) into `slice`; what lies outside is filled with 0.
+    __device__ __forceinline__ void issue(const RowInfo* rows, int k0, int k_begin, int k_end, unsigned* slice) {
         const int k = k0 + 8 * (threadIdx.x % CHUNKS), c = op.col(k < k_end ? k : k_begin);
         for (int p = 0; p < PASSES; ++p) {
             const int unit = threadIdx.x + p * THREADS, r = unit / CHUNKS;
-            staged[p] = unit < UNITS && r < count && k < k_end
-                            ? *reinterpret_cast<const uint4*>(op.w + rows[r] + c)
-                            : uint4{0u, 0u, 0u, 0u};
-        }
-    }
-
-    __device__ __forceinline__ void store(unsigned* slice) const {
-        for (int p = 0; p < PASSES; ++p) {
-            const int unit = threadIdx.x + p * THREADS;
-            if (unit < UNITS)
-                *reinterpret_cast<uint4*>(&slice[swizzled(unit / CHUNKS, 4 * (unit % CHUNKS))]) = staged[p];
+            if (unit >= UNITS) continue;
+            const bool in = r < count && k < k_end;
+            copies.copy16(&slice[swizzled(r, 4 * (unit % CHUNKS))], in ? op.w + rows[r] + c : op.w, in);
         }
     }
 };
+
+// The pipeline over an operand's ring of STAGES shared slices of ROWS rows. Register-staged
+// operands (STAGES 2) gather slice s + 1 into registers while slice s is multiplied and store it
+// after; copied ones (ASYNC) keep slices s + 1 .. s + STAGES - 1 in flight and wait for s + 1
+// after. Either way slice s + 1 is whole in its slot, for every thread, once the barrier that
+// ends step s has passed. Step s = -1 is the prologue, which readies slice 0.
+template <int ROWS, class O, class RowInfo>
+__device__ __forceinline__ void load_ahead(O& o, const RowInfo* rows, int s, int slices, int k_begin, int k_end,
+                                           unsigned* ring) {
+    if constexpr (O::ASYNC) {
+        const int ahead = s + O::STAGES - 1;
+        if (ahead < slices)
+            o.issue(rows, k_begin + ahead * BK, k_begin, k_end, ring + ahead % O::STAGES * ROWS * WORDS);
+        o.copies.commit();  // a group per step, empty or not, so that waits count steps
+    } else if (s + 1 < slices) {
+        o.gather(rows, k_begin + (s + 1) * BK, k_begin, k_end);
+    }
+}
+
+template <int ROWS, class O>
+__device__ __forceinline__ void land_next(O& o, int s, int slices, unsigned* ring) {
+    if constexpr (O::ASYNC) {
+        o.copies.template wait<O::STAGES - 2>();
+    } else if (s + 1 < slices) {
+        o.store(ring + (s + 1) % O::STAGES * ROWS * WORDS);
+    }
+}
+
+template <int ROWS, class O, class RowInfo>
+__device__ __forceinline__ void prologue(O& o, const RowInfo* rows, int slices, int k_begin, int k_end,
+                                         unsigned* ring) {
+    for (int s = -(O::STAGES - 1); s < 0; ++s) load_ahead<ROWS>(o, rows, s, slices, k_begin, k_end, ring);
+    land_next<ROWS>(o, -1, slices, ring);
+}
 
 // C[m0.., n0..] = sum over k in [k_begin, k_end) of A(m, k) * B(n, k), stored with
 // store(m, n, C[m][n], C[m][n + 1], whether column n + 1 exists), which returns what it stored
@@ -231,10 +270,10 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
     static_assert((BM / WM) * (BN / WN) == THREADS / 32, "one warp per WM x WN part");
     static_assert(WM % 16 == 0 && WN % 16 == 0, "whole mma tiles, B's in pairs (ldmatrix x4)");
     constexpr int MI = WM / 16, NI = WN / 8, WARPS_N = BN / WN;
-    __shared__ unsigned a_slices[2][BM * WORDS];
-    __shared__ unsigned b_slices[2][BN * WORDS];
     using OperandA = Operand<BM, A, GatherOf<A, WIDE>::value>;
     using OperandB = Operand<BN, B, GatherOf<B, WIDE>::value>;
+    __shared__ __align__(16) unsigned a_ring[OperandA::STAGES * BM * WORDS];
+    __shared__ __align__(16) unsigned b_ring[OperandB::STAGES * BN * WORDS];
     __shared__ typename OperandA::RowInfo a_rows[BM];
     __shared__ typename OperandB::RowInfo b_rows[BN];
     const int tid = threadIdx.x;
@@ -242,11 +281,10 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
     for (int i = tid; i < BN; i += THREADS) b_rows[i] = b.row(n0 + i);
     OperandA sa{a, M - m0, {}};
     OperandB sb{b, N - n0, {}};
+    const int slices = (k_end - k_begin + BK - 1) / BK;
     __syncthreads();
-    sa.gather(a_rows, k_begin, k_begin, k_end);
-    sb.gather(b_rows, k_begin, k_begin, k_end);
-    sa.store(a_slices[0]);
-    sb.store(b_slices[0]);
+    prologue<BM>(sa, a_rows, slices, k_begin, k_end, a_ring);
+    prologue<BN>(sb, b_rows, slices, k_begin, k_end, b_ring);
     __syncthreads();
 
     const int warp = tid / 32, lane = tid % 32, group = lane >> 2, tig = lane & 3;
@@ -255,15 +293,11 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
     for (int i = 0; i < MI; ++i)
         for (int j = 0; j < NI; ++j)
             for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
-    int buffer = 0;
-    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-        const bool more = k0 + BK < k_end;
-        if (more) {
-            sa.gather(a_rows, k0 + BK, k_begin, k_end);
-            sb.gather(b_rows, k0 + BK, k_begin, k_end);
-        }
-        const unsigned* as = a_slices[buffer];
-        const unsigned* bs = b_slices[buffer];
+    for (int s = 0; s < slices; ++s) {
+        load_ahead<BM>(sa, a_rows, s, slices, k_begin, k_end, a_ring);
+        load_ahead<BN>(sb, b_rows, s, slices, k_begin, k_end, b_ring);
+        const unsigned* as = a_ring + s % OperandA::STAGES * BM * WORDS;
+        const unsigned* bs = b_ring + s % OperandB::STAGES * BN * WORDS;
         for (int half = 0; half < 2; ++half) {
             // The fragments by ldmatrix: an 8x8 matrix is 8 rows of one 4-word chunk (chunk
             // 2 half holds k = 16 half .. + 7, chunk 2 half + 1 the next 8). A: rows 0-7 and
@@ -282,12 +316,9 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
             }
             mma::mma_bf16_grid<MI, NI>(acc, fa, fb);
         }
-        if (more) {
-            sa.store(a_slices[buffer ^ 1]);
-            sb.store(b_slices[buffer ^ 1]);
-        }
+        land_next<BM>(sa, s, slices, a_ring);
+        land_next<BN>(sb, s, slices, b_ring);
         __syncthreads();
-        buffer ^= 1;
     }
     // Elements c and c + 1 of a fragment are neighbours in a row: stored as a pair. Unrolled
     // whole, so that acc stays in registers however heavy the store is. A thread's columns are
@@ -314,8 +345,8 @@ __device__ void tile_gemm(int M, int N, int k_begin, int k_end, int m0, int n0, 
             // The slots of a column: the 8 row groups of the WARPS_M warps along m. The slices
             // are free since the loop's last barrier.
             constexpr int SLOTS = 8 * (BM / WM);
-            static_assert(2 * SLOTS * BN <= 2 * BM * WORDS, "the column sums fit in the A slices");
-            const TileColumnSums<SLOTS, BN> tile{sums, reinterpret_cast<float*>(&a_slices[0][0])};
+            static_assert(2 * SLOTS * BN <= OperandA::STAGES * BM * WORDS, "the column sums fit in the A slices");
+            const TileColumnSums<SLOTS, BN> tile{sums, reinterpret_cast<float*>(a_ring)};
             const int slot = (warp / WARPS_N) * 8 + group;
             MOCSE_UNROLL
             for (int j = 0; j < NI; ++j)

@@ -701,6 +701,41 @@ fn ldmatrix_case(device: Device) -> Result<f64> {
     Ok(wrong as f64)
 }
 
+/// The cp.async wrapper (`kernels/async_copy.cuh`) against the PTX rules: what each lane reads
+/// of its own copies once their group must have landed (the copied words, or zeros for a zero
+/// fill), and the three shared slices after a barrier. While its group may be pending a slot may show either
+/// contents on a GPU; the emulator's twin must show the old one (copies land as late as the
+/// rules allow, so that a kernel missing a wait fails there). The count of words that differ.
+fn cp_async_case(device: Device) -> Result<f64> {
+    let input: Vec<u32> = (0..3 * 128u32).map(|i| 0x5000_0000 | i).collect();
+    let marker = |i: usize| 0xDEAD_0000 | i as u32;
+    let copied = |g: usize, t: usize, w: usize| {
+        if (t + g) % 7 == 0 { 0 } else { input[4 * (32 * g + t) + w] }
+    };
+    let out = GpuBuffer::zeros(device, 8 * 128 * 4)?;
+    let gin = GpuBuffer::upload(device, &input)?;
+    gpu::launch(device, "cp_async_check", LaunchConfig::new([1, 1, 1], [32, 1, 1]), &[out.arg(), gin.arg()])?;
+    let got = out.download::<u32>()?;
+    let mut wrong = 0;
+    for t in 0..32 {
+        for w in 0..4 {
+            for g in 0..3 {
+                wrong += usize::from(got[128 * g + 4 * t + w] != copied(g, t, w));
+                // Lane t's group-g copy lands in slot (5 t + g) % 32 of slice g.
+                let at = 128 * g + 4 * ((5 * t + g) % 32) + w;
+                wrong += usize::from(got[5 * 128 + at] != copied(g, t, w));
+            }
+            for g in 1..3 {
+                let early = got[3 * 128 + 128 * (g - 1) + 4 * t + w];
+                let old = marker(128 * g + 4 * ((5 * t + g) % 32) + w);
+                let allowed = early == old || (device != Device::Emu && early == copied(g, t, w));
+                wrong += usize::from(!allowed);
+            }
+        }
+    }
+    Ok(wrong as f64)
+}
+
 /// Batch norm's statistics from the sums a forward convolution takes as it writes its output
 /// (`Tape::conv2d_for_batch_norm`; with `residual`, `Tape::bn_relu_conv2d`, which maps its input
 /// and adds a residual as it writes) in `precision` on `device`, against two-pass f64 statistics
@@ -825,6 +860,7 @@ pub fn run(
     // misplaced element is off by order 1).
     check("mma.sync bf16 m16n8k16 (PTX fragment tables)".into(), 1e-4, &|| mma_case(device));
     check("ldmatrix x4 (PTX table; words that differ)".into(), 0.0, &|| ldmatrix_case(device));
+    check("cp.async in groups (PTX rules; words that differ)".into(), 0.0, &|| cp_async_case(device));
     if device == Device::Cuda && gpu::cudnn::available() {
         for (x, w, p) in check_shapes() {
             check(format!("cudnn conv2d {}", conv_label(x, w, p)), 1e-4, &|| cudnn_case(x, w, p));
