@@ -710,7 +710,7 @@ fn cp_async_case(device: Device) -> Result<f64> {
     let input: Vec<u32> = (0..3 * 128u32).map(|i| 0x5000_0000 | i).collect();
     let marker = |i: usize| 0xDEAD_0000 | i as u32;
     let copied = |g: usize, t: usize, w: usize| {
-        if (t + g) % 7 == 0 { 0 } else { input[4 * (32 * g + t) + w] }
+        if (t + g).is_multiple_of(7) { 0 } else { input[4 * (32 * g + t) + w] }
     };
     let out = GpuBuffer::zeros(device, 8 * 128 * 4)?;
     let gin = GpuBuffer::upload(device, &input)?;
