@@ -21,8 +21,8 @@ pub fn on_terminal() -> bool {
 }
 
 /// A progress bar of `len` units named `unit` ("images", "image evaluations"); `prefix` and
-/// `message` can be set later. `rate` is shown as a whole number per second, not indicatif's
-/// four decimals.
+/// `message` can be set later. `rate` and `eta` come from the average since the start
+/// (`rate_text`, `eta_text`), not from indicatif's estimate.
 pub fn bar(len: u64, unit: &str) -> ProgressBar {
     bar_with_prefix(len, unit, "")
 }
@@ -48,7 +48,10 @@ pub fn bar_with_prefix(len: u64, unit: &str, prefix: &str) -> ProgressBar {
     let style = ProgressStyle::with_template(&template)
         .expect("static template")
         .with_key("rate", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-            let _ = write!(w, "{:.0}/s", state.per_sec());
+            let _ = write!(w, "{}/s", rate_text(state.pos(), state.elapsed()));
+        })
+        .with_key("eta", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{}", eta_text(state.pos(), state.len(), state.elapsed()));
         })
         .progress_chars("=> ");
     let bar =
@@ -58,6 +61,26 @@ pub fn bar_with_prefix(len: u64, unit: &str, prefix: &str) -> ProgressBar {
         bar.enable_steady_tick(Duration::from_secs(1));
     }
     bar
+}
+
+/// The average rate since the start, as a whole number, or with one decimal below 10 per second.
+/// indicatif's own estimate decays while no step ends, so for steps of a minute (bf16 training
+/// through the emulator) it said "0/s" and hours left.
+fn rate_text(done: u64, elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs_f64();
+    let rate = if seconds > 0.0 { done as f64 / seconds } else { 0.0 };
+    if rate < 10.0 { format!("{rate:.1}") } else { format!("{rate:.0}") }
+}
+
+/// The time left at the average rate since the start ("?" before any progress).
+fn eta_text(done: u64, len: Option<u64>, elapsed: Duration) -> String {
+    match len {
+        Some(len) if done > 0 => {
+            let left = elapsed.mul_f64(len.saturating_sub(done) as f64 / done as f64);
+            format!("{:#}", indicatif::HumanDuration(left))
+        }
+        _ => "?".to_string(),
+    }
 }
 
 /// A "terminal" for indicatif that is a log: it writes the bar's text as one line, at most once
@@ -105,5 +128,21 @@ impl TermLike for LogLines {
     }
     fn flush(&self) -> std::io::Result<()> {
         std::io::stderr().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_time_left_are_averages_since_the_start() {
+        assert_eq!(rate_text(5, Duration::from_secs(2)), "2.5");
+        assert_eq!(rate_text(1000, Duration::from_secs(2)), "500");
+        assert_eq!(rate_text(0, Duration::ZERO), "0.0");
+        // 128 of 512 images in 60 s: 3 minutes left.
+        assert_eq!(eta_text(128, Some(512), Duration::from_secs(60)), "3m");
+        assert_eq!(eta_text(0, Some(512), Duration::from_secs(60)), "?");
+        assert_eq!(eta_text(512, Some(512), Duration::from_secs(60)), "0s");
     }
 }
