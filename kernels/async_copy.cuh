@@ -15,6 +15,8 @@
 // hardware tracks the groups); under the emulator it holds up to CAPACITY copies not yet landed.
 #pragma once
 
+#include "common.cuh"
+
 namespace async_copy {
 
 template <int CAPACITY>
@@ -37,9 +39,7 @@ struct Pipeline {
     pending[count++] = Copy{static_cast<unsigned*>(dst), valid ? static_cast<const unsigned*>(src) : nullptr,
                             committed};
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    unsigned address;
-    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(address) : "l"(dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(src),
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
                  "r"(valid ? 16 : 0)
                  : "memory");
 #else

@@ -1,6 +1,16 @@
-// Shared by the kernel files: block-wide reductions. Every kernel in this project follows the
+// Shared by the kernel files: block-wide reductions, and the shared-memory address the PTX
+// wrappers (mma.cuh, async_copy.cuh) pass to their instructions. Every kernel in this project follows the
 // rules of cuemu/README.md ("Rules for kernels"), so it runs on a GPU and under the emulator alike.
 #pragma once
+
+#if !defined(CUEMU) && defined(__CUDA_ARCH__)
+// The 32-bit address in the shared state space of `p`, a generic pointer into shared memory.
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+    unsigned address;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(address) : "l"(p));
+    return address;
+}
+#endif
 
 // Sum over the 32 lanes of a warp; all 32 lanes must call it.
 __device__ __forceinline__ double warp_sum(double v) {

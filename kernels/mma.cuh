@@ -15,6 +15,7 @@
 #pragma once
 
 #include "bf16.cuh"
+#include "common.cuh"
 
 namespace mma {
 
@@ -80,12 +81,9 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&d)[4], Row row) {
   for (int j = 0; j < 4; ++j) d[j] = row(j, static_cast<int>(lane / 4))[lane % 4];
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const int lane = static_cast<int>(threadIdx.x & 31);
-  const unsigned* mine = row(lane / 8, lane % 8);
-  unsigned address;
-  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(address) : "l"(mine));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-               : "r"(address)
+               : "r"(shared_address(row(lane / 8, lane % 8)))
                : "memory");
 #else
   __trap();  // the tensor-core path needs sm_80 or later
