@@ -59,6 +59,17 @@ fn mocse_with_log_odds_learns_the_synthetic_set() {
     assert!(acc > 0.35, "test accuracy {acc}");
 }
 
+/// Training `trainer` on at an infinite learning rate stops with a clear error that names the
+/// last good checkpoint (of epoch `last_good`), and leaves that checkpoint as it was.
+fn diverges_keeping_the_checkpoint(trainer: &mut Trainer, run: &std::path::Path, last_good: usize) {
+    let saved = std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap();
+    trainer.config.lr = f32::INFINITY;
+    let err = format!("{:#}", trainer.run(None, false).unwrap_err());
+    assert!(err.contains("infinite or NaN") || err.contains("the loss became"), "{err}");
+    assert!(err.contains(&format!("last good checkpoint (epoch {last_good})")), "{err}");
+    assert_eq!(std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap(), saved);
+}
+
 /// A loss that becomes NaN or infinite stops training with a clear error; the checkpoint of the
 /// last good epoch stays as it was.
 #[test]
@@ -90,12 +101,7 @@ fn diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
     let run = dir.path().join("run");
     let mut trainer = Trainer::create(config, &run, Device::Cpu).unwrap();
     trainer.run(Some(1), false).unwrap();
-    let saved = std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap();
-    trainer.config.lr = f32::INFINITY;
-    let err = format!("{:#}", trainer.run(None, false).unwrap_err());
-    assert!(err.contains("infinite or NaN") || err.contains("the loss became"), "{err}");
-    assert!(err.contains("last good checkpoint (epoch 1)"), "{err}");
-    assert_eq!(std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap(), saved);
+    diverges_keeping_the_checkpoint(&mut trainer, &run, 1);
     assert_eq!(mocse::train::read_log(&run).unwrap().len(), 1);
 }
 
@@ -189,12 +195,7 @@ fn graph_replayed_steps_train_as_train_step_does_on(device: Device) {
             logs.iter().map(|l| (l.train_loss.to_bits(), l.train_accuracy, l.test_accuracy)).collect();
         outcomes.push((lines, std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap()));
         if graphs {
-            let saved = std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap();
-            trainer.config.lr = f32::INFINITY;
-            let err = format!("{:#}", trainer.run(None, false).unwrap_err());
-            assert!(err.contains("infinite or NaN") || err.contains("the loss became"), "{err}");
-            assert!(err.contains("last good checkpoint (epoch 2)"), "{err}");
-            assert_eq!(std::fs::read(run.join(mocse::checkpoint::MODEL_FILE)).unwrap(), saved);
+            diverges_keeping_the_checkpoint(&mut trainer, &run, 2);
         }
     }
     assert_eq!(outcomes[0].0, outcomes[1].0, "the epochs' logs");
